@@ -1,0 +1,46 @@
+"""`pagedserve` console script: one subcommand per module, each with `add_parser(subparsers)`.
+
+Subcommand modules keep heavy imports (torch, transformers, kubernetes) inside their handlers so that
+`pagedserve --help` and `pagedserve plan` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> module under pagedserve.cli
+SUBCOMMANDS = {
+    "generate": "generate",
+    "serve": "serve",
+    "bench": "bench",
+    "preflight": "preflight",
+    "plan": "plan",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pagedserve import __version__
+
+    parser = argparse.ArgumentParser(prog="pagedserve", description="LLM serving with PagedAttention.")
+    parser.add_argument("--version", action="version", version=f"pagedserve {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMANDS.values():
+        module = importlib.import_module(f"pagedserve.cli.{module_name}")
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    code = args.func(args)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

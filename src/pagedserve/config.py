@@ -1,0 +1,162 @@
+"""Typed configuration. Each field's docstring is its CLI help (see `cli/args.py`) and the chart's values doc.
+
+Flags are the field names with dashes, spelled as vLLM's (`--max-model-len`, `--block-size`, ...).
+Runtime-derived values (number of KV blocks, EOS ids) do not live here: see `EngineInfo` in `outputs.py`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Literal
+
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+LoadFormat = Literal["auto", "safetensors", "gguf", "dummy"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class ModelConfig:
+    model: str | None = None
+    """Hugging Face model folder or GGUF file. Empty: the bundled SmolLM2-135M-Instruct GGUF."""
+
+    tokenizer: str | None = None
+    """Tokenizer folder; defaults to the model's own."""
+
+    dtype: DTypeName = "auto"
+    """Weight and activation dtype. auto: bfloat16 on CPU and CUDA when the checkpoint is 16-bit or quantized."""
+
+    max_model_len: int | None = None
+    """Longest sequence (prompt + output) in tokens. Defaults to the model's max_position_embeddings."""
+
+    load_format: LoadFormat = "auto"
+    """Weight format: auto (by file type), safetensors, gguf, or dummy (random weights from the config)."""
+
+    quantization: str | None = None
+    """Weight quantization. Only unquantized serving is implemented yet; GGUF types are dequantized at load."""
+
+    seed: int = 0
+    """Seed for random weights (dummy) and for sampling of requests that give no seed."""
+
+    generation_config: str = "auto"
+    """Where default sampling parameters come from: auto (the model's generation_config.json) or vllm (none)."""
+
+    chat_template: str | None = None
+    """Jinja chat template file or inline string overriding the tokenizer's."""
+
+    enforce_eager: bool = False
+    """Accepted for vLLM compatibility; pagedserve runs eagerly on the CPU in any case."""
+
+    device: DeviceName = "auto"
+    """Device for the model runner: auto picks cuda when available, else cpu."""
+
+
+@dataclass
+class CacheConfig:
+    block_size: int = 16
+    """Tokens per KV cache block."""
+
+    kv_cache_memory_bytes: int | None = None
+    """KV cache budget in bytes. Default: VLLM_CPU_KVCACHE_SPACE GiB if set, else 4 GiB on CPU; on CUDA from --gpu-memory-utilization."""
+
+    gpu_memory_utilization: float = 0.9
+    """Fraction of GPU memory for weights, activations and KV cache (CUDA only)."""
+
+    enable_prefix_caching: bool = True
+    """Reuse KV blocks of identical prompt prefixes across requests (chained block hashes, LRU eviction)."""
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    """Most sequences in one engine step."""
+
+    max_num_batched_tokens: int = 4096
+    """Token budget of one engine step; longer prefills are chunked."""
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    """Devices each layer is sharded across (tensor parallelism)."""
+
+    pipeline_parallel_size: int = 1
+    """Pipeline stages. Only 1 is supported; scale out with more replicas."""
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine needs; the server and the LLM class build one of these."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "0.0.0.0"
+    """Address to bind."""
+
+    port: int = 8000
+    """Port to bind."""
+
+    served_model_name: list[str] | None = None
+    """Names the API accepts in the model field; the first is reported. Default: the model path's name."""
+
+    api_key: str | None = None
+    """Require this bearer key on every route but probes (also from VLLM_API_KEY or PAGEDSERVE_API_KEY)."""
+
+    max_num_queued_reqs: int = 1024
+    """Requests admitted but not yet finished beyond which new ones get 503 with Retry-After."""
+
+    max_request_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body accepted; larger ones get 413 before parsing."""
+
+    max_n: int = 16
+    """Largest n (samples per request) accepted."""
+
+    shutdown_timeout: float = 30.0
+    """Seconds in-flight requests get to finish after SIGTERM."""
+
+    disable_log_requests: bool = False
+    """Do not log one line per finished request."""
+
+    disable_log_stats: bool = False
+    """Do not log the periodic stats line."""
+
+    uvicorn_log_level: str = "info"
+    """Log level of uvicorn."""
+
+    metrics_require_auth: bool = False
+    """Also require the API key on /metrics (open by default so Prometheus can scrape)."""
+
+    ready_stall_seconds: float = 30.0
+    """/ready turns 503 when the engine has work but made no step for this long (wedged engine)."""
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass, read from its source (the string literal after each field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def config_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.init]

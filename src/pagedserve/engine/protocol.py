@@ -1,0 +1,66 @@
+"""The one interface the server uses to reach the engine (vLLM V1's EngineClient).
+
+The server imports this module, `outputs`, `sampling_params`, `errors` and `core.stats` only; the concrete
+implementation is `engine.async_engine.AsyncEngine`, driving `engine.llm_engine.LLMEngine` off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypedDict, Union
+
+from pagedserve.core.stats import EngineStats
+from pagedserve.outputs import EngineInfo, RequestOutput
+from pagedserve.sampling_params import SamplingParams
+
+
+class TokensPrompt(TypedDict):
+    prompt_token_ids: list[int]
+
+
+class TextPrompt(TypedDict):
+    prompt: str
+
+
+# A prompt as vLLM takes it: text, token ids, or one of the two dicts.
+PromptInput = Union[str, list[int], TokensPrompt, TextPrompt]
+
+
+class EngineClient(Protocol):
+    info: EngineInfo
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer (encode/decode, chat template)."""
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, chat_template: str | None = None
+    ) -> list[int]:
+        """Token ids of a chat. Raises InvalidRequestError on malformed messages."""
+
+    def generate(self, prompt: PromptInput, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
+        """Submit a request and stream its cumulative outputs; the last has finished=True.
+
+        Raises InvalidRequestError / ContextLengthError before streaming when the request is refused, and
+        EngineDeadError if the engine stopped. Closing the iterator (client disconnect) aborts the request.
+        """
+
+    async def abort(self, request_id: str) -> None: ...
+
+    @property
+    def is_running(self) -> bool:
+        """The engine loop is alive."""
+
+    @property
+    def last_progress_time(self) -> float:
+        """time.monotonic() of the last completed step, or of the last idle check."""
+
+    @property
+    def num_unfinished_requests(self) -> int: ...
+
+    def add_stats_listener(self, listener: Callable[[EngineStats], None]) -> None:
+        """Called from the engine thread after every step."""
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...

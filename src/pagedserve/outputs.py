@@ -1,0 +1,67 @@
+"""Engine ↔ server/user vocabulary, shaped as vLLM's RequestOutput / CompletionOutput."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# One position's log-probabilities: token id -> Logprob (the sampled token is always included).
+LogprobsDict = dict[int, "Logprob"]
+
+
+@dataclass
+class Logprob:
+    logprob: float
+    rank: int | None = None  # 1 = most likely
+    decoded_token: str | None = None
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str  # cumulative text so far (streaming clients diff against what they sent)
+    token_ids: list[int]  # cumulative generated token ids
+    cumulative_logprob: float | None = None
+    logprobs: list[LogprobsDict] | None = None  # one dict per generated token when requested
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" | None while running
+    stop_reason: int | str | None = None  # the stop string or token id that ended it
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float  # time.time() when the engine accepted it
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finished_time: float | None = None
+    num_preemptions: int = 0
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool
+    prompt_logprobs: list[LogprobsDict | None] | None = None  # first entry is None (no context)
+    metrics: RequestMetrics | None = None
+    num_cached_tokens: int = 0
+
+
+@dataclass
+class EngineInfo:
+    """Values known only once the engine has loaded: what the server reports and the metrics label."""
+
+    model_name: str  # path or bundled name
+    max_model_len: int
+    vocab_size: int
+    block_size: int
+    num_kv_blocks: int
+    kv_cache_bytes: int
+    enable_prefix_caching: bool
+    dtype: str
+    device: str
+    eos_token_ids: list[int] = field(default_factory=list)

@@ -1,0 +1,102 @@
+"""Sampling parameters, as vLLM's: same field names, same defaults, validation that names the field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+MAX_LOGPROBS = 20
+_INT64_MAX = 2**63 - 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 or 0: disabled
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    max_tokens: int | None = 16  # None: the rest of the context
+    min_tokens: int = 0
+    logprobs: int | None = None  # top-k alternatives per generated token, 0: only the sampled one
+    prompt_logprobs: int | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    detokenize: bool = True
+    # Filled by the engine from the tokenizer / generation config; not user-facing.
+    all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        elif self.stop is None:
+            self.stop = []
+        else:
+            self.stop = list(self.stop)
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        self._validate()
+        self.all_stop_token_ids = set(self.stop_token_ids)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < 1e-5
+
+    def _validate(self) -> None:
+        def bad(name: str, message: str) -> ValueError:
+            error = ValueError(f"{name} {message}")
+            error.param = name  # type: ignore[attr-defined]
+            return error
+
+        if not _is_int(self.n) or self.n < 1:
+            raise bad("n", f"must be an integer >= 1, got {self.n!r}.")
+        if not _is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise bad("temperature", f"must be a finite number >= 0, got {self.temperature!r}.")
+        if not _is_number(self.top_p) or not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise bad("top_p", f"must be in (0, 1], got {self.top_p!r}.")
+        if not _is_int(self.top_k) or self.top_k < -1:
+            raise bad("top_k", f"must be -1 (disabled) or a positive integer, got {self.top_k!r}.")
+        if not _is_number(self.min_p) or not math.isfinite(self.min_p) or not 0 <= self.min_p <= 1:
+            raise bad("min_p", f"must be in [0, 1], got {self.min_p!r}.")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or not -2 <= value <= 2:
+                raise bad(name, f"must be in [-2, 2], got {value!r}.")
+        rp = self.repetition_penalty
+        if not _is_number(rp) or not math.isfinite(rp) or rp <= 0:
+            raise bad("repetition_penalty", f"must be a finite number > 0, got {rp!r}.")
+        if self.seed is not None and (not _is_int(self.seed) or not -_INT64_MAX <= self.seed <= _INT64_MAX):
+            raise bad("seed", f"must be an integer, got {self.seed!r}.")
+        if self.max_tokens is not None and (
+            not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= _INT64_MAX
+        ):
+            raise bad("max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}.")
+        if not _is_int(self.min_tokens) or self.min_tokens < 0:
+            raise bad("min_tokens", f"must be an integer >= 0, got {self.min_tokens!r}.")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise bad("min_tokens", f"must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}.")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or not 0 <= value <= MAX_LOGPROBS):
+                raise bad(name, f"must be an integer in [0, {MAX_LOGPROBS}], got {value!r}.")
+        for s in self.stop:  # type: ignore[union-attr]
+            if not isinstance(s, str) or not s:
+                raise bad("stop", "must be a non-empty string or a list of non-empty strings.")
+        for t in self.stop_token_ids:
+            if not _is_int(t) or t < 0:
+                raise bad("stop_token_ids", f"must be non-negative integers, got {t!r}.")
