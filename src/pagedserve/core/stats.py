@@ -65,6 +65,7 @@ class SchedulerStats:
     kv_cache_usage: float = 0.0  # fraction of blocks in use, 0..1
     num_used_blocks: int = 0
     num_total_blocks: int = 0
+    num_kv_tokens: int = 0  # token slots holding computed K/V in running sequences' blocks
 
 
 @dataclass
@@ -78,7 +79,9 @@ class IterationStats:
     prefix_cache_queries: int = 0  # tokens looked up in the prefix cache
     prefix_cache_hits: int = 0  # tokens found
     num_tokens_in_step: int = 0  # tokens the model processed this step
-    time_to_first_tokens: list[float] = field(default_factory=list)  # seconds, requests that got their first token
+    time_to_first_tokens: list[float] = field(
+        default_factory=list
+    )  # seconds, requests that got their first token
     inter_token_latencies: list[float] = field(default_factory=list)  # seconds, decode tokens this step
     finished_requests: list[FinishedRequestStats] = field(default_factory=list)
 

@@ -7,23 +7,12 @@ implementation is `engine.async_engine.AsyncEngine`, driving `engine.llm_engine.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol, TypedDict, Union
+from typing import Any, Protocol
 
 from pagedserve.core.stats import EngineStats
+from pagedserve.engine.prompts import PromptInput, TextPrompt, TokensPrompt
 from pagedserve.outputs import EngineInfo, RequestOutput
 from pagedserve.sampling_params import SamplingParams
-
-
-class TokensPrompt(TypedDict):
-    prompt_token_ids: list[int]
-
-
-class TextPrompt(TypedDict):
-    prompt: str
-
-
-# A prompt as vLLM takes it: text, token ids, or one of the two dicts.
-PromptInput = Union[str, list[int], TokensPrompt, TextPrompt]
 
 
 class EngineClient(Protocol):
@@ -34,11 +23,16 @@ class EngineClient(Protocol):
         """The Hugging Face tokenizer (encode/decode, chat template)."""
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, chat_template: str | None = None
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
     ) -> list[int]:
         """Token ids of a chat. Raises InvalidRequestError on malformed messages."""
 
-    def generate(self, prompt: PromptInput, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
+    def generate(
+        self, prompt: PromptInput, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
         """Submit a request and stream its cumulative outputs; the last has finished=True.
 
         Raises InvalidRequestError / ContextLengthError before streaming when the request is refused, and
@@ -64,3 +58,6 @@ class EngineClient(Protocol):
     async def start(self) -> None: ...
 
     async def shutdown(self) -> None: ...
+
+
+__all__ = ["EngineClient", "PromptInput", "TextPrompt", "TokensPrompt"]

@@ -1,0 +1,76 @@
+"""Attention over the paged KV cache: the metadata a step needs and the backend interface.
+
+Token order in a step: decode tokens first (one per decoding sequence), then prefill chunks, each contiguous.
+Every layer first writes the K/V of all of the step's tokens into the cache (via `slot_mapping`), then computes
+attention reading the cache. Writing before reading is what lets sibling sequences of one request (n > 1) hit
+prompt blocks computed in the same step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class PrefillChunk:
+    token_start: int  # first row of this chunk in the step's token dimension
+    num_tokens: int  # tokens computed this step
+    context_len: int  # tokens already in the cache before this chunk (prefix-cache hit or earlier chunks)
+    block_table: torch.Tensor  # [num_blocks] int64, the sequence's blocks covering context_len + num_tokens
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [T] int64: cache slot (block_id * block_size + offset) of each token
+    num_decode_tokens: int = 0
+    decode_block_tables: torch.Tensor | None = None  # [B_decode, max_blocks] int64, padded with 0
+    decode_seq_lens: torch.Tensor | None = None  # [B_decode] int64: tokens in cache incl. the new one
+    decode_max_seq_len: int = 0
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, Hq, D]
+        k: torch.Tensor,  # [T, Hkv, D]
+        v: torch.Tensor,  # [T, Hkv, D]
+        k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+        v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+        metadata: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, Hq, D]
+        ...
+
+
+def write_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    num_heads, head_dim = k_cache.shape[-2:]
+    k_cache.view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, v)
+
+
+def gather_sequence_kv(
+    cache: torch.Tensor, block_table: torch.Tensor, num_tokens: int
+) -> torch.Tensor:  # [num_tokens, Hkv, D]
+    block_size = cache.shape[1]
+    num_blocks = -(-num_tokens // block_size)
+    return cache[block_table[:num_blocks]].flatten(0, 1)[:num_tokens]
+
+
+def get_attention_backend(name: str) -> AttentionBackend:
+    if name == "torch_ref":
+        from pagedserve.attention.backends.torch_ref import TorchReferenceBackend
+
+        return TorchReferenceBackend()
+    if name == "cpu":
+        from pagedserve.attention.backends.cpu import CpuBackend
+
+        return CpuBackend()
+    raise ValueError(f"unknown attention backend {name!r} (torch_ref, cpu)")

@@ -1,0 +1,71 @@
+"""The fast CPU backend: batched decode over the paged cache, SDPA for prefills.
+
+Decode: the whole decode batch is handled by a few large operations: one gather of the batch's blocks, two batched
+matrix products, one masked softmax. Prefill without cached context attends over the chunk's own fresh K/V (no
+cache read); with context (chunked prefill, prefix-cache hit) it gathers that sequence's blocks once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pagedserve.attention.backend import AttentionMetadata, gather_sequence_kv, write_kv_cache
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def forward(self, q, k, v, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
+        num_decode = metadata.num_decode_tokens
+        if not metadata.prefills:
+            return self._decode(q, k_cache, v_cache, metadata, scale)
+        out = torch.empty_like(q)
+        if num_decode:
+            out[:num_decode] = self._decode(q[:num_decode], k_cache, v_cache, metadata, scale)
+        num_kv_heads = k.shape[1]
+        for chunk in metadata.prefills:
+            rows = slice(chunk.token_start, chunk.token_start + chunk.num_tokens)
+            if chunk.context_len == 0:
+                ks, vs = k[rows], v[rows]
+            else:
+                total = chunk.context_len + chunk.num_tokens
+                ks = gather_sequence_kv(k_cache, chunk.block_table, total)
+                vs = gather_sequence_kv(v_cache, chunk.block_table, total)
+            out[rows] = _prefill_sdpa(q[rows], ks, vs, chunk.context_len, scale, num_kv_heads)
+        return out
+
+    @staticmethod
+    def _decode(q, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        batch, num_q_heads, head_dim = q.shape
+        num_kv_heads = k_cache.shape[2]
+        group = num_q_heads // num_kv_heads
+        block_size = k_cache.shape[1]
+        num_blocks = -(-metadata.decode_max_seq_len // block_size)
+        tables = metadata.decode_block_tables[:, :num_blocks]
+        length = num_blocks * block_size
+        # [B, L, Hkv, D] -> [B, Hkv, L, D]
+        keys = k_cache[tables].view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+        values = v_cache[tables].view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+        queries = q.view(batch, num_kv_heads, group, head_dim)
+        scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * scale  # [B, Hkv, G, L]
+        positions = torch.arange(length, device=q.device)
+        pad = positions[None, :] >= metadata.decode_seq_lens[:, None]  # [B, L]
+        scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+        probs = scores.softmax(dim=-1).to(q.dtype)
+        return torch.matmul(probs, values).view(batch, num_q_heads, head_dim)
+
+
+def _prefill_sdpa(q, k, v, context_len: int, scale: float, num_kv_heads: int) -> torch.Tensor:
+    """q: [n, Hq, D]; k, v: [context_len + n, Hkv, D]."""
+    n = q.shape[0]
+    qh = q.transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
+    kh = k.transpose(0, 1).unsqueeze(0)
+    vh = v.transpose(0, 1).unsqueeze(0)
+    if context_len == 0:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
+    else:
+        mask = torch.ones(n, context_len + n, dtype=torch.bool).tril(diagonal=context_len)
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.squeeze(0).transpose(0, 1)

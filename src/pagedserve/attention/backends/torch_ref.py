@@ -1,0 +1,44 @@
+"""The oracle: one sequence at a time, gather its blocks, plain softmax attention in float32. Slow and obvious."""
+
+from __future__ import annotations
+
+import torch
+
+from pagedserve.attention.backend import AttentionMetadata, gather_sequence_kv, write_kv_cache
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context_len: int, scale: float
+) -> torch.Tensor:
+    """q: [n, Hq, D] at absolute positions context_len..context_len+n-1; k, v: [context_len+n, Hkv, D]."""
+    n, num_q_heads, _ = q.shape
+    group = num_q_heads // k.shape[1]
+    k = k.repeat_interleave(group, dim=1).float()
+    v = v.repeat_interleave(group, dim=1).float()
+    scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
+    total = k.shape[0]
+    allowed = torch.ones(n, total, dtype=torch.bool).tril(diagonal=context_len)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return torch.einsum("hqk,khd->qhd", probs, v).to(q.dtype)
+
+
+class TorchReferenceBackend:
+    name = "torch_ref"
+
+    def forward(self, q, k, v, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
+        out = torch.empty_like(q)
+        for i in range(metadata.num_decode_tokens):
+            seq_len = int(metadata.decode_seq_lens[i])
+            table = metadata.decode_block_tables[i]
+            ks = gather_sequence_kv(k_cache, table, seq_len)
+            vs = gather_sequence_kv(v_cache, table, seq_len)
+            out[i : i + 1] = _attend(q[i : i + 1], ks, vs, seq_len - 1, scale)
+        for chunk in metadata.prefills:
+            total = chunk.context_len + chunk.num_tokens
+            ks = gather_sequence_kv(k_cache, chunk.block_table, total)
+            vs = gather_sequence_kv(v_cache, chunk.block_table, total)
+            rows = slice(chunk.token_start, chunk.token_start + chunk.num_tokens)
+            out[rows] = _attend(q[rows], ks, vs, chunk.context_len, scale)
+        return out

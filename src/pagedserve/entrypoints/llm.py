@@ -1,0 +1,107 @@
+"""The offline `LLM` class with vLLM's keyword arguments and output shapes."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from pagedserve.config import CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig, config_fields
+from pagedserve.engine.llm_engine import LLMEngine
+from pagedserve.engine.prompts import PromptInput
+from pagedserve.outputs import RequestOutput
+from pagedserve.sampling_params import SamplingParams
+
+_SECTIONS = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig)
+
+
+def build_engine_config(**kwargs: Any) -> EngineConfig:
+    """Route vLLM-style keyword arguments to the config dataclasses; unknown ones raise TypeError."""
+    values: dict[type, dict[str, Any]] = {cls: {} for cls in _SECTIONS}
+    names = {f.name: cls for cls in _SECTIONS for f in config_fields(cls)}
+    for key, value in kwargs.items():
+        if key not in names:
+            raise TypeError(f"LLM() got an unexpected keyword argument {key!r}")
+        values[names[key]][key] = value
+    return EngineConfig(
+        model=ModelConfig(**values[ModelConfig]),
+        cache=CacheConfig(**values[CacheConfig]),
+        scheduler=SchedulerConfig(**values[SchedulerConfig]),
+        parallel=ParallelConfig(**values[ParallelConfig]),
+    )
+
+
+class LLM:
+    """`LLM(model=None, dtype=..., max_model_len=..., ...)`: None serves the bundled SmolLM2-135M-Instruct."""
+
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        self.llm_engine = LLMEngine(build_engine_config(model=model, **kwargs))
+        self._counter = itertools.count()
+
+    def get_tokenizer(self) -> Any:
+        return self.llm_engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptInput | Sequence[PromptInput],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        if isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
+            prompts = [prompts]  # type: ignore[list-item]
+        prompts = list(prompts)  # type: ignore[arg-type]
+        params_list = self._params_for(sampling_params, len(prompts))
+        ids = []
+        for prompt, params in zip(prompts, params_list):
+            request_id = str(next(self._counter))
+            self.llm_engine.add_request(request_id, prompt, params)
+            ids.append(request_id)
+        return self._run(ids, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+    ) -> list[RequestOutput]:
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [
+            {"prompt_token_ids": self.llm_engine.apply_chat_template(c, add_generation_prompt, chat_template)}
+            for c in conversations
+        ]
+        return self.generate(prompts, sampling_params, use_tqdm)  # type: ignore[arg-type]
+
+    def _params_for(self, sampling_params: Any, count: int) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [SamplingParams() for _ in range(count)]
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * count
+        params = list(sampling_params)
+        if len(params) != count:
+            raise ValueError(f"sampling_params has {len(params)} entries for {count} prompts")
+        return params
+
+    def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        from tqdm import tqdm
+
+        engine = self.llm_engine
+        pending = set(request_ids)
+        results: dict[str, RequestOutput] = {}
+        bar = tqdm(total=len(request_ids), desc="Processed prompts", disable=not use_tqdm, dynamic_ncols=True)
+        try:
+            while pending:
+                for output in engine.step():
+                    if output.finished and output.request_id in pending:
+                        pending.discard(output.request_id)
+                        results[output.request_id] = output
+                        bar.update(1)
+        except BaseException:
+            engine.abort_request(list(pending))
+            raise
+        finally:
+            bar.close()
+        return [results[i] for i in request_ids]

@@ -1,0 +1,176 @@
+"""One Llama-family decoder: Llama 2/3 (llama3 rope scaling), Mistral, Qwen2 (q/k/v bias), SmolLM2.
+
+Depends on layers/ and the attention interface only. Parameter names follow Hugging Face after merging q|k|v and
+gate|up, so `load_weights` maps checkpoint names onto shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pagedserve.attention.backend import AttentionBackend, AttentionMetadata
+from pagedserve.layers.activation import SiluAndMul
+from pagedserve.layers.embedding import LMHead, VocabEmbedding
+from pagedserve.layers.layernorm import RMSNorm
+from pagedserve.layers.linear import MergedLinear
+from pagedserve.layers.rotary import RotaryEmbedding
+
+# checkpoint name fragment -> (merged parameter fragment, shard id)
+_STACKED = {
+    ".q_proj.": (".qkv_proj.", "q"),
+    ".k_proj.": (".qkv_proj.", "k"),
+    ".v_proj.": (".qkv_proj.", "v"),
+    ".gate_proj.": (".gate_up_proj.", "gate"),
+    ".up_proj.": (".gate_up_proj.", "up"),
+}
+
+
+def rope_settings(config: Any) -> tuple[float, dict[str, Any] | None]:
+    """(rope theta, scaling dict): transformers 5 keeps both in `rope_parameters`, older ones apart."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    theta = params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0
+    return float(theta), params or None
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: Any, backend: AttentionBackend, qkv_bias: bool, o_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.scale = self.head_dim**-0.5
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(
+            config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, bias=qkv_bias
+        )
+        self.o_proj = MergedLinear(q_size, {"o": config.hidden_size}, bias=o_bias)
+        theta, scaling = rope_settings(config)
+        self.rotary = RotaryEmbedding(self.head_dim, config.max_position_embeddings, theta, scaling)
+        self.backend = backend
+        self.split = (q_size, kv_size, kv_size)
+
+    def forward(self, positions, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
+        tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split(self.split, dim=-1)
+        q = q.view(tokens, self.num_heads, self.head_dim)
+        k = k.view(tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(positions, q, k)
+        out = self.backend.forward(q, k, v.contiguous(), kv_cache[0], kv_cache[1], metadata, self.scale)
+        return self.o_proj(out.reshape(tokens, -1))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        size = config.intermediate_size
+        bias = getattr(config, "mlp_bias", False)
+        self.gate_up_proj = MergedLinear(config.hidden_size, {"gate": size, "up": size}, bias=bias)
+        self.down_proj = MergedLinear(size, {"down": config.hidden_size}, bias=bias)
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: Any, backend: AttentionBackend, biases: tuple[bool, bool]) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config, backend, *biases)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, positions, hidden, residual, kv_cache, metadata):
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, metadata)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: Any, backend: AttentionBackend, biases: tuple[bool, bool]) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, backend, biases) for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids, positions, kv_caches, metadata) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            hidden, residual = layer(positions, hidden, residual, kv_cache, metadata)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    @staticmethod
+    def attention_biases(config: Any) -> tuple[bool, bool]:
+        """(q/k/v bias, o_proj bias)."""
+        bias = bool(getattr(config, "attention_bias", False))
+        return bias, bias
+
+    def __init__(self, config: Any, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, backend, self.attention_biases(config))
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids, positions, kv_caches, metadata: AttentionMetadata) -> torch.Tensor:
+        return self.model(input_ids, positions, kv_caches, metadata)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy checkpoint tensors into parameters; returns the parameter names that were loaded."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            if name == "lm_head.weight" and self.tie_word_embeddings:
+                continue
+            shard_id = None
+            for fragment, (merged, shard) in _STACKED.items():
+                if fragment in name:
+                    name, shard_id = name.replace(fragment, merged), shard
+                    break
+            param = params.get(name)
+            if param is None:
+                raise ValueError(
+                    f"checkpoint tensor {name!r} has no matching parameter in {type(self).__name__}"
+                )
+            loader = getattr(param, "weight_loader", None)
+            if loader is not None:
+                loader(param, tensor.to(param.dtype), shard_id)
+            elif param.shape != tensor.shape:
+                raise ValueError(f"{name}: shape {tuple(tensor.shape)} does not match {tuple(param.shape)}")
+            else:
+                param.data.copy_(tensor)
+            loaded.add(name)
+        return loaded
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    @staticmethod
+    def attention_biases(config: Any) -> tuple[bool, bool]:
+        return True, False
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    pass

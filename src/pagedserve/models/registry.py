@@ -1,0 +1,25 @@
+"""config.architectures[0] -> model class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from pagedserve.models.llama import LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM
+
+MODEL_REGISTRY: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": MistralForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+}
+
+
+def resolve_model_class(config: Any) -> type[nn.Module]:
+    architectures = getattr(config, "architectures", None) or []
+    for name in architectures:
+        if name in MODEL_REGISTRY:
+            return MODEL_REGISTRY[name]
+    raise ValueError(
+        f"model architecture {architectures or '(none)'} is not supported; supported: {', '.join(MODEL_REGISTRY)}"
+    )

@@ -1,0 +1,65 @@
+"""SchedulerOutput -> the step's input tensors and attention metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedserve.attention.backend import AttentionMetadata, PrefillChunk
+from pagedserve.core.scheduler_output import ScheduledSequence
+
+
+@dataclass
+class StepInputs:
+    sequences: list[ScheduledSequence]  # in token order: decodes first, then prefills
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    metadata: AttentionMetadata
+    last_token_rows: list[int]  # row of each sequence's last token this step
+
+
+def prepare_inputs(scheduled: list[ScheduledSequence], block_size: int, device: torch.device) -> StepInputs:
+    decodes = [s for s in scheduled if s.num_new_tokens == 1]
+    prefills = [s for s in scheduled if s.num_new_tokens > 1]
+    ordered = decodes + prefills
+    input_ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    last_rows: list[int] = []
+    for seq in decodes:
+        pos = seq.start_position
+        input_ids.append(seq.request.all_token_ids[pos])
+        positions.append(pos)
+        slots.append(seq.block_ids[pos // block_size] * block_size + pos % block_size)
+        last_rows.append(len(input_ids) - 1)
+    chunks: list[PrefillChunk] = []
+    for seq in prefills:
+        start = seq.start_position
+        row = len(input_ids)
+        input_ids.extend(seq.token_ids)
+        span = range(start, start + seq.num_new_tokens)
+        positions.extend(span)
+        slots.extend(seq.block_ids[p // block_size] * block_size + p % block_size for p in span)
+        last_rows.append(len(input_ids) - 1)
+        chunks.append(
+            PrefillChunk(row, seq.num_new_tokens, start, torch.tensor(seq.block_ids, dtype=torch.long, device=device))
+        )
+    metadata = AttentionMetadata(
+        slot_mapping=torch.tensor(slots, dtype=torch.long, device=device), prefills=chunks
+    )
+    if decodes:
+        max_blocks = max(len(s.block_ids) for s in decodes)
+        tables = [s.block_ids + [0] * (max_blocks - len(s.block_ids)) for s in decodes]
+        seq_lens = [s.start_position + 1 for s in decodes]
+        metadata.num_decode_tokens = len(decodes)
+        metadata.decode_block_tables = torch.tensor(tables, dtype=torch.long, device=device)
+        metadata.decode_seq_lens = torch.tensor(seq_lens, dtype=torch.long, device=device)
+        metadata.decode_max_seq_len = max(seq_lens)
+    return StepInputs(
+        ordered,
+        torch.tensor(input_ids, dtype=torch.long, device=device),
+        torch.tensor(positions, dtype=torch.long, device=device),
+        metadata,
+        last_rows,
+    )

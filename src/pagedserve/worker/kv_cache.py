@@ -1,0 +1,59 @@
+"""Sizing and allocating the paged KV cache: one preallocated [num_blocks, block_size, Hkv, D] pool per layer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from pagedserve.config import CacheConfig
+
+logger = logging.getLogger("pagedserve")
+
+DEFAULT_CPU_KV_BYTES = 4 * 1024**3
+
+
+def kv_bytes_per_block(hf_config: Any, block_size: int, dtype: torch.dtype) -> int:
+    num_heads = hf_config.num_attention_heads
+    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+    element = torch.tensor([], dtype=dtype).element_size()
+    return 2 * hf_config.num_hidden_layers * block_size * num_kv_heads * head_dim * element
+
+
+def kv_cache_budget_bytes(cache: CacheConfig, device: torch.device) -> int:
+    if cache.kv_cache_memory_bytes is not None:
+        if cache.kv_cache_memory_bytes <= 0:
+            raise ValueError("kv_cache_memory_bytes must be > 0")
+        return cache.kv_cache_memory_bytes
+    if device.type == "cuda":
+        if not 0 < cache.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        free, total = torch.cuda.mem_get_info(device)
+        used = total - free
+        # Keep a fixed reserve for activations of the largest step on top of what the weights already use.
+        reserve = 1024**3
+        return max(int(total * cache.gpu_memory_utilization) - used - reserve, 0)
+    env = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+    if env:
+        try:
+            return int(float(env) * 1024**3)
+        except ValueError:
+            raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {env!r}") from None
+    return DEFAULT_CPU_KV_BYTES
+
+
+def allocate_kv_caches(
+    hf_config: Any, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    num_heads = hf_config.num_attention_heads
+    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    # zeros, not empty: a padded decode slot must never hold NaN/Inf bits (masked scores still multiply V).
+    return [
+        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        for _ in range(hf_config.num_hidden_layers)
+    ]

@@ -1,0 +1,174 @@
+"""Builds the model and its KV cache on a device and runs one scheduler step: inputs -> logits -> tokens."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pagedserve.attention.backend import get_attention_backend
+from pagedserve.config import CacheConfig, ModelConfig
+from pagedserve.core.scheduler_output import SchedulerOutput
+from pagedserve.models.registry import resolve_model_class
+from pagedserve.sample.logprobs import compute_prompt_logprobs
+from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
+from pagedserve.sample.sampler import Sampler
+from pagedserve.worker.inputs import prepare_inputs
+from pagedserve.worker.kv_cache import allocate_kv_caches, kv_bytes_per_block, kv_cache_budget_bytes
+
+logger = logging.getLogger("pagedserve")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# (token ids, logprobs, rank of the chosen token) for one position; the chosen token comes first.
+PositionLogprobs = tuple[list[int], list[float], int]
+
+
+@dataclass
+class ModelRunnerOutput:
+    sampled_token_ids: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, PositionLogprobs] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, hf_config: Any, quantized_source: bool) -> torch.dtype:
+    if name != "auto":
+        if name not in _DTYPES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {name!r}")
+        return _DTYPES[name]
+    stored = str(getattr(hf_config, "torch_dtype", "") or "").replace("torch.", "")
+    if stored == "float32" and not quantized_source:
+        return torch.float32
+    return torch.bfloat16  # 16-bit and quantized checkpoints; float16 is slow on CPUs, bfloat16 uses AMX
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        hf_config: Any,
+        model_config: ModelConfig,
+        cache_config: CacheConfig,
+        max_model_len: int,
+        weights: Any | None,
+        dtype: torch.dtype,
+        device: torch.device,
+        attention_backend: str = "cpu",
+    ) -> None:
+        self.hf_config = hf_config
+        self.device = device
+        self.dtype = dtype
+        self.block_size = cache_config.block_size
+        self.max_model_len = max_model_len
+        self.vocab_size = hf_config.vocab_size
+        model_class = resolve_model_class(hf_config)
+        backend = get_attention_backend(attention_backend)
+        torch.manual_seed(model_config.seed)
+        with torch.device(device):
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                self.model = model_class(hf_config, backend)
+            finally:
+                torch.set_default_dtype(previous)
+        if weights is None:
+            self._init_dummy_weights(model_config.seed)
+        else:
+            loaded = self.model.load_weights(weights)
+            missing = {n for n, _ in self.model.named_parameters()} - loaded
+            if missing:
+                raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        self.model.eval()
+        budget = kv_cache_budget_bytes(cache_config, device)
+        per_block = kv_bytes_per_block(hf_config, self.block_size, dtype)
+        self.num_blocks = budget // per_block
+        if self.num_blocks < 1:
+            raise ValueError(
+                f"KV cache budget of {budget} bytes holds no block of {per_block} bytes: raise kv_cache_memory_bytes"
+            )
+        self.kv_cache_bytes = self.num_blocks * per_block
+        self.kv_caches = allocate_kv_caches(hf_config, self.num_blocks, self.block_size, dtype, device)
+        self.sampler = Sampler()
+        self.generators: dict[str, torch.Generator] = {}
+
+    def _init_dummy_weights(self, seed: int) -> None:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if "norm" in name:
+                    param.fill_(1.0)
+                else:
+                    values = torch.randn(param.shape, generator=generator) * 0.02
+                    param.copy_(values.to(param.dtype))
+
+    def release(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self.generators.pop(request_id, None)
+
+    def _generator(self, request: Any) -> torch.Generator | None:
+        seed = request.sampling_params.seed
+        if seed is None:
+            return None
+        generator = self.generators.get(request.request_id)
+        if generator is None:
+            # Siblings (n > 1) of one seeded request draw different but reproducible samples.
+            generator = make_generator(seed + request.sample_index, self.device)
+            self.generators[request.request_id] = generator
+        return generator
+
+    @torch.inference_mode()
+    def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        step = prepare_inputs(scheduler_output.sequences, self.block_size, self.device)
+        hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
+        result = ModelRunnerOutput()
+        sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples]
+        if sampling:
+            rows = [step.last_token_rows[i] for i, _ in sampling]
+            logits = self.model.compute_logits(hidden[rows]).float()
+            sampling_rows = [
+                SamplingRow(
+                    s.request.sampling_params,
+                    s.request.prompt_token_ids,
+                    s.request.output_token_ids,
+                    self._generator(s.request),
+                )
+                for _, s in sampling
+            ]
+            metadata = SamplingMetadata.build(sampling_rows, self.vocab_size, self.device)
+            out = self.sampler(logits, metadata)
+            token_ids = out.sampled_token_ids.tolist()
+            for (_, seq), token_id in zip(sampling, token_ids):
+                result.sampled_token_ids[seq.request.request_id] = token_id
+            if out.logprobs is not None:
+                ids, lps, ranks = out.logprob_token_ids.tolist(), out.logprobs.tolist(), out.sampled_token_ranks.tolist()
+                for j, (_, seq) in enumerate(sampling):
+                    k = seq.request.sampling_params.logprobs
+                    if k is not None:
+                        result.logprobs[seq.request.request_id] = (ids[j][: 1 + k], lps[j][: 1 + k], ranks[j])
+        self._prompt_logprobs(step, hidden, result)
+        return result
+
+    def _prompt_logprobs(self, step: Any, hidden: torch.Tensor, result: ModelRunnerOutput) -> None:
+        for seq in step.sequences:
+            request = seq.request
+            k = request.sampling_params.prompt_logprobs
+            if k is None or seq.start_position >= request.num_prompt_tokens - 1:
+                continue
+            first_row = step.last_token_rows[step.sequences.index(seq)] - seq.num_new_tokens + 1
+            # Positions whose next token is still a prompt token.
+            count = min(seq.num_new_tokens, request.num_prompt_tokens - 1 - seq.start_position)
+            logits = self.model.compute_logits(hidden[first_row : first_row + count]).float()
+            start = seq.start_position
+            targets = torch.tensor(request.prompt_token_ids[start + 1 : start + 1 + count], device=self.device)
+            ids, lps, ranks = compute_prompt_logprobs(logits, targets, k)
+            entries = [(i[: 1 + k], lp[: 1 + k], r) for i, lp, r in zip(ids.tolist(), lps.tolist(), ranks.tolist())]
+            result.prompt_logprobs[request.request_id] = entries

@@ -1,0 +1,25 @@
+"""Session-wide fixtures: the bundled model is loaded once per test session and shared."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def bundled_llm_fp32():
+    """The bundled SmolLM2-135M-Instruct in float32 (exactness tests); one load per session."""
+    from pagedserve import LLM
+
+    return LLM(dtype="float32", max_model_len=1024, kv_cache_memory_bytes=256 * 1024**2, seed=0)
+
+
+@pytest.fixture()
+def engine_fp32(bundled_llm_fp32):
+    """The shared float32 engine, checked idle and consistent after each test."""
+    engine = bundled_llm_fp32.llm_engine
+    yield engine
+    assert not engine.has_unfinished_requests(), "a test left requests in the engine"
+    engine.check_invariants()
+    pool = engine.kv_cache_manager.pool
+    assert pool.num_free_blocks + pool.num_used_blocks == pool.num_blocks
+    assert pool.num_used_blocks == 0
