@@ -47,9 +47,16 @@ class SamplingParams:
             self.stop = [self.stop]
         elif self.stop is None:
             self.stop = []
-        else:
+        elif isinstance(self.stop, (list, tuple)):
             self.stop = list(self.stop)
-        self.stop_token_ids = list(self.stop_token_ids or [])
+        else:
+            raise self._bad("stop", "must be a non-empty string or a list of non-empty strings.")
+        if self.stop_token_ids is None:
+            self.stop_token_ids = []
+        elif isinstance(self.stop_token_ids, (list, tuple)):
+            self.stop_token_ids = list(self.stop_token_ids)
+        else:
+            raise self._bad("stop_token_ids", "must be a list of non-negative integers.")
         self._validate()
         self.all_stop_token_ids = set(self.stop_token_ids)
 
@@ -57,11 +64,14 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature < 1e-5
 
+    @staticmethod
+    def _bad(name: str, message: str) -> ValueError:
+        error = ValueError(f"{name} {message}")
+        error.param = name  # type: ignore[attr-defined]
+        return error
+
     def _validate(self) -> None:
-        def bad(name: str, message: str) -> ValueError:
-            error = ValueError(f"{name} {message}")
-            error.param = name  # type: ignore[attr-defined]
-            return error
+        bad = self._bad
 
         if not _is_int(self.n) or self.n < 1:
             raise bad("n", f"must be an integer >= 1, got {self.n!r}.")

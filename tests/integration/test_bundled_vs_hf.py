@@ -47,8 +47,10 @@ def reference(chat_prompts) -> list[tuple[list[int], torch.Tensor]]:
 
     path = bundled_model_path()
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, torch_dtype=torch.float32
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
     ).eval()
+    # Never stop on EOS and never suppress it (min_new_tokens would mask it and skew the comparison).
+    model.generation_config.eos_token_id = None
     results = []
     with torch.no_grad():
         for prompt in chat_prompts:
@@ -56,14 +58,13 @@ def reference(chat_prompts) -> list[tuple[list[int], torch.Tensor]]:
                 torch.tensor([prompt]),
                 attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                 max_new_tokens=NUM_TOKENS,
-                min_new_tokens=NUM_TOKENS,
                 do_sample=False,
-                output_scores=True,
+                output_logits=True,
                 return_dict_in_generate=True,
                 pad_token_id=0,
             )
             tokens = out.sequences[0, len(prompt) :].tolist()
-            top2 = torch.stack([s[0].float().log_softmax(-1).topk(2).values for s in out.scores])
+            top2 = torch.stack([s[0].float().log_softmax(-1).topk(2).values for s in out.logits])
             results.append((tokens, top2))
     del model
     return results

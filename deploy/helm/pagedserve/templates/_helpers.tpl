@@ -1,0 +1,119 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "pagedserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name "<release>-<chart>", or the release name alone when it already contains the chart name. */}}
+{{- define "pagedserve.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pagedserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pagedserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pagedserve.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pagedserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pagedserve
+{{- end }}
+
+{{- define "pagedserve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pagedserve.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "pagedserve.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if hasPrefix "@" $tag }}
+{{- printf "%s%s" .Values.image.repository $tag }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* Claim that holds the model: the user's (pvc) or the chart's (hub); empty for bundled. */}}
+{{- define "pagedserve.modelClaim" -}}
+{{- if eq .Values.model.source "pvc" }}
+{{- required "model.existingClaim is required when model.source is pvc" .Values.model.existingClaim }}
+{{- else if eq .Values.model.source "hub" }}
+{{- printf "%s-model" (include "pagedserve.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The model argument of `pagedserve serve`: a path on the model volume, or the bundled model. */}}
+{{- define "pagedserve.modelPath" -}}
+{{- if eq .Values.model.source "bundled" }}
+{{- .Values.model.name }}
+{{- else }}
+{{- $name := required (printf "model.name is required when model.source is %s" .Values.model.source) .Values.model.name }}
+{{- $path := printf "%s/%s" (trimSuffix "/" .Values.model.mountPath) (trimPrefix "/" $name) }}
+{{- if eq .Values.model.source "hub" }}
+{{- /* One folder per revision: a new revision never overwrites files that running pods have mapped. */}}
+{{- $path = printf "%s/%s" $path .Values.model.revision }}
+{{- end }}
+{{- $path }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the pre-stage Job, keyed by repo and revision so a new revision gets a new Job (Jobs are immutable). */}}
+{{- define "pagedserve.prestageJobName" -}}
+{{- $key := printf "%s@%s" .Values.model.name .Values.model.revision | sha256sum | trunc 8 }}
+{{- printf "%s-prestage-%s" (include "pagedserve.fullname" . | trunc 43 | trimSuffix "-") $key }}
+{{- end }}
+
+{{- define "pagedserve.terminationGracePeriodSeconds" -}}
+{{- $needed := add .Values.drain.preStopSleepSeconds .Values.engine.shutdownTimeout 10 }}
+{{- if kindIs "invalid" .Values.drain.terminationGracePeriodSeconds }}
+{{- $needed }}
+{{- else if lt (int .Values.drain.terminationGracePeriodSeconds) (int (sub $needed 10)) }}
+{{- fail (printf "drain.terminationGracePeriodSeconds (%v) must be at least drain.preStopSleepSeconds + engine.shutdownTimeout (%v)" .Values.drain.terminationGracePeriodSeconds (sub $needed 10)) }}
+{{- else }}
+{{- .Values.drain.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* PromQL label matchers that pick this release's scrape targets (labels added by the ServiceMonitor). */}}
+{{- define "pagedserve.metricSelector" -}}
+namespace="{{ .Release.Namespace }}",service="{{ include "pagedserve.fullname" . }}"
+{{- end }}
+
+{{/* Pod security context shared by every pod of the chart: restricted Pod Security Standard. */}}
+{{- define "pagedserve.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+# Skip the recursive chown of a 100+ GB model volume on every mount.
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "pagedserve.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}

@@ -1,0 +1,212 @@
+"""GGUF metadata → a transformers config, EOS ids and sampling defaults.
+
+Key names follow the GGUF spec (`{arch}.block_count`, `tokenizer.ggml.eos_token_id`, ...); the field-to-config
+correspondence is the one llama.cpp's converter writes and transformers' own GGUF loader reads back.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import gguf
+import numpy as np
+import transformers
+
+from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
+
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
+_SUPPORTED_HINT = "supported: llama (Llama 2/3, Mistral, SmolLM2) and qwen2"
+
+# general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
+_SAMPLING_KEYS = {
+    "general.sampling.temp": "temperature",
+    "general.sampling.top_k": "top_k",
+    "general.sampling.top_p": "top_p",
+    "general.sampling.min_p": "min_p",
+    "general.sampling.penalty_repeat": "repetition_penalty",
+}
+
+_INTEGER_TYPES = {
+    gguf.GGUFValueType.UINT8,
+    gguf.GGUFValueType.INT8,
+    gguf.GGUFValueType.UINT16,
+    gguf.GGUFValueType.INT16,
+    gguf.GGUFValueType.UINT32,
+    gguf.GGUFValueType.INT32,
+    gguf.GGUFValueType.UINT64,
+    gguf.GGUFValueType.INT64,
+}
+_FLOAT_TYPES = {gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.FLOAT64}
+
+
+def _decode_scalar(part: np.ndarray, value_type: gguf.GGUFValueType) -> Any:
+    if value_type == gguf.GGUFValueType.STRING:
+        return bytes(part).decode("utf-8")
+    if value_type in _INTEGER_TYPES:
+        return int(part[0])
+    if value_type in _FLOAT_TYPES:
+        return float(part[0])
+    if value_type == gguf.GGUFValueType.BOOL:
+        return bool(part[0])
+    raise ValueError(f"unexpected GGUF value type {value_type!r}")
+
+
+def field_value(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
+    """The decoded value of a metadata key: str, int, float, bool, or a list of those for arrays."""
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    if field.types[0] == gguf.GGUFValueType.ARRAY:
+        return [_decode_scalar(field.parts[index], field.types[-1]) for index in field.data]
+    return _decode_scalar(field.parts[field.data[0]], field.types[0])
+
+
+def field_length(reader: gguf.GGUFReader, key: str) -> int:
+    """Number of items of an array field without decoding it (the token list has ~10^5 strings)."""
+    field = reader.fields.get(key)
+    return 0 if field is None else len(field.data)
+
+
+def gguf_architecture(reader: gguf.GGUFReader, path: pathlib.Path) -> str:
+    architecture = field_value(reader, "general.architecture")
+    if architecture is None:
+        raise ValueError(f"GGUF file {path} has no general.architecture metadata")
+    if architecture not in SUPPORTED_GGUF_ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {architecture!r} of {path} is not supported ({_SUPPORTED_HINT})")
+    return architecture
+
+
+def _required(reader: gguf.GGUFReader, key: str, path: pathlib.Path) -> Any:
+    value = field_value(reader, key)
+    if value is None:
+        raise ValueError(f"GGUF file {path} lacks the metadata key {key!r}")
+    return value
+
+
+def _uniform_count(value: int | list[int], key: str, path: pathlib.Path) -> int:
+    """Head counts may be stored per layer; only models with the same count in every layer are served."""
+    if isinstance(value, list):
+        if not value or len(set(value)) != 1:
+            raise ValueError(f"GGUF file {path}: per-layer {key} {sorted(set(value))} is not supported")
+        return value[0]
+    return value
+
+
+def _find_tensor(reader: gguf.GGUFReader, name: str) -> Any:
+    return next((tensor for tensor in reader.tensors if tensor.name == name), None)
+
+
+def _rope_scaling(
+    reader: gguf.GGUFReader, arch: str, path: pathlib.Path, rope_theta: float, head_dim: int
+) -> dict[str, Any] | None:
+    scaling_type = field_value(reader, f"{arch}.rope.scaling.type")
+    factor = field_value(reader, f"{arch}.rope.scaling.factor")
+    original = field_value(reader, f"{arch}.rope.scaling.original_context_length")
+    if scaling_type in (None, "none"):
+        # Llama 3.x files store the frequency divisors as a tensor instead of metadata.
+        freq_tensor = _find_tensor(reader, "rope_freqs.weight")
+        if freq_tensor is None:
+            return None
+        factors = np.asarray(freq_tensor.data, dtype=np.float64).reshape(-1)
+        return llama3_rope_from_freq_factors(factors, rope_theta, head_dim, original, path)
+    if factor is None:
+        raise ValueError(
+            f"GGUF file {path}: rope scaling {scaling_type!r} without {arch}.rope.scaling.factor"
+        )
+    if scaling_type == "linear":
+        return {"rope_type": "linear", "factor": float(factor)}
+    if scaling_type == "yarn":
+        scaling: dict[str, Any] = {"rope_type": "yarn", "factor": float(factor)}
+        if original is not None:
+            scaling["original_max_position_embeddings"] = int(original)
+        for gguf_suffix, hf_key in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            value = field_value(reader, f"{arch}.rope.scaling.{gguf_suffix}")
+            if value is not None:
+                scaling[hf_key] = float(value)
+        return scaling
+    raise ValueError(
+        f"GGUF file {path}: rope scaling type {scaling_type!r} is not supported (none, linear, yarn)"
+    )
+
+
+def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transformers.PretrainedConfig:
+    """A LlamaConfig / MistralConfig / Qwen2Config equal to what the original checkpoint's config.json says, as
+    far as GGUF metadata records it."""
+    arch = gguf_architecture(reader, path)
+    if field_value(reader, f"{arch}.expert_count", 0):
+        raise ValueError(f"GGUF file {path} is a mixture-of-experts model, which is not supported")
+    hidden_size = int(_required(reader, f"{arch}.embedding_length", path))
+    num_heads = _uniform_count(_required(reader, f"{arch}.attention.head_count", path), "head_count", path)
+    num_kv_heads = _uniform_count(
+        field_value(reader, f"{arch}.attention.head_count_kv", num_heads), "head_count_kv", path
+    )
+    head_dim = field_value(reader, f"{arch}.attention.key_length")
+    if head_dim is None and arch == "llama":
+        head_dim = field_value(reader, f"{arch}.rope.dimension_count")
+    head_dim = int(head_dim) if head_dim is not None else hidden_size // num_heads
+
+    embedding = _find_tensor(reader, "token_embd.weight")
+    if embedding is None:
+        raise ValueError(f"GGUF file {path} has no token_embd.weight tensor")
+    # The embedding's row count is what the weights need; it equals len(tokenizer.ggml.tokens) in practice.
+    vocab_size = (
+        int(embedding.shape[1])
+        if len(embedding.shape) == 2
+        else field_length(reader, "tokenizer.ggml.tokens")
+    )
+
+    kwargs: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": int(_required(reader, f"{arch}.feed_forward_length", path)),
+        "num_hidden_layers": int(_required(reader, f"{arch}.block_count", path)),
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "rms_norm_eps": float(_required(reader, f"{arch}.attention.layer_norm_rms_epsilon", path)),
+        "tie_word_embeddings": _find_tensor(reader, "output.weight") is None,
+        "bos_token_id": field_value(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": field_value(reader, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": field_value(reader, "tokenizer.ggml.padding_token_id"),
+    }
+    context_length = field_value(reader, f"{arch}.context_length")
+    if context_length is not None:
+        kwargs["max_position_embeddings"] = int(context_length)
+    rope_theta = field_value(reader, f"{arch}.rope.freq_base")
+    if rope_theta is not None:
+        kwargs["rope_theta"] = float(rope_theta)
+    default_theta = 1_000_000.0 if arch == "qwen2" else 10_000.0
+    rope_scaling = _rope_scaling(reader, arch, path, kwargs.get("rope_theta", default_theta), head_dim)
+    if rope_scaling is not None:
+        kwargs["rope_scaling"] = rope_scaling
+
+    if arch == "qwen2":
+        if head_dim != hidden_size // num_heads:
+            raise ValueError(
+                f"GGUF file {path}: qwen2 with head_dim {head_dim} != hidden/heads is not supported"
+            )
+        return transformers.Qwen2Config(architectures=["Qwen2ForCausalLM"], **kwargs)
+    kwargs["head_dim"] = head_dim
+    # llama.cpp files Mistral under the llama architecture; the model name is the only trace left.
+    if "mistral" in str(field_value(reader, "general.name", "")).lower():
+        # llama.cpp runs these without a sliding window, so pagedserve does too.
+        return transformers.MistralConfig(architectures=["MistralForCausalLM"], sliding_window=None, **kwargs)
+    return transformers.LlamaConfig(architectures=["LlamaForCausalLM"], **kwargs)
+
+
+def gguf_eos_token_ids(reader: gguf.GGUFReader) -> list[int]:
+    """End-of-sequence plus end-of-turn / end-of-message ids (Llama 3 chats end with <|eot_id|>)."""
+    ids: list[int] = []
+    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        value = field_value(reader, key)
+        if value is not None and int(value) not in ids:
+            ids.append(int(value))
+    return ids
+
+
+def gguf_generation_defaults(reader: gguf.GGUFReader) -> dict[str, Any]:
+    return {
+        hf_key: value
+        for key, hf_key in _SAMPLING_KEYS.items()
+        if (value := field_value(reader, key)) is not None
+    }

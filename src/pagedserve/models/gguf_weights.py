@@ -1,0 +1,137 @@
+"""GGUF tensors → Hugging Face parameter names and float tensors.
+
+Quantized types are dequantized with the `gguf` package's own kernels; F32/F16/BF16 keep their dtype. llama.cpp's
+converter reorders the rows of Q and K of the `llama` architecture (each head's rotary pairs interleaved instead
+of split in halves); that is undone here so that values equal the original checkpoint's.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import re
+from collections.abc import Iterator
+
+import gguf
+import numpy as np
+import torch
+import transformers
+
+from pagedserve.models.weight_progress import StoredTensor
+
+_GLOBAL_TENSORS = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_BLOCK_TENSORS = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# Folded into the config (rope scaling) rather than loaded as a parameter.
+_CONFIG_ONLY_TENSORS = {"rope_freqs.weight"}
+_BLOCK_NAME = re.compile(r"blk\.(?P<layer>\d+)\.(?P<part>\w+)\.(?P<kind>weight|bias)")
+_GLOBAL_NAME = re.compile(r"(?P<part>\w+)\.(?P<kind>weight|bias)")
+_UNQUANTIZED = {
+    gguf.GGMLQuantizationType.F32: torch.float32,
+    gguf.GGMLQuantizationType.F16: torch.float16,
+    gguf.GGMLQuantizationType.BF16: torch.bfloat16,
+}
+
+
+def hf_tensor_name(gguf_name: str) -> str | None:
+    """The Hugging Face name of a GGUF tensor; None for tensors that carry config only. ValueError if unknown."""
+    if gguf_name in _CONFIG_ONLY_TENSORS:
+        return None
+    if match := _BLOCK_NAME.fullmatch(gguf_name):
+        part = _BLOCK_TENSORS.get(match["part"])
+        if part is not None:
+            return f"model.layers.{match['layer']}.{part}.{match['kind']}"
+    elif match := _GLOBAL_NAME.fullmatch(gguf_name):
+        part = _GLOBAL_TENSORS.get(match["part"])
+        if part is not None:
+            return f"{part}.{match['kind']}"
+    raise ValueError(f"GGUF tensor {gguf_name!r} has no counterpart in the supported model architectures")
+
+
+@functools.cache
+def is_supported_tensor_type(tensor_type: gguf.GGMLQuantizationType) -> bool:
+    """Float types, plus every quantized type the installed `gguf` package can dequantize (probed once)."""
+    if tensor_type in _UNQUANTIZED:
+        return True
+    block_size, type_size = gguf.GGML_QUANT_SIZES[tensor_type]
+    if block_size == 1:  # integer / f64 types: not model weights
+        return False
+    try:
+        gguf.quants.dequantize(np.zeros((1, type_size), dtype=np.uint8), tensor_type)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def check_gguf_tensors(reader: gguf.GGUFReader, path: pathlib.Path) -> None:
+    """Fail at resolve time, before any weight is read, on tensors this loader cannot turn into HF weights."""
+    for tensor in reader.tensors:
+        hf_tensor_name(tensor.name)
+        if not is_supported_tensor_type(tensor.tensor_type):
+            raise ValueError(
+                f"GGUF file {path}: tensor {tensor.name} has type {tensor.tensor_type.name}, which the installed "
+                f"gguf package (version {_gguf_version()}) cannot dequantize"
+            )
+
+
+def _gguf_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("gguf")
+
+
+def tensor_to_torch(tensor: gguf.ReaderTensor) -> torch.Tensor:
+    """A writable torch copy in row-major HF layout: quantized → float32, F32/F16/BF16 unchanged."""
+    # GGUF lists dimensions fastest-first; numpy/torch want them slowest-first.
+    shape = tuple(int(dim) for dim in reversed(tensor.shape.tolist()))
+    tensor_type = tensor.tensor_type
+    if tensor_type == gguf.GGMLQuantizationType.BF16:
+        raw = np.array(tensor.data, copy=True).view(np.int16).reshape(shape)
+        return torch.from_numpy(raw).view(torch.bfloat16)
+    if tensor_type in _UNQUANTIZED:
+        return torch.from_numpy(np.array(tensor.data, copy=True).reshape(shape))
+    values = gguf.quants.dequantize(tensor.data, tensor_type)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(shape))
+
+
+def unpermute_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Inverse of llama.cpp's Q/K row permutation: per head, rows come as (pair, 2) and go back to (2, pair)."""
+    rows = weight.shape[0]
+    if rows % (2 * num_heads) != 0:
+        raise ValueError(f"cannot un-permute {rows} rows over {num_heads} heads")
+    grouped = weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
+    return grouped.transpose(1, 2).reshape(weight.shape).contiguous()
+
+
+def iter_gguf_weights(
+    reader: gguf.GGUFReader, architecture: str, config: transformers.PretrainedConfig, path: pathlib.Path
+) -> Iterator[StoredTensor]:
+    """One tensor at a time, dequantized only when reached: the loader itself never holds more than one."""
+    for tensor in reader.tensors:
+        name = hf_tensor_name(tensor.name)
+        if name is None:
+            continue
+        weight = tensor_to_torch(tensor)
+        if architecture == "llama":
+            if ".self_attn.q_proj." in name:
+                weight = unpermute_rope_rows(weight, config.num_attention_heads)
+            elif ".self_attn.k_proj." in name:
+                weight = unpermute_rope_rows(weight, config.num_key_value_heads)
+        yield StoredTensor(name, weight, int(tensor.n_bytes), path.name)
+
+
+def gguf_tensor_bytes(reader: gguf.GGUFReader) -> int:
+    return sum(int(tensor.n_bytes) for tensor in reader.tensors)

