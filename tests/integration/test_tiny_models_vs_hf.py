@@ -71,7 +71,7 @@ def run_chunks(ours, config, tokens: list[int], chunks: list[int], caches) -> li
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("backend", ["torch_ref", "cpu"])
+@pytest.mark.parametrize("backend", ["torch_ref", "cpu", "cpu_torch"])
 @pytest.mark.parametrize("chunks", [[13], [5, 6, 2], [12, 1]])
 def test_logits_match_transformers(arch: str, backend: str, chunks: list[int]) -> None:
     config, reference, ours = build_pair(arch, backend)
@@ -83,7 +83,7 @@ def test_logits_match_transformers(arch: str, backend: str, chunks: list[int]) -
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("backend", ["torch_ref", "cpu"])
+@pytest.mark.parametrize("backend", ["torch_ref", "cpu", "cpu_torch"])
 def test_batched_decode_of_different_lengths(backend: str) -> None:
     config, reference, ours = build_pair("llama", backend)
     gen = torch.Generator().manual_seed(2)

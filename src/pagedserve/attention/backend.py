@@ -73,4 +73,8 @@ def get_attention_backend(name: str) -> AttentionBackend:
         from pagedserve.attention.backends.cpu import CpuBackend
 
         return CpuBackend()
-    raise ValueError(f"unknown attention backend {name!r} (torch_ref, cpu)")
+    if name == "cpu_torch":  # the fast backend without its C kernel (what runs where no compiler exists)
+        from pagedserve.attention.backends.cpu import CpuBackend
+
+        return CpuBackend(use_kernel=False)
+    raise ValueError(f"unknown attention backend {name!r} (torch_ref, cpu, cpu_torch)")

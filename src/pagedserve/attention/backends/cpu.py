@@ -1,20 +1,29 @@
-"""The fast CPU backend: batched decode over the paged cache, SDPA for prefills.
+"""The fast CPU backend: decode straight from the paged cache, SDPA for prefills.
 
-Decode: the whole decode batch is handled by a few large operations: one gather of the batch's blocks, two batched
-matrix products, one masked softmax. Prefill without cached context attends over the chunk's own fresh K/V (no
+Decode: a small C kernel (cpu_kernel.py) reads each sequence's K/V once through its block table; where it cannot be
+built, the whole decode batch goes through a few large PyTorch operations instead (one gather of the batch's
+blocks, two batched matrix products, one masked softmax), which copies the history once per step. Prefill without cached context attends over the chunk's own fresh K/V (no
 cache read); with context (chunked prefill, prefix-cache hit) it gathers that sequence's blocks once.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from pagedserve.attention.backend import AttentionMetadata, gather_sequence_kv, write_kv_cache
+from pagedserve.attention.backends import cpu_kernel
 
 
 class CpuBackend:
     name = "cpu"
+
+    def __init__(self, use_kernel: bool | None = None) -> None:
+        if use_kernel is None:
+            use_kernel = os.environ.get("PAGEDSERVE_DISABLE_C_KERNEL", "") in ("", "0")
+        self.use_kernel = use_kernel
 
     def forward(self, q, k, v, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
         write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
@@ -36,25 +45,43 @@ class CpuBackend:
             out[rows] = _prefill_sdpa(q[rows], ks, vs, chunk.context_len, scale, num_kv_heads)
         return out
 
-    @staticmethod
-    def _decode(q, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        batch, num_q_heads, head_dim = q.shape
-        num_kv_heads = k_cache.shape[2]
-        group = num_q_heads // num_kv_heads
-        block_size = k_cache.shape[1]
-        num_blocks = -(-metadata.decode_max_seq_len // block_size)
-        tables = metadata.decode_block_tables[:, :num_blocks]
-        length = num_blocks * block_size
-        # [B, L, Hkv, D] -> [B, Hkv, L, D]
-        keys = k_cache[tables].view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
-        values = v_cache[tables].view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
-        queries = q.view(batch, num_kv_heads, group, head_dim)
-        scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * scale  # [B, Hkv, G, L]
-        positions = torch.arange(length, device=q.device)
-        pad = positions[None, :] >= metadata.decode_seq_lens[:, None]  # [B, L]
-        scores.masked_fill_(pad[:, None, None, :], float("-inf"))
-        probs = scores.softmax(dim=-1).to(q.dtype)
-        return torch.matmul(probs, values).view(batch, num_q_heads, head_dim)
+    def _decode(self, q, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+        if (
+            self.use_kernel
+            and q.device.type == "cpu"
+            and cpu_kernel.supports(q.dtype)
+            and k_cache.dtype == q.dtype
+            and cpu_kernel.load() is not None
+        ):
+            return cpu_kernel.paged_decode_attention(
+                q.contiguous(),
+                k_cache,
+                v_cache,
+                metadata.decode_block_tables,
+                metadata.decode_seq_lens,
+                scale,
+            )
+        return _decode_torch(q, k_cache, v_cache, metadata, scale)
+
+
+def _decode_torch(q, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+    batch, num_q_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_q_heads // num_kv_heads
+    block_size = k_cache.shape[1]
+    num_blocks = -(-metadata.decode_max_seq_len // block_size)
+    tables = metadata.decode_block_tables[:, :num_blocks]
+    length = num_blocks * block_size
+    # [B, L, Hkv, D] -> [B, Hkv, L, D]
+    keys = k_cache[tables].view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    values = v_cache[tables].view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    queries = q.view(batch, num_kv_heads, group, head_dim)
+    scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * scale  # [B, Hkv, G, L]
+    positions = torch.arange(length, device=q.device)
+    pad = positions[None, :] >= metadata.decode_seq_lens[:, None]  # [B, L]
+    scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+    probs = scores.softmax(dim=-1).to(q.dtype)
+    return torch.matmul(probs, values).view(batch, num_q_heads, head_dim)
 
 
 def _prefill_sdpa(q, k, v, context_len: int, scale: float, num_kv_heads: int) -> torch.Tensor:
