@@ -133,7 +133,7 @@ class ModelRunner:
         sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples]
         if sampling:
             rows = [step.last_token_rows[i] for i, _ in sampling]
-            logits = self.model.compute_logits(hidden[rows])
+            logits = self.model.compute_logits(hidden[rows]).float()  # argmax and softmax are fast in float32
             sampling_rows = [
                 SamplingRow(
                     s.request.sampling_params,

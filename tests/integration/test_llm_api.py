@@ -1,0 +1,60 @@
+"""The offline API as vLLM users call it, and `pagedserve generate` on the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pagedserve import LLM, SamplingParams
+
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
+
+def test_generate_accepts_vllm_prompt_shapes(bundled_llm_fp32, engine_fp32):
+    params = SamplingParams(temperature=0, max_tokens=6)
+    single = bundled_llm_fp32.generate("The sky is", params, use_tqdm=False)
+    assert len(single) == 1 and single[0].prompt == "The sky is"
+    ids = single[0].prompt_token_ids
+    as_ids = bundled_llm_fp32.generate({"prompt_token_ids": ids}, params, use_tqdm=False)
+    as_list = bundled_llm_fp32.generate([ids], params, use_tqdm=False)
+    several = bundled_llm_fp32.generate(["The sky is", "Two plus two is"], params, use_tqdm=False)
+    first = single[0].outputs[0]
+    assert as_ids[0].outputs[0].token_ids == first.token_ids == as_list[0].outputs[0].token_ids
+    assert several[0].outputs[0].text == first.text and several[1].prompt == "Two plus two is"
+    assert first.finish_reason in ("length", "stop") and len(first.token_ids) <= 6
+
+
+def test_chat_applies_the_template(bundled_llm_fp32, engine_fp32):
+    outputs = bundled_llm_fp32.chat(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        SamplingParams(temperature=0, max_tokens=16),
+        use_tqdm=False,
+    )
+    assert "Paris" in outputs[0].outputs[0].text
+    assert outputs[0].metrics.first_token_time >= outputs[0].metrics.arrival_time
+
+
+def test_unknown_keyword_is_a_clear_error():
+    with pytest.raises(TypeError, match="max_num_seq"):
+        LLM(max_num_seq=3)
+
+
+def test_generate_cli_answers_with_the_bundled_model():
+    result = subprocess.run(
+        [sys.executable, "-m", "pagedserve.cli.main", "generate", "--chat", "What is the capital of France?",
+         "--max-tokens", "16", "--max-model-len", "512", "--kv-cache-memory-bytes", str(64 * 1024**2)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Paris" in result.stdout
+
+
+def test_generate_cli_reports_bad_input_without_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "pagedserve.cli.main", "generate", "hi", "--temperature", "-1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "temperature" in result.stderr and "Traceback" not in result.stderr
