@@ -29,6 +29,21 @@ static inline uint16_t bf16_round(float value) {
     return (uint16_t)(bits >> 16);
 }
 
+/* In place, each of `rows` rows of `len` scores. */
+static void softmax_rows(float *scores, int64_t rows, int64_t len) {
+    for (int64_t g = 0; g < rows; ++g) {
+        float *s = scores + g * len, maximum = -INFINITY, total = 0.0f;
+        for (int64_t t = 0; t < len; ++t) maximum = s[t] > maximum ? s[t] : maximum;
+#pragma omp simd reduction(+ : total)
+        for (int64_t t = 0; t < len; ++t) {
+            s[t] = expf(s[t] - maximum);
+            total += s[t];
+        }
+        const float inverse = 1.0f / total;
+        for (int64_t t = 0; t < len; ++t) s[t] *= inverse;
+    }
+}
+
 static inline void load_row(const void *base, int64_t offset, int64_t n, int dtype, float *dst) {
     if (dtype == 0) {
         memcpy(dst, (const float *)base + offset, (size_t)n * sizeof(float));
@@ -64,17 +79,7 @@ static void decode_one_bf16(const uint16_t *q, const uint16_t *k_cache, const ui
             scores[g * len + t] = _mm512_reduce_add_ps(sum) * scale;
         }
     }
-    for (int64_t g = 0; g < group; ++g) {
-        float *s = scores + g * len, maximum = -INFINITY, total = 0.0f;
-        for (int64_t t = 0; t < len; ++t) maximum = s[t] > maximum ? s[t] : maximum;
-#pragma omp simd reduction(+ : total)
-        for (int64_t t = 0; t < len; ++t) {
-            s[t] = expf(s[t] - maximum);
-            total += s[t];
-        }
-        const float inverse = 1.0f / total;
-        for (int64_t t = 0; t < len; ++t) s[t] *= inverse;
-    }
+    softmax_rows(scores, group, len);
     memset(acc, 0, sizeof(float) * (size_t)(group * head_dim));
     for (int64_t t = 0; t < len; ++t) {
         const int64_t slot = table[t / block_size] * block_size + t % block_size;
@@ -134,17 +139,7 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                 scores[g * len + t] = dot * scale;
             }
         }
-        for (int64_t g = 0; g < group; ++g) {
-            float *s = scores + g * len, maximum = -INFINITY, total = 0.0f;
-            for (int64_t t = 0; t < len; ++t) maximum = s[t] > maximum ? s[t] : maximum;
-#pragma omp simd reduction(+ : total)
-            for (int64_t t = 0; t < len; ++t) {
-                s[t] = expf(s[t] - maximum);
-                total += s[t];
-            }
-            const float inverse = 1.0f / total;
-            for (int64_t t = 0; t < len; ++t) s[t] *= inverse;
-        }
+        softmax_rows(scores, group, len);
         for (int64_t t = 0; t < len; ++t) {
             const int64_t slot = table[t / block_size] * block_size + t % block_size;
             load_row(v_cache, (slot * num_kv_heads + h) * head_dim, head_dim, dtype, row);
