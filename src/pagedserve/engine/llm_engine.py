@@ -31,10 +31,12 @@ StatsListener = Callable[[EngineStats], None]
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, stream_outputs: bool = True) -> None:
+        """stream_outputs=False: step() returns only finished requests' outputs (offline use, saves copies)."""
         from pagedserve.models.loader import load_tokenizer, resolve_model_source
 
         self.config = config
+        self.stream_outputs = stream_outputs
         mc, cc, sc = config.model, config.cache, config.scheduler
         if config.parallel.pipeline_parallel_size != 1:
             raise ValueError("pipeline_parallel_size > 1 is not supported; scale out with replicas")
@@ -219,7 +221,8 @@ class LLMEngine:
                 state.finish_reasons[index] = seq.status.finish_reason
         outputs = []
         for state in touched.values():
-            outputs.append(state.make_output())
+            if self.stream_outputs or state.finished:
+                outputs.append(state.make_output())
             if state.finished:
                 self._finish_state(state, now, stats)
         return outputs

@@ -35,7 +35,7 @@ class LLM:
     """`LLM(model=None, dtype=..., max_model_len=..., ...)`: None serves the bundled SmolLM2-135M-Instruct."""
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
-        self.llm_engine = LLMEngine(build_engine_config(model=model, **kwargs))
+        self.llm_engine = LLMEngine(build_engine_config(model=model, **kwargs), stream_outputs=False)
         self._counter = itertools.count()
 
     def get_tokenizer(self) -> Any:

@@ -1,0 +1,1 @@
+"""Peer systems for `make bench`: transformers, upstream vLLM (CPU build) and llama.cpp's server."""

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build llama.cpp's server from the source that the `llama-cpp-python` sdist vendors, into .bench-cache/.
+# Idempotent: an existing binary is kept. Built with `nice -n 19` (about 10 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CACHE=.bench-cache
+BIN="$CACHE/llama-server"
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+PIP="${PIP:-.venv/bin/python -m pip}"
+
+if [[ -x "$BIN" ]]; then
+  echo "llama.cpp peer: $BIN already built"
+  exit 0
+fi
+mkdir -p "$CACHE/src"
+if ! ls "$CACHE"/src/llama_cpp_python-*.tar.gz >/dev/null 2>&1; then
+  $PIP download -q --no-deps --no-binary :all: -d "$CACHE/src" "llama-cpp-python==$VERSION"
+fi
+SDIST=$(ls "$CACHE"/src/llama_cpp_python-*.tar.gz | head -n 1)
+SRC="$CACHE/src/$(basename "$SDIST" .tar.gz)"
+test -d "$SRC" || tar -xzf "$SDIST" -C "$CACHE/src"
+command -v cmake >/dev/null || { echo "llama.cpp peer: cmake is not installed (apt-get install cmake)" >&2; exit 1; }
+GENERATOR=()
+command -v ninja >/dev/null && GENERATOR=(-G Ninja)
+cd "$SRC/vendor/llama.cpp"
+nice -n 19 cmake -B build "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX512=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+nice -n 19 cmake --build build --target llama-server -j 2
+cd - >/dev/null
+cp "$SRC/vendor/llama.cpp/build/bin/llama-server" "$BIN"
+echo "llama.cpp peer: built $BIN"
