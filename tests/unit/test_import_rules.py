@@ -70,3 +70,15 @@ def test_gpu_only_libraries_stay_in_attention_backends():
             continue
         found += [f"{path.relative_to(SRC)}: {n}" for n in imports_of(path) if n.split(".")[0] in {"triton", "flash_attn"}]
     assert found == []
+
+
+def test_benchmark_client_stays_outside_the_engine():
+    forbidden = ("pagedserve.server", "pagedserve.worker", "pagedserve.models", "pagedserve.core.scheduler",
+                 "pagedserve.attention", "pagedserve.layers")  # fmt: skip
+    assert offenders("benchmark", forbidden) == []
+    found = []
+    for path in SRC.rglob("*.py"):
+        if path.parent.name in ("cli", "benchmark"):
+            continue
+        found += [f"{path.relative_to(SRC)}" for n in imports_of(path) if n.startswith("pagedserve.benchmark")]
+    assert found == []
