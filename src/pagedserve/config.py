@@ -54,6 +54,9 @@ class ModelConfig:
     device: DeviceName = "auto"
     """Device for the model runner: auto picks cuda when available, else cpu."""
 
+    cpu_threads: int | None = None
+    """CPU threads for the model's math (torch/OpenMP). Default: PAGEDSERVE_CPU_THREADS, else every core the process may use."""
+
 
 @dataclass
 class CacheConfig:

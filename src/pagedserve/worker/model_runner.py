@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def configure_cpu_threads(requested: int | None) -> int:
+    """Set torch's intra-op threads; returns the number used."""
+    if requested is None:
+        env = os.environ.get("PAGEDSERVE_CPU_THREADS")
+        if env:
+            try:
+                requested = int(env)
+            except ValueError:
+                raise ValueError(f"PAGEDSERVE_CPU_THREADS must be an integer, got {env!r}") from None
+    if requested is None:
+        requested = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested < 1:
+        raise ValueError(f"cpu_threads must be >= 1, got {requested}")
+    torch.set_num_threads(requested)
+    return requested
+
+
 def resolve_dtype(name: str, hf_config: Any, quantized_source: bool) -> torch.dtype:
     if name != "auto":
         if name not in _DTYPES:
@@ -70,6 +88,8 @@ class ModelRunner:
         self.block_size = cache_config.block_size
         self.max_model_len = max_model_len
         self.vocab_size = hf_config.vocab_size
+        if device.type == "cpu":
+            self.cpu_threads = configure_cpu_threads(model_config.cpu_threads)
         model_class = resolve_model_class(hf_config)
         backend = get_attention_backend(attention_backend)
         torch.manual_seed(model_config.seed)
