@@ -48,3 +48,10 @@ def test_fast_decode_matches_reference(backend: str, dtype: torch.dtype, toleran
     expected = get_attention_backend("torch_ref").forward(q, k, v, k_cache.clone(), v_cache.clone(), metadata, 0.125)
     got = get_attention_backend(backend).forward(q, k, v, k_cache, v_cache, metadata, 0.125)
     torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+def test_loading_the_kernel_keeps_subnormal_floats():
+    """A shared library linked with -ffast-math would switch on flush-to-zero for the whole process."""
+    smallest_normal = 2.2250738585072014e-308
+    cpu_kernel.load()
+    assert smallest_normal / 2 > 0.0

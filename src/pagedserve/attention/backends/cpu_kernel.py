@@ -21,7 +21,10 @@ import torch
 logger = logging.getLogger("pagedserve")
 
 _SOURCE = Path(__file__).parent / "csrc" / "paged_decode.c"
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only", "-shared", "-fPIC"]
+# Compiled with -ffast-math (vectorised expf and reductions) but linked without it: linking a shared library
+# with -ffast-math pulls in crtfastmath.o, which turns on flush-to-zero for the whole process.
+_COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only", "-fPIC"]
+_LINK_FLAGS = ["-shared", "-fopenmp"]
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _failed = False
@@ -40,18 +43,19 @@ def _build() -> ctypes.CDLL:
     if compiler is None:
         raise RuntimeError("no C compiler (cc/gcc) found")
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + compiler.encode()).hexdigest()[:16]
+    flags = " ".join(_COMPILE_FLAGS + _LINK_FLAGS)
+    key = hashlib.sha256(source + flags.encode() + compiler.encode()).hexdigest()[:16]
     target = _cache_dir() / f"paged_decode_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            subprocess.run(
-                [compiler, *_FLAGS, str(_SOURCE), "-o", str(built), "-lm"],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
+            obj = Path(tmp) / "paged_decode.o"
+            for command in (
+                [compiler, *_COMPILE_FLAGS, "-c", str(_SOURCE), "-o", str(obj)],
+                [compiler, *_LINK_FLAGS, str(obj), "-o", str(built), "-lm"],
+            ):
+                subprocess.run(command, check=True, capture_output=True, timeout=120)
             os.replace(built, target)  # atomic: concurrent processes never load a half-written file
     library = ctypes.CDLL(str(target))
     function = library.paged_decode_attention

@@ -9,6 +9,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #define HAVE_AVX512_BF16 1
@@ -104,7 +107,14 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                            int64_t max_blocks, float scale, int dtype, int num_threads) {
     const int64_t group = num_q_heads / num_kv_heads;
     int failed = 0;
-#pragma omp parallel for num_threads(num_threads) schedule(dynamic, 4)
+#pragma omp parallel num_threads(num_threads)
+    {
+#if defined(__SSE__)
+    /* Flush subnormals inside the kernel only (exp of very negative scores would hit the slow path); restored below. */
+    const unsigned int saved_csr = _mm_getcsr();
+    _mm_setcsr(saved_csr | 0x8040u);
+#endif
+#pragma omp for schedule(dynamic, 4)
     for (int64_t work = 0; work < batch * num_kv_heads; ++work) {
         const int64_t b = work / num_kv_heads, h = work % num_kv_heads;
         const int64_t len = seq_lens[b];
@@ -160,6 +170,10 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
             }
         }
         free(buffer);
+    }
+#if defined(__SSE__)
+    _mm_setcsr(saved_csr);
+#endif
     }
     return failed;
 }
