@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from typing import Any, Literal, get_args, get_origin
 
 from pagedserve.config import config_fields, field_docs
+
+_BYTE_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
+
+
+def parse_byte_size(text: str) -> int:
+    """A byte count: plain digits or with a unit, e.g. 268435456, 256MiB, 4GiB, 1.5G (case-insensitive, B optional)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 268435456, 256MiB, 4GiB)")
+    return int(float(match.group(1)) * _BYTE_UNITS[match.group(2) or ""])
 
 
 def _flag(name: str) -> str:
@@ -26,7 +47,11 @@ def add_config_args(parser: argparse.ArgumentParser | Any, cls: type, skip: tupl
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": docs.get(f.name, "")}
         args = [a for a in get_args(hint) if a is not type(None)]
-        base = args[0] if get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args else hint
+        base = (
+            args[0]
+            if get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args
+            else hint
+        )
         if base is bool:
             group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
             continue
@@ -36,6 +61,8 @@ def add_config_args(parser: argparse.ArgumentParser | Any, cls: type, skip: tupl
         elif get_origin(base) is list:
             kwargs["nargs"] = "+"
             kwargs["type"] = get_args(base)[0]
+        elif base is int and f.name.endswith("_bytes"):
+            kwargs["type"] = parse_byte_size
         elif base in (int, float, str):
             kwargs["type"] = base
         kwargs["metavar"] = f.name.upper() if "choices" not in kwargs else None

@@ -1,15 +1,182 @@
-"""`pagedserve serve` (placeholder until its issue lands)."""
+"""`pagedserve serve [MODEL]`: the vLLM-compatible OpenAI server (drop-in for `vllm serve`).
+
+Flags are generated from the config dataclasses and spelled as vLLM's. Signals: the first SIGTERM/SIGINT drains
+(/ready 503, new requests 503, in-flight ones finish within --shutdown-timeout, exit 0); a second one exits now.
+Exit status 1 when the engine failed to load or died.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from types import FrameType
 from typing import Any
+
+from pagedserve.cli.args import add_config_args, config_from_args
+from pagedserve.config import (
+    CacheConfig,
+    EngineConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedulerConfig,
+    ServerConfig,
+)
+
+API_KEY_ENV_VARS = ("VLLM_API_KEY", "PAGEDSERVE_API_KEY")
+# vLLM flags we recognise but do not implement: refused with a reason instead of argparse's generic error.
+UNSUPPORTED_FLAGS = {
+    "--trust-remote-code": "pagedserve never runs code from model folders",
+    "--enable-lora": "LoRA adapters are not supported",
+    "--lora-modules": "LoRA adapters are not supported",
+    "--speculative-config": "speculative decoding is not supported",
+    "--data-parallel-size": "run more replicas instead (the Helm chart scales them)",
+    "--ssl-keyfile": "terminate TLS at the ingress",
+    "--ssl-certfile": "terminate TLS at the ingress",
+}
+# uvicorn's own drain after ours; in-flight requests are already done or past --shutdown-timeout by then.
+UVICORN_GRACEFUL_TIMEOUT_S = 3
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("serve", help="not implemented yet")
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the OpenAI-compatible server (vLLM's flags)",
+        description="Serve MODEL (default: the bundled SmolLM2-135M-Instruct) over the OpenAI API.",
+    )
+    parser.add_argument(
+        "model_tag", nargs="?", default=None, metavar="MODEL", help="model folder or GGUF file"
+    )
+    add_config_args(parser, ModelConfig)
+    add_config_args(parser, CacheConfig)
+    add_config_args(parser, SchedulerConfig)
+    add_config_args(parser, ParallelConfig)
+    add_config_args(parser, ServerConfig)
+    unsupported = parser.add_argument_group("vLLM flags not supported (each fails with the reason)")
+    for flag, reason in UNSUPPORTED_FLAGS.items():
+        unsupported.add_argument(
+            flag,
+            dest=_unsupported_dest(flag),
+            nargs="?",
+            const=True,
+            default=None,
+            metavar="VALUE",
+            help=reason,
+        )
     parser.set_defaults(func=run)
 
 
+def _unsupported_dest(flag: str) -> str:
+    return "unsupported_" + flag[2:].replace("-", "_")
+
+
+def _fail(message: str) -> int:
+    print(f"pagedserve serve: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_supported(args: argparse.Namespace) -> str | None:
+    for flag, reason in UNSUPPORTED_FLAGS.items():
+        if getattr(args, _unsupported_dest(flag), None) is not None:
+            return f"{flag} is not supported: {reason}."
+    if args.pipeline_parallel_size != 1:
+        return "--pipeline-parallel-size other than 1 is not supported; scale out with more replicas."
+    if args.quantization not in (None, "none"):
+        return f"--quantization {args.quantization} is not supported; only unquantized serving (none)."
+    if args.max_num_queued_reqs < 1:
+        return "--max-num-queued-reqs must be >= 1."
+    if args.max_request_body_bytes < 1:
+        return "--max-request-body-bytes must be >= 1."
+    if args.shutdown_timeout < 0:
+        return "--shutdown-timeout must be >= 0."
+    if args.ready_stall_seconds < 1:  # the idle engine refreshes its progress time 4 times a second
+        return "--ready-stall-seconds must be >= 1."
+    if not 1 <= args.max_n:
+        return "--max-n must be >= 1."
+    return None
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("pagedserve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [pagedserve] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("pagedserve serve: not implemented yet")
+    problem = _check_supported(args)
+    if problem:
+        return _fail(problem)
+    if args.model_tag is not None:
+        args.model = args.model_tag
+    if args.api_key is None:
+        args.api_key = next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
+    if args.served_model_name is None:
+        from pagedserve.models.bundled import BUNDLED_MODEL_NAME
+
+        args.served_model_name = [args.model or BUNDLED_MODEL_NAME]
+    engine_config = EngineConfig(
+        model=config_from_args(ModelConfig, args),
+        cache=config_from_args(CacheConfig, args),
+        scheduler=config_from_args(SchedulerConfig, args),
+        parallel=config_from_args(ParallelConfig, args),
+    )
+    server_config: ServerConfig = config_from_args(ServerConfig, args)
+    _configure_logging()
+    return asyncio.run(_serve(engine_config, server_config))
+
+
+async def _serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
+    import uvicorn
+
+    from pagedserve.engine.async_engine import AsyncEngine
+    from pagedserve.server.app import create_app
+
+    def build_engine() -> AsyncEngine:
+        # A step wedged for twice the readiness window is declared dead: fail its clients, exit, restart.
+        return AsyncEngine.from_config(engine_config, stall_timeout=2 * server_config.ready_stall_seconds)
+
+    app = create_app(server_config, build_engine, list(server_config.served_model_name or []))
+    state = app.state.pagedserve
+    config = uvicorn.Config(
+        app,
+        host=server_config.host,
+        port=server_config.port,
+        log_level=server_config.uvicorn_log_level,
+        timeout_graceful_shutdown=UVICORN_GRACEFUL_TIMEOUT_S,
+        lifespan="on",
+    )
+    loop = asyncio.get_running_loop()
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn, except that the first SIGTERM/SIGINT drains instead of closing the listening socket."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if state.draining or state.exit_requested.is_set():
+                self.should_exit = True
+                if sig == signal.SIGINT:
+                    self.force_exit = True
+                return
+            logging.getLogger("pagedserve").info("Received %s: draining", signal.Signals(sig).name)
+            loop.call_soon_threadsafe(lambda: loop.create_task(state.drain()))
+
+    server = DrainingServer(config)
+
+    async def stop_when_requested() -> None:
+        await state.exit_requested.wait()
+        server.should_exit = True
+
+    stopper = asyncio.create_task(stop_when_requested())
+    try:
+        await server.serve()
+    finally:
+        stopper.cancel()
+    if not server.started:
+        return 1
+    return state.exit_code

@@ -1,0 +1,130 @@
+"""The FastAPI app: routes, middleware, error handlers, and the start-up sequence (load → warm up → ready).
+
+The HTTP server answers probes while the model loads in a worker thread: /health is 200 (alive), /ready is 503
+until the model is loaded and one tiny generation went through, so Kubernetes routes no traffic to a cold pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from pagedserve import __version__
+from pagedserve.config import ServerConfig
+from pagedserve.engine.protocol import EngineClient
+from pagedserve.sampling_params import SamplingParams
+from pagedserve.server import chat, completions, health, models, tokenize
+from pagedserve.server.auth import APIKeyMiddleware, open_paths
+from pagedserve.server.body_limit import BodyLimitMiddleware
+from pagedserve.server.errors import install_error_handlers
+from pagedserve.server.http_metrics import HTTPMetricsMiddleware
+from pagedserve.server.request_id import RequestIdMiddleware
+from pagedserve.server.state import ServerState
+from pagedserve.server.stats_logger import StatsLogger
+
+logger = logging.getLogger("pagedserve")
+
+# Builds the engine (loads the model: blocking, seconds); called in a worker thread at start-up.
+EngineFactory = Callable[[], EngineClient]
+WARMUP_PROMPT = "Hello"
+_DEATH_POLL_S = 0.2
+
+
+async def _warm_up(engine: EngineClient) -> None:
+    """One tiny generation, so the first real request does not pay for lazy initialisation."""
+    prompt = await asyncio.to_thread(engine.tokenizer.encode, WARMUP_PROMPT)
+    params = SamplingParams(max_tokens=1, temperature=0.0)
+    async for _ in engine.generate({"prompt_token_ids": prompt}, params, "pagedserve-warmup"):
+        pass
+
+
+async def _start_engine(state: ServerState, factory: EngineFactory, stats_logger: StatsLogger) -> None:
+    try:
+        engine = await asyncio.to_thread(factory)
+        await engine.start()
+        state.engine = engine
+        state.metrics.bind_engine(engine.info)
+        await _warm_up(engine)
+        # Listeners join after the warm-up, so counters only count clients' requests.
+        engine.add_stats_listener(state.metrics.observe)
+        engine.add_stats_listener(stats_logger.observe)
+        state.warmed = True
+        info = engine.info
+        logger.info(
+            "Ready: model %s (max_model_len=%d, %d KV blocks of %d tokens, %s on %s)",
+            state.model_name, info.max_model_len, info.num_kv_blocks, info.block_size, info.dtype, info.device,
+        )  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - any start-up failure: report it and exit non-zero
+        logger.error("Engine start-up failed: %s: %s", type(error).__name__, error)
+        state.load_error = error
+        state.request_exit(1)
+
+
+async def _watch_engine(state: ServerState) -> None:
+    """Turn an engine loop death into liveness 503 and a non-zero exit."""
+    while True:
+        await asyncio.sleep(_DEATH_POLL_S)
+        engine = state.engine
+        if engine is not None and not engine.is_running:
+            state.on_engine_dead(getattr(engine, "dead_error", None) or RuntimeError("engine stopped"))
+            return
+
+
+def route_table(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every route the app serves, included routers flattened (for tests and docs)."""
+    table: list[tuple[str, str]] = []
+
+    def walk(routes: list[Any], prefix: str) -> None:
+        for route in routes:
+            included = getattr(route, "original_router", None)
+            if included is not None:  # FastAPI wraps include_router() results
+                walk(included.routes, prefix + getattr(route.include_context, "prefix", ""))
+            else:
+                table.extend((m, prefix + route.path) for m in sorted(route.methods or ()) if m != "HEAD")
+
+    walk(list(app.routes), "")
+    return table
+
+
+def create_app(config: ServerConfig, engine_factory: EngineFactory, served_model_names: list[str]) -> FastAPI:
+    state = ServerState(config, served_model_names)
+    stats_logger = StatsLogger()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(_start_engine(state, engine_factory, stats_logger)),
+            asyncio.create_task(_watch_engine(state)),
+        ]
+        if not config.disable_log_stats:
+            tasks.append(asyncio.create_task(stats_logger.run()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if state.engine is not None:
+                await state.engine.shutdown()
+            state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="pagedserve", version=__version__, lifespan=lifespan)
+    app.state.pagedserve = state
+    for module in (chat, completions, models, tokenize, health):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    # add_middleware wraps: the last added runs first. Order of execution: request id → HTTP metrics →
+    # auth → body limit → routes.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_request_body_bytes)
+    if config.api_key:
+        app.add_middleware(
+            APIKeyMiddleware, api_key=config.api_key, open_paths=open_paths(config.metrics_require_auth)
+        )
+    app.add_middleware(HTTPMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,155 @@
+"""POST /v1/chat/completions: OpenAI chat, plain and streaming (SSE)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from pagedserve.errors import EngineDeadError
+from pagedserve.outputs import CompletionOutput, RequestOutput
+from pagedserve.server.chat_messages import plain_messages, render_chat
+from pagedserve.server.errors import APIError, invalid_request, sse_error_event
+from pagedserve.server.generation import (
+    ClientDisconnectedError,
+    Generation,
+    new_request_ids,
+    until_disconnect,
+)
+from pagedserve.server.logprobs import chat_logprobs
+from pagedserve.server.openai.protocol import ChatCompletionRequest
+from pagedserve.server.request_context import client_request_id, server_state
+from pagedserve.server.sampling import chat_sampling_params
+from pagedserve.server.streaming import SSEResponse, sse, usage
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Any:
+    state = server_state(request)
+    model = state.check_model(body.model)
+    engine = state.require_engine()
+    params = chat_sampling_params(body, state.config.max_n)
+    messages = plain_messages(body.messages)
+    response_id, engine_id = new_request_ids("chatcmpl", client_request_id(request))
+    generation = Generation(state, engine, engine_id, [[]], params)  # prompt filled in once rendered
+    generation.admit()
+    try:
+        prompt = await until_disconnect(
+            request, state.off_loop(render_chat, engine, messages, body.add_generation_prompt is not False)
+        )
+        generation.prompts = [prompt]
+        await until_disconnect(request, generation.start())
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            stream = _stream(generation, response_id, model, int(time.time()), include_usage, body, engine)
+            return SSEResponse(stream, on_close=generation.close)
+        outputs = await until_disconnect(request, generation.collect())
+        await generation.close()
+        return JSONResponse(_response(outputs[0], response_id, model, body, engine))
+    except ValueError as error:
+        await generation.close(error)
+        raise invalid_request(error) from None
+    except ClientDisconnectedError:
+        await generation.close()
+        return JSONResponse({}, status_code=499)
+    except BaseException as error:
+        await generation.close(error)
+        raise
+
+
+def _choice_logprobs(
+    completion: CompletionOutput, start: int, body: ChatCompletionRequest, engine: Any
+) -> Any:
+    if not body.logprobs or completion.logprobs is None:
+        return None
+    return chat_logprobs(
+        completion.logprobs[start:], completion.token_ids[start:], body.top_logprobs or 0, engine.tokenizer
+    )
+
+
+def _response(
+    output: RequestOutput, response_id: str, model: str, body: ChatCompletionRequest, engine: Any
+) -> dict[str, Any]:
+    choices = [
+        {
+            "index": c.index,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": _choice_logprobs(c, 0, body, engine),
+            "finish_reason": c.finish_reason,
+            "stop_reason": c.stop_reason,
+        }
+        for c in sorted(output.outputs, key=lambda c: c.index)
+    ]
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage([output]),
+    }
+
+
+async def _stream(
+    generation: Generation,
+    response_id: str,
+    model: str,
+    created: int,
+    include_usage: bool,
+    body: ChatCompletionRequest,
+    engine: Any,
+) -> AsyncIterator[str]:
+    head = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model}
+
+    def chunk(
+        index: int, delta: dict[str, Any], logprobs: Any = None, finish: CompletionOutput | None = None
+    ) -> str:
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": finish.finish_reason if finish else None,
+        }
+        if finish is not None:
+            choice["stop_reason"] = finish.stop_reason
+        return sse({**head, "choices": [choice]})
+
+    sent_chars: dict[int, int] = {}
+    sent_tokens: dict[int, int] = {}
+    done: set[int] = set()
+    error: BaseException | None = None
+    last: RequestOutput | None = None
+    try:
+        async for _, output in generation.stream():
+            last = output
+            for completion in output.outputs:
+                index = completion.index
+                if index in done:
+                    continue
+                if index not in sent_chars:
+                    sent_chars[index] = sent_tokens[index] = 0
+                    yield chunk(index, {"role": "assistant", "content": ""})
+                delta_text = completion.text[sent_chars[index] :]
+                logprobs = _choice_logprobs(completion, sent_tokens[index], body, engine)
+                sent_chars[index], sent_tokens[index] = len(completion.text), len(completion.token_ids)
+                if completion.finish_reason is not None:
+                    done.add(index)
+                    yield chunk(index, {"content": delta_text} if delta_text else {}, logprobs, completion)
+                elif delta_text or (logprobs and logprobs["content"]):
+                    yield chunk(index, {"content": delta_text}, logprobs)
+        if include_usage and last is not None:
+            yield sse({**head, "choices": [], "usage": usage([last])})
+    except EngineDeadError as dead:
+        error = dead
+        yield sse_error_event(500, "The engine stopped; the server is restarting.", "engine_dead")
+    except APIError as api_error:
+        error = api_error
+        yield sse_error_event(api_error.status, api_error.message, api_error.code)
+    finally:
+        await generation.close(error)
+    yield "data: [DONE]\n\n"

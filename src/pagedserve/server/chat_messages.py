@@ -1,0 +1,33 @@
+"""Chat messages → prompt token ids through the model's chat template (run on the tokenizer thread)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pagedserve.errors import InvalidRequestError
+from pagedserve.server.openai.protocol import ChatMessage
+
+
+def plain_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """Messages as the chat template expects them: text parts joined into one string."""
+    plain = []
+    for message in messages:
+        content = message.content
+        if isinstance(content, list):
+            content = "\n".join(part.text for part in content)
+        entry = {"role": message.role, "content": content or ""}
+        if message.name is not None:
+            entry["name"] = message.name
+        plain.append(entry)
+    return plain
+
+
+def render_chat(engine: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    try:
+        return engine.apply_chat_template(messages, add_generation_prompt)
+    except InvalidRequestError:
+        raise
+    except Exception:  # noqa: BLE001 - a template that rejects these messages (e.g. role order) is bad input
+        raise InvalidRequestError(
+            "The chat template could not be applied to these messages.", "messages"
+        ) from None

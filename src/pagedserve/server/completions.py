@@ -1,0 +1,188 @@
+"""POST /v1/completions: text completion for one or many prompts (text or token ids), plain and streaming."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from pagedserve.errors import EngineDeadError
+from pagedserve.outputs import CompletionOutput, RequestOutput
+from pagedserve.server.errors import APIError, invalid_request, sse_error_event
+from pagedserve.server.generation import (
+    ClientDisconnectedError,
+    Generation,
+    new_request_ids,
+    until_disconnect,
+)
+from pagedserve.server.logprobs import completion_logprobs
+from pagedserve.server.openai.protocol import CompletionRequest
+from pagedserve.server.request_context import client_request_id, server_state
+from pagedserve.server.sampling import completion_sampling_params
+from pagedserve.server.streaming import SSEResponse, sse, usage
+
+router = APIRouter()
+
+
+def _prompt_list(prompt: Any) -> list[str | list[int]]:
+    """The four accepted prompt shapes as a list of single prompts."""
+    if isinstance(prompt, str):
+        prompts: list[Any] = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise APIError(400, "The prompt must not be empty.", param="prompt")
+    return prompts
+
+
+def _tokenize_all(tokenizer: Any, prompts: list[str | list[int]], vocab_size: int) -> list[list[int]]:
+    token_lists = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+        if not ids:
+            raise APIError(400, "The prompt must not be empty.", param="prompt")
+        if any(not 0 <= t < vocab_size for t in ids):
+            raise APIError(400, f"Prompt token ids must be in [0, {vocab_size}).", param="prompt")
+        token_lists.append(ids)
+    return token_lists
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(body: CompletionRequest, request: Request) -> Any:
+    state = server_state(request)
+    model = state.check_model(body.model)
+    engine = state.require_engine()
+    params = completion_sampling_params(body, state.config.max_n)
+    prompts = _prompt_list(body.prompt)
+    response_id, engine_id = new_request_ids("cmpl", client_request_id(request))
+    generation = Generation(state, engine, engine_id, prompts, params)  # type: ignore[arg-type]
+    generation.admit()
+    try:
+        generation.prompts = await until_disconnect(
+            request, state.off_loop(_tokenize_all, engine.tokenizer, prompts, engine.info.vocab_size)
+        )
+        await until_disconnect(request, generation.start())
+        echo_texts = [p if isinstance(p, str) else None for p in prompts] if body.echo else None
+        view = _View(
+            response_id, model, int(time.time()), params.n, echo_texts, body.logprobs, engine.tokenizer
+        )
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return SSEResponse(_stream(generation, view, include_usage), on_close=generation.close)
+        outputs = await until_disconnect(request, generation.collect())
+        await generation.close()
+        return JSONResponse(view.response(outputs))
+    except ValueError as error:
+        await generation.close(error)
+        raise invalid_request(error) from None
+    except ClientDisconnectedError:
+        await generation.close()
+        return JSONResponse({}, status_code=499)
+    except BaseException as error:
+        await generation.close(error)
+        raise
+
+
+class _View:
+    """Builds choices from engine outputs; tracks what each streamed choice has already sent."""
+
+    def __init__(
+        self,
+        response_id: str,
+        model: str,
+        created: int,
+        n: int,
+        echo_texts: list[str | None] | None,
+        logprobs: int | None,
+        tokenizer: Any,
+    ) -> None:
+        self.head = {"id": response_id, "object": "text_completion", "created": created, "model": model}
+        self.n = n
+        self.echo_texts = echo_texts
+        self.logprobs = logprobs
+        self.tokenizer = tokenizer
+        self.sent_chars: dict[int, int] = {}
+        self.sent_tokens: dict[int, int] = {}
+        self.offsets: dict[int, int] = {}
+
+    def _echo(self, prompt_index: int, output: RequestOutput) -> str:
+        assert self.echo_texts is not None
+        text = self.echo_texts[prompt_index]
+        return text if text is not None else self.tokenizer.decode(output.prompt_token_ids)
+
+    def choice(
+        self, prompt_index: int, output: RequestOutput, completion: CompletionOutput
+    ) -> dict[str, Any]:
+        """The delta of this choice since the last call (all of it on the first call)."""
+        index = prompt_index * self.n + completion.index
+        first = index not in self.sent_chars
+        if first:
+            self.sent_chars[index] = self.sent_tokens[index] = self.offsets[index] = 0
+        text = completion.text[self.sent_chars[index] :]
+        logprobs = None
+        if self.logprobs is not None and completion.logprobs is not None:
+            start = self.sent_tokens[index]
+            entries: list[Any] = list(completion.logprobs[start:])
+            token_ids = list(completion.token_ids[start:])
+            if first and self.echo_texts is not None and output.prompt_logprobs is not None:
+                entries = list(output.prompt_logprobs) + entries
+                token_ids = list(output.prompt_token_ids) + token_ids
+            logprobs = completion_logprobs(
+                entries, token_ids, self.logprobs, self.tokenizer, self.offsets[index]
+            )
+            if logprobs["tokens"]:
+                self.offsets[index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+        if first and self.echo_texts is not None:
+            text = self._echo(prompt_index, output) + text
+        self.sent_chars[index] = len(completion.text)
+        self.sent_tokens[index] = len(completion.token_ids)
+        return {
+            "index": index,
+            "text": text,
+            "logprobs": logprobs,
+            "finish_reason": completion.finish_reason,
+            "stop_reason": completion.stop_reason,
+        }
+
+    def response(self, outputs: list[RequestOutput]) -> dict[str, Any]:
+        choices = [
+            self.choice(i, output, c)
+            for i, output in enumerate(outputs)
+            for c in sorted(output.outputs, key=lambda c: c.index)
+        ]
+        return {**self.head, "choices": choices, "usage": usage(outputs)}
+
+
+async def _stream(generation: Generation, view: _View, include_usage: bool) -> AsyncIterator[str]:
+    finished: set[tuple[int, int]] = set()
+    last: dict[int, RequestOutput] = {}
+    error: BaseException | None = None
+    try:
+        async for prompt_index, output in generation.stream():
+            last[prompt_index] = output
+            for completion in output.outputs:
+                key = (prompt_index, completion.index)
+                if key in finished:
+                    continue
+                choice = view.choice(prompt_index, output, completion)
+                if completion.finish_reason is not None:
+                    finished.add(key)
+                elif not choice["text"] and not (choice["logprobs"] and choice["logprobs"]["tokens"]):
+                    continue
+                yield sse({**view.head, "choices": [choice]})
+        if include_usage:
+            yield sse({**view.head, "choices": [], "usage": usage(list(last.values()))})
+    except EngineDeadError as dead:
+        error = dead
+        yield sse_error_event(500, "The engine stopped; the server is restarting.", "engine_dead")
+    except APIError as api_error:
+        error = api_error
+        yield sse_error_event(api_error.status, api_error.message, api_error.code)
+    finally:
+        await generation.close(error)
+    yield "data: [DONE]\n\n"

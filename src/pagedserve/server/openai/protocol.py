@@ -1,0 +1,96 @@
+"""Request bodies of the OpenAI-compatible endpoints, as pydantic models (they also make the OpenAPI schema).
+
+Types are strict so that `"10"` or `1.5` for an integer, or `"1"` for a number, are refused (400) rather than
+coerced. Ranges are checked by `SamplingParams`, which names the offending field. Unknown fields are ignored, as
+vLLM and OpenAI do.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr
+
+# A JSON number: int or float, never a string or a bool.
+Number = Annotated[float, Strict()]
+StopField = Union[StrictStr, list[StrictStr], None]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Lenient):
+    include_usage: StrictBool | None = False
+    continuous_usage_stats: StrictBool | None = False
+
+
+class SamplingFields(_Lenient):
+    """Fields shared by chat and completions (vLLM's extensions included)."""
+
+    model: StrictStr | None = None
+    n: StrictInt | None = 1
+    temperature: Number | None = None
+    top_p: Number | None = None
+    top_k: StrictInt | None = None
+    min_p: Number | None = None
+    seed: StrictInt | None = None
+    stop: StopField = None
+    stop_token_ids: list[StrictInt] | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    repetition_penalty: Number | None = None
+    min_tokens: StrictInt | None = None
+    ignore_eos: StrictBool | None = False
+    skip_special_tokens: StrictBool | None = True
+    spaces_between_special_tokens: StrictBool | None = True
+    include_stop_str_in_output: StrictBool | None = False
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    user: StrictStr | None = None
+
+
+class TextContentPart(_Lenient):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: Union[StrictStr, list[TextContentPart], None] = None
+    name: StrictStr | None = None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    logprobs: StrictBool | None = False
+    top_logprobs: StrictInt | None = None
+    add_generation_prompt: StrictBool | None = True
+
+
+# str | list[str] | list[int] | list[list[int]]
+PromptField = Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: PromptField
+    max_tokens: StrictInt | None = 16
+    logprobs: StrictInt | None = None
+    echo: StrictBool | None = False
+    best_of: StrictInt | None = None
+    suffix: StrictStr | None = None
+
+
+class TokenizeRequest(_Lenient):
+    model: StrictStr | None = None
+    prompt: StrictStr | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: StrictBool | None = True
+    add_generation_prompt: StrictBool | None = True
+
+
+class DetokenizeRequest(_Lenient):
+    model: StrictStr | None = None
+    tokens: list[StrictInt]

@@ -1,0 +1,71 @@
+"""Request fields → `SamplingParams`, with the server-side limits (n cap, logprob caps) checked first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pagedserve.sampling_params import MAX_LOGPROBS, SamplingParams
+from pagedserve.server.errors import APIError, invalid_request
+from pagedserve.server.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+
+# Request field -> SamplingParams field, copied when the client set them (None keeps SamplingParams' default).
+_COPIED = (
+    "n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
+    "frequency_penalty", "repetition_penalty", "min_tokens", "ignore_eos", "skip_special_tokens",
+    "spaces_between_special_tokens", "include_stop_str_in_output",
+)  # fmt: skip
+
+
+# OpenAI's range; SamplingParams itself only requires >= 0.
+MAX_TEMPERATURE = 2.0
+
+
+def _common(request: SamplingFields, max_n: int) -> dict[str, Any]:
+    values = {name: getattr(request, name) for name in _COPIED if getattr(request, name) is not None}
+    n = values.get("n", 1)
+    if isinstance(n, int) and n > max_n:
+        raise APIError(400, f"n must be at most {max_n} on this server.", param="n")
+    temperature = values.get("temperature")
+    if isinstance(temperature, float) and temperature > MAX_TEMPERATURE:
+        raise APIError(400, f"temperature must be in [0, {MAX_TEMPERATURE}].", param="temperature")
+    return values
+
+
+def _build(values: dict[str, Any]) -> SamplingParams:
+    try:
+        return SamplingParams(**values)
+    except ValueError as error:  # SamplingParams names the field in .param
+        raise invalid_request(error) from None
+
+
+def chat_sampling_params(request: ChatCompletionRequest, max_n: int) -> SamplingParams:
+    values = _common(request, max_n)
+    # max_completion_tokens is the newer spelling; vLLM's benchmark sends it. null: the rest of the context.
+    values["max_tokens"] = (
+        request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+    )
+    if request.top_logprobs is not None:
+        if not 0 <= request.top_logprobs <= MAX_LOGPROBS:
+            raise APIError(400, f"top_logprobs must be in [0, {MAX_LOGPROBS}].", param="top_logprobs")
+        if request.top_logprobs > 0 and not request.logprobs:
+            raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
+    if request.logprobs:
+        values["logprobs"] = request.top_logprobs or 0
+    return _build(values)
+
+
+def completion_sampling_params(request: CompletionRequest, max_n: int) -> SamplingParams:
+    values = _common(request, max_n)
+    if "max_tokens" in request.model_fields_set:
+        values["max_tokens"] = request.max_tokens
+    if request.best_of is not None and request.best_of != (request.n or 1):
+        raise APIError(400, "best_of other than n is not supported.", param="best_of")
+    if request.suffix:
+        raise APIError(400, "suffix is not supported.", param="suffix")
+    if request.logprobs is not None:
+        if not 0 <= request.logprobs <= MAX_LOGPROBS:
+            raise APIError(400, f"logprobs must be in [0, {MAX_LOGPROBS}].", param="logprobs")
+        values["logprobs"] = request.logprobs
+        if request.echo:
+            values["prompt_logprobs"] = request.logprobs
+    return _build(values)

@@ -1,0 +1,47 @@
+"""POST /tokenize and /detokenize (vLLM's extra endpoints), run on the tokenizer thread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from pagedserve.server.chat_messages import plain_messages, render_chat
+from pagedserve.server.errors import APIError
+from pagedserve.server.openai.protocol import DetokenizeRequest, TokenizeRequest
+from pagedserve.server.request_context import server_state
+
+router = APIRouter()
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    state = server_state(request)
+    state.check_model(body.model)
+    engine = state.require_engine()
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(400, "Give exactly one of prompt or messages.", param="prompt")
+    if body.messages is not None:
+        if not body.messages:
+            raise APIError(400, "messages must not be empty.", param="messages")
+        messages = plain_messages(body.messages)
+        tokens = await state.off_loop(render_chat, engine, messages, body.add_generation_prompt is not False)
+    else:
+        tokens = await state.off_loop(
+            lambda: engine.tokenizer.encode(
+                body.prompt, add_special_tokens=body.add_special_tokens is not False
+            )
+        )
+    return {"count": len(tokens), "max_model_len": engine.info.max_model_len, "tokens": tokens}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, str]:
+    state = server_state(request)
+    state.check_model(body.model)
+    engine = state.require_engine()
+    vocab_size = engine.info.vocab_size
+    if any(not 0 <= t < vocab_size for t in body.tokens):
+        raise APIError(400, f"Token ids must be in [0, {vocab_size}).", param="tokens")
+    text = await state.off_loop(engine.tokenizer.decode, body.tokens)
+    return {"prompt": text}

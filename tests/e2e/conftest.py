@@ -1,0 +1,139 @@
+"""Real `pagedserve serve` subprocesses on free ports with the bundled model.
+
+`server` is one session-wide server shared by every test that can share it; tests that stop, break or
+overload a server start their own short-lived one with `start_server`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+MAX_MODEL_LEN = 2048
+# Small enough to start fast on a CPU: ~23 KiB of bf16 KV per token, so 256 MiB hold ~11k tokens.
+BASE_ARGS = [
+    "--max-model-len",
+    str(MAX_MODEL_LEN),
+    "--kv-cache-memory-bytes",
+    "256MiB",
+    "--uvicorn-log-level",
+    "warning",
+]
+READY_TIMEOUT_S = 300.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"server not ready after {timeout} s:\n{self.log()[-3000:]}")
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.log()[-3000:]}") from None
+
+
+def launch(tmp_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    port = free_port()
+    log_path = tmp_dir / f"server-{port}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "pagedserve.cli.main",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PAGEDSERVE_INJECT")}
+    environment.update(env or {})
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, *BASE_ARGS, *args], stdout=log, stderr=subprocess.STDOUT, env=environment
+        )
+    return ServerProcess(process, port, log_path)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The shared server: 4 sequences per step so that 'waiting' moves under a modest load."""
+    process = launch(tmp_path_factory.mktemp("server"), "--max-num-seqs", "4")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.terminate()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start a dedicated server (killed at the end of the test if it is still running)."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> ServerProcess:
+        process = launch(tmp_path, *args, env=env)
+        started.append(process)
+        if wait:
+            process.wait_ready()
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
+
+
+def metric_value(server: ServerProcess, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

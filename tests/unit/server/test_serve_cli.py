@@ -1,0 +1,80 @@
+"""`pagedserve serve` argument handling (no server started): vLLM spellings, unsupported flags, API key env."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from pagedserve.cli import serve
+from pagedserve.cli.main import build_parser
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_vllm_flag_spellings_parse() -> None:
+    args = parse(
+        "my/model", "--host", "127.0.0.1", "--port", "9001", "--served-model-name", "a", "b",
+        "--max-model-len", "2048", "--dtype", "float32", "--tensor-parallel-size", "1",
+        "--pipeline-parallel-size", "1", "--max-num-seqs", "8", "--max-num-batched-tokens", "512",
+        "--no-enable-prefix-caching", "--block-size", "32", "--gpu-memory-utilization", "0.5",
+        "--kv-cache-memory-bytes", "256MiB", "--load-format", "gguf", "--api-key", "k",
+        "--max-num-queued-reqs", "7", "--shutdown-timeout", "5", "--enforce-eager", "--seed", "3",
+        "--chat-template", "t.jinja", "--generation-config", "vllm", "--disable-log-requests",
+        "--uvicorn-log-level", "warning", "--quantization", "none",
+    )  # fmt: skip
+    assert args.model_tag == "my/model" and args.port == 9001 and args.served_model_name == ["a", "b"]
+    assert args.kv_cache_memory_bytes == 256 * 2**20 and args.enable_prefix_caching is False
+    assert args.max_num_queued_reqs == 7 and args.disable_log_requests is True
+
+
+def test_model_is_optional() -> None:
+    assert parse().model_tag is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size"),
+        (["--quantization", "awq"], "--quantization awq"),
+        (["--trust-remote-code"], "--trust-remote-code"),
+        (["--enable-lora"], "LoRA"),
+        (["--max-num-queued-reqs", "0"], "--max-num-queued-reqs"),
+        (["--ready-stall-seconds", "0.1"], "--ready-stall-seconds"),
+    ],
+)
+def test_unsupported_flags_fail_with_one_line(argv: list[str], fragment: str, capsys: Any) -> None:
+    args = parse(*argv)
+    assert serve.run(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err and err.startswith("pagedserve serve: error:")
+
+
+def test_bad_byte_size_is_an_argparse_error() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--kv-cache-memory-bytes", "lots")
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("variable", serve.API_KEY_ENV_VARS)
+def test_api_key_from_environment(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in serve.API_KEY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "from-env")
+    captured: dict[str, Any] = {}
+
+    async def fake_serve(engine_config: Any, server_config: Any) -> int:
+        captured["engine"], captured["server"] = engine_config, server_config
+        return 0
+
+    monkeypatch.setattr(serve, "_serve", fake_serve)
+    assert serve.run(parse("--max-model-len", "1024")) == 0
+    assert captured["server"].api_key == "from-env"
+    assert captured["server"].served_model_name == ["SmolLM2-135M-Instruct"]
+    assert captured["engine"].model.max_model_len == 1024 and captured["engine"].model.model is None
+    assert serve.run(parse("some/dir", "--api-key", "flag")) == 0
+    assert captured["server"].api_key == "flag" and captured["server"].served_model_name == ["some/dir"]
+    assert captured["engine"].model.model == "some/dir"
