@@ -1,5 +1,10 @@
 """Attention over the paged KV cache: the metadata a step needs and the backend interface.
 
+Cache layouts, per layer: keys `[num_blocks, kv_heads, head_dim, block_size]` (transposed within a block, so a
+block's scores are one vector operation per dimension) and values `[num_blocks, kv_heads, block_size, head_dim]`:
+one (block, kv head) of either is one contiguous chunk that the decode kernel streams. `key_rows(k_cache)` and
+`value_rows(v_cache)` are `[num_blocks, block_size, kv_heads, head_dim]` views for row-wise access.
+
 Token order in a step: decode tokens first (one per decoding sequence), then prefill chunks, each contiguous.
 Every layer first writes the K/V of all of the step's tokens into the cache (via `slot_mapping`), then computes
 attention reading the cache. Writing before reading is what lets sibling sequences of one request (n > 1) hit
@@ -40,25 +45,37 @@ class AttentionBackend(Protocol):
         q: torch.Tensor,  # [T, Hq, D]
         k: torch.Tensor,  # [T, Hkv, D]
         v: torch.Tensor,  # [T, Hkv, D]
-        k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
-        v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+        k_cache: torch.Tensor,  # [num_blocks, Hkv, D, block_size]
+        v_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
         metadata: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:  # [T, Hq, D]
         ...
 
 
+def key_rows(k_cache: torch.Tensor) -> torch.Tensor:
+    """[num_blocks, Hkv, D, block_size] keys as a [num_blocks, block_size, Hkv, D] view (no copy)."""
+    return k_cache.permute(0, 3, 1, 2)
+
+
+def value_rows(v_cache: torch.Tensor) -> torch.Tensor:
+    """[num_blocks, Hkv, block_size, D] values as a [num_blocks, block_size, Hkv, D] view (no copy)."""
+    return v_cache.permute(0, 2, 1, 3)
+
+
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
-    num_heads, head_dim = k_cache.shape[-2:]
-    k_cache.view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, num_heads, head_dim).index_copy_(0, slot_mapping, v)
+    block_size = v_cache.shape[2]
+    blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
+    key_rows(k_cache)[blocks, offsets] = k
+    value_rows(v_cache)[blocks, offsets] = v
 
 
 def gather_sequence_kv(
     cache: torch.Tensor, block_table: torch.Tensor, num_tokens: int
 ) -> torch.Tensor:  # [num_tokens, Hkv, D]
+    """A sequence's first `num_tokens` keys or values, in token order; pass `key_rows(...)` / `value_rows(...)`."""
     block_size = cache.shape[1]
     num_blocks = -(-num_tokens // block_size)
     return cache[block_table[:num_blocks]].flatten(0, 1)[:num_tokens]

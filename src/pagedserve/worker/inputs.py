@@ -43,7 +43,9 @@ def prepare_inputs(scheduled: list[ScheduledSequence], block_size: int, device: 
         slots.extend(seq.block_ids[p // block_size] * block_size + p % block_size for p in span)
         last_rows.append(len(input_ids) - 1)
         chunks.append(
-            PrefillChunk(row, seq.num_new_tokens, start, torch.tensor(seq.block_ids, dtype=torch.long, device=device))
+            PrefillChunk(
+                row, seq.num_new_tokens, start, torch.tensor(seq.block_ids, dtype=torch.long, device=device)
+            )
         )
     metadata = AttentionMetadata(
         slot_mapping=torch.tensor(slots, dtype=torch.long, device=device), prefills=chunks

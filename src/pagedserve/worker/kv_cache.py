@@ -51,9 +51,14 @@ def allocate_kv_caches(
     num_heads = hf_config.num_attention_heads
     num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    # Keys transposed within a block, values as rows, both grouped by kv head: see attention/backend.py.
+    key_shape = (num_blocks, num_kv_heads, head_dim, block_size)
+    value_shape = (num_blocks, num_kv_heads, block_size, head_dim)
     # zeros, not empty: a padded decode slot must never hold NaN/Inf bits (masked scores still multiply V).
     return [
-        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        (
+            torch.zeros(key_shape, dtype=dtype, device=device),
+            torch.zeros(value_shape, dtype=dtype, device=device),
+        )
         for _ in range(hf_config.num_hidden_layers)
     ]

@@ -52,7 +52,9 @@ def configure_cpu_threads(requested: int | None) -> int:
             except ValueError:
                 raise ValueError(f"PAGEDSERVE_CPU_THREADS must be an integer, got {env!r}") from None
     if requested is None:
-        requested = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        requested = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        )
     if requested < 1:
         raise ValueError(f"cpu_threads must be >= 1, got {requested}")
     torch.set_num_threads(requested)
@@ -169,7 +171,11 @@ class ModelRunner:
             for (_, seq), token_id in zip(sampling, token_ids):
                 result.sampled_token_ids[seq.request.request_id] = token_id
             if out.logprobs is not None:
-                ids, lps, ranks = out.logprob_token_ids.tolist(), out.logprobs.tolist(), out.sampled_token_ranks.tolist()
+                ids, lps, ranks = (
+                    out.logprob_token_ids.tolist(),
+                    out.logprobs.tolist(),
+                    out.sampled_token_ranks.tolist(),
+                )
                 for j, (_, seq) in enumerate(sampling):
                     k = seq.request.sampling_params.logprobs
                     if k is not None:
@@ -188,7 +194,11 @@ class ModelRunner:
             count = min(seq.num_new_tokens, request.num_prompt_tokens - 1 - seq.start_position)
             logits = self.model.compute_logits(hidden[first_row : first_row + count]).float()
             start = seq.start_position
-            targets = torch.tensor(request.prompt_token_ids[start + 1 : start + 1 + count], device=self.device)
+            targets = torch.tensor(
+                request.prompt_token_ids[start + 1 : start + 1 + count], device=self.device
+            )
             ids, lps, ranks = compute_prompt_logprobs(logits, targets, k)
-            entries = [(i[: 1 + k], lp[: 1 + k], r) for i, lp, r in zip(ids.tolist(), lps.tolist(), ranks.tolist())]
+            entries = [
+                (i[: 1 + k], lp[: 1 + k], r) for i, lp, r in zip(ids.tolist(), lps.tolist(), ranks.tolist())
+            ]
             result.prompt_logprobs[request.request_id] = entries

@@ -12,8 +12,8 @@ from pagedserve.attention.backends import cpu_kernel
 def random_decode_batch(dtype: torch.dtype, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     num_blocks, block_size, kv_heads, q_heads, head_dim = 40, 16, 3, 9, 64
-    k_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen).to(dtype)
-    v_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen).to(dtype)
+    k_cache = torch.randn(num_blocks, kv_heads, head_dim, block_size, generator=gen).to(dtype)
+    v_cache = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=gen).to(dtype)
     seq_lens = torch.tensor([1, 17, 33, 100, 5])
     permutation = torch.randperm(num_blocks, generator=gen).tolist()
     tables, used = [], 0

@@ -13,7 +13,13 @@ import os
 import torch
 import torch.nn.functional as F
 
-from pagedserve.attention.backend import AttentionMetadata, gather_sequence_kv, write_kv_cache
+from pagedserve.attention.backend import (
+    AttentionMetadata,
+    gather_sequence_kv,
+    key_rows,
+    value_rows,
+    write_kv_cache,
+)
 from pagedserve.attention.backends import cpu_kernel
 
 
@@ -40,8 +46,8 @@ class CpuBackend:
                 ks, vs = k[rows], v[rows]
             else:
                 total = chunk.context_len + chunk.num_tokens
-                ks = gather_sequence_kv(k_cache, chunk.block_table, total)
-                vs = gather_sequence_kv(v_cache, chunk.block_table, total)
+                ks = gather_sequence_kv(key_rows(k_cache), chunk.block_table, total)
+                vs = gather_sequence_kv(value_rows(v_cache), chunk.block_table, total)
             out[rows] = _prefill_sdpa(q[rows], ks, vs, chunk.context_len, scale, num_kv_heads)
         return out
 
@@ -66,15 +72,14 @@ class CpuBackend:
 
 def _decode_torch(q, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
     batch, num_q_heads, head_dim = q.shape
-    num_kv_heads = k_cache.shape[2]
+    num_kv_heads, block_size = v_cache.shape[1:3]
     group = num_q_heads // num_kv_heads
-    block_size = k_cache.shape[1]
     num_blocks = -(-metadata.decode_max_seq_len // block_size)
     tables = metadata.decode_block_tables[:, :num_blocks]
     length = num_blocks * block_size
     # [B, L, Hkv, D] -> [B, Hkv, L, D]
-    keys = k_cache[tables].view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
-    values = v_cache[tables].view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    keys = key_rows(k_cache)[tables].reshape(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    values = value_rows(v_cache)[tables].reshape(batch, length, num_kv_heads, head_dim).transpose(1, 2)
     queries = q.view(batch, num_kv_heads, group, head_dim)
     scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * scale  # [B, Hkv, G, L]
     positions = torch.arange(length, device=q.device)

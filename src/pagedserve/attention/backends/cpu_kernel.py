@@ -99,7 +99,7 @@ def paged_decode_attention(
     library = load()
     assert library is not None and q.is_contiguous() and k_cache.is_contiguous() and v_cache.is_contiguous()
     batch, num_q_heads, head_dim = q.shape
-    _, block_size, num_kv_heads, _ = k_cache.shape
+    _, num_kv_heads, block_size, _ = v_cache.shape
     tables = block_tables.contiguous()
     lens = seq_lens.contiguous()
     out = torch.empty_like(q)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from pagedserve.attention.backend import AttentionMetadata, gather_sequence_kv, write_kv_cache
+from pagedserve.attention.backend import (
+    AttentionMetadata,
+    gather_sequence_kv,
+    key_rows,
+    value_rows,
+    write_kv_cache,
+)
 
 
 def _attend(
@@ -32,13 +38,13 @@ class TorchReferenceBackend:
         for i in range(metadata.num_decode_tokens):
             seq_len = int(metadata.decode_seq_lens[i])
             table = metadata.decode_block_tables[i]
-            ks = gather_sequence_kv(k_cache, table, seq_len)
-            vs = gather_sequence_kv(v_cache, table, seq_len)
+            ks = gather_sequence_kv(key_rows(k_cache), table, seq_len)
+            vs = gather_sequence_kv(value_rows(v_cache), table, seq_len)
             out[i : i + 1] = _attend(q[i : i + 1], ks, vs, seq_len - 1, scale)
         for chunk in metadata.prefills:
             total = chunk.context_len + chunk.num_tokens
-            ks = gather_sequence_kv(k_cache, chunk.block_table, total)
-            vs = gather_sequence_kv(v_cache, chunk.block_table, total)
+            ks = gather_sequence_kv(key_rows(k_cache), chunk.block_table, total)
+            vs = gather_sequence_kv(value_rows(v_cache), chunk.block_table, total)
             rows = slice(chunk.token_start, chunk.token_start + chunk.num_tokens)
             out[rows] = _attend(q[rows], ks, vs, chunk.context_len, scale)
         return out
