@@ -106,6 +106,8 @@ def run_engine(
     generated: dict[str, list[int]] = {}
     first_token: dict[str, float] = {}
     last_token: dict[str, float] = {}
+    # Per-step outputs are needed for first-token times and the live token counts (LLM turns them off).
+    streamed, engine.stream_outputs = engine.stream_outputs, True
     start = time.perf_counter()
     for rid, prompt in zip(ids, prompt_ids):
         engine.add_request(rid, {"prompt_token_ids": prompt}, params)
@@ -126,6 +128,7 @@ def run_engine(
         if tracker is not None:
             tracker.after_step(live)
     elapsed = time.perf_counter() - start
+    engine.stream_outputs = streamed
     kv = None
     if tracker is not None:
         tracker.active = False
