@@ -17,7 +17,7 @@ from pagedserve.layers.activation import SiluAndMul
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.layernorm import RMSNorm
 from pagedserve.layers.linear import MergedLinear
-from pagedserve.layers.rotary import RotaryEmbedding
+from pagedserve.layers.rotary import RotaryEmbedding, apply_rotary
 
 # checkpoint name fragment -> (merged parameter fragment, shard id)
 _STACKED = {
@@ -48,19 +48,18 @@ class LlamaAttention(nn.Module):
             config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, bias=qkv_bias
         )
         self.o_proj = MergedLinear(q_size, {"o": config.hidden_size}, bias=o_bias)
-        theta, scaling = rope_settings(config)
-        self.rotary = RotaryEmbedding(self.head_dim, config.max_position_embeddings, theta, scaling)
         self.backend = backend
-        self.split = (q_size, kv_size, kv_size)
+        self.q_size, self.kv_size = q_size, kv_size
 
-    def forward(self, positions, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
+    def forward(self, cos_sin, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
         tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split(self.split, dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
-        out = self.backend.forward(q, k, v.contiguous(), kv_cache[0], kv_cache[1], metadata, self.scale)
+        qkv = self.qkv_proj(hidden)
+        # q and k heads sit side by side in the merged projection: rotate them in one pass.
+        qk = qkv[:, : self.q_size + self.kv_size].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
+        qk = apply_rotary(qk, *cos_sin)
+        q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
+        v = qkv[:, self.q_size + self.kv_size :].reshape(tokens, self.num_kv_heads, self.head_dim)
+        out = self.backend.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale)
         return self.o_proj(out.reshape(tokens, -1))
 
 
@@ -85,13 +84,13 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, positions, hidden, residual, kv_cache, metadata):
+    def forward(self, cos_sin, hidden, residual, kv_cache, metadata):
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, kv_cache, metadata)
+        hidden = self.self_attn(cos_sin, hidden, kv_cache, metadata)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -104,12 +103,18 @@ class LlamaModel(nn.Module):
             LlamaDecoderLayer(config, backend, biases) for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        num_heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+        theta, scaling = rope_settings(config)
+        # One table for all layers; cos/sin are looked up once per step.
+        self.rotary = RotaryEmbedding(head_dim, config.max_position_embeddings, theta, scaling)
 
     def forward(self, input_ids, positions, kv_caches, metadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
+        cos_sin = self.rotary.cos_sin(positions, hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(positions, hidden, residual, kv_cache, metadata)
+            hidden, residual = layer(cos_sin, hidden, residual, kv_cache, metadata)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
