@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 from pagedserve.errors import EngineDeadError
 from pagedserve.outputs import CompletionOutput, RequestOutput
 from pagedserve.server.chat_messages import plain_messages, render_chat
-from pagedserve.server.errors import APIError, invalid_request, sse_error_event
+from pagedserve.server.errors import APIError, sse_error_event
 from pagedserve.server.generation import (
-    ClientDisconnectedError,
     Generation,
     new_request_ids,
+    respond,
     until_disconnect,
 )
 from pagedserve.server.logprobs import chat_logprobs
@@ -38,7 +38,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     response_id, engine_id = new_request_ids("chatcmpl", client_request_id(request))
     generation = Generation(state, engine, engine_id, [[]], params)  # prompt filled in once rendered
     generation.admit()
-    try:
+
+    async def build() -> Any:
         prompt = await until_disconnect(
             request, state.off_loop(render_chat, engine, messages, body.add_generation_prompt is not False)
         )
@@ -51,15 +52,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         outputs = await until_disconnect(request, generation.collect())
         await generation.close()
         return JSONResponse(_response(outputs[0], response_id, model, body, engine))
-    except ValueError as error:
-        await generation.close(error)
-        raise invalid_request(error) from None
-    except ClientDisconnectedError:
-        await generation.close()
-        return JSONResponse({}, status_code=499)
-    except BaseException as error:
-        await generation.close(error)
-        raise
+
+    return await respond(generation, build)
 
 
 def _choice_logprobs(

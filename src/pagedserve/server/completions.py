@@ -11,11 +11,11 @@ from fastapi.responses import JSONResponse
 
 from pagedserve.errors import EngineDeadError
 from pagedserve.outputs import CompletionOutput, RequestOutput
-from pagedserve.server.errors import APIError, invalid_request, sse_error_event
+from pagedserve.server.errors import APIError, sse_error_event
 from pagedserve.server.generation import (
-    ClientDisconnectedError,
     Generation,
     new_request_ids,
+    respond,
     until_disconnect,
 )
 from pagedserve.server.logprobs import completion_logprobs
@@ -62,7 +62,8 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
     response_id, engine_id = new_request_ids("cmpl", client_request_id(request))
     generation = Generation(state, engine, engine_id, prompts, params)  # type: ignore[arg-type]
     generation.admit()
-    try:
+
+    async def build() -> Any:
         generation.prompts = await until_disconnect(
             request, state.off_loop(_tokenize_all, engine.tokenizer, prompts, engine.info.vocab_size)
         )
@@ -77,15 +78,8 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         outputs = await until_disconnect(request, generation.collect())
         await generation.close()
         return JSONResponse(view.response(outputs))
-    except ValueError as error:
-        await generation.close(error)
-        raise invalid_request(error) from None
-    except ClientDisconnectedError:
-        await generation.close()
-        return JSONResponse({}, status_code=499)
-    except BaseException as error:
-        await generation.close(error)
-        raise
+
+    return await respond(generation, build)
 
 
 class _View:

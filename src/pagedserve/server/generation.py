@@ -7,16 +7,18 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
+from starlette.responses import JSONResponse, Response
 
 from pagedserve.engine.protocol import EngineClient
 from pagedserve.errors import EngineDeadError
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
+from pagedserve.server.errors import invalid_request
 from pagedserve.server.state import ServerState
 
 logger = logging.getLogger("pagedserve")
@@ -189,3 +191,19 @@ def new_request_ids(prefix: str, client_id: str | None) -> tuple[str, str]:
         return response_id, response_id
     response_id = f"{prefix}-{client_id}"
     return response_id, f"{response_id}-{uuid.uuid4().hex[:8]}"
+
+
+async def respond(generation: Generation, build: Callable[[], Awaitable[Response]]) -> Response:
+    """The generation endpoints' shared ending: bad input → 400, a vanished client → 499 (nobody reads it), any
+    other error propagates; the generation is closed on every path except a stream, which closes itself."""
+    try:
+        return await build()
+    except ValueError as error:
+        await generation.close(error)
+        raise invalid_request(error) from None
+    except ClientDisconnectedError:
+        await generation.close()
+        return JSONResponse({}, status_code=499)
+    except BaseException as error:
+        await generation.close(error)
+        raise
