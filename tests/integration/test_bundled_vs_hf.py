@@ -77,7 +77,9 @@ def assert_matches(reference, outputs) -> None:
         for position, (a, b) in enumerate(zip(expected, got)):
             if a != b:
                 gap = float(top2[position, 0] - top2[position, 1])
-                assert gap < 1e-3, f"prompt {index}: token {position} differs ({b} vs {a}), reference gap {gap:.2e}"
+                assert gap < 1e-3, (
+                    f"prompt {index}: token {position} differs ({b} vs {a}), reference gap {gap:.2e}"
+                )
                 break
 
 
@@ -98,7 +100,9 @@ def generate_all(engine, prompts, stagger: bool = False):
 
 
 @contextlib.contextmanager
-def scheduler_settings(engine, *, budget: int | None = None, num_blocks: int | None = None, caching: bool = True):
+def scheduler_settings(
+    engine, *, budget: int | None = None, num_blocks: int | None = None, caching: bool = True
+):
     """Temporarily reconfigure the shared engine (the weights stay loaded once per session)."""
     scheduler = engine.scheduler
     saved = (scheduler.max_num_batched_tokens, scheduler.kv, engine.kv_cache_manager)

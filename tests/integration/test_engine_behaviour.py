@@ -66,7 +66,9 @@ def test_same_seed_same_output_whatever_the_batch(engine_fp32):
     engine_fp32.add_request("alone", "Once upon a time", params)
     alone = run_to_end(engine_fp32)["alone"].outputs[0].token_ids
     for i in range(3):
-        engine_fp32.add_request(f"other{i}", f"Noise prompt {i}", SamplingParams(temperature=1.0, max_tokens=12))
+        engine_fp32.add_request(
+            f"other{i}", f"Noise prompt {i}", SamplingParams(temperature=1.0, max_tokens=12)
+        )
     engine_fp32.add_request("batched", "Once upon a time", params)
     batched = run_to_end(engine_fp32)["batched"].outputs[0].token_ids
     assert alone == batched
@@ -79,9 +81,13 @@ def test_stop_string_is_cut_or_kept(engine_fp32):
     assert "Paris" in text
     engine_fp32.add_request("cut", prompt, SamplingParams(temperature=0, max_tokens=20, stop=["Paris"]))
     cut = run_to_end(engine_fp32)["cut"].outputs[0]
-    assert cut.text == text[: text.index("Paris")] and cut.finish_reason == "stop" and cut.stop_reason == "Paris"
+    assert (
+        cut.text == text[: text.index("Paris")] and cut.finish_reason == "stop" and cut.stop_reason == "Paris"
+    )
     engine_fp32.add_request(
-        "kept", prompt, SamplingParams(temperature=0, max_tokens=20, stop=["Paris"], include_stop_str_in_output=True)
+        "kept",
+        prompt,
+        SamplingParams(temperature=0, max_tokens=20, stop=["Paris"], include_stop_str_in_output=True),
     )
     assert run_to_end(engine_fp32)["kept"].outputs[0].text == text[: text.index("Paris") + len("Paris")]
 
@@ -95,7 +101,10 @@ def test_logprobs_and_prompt_logprobs(engine_fp32):
     for token_id, entry in zip(completion.token_ids, completion.logprobs):
         assert token_id in entry and entry[token_id].rank == 1  # greedy picks the most likely token
         assert 3 <= len(entry) <= 4 and all(lp.logprob <= 0 for lp in entry.values())
-    assert math.isclose(completion.cumulative_logprob, sum(e[t].logprob for t, e in zip(completion.token_ids, completion.logprobs)))
+    assert math.isclose(
+        completion.cumulative_logprob,
+        sum(e[t].logprob for t, e in zip(completion.token_ids, completion.logprobs)),
+    )
     assert output.prompt_logprobs[0] is None
     assert len(output.prompt_logprobs) == len(output.prompt_token_ids)
     for token_id, entry in zip(output.prompt_token_ids[1:], output.prompt_logprobs[1:]):
@@ -126,7 +135,9 @@ def test_max_tokens_none_uses_the_rest_of_the_context(engine_fp32):
     scheduler_len = engine_fp32.scheduler.max_model_len
     engine_fp32.scheduler.max_model_len = engine_fp32.info.max_model_len = 40
     try:
-        engine_fp32.add_request("rest", [10] * 30, SamplingParams(max_tokens=None, ignore_eos=True, temperature=0))
+        engine_fp32.add_request(
+            "rest", [10] * 30, SamplingParams(max_tokens=None, ignore_eos=True, temperature=0)
+        )
         output = run_to_end(engine_fp32)["rest"].outputs[0]
         assert len(output.token_ids) == 10 and output.finish_reason == "length"
     finally:

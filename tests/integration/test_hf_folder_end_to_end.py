@@ -41,7 +41,9 @@ def test_folder_greedy_matches_transformers(tiny_folder):
     llm = LLM(str(folder), dtype="float32", kv_cache_memory_bytes=32 * 1024**2, enable_prefix_caching=False)
     assert llm.llm_engine.info.model_name == folder.name
     prompts = ["Hello there", "The number four is"]
-    outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
+    outputs = llm.generate(
+        prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False
+    )
     for prompt, output in zip(prompts, outputs):
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         with torch.no_grad():

@@ -75,7 +75,9 @@ def run_chunks(ours, config, tokens: list[int], chunks: list[int], caches) -> li
 @pytest.mark.parametrize("chunks", [[13], [5, 6, 2], [12, 1]])
 def test_logits_match_transformers(arch: str, backend: str, chunks: list[int]) -> None:
     config, reference, ours = build_pair(arch, backend)
-    tokens = torch.randint(0, config.vocab_size, (sum(chunks),), generator=torch.Generator().manual_seed(1)).tolist()
+    tokens = torch.randint(
+        0, config.vocab_size, (sum(chunks),), generator=torch.Generator().manual_seed(1)
+    ).tolist()
     caches = allocate_kv_caches(config, 8, BLOCK, torch.float32, torch.device("cpu"))
     got = torch.cat(run_chunks(ours, config, tokens, chunks, caches))
     with torch.no_grad():

@@ -33,7 +33,9 @@ def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 def test_core_is_pure_python():
-    assert offenders("core", ("torch", "numpy", "transformers", "pagedserve.worker", "pagedserve.models")) == []
+    assert (
+        offenders("core", ("torch", "numpy", "transformers", "pagedserve.worker", "pagedserve.models")) == []
+    )
 
 
 def test_server_only_talks_to_the_engine_client():
@@ -54,7 +56,9 @@ def test_nothing_imports_the_cli():
     for path in SRC.rglob("*.py"):
         if path.parent.name == "cli":
             continue
-        found += [f"{path.relative_to(SRC)} imports {n}" for n in imports_of(path) if n.startswith("pagedserve.cli")]
+        found += [
+            f"{path.relative_to(SRC)} imports {n}" for n in imports_of(path) if n.startswith("pagedserve.cli")
+        ]
     assert found == []
 
 
@@ -68,7 +72,11 @@ def test_gpu_only_libraries_stay_in_attention_backends():
     for path in SRC.rglob("*.py"):
         if "backends" in path.parts:
             continue
-        found += [f"{path.relative_to(SRC)}: {n}" for n in imports_of(path) if n.split(".")[0] in {"triton", "flash_attn"}]
+        found += [
+            f"{path.relative_to(SRC)}: {n}"
+            for n in imports_of(path)
+            if n.split(".")[0] in {"triton", "flash_attn"}
+        ]
     assert found == []
 
 
@@ -80,5 +88,7 @@ def test_benchmark_client_stays_outside_the_engine():
     for path in SRC.rglob("*.py"):
         if path.parent.name in ("cli", "benchmark"):
             continue
-        found += [f"{path.relative_to(SRC)}" for n in imports_of(path) if n.startswith("pagedserve.benchmark")]
+        found += [
+            f"{path.relative_to(SRC)}" for n in imports_of(path) if n.startswith("pagedserve.benchmark")
+        ]
     assert found == []

@@ -13,7 +13,9 @@ from pagedserve.config import CacheConfig, ModelConfig, SchedulerConfig
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("generate", help="generate text offline (no server)")
     parser.add_argument("prompt", nargs="+", help="prompt text; several prompts run as one batch")
-    parser.add_argument("--chat", action="store_true", help="wrap each prompt as a user message (chat template)")
+    parser.add_argument(
+        "--chat", action="store_true", help="wrap each prompt as a user message (chat template)"
+    )
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per prompt")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -48,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         )
         llm = LLM(**engine_kwargs)
         if args.chat:
-            outputs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], params, use_tqdm=False)
+            outputs = llm.chat(
+                [[{"role": "user", "content": p}] for p in args.prompt], params, use_tqdm=False
+            )
         else:
             outputs = llm.generate(args.prompt, params, use_tqdm=False)
     except (ValueError, FileNotFoundError) as error:

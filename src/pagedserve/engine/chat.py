@@ -28,14 +28,21 @@ def normalize_messages(messages: Any) -> list[dict[str, str]]:
         if isinstance(content, list):
             parts = []
             for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                if (
+                    not isinstance(part, dict)
+                    or part.get("type") != "text"
+                    or not isinstance(part.get("text"), str)
+                ):
                     raise InvalidRequestError(
-                        f"messages[{i}].content parts must be {{'type': 'text', 'text': str}}", param="messages"
+                        f"messages[{i}].content parts must be {{'type': 'text', 'text': str}}",
+                        param="messages",
                     )
                 parts.append(part["text"])
             content = "".join(parts)
         if not isinstance(content, str):
-            raise InvalidRequestError(f"messages[{i}].content must be a string or text parts", param="messages")
+            raise InvalidRequestError(
+                f"messages[{i}].content must be a string or text parts", param="messages"
+            )
         result.append({"role": role, "content": content})
     return result
 
@@ -48,7 +55,10 @@ def apply_chat_template(
         raise InvalidRequestError("this model has no chat template; pass --chat-template", param="messages")
     try:
         text = tokenizer.apply_chat_template(
-            normalized, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+            normalized,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            chat_template=chat_template,
         )
     except Exception as error:  # a template may raise on odd role orders (jinja2 raise_exception)
         raise InvalidRequestError(f"chat template failed: {str(error)[:200]}", param="messages") from None

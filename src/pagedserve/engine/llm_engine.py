@@ -43,7 +43,9 @@ class LLMEngine:
         if config.parallel.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size > 1 is not implemented yet")
         if mc.quantization not in (None, "", "none"):
-            raise ValueError(f"quantization {mc.quantization!r} is not supported yet (GGUF weights are dequantized)")
+            raise ValueError(
+                f"quantization {mc.quantization!r} is not supported yet (GGUF weights are dequantized)"
+            )
         source = resolve_model_source(mc.model, mc.load_format)
         self.source = source
         self.tokenizer = load_tokenizer(source, mc.tokenizer)
@@ -52,13 +54,19 @@ class LLMEngine:
         max_positions = int(getattr(hf_config, "max_position_embeddings", 2048))
         max_model_len = mc.max_model_len or max_positions
         if max_model_len < 1 or max_model_len > max_positions:
-            raise ValueError(f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len}")
+            raise ValueError(
+                f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len}"
+            )
         device = resolve_device(mc.device)
         dtype = resolve_dtype(mc.dtype, hf_config, source.format == "gguf")
         weights = None if source.format == "dummy" else source.iter_weights()
         self.runner = ModelRunner(hf_config, mc, cc, max_model_len, weights, dtype, device)
-        self.kv_cache_manager = KVCacheManager(self.runner.num_blocks, cc.block_size, cc.enable_prefix_caching)
-        self.scheduler = Scheduler(self.kv_cache_manager, sc.max_num_seqs, sc.max_num_batched_tokens, max_model_len)
+        self.kv_cache_manager = KVCacheManager(
+            self.runner.num_blocks, cc.block_size, cc.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.kv_cache_manager, sc.max_num_seqs, sc.max_num_batched_tokens, max_model_len
+        )
         eos = set(source.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos.add(int(self.tokenizer.eos_token_id))
@@ -87,7 +95,10 @@ class LLMEngine:
 
     # ---- requests ----------------------------------------------------------------------------------------------
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, chat_template: str | None = None
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
     ) -> list[int]:
         return apply_chat_template(
             self.tokenizer, messages, add_generation_prompt, chat_template or self.chat_template
@@ -106,7 +117,9 @@ class LLMEngine:
         num_prompt = len(prompt_ids)
         max_len = self.info.max_model_len
         if num_prompt >= max_len:
-            raise ContextLengthError(max_len, num_prompt + (params.max_tokens or 0), num_prompt, param="prompt")
+            raise ContextLengthError(
+                max_len, num_prompt + (params.max_tokens or 0), num_prompt, param="prompt"
+            )
         max_tokens = params.max_tokens if params.max_tokens is not None else max_len - num_prompt
         if num_prompt + max_tokens > max_len:
             raise ContextLengthError(max_len, num_prompt + max_tokens, num_prompt, param="max_tokens")
@@ -255,7 +268,9 @@ class LLMEngine:
 
     def check_invariants(self) -> None:
         self.scheduler.check_invariants()
-        assert set(self._seq_to_request) == {s.request_id for st in self.requests.values() for s in st.sequences}
+        assert set(self._seq_to_request) == {
+            s.request_id for st in self.requests.values() for s in st.sequences
+        }
 
 
 def _read_chat_template(value: str | None) -> str | None:

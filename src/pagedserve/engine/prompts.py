@@ -43,4 +43,6 @@ def resolve_prompt(tokenizer: Any, prompt: PromptInput, vocab_size: int) -> tupl
                     param="prompt",
                 )
         return None, list(prompt)
-    raise InvalidRequestError("prompt must be a string, a list of token ids, or a prompt dict", param="prompt")
+    raise InvalidRequestError(
+        "prompt must be a string, a list of token ids, or a prompt dict", param="prompt"
+    )

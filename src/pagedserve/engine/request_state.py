@@ -61,7 +61,9 @@ class RequestState:
                     index=i,
                     text=self.text(i),
                     token_ids=list(seq.output_token_ids),
-                    cumulative_logprob=self.cumulative_logprobs[i] if self.params.logprobs is not None else None,
+                    cumulative_logprob=self.cumulative_logprobs[i]
+                    if self.params.logprobs is not None
+                    else None,
                     logprobs=self.logprobs[i] if self.params.logprobs is not None else None,
                     finish_reason=self.finish_reasons[i],
                     stop_reason=seq.stop_reason,

@@ -6,7 +6,14 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from pagedserve.config import CacheConfig, EngineConfig, ModelConfig, ParallelConfig, SchedulerConfig, config_fields
+from pagedserve.config import (
+    CacheConfig,
+    EngineConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedulerConfig,
+    config_fields,
+)
 from pagedserve.engine.llm_engine import LLMEngine
 from pagedserve.engine.prompts import PromptInput
 from pagedserve.outputs import RequestOutput

@@ -55,7 +55,9 @@ class LlamaAttention(nn.Module):
         tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
         # q and k heads sit side by side in the merged projection: rotate them in one pass.
-        qk = qkv[:, : self.q_size + self.kv_size].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
+        qk = qkv[:, : self.q_size + self.kv_size].view(
+            tokens, self.num_heads + self.num_kv_heads, self.head_dim
+        )
         qk = apply_rotary(qk, *cos_sin)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, self.q_size + self.kv_size :].reshape(tokens, self.num_kv_heads, self.head_dim)

@@ -26,7 +26,9 @@ def random_decode_batch(dtype: torch.dtype, seed: int = 0):
     v = torch.randn(len(tables), kv_heads, head_dim, generator=gen).to(dtype)
     block_tables = torch.tensor(tables)
     positions = seq_lens - 1
-    slots = block_tables[torch.arange(len(tables)), positions // block_size] * block_size + positions % block_size
+    slots = (
+        block_tables[torch.arange(len(tables)), positions // block_size] * block_size + positions % block_size
+    )
     metadata = AttentionMetadata(
         slot_mapping=slots,
         num_decode_tokens=len(tables),
@@ -45,7 +47,9 @@ def test_kernel_builds_here():
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_fast_decode_matches_reference(backend: str, dtype: torch.dtype, tolerance: float):
     q, k, v, k_cache, v_cache, metadata = random_decode_batch(dtype)
-    expected = get_attention_backend("torch_ref").forward(q, k, v, k_cache.clone(), v_cache.clone(), metadata, 0.125)
+    expected = get_attention_backend("torch_ref").forward(
+        q, k, v, k_cache.clone(), v_cache.clone(), metadata, 0.125
+    )
     got = get_attention_backend(backend).forward(q, k, v, k_cache, v_cache, metadata, 0.125)
     torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
 

@@ -12,7 +12,9 @@ from pagedserve.core.request import Request
 
 
 def make_request(request_id: str, tokens: list[int], **params) -> Request:
-    sampling = SimpleNamespace(prompt_logprobs=None, min_tokens=0, ignore_eos=False, stop_token_ids=[], **params)
+    sampling = SimpleNamespace(
+        prompt_logprobs=None, min_tokens=0, ignore_eos=False, stop_token_ids=[], **params
+    )
     return Request(request_id, tokens, sampling, arrival_time=0.0, max_tokens=100, eos_token_ids={0})
 
 

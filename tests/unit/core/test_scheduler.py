@@ -16,7 +16,9 @@ def make_request(request_id: str, num_tokens: int, max_tokens: int = 100, **para
     return Request(request_id, tokens, SimpleNamespace(**defaults), 0.0, max_tokens, eos_token_ids={0})
 
 
-def make_scheduler(num_blocks=16, block_size=4, max_seqs=8, budget=64, max_len=1000, caching=True) -> Scheduler:
+def make_scheduler(
+    num_blocks=16, block_size=4, max_seqs=8, budget=64, max_len=1000, caching=True
+) -> Scheduler:
     return Scheduler(KVCacheManager(num_blocks, block_size, caching), max_seqs, budget, max_len)
 
 
@@ -135,10 +137,16 @@ def test_siblings_share_prompt_blocks_in_the_same_step():
     sched = make_scheduler(block_size=4)
     prompt = list(range(10, 19))  # 9 tokens -> 2 full blocks + 1
     params = SimpleNamespace(prompt_logprobs=None, min_tokens=0, ignore_eos=False, stop_token_ids=[])
-    siblings = [Request(f"x-{i}", prompt, params, 0.0, 10, client_request_id="x", sample_index=i) for i in range(3)]
+    siblings = [
+        Request(f"x-{i}", prompt, params, 0.0, 10, client_request_id="x", sample_index=i) for i in range(3)
+    ]
     for r in siblings:
         sched.add_request(r)
     out, _ = run_step(sched)
-    assert [(s.num_new_tokens, s.block_ids) for s in out.sequences] == [(9, [0, 1, 2]), (1, [0, 1, 3]), (1, [0, 1, 4])]
+    assert [(s.num_new_tokens, s.block_ids) for s in out.sequences] == [
+        (9, [0, 1, 2]),
+        (1, [0, 1, 3]),
+        (1, [0, 1, 4]),
+    ]
     assert siblings[1].num_cached_tokens == 8
     assert sched.kv.prefix_cache_stats.hits == 16
