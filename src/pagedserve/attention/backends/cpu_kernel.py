@@ -38,13 +38,28 @@ def _cache_dir() -> Path:
     return Path(base) / "kernels"
 
 
+def _cpu_signature() -> bytes:
+    """The CPU model and feature flags: a -march=native build must never be loaded on another kind of CPU (a
+    cache folder on a volume shared by different nodes would otherwise crash the process with SIGILL)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            lines = [
+                line for line in cpuinfo if line.startswith(("model name", "flags", "Features", "CPU part"))
+            ]
+    except OSError:
+        lines = []
+    import platform
+
+    return ("".join(sorted(set(lines))) + platform.machine()).encode()
+
+
 def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (cc/gcc) found")
     source = _SOURCE.read_bytes()
     flags = " ".join(_COMPILE_FLAGS + _LINK_FLAGS)
-    key = hashlib.sha256(source + flags.encode() + compiler.encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + flags.encode() + compiler.encode() + _cpu_signature()).hexdigest()[:16]
     target = _cache_dir() / f"paged_decode_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
