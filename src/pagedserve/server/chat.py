@@ -9,12 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from pagedserve.errors import EngineDeadError
 from pagedserve.outputs import CompletionOutput, RequestOutput
 from pagedserve.server.chat_messages import plain_messages, render_chat
-from pagedserve.server.errors import APIError, sse_error_event
 from pagedserve.server.generation import (
     Generation,
+    guarded_stream,
     new_request_ids,
     respond,
     until_disconnect,
@@ -48,7 +47,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             stream = _stream(generation, response_id, model, int(time.time()), include_usage, body, engine)
-            return SSEResponse(stream, on_close=generation.close)
+            return SSEResponse(guarded_stream(generation, stream), on_close=generation.close)
         outputs = await until_disconnect(request, generation.collect())
         await generation.close()
         return JSONResponse(_response(outputs[0], response_id, model, body, engine))
@@ -116,34 +115,23 @@ async def _stream(
     sent_chars: dict[int, int] = {}
     sent_tokens: dict[int, int] = {}
     done: set[int] = set()
-    error: BaseException | None = None
     last: RequestOutput | None = None
-    try:
-        async for _, output in generation.stream():
-            last = output
-            for completion in output.outputs:
-                index = completion.index
-                if index in done:
-                    continue
-                if index not in sent_chars:
-                    sent_chars[index] = sent_tokens[index] = 0
-                    yield chunk(index, {"role": "assistant", "content": ""})
-                delta_text = completion.text[sent_chars[index] :]
-                logprobs = _choice_logprobs(completion, sent_tokens[index], body, engine)
-                sent_chars[index], sent_tokens[index] = len(completion.text), len(completion.token_ids)
-                if completion.finish_reason is not None:
-                    done.add(index)
-                    yield chunk(index, {"content": delta_text} if delta_text else {}, logprobs, completion)
-                elif delta_text or (logprobs and logprobs["content"]):
-                    yield chunk(index, {"content": delta_text}, logprobs)
-        if include_usage and last is not None:
-            yield sse({**head, "choices": [], "usage": usage([last])})
-    except EngineDeadError as dead:
-        error = dead
-        yield sse_error_event(500, "The engine stopped; the server is restarting.", "engine_dead")
-    except APIError as api_error:
-        error = api_error
-        yield sse_error_event(api_error.status, api_error.message, api_error.code)
-    finally:
-        await generation.close(error)
-    yield "data: [DONE]\n\n"
+    async for _, output in generation.stream():
+        last = output
+        for completion in output.outputs:
+            index = completion.index
+            if index in done:
+                continue
+            if index not in sent_chars:
+                sent_chars[index] = sent_tokens[index] = 0
+                yield chunk(index, {"role": "assistant", "content": ""})
+            delta_text = completion.text[sent_chars[index] :]
+            logprobs = _choice_logprobs(completion, sent_tokens[index], body, engine)
+            sent_chars[index], sent_tokens[index] = len(completion.text), len(completion.token_ids)
+            if completion.finish_reason is not None:
+                done.add(index)
+                yield chunk(index, {"content": delta_text} if delta_text else {}, logprobs, completion)
+            elif delta_text or (logprobs and logprobs["content"]):
+                yield chunk(index, {"content": delta_text}, logprobs)
+    if include_usage and last is not None:
+        yield sse({**head, "choices": [], "usage": usage([last])})

@@ -9,11 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from pagedserve.errors import EngineDeadError
 from pagedserve.outputs import CompletionOutput, RequestOutput
-from pagedserve.server.errors import APIError, sse_error_event
+from pagedserve.server.errors import APIError
 from pagedserve.server.generation import (
     Generation,
+    guarded_stream,
     new_request_ids,
     respond,
     until_disconnect,
@@ -74,7 +74,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         )
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return SSEResponse(_stream(generation, view, include_usage), on_close=generation.close)
+            return SSEResponse(
+                guarded_stream(generation, _stream(generation, view, include_usage)),
+                on_close=generation.close,
+            )
         outputs = await until_disconnect(request, generation.collect())
         await generation.close()
         return JSONResponse(view.response(outputs))
@@ -155,28 +158,17 @@ class _View:
 async def _stream(generation: Generation, view: _View, include_usage: bool) -> AsyncIterator[str]:
     finished: set[tuple[int, int]] = set()
     last: dict[int, RequestOutput] = {}
-    error: BaseException | None = None
-    try:
-        async for prompt_index, output in generation.stream():
-            last[prompt_index] = output
-            for completion in output.outputs:
-                key = (prompt_index, completion.index)
-                if key in finished:
-                    continue
-                choice = view.choice(prompt_index, output, completion)
-                if completion.finish_reason is not None:
-                    finished.add(key)
-                elif not choice["text"] and not (choice["logprobs"] and choice["logprobs"]["tokens"]):
-                    continue
-                yield sse({**view.head, "choices": [choice]})
-        if include_usage:
-            yield sse({**view.head, "choices": [], "usage": usage(list(last.values()))})
-    except EngineDeadError as dead:
-        error = dead
-        yield sse_error_event(500, "The engine stopped; the server is restarting.", "engine_dead")
-    except APIError as api_error:
-        error = api_error
-        yield sse_error_event(api_error.status, api_error.message, api_error.code)
-    finally:
-        await generation.close(error)
-    yield "data: [DONE]\n\n"
+    async for prompt_index, output in generation.stream():
+        last[prompt_index] = output
+        for completion in output.outputs:
+            key = (prompt_index, completion.index)
+            if key in finished:
+                continue
+            choice = view.choice(prompt_index, output, completion)
+            if completion.finish_reason is not None:
+                finished.add(key)
+            elif not choice["text"] and not (choice["logprobs"] and choice["logprobs"]["tokens"]):
+                continue
+            yield sse({**view.head, "choices": [choice]})
+    if include_usage:
+        yield sse({**view.head, "choices": [], "usage": usage(list(last.values()))})

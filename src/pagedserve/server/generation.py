@@ -18,7 +18,7 @@ from pagedserve.engine.protocol import EngineClient
 from pagedserve.errors import EngineDeadError
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
-from pagedserve.server.errors import invalid_request
+from pagedserve.server.errors import APIError, invalid_request, sse_error_event
 from pagedserve.server.state import ServerState
 
 logger = logging.getLogger("pagedserve")
@@ -207,3 +207,22 @@ async def respond(generation: Generation, build: Callable[[], Awaitable[Response
     except BaseException as error:
         await generation.close(error)
         raise
+
+
+async def guarded_stream(generation: Generation, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The end every SSE stream shares: an engine death or API error after the stream began becomes one error
+    event; the generation is always closed; `[DONE]` always comes last."""
+    error: BaseException | None = None
+    try:
+        async for event in events:
+            yield event
+    except EngineDeadError as dead:
+        error = dead
+        yield sse_error_event(500, "The engine stopped; the server is restarting.", "engine_dead")
+    except APIError as api_error:
+        error = api_error
+        yield sse_error_event(api_error.status, api_error.message, api_error.code)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+        await generation.close(error)
+    yield "data: [DONE]\n\n"
