@@ -42,9 +42,12 @@ def test_unknown_keyword_is_a_clear_error():
 
 
 def test_generate_cli_answers_with_the_bundled_model():
+    # float32: in bfloat16 this 135M model's greedy answer to this prompt flips on last-bit differences in a
+    # reduction's order (both answers occur between numerically equivalent kernels), so only float32 pins it.
     result = subprocess.run(
         [sys.executable, "-m", "pagedserve.cli.main", "generate", "--chat", "What is the capital of France?",
-         "--max-tokens", "16", "--max-model-len", "512", "--kv-cache-memory-bytes", str(64 * 1024**2)],
+         "--max-tokens", "16", "--max-model-len", "512", "--kv-cache-memory-bytes", str(64 * 1024**2),
+         "--dtype", "float32"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -51,6 +51,12 @@ def test_models_depend_on_layers_and_attention_only():
     assert offenders("attention", forbidden + ("pagedserve.models",)) == []
 
 
+def test_kernels_depend_on_torch_only():
+    forbidden = ("pagedserve.engine", "pagedserve.core", "pagedserve.worker", "pagedserve.server",
+                 "pagedserve.models", "pagedserve.layers", "pagedserve.attention")  # fmt: skip
+    assert offenders("ops", forbidden) == []
+
+
 def test_nothing_imports_the_cli():
     found = []
     for path in SRC.rglob("*.py"):

@@ -1,10 +1,16 @@
-"""RMSNorm (torch's fused kernel, float32 accumulation), optionally fused with the residual add."""
+"""RMSNorm (float32 accumulation), optionally fused with the residual add.
+
+On the CPU with the C kernels built, one call does the add and the norm (ops/csrc/layer_ops.c); elsewhere torch's
+fused `rms_norm` does the norm.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pagedserve.ops import cpu as cpu_ops
 
 
 class RMSNorm(nn.Module):
@@ -17,9 +23,23 @@ class RMSNorm(nn.Module):
         # One fused op instead of six small ones: per-op overhead dominates a batch-1 decode step.
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
+    def _use_kernel(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        return (
+            x.dim() == 2
+            and x.is_contiguous()
+            and x.dtype == self.weight.dtype
+            and (residual is None or (residual.is_contiguous() and residual.dtype == x.dtype))
+            and cpu_ops.available(x, self.weight)
+        )
+
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Without `residual`: norm(x). With it: (norm(x + residual), x + residual); the sum may be written into
+        `residual`'s storage, so callers must not reuse the tensor they passed."""
+        if self._use_kernel(x, residual):
+            out = cpu_ops.rms_norm(x, self.weight, self.eps, residual)
+            return out if residual is None else (out, residual)
         if residual is None:
             return self._norm(x)
         residual = x + residual

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pagedserve.ops import cpu as cpu_ops
+
 
 def _inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None) -> torch.Tensor:
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -53,6 +55,10 @@ class RotaryEmbedding(nn.Module):
             self.sin_cache[positions].unsqueeze(1).to(dtype),
         )
 
+    def for_step(self, positions: torch.Tensor, dtype: torch.dtype) -> StepRotary:
+        """What every layer of one step needs to rotate its q and k: computed once per step."""
+        return StepRotary(self, positions, dtype)
+
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,3 +73,29 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x[..., :half], x[..., half:]
     rotated = torch.cat((-x2, x1), dim=-1)
     return x * cos + rotated * sin
+
+
+class StepRotary:
+    """The rotary embedding at one step's positions. On the CPU with the C kernels built, `rotate` works in place
+    on the caller's view (no cos/sin gather, no temporaries); otherwise it gathers cos/sin once for all layers."""
+
+    def __init__(self, rotary: RotaryEmbedding, positions: torch.Tensor, dtype: torch.dtype) -> None:
+        self.use_kernel = positions.dtype == torch.int64 and cpu_ops.available(
+            positions.new_empty(0, dtype=dtype), rotary.cos_cache
+        )
+        if self.use_kernel:
+            self.positions = positions.contiguous()
+            self.cos, self.sin = rotary.cos_cache, rotary.sin_cache
+        else:
+            self.cos, self.sin = rotary.cos_sin(positions, dtype)
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [T, H, D] -> rotated; may rotate `x` itself in place and return it."""
+        if self.use_kernel and x.dim() == 3 and cpu_ops.available(x):
+            x = x if cpu_ops.usable_rows(x) else x.contiguous()
+            cpu_ops.rotary_neox_(x, self.positions, self.cos, self.sin)
+            return x
+        if self.use_kernel:  # an unusual input: take the PyTorch path for it
+            cos, sin = self.cos[self.positions].unsqueeze(1), self.sin[self.positions].unsqueeze(1)
+            return apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype))
+        return apply_rotary(x, self.cos, self.sin)

@@ -17,7 +17,7 @@ from pagedserve.layers.activation import SiluAndMul
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.layernorm import RMSNorm
 from pagedserve.layers.linear import MergedLinear
-from pagedserve.layers.rotary import RotaryEmbedding, apply_rotary
+from pagedserve.layers.rotary import RotaryEmbedding, StepRotary
 
 # checkpoint name fragment -> (merged parameter fragment, shard id)
 _STACKED = {
@@ -51,14 +51,14 @@ class LlamaAttention(nn.Module):
         self.backend = backend
         self.q_size, self.kv_size = q_size, kv_size
 
-    def forward(self, cos_sin, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
+    def forward(self, rope: StepRotary, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
         tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
         # q and k heads sit side by side in the merged projection: rotate them in one pass.
         qk = qkv[:, : self.q_size + self.kv_size].view(
             tokens, self.num_heads + self.num_kv_heads, self.head_dim
         )
-        qk = apply_rotary(qk, *cos_sin)
+        qk = rope.rotate(qk)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, self.q_size + self.kv_size :].reshape(tokens, self.num_kv_heads, self.head_dim)
         out = self.backend.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale)
@@ -86,13 +86,13 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, cos_sin, hidden, residual, kv_cache, metadata):
+    def forward(self, rope: StepRotary, hidden, residual, kv_cache, metadata):
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(cos_sin, hidden, kv_cache, metadata)
+        hidden = self.self_attn(rope, hidden, kv_cache, metadata)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -108,15 +108,15 @@ class LlamaModel(nn.Module):
         num_heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
         theta, scaling = rope_settings(config)
-        # One table for all layers; cos/sin are looked up once per step.
+        # One table for all layers; a step's positions are looked up once (for_step).
         self.rotary = RotaryEmbedding(head_dim, config.max_position_embeddings, theta, scaling)
 
     def forward(self, input_ids, positions, kv_caches, metadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
-        cos_sin = self.rotary.cos_sin(positions, hidden.dtype)
+        rope = self.rotary.for_step(positions, hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(cos_sin, hidden, residual, kv_cache, metadata)
+            hidden, residual = layer(rope, hidden, residual, kv_cache, metadata)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

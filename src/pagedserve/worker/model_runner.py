@@ -155,7 +155,7 @@ class ModelRunner:
         sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples]
         if sampling:
             rows = [step.last_token_rows[i] for i, _ in sampling]
-            logits = self.model.compute_logits(hidden[rows]).float()  # argmax and softmax are fast in float32
+            logits = self.model.compute_logits(hidden[rows])
             sampling_rows = [
                 SamplingRow(
                     s.request.sampling_params,
@@ -166,6 +166,12 @@ class ModelRunner:
                 for _, s in sampling
             ]
             metadata = SamplingMetadata.build(sampling_rows, self.vocab_size, self.device)
+            if not (
+                metadata.all_greedy and metadata.no_logit_processing and metadata.max_num_logprobs is None
+            ):
+                # Softmax, top-k and the rest are fast in float32; a plain greedy argmax is exact on bf16 logits
+                # (skipping the copy saves ~6 % of a batch-256 step).
+                logits = logits.float()
             out = self.sampler(logits, metadata)
             token_ids = out.sampled_token_ids.tolist()
             for (_, seq), token_id in zip(sampling, token_ids):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pagedserve.attention.backend import AttentionMetadata, get_attention_backend
-from pagedserve.attention.backends import cpu_kernel
+from pagedserve.ops import build as cpu_kernel
+from pagedserve.ops import cpu as cpu_ops
 
 
 def random_decode_batch(dtype: torch.dtype, seed: int = 0):
@@ -59,3 +60,25 @@ def test_loading_the_kernel_keeps_subnormal_floats():
     smallest_normal = 2.2250738585072014e-308
     cpu_kernel.load()
     assert smallest_normal / 2 > 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_reads_queries_from_a_strided_view(dtype):
+    """The model hands q as a view into the merged qkv projection: rows further apart than q_heads * head_dim."""
+    q, _, _, k_cache, v_cache, metadata = random_decode_batch(dtype)
+    batch, heads, head_dim = q.shape
+    wide = torch.zeros(batch, (heads + 6) * head_dim, dtype=dtype)
+    wide[:, : heads * head_dim] = q.reshape(batch, -1)
+    view = wide[:, : heads * head_dim].view(batch, heads, head_dim)
+    args = (k_cache, v_cache, metadata.decode_block_tables, metadata.decode_seq_lens, 0.125)
+    assert torch.equal(
+        cpu_ops.paged_decode_attention(view, *args), cpu_ops.paged_decode_attention(q.contiguous(), *args)
+    )
+
+
+def test_kernel_rejects_a_length_beyond_the_block_table():
+    q, _, _, k_cache, v_cache, metadata = random_decode_batch(torch.float32)
+    too_long = metadata.decode_seq_lens.clone()
+    too_long[0] = metadata.decode_block_tables.shape[1] * 16 + 1
+    with pytest.raises(ValueError, match="length"):
+        cpu_ops.paged_decode_attention(q, k_cache, v_cache, metadata.decode_block_tables, too_long, 0.125)

@@ -1,14 +1,12 @@
 """The fast CPU backend: decode straight from the paged cache, SDPA for prefills.
 
-Decode: a small C kernel (cpu_kernel.py) reads each sequence's K/V once through its block table; where it cannot be
+Decode: a small C kernel (ops/csrc/paged_decode.c) reads each sequence's K/V once through its block table; where it cannot be
 built, the whole decode batch goes through a few large PyTorch operations instead (one gather of the batch's
 blocks, two batched matrix products, one masked softmax), which copies the history once per step. Prefill without cached context attends over the chunk's own fresh K/V (no
 cache read); with context (chunked prefill, prefix-cache hit) it gathers that sequence's blocks once.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -20,19 +18,21 @@ from pagedserve.attention.backend import (
     value_rows,
     write_kv_cache,
 )
-from pagedserve.attention.backends import cpu_kernel
+from pagedserve.ops import build
+from pagedserve.ops import cpu as cpu_ops
 
 
 class CpuBackend:
     name = "cpu"
 
     def __init__(self, use_kernel: bool | None = None) -> None:
-        if use_kernel is None:
-            use_kernel = os.environ.get("PAGEDSERVE_DISABLE_C_KERNEL", "") in ("", "0")
-        self.use_kernel = use_kernel
+        self.use_kernel = not build.disabled() if use_kernel is None else use_kernel
 
     def forward(self, q, k, v, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
+        if self.use_kernel and cpu_ops.can_write_kv_cache(k, v, k_cache):
+            cpu_ops.write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
+        else:
+            write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
         num_decode = metadata.num_decode_tokens
         if not metadata.prefills:
             return self._decode(q, k_cache, v_cache, metadata, scale)
@@ -52,15 +52,9 @@ class CpuBackend:
         return out
 
     def _decode(self, q, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        if (
-            self.use_kernel
-            and q.device.type == "cpu"
-            and cpu_kernel.supports(q.dtype)
-            and k_cache.dtype == q.dtype
-            and cpu_kernel.load() is not None
-        ):
-            return cpu_kernel.paged_decode_attention(
-                q.contiguous(),
+        if self.use_kernel and cpu_ops.available(q, k_cache) and k_cache.dtype == q.dtype:
+            return cpu_ops.paged_decode_attention(
+                q if cpu_ops.usable_rows(q) else q.contiguous(),
                 k_cache,
                 v_cache,
                 metadata.decode_block_tables,

@@ -3,7 +3,8 @@
  * OpenMP; linked against the libgomp torch already loaded, so both share one thread pool.
  *
  * Layouts (see attention/backend.py):
- *   q, out     [batch, num_q_heads, head_dim]
+ *   q          [batch, num_q_heads, head_dim], rows q_row_stride elements apart (a view into merged qkv)
+ *   out        [batch, num_q_heads, head_dim]
  *   k_cache    [num_blocks, num_kv_heads, head_dim, block_size]   keys transposed per block: the scores of a
  *                                                                 block's tokens are one vector FMA per dimension
  *   v_cache    [num_blocks, num_kv_heads, block_size, head_dim]   value rows: accumulated per dimension
@@ -18,20 +19,7 @@
 #include <xmmintrin.h>
 #endif
 
-static inline float bf16_to_f32(uint16_t bits16) {
-    uint32_t bits = ((uint32_t)bits16) << 16;
-    float value;
-    memcpy(&value, &bits, sizeof value);
-    return value;
-}
-
-static inline uint16_t f32_to_bf16(float value) {
-    uint32_t bits;
-    memcpy(&bits, &value, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* NaN stays NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1u); /* round to nearest even */
-    return (uint16_t)(bits >> 16);
-}
+#include "bf16.h"
 
 /* In place, each of `rows` rows of `len` scores (row stride `stride`). */
 static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t stride) {
@@ -95,7 +83,7 @@ DEFINE_DECODE_ONE(decode_bf16, uint16_t, bf16_to_f32, f32_to_bf16, block_size_ar
 int paged_decode_attention(const void *q, const void *k_cache, const void *v_cache, void *out,
                            const int64_t *block_tables, const int64_t *seq_lens, int64_t batch,
                            int64_t num_q_heads, int64_t num_kv_heads, int64_t head_dim, int64_t block_size,
-                           int64_t max_blocks, float scale, int dtype, int num_threads) {
+                           int64_t max_blocks, int64_t q_row_stride, float scale, int dtype, int num_threads) {
     const int64_t group = num_q_heads / num_kv_heads;
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
@@ -105,30 +93,33 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
         const unsigned int saved_csr = _mm_getcsr();
         _mm_setcsr(saved_csr | 0x8040u);
 #endif
+        /* One scratch buffer per thread, sized for the longest possible sequence. */
+        float *buffer = malloc(sizeof(float) * (size_t)(group * head_dim * 2 + group * max_blocks * block_size));
+        if (buffer == NULL) failed = 1;
 #pragma omp for schedule(dynamic, 4)
         for (int64_t work = 0; work < batch * num_kv_heads; ++work) {
+            if (buffer == NULL) continue;
             const int64_t b = work / num_kv_heads, h = work % num_kv_heads;
             const int64_t len = seq_lens[b];
-            const int64_t padded = (len + block_size - 1) / block_size * block_size;
-            float *buffer = malloc(sizeof(float) * (size_t)(group * head_dim * 2 + group * padded));
-            if (buffer == NULL) {
-                failed = 1;
+            if (len < 1 || len > max_blocks * block_size) {
+                failed = 2;
                 continue;
             }
             float *qf = buffer, *acc = qf + group * head_dim, *scores = acc + group * head_dim;
             const int64_t *table = block_tables + b * max_blocks;
-            const int64_t offset = (b * num_q_heads + h * group) * head_dim;
+            const int64_t q_offset = b * q_row_stride + h * group * head_dim;
+            const int64_t out_offset = (b * num_q_heads + h * group) * head_dim;
             if (dtype == 0) {
                 (block_size == 16 ? decode_f32_bs16 : decode_f32)(
-                    (const float *)q + offset, k_cache, v_cache, (float *)out + offset, table, len, h, group,
+                    (const float *)q + q_offset, k_cache, v_cache, (float *)out + out_offset, table, len, h, group,
                     num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
             } else {
                 (block_size == 16 ? decode_bf16_bs16 : decode_bf16)(
-                    (const uint16_t *)q + offset, k_cache, v_cache, (uint16_t *)out + offset, table, len, h, group,
-                    num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
+                    (const uint16_t *)q + q_offset, k_cache, v_cache, (uint16_t *)out + out_offset, table, len, h,
+                    group, num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
             }
-            free(buffer);
         }
+        free(buffer);
 #if defined(__SSE__)
         _mm_setcsr(saved_csr);
 #endif

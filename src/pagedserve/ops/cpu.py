@@ -1,0 +1,127 @@
+"""PyTorch-facing wrappers of the C kernels (see build.py). Each one checks what the C code assumes (device,
+dtype, layout) in `usable_*`; callers fall back to their PyTorch path when that returns False."""
+
+from __future__ import annotations
+
+import torch
+
+from pagedserve.ops import build
+
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def available(*tensors: torch.Tensor) -> bool:
+    """True when the kernels are built and every tensor is a CPU tensor of a dtype they handle."""
+    return (
+        all(t.device.type == "cpu" and t.dtype in _DTYPE_CODES for t in tensors) and build.load() is not None
+    )
+
+
+def _code(tensor: torch.Tensor) -> int:
+    return _DTYPE_CODES[tensor.dtype]
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """RMSNorm of `x` (2-D, contiguous); with `residual`, first `residual += x` in place and normalise that."""
+    library = build.load()
+    assert library is not None and x.is_contiguous() and weight.dtype == x.dtype
+    assert residual is None or (residual.is_contiguous() and residual.shape == x.shape)
+    out = torch.empty_like(x)
+    rows, hidden = x.shape
+    library.rms_norm(
+        x.data_ptr(), None if residual is None else residual.data_ptr(), weight.data_ptr(), out.data_ptr(),
+        rows, hidden, eps, _code(x), torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [rows, 2 * inter] (gate | up), contiguous -> silu(gate) * up."""
+    library = build.load()
+    assert library is not None and x.is_contiguous()
+    rows, width = x.shape
+    out = torch.empty(rows, width // 2, dtype=x.dtype)
+    library.silu_and_mul(x.data_ptr(), out.data_ptr(), rows, width // 2, _code(x), torch.get_num_threads())
+    return out
+
+
+def rotary_neox_(
+    x: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor
+) -> None:
+    """Rotates x: [rows, heads, head_dim] in place (rows may be strided, heads and dims contiguous)."""
+    library = build.load()
+    rows, heads, head_dim = x.shape
+    assert library is not None and x.stride(2) == 1 and x.stride(1) == head_dim
+    assert cos_cache.dtype == torch.float32 and cos_cache.is_contiguous() and sin_cache.is_contiguous()
+    assert positions.dtype == torch.int64 and positions.is_contiguous() and positions.shape == (rows,)
+    failed = library.rotary_neox(
+        x.data_ptr(), positions.data_ptr(), cos_cache.data_ptr(), sin_cache.data_ptr(), rows, heads, head_dim,
+        x.stride(0), cos_cache.shape[0], _code(x), torch.get_num_threads(),
+    )  # fmt: skip
+    if failed:
+        raise ValueError(f"a position is outside the rotary table (0..{cos_cache.shape[0] - 1})")
+
+
+def usable_rows(x: torch.Tensor) -> bool:
+    """[rows, heads, head_dim] with contiguous heads and dims (rows may be strided): what the kernels read."""
+    return x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
+
+
+def can_write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    return (
+        available(key, value, k_cache)
+        and key.dtype == value.dtype == k_cache.dtype
+        and usable_rows(key)
+        and usable_rows(value)
+        and key.stride(0) == value.stride(0)
+    )
+
+
+def write_kv_cache(
+    key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """key, value: [rows, kv_heads, head_dim] with the same row stride; caches as attention/backend.py."""
+    library = build.load()
+    assert (
+        library is not None and usable_rows(key) and usable_rows(value) and key.stride(0) == value.stride(0)
+    )
+    assert k_cache.is_contiguous() and v_cache.is_contiguous() and slots.dtype == torch.int64
+    slots = slots.contiguous()
+    rows, kv_heads, head_dim = key.shape
+    num_blocks, _, block_size, _ = v_cache.shape
+    failed = library.write_kv_cache(
+        key.data_ptr(), value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), rows,
+        kv_heads, head_dim, block_size, key.stride(0), num_blocks * block_size, _code(key),
+    )  # fmt: skip
+    if failed:
+        raise ValueError("a slot in slot_mapping is outside the KV cache")
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """q: [batch, q_heads, head_dim] (rows may be strided) -> [batch, q_heads, head_dim], contiguous."""
+    library = build.load()
+    assert library is not None and usable_rows(q) and k_cache.is_contiguous() and v_cache.is_contiguous()
+    batch, num_q_heads, head_dim = q.shape
+    _, num_kv_heads, block_size, _ = v_cache.shape
+    tables = block_tables.contiguous()
+    lens = seq_lens.contiguous()
+    out = torch.empty(batch, num_q_heads, head_dim, dtype=q.dtype)
+    failed = library.paged_decode_attention(
+        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), tables.data_ptr(), lens.data_ptr(),
+        batch, num_q_heads, num_kv_heads, head_dim, block_size, tables.shape[1], q.stride(0), scale, _code(q),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if failed == 1:
+        raise MemoryError("decode attention kernel could not allocate its scratch memory")
+    if failed:
+        raise ValueError("a decode sequence length is outside its block table")
+    return out

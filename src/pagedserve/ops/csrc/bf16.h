@@ -1,0 +1,21 @@
+/* bfloat16 <-> float32 conversions shared by the kernels (bfloat16 is stored as uint16_t). */
+#ifndef PAGEDSERVE_BF16_H
+#define PAGEDSERVE_BF16_H
+#include <stdint.h>
+#include <string.h>
+
+static inline float bf16_to_f32(uint16_t bits16) {
+    uint32_t bits = ((uint32_t)bits16) << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static inline uint16_t f32_to_bf16(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* NaN stays NaN */
+    bits += 0x7fffu + ((bits >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(bits >> 16);
+}
+#endif

@@ -1,0 +1,163 @@
+/* The small per-layer operations of a decoder step, fused: RMSNorm with the residual add, SiLU-and-multiply,
+ * rotary embedding in place, and the K/V write into the paged cache.
+ *
+ * Why: in PyTorch each of these is several operators, and each operator is one OpenMP parallel region. At decode
+ * batch sizes the work is microseconds, but every region is a barrier, and on a machine whose cores are shared
+ * with an HTTP server a barrier waits for a descheduled thread. Here each operation is one call, and it only
+ * goes parallel when there are enough rows to pay for it. In bfloat16 the intermediate results are rounded
+ * where PyTorch's operator sequence rounds them (ROUND), so both paths give the same outputs: a 135M model in
+ * bfloat16 is sensitive enough that "more exact" rounding still changes greedy answers.
+ *
+ * dtype: 0 float32, 1 bfloat16. All tensors row-major and contiguous unless a row stride is passed.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "bf16.h"
+
+/* Rows below this run on the calling thread only (no parallel region, so no barrier). */
+#define PARALLEL_MIN_ROWS 64
+
+#define F32_LOAD(x) (x)
+#define F32_STORE(x) (x)
+#define F32_ROUND(x) (x)
+#define BF16_ROUND(x) bf16_to_f32(f32_to_bf16(x))
+
+/* residual (optional) += x, then out = residual_or_x * rsqrt(mean(square) + eps) * weight. */
+#define DEFINE_RMS_NORM(NAME, T, LOAD, STORE)                                                                     \
+    static void NAME(T *x, T *residual, const T *weight, T *out, int64_t rows, int64_t hidden, float eps,       \
+                     int threads) {                                                                              \
+        _Pragma("omp parallel for num_threads(threads) if (rows >= PARALLEL_MIN_ROWS) schedule(static)")         \
+        for (int64_t r = 0; r < rows; ++r) {                                                                     \
+            T *xr = x + r * hidden, *o = out + r * hidden;                                                       \
+            const T *src = xr;                                                                                   \
+            if (residual != NULL) {                                                                              \
+                T *res = residual + r * hidden;                                                                  \
+                /* rounded to the storage type first, as `x + residual` in PyTorch would be */                   \
+                for (int64_t h = 0; h < hidden; ++h) res[h] = STORE(LOAD(xr[h]) + LOAD(res[h]));                 \
+                src = res;                                                                                       \
+            }                                                                                                    \
+            float total = 0.0f;                                                                                  \
+            _Pragma("omp simd reduction(+ : total)") for (int64_t h = 0; h < hidden; ++h) {                      \
+                const float v = LOAD(src[h]);                                                                    \
+                total += v * v;                                                                                  \
+            }                                                                                                    \
+            const float inverse = 1.0f / sqrtf(total / (float)hidden + eps);                                     \
+            for (int64_t h = 0; h < hidden; ++h) o[h] = STORE(LOAD(src[h]) * inverse * LOAD(weight[h]));         \
+        }                                                                                                        \
+    }
+
+DEFINE_RMS_NORM(rms_norm_f32, float, F32_LOAD, F32_STORE)
+DEFINE_RMS_NORM(rms_norm_bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+
+int rms_norm(void *x, void *residual, const void *weight, void *out, int64_t rows, int64_t hidden, float eps,
+             int dtype, int threads) {
+    if (dtype == 0)
+        rms_norm_f32(x, residual, weight, out, rows, hidden, eps, threads);
+    else
+        rms_norm_bf16(x, residual, weight, out, rows, hidden, eps, threads);
+    return 0;
+}
+
+/* out[r, i] = silu(x[r, i]) * x[r, inter + i]  (gate | up merged in one projection). */
+#define DEFINE_SILU_AND_MUL(NAME, T, LOAD, STORE, ROUND)                                                                 \
+    static void NAME(const T *x, T *out, int64_t rows, int64_t inter, int threads) {                             \
+        _Pragma("omp parallel for num_threads(threads) if (rows >= PARALLEL_MIN_ROWS) schedule(static)")         \
+        for (int64_t r = 0; r < rows; ++r) {                                                                     \
+            const T *gate = x + r * 2 * inter, *up = gate + inter;                                               \
+            T *o = out + r * inter;                                                                              \
+            _Pragma("omp simd") for (int64_t i = 0; i < inter; ++i) {                                            \
+                const float g = LOAD(gate[i]);                                                                   \
+                o[i] = STORE(ROUND(g / (1.0f + expf(-g))) * LOAD(up[i]));                                        \
+            }                                                                                                    \
+        }                                                                                                        \
+    }
+
+DEFINE_SILU_AND_MUL(silu_and_mul_f32, float, F32_LOAD, F32_STORE, F32_ROUND)
+DEFINE_SILU_AND_MUL(silu_and_mul_bf16, uint16_t, bf16_to_f32, f32_to_bf16, BF16_ROUND)
+
+int silu_and_mul(const void *x, void *out, int64_t rows, int64_t inter, int dtype, int threads) {
+    if (dtype == 0)
+        silu_and_mul_f32(x, out, rows, inter, threads);
+    else
+        silu_and_mul_bf16(x, out, rows, inter, threads);
+    return 0;
+}
+
+/* In place on the first `heads` heads of each row ("rotate half" layout): with c, s the cached cos and sin of the
+ * row's position, x1' = x1 c - x2 s and x2' = x2 c + x1 s (each product rounded, as PyTorch does). cos/sin caches: float32 [max_position, head_dim]. */
+#define DEFINE_ROTARY(NAME, T, LOAD, STORE, ROUND)                                                                       \
+    static int NAME(T *x, const int64_t *positions, const float *cos_cache, const float *sin_cache, int64_t rows, \
+                    int64_t heads, int64_t head_dim, int64_t row_stride, int64_t max_position, int threads) {    \
+        const int64_t half = head_dim / 2;                                                                       \
+        int bad = 0;                                                                                             \
+        _Pragma("omp parallel for num_threads(threads) if (rows >= PARALLEL_MIN_ROWS) schedule(static)")         \
+        for (int64_t r = 0; r < rows; ++r) {                                                                     \
+            const int64_t position = positions[r];                                                               \
+            if (position < 0 || position >= max_position) {                                                     \
+                bad = 1;                                                                                         \
+                continue;                                                                                        \
+            }                                                                                                    \
+            const float *c = cos_cache + position * head_dim, *s = sin_cache + position * head_dim;              \
+            for (int64_t h = 0; h < heads; ++h) {                                                                \
+                T *v = x + r * row_stride + h * head_dim;                                                        \
+                _Pragma("omp simd") for (int64_t i = 0; i < half; ++i) {                                         \
+                    const float a = LOAD(v[i]), b = LOAD(v[i + half]);                                           \
+                    const float c1 = ROUND(c[i]), s1 = ROUND(s[i]);                                              \
+                    const float c2 = ROUND(c[i + half]), s2 = ROUND(s[i + half]);                                \
+                    v[i] = STORE(ROUND(a * c1) + ROUND(-b * s1));                                                \
+                    v[i + half] = STORE(ROUND(b * c2) + ROUND(a * s2));                                          \
+                }                                                                                                \
+            }                                                                                                    \
+        }                                                                                                        \
+        return bad;                                                                                              \
+    }
+
+DEFINE_ROTARY(rotary_f32, float, F32_LOAD, F32_STORE, F32_ROUND)
+DEFINE_ROTARY(rotary_bf16, uint16_t, bf16_to_f32, f32_to_bf16, BF16_ROUND)
+
+int rotary_neox(void *x, const int64_t *positions, const float *cos_cache, const float *sin_cache, int64_t rows,
+                int64_t heads, int64_t head_dim, int64_t row_stride, int64_t max_position, int dtype,
+                int threads) {
+    if (dtype == 0)
+        return rotary_f32(x, positions, cos_cache, sin_cache, rows, heads, head_dim, row_stride, max_position,
+                          threads);
+    return rotary_bf16(x, positions, cos_cache, sin_cache, rows, heads, head_dim, row_stride, max_position,
+                       threads);
+}
+
+/* Scatter each row's K and V heads to its slot (block = slot / block_size). Cache layouts as attention/backend.py:
+ * k_cache [blocks, kv_heads, head_dim, block_size] (keys transposed per block), v_cache [blocks, kv_heads,
+ * block_size, head_dim]. key/value rows are `row_stride` elements apart (views into the merged qkv projection). */
+#define DEFINE_WRITE_KV(NAME, T)                                                                                  \
+    static int NAME(const T *key, const T *value, T *k_cache, T *v_cache, const int64_t *slots, int64_t rows,    \
+                    int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t row_stride,                  \
+                    int64_t num_slots) {                                                                         \
+        for (int64_t r = 0; r < rows; ++r) {                                                                     \
+            const int64_t slot = slots[r];                                                                       \
+            if (slot < 0 || slot >= num_slots) return 1;                                                         \
+            const int64_t block = slot / block_size, offset = slot % block_size;                                 \
+            for (int64_t h = 0; h < kv_heads; ++h) {                                                             \
+                const T *k = key + r * row_stride + h * head_dim;                                                \
+                T *kd = k_cache + (block * kv_heads + h) * head_dim * block_size + offset;                       \
+                for (int64_t d = 0; d < head_dim; ++d) kd[d * block_size] = k[d];                                \
+                memcpy(v_cache + ((block * kv_heads + h) * block_size + offset) * head_dim,                      \
+                       value + r * row_stride + h * head_dim, sizeof(T) * (size_t)head_dim);                     \
+            }                                                                                                    \
+        }                                                                                                        \
+        return 0;                                                                                                \
+    }
+
+DEFINE_WRITE_KV(write_kv_f32, float)
+DEFINE_WRITE_KV(write_kv_bf16, uint16_t)
+
+int write_kv_cache(const void *key, const void *value, void *k_cache, void *v_cache, const int64_t *slots,
+                   int64_t rows, int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t row_stride,
+                   int64_t num_slots, int dtype) {
+    if (dtype == 0)
+        return write_kv_f32(key, value, k_cache, v_cache, slots, rows, kv_heads, head_dim, block_size, row_stride,
+                            num_slots);
+    return write_kv_bf16(key, value, k_cache, v_cache, slots, rows, kv_heads, head_dim, block_size, row_stride,
+                         num_slots);
+}

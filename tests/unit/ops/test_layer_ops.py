@@ -1,0 +1,105 @@
+"""The fused C layer operations against their PyTorch definitions: float32 to rounding error, bfloat16 bit for bit
+(the kernels round where PyTorch's operator sequence rounds), on the single-threaded and the parallel row counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pagedserve.attention.backend import write_kv_cache as torch_write_kv_cache
+from pagedserve.layers.activation import SiluAndMul
+from pagedserve.layers.layernorm import RMSNorm
+from pagedserve.layers.rotary import RotaryEmbedding, apply_rotary
+from pagedserve.ops import build
+from pagedserve.ops import cpu as cpu_ops
+
+DTYPES = [(torch.float32, 1e-6), (torch.bfloat16, 0.0)]
+ROWS = [1, 7, 200]  # 200 crosses the kernels' parallel threshold
+
+
+def test_kernels_build_here():
+    assert build.load() is not None, "a C compiler is on every machine we support; the kernels must build"
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_rms_norm_with_and_without_residual(dtype, atol, rows):
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 576, generator=gen).to(dtype)
+    residual = torch.randn(rows, 576, generator=gen).to(dtype)
+    weight = torch.rand(576, generator=gen).to(dtype)
+    # bfloat16: one ulp where the float32 sum of squares is reduced in another order than PyTorch's
+    tolerance = dict(atol=atol, rtol=0) if dtype == torch.float32 else dict(atol=0, rtol=2**-7)
+    got = cpu_ops.rms_norm(x, weight, 1e-5)
+    torch.testing.assert_close(got, F.rms_norm(x, (576,), weight, 1e-5), **tolerance)
+    expected_sum = x + residual
+    expected = F.rms_norm(expected_sum, (576,), weight, 1e-5)
+    got = cpu_ops.rms_norm(x, weight, 1e-5, residual)
+    assert torch.equal(residual, expected_sum)  # the sum is written into the residual's storage
+    torch.testing.assert_close(got, expected, **tolerance)
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_silu_and_mul(dtype, atol, rows):
+    x = torch.randn(rows, 2 * 1536, generator=torch.Generator().manual_seed(rows)).to(dtype) * 4
+    gate, up = x.chunk(2, dim=-1)
+    torch.testing.assert_close(cpu_ops.silu_and_mul(x), F.silu(gate) * up, atol=atol, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_rotary_in_place_on_a_strided_view(dtype, atol, rows):
+    rotary = RotaryEmbedding(64, 4096, 10000.0, {"rope_type": "llama3", "factor": 8.0,
+                             "original_max_position_embeddings": 1024})  # fmt: skip
+    gen = torch.Generator().manual_seed(rows)
+    qkv = torch.randn(rows, 15 * 64, generator=gen).to(dtype)
+    positions = torch.randint(0, 4096, (rows,), generator=gen)
+    qk = qkv[:, : 12 * 64].view(rows, 12, 64)
+    v_before = qkv[:, 12 * 64 :].clone()
+    cos, sin = rotary.cos_sin(positions, dtype)
+    expected = apply_rotary(qk, cos, sin)
+    cpu_ops.rotary_neox_(qk, positions, rotary.cos_cache, rotary.sin_cache)
+    torch.testing.assert_close(qk, expected, atol=atol, rtol=1e-6)
+    assert torch.equal(qkv[:, 12 * 64 :], v_before)  # only the rotated heads change
+
+
+def test_rotary_rejects_a_position_outside_the_table():
+    rotary = RotaryEmbedding(64, 16, 10000.0)
+    with pytest.raises(ValueError, match="position"):
+        cpu_ops.rotary_neox_(torch.randn(2, 3, 64), torch.tensor([3, 16]), rotary.cos_cache, rotary.sin_cache)
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+def test_write_kv_cache_matches_the_pytorch_scatter(dtype, atol):
+    gen = torch.Generator().manual_seed(0)
+    blocks, kv_heads, head_dim, block_size, rows = 10, 3, 64, 16, 37
+    qkv = torch.randn(rows, (9 + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
+    key = qkv[:, 9 * head_dim : 12 * head_dim].view(rows, kv_heads, head_dim)
+    value = qkv[:, 12 * head_dim :].view(rows, kv_heads, head_dim)
+    slots = torch.randperm(blocks * block_size, generator=gen)[:rows]
+    k_cache = torch.zeros(blocks, kv_heads, head_dim, block_size, dtype=dtype)
+    v_cache = torch.zeros(blocks, kv_heads, block_size, head_dim, dtype=dtype)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    torch_write_kv_cache(key, value, expected_k, expected_v, slots)
+    assert cpu_ops.can_write_kv_cache(key, value, k_cache)
+    cpu_ops.write_kv_cache(key, value, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+    with pytest.raises(ValueError, match="slot"):
+        cpu_ops.write_kv_cache(key, value, k_cache, v_cache, torch.full((rows,), blocks * block_size))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layers_take_the_kernel_and_the_pytorch_path_alike(dtype, monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    norm = RMSNorm(576, 1e-5).to(dtype)
+    norm.weight.data = torch.rand(576, generator=gen).to(dtype)
+    x = torch.randn(5, 576, generator=gen).to(dtype)
+    residual = torch.randn(5, 576, generator=gen).to(dtype)
+    gate_up = torch.randn(5, 3072, generator=gen).to(dtype)
+    fast = (norm(x), *norm(x, residual.clone()), SiluAndMul()(gate_up))
+    monkeypatch.setattr(cpu_ops, "available", lambda *tensors: False)
+    slow = (norm(x), *norm(x, residual.clone()), SiluAndMul()(gate_up))
+    for got, expected in zip(fast, slow):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=2**-7)
