@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedserve.ops import cpu as cpu_ops
+
 
 class LinearBase(nn.Module):
     def __init__(
@@ -34,7 +36,7 @@ class LinearBase(nn.Module):
         param.data.copy_(loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class ReplicatedLinear(LinearBase):
@@ -60,3 +62,11 @@ class MergedLinear(LinearBase):
         if target.shape != loaded.shape:
             raise ValueError(f"{shard_id} shape {tuple(loaded.shape)} does not match {tuple(target.shape)}")
         target.copy_(loaded)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, except that a few bfloat16 rows on the CPU go through the C GEMV: small-batch decode only streams
+    the weights, and that loop reads them ~1.6x faster than the general GEMM (ops/csrc/gemv.c)."""
+    if cpu_ops.can_gemv(x, weight, bias):
+        return cpu_ops.gemv(x, weight, bias)
+    return F.linear(x, weight, bias)

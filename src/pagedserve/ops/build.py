@@ -39,6 +39,8 @@ SIGNATURES: dict[str, list] = {
     "silu_and_mul": [_P] * 2 + [_I] * 2 + [ctypes.c_int, ctypes.c_int],
     # x, positions, cos_cache, sin_cache, rows, heads, head_dim, row_stride, max_position, dtype, threads
     "rotary_neox": [_P] * 4 + [_I] * 5 + [ctypes.c_int, ctypes.c_int],
+    # x [rows, k], w [n, k], bias (or NULL), out [rows, n], rows, n, k, threads (bfloat16 only)
+    "gemv_bf16": [_P] * 4 + [_I] * 3 + [ctypes.c_int],
     # key, value, k_cache, v_cache, slot_mapping, rows, kv_heads, head_dim, block_size, row_stride, num_slots,
     # dtype
     "write_kv_cache": [_P] * 5 + [_I] * 6 + [ctypes.c_int],

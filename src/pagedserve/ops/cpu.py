@@ -21,6 +21,36 @@ def _code(tensor: torch.Tensor) -> int:
     return _DTYPE_CODES[tensor.dtype]
 
 
+GEMV_MAX_ROWS = 4  # csrc/gemv.c
+
+
+def can_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Small-batch bfloat16 products go through the C GEMV (memory-bound: it reads the weights faster)."""
+    return (
+        x.dim() == 2
+        and 1 <= x.shape[0] <= GEMV_MAX_ROWS
+        and x.dtype == weight.dtype == torch.bfloat16
+        and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous()))
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and available(x, weight)
+    )
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [rows, k] @ weight [n, k]^T (+ bias) for rows <= GEMV_MAX_ROWS, bfloat16; what `can_gemv` accepts."""
+    library = build.load()
+    assert library is not None and can_gemv(x, weight, bias) and x.shape[1] == weight.shape[1]
+    rows, k = x.shape
+    n = weight.shape[0]
+    out = torch.empty(rows, n, dtype=x.dtype)
+    library.gemv_bf16(
+        x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows, n, k,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -75,7 +105,7 @@ def can_write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Te
         and key.dtype == value.dtype == k_cache.dtype
         and usable_rows(key)
         and usable_rows(value)
-        and key.stride(0) == value.stride(0)
+        and (key.shape[0] == 1 or key.stride(0) == value.stride(0))  # one row: its stride means nothing
     )
 
 
@@ -84,9 +114,7 @@ def write_kv_cache(
 ) -> None:
     """key, value: [rows, kv_heads, head_dim] with the same row stride; caches as attention/backend.py."""
     library = build.load()
-    assert (
-        library is not None and usable_rows(key) and usable_rows(value) and key.stride(0) == value.stride(0)
-    )
+    assert library is not None and can_write_kv_cache(key, value, k_cache)
     assert k_cache.is_contiguous() and v_cache.is_contiguous() and slots.dtype == torch.int64
     slots = slots.contiguous()
     rows, kv_heads, head_dim = key.shape

@@ -10,9 +10,11 @@ from pagedserve.ops import build as cpu_kernel
 from pagedserve.ops import cpu as cpu_ops
 
 
-def random_decode_batch(dtype: torch.dtype, seed: int = 0):
+def random_decode_batch(
+    dtype: torch.dtype, seed: int = 0, kv_heads: int = 3, group: int = 3, head_dim: int = 64
+):
     gen = torch.Generator().manual_seed(seed)
-    num_blocks, block_size, kv_heads, q_heads, head_dim = 40, 16, 3, 9, 64
+    num_blocks, block_size, q_heads = 40, 16, kv_heads * group
     k_cache = torch.randn(num_blocks, kv_heads, head_dim, block_size, generator=gen).to(dtype)
     v_cache = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=gen).to(dtype)
     seq_lens = torch.tensor([1, 17, 33, 100, 5])
@@ -53,6 +55,18 @@ def test_fast_decode_matches_reference(backend: str, dtype: torch.dtype, toleran
     )
     got = get_attention_backend(backend).forward(q, k, v, k_cache, v_cache, metadata, 0.125)
     torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("group,head_dim", [(1, 64), (3, 64), (4, 128), (7, 64), (8, 32), (9, 64), (2, 48)])
+def test_kernel_across_group_sizes_and_head_dims(group: int, head_dim: int):
+    """bfloat16 has a register-blocked path per group size up to 8; 9 heads per group and odd head dims take
+    the generic one."""
+    q, k, v, k_cache, v_cache, metadata = random_decode_batch(torch.bfloat16, 1, 2, group, head_dim)
+    expected = get_attention_backend("torch_ref").forward(
+        q, k, v, k_cache.clone(), v_cache.clone(), metadata, head_dim**-0.5
+    )
+    got = get_attention_backend("cpu").forward(q, k, v, k_cache, v_cache, metadata, head_dim**-0.5)
+    torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
 
 
 def test_loading_the_kernel_keeps_subnormal_floats():

@@ -103,3 +103,30 @@ def test_layers_take_the_kernel_and_the_pytorch_path_alike(dtype, monkeypatch):
     slow = (norm(x), *norm(x, residual.clone()), SiluAndMul()(gate_up))
     for got, expected in zip(fast, slow):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=2**-7)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize(
+    "n,k", [(960, 576), (49152 // 16, 576), (576, 1536), (7, 33)]
+)  # tails: n % 4, k % 32
+def test_gemv_is_as_exact_as_the_bf16_gemm(rows, n, k):
+    gen = torch.Generator().manual_seed(rows * n + k)
+    x = torch.randn(rows, k, generator=gen).bfloat16()
+    weight = torch.randn(n, k, generator=gen).bfloat16()
+    bias = torch.randn(n, generator=gen).bfloat16()
+    assert cpu_ops.can_gemv(x, weight, bias)
+    for b in (None, bias):
+        exact = F.linear(x.float(), weight.float(), None if b is None else b.float())
+        got = cpu_ops.gemv(x, weight, b)
+        assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
+        # float32 accumulation, one rounding to bf16: within half a bf16 ulp of the float32 result (+ sum order)
+        torch.testing.assert_close(got.float(), exact, atol=1e-3, rtol=2**-8)
+
+
+def test_gemv_takes_only_what_it_handles():
+    w = torch.randn(8, 64).bfloat16()
+    assert not cpu_ops.can_gemv(torch.randn(5, 64).bfloat16(), w, None)  # too many rows: the GEMM's job
+    assert not cpu_ops.can_gemv(
+        torch.randn(1, 64), w.float(), None
+    )  # float32 stays on PyTorch (exactness tests)
+    assert not cpu_ops.can_gemv(torch.randn(64, 2).bfloat16().t(), w, None)  # not contiguous

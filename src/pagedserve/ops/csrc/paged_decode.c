@@ -80,6 +80,70 @@ DEFINE_DECODE_ONE(decode_f32, float, LOAD_F32, STORE_F32, block_size_arg)
 DEFINE_DECODE_ONE(decode_bf16_bs16, uint16_t, bf16_to_f32, f32_to_bf16, 16)
 DEFINE_DECODE_ONE(decode_bf16, uint16_t, bf16_to_f32, f32_to_bf16, block_size_arg)
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* bfloat16, block size 16: the common case, with the accumulators in registers. GROUP (query heads per kv head)
+ * is a compile-time constant so the GROUP score vectors and value accumulators never touch memory; each key row
+ * and value chunk is converted to float once and used by every query head of the group. head_dim % 16 == 0. */
+static inline __m512 load16_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+#define DEFINE_DECODE_FAST(GROUP)                                                                                 \
+    static void decode_bf16_fast_##GROUP(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,    \
+                                         uint16_t *out, const int64_t *table, int64_t len, int64_t h,            \
+                                         int64_t num_kv_heads, int64_t head_dim, float scale, float *qf,          \
+                                         float *scores) {                                                        \
+        const int64_t num_blocks = (len + 15) / 16, stride = num_blocks * 16;                                    \
+        for (int64_t i = 0; i < GROUP * head_dim; ++i) qf[i] = bf16_to_f32(q[i]) * scale;                      \
+        for (int64_t blk_i = 0; blk_i < num_blocks; ++blk_i) {                                                   \
+            const uint16_t *kb = k_cache + (table[blk_i] * num_kv_heads + h) * head_dim * 16;                    \
+            __m512 s[GROUP];                                                                                     \
+            for (int g = 0; g < GROUP; ++g) s[g] = _mm512_setzero_ps();                                          \
+            for (int64_t d = 0; d < head_dim; ++d) {                                                             \
+                const __m512 k = load16_bf16(kb + d * 16);                                                       \
+                for (int g = 0; g < GROUP; ++g) s[g] = _mm512_fmadd_ps(_mm512_set1_ps(qf[g * head_dim + d]), k, s[g]); \
+            }                                                                                                    \
+            for (int g = 0; g < GROUP; ++g) _mm512_storeu_ps(scores + g * stride + blk_i * 16, s[g]);            \
+        }                                                                                                        \
+        softmax_rows(scores, GROUP, len, stride);                                                                \
+        for (int64_t c = 0; c < head_dim; c += 16) {                                                             \
+            __m512 acc[GROUP];                                                                                   \
+            for (int g = 0; g < GROUP; ++g) acc[g] = _mm512_setzero_ps();                                        \
+            for (int64_t blk_i = 0; blk_i < num_blocks; ++blk_i) {                                               \
+                const uint16_t *vb = v_cache + (table[blk_i] * num_kv_heads + h) * 16 * head_dim + c;            \
+                const int64_t tokens = len - blk_i * 16 < 16 ? len - blk_i * 16 : 16;                            \
+                for (int64_t j = 0; j < tokens; ++j) {                                                           \
+                    const __m512 v = load16_bf16(vb + j * head_dim);                                             \
+                    const int64_t t = blk_i * 16 + j;                                                            \
+                    for (int g = 0; g < GROUP; ++g)                                                              \
+                        acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * stride + t]), v, acc[g]);             \
+                }                                                                                                \
+            }                                                                                                    \
+            for (int g = 0; g < GROUP; ++g) {                                                                    \
+                float lanes[16];                                                                                 \
+                _mm512_storeu_ps(lanes, acc[g]);                                                                 \
+                for (int i = 0; i < 16; ++i) out[g * head_dim + c + i] = f32_to_bf16(lanes[i]);                \
+            }                                                                                                    \
+        }                                                                                                        \
+    }
+DEFINE_DECODE_FAST(1)
+DEFINE_DECODE_FAST(2)
+DEFINE_DECODE_FAST(3)
+DEFINE_DECODE_FAST(4)
+DEFINE_DECODE_FAST(5)
+DEFINE_DECODE_FAST(6)
+DEFINE_DECODE_FAST(7)
+DEFINE_DECODE_FAST(8)
+
+typedef void (*decode_fast_fn)(const uint16_t *, const uint16_t *, const uint16_t *, uint16_t *, const int64_t *,
+                               int64_t, int64_t, int64_t, int64_t, float, float *, float *);
+static const decode_fast_fn DECODE_FAST[9] = {NULL, decode_bf16_fast_1, decode_bf16_fast_2, decode_bf16_fast_3,
+                                              decode_bf16_fast_4, decode_bf16_fast_5, decode_bf16_fast_6,
+                                              decode_bf16_fast_7, decode_bf16_fast_8};
+#define HAVE_DECODE_FAST 1
+#endif
+
 int paged_decode_attention(const void *q, const void *k_cache, const void *v_cache, void *out,
                            const int64_t *block_tables, const int64_t *seq_lens, int64_t batch,
                            int64_t num_q_heads, int64_t num_kv_heads, int64_t head_dim, int64_t block_size,
@@ -114,6 +178,14 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                     (const float *)q + q_offset, k_cache, v_cache, (float *)out + out_offset, table, len, h, group,
                     num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
             } else {
+#ifdef HAVE_DECODE_FAST
+                if (block_size == 16 && group <= 8 && head_dim % 16 == 0) {
+                    DECODE_FAST[group]((const uint16_t *)q + q_offset, k_cache, v_cache,
+                                       (uint16_t *)out + out_offset, table, len, h, num_kv_heads, head_dim, scale,
+                                       qf, scores);
+                    continue;
+                }
+#endif
                 (block_size == 16 ? decode_bf16_bs16 : decode_bf16)(
                     (const uint16_t *)q + q_offset, k_cache, v_cache, (uint16_t *)out + out_offset, table, len, h,
                     group, num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
