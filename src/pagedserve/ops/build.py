@@ -23,9 +23,10 @@ logger = logging.getLogger("pagedserve")
 DISABLE_ENV = "PAGEDSERVE_DISABLE_C_KERNEL"
 _CSRC = Path(__file__).parent / "csrc"
 _SOURCES = sorted(_CSRC.glob("*.c"))
-# Compiled with -ffast-math (vectorised expf and reductions) but linked without it: linking a shared library
-# with -ffast-math pulls in crtfastmath.o, which turns on flush-to-zero for the whole process.
-_COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only", "-fPIC"]
+# Compiled with -ffast-math (vectorised reductions; expf from glibc's vector library, which gcc only calls under
+# finite-math, so the kernels use -FLT_MAX, never infinities, as sentinels) but linked without it: linking a
+# shared library with -ffast-math pulls in crtfastmath.o, which turns on flush-to-zero for the whole process.
+_COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC"]
 _LINK_FLAGS = ["-shared", "-fopenmp"]
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 # C signature of every exported function (all return int: 0 on success).
@@ -39,6 +40,8 @@ SIGNATURES: dict[str, list] = {
     "silu_and_mul": [_P] * 2 + [_I] * 2 + [ctypes.c_int, ctypes.c_int],
     # x, positions, cos_cache, sin_cache, rows, heads, head_dim, row_stride, max_position, dtype, threads
     "rotary_neox": [_P] * 4 + [_I] * 5 + [ctypes.c_int, ctypes.c_int],
+    # logits [rows, n] bfloat16, out [rows] int64, rows, n, threads
+    "argmax_bf16": [_P] * 2 + [_I] * 2 + [ctypes.c_int],
     # x [rows, k], w [n, k], bias (or NULL), out [rows, n], rows, n, k, threads (bfloat16 only)
     "gemv_bf16": [_P] * 4 + [_I] * 3 + [ctypes.c_int],
     # key, value, k_cache, v_cache, slot_mapping, rows, kv_heads, head_dim, block_size, row_stride, num_slots,

@@ -21,6 +21,18 @@ def _code(tensor: torch.Tensor) -> int:
     return _DTYPE_CODES[tensor.dtype]
 
 
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(logits, dim=-1), vectorised for bfloat16 on the CPU (PyTorch's bf16 argmax is not)."""
+    if logits.dtype != torch.bfloat16 or logits.dim() != 2 or not available(logits):
+        # Without the kernel a float32 copy is still faster than PyTorch's scalar bfloat16 argmax.
+        return (logits.float() if logits.dtype == torch.bfloat16 else logits).argmax(dim=-1)
+    library = build.load()
+    logits = logits.contiguous()
+    out = torch.empty(logits.shape[0], dtype=torch.int64)
+    library.argmax_bf16(logits.data_ptr(), out.data_ptr(), *logits.shape, torch.get_num_threads())
+    return out
+
+
 GEMV_MAX_ROWS = 4  # csrc/gemv.c
 
 

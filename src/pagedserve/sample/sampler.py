@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pagedserve.ops import cpu as cpu_ops
 from pagedserve.sample.filters import apply_min_p, apply_top_k_top_p
 from pagedserve.sample.logprobs import gather_logprobs
 from pagedserve.sample.metadata import SamplingMetadata
@@ -41,7 +42,7 @@ class Sampler(torch.nn.Module):
             )
         if metadata.all_greedy and metadata.no_logit_processing:
             # The benchmark hot path: no copy, no float conversion (argmax is exact in bf16/fp16).
-            sampled = logits.argmax(dim=-1)
+            sampled = cpu_ops.argmax(logits) if logits.device.type == "cpu" else logits.argmax(dim=-1)
         else:
             sampled = self._sample(logits, metadata)
 

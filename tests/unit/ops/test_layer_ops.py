@@ -1,5 +1,6 @@
-"""The fused C layer operations against their PyTorch definitions: float32 to rounding error, bfloat16 bit for bit
-(the kernels round where PyTorch's operator sequence rounds), on the single-threaded and the parallel row counts."""
+"""The fused C layer operations against their PyTorch definitions: float32 to rounding error, bfloat16 to the last
+bit (the kernels round where PyTorch's operator sequence rounds; reduction order and exp may still differ by one
+ulp), on the single-threaded and the parallel row counts."""
 
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def test_rms_norm_with_and_without_residual(dtype, atol, rows):
 def test_silu_and_mul(dtype, atol, rows):
     x = torch.randn(rows, 2 * 1536, generator=torch.Generator().manual_seed(rows)).to(dtype) * 4
     gate, up = x.chunk(2, dim=-1)
-    torch.testing.assert_close(cpu_ops.silu_and_mul(x), F.silu(gate) * up, atol=atol, rtol=1e-6)
+    # bfloat16: an ulp of silu where glibc's vector expf and PyTorch's exp round apart, then one more in the product
+    tolerance = dict(atol=atol, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-6, rtol=2**-6)
+    torch.testing.assert_close(cpu_ops.silu_and_mul(x), F.silu(gate) * up, **tolerance)
 
 
 @pytest.mark.parametrize("dtype,atol", DTYPES)

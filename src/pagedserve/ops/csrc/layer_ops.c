@@ -5,8 +5,9 @@
  * batch sizes the work is microseconds, but every region is a barrier, and on a machine whose cores are shared
  * with an HTTP server a barrier waits for a descheduled thread. Here each operation is one call, and it only
  * goes parallel when there are enough rows to pay for it. In bfloat16 the intermediate results are rounded
- * where PyTorch's operator sequence rounds them (ROUND), so both paths give the same outputs: a 135M model in
- * bfloat16 is sensitive enough that "more exact" rounding still changes greedy answers.
+ * where PyTorch's operator sequence rounds them (ROUND), so both paths agree to the last bit (which can still
+ * differ where a reduction's order or expf differ): a 135M model in bfloat16 is sensitive enough that "more
+ * exact" single rounding changes greedy answers.
  *
  * dtype: 0 float32, 1 bfloat16. All tensors row-major and contiguous unless a row stride is passed.
  */

@@ -11,6 +11,7 @@
  * so one (block, kv head) of K and of V are each one contiguous chunk, read as a stream.
  *   block_tables [batch, max_blocks] int64; seq_lens [batch] int64. dtype: 0 float32, 1 bfloat16.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -24,7 +25,7 @@
 /* In place, each of `rows` rows of `len` scores (row stride `stride`). */
 static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t stride) {
     for (int64_t g = 0; g < rows; ++g) {
-        float *s = scores + g * stride, maximum = -INFINITY, total = 0.0f;
+        float *s = scores + g * stride, maximum = -FLT_MAX, total = 0.0f;
         for (int64_t t = 0; t < len; ++t) maximum = s[t] > maximum ? s[t] : maximum;
 #pragma omp simd reduction(+ : total)
         for (int64_t t = 0; t < len; ++t) {

@@ -1,0 +1,56 @@
+/* Greedy sampling's argmax over each row of bfloat16 logits: the first index of the largest value, as
+ * torch.argmax. PyTorch's bfloat16 argmax is not vectorised (2.6 ms for 32 x 49152 here, against 0.5 ms for a
+ * float32 copy plus argmax); this reads each row once. NaN logits are never chosen (torch would pick them). */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "bf16.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+static int64_t argmax_row(const uint16_t *row, int64_t n) {
+    int64_t i = 0, best_index = 0;
+    float best = -FLT_MAX;
+#if defined(__AVX512F__)
+    if (n >= 16) {
+        __m512 maxima = _mm512_set1_ps(-FLT_MAX);
+        __m512i indices = _mm512_setzero_si512();
+        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (; i + 16 <= n; i += 16) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(row + i));
+            const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+            const __mmask16 greater = _mm512_cmp_ps_mask(v, maxima, _CMP_GT_OQ); /* strict: keeps the first */
+            maxima = _mm512_mask_mov_ps(maxima, greater, v);
+            indices = _mm512_mask_mov_epi32(indices, greater, _mm512_add_epi32(lane, _mm512_set1_epi32((int)i)));
+        }
+        float values[16];
+        int32_t positions[16];
+        _mm512_storeu_ps(values, maxima);
+        _mm512_storeu_si512(positions, indices);
+        best = values[0];
+        best_index = positions[0];
+        for (int l = 1; l < 16; ++l)
+            if (values[l] > best || (values[l] == best && positions[l] < best_index)) {
+                best = values[l];
+                best_index = positions[l];
+            }
+    }
+#endif
+    for (; i < n; ++i) {
+        const float v = bf16_to_f32(row[i]);
+        if (v > best) {
+            best = v;
+            best_index = i;
+        }
+    }
+    return best_index;
+}
+
+int argmax_bf16(const uint16_t *logits, int64_t *out, int64_t rows, int64_t n, int threads) {
+#pragma omp parallel for num_threads(threads) if (rows >= 8) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) out[r] = argmax_row(logits + r * n, n);
+    return 0;
+}
