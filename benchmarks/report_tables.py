@@ -100,7 +100,7 @@ def sweep_table(data: dict[str, Any]) -> str:
 
 
 def targets(data: dict[str, Any]) -> list[str]:
-    """The performance targets of issues 2 and 5, each marked met or NOT met with the numbers."""
+    """The performance targets of issues 2, 3 and 5, each marked met or NOT met with the numbers."""
     by = {(r["system"], r["workload"]): r for r in data["offline"]}
     lines = []
 
@@ -134,6 +134,12 @@ def targets(data: dict[str, Any]) -> list[str]:
         1.5,
     )
     check("serve-c32 p99 TTFT", ours["p99_ttft_ms"] if ours else None, 500.0, " ms", lower_is_better=True)
+    overhead = data.get("http_overhead")
+    check(
+        "HTTP ÷ offline throughput, serve-c32 workload (32 clients)",
+        overhead["ratio"] if overhead else None,
+        0.9,
+    )
     return lines
 
 
@@ -157,6 +163,17 @@ def render_report(data: dict[str, Any], out: Path) -> str:
         names = {SERVER_NAMES[k]: v["rows"] for k, v in data["sweep"].items()}
         plot_sweep(names, out / "sweep.png", 500.0, "concurrency sweep: pagedserve and peers")
         parts += ["", "### Concurrency sweep (SLO: p99 TTFT ≤ 500 ms, no failures)", "", sweep_table(data)]
+    overhead = data.get("http_overhead")
+    if overhead:
+        best = {side: max(r["output_throughput"] for r in overhead[side]) for side in ("offline", "http")}
+        parts += [
+            "",
+            "### HTTP vs offline (serve-c32's requests; best of "
+            f"{len(overhead['http'])} rounds each, benchmarks/http_overhead.py)",
+            "",
+            f"offline `LLM.generate` (max_num_seqs=32) {best['offline']:.1f} tok/s; through `pagedserve serve` with 32 "
+            f"streaming clients {best['http']:.1f} tok/s; HTTP ÷ offline = {overhead['ratio']:.3f}",
+        ]
     parts += ["", "### Targets", ""] + targets(data)
     if data.get("missing"):
         parts += ["", "### Peers missing from this run", ""]

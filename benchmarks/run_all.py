@@ -1,8 +1,9 @@
 """`make bench`: every workload of BENCHMARKS.md on pagedserve and on each peer, in one run, with ratios.
 
 Steps: set up the peers (idempotent scripts in benchmarks/peers/), offline workloads (pagedserve, transformers
-static batching and generate_batch, upstream vLLM), then serve-c32 and the concurrency sweep against each
-server (pagedserve, vLLM, llama.cpp). A peer that can't be set up or run is listed as "missing: <reason>".
+static batching and generate_batch, upstream vLLM), the HTTP server's share of the engine's offline throughput
+(benchmarks/http_overhead.py), then serve-c32 and the concurrency sweep against each server (pagedserve, vLLM,
+llama.cpp). A peer that can't be set up or run is listed as "missing: <reason>".
 At the end it prints markdown tables ready to paste into BENCHMARKS.md (also saved as results/report.md),
 and draws results/serve-c32-pagedserve.png and results/sweep.png.
 
@@ -42,6 +43,7 @@ PY = sys.executable
 LOGS = REPO / ".bench-cache" / "logs"  # git-ignored; results/ keeps only what BENCHMARKS.md shows
 STEPS = (
     "offline",
+    "http_overhead",
     "serve",
     "sweep",
     "transformers",
@@ -253,6 +255,21 @@ def main() -> int:
     setup_peers(skip, out, missing)
     if "offline" not in skip:
         offline(args, skip, out, data, missing)
+    if "http_overhead" not in skip and not args.quick:
+        log("HTTP vs offline on serve-c32's workload (pagedserve)")
+        try:
+            command = [
+                PY,
+                str(HERE / "http_overhead.py"),
+                "--rounds",
+                "2",
+                "--json",
+                str(out / "http_overhead.json"),
+            ]
+            run(command, 3600, log_file=LOGS / "http_overhead.log")
+            data["http_overhead"] = json.loads((out / "http_overhead.json").read_text())
+        except (RuntimeError, subprocess.TimeoutExpired, OSError, json.JSONDecodeError) as exc:
+            data["errors"].append(f"http_overhead: {exc}")
     if not {"serve", "sweep"} <= skip:
         for key in ("pagedserve", "vllm", "llamacpp"):
             if key in skip or key in missing:
