@@ -90,15 +90,33 @@ static inline __m512 load16_bf16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
+/* One (block, kv head) of K or V: 16 x head_dim bfloat16, contiguous. to_l2: values are read after all keys. */
+static inline void prefetch_block(const uint16_t *block, int64_t head_dim, int to_l2) {
+    const char *bytes = (const char *)block;
+    for (int64_t offset = 0; offset < head_dim * 16 * 2; offset += 64) {
+        if (to_l2)
+            _mm_prefetch(bytes + offset, _MM_HINT_T1);
+        else
+            _mm_prefetch(bytes + offset, _MM_HINT_T0);
+    }
+}
+
 #define DEFINE_DECODE_FAST(GROUP)                                                                                 \
     static void decode_bf16_fast_##GROUP(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,    \
                                          uint16_t *out, const int64_t *table, int64_t len, int64_t h,            \
                                          int64_t num_kv_heads, int64_t head_dim, float scale, float *qf,          \
                                          float *scores) {                                                        \
         const int64_t num_blocks = (len + 15) / 16, stride = num_blocks * 16;                                    \
+        for (int64_t b = 0; b < 2 && b < num_blocks; ++b)                                                        \
+            prefetch_block(k_cache + (table[b] * num_kv_heads + h) * head_dim * 16, head_dim, 0);                \
         for (int64_t i = 0; i < GROUP * head_dim; ++i) qf[i] = bf16_to_f32(q[i]) * scale;                      \
         for (int64_t blk_i = 0; blk_i < num_blocks; ++blk_i) {                                                   \
             const uint16_t *kb = k_cache + (table[blk_i] * num_kv_heads + h) * head_dim * 16;                    \
+            /* Blocks sit anywhere in the pool, too short for the hardware prefetcher to ramp up: fetch the keys  \
+             * two blocks ahead, and this block's values for the pass below (into L2), while this one computes. */ \
+            if (blk_i + 2 < num_blocks)                                                                          \
+                prefetch_block(k_cache + (table[blk_i + 2] * num_kv_heads + h) * head_dim * 16, head_dim, 0);    \
+            prefetch_block(v_cache + (table[blk_i] * num_kv_heads + h) * 16 * head_dim, head_dim, 1);            \
             __m512 s[GROUP];                                                                                     \
             for (int g = 0; g < GROUP; ++g) s[g] = _mm512_setzero_ps();                                          \
             for (int64_t d = 0; d < head_dim; ++d) {                                                             \
