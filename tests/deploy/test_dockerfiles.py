@@ -73,3 +73,11 @@ def test_no_weights_are_baked_in_and_copies_exist(dockerfile: Path) -> None:
             if "--from=" not in arg:
                 for source in arg.split()[:-1]:
                     assert (REPO_ROOT / source).exists(), f"{dockerfile.name}: COPY source {source} missing"
+
+
+def test_cpu_image_can_build_the_c_kernels() -> None:
+    """The CPU engine compiles ops/csrc on first start; the runtime stage must carry gcc and the libc headers."""
+    instructions = _instructions(REPO_ROOT / "deploy" / "docker" / "Dockerfile.cpu")
+    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
+    runtime_installs = " ".join(arg for op, arg in instructions[last_from:] if op == "RUN")
+    assert re.search(r"\bgcc\b", runtime_installs) and "libc6-dev" in runtime_installs
