@@ -80,8 +80,8 @@ class StepRotary:
     on the caller's view (no cos/sin gather, no temporaries); otherwise it gathers cos/sin once for all layers."""
 
     def __init__(self, rotary: RotaryEmbedding, positions: torch.Tensor, dtype: torch.dtype) -> None:
-        self.use_kernel = positions.dtype == torch.int64 and cpu_ops.available(
-            positions.new_empty(0, dtype=dtype), rotary.cos_cache
+        self.use_kernel = (
+            positions.dtype == torch.int64 and cpu_ops.supports(dtype) and cpu_ops.available(rotary.cos_cache)
         )
         if self.use_kernel:
             self.positions = positions.contiguous()
@@ -90,12 +90,9 @@ class StepRotary:
             self.cos, self.sin = rotary.cos_sin(positions, dtype)
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [T, H, D] -> rotated; may rotate `x` itself in place and return it."""
-        if self.use_kernel and x.dim() == 3 and cpu_ops.available(x):
-            x = x if cpu_ops.usable_rows(x) else x.contiguous()
-            cpu_ops.rotary_neox_(x, self.positions, self.cos, self.sin)
-            return x
-        if self.use_kernel:  # an unusual input: take the PyTorch path for it
-            cos, sin = self.cos[self.positions].unsqueeze(1), self.sin[self.positions].unsqueeze(1)
-            return apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype))
-        return apply_rotary(x, self.cos, self.sin)
+        """x: [T, H, D] in the step's dtype -> rotated; may rotate `x` itself in place and return it."""
+        if not self.use_kernel:
+            return apply_rotary(x, self.cos, self.sin)
+        x = x if cpu_ops.usable_rows(x) else x.contiguous()
+        cpu_ops.rotary_neox_(x, self.positions, self.cos, self.sin)
+        return x

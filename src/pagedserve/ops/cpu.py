@@ -17,6 +17,10 @@ def available(*tensors: torch.Tensor) -> bool:
     )
 
 
+def supports(dtype: torch.dtype) -> bool:
+    return dtype in _DTYPE_CODES
+
+
 def _code(tensor: torch.Tensor) -> int:
     return _DTYPE_CODES[tensor.dtype]
 

@@ -18,15 +18,15 @@ from pagedserve.attention.backend import (
     value_rows,
     write_kv_cache,
 )
-from pagedserve.ops import build
 from pagedserve.ops import cpu as cpu_ops
 
 
 class CpuBackend:
     name = "cpu"
 
-    def __init__(self, use_kernel: bool | None = None) -> None:
-        self.use_kernel = not build.disabled() if use_kernel is None else use_kernel
+    def __init__(self, use_kernel: bool = True) -> None:
+        # The kernels also step aside on their own (PAGEDSERVE_DISABLE_C_KERNEL, no compiler): cpu_ops.available.
+        self.use_kernel = use_kernel
 
     def forward(self, q, k, v, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
         if self.use_kernel and cpu_ops.can_write_kv_cache(k, v, k_cache):
