@@ -201,12 +201,9 @@ def serve_one(key: str, args: argparse.Namespace, skip: set[str], out: Path, dat
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
+    from pagedserve.cpu_info import cpu_info
+
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
         mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         mem_kb = 0
@@ -218,9 +215,11 @@ def machine() -> str:
         if load > 1.5
         else ""
     )
+    # The ISA decides which kernels and which dtype run: numbers from different ISAs are not comparable.
     return (
-        f"{cpu}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB; Python {platform.python_version()}, "
-        f"torch {torch.__version__}; {date.today().isoformat()}{busy}"
+        f"{cpu_info().describe()}; {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GiB; Python "
+        f"{platform.python_version()}, torch {torch.__version__} (ATen {torch.backends.cpu.get_cpu_capability()}); "
+        f"{date.today().isoformat()}{busy}"
     )
 
 

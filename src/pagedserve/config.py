@@ -28,7 +28,7 @@ class ModelConfig:
     """Tokenizer folder; defaults to the model's own."""
 
     dtype: DTypeName = "auto"
-    """Weight and activation dtype. auto: bfloat16 on CPU and CUDA when the checkpoint is 16-bit or quantized."""
+    """Weight and activation dtype. auto: float32 for float32 checkpoints and on CPUs without bfloat16 instructions (AVX512_BF16, AMX); otherwise bfloat16."""
 
     max_model_len: int | None = None
     """Longest sequence (prompt + output) in tokens. Defaults to the model's max_position_embeddings."""

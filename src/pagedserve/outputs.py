@@ -65,3 +65,5 @@ class EngineInfo:
     dtype: str
     device: str
     eos_token_ids: list[int] = field(default_factory=list)
+    cpu_kernels: str = ""
+    weight_dtype: str = ""  # the matrices' dtype when it differs from `dtype` (bfloat16 under float32 compute)  # ISA level of the C kernels in use ("" on CUDA or when the PyTorch paths run)

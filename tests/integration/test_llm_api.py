@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 
@@ -52,6 +54,27 @@ def test_generate_cli_answers_with_the_bundled_model():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Paris" in result.stdout
+
+
+def test_generate_cli_on_an_avx2_only_cpu_answers_in_float32():
+    """dtype auto on a CPU without bfloat16 instructions: float32 (faster there, and greedy text equals
+    transformers'). An AVX2-only CPU's code paths stand in here on any x86 host: our kernels at
+    PAGEDSERVE_CPU_ISA=avx2, torch's at ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2."""
+    env = {
+        **os.environ,
+        "PAGEDSERVE_CPU_ISA": "avx2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pagedserve.cli.main", "generate", "--chat", "What is the capital of France?",
+         "--max-tokens", "16", "--max-model-len", "512", "--kv-cache-memory-bytes", str(64 * 1024**2)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Paris" in result.stdout
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "dtype auto: float32" in result.stderr and "C kernels in use: avx2" in result.stderr
 
 
 def test_generate_cli_reports_bad_input_without_traceback():

@@ -111,3 +111,26 @@ def test_batched_decode_of_different_lengths(backend: str) -> None:
         for row, prompt in enumerate(prompts):
             expected = reference(torch.tensor([prompt + [5]])).logits[0, -1]
             torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_bfloat16_weights_under_float32_compute(arch: str) -> None:
+    """dtype auto on CPUs without bfloat16 instructions: matrices stored in bfloat16, everything computed in
+    float32. Equals transformers in float32 on the same bf16-rounded weights (widening is exact)."""
+    from pagedserve.worker.model_runner import cast_matrix_weights
+
+    config, reference, ours = build_pair(arch, "cpu")
+    with torch.no_grad():
+        for param in reference.parameters():
+            if param.dim() == 2:
+                param.copy_(param.bfloat16().float())
+    ours.load_weights(reference.state_dict().items())
+    cast_matrix_weights(ours, torch.bfloat16)
+    assert ours.lm_head.weight.dtype == torch.bfloat16 and ours.model.norm.weight.dtype == torch.float32
+    tokens = torch.randint(0, config.vocab_size, (13,), generator=torch.Generator().manual_seed(4)).tolist()
+    caches = allocate_kv_caches(config, 8, BLOCK, torch.float32, torch.device("cpu"))
+    got = torch.cat(run_chunks(ours, config, tokens, [5, 8], caches))
+    with torch.no_grad():
+        expected = reference(torch.tensor([tokens])).logits[0]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

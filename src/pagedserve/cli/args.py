@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import re
+import sys
 import typing
 from typing import Any, Literal, get_args, get_origin
 
@@ -74,3 +76,14 @@ def config_from_args(cls: type, namespace: argparse.Namespace, **overrides: Any)
     values = {f.name: getattr(namespace, f.name) for f in config_fields(cls) if hasattr(namespace, f.name)}
     values.update(overrides)
     return cls(**values)
+
+
+def configure_logging() -> None:
+    """pagedserve's INFO log lines (dtype and kernel choices, engine state) on stderr; stdout stays the output."""
+    logger = logging.getLogger("pagedserve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [pagedserve] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from pagedserve.cli.args import add_config_args
+from pagedserve.cli.args import add_config_args, configure_logging
 from pagedserve.config import CacheConfig, ModelConfig, SchedulerConfig
 
 
@@ -32,6 +32,8 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pagedserve import LLM, SamplingParams
     from pagedserve.config import config_fields
+
+    configure_logging()
 
     engine_kwargs = {
         f.name: getattr(args, f.name)

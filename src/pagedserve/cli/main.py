@@ -22,9 +22,15 @@ SUBCOMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     from pagedserve import __version__
+    from pagedserve.cpu_info import cpu_info
 
-    parser = argparse.ArgumentParser(prog="pagedserve", description="LLM serving with PagedAttention.")
-    parser.add_argument("--version", action="version", version=f"pagedserve {__version__}")
+    parser = argparse.ArgumentParser(
+        prog="pagedserve",
+        description="LLM serving with PagedAttention.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # --version keeps its two lines
+    )
+    version = f"pagedserve {__version__}\nCPU: {cpu_info().describe()}"
+    parser.add_argument("--version", action="version", version=version)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMANDS.values():
         module = importlib.import_module(f"pagedserve.cli.{module_name}")

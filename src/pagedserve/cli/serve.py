@@ -16,7 +16,7 @@ import sys
 from types import FrameType
 from typing import Any
 
-from pagedserve.cli.args import add_config_args, config_from_args
+from pagedserve.cli.args import add_config_args, config_from_args, configure_logging
 from pagedserve.config import (
     CacheConfig,
     EngineConfig,
@@ -99,16 +99,6 @@ def _check_supported(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _configure_logging() -> None:
-    logger = logging.getLogger("pagedserve")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [pagedserve] %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
 def run(args: argparse.Namespace) -> int:
     problem = _check_supported(args)
     if problem:
@@ -128,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         parallel=config_from_args(ParallelConfig, args),
     )
     server_config: ServerConfig = config_from_args(ServerConfig, args)
-    _configure_logging()
+    configure_logging()
     return asyncio.run(_serve(engine_config, server_config))
 
 

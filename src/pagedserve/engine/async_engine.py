@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import queue
 import threading
 import time
@@ -26,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedserve import envs
 from pagedserve.core.stats import EngineStats
 from pagedserve.engine.protocol import PromptInput
 from pagedserve.errors import EngineDeadError, InvalidRequestError
@@ -59,13 +59,9 @@ class RequestAbortedError(Exception):
 
 
 def _env_step_number(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    number = int(value)
-    if number < 1:
-        raise ValueError(f"{name} must be a step number >= 1, got {value!r}")
-    logger.warning("Fault injection active: %s=%d", name, number)
+    number = envs.fault_step(name)
+    if number is not None:
+        logger.warning("Fault injection active: %s=%d", name, number)
     return number
 
 

@@ -58,9 +58,11 @@ class LLMEngine:
                 f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len}"
             )
         device = resolve_device(mc.device)
-        dtype = resolve_dtype(mc.dtype, hf_config, source.format == "gguf")
+        dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, source.format == "gguf", device)
         weights = None if source.format == "dummy" else source.iter_weights()
-        self.runner = ModelRunner(hf_config, mc, cc, max_model_len, weights, dtype, device)
+        self.runner = ModelRunner(
+            hf_config, mc, cc, max_model_len, weights, dtype, device, weight_dtype=weight_dtype
+        )
         self.kv_cache_manager = KVCacheManager(
             self.runner.num_blocks, cc.block_size, cc.enable_prefix_caching
         )
@@ -80,16 +82,18 @@ class LLMEngine:
             kv_cache_bytes=self.runner.kv_cache_bytes,
             enable_prefix_caching=cc.enable_prefix_caching,
             dtype=str(dtype).replace("torch.", ""),
+            weight_dtype=str(weight_dtype).replace("torch.", ""),
             device=str(device),
             eos_token_ids=sorted(eos),
+            cpu_kernels=self.runner.cpu_kernels,
         )
         self.requests: dict[str, RequestState] = {}
         self._seq_to_request: dict[str, RequestState] = {}
         self._listeners: list[StatsListener] = []
         self._pending_finished: list[Any] = []
         logger.info(
-            "engine ready: model=%s dtype=%s device=%s max_model_len=%d kv_blocks=%d (%.0f MiB)",
-            source.name, self.info.dtype, device, max_model_len, self.runner.num_blocks,
+            "engine ready: model=%s dtype=%s weights=%s device=%s max_model_len=%d kv_blocks=%d (%.0f MiB)",
+            source.name, self.info.dtype, self.info.weight_dtype, device, max_model_len, self.runner.num_blocks,
             self.runner.kv_cache_bytes / 2**20,
         )  # fmt: skip
 

@@ -13,9 +13,11 @@ class VocabEmbedding(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
+        # The activations' dtype (the default at construction): the weight may be stored narrower.
+        self.output_dtype = torch.get_default_dtype()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.weight)
+        return F.embedding(input_ids, self.weight).to(self.output_dtype)
 
 
 class LMHead(nn.Module):

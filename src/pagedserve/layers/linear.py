@@ -64,9 +64,20 @@ class MergedLinear(LinearBase):
         target.copy_(loaded)
 
 
+# Above this many rows a float32 x bfloat16-weight product widens the weight once and uses PyTorch's GEMM: the
+# widening is then a few % of the product, and oneDNN's float32 GEMM beat our tile at 1024 rows on AVX2 (149-183
+# against 110-125 GFLOP/s); at 512 rows and below the tile was as fast or faster.
+MIXED_GEMM_MAX_ROWS = 512
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, except that a few bfloat16 rows on the CPU go through the C GEMV: small-batch decode only streams
-    the weights, and that loop reads them ~1.6x faster than the general GEMM (ops/csrc/gemv.c)."""
+    """F.linear, except on the CPU: a few rows go through the C GEMV (small-batch decode only streams the weights,
+    and that loop reads them ~2x faster than the general GEMM, ops/csrc/gemv.c), and float32 activations with
+    bfloat16 weights (CPUs without bfloat16 instructions) go through the C mixed GEMM."""
     if cpu_ops.can_gemv(x, weight, bias):
         return cpu_ops.gemv(x, weight, bias)
+    if weight.dtype != x.dtype:
+        if x.dim() == 2 and x.shape[0] <= MIXED_GEMM_MAX_ROWS and cpu_ops.can_mixed_gemm(x, weight, bias):
+            return cpu_ops.mixed_gemm(x, weight, bias)
+        return F.linear(x, weight.to(x.dtype), bias)
     return F.linear(x, weight, bias)

@@ -1,33 +1,53 @@
-"""Builds the C kernels in csrc/ into one shared library on first use and loads it through ctypes.
+"""Builds the C kernels in csrc/ into one shared library per ISA level and loads the one this CPU runs.
 
-Compiled with the system C compiler into a cache folder keyed by the sources, flags and CPU, so no build step is
-needed at install time; if no compiler works, `load()` returns None and callers use their PyTorch path (logged
-once). `PAGEDSERVE_DISABLE_C_KERNEL=1` forces that path.
+Each level (cpu_info.ISA_LEVELS: portable, avx2, avx512, avx512_bf16) is compiled with explicit -m flags, never
+-march=native, so a build is named by its level and its sources alone: one cache folder (a shared volume, an
+image's prebuilt folder) serves every host, and each host loads the highest level it supports. The C sources pick
+their intrinsics from the compiler's macros (__AVX512BF16__, __AVX2__, ...), so a level's library holds exactly
+that level's paths. Built on first use with the system C compiler into `envs.cache_dir()/kernels` (~1 s a level);
+`python -m pagedserve.ops.build` builds every level ahead of time (images). If no compiler works, `load()` returns
+None and callers use their PyTorch path (logged once); `PAGEDSERVE_DISABLE_C_KERNEL=1` forces that path and
+`PAGEDSERVE_CPU_ISA` lowers the level.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import ctypes
 import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
 
+from pagedserve import envs
+from pagedserve.cpu_info import ISA_LEVELS, cpu_info
+
 logger = logging.getLogger("pagedserve")
 
-DISABLE_ENV = "PAGEDSERVE_DISABLE_C_KERNEL"
 _CSRC = Path(__file__).parent / "csrc"
 _SOURCES = sorted(_CSRC.glob("*.c"))
 # Compiled with -ffast-math (vectorised reductions; expf from glibc's vector library, which gcc only calls under
 # finite-math, so the kernels use -FLT_MAX, never infinities, as sentinels) but linked without it: linking a
 # shared library with -ffast-math pulls in crtfastmath.o, which turns on flush-to-zero for the whole process.
-_COMPILE_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fPIC"]
+_COMPILE_FLAGS = ["-O3", "-fopenmp", "-ffast-math", "-fPIC"]
 _LINK_FLAGS = ["-shared", "-fopenmp"]
+_X86_BASE = ["-march=x86-64", "-mtune=generic"]
+_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+_AVX512 = [*_AVX2, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
+# Machine flags per level (x86); other architectures build `portable` with the compiler's defaults.
+LEVEL_FLAGS: dict[str, list[str]] = {
+    "portable": _X86_BASE,
+    "avx2": [*_X86_BASE, *_AVX2],
+    "avx512": [*_X86_BASE, *_AVX512],
+    "avx512_bf16": [*_X86_BASE, *_AVX512, "-mavx512bf16"],
+}
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 # C signature of every exported function (all return int: 0 on success).
 SIGNATURES: dict[str, list] = {
@@ -42,58 +62,90 @@ SIGNATURES: dict[str, list] = {
     "rotary_neox": [_P] * 4 + [_I] * 5 + [ctypes.c_int, ctypes.c_int],
     # logits [rows, n] bfloat16, out [rows] int64, rows, n, threads
     "argmax_bf16": [_P] * 2 + [_I] * 2 + [ctypes.c_int],
-    # x [rows, k], w [n, k], bias (or NULL), out [rows, n], rows, n, k, threads (bfloat16 only)
-    "gemv_bf16": [_P] * 4 + [_I] * 3 + [ctypes.c_int],
+    # x [rows, k], w [n, k], bias (or NULL), out [rows, n], rows, n, k, dtype, threads
+    "gemv": [_P] * 4 + [_I] * 3 + [ctypes.c_int, ctypes.c_int],
+    # x [m, k] float32, w [n, k] bfloat16, bias (or NULL) float32, out [m, n] float32, m, n, k, threads
+    "gemm_f32_bf16w": [_P] * 4 + [_I] * 3 + [ctypes.c_int],
     # key, value, k_cache, v_cache, slot_mapping, rows, kv_heads, head_dim, block_size, row_stride, num_slots,
     # dtype
     "write_kv_cache": [_P] * 5 + [_I] * 6 + [ctypes.c_int],
+    # () -> the level the library was compiled for, as an index into ISA_LEVELS
+    "compiled_level": [],
 }
 _lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_failed = False
+_libraries: dict[str, ctypes.CDLL | None] = {}  # level -> library, None when it failed to build
+_active: ctypes.CDLL | None = None
+_active_known = False
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("PAGEDSERVE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pagedserve"
-    )
-    return Path(base) / "kernels"
+def cache_dir() -> Path:
+    return Path(envs.cache_dir()) / "kernels"
 
 
-def _cpu_signature() -> bytes:
-    """The CPU model and feature flags: a -march=native build must never be loaded on another kind of CPU (a
-    cache folder on a volume shared by different nodes would otherwise crash the process with SIGILL)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            lines = [
-                line for line in cpuinfo if line.startswith(("model name", "flags", "Features", "CPU part"))
-            ]
-    except OSError:
-        lines = []
-    return ("".join(sorted(set(lines))) + platform.machine()).encode()
+def level_flags(level: str) -> list[str]:
+    if level not in ISA_LEVELS:
+        raise ValueError(f"ISA level must be one of {', '.join(ISA_LEVELS)}; got {level!r}")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        if level != "portable":
+            raise ValueError(f"ISA level {level!r} is x86-only; this is {platform.machine()}")
+        return []
+    return LEVEL_FLAGS[level]
 
 
-def _build() -> ctypes.CDLL:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def _compiler() -> str:
+    compiler = envs.c_compiler() or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (cc/gcc) found")
+    return compiler
+
+
+def _flags(level: str) -> list[str]:
+    return [*_COMPILE_FLAGS, *level_flags(level), f"-DPAGEDSERVE_LEVEL={ISA_LEVELS.index(level)}"]
+
+
+def library_path(level: str, compiler: str) -> Path:
+    """Where `level`'s library lives: named by the level and a hash of sources, flags and compiler."""
     digest = hashlib.sha256()
     for source in sorted(_CSRC.glob("*.[ch]")):
         digest.update(source.name.encode() + source.read_bytes())
-    digest.update(" ".join(_COMPILE_FLAGS + _LINK_FLAGS).encode() + compiler.encode() + _cpu_signature())
-    target = _cache_dir() / f"pagedserve_ops_{digest.hexdigest()[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            objects = [Path(tmp) / (source.stem + ".o") for source in _SOURCES]
-            for source, obj in zip(_SOURCES, objects):
-                command = [compiler, *_COMPILE_FLAGS, "-c", str(source), "-o", str(obj)]
-                subprocess.run(command, check=True, capture_output=True, timeout=120)
-            command = [compiler, *_LINK_FLAGS, *map(str, objects), "-o", str(built), "-lm"]
+    digest.update(
+        " ".join(_flags(level) + _LINK_FLAGS).encode() + compiler.encode() + platform.machine().encode()
+    )
+    return cache_dir() / f"pagedserve_ops_{level}_{digest.hexdigest()[:16]}.so"
+
+
+def build_level(level: str) -> Path:
+    """Compiles `level`'s library unless the cache folder holds it already; returns its path."""
+    compiler = _compiler()
+    target = library_path(level, compiler)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        objects = [Path(tmp) / (source.stem + ".o") for source in _SOURCES]
+        for source, obj in zip(_SOURCES, objects):
+            command = [compiler, *_flags(level), "-c", str(source), "-o", str(obj)]
             subprocess.run(command, check=True, capture_output=True, timeout=120)
-            os.replace(built, target)  # atomic: concurrent processes never load a half-written file
-    library = ctypes.CDLL(str(target))
+        command = [compiler, *_LINK_FLAGS, *map(str, objects), "-o", str(built), "-lm"]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        os.replace(built, target)  # atomic: concurrent processes never load a half-written file
+    _prune(level, target)
+    return target
+
+
+def _prune(level: str, keep: Path) -> None:
+    """Removes this level's builds of other sources (and pre-level builds), so the folder stays a few files. A
+    process that has one loaded keeps its mapping; one that has not rebuilds it (~1 s)."""
+    stale = re.compile(rf"pagedserve_ops_({re.escape(level)}_)?[0-9a-f]{{16}}\.so")
+    for path in keep.parent.glob("pagedserve_ops_*.so"):
+        if path != keep and stale.fullmatch(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    library = ctypes.CDLL(str(path))
     for name, argtypes in SIGNATURES.items():
         function = getattr(library, name)
         function.restype = ctypes.c_int
@@ -101,25 +153,85 @@ def _build() -> ctypes.CDLL:
     return library
 
 
+def load_level(level: str) -> ctypes.CDLL | None:
+    """`level`'s library (built on first use), or None when it cannot be built or this CPU cannot run it."""
+    if level in _libraries:
+        return _libraries[level]
+    with _lock:
+        if level not in _libraries:
+            library = None
+            if not cpu_info().supports(level):
+                logger.warning("C kernels for %s cannot run on this CPU (%s)", level, cpu_info().describe())
+            else:
+                try:
+                    library = _open(build_level(level))
+                except (
+                    OSError,
+                    RuntimeError,
+                    ValueError,
+                    subprocess.SubprocessError,
+                    AttributeError,
+                ) as error:
+                    detail = getattr(error, "stderr", b"") or b""
+                    logger.warning("C kernels for %s unavailable (%s %s)", level, error, detail[:200])
+            _libraries[level] = library
+    return _libraries[level]
+
+
 def disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "") not in ("", "0")
+    return envs.disable_c_kernels()
 
 
 def load() -> ctypes.CDLL | None:
-    """The compiled kernels, or None when they cannot be built here or are disabled (then use PyTorch)."""
-    global _library, _failed
-    if _library is not None or _failed:
-        return _library
+    """The kernels for this CPU's level, or None when they cannot be built here or are disabled (use PyTorch)."""
+    global _active, _active_known
+    if not _active_known:
+        library = None
+        if disabled():
+            logger.info("C kernels disabled by PAGEDSERVE_DISABLE_C_KERNEL; using PyTorch")
+        else:
+            level = cpu_info().kernel_level
+            library = load_level(level)
+            if library is None and level != "portable":
+                library = load_level("portable")
+            if library is None:
+                logger.warning("no C kernels on this host; using the PyTorch paths")
+        # Idempotent: two threads racing here load the same cached library.
+        _active, _active_known = library, True
+    return _active
+
+
+def active_level() -> str | None:
+    """The ISA level of the kernels in use, or None when the PyTorch paths run."""
+    library = load()
+    return None if library is None else ISA_LEVELS[library.compiled_level()]
+
+
+def use_level(level: str | None) -> ctypes.CDLL | None:
+    """Makes `level`'s library the one every kernel call uses (None: back to this CPU's own choice); returns it.
+    For tests that run each level the machine supports, and for benchmarks of a lower level."""
+    global _active, _active_known
+    if level is None:
+        with _lock:
+            _active, _active_known = None, False
+        return load()
+    library = load_level(level)
     with _lock:
-        if _library is None and not _failed:
-            if disabled():
-                _failed = True
-                logger.info("C kernels disabled by %s; using PyTorch", DISABLE_ENV)
-                return None
-            try:
-                _library = _build()
-            except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as error:
-                _failed = True
-                detail = getattr(error, "stderr", b"") or b""
-                logger.warning("C kernels unavailable (%s %s); using PyTorch", error, detail[:200])
-    return _library
+        _active, _active_known = library, True
+    return library
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the C kernels for every ISA level ahead of time.")
+    parser.add_argument("--levels", default=",".join(ISA_LEVELS), help="comma-separated ISA levels")
+    args = parser.parse_args(argv)
+    levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
+    if platform.machine() not in ("x86_64", "AMD64"):
+        levels = ["portable"]
+    for level in levels:
+        print(f"{level}: {build_level(level)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

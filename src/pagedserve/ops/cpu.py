@@ -41,12 +41,13 @@ GEMV_MAX_ROWS = 4  # csrc/gemv.c
 
 
 def can_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Small-batch bfloat16 products go through the C GEMV (memory-bound: it reads the weights faster)."""
+    """Small-batch products go through the C GEMV (memory-bound: it reads the weights faster than the GEMM)."""
     return (
         x.dim() == 2
         and 1 <= x.shape[0] <= GEMV_MAX_ROWS
-        and x.dtype == weight.dtype == torch.bfloat16
-        and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous()))
+        and x.dtype == weight.dtype
+        and x.dtype in _DTYPE_CODES
+        and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous()))
         and x.is_contiguous()
         and weight.is_contiguous()
         and available(x, weight)
@@ -54,14 +55,44 @@ def can_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [rows, k] @ weight [n, k]^T (+ bias) for rows <= GEMV_MAX_ROWS, bfloat16; what `can_gemv` accepts."""
+    """x [rows, k] @ weight [n, k]^T (+ bias) for rows <= GEMV_MAX_ROWS, float32 or bfloat16 (what `can_gemv`
+    accepts); float32 sums, rounded once to the dtype."""
     library = build.load()
     assert library is not None and can_gemv(x, weight, bias) and x.shape[1] == weight.shape[1]
     rows, k = x.shape
     n = weight.shape[0]
     out = torch.empty(rows, n, dtype=x.dtype)
-    library.gemv_bf16(
+    failed = library.gemv(
         x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), rows, n, k,
+        _code(x), torch.get_num_threads(),
+    )  # fmt: skip
+    if failed:
+        raise MemoryError("GEMV kernel could not allocate its scratch memory")
+    return out
+
+
+def can_mixed_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """float32 activations with bfloat16 weights (and a float32 bias): what `mixed_gemm` multiplies."""
+    return (
+        x.dim() == 2
+        and x.dtype == torch.float32
+        and weight.dtype == torch.bfloat16
+        and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and available(x, weight)
+    )
+
+
+def mixed_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [m, k] float32 @ weight [n, k]^T bfloat16 (+ bias) -> float32, weights widened in registers."""
+    library = build.load()
+    assert library is not None and can_mixed_gemm(x, weight, bias) and x.shape[1] == weight.shape[1]
+    m, k = x.shape
+    n = weight.shape[0]
+    out = torch.empty(m, n, dtype=torch.float32)
+    library.gemm_f32_bf16w(
+        x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), m, n, k,
         torch.get_num_threads(),
     )  # fmt: skip
     return out

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pagedserve import __version__
+from pagedserve.cpu_info import cpu_info
 from pagedserve.server.errors import error_response
 from pagedserve.server.request_context import server_state
 
@@ -38,8 +39,13 @@ async def ready(request: Request) -> Response:
 
 
 @router.get("/version")
-async def version() -> dict[str, str]:
-    return {"version": __version__}
+async def version(request: Request) -> dict[str, object]:
+    """vLLM's {"version"}, plus the CPU this replica runs on and the kernels it chose (pods differ by node)."""
+    cpu = cpu_info().as_dict()
+    engine = server_state(request).engine
+    if engine is not None:
+        cpu["kernel_isa"] = engine.info.cpu_kernels or None
+    return {"version": __version__, "cpu": cpu}
 
 
 @router.get("/metrics")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
 
+from pagedserve import envs
 from pagedserve.config import CacheConfig
 
 logger = logging.getLogger("pagedserve")
@@ -36,13 +36,8 @@ def kv_cache_budget_bytes(cache: CacheConfig, device: torch.device) -> int:
         # Keep a fixed reserve for activations of the largest step on top of what the weights already use.
         reserve = 1024**3
         return max(int(total * cache.gpu_memory_utilization) - used - reserve, 0)
-    env = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-    if env:
-        try:
-            return int(float(env) * 1024**3)
-        except ValueError:
-            raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {env!r}") from None
-    return DEFAULT_CPU_KV_BYTES
+    from_env = envs.cpu_kv_cache_bytes()
+    return DEFAULT_CPU_KV_BYTES if from_env is None else from_env
 
 
 def allocate_kv_caches(

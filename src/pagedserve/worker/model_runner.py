@@ -5,14 +5,19 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from pagedserve import envs
 from pagedserve.attention.backend import get_attention_backend
 from pagedserve.config import CacheConfig, ModelConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
+from pagedserve.cpu_info import cpu_info
+from pagedserve.layers.embedding import LMHead, VocabEmbedding
+from pagedserve.layers.linear import LinearBase
 from pagedserve.models.registry import resolve_model_class
+from pagedserve.ops import build as cpu_kernels
 from pagedserve.sample.logprobs import compute_prompt_logprobs
 from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
 from pagedserve.sample.sampler import Sampler
@@ -45,12 +50,7 @@ def resolve_device(name: str) -> torch.device:
 def configure_cpu_threads(requested: int | None) -> int:
     """Set torch's intra-op threads; returns the number used."""
     if requested is None:
-        env = os.environ.get("PAGEDSERVE_CPU_THREADS")
-        if env:
-            try:
-                requested = int(env)
-            except ValueError:
-                raise ValueError(f"PAGEDSERVE_CPU_THREADS must be an integer, got {env!r}") from None
+        requested = envs.cpu_threads()
     if requested is None:
         requested = (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -61,15 +61,45 @@ def configure_cpu_threads(requested: int | None) -> int:
     return requested
 
 
-def resolve_dtype(name: str, hf_config: Any, quantized_source: bool) -> torch.dtype:
+class ModelDtypes(NamedTuple):
+    compute: torch.dtype
+    """Activations, KV cache, norms and biases."""
+
+    weights: torch.dtype
+    """The matrices (projections, embedding, LM head); bfloat16 under float32 compute where that is faster."""
+
+
+def resolve_dtype(name: str, hf_config: Any, quantized_source: bool, device: torch.device) -> ModelDtypes:
+    """An explicit name is obeyed for everything; `auto` chooses by checkpoint and hardware, and logs why."""
     if name != "auto":
         if name not in _DTYPES:
             raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {name!r}")
-        return _DTYPES[name]
+        return ModelDtypes(_DTYPES[name], _DTYPES[name])
     stored = str(getattr(hf_config, "torch_dtype", "") or "").replace("torch.", "")
     if stored == "float32" and not quantized_source:
-        return torch.float32
-    return torch.bfloat16  # 16-bit and quantized checkpoints; float16 is slow on CPUs, bfloat16 uses AMX
+        logger.info("dtype auto: float32 (the checkpoint is float32)")
+        return ModelDtypes(torch.float32, torch.float32)
+    if device.type == "cpu" and not cpu_info().fast_bf16:
+        # Without AVX512_BF16 or AMX, PyTorch's bf16 matmul is emulated: ~15 GFLOP/s against ~106 for float32 on
+        # a Zen 3 (issue 10). The C kernels multiply float32 activations by bfloat16 weights widened in
+        # registers, as fast as oneDNN's float32 GEMM at decode batch sizes and twice as fast at one row (half the
+        # bytes): see docs/architecture.md. Without them, plain float32.
+        mixed = cpu_kernels.load() is not None
+        logger.info(
+            "dtype auto: float32 compute with %s weights, since this CPU has no bfloat16 instructions (%s)",
+            "bfloat16" if mixed else "float32", cpu_info().describe(),
+        )  # fmt: skip
+        return ModelDtypes(torch.float32, torch.bfloat16 if mixed else torch.float32)
+    # 16-bit and quantized checkpoints; float16 is slow on CPUs, bfloat16 uses AVX512_BF16 / AMX / tensor cores.
+    logger.info("dtype auto: bfloat16 (%s checkpoint, bfloat16 in hardware)", stored or "16-bit or quantized")
+    return ModelDtypes(torch.bfloat16, torch.bfloat16)
+
+
+def cast_matrix_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Stores the model's matrices (not norms or biases) in `dtype`; tied matrices are one parameter."""
+    for module in model.modules():
+        if isinstance(module, (LinearBase, VocabEmbedding, LMHead)) and module.weight.dtype != dtype:
+            module.weight.data = module.weight.data.to(dtype)
 
 
 class ModelRunner:
@@ -83,15 +113,23 @@ class ModelRunner:
         dtype: torch.dtype,
         device: torch.device,
         attention_backend: str = "cpu",
+        weight_dtype: torch.dtype | None = None,
     ) -> None:
         self.hf_config = hf_config
         self.device = device
         self.dtype = dtype
+        self.weight_dtype = weight_dtype or dtype
         self.block_size = cache_config.block_size
         self.max_model_len = max_model_len
         self.vocab_size = hf_config.vocab_size
+        self.cpu_kernels = ""
         if device.type == "cpu":
             self.cpu_threads = configure_cpu_threads(model_config.cpu_threads)
+            self.cpu_kernels = cpu_kernels.active_level() or ""
+            logger.info(
+                "CPU: %s; C kernels in use: %s; %d threads", cpu_info().describe(),
+                self.cpu_kernels or "none (PyTorch paths)", self.cpu_threads,
+            )  # fmt: skip
         model_class = resolve_model_class(hf_config)
         backend = get_attention_backend(attention_backend)
         torch.manual_seed(model_config.seed)
@@ -102,6 +140,10 @@ class ModelRunner:
                 self.model = model_class(hf_config, backend)
             finally:
                 torch.set_default_dtype(previous)
+        if self.weight_dtype != dtype:
+            cast_matrix_weights(
+                self.model, self.weight_dtype
+            )  # before loading: no float32 copy of the weights
         if weights is None:
             self._init_dummy_weights(model_config.seed)
         else:

@@ -1,4 +1,5 @@
-"""The C decode kernel and the PyTorch fallback against the plain reference backend, in float32 and bfloat16."""
+"""The C decode kernel and the PyTorch fallback against the plain reference backend, in float32 and bfloat16, at
+every ISA level this machine supports (the `isa_level` fixture)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import torch
 from pagedserve.attention.backend import AttentionMetadata, get_attention_backend
 from pagedserve.ops import build as cpu_kernel
 from pagedserve.ops import cpu as cpu_ops
+
+pytestmark = pytest.mark.usefixtures("isa_level")
 
 
 def random_decode_batch(
@@ -57,16 +60,17 @@ def test_fast_decode_matches_reference(backend: str, dtype: torch.dtype, toleran
     torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
 
 
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("group,head_dim", [(1, 64), (3, 64), (4, 128), (7, 64), (8, 32), (9, 64), (2, 48)])
-def test_kernel_across_group_sizes_and_head_dims(group: int, head_dim: int):
-    """bfloat16 has a register-blocked path per group size up to 8; 9 heads per group and odd head dims take
-    the generic one."""
-    q, k, v, k_cache, v_cache, metadata = random_decode_batch(torch.bfloat16, 1, 2, group, head_dim)
+def test_kernel_across_group_sizes_and_head_dims(group: int, head_dim: int, dtype, tolerance):
+    """The SIMD levels have a register-blocked path per group size up to 8; 9 heads per group and odd head dims
+    take the generic one."""
+    q, k, v, k_cache, v_cache, metadata = random_decode_batch(dtype, 1, 2, group, head_dim)
     expected = get_attention_backend("torch_ref").forward(
         q, k, v, k_cache.clone(), v_cache.clone(), metadata, head_dim**-0.5
     )
     got = get_attention_backend("cpu").forward(q, k, v, k_cache, v_cache, metadata, head_dim**-0.5)
-    torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
 
 
 def test_loading_the_kernel_keeps_subnormal_floats():

@@ -1,6 +1,7 @@
 """The fused C layer operations against their PyTorch definitions: float32 to rounding error, bfloat16 to the last
 bit (the kernels round where PyTorch's operator sequence rounds; reduction order and exp may still differ by one
-ulp), on the single-threaded and the parallel row counts."""
+ulp), on the single-threaded and the parallel row counts, at every ISA level this machine supports (the
+`isa_level` fixture)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import torch.nn.functional as F
 from pagedserve.attention.backend import write_kv_cache as torch_write_kv_cache
 from pagedserve.layers.activation import SiluAndMul
 from pagedserve.layers.layernorm import RMSNorm
+from pagedserve.layers.linear import MIXED_GEMM_MAX_ROWS, linear
 from pagedserve.layers.rotary import RotaryEmbedding, apply_rotary
 from pagedserve.ops import build
 from pagedserve.ops import cpu as cpu_ops
+
+pytestmark = pytest.mark.usefixtures("isa_level")
 
 DTYPES = [(torch.float32, 1e-6), (torch.bfloat16, 0.0)]
 ROWS = [1, 7, 200]  # 200 crosses the kernels' parallel threshold
@@ -31,7 +35,8 @@ def test_rms_norm_with_and_without_residual(dtype, atol, rows):
     residual = torch.randn(rows, 576, generator=gen).to(dtype)
     weight = torch.rand(576, generator=gen).to(dtype)
     # bfloat16: one ulp where the float32 sum of squares is reduced in another order than PyTorch's
-    tolerance = dict(atol=atol, rtol=0) if dtype == torch.float32 else dict(atol=0, rtol=2**-7)
+    # float32: the sum of squares reduced in another order (SSE2, AVX2 and AVX-512 lanes): a few ulp
+    tolerance = dict(atol=atol, rtol=2e-6) if dtype == torch.float32 else dict(atol=0, rtol=2**-7)
     got = cpu_ops.rms_norm(x, weight, 1e-5)
     torch.testing.assert_close(got, F.rms_norm(x, (576,), weight, 1e-5), **tolerance)
     expected_sum = x + residual
@@ -108,28 +113,72 @@ def test_layers_take_the_kernel_and_the_pytorch_path_alike(dtype, monkeypatch):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=2**-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
 @pytest.mark.parametrize(
     "n,k", [(960, 576), (49152 // 16, 576), (576, 1536), (7, 33)]
-)  # tails: n % 4, k % 32
-def test_gemv_is_as_exact_as_the_bf16_gemm(rows, n, k):
+)  # tails: n % 4, k % 32 (and k % 8, k % 16 for the AVX2 and AVX-512 float32 loops)
+def test_gemv_is_as_exact_as_the_gemm(rows, n, k, dtype):
     gen = torch.Generator().manual_seed(rows * n + k)
-    x = torch.randn(rows, k, generator=gen).bfloat16()
-    weight = torch.randn(n, k, generator=gen).bfloat16()
-    bias = torch.randn(n, generator=gen).bfloat16()
+    x = torch.randn(rows, k, generator=gen).to(dtype)
+    weight = torch.randn(n, k, generator=gen).to(dtype)
+    bias = torch.randn(n, generator=gen).to(dtype)
     assert cpu_ops.can_gemv(x, weight, bias)
     for b in (None, bias):
-        exact = F.linear(x.float(), weight.float(), None if b is None else b.float())
+        exact = F.linear(x.double(), weight.double(), None if b is None else b.double())
         got = cpu_ops.gemv(x, weight, b)
-        assert got.dtype == torch.bfloat16 and got.shape == (rows, n)
-        # float32 accumulation, one rounding to bf16: within half a bf16 ulp of the float32 result (+ sum order)
-        torch.testing.assert_close(got.float(), exact, atol=1e-3, rtol=2**-8)
+        assert got.dtype == dtype and got.shape == (rows, n)
+        if dtype == torch.bfloat16:
+            # float32 accumulation, one rounding to bf16: within half a bf16 ulp of the exact result (+ sum order)
+            torch.testing.assert_close(got.double(), exact, atol=1e-3, rtol=2**-8)
+        else:
+            # float32 sums in another order than the GEMM's: as close to the exact result as F.linear is
+            gemm_error = (F.linear(x, weight, b).double() - exact).abs().max().item()
+            assert (got.double() - exact).abs().max().item() <= max(4 * gemm_error, 1e-5)
 
 
 def test_gemv_takes_only_what_it_handles():
     w = torch.randn(8, 64).bfloat16()
     assert not cpu_ops.can_gemv(torch.randn(5, 64).bfloat16(), w, None)  # too many rows: the GEMM's job
-    assert not cpu_ops.can_gemv(
-        torch.randn(1, 64), w.float(), None
-    )  # float32 stays on PyTorch (exactness tests)
+    assert not cpu_ops.can_gemv(torch.randn(1, 64), w, None)  # mixed dtypes
     assert not cpu_ops.can_gemv(torch.randn(64, 2).bfloat16().t(), w, None)  # not contiguous
+    assert not cpu_ops.can_gemv(torch.randn(1, 64).half(), w.half(), None)  # float16: not a kernel dtype
+
+
+def test_argmax_matches_torch_and_keeps_the_first_of_ties():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(9, 49152 + 5, generator=gen).bfloat16()
+    logits[2, 100] = logits[2, 7] = 50.0  # a tie: the first index wins, as torch.argmax
+    logits[3, -1] = 60.0  # the maximum in the scalar tail
+    assert torch.equal(cpu_ops.argmax(logits), logits.float().argmax(dim=-1))
+    assert cpu_ops.argmax(logits)[2] == 7
+
+
+def test_the_loaded_library_is_the_level_asked_for(isa_level):
+    assert build.active_level() == isa_level
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 33, 300])
+@pytest.mark.parametrize("n,k", [(960, 576), (7, 33), (576, 1536)])
+def test_float32_by_bfloat16_weights_is_as_exact_as_the_float32_gemm(m, n, k):
+    """CPUs without bfloat16 instructions keep bf16 weights and compute in float32: the weights are widened in
+    registers (exactly: a 16-bit shift), so the product equals the float32 GEMM's up to summation order."""
+    gen = torch.Generator().manual_seed(m * n + k)
+    x = torch.randn(m, k, generator=gen)
+    weight = torch.randn(n, k, generator=gen).bfloat16()
+    bias = torch.randn(n, generator=gen)
+    assert cpu_ops.can_mixed_gemm(x, weight, bias)
+    for b in (None, bias):
+        exact = F.linear(x.double(), weight.double(), None if b is None else b.double())
+        got = cpu_ops.mixed_gemm(x, weight, b)
+        assert got.dtype == torch.float32 and got.shape == (m, n)
+        gemm_error = (F.linear(x, weight.float(), b).double() - exact).abs().max().item()
+        assert (got.double() - exact).abs().max().item() <= max(4 * gemm_error, 1e-5)
+
+
+def test_linear_takes_the_mixed_path_up_to_its_row_limit_and_widens_above():
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(64, 96, generator=gen).bfloat16()
+    for rows in (1, 4, MIXED_GEMM_MAX_ROWS, MIXED_GEMM_MAX_ROWS + 1):
+        x = torch.randn(rows, 96, generator=gen)
+        torch.testing.assert_close(linear(x, weight), F.linear(x, weight.float()), atol=1e-4, rtol=1e-5)

@@ -1,15 +1,13 @@
 /* Greedy sampling's argmax over each row of bfloat16 logits: the first index of the largest value, as
  * torch.argmax. PyTorch's bfloat16 argmax is not vectorised (2.6 ms for 32 x 49152 here, against 0.5 ms for a
- * float32 copy plus argmax); this reads each row once. NaN logits are never chosen (torch would pick them). */
+ * float32 copy plus argmax); this reads each row once, 16 lanes at a time (AVX-512) or 8 (AVX2). NaN logits
+ * are never chosen (torch would pick them). */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
 
 #include "bf16.h"
-
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 static int64_t argmax_row(const uint16_t *row, int64_t n) {
     int64_t i = 0, best_index = 0;
@@ -33,6 +31,30 @@ static int64_t argmax_row(const uint16_t *row, int64_t n) {
         best = values[0];
         best_index = positions[0];
         for (int l = 1; l < 16; ++l)
+            if (values[l] > best || (values[l] == best && positions[l] < best_index)) {
+                best = values[l];
+                best_index = positions[l];
+            }
+    }
+#elif defined(__AVX2__)
+    if (n >= 8) {
+        __m256 maxima = _mm256_set1_ps(-FLT_MAX);
+        __m256i indices = _mm256_setzero_si256();
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (; i + 8 <= n; i += 8) {
+            const __m256 v = vf_load_bf16(row + i);
+            const __m256 greater = _mm256_cmp_ps(v, maxima, _CMP_GT_OQ); /* strict: keeps the first */
+            maxima = _mm256_blendv_ps(maxima, v, greater);
+            indices = _mm256_blendv_epi8(indices, _mm256_add_epi32(lane, _mm256_set1_epi32((int)i)),
+                                         _mm256_castps_si256(greater));
+        }
+        float values[8];
+        int32_t positions[8];
+        _mm256_storeu_ps(values, maxima);
+        _mm256_storeu_si256((__m256i *)positions, indices);
+        best = values[0];
+        best_index = positions[0];
+        for (int l = 1; l < 8; ++l)
             if (values[l] > best || (values[l] == best && positions[l] < best_index)) {
                 best = values[l];
                 best_index = positions[l];

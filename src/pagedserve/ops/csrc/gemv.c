@@ -1,31 +1,33 @@
-/* out = x @ w^T (+ bias) in bfloat16 for a few rows of x: the matrix products of small-batch decode.
+/* out = x @ w^T (+ bias) for a few rows of x: the matrix products of small-batch decode, float32 or bfloat16.
  *
  * Why: at 1 to 4 rows a decode step only streams the weights from memory (270 MB per token for the bundled
- * model), and the general-purpose GEMM reaches ~24 GB/s of the ~45 GB/s two cores can read. This loop reads each
- * weight row once for all rows of x, four weight rows at a time (independent streams for the prefetchers), and
- * splits the output columns statically across the threads. With AVX-512 BF16 the dot products are vdpbf16ps
- * (32 pairs per instruction, float32 accumulation); elsewhere a plain loop the compiler vectorises.
+ * model in bfloat16), and the general-purpose GEMM reads them well below what the cores can (bf16 on AVX-512:
+ * ~24 of ~45 GB/s; float32 on a Zen 3 with AVX2: ~7 of ~17 GB/s). This loop reads each weight row once for all
+ * rows of x, four weight rows at a time (independent streams for the prefetchers, and the next four prefetched),
+ * and splits the output columns statically across the threads. Paths, chosen by the ISA level the library is
+ * compiled for: AVX-512 BF16 dot products (vdpbf16ps, 32 pairs per instruction) for bfloat16; elsewhere x is
+ * widened to float32 once and each weight vector is widened (bfloat16) or loaded (float32) and FMA'd, 16 lanes
+ * (AVX-512) or 8 (AVX2); without either, a plain loop the compiler vectorises. Sums are float32, rounded once.
  *
- * x [rows, k], w [n, k], bias [n] or NULL, out [rows, n]; rows <= GEMV_MAX_ROWS; all contiguous bfloat16.
+ * x [rows, k], w [n, k], bias [n] or NULL, out [rows, n]; rows <= GEMV_MAX_ROWS; all contiguous, one dtype
+ * (0 float32, 1 bfloat16).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bf16.h"
-
-#if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__)
-#include <immintrin.h>
-#define GEMV_AVX512_BF16 1
-#endif
+#include "simd.h"
 
 #define GEMV_MAX_ROWS 4
 #define GEMV_COLUMNS_PER_ITER 4
 
-#ifdef GEMV_AVX512_BF16
-/* Four output columns n0..n0+3 for every row of x; ROWS is a constant so the 4 x ROWS accumulators stay in
- * registers. */
-#define DEFINE_COLUMNS(ROWS)                                                                                      \
-    static void columns_avx512_##ROWS(const uint16_t *x, const uint16_t *w, float *sums, int64_t k, int64_t n0) { \
+#if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__)
+#define GEMV_AVX512_BF16 1
+/* Four output columns n0..n0+3 for every row of x (bfloat16 x and w); ROWS is a constant so the 4 x ROWS
+ * accumulators stay in registers. */
+#define DEFINE_COLUMNS_DPBF16(ROWS)                                                                               \
+    static void columns_dpbf16_##ROWS(const uint16_t *x, const uint16_t *w, float *sums, int64_t k, int64_t n0) { \
         __m512 acc[GEMV_COLUMNS_PER_ITER][ROWS];                                                                  \
         for (int c = 0; c < GEMV_COLUMNS_PER_ITER; ++c)                                                           \
             for (int r = 0; r < ROWS; ++r) acc[c][r] = _mm512_setzero_ps();                                      \
@@ -36,7 +38,7 @@
             for (int c = 0; c < GEMV_COLUMNS_PER_ITER; ++c) {                                                     \
                 const __m512i wv = _mm512_maskz_loadu_epi16(mask, w + (n0 + c) * k + i);                         \
                 /* the next group's rows: 4 rows x k ahead, so their lines arrive before they are needed */      \
-                _mm_prefetch((const char *)(w + (n0 + GEMV_COLUMNS_PER_ITER + c) * k + i), _MM_HINT_T0);          \
+                prefetch_t0(w + (n0 + GEMV_COLUMNS_PER_ITER + c) * k + i);                                        \
                 for (int r = 0; r < ROWS; ++r)                                                                    \
                     acc[c][r] = _mm512_dpbf16_ps(acc[c][r], (__m512bh)xs[r], (__m512bh)wv);                       \
             }                                                                                                     \
@@ -44,58 +46,210 @@
         for (int c = 0; c < GEMV_COLUMNS_PER_ITER; ++c)                                                           \
             for (int r = 0; r < ROWS; ++r) sums[c * GEMV_MAX_ROWS + r] = _mm512_reduce_add_ps(acc[c][r]);         \
     }
-DEFINE_COLUMNS(1)
-DEFINE_COLUMNS(2)
-DEFINE_COLUMNS(3)
-DEFINE_COLUMNS(4)
+DEFINE_COLUMNS_DPBF16(1)
+DEFINE_COLUMNS_DPBF16(2)
+DEFINE_COLUMNS_DPBF16(3)
+DEFINE_COLUMNS_DPBF16(4)
 
-static void columns_avx512(const uint16_t *x, const uint16_t *w, float *sums, int64_t rows, int64_t k,
+static void columns_dpbf16(const uint16_t *x, const uint16_t *w, float *sums, int64_t rows, int64_t k,
                            int64_t n0) {
     switch (rows) {
-    case 1: columns_avx512_1(x, w, sums, k, n0); break;
-    case 2: columns_avx512_2(x, w, sums, k, n0); break;
-    case 3: columns_avx512_3(x, w, sums, k, n0); break;
-    default: columns_avx512_4(x, w, sums, k, n0); break;
+    case 1: columns_dpbf16_1(x, w, sums, k, n0); break;
+    case 2: columns_dpbf16_2(x, w, sums, k, n0); break;
+    case 3: columns_dpbf16_3(x, w, sums, k, n0); break;
+    default: columns_dpbf16_4(x, w, sums, k, n0); break;
     }
 }
 #endif
 
-/* One output column for every row of x (tails, and CPUs without AVX-512 BF16). */
-static void column_plain(const uint16_t *x, const uint16_t *w, float *sums, int64_t rows, int64_t k, int64_t n) {
-    const uint16_t *wn = w + n * k;
+#ifdef PAGEDSERVE_SIMD
+/* Four output columns n0..n0+3 for every row of x; x already float32, w of storage type T (LOADV widens one
+ * vector, LOAD one element). The k tail past the last full vector is added in plain C. */
+#define DEFINE_COLUMNS_FMA(NAME, T, LOADV, LOAD, ROWS)                                                           \
+    static void NAME##_##ROWS(const float *x, const T *w, float *sums, int64_t k, int64_t n0) {                  \
+        vf acc[GEMV_COLUMNS_PER_ITER][ROWS];                                                                      \
+        for (int c = 0; c < GEMV_COLUMNS_PER_ITER; ++c)                                                           \
+            for (int r = 0; r < ROWS; ++r) acc[c][r] = vf_zero();                                                \
+        int64_t i = 0;                                                                                            \
+        for (; i + VF_LANES <= k; i += VF_LANES) {                                                                \
+            vf xs[ROWS];                                                                                          \
+            for (int r = 0; r < ROWS; ++r) xs[r] = vf_load(x + r * k + i);                                        \
+            for (int c = 0; c < GEMV_COLUMNS_PER_ITER; ++c) {                                                     \
+                const vf wv = LOADV(w + (n0 + c) * k + i);                                                        \
+                prefetch_t0(w + (n0 + GEMV_COLUMNS_PER_ITER + c) * k + i);                                        \
+                for (int r = 0; r < ROWS; ++r) acc[c][r] = vf_fma(xs[r], wv, acc[c][r]);                         \
+            }                                                                                                     \
+        }                                                                                                         \
+        for (int c = 0; c < GEMV_COLUMNS_PER_ITER; ++c)                                                           \
+            for (int r = 0; r < ROWS; ++r) {                                                                      \
+                float total = vf_sum(acc[c][r]);                                                                  \
+                for (int64_t j = i; j < k; ++j) total += x[r * k + j] * LOAD(w[(n0 + c) * k + j]);                \
+                sums[c * GEMV_MAX_ROWS + r] = total;                                                              \
+            }                                                                                                     \
+    }
+#define DEFINE_COLUMNS_FMA_ALL(NAME, T, LOADV, LOAD)                                                              \
+    DEFINE_COLUMNS_FMA(NAME, T, LOADV, LOAD, 1)                                                                   \
+    DEFINE_COLUMNS_FMA(NAME, T, LOADV, LOAD, 2)                                                                   \
+    DEFINE_COLUMNS_FMA(NAME, T, LOADV, LOAD, 3)                                                                   \
+    DEFINE_COLUMNS_FMA(NAME, T, LOADV, LOAD, 4)                                                                   \
+    static void NAME(const float *x, const T *w, float *sums, int64_t rows, int64_t k, int64_t n0) {             \
+        switch (rows) {                                                                                           \
+        case 1: NAME##_1(x, w, sums, k, n0); break;                                                               \
+        case 2: NAME##_2(x, w, sums, k, n0); break;                                                               \
+        case 3: NAME##_3(x, w, sums, k, n0); break;                                                               \
+        default: NAME##_4(x, w, sums, k, n0); break;                                                              \
+        }                                                                                                         \
+    }
+#define LOAD_F32(v) (v)
+DEFINE_COLUMNS_FMA_ALL(columns_fma_f32, float, VF_LOAD_F32, LOAD_F32)
+DEFINE_COLUMNS_FMA_ALL(columns_fma_bf16, uint16_t, VF_LOAD_BF16, bf16_to_f32)
+#endif
+
+/* One output column for every row of x (x float32, w float32 or bfloat16): tails, and the portable path. */
+static void column_plain_f32(const float *x, const float *w, float *sums, int64_t rows, int64_t k, int64_t n) {
+    const float *wn = w + n * k;
     for (int r = 0; r < rows; ++r) {
-        const uint16_t *xr = x + r * k;
+        const float *xr = x + r * k;
         float total = 0.0f;
 #pragma omp simd reduction(+ : total)
-        for (int64_t i = 0; i < k; ++i) total += bf16_to_f32(xr[i]) * bf16_to_f32(wn[i]);
+        for (int64_t i = 0; i < k; ++i) total += xr[i] * wn[i];
         sums[r] = total;
     }
 }
 
-int gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *out, int64_t rows, int64_t n,
-              int64_t k, int threads) {
+static void column_plain_bf16(const float *x, const uint16_t *w, float *sums, int64_t rows, int64_t k,
+                              int64_t n) {
+    const uint16_t *wn = w + n * k;
+    for (int r = 0; r < rows; ++r) {
+        const float *xr = x + r * k;
+        float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t i = 0; i < k; ++i) total += xr[i] * bf16_to_f32(wn[i]);
+        sums[r] = total;
+    }
+}
+
+int gemv(const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t n, int64_t k, int dtype,
+         int threads) {
     if (rows < 1 || rows > GEMV_MAX_ROWS) return 1;
-    const int64_t groups = n / GEMV_COLUMNS_PER_ITER;
+    const int bf16 = dtype == 1;
+    const int64_t groups = n / GEMV_COLUMNS_PER_ITER + (n % GEMV_COLUMNS_PER_ITER != 0);
+    /* Every path but vdpbf16ps multiplies float32 x: widen a bfloat16 x once here (rows * k, a few KB). */
+    float *xf = NULL;
+#ifdef GEMV_AVX512_BF16
+    const int widen = 0;
+#else
+    const int widen = bf16;
+#endif
+    if (widen) {
+        xf = malloc(sizeof(float) * (size_t)(rows * k));
+        if (xf == NULL) return 2;
+        for (int64_t i = 0; i < rows * k; ++i) xf[i] = bf16_to_f32(((const uint16_t *)x)[i]);
+    }
+    const float *x32 = bf16 ? xf : (const float *)x;
 #pragma omp parallel num_threads(threads)
     {
         float sums[GEMV_COLUMNS_PER_ITER * GEMV_MAX_ROWS];
 #pragma omp for schedule(static)
-        for (int64_t g = 0; g < groups + (n % GEMV_COLUMNS_PER_ITER != 0); ++g) {
+        for (int64_t g = 0; g < groups; ++g) {
             const int64_t n0 = g * GEMV_COLUMNS_PER_ITER;
             const int64_t count = n - n0 < GEMV_COLUMNS_PER_ITER ? n - n0 : GEMV_COLUMNS_PER_ITER;
+            int done = 0;
 #ifdef GEMV_AVX512_BF16
-            if (count == GEMV_COLUMNS_PER_ITER) {
-                columns_avx512(x, w, sums, rows, k, n0);
-            } else
+            if (bf16 && count == GEMV_COLUMNS_PER_ITER) {
+                columns_dpbf16(x, w, sums, rows, k, n0);
+                done = 1;
+            }
 #endif
-            {
-                for (int64_t c = 0; c < count; ++c) column_plain(x, w, sums + c * GEMV_MAX_ROWS, rows, k, n0 + c);
+#ifdef PAGEDSERVE_SIMD
+            if (!done && count == GEMV_COLUMNS_PER_ITER) {
+                if (!bf16)
+                    columns_fma_f32(x32, w, sums, rows, k, n0);
+#ifndef GEMV_AVX512_BF16
+                else
+                    columns_fma_bf16(x32, w, sums, rows, k, n0);
+#endif
+                done = 1;
+            }
+#endif
+            if (!done) {
+#ifdef GEMV_AVX512_BF16
+                if (bf16) {
+                    /* tail columns on the vdpbf16ps path: widen this group's x on the fly */
+                    for (int64_t c = 0; c < count; ++c)
+                        for (int64_t r = 0; r < rows; ++r) {
+                            const uint16_t *xr = (const uint16_t *)x + r * k;
+                            const uint16_t *wn = (const uint16_t *)w + (n0 + c) * k;
+                            float total = 0.0f;
+                            for (int64_t i = 0; i < k; ++i) total += bf16_to_f32(xr[i]) * bf16_to_f32(wn[i]);
+                            sums[c * GEMV_MAX_ROWS + r] = total;
+                        }
+                } else
+#endif
+                {
+                    for (int64_t c = 0; c < count; ++c) {
+                        if (bf16)
+                            column_plain_bf16(x32, w, sums + c * GEMV_MAX_ROWS, rows, k, n0 + c);
+                        else
+                            column_plain_f32(x32, w, sums + c * GEMV_MAX_ROWS, rows, k, n0 + c);
+                    }
+                }
             }
             for (int64_t c = 0; c < count; ++c)
                 for (int64_t r = 0; r < rows; ++r) {
-                    const float b = bias != NULL ? bf16_to_f32(bias[n0 + c]) : 0.0f;
-                    out[r * n + n0 + c] = f32_to_bf16(sums[c * GEMV_MAX_ROWS + r] + b);
+                    const int64_t at = r * n + n0 + c;
+                    if (bf16) {
+                        const float b = bias != NULL ? bf16_to_f32(((const uint16_t *)bias)[n0 + c]) : 0.0f;
+                        ((uint16_t *)out)[at] = f32_to_bf16(sums[c * GEMV_MAX_ROWS + r] + b);
+                    } else {
+                        const float b = bias != NULL ? ((const float *)bias)[n0 + c] : 0.0f;
+                        ((float *)out)[at] = sums[c * GEMV_MAX_ROWS + r] + b;
+                    }
                 }
+        }
+    }
+    free(xf);
+    return 0;
+}
+
+/* out [m, n] float32 = x [m, k] float32 @ w [n, k]^T bfloat16 (+ bias [n] float32), any m: the products of a model
+ * that keeps bfloat16 weights but computes in float32 (CPUs without bfloat16 instructions, where PyTorch's
+ * bfloat16 GEMM is emulated at a few times below float32). Each thread takes a static range of 4-column groups;
+ * per group the 4 weight rows (4 x k bfloat16: a few KB, L1-resident after the first pass) are multiplied with x
+ * four rows at a time by the GEMV tile above, so weights stream from memory once per call, at half the bytes of
+ * float32 weights, and x comes from L2. */
+/* Rows of x per tile: 4 columns x ROWS accumulators + ROWS x vectors + 1 weight vector must fit the register file
+ * (32 with AVX-512, 16 with AVX2: 4 rows spilled there and ran at half the speed, 70 against 147 GFLOP/s). */
+#if defined(__AVX512F__)
+#define MIXED_ROWS 4
+#else
+#define MIXED_ROWS 2
+#endif
+int gemm_f32_bf16w(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,
+                   int64_t k, int threads) {
+    const int64_t groups = n / GEMV_COLUMNS_PER_ITER + (n % GEMV_COLUMNS_PER_ITER != 0);
+#pragma omp parallel num_threads(threads)
+    {
+        float sums[GEMV_COLUMNS_PER_ITER * GEMV_MAX_ROWS];
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; ++g) {
+            const int64_t n0 = g * GEMV_COLUMNS_PER_ITER;
+            const int64_t count = n - n0 < GEMV_COLUMNS_PER_ITER ? n - n0 : GEMV_COLUMNS_PER_ITER;
+            for (int64_t r0 = 0; r0 < m; r0 += MIXED_ROWS) {
+                const int64_t rows = m - r0 < MIXED_ROWS ? m - r0 : MIXED_ROWS;
+                const float *xr = x + r0 * k;
+#ifdef PAGEDSERVE_SIMD
+                if (count == GEMV_COLUMNS_PER_ITER)
+                    columns_fma_bf16(xr, w, sums, rows, k, n0);
+                else
+#endif
+                    for (int64_t c = 0; c < count; ++c)
+                        column_plain_bf16(xr, w, sums + c * GEMV_MAX_ROWS, rows, k, n0 + c);
+                for (int64_t c = 0; c < count; ++c)
+                    for (int64_t r = 0; r < rows; ++r)
+                        out[(r0 + r) * n + n0 + c] =
+                            sums[c * GEMV_MAX_ROWS + r] + (bias != NULL ? bias[n0 + c] : 0.0f);
+            }
         }
     }
     return 0;

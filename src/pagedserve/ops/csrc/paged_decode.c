@@ -16,11 +16,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#endif
 
 #include "bf16.h"
+#include "simd.h"
 
 /* In place, each of `rows` rows of `len` scores (row stride `stride`). */
 static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t stride) {
@@ -81,85 +79,92 @@ DEFINE_DECODE_ONE(decode_f32, float, LOAD_F32, STORE_F32, block_size_arg)
 DEFINE_DECODE_ONE(decode_bf16_bs16, uint16_t, bf16_to_f32, f32_to_bf16, 16)
 DEFINE_DECODE_ONE(decode_bf16, uint16_t, bf16_to_f32, f32_to_bf16, block_size_arg)
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-/* bfloat16, block size 16: the common case, with the accumulators in registers. GROUP (query heads per kv head)
+#ifdef PAGEDSERVE_SIMD
+/* Block size 16, head_dim % 16 == 0: the common case, with the accumulators in registers, for float32 and
+ * bfloat16 storage, AVX-512 (one vector per block of 16 tokens) or AVX2 (two). GROUP (query heads per kv head)
  * is a compile-time constant so the GROUP score vectors and value accumulators never touch memory; each key row
- * and value chunk is converted to float once and used by every query head of the group. head_dim % 16 == 0. */
-static inline __m512 load16_bf16(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
+ * and value chunk is loaded (and widened) once and used by every query head of the group. */
+#define VECTORS_PER_BLOCK (16 / VF_LANES)
 
-/* One (block, kv head) of K or V: 16 x head_dim bfloat16, contiguous. to_l2: values are read after all keys. */
-static inline void prefetch_block(const uint16_t *block, int64_t head_dim, int to_l2) {
-    const char *bytes = (const char *)block;
-    for (int64_t offset = 0; offset < head_dim * 16 * 2; offset += 64) {
+/* One (block, kv head) of K or V: 16 x head_dim elements, contiguous. to_l2: values are read after all keys. */
+static inline void prefetch_block(const void *block, int64_t bytes, int to_l2) {
+    const char *p = (const char *)block;
+    for (int64_t offset = 0; offset < bytes; offset += 64) {
         if (to_l2)
-            _mm_prefetch(bytes + offset, _MM_HINT_T1);
+            prefetch_t1(p + offset);
         else
-            _mm_prefetch(bytes + offset, _MM_HINT_T0);
+            prefetch_t0(p + offset);
     }
 }
 
-#define DEFINE_DECODE_FAST(GROUP)                                                                                 \
-    static void decode_bf16_fast_##GROUP(const uint16_t *q, const uint16_t *k_cache, const uint16_t *v_cache,    \
-                                         uint16_t *out, const int64_t *table, int64_t len, int64_t h,            \
-                                         int64_t num_kv_heads, int64_t head_dim, float scale, float *qf,          \
-                                         float *scores) {                                                        \
+#define DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, GROUP)                                                    \
+    static void NAME##_##GROUP(const void *q_in, const void *k_in, const void *v_in, void *out_in,               \
+                               const int64_t *table, int64_t len, int64_t h, int64_t num_kv_heads,               \
+                               int64_t head_dim, float scale, float *qf, float *scores) {                        \
+        const T *q = q_in, *k_cache = k_in, *v_cache = v_in;                                                     \
+        T *out = out_in;                                                                                         \
         const int64_t num_blocks = (len + 15) / 16, stride = num_blocks * 16;                                    \
+        const int64_t block_elems = head_dim * 16, block_bytes = block_elems * (int64_t)sizeof(T);              \
         for (int64_t b = 0; b < 2 && b < num_blocks; ++b)                                                        \
-            prefetch_block(k_cache + (table[b] * num_kv_heads + h) * head_dim * 16, head_dim, 0);                \
-        for (int64_t i = 0; i < GROUP * head_dim; ++i) qf[i] = bf16_to_f32(q[i]) * scale;                      \
+            prefetch_block(k_cache + (table[b] * num_kv_heads + h) * block_elems, block_bytes, 0);               \
+        for (int64_t i = 0; i < GROUP * head_dim; ++i) qf[i] = LOAD(q[i]) * scale;                             \
         for (int64_t blk_i = 0; blk_i < num_blocks; ++blk_i) {                                                   \
-            const uint16_t *kb = k_cache + (table[blk_i] * num_kv_heads + h) * head_dim * 16;                    \
+            const T *kb = k_cache + (table[blk_i] * num_kv_heads + h) * block_elems;                             \
             /* Blocks sit anywhere in the pool, too short for the hardware prefetcher to ramp up: fetch the keys  \
              * two blocks ahead, and this block's values for the pass below (into L2), while this one computes. */ \
             if (blk_i + 2 < num_blocks)                                                                          \
-                prefetch_block(k_cache + (table[blk_i + 2] * num_kv_heads + h) * head_dim * 16, head_dim, 0);    \
-            prefetch_block(v_cache + (table[blk_i] * num_kv_heads + h) * 16 * head_dim, head_dim, 1);            \
-            __m512 s[GROUP];                                                                                     \
-            for (int g = 0; g < GROUP; ++g) s[g] = _mm512_setzero_ps();                                          \
+                prefetch_block(k_cache + (table[blk_i + 2] * num_kv_heads + h) * block_elems, block_bytes, 0);   \
+            prefetch_block(v_cache + (table[blk_i] * num_kv_heads + h) * block_elems, block_bytes, 1);           \
+            vf s[GROUP][VECTORS_PER_BLOCK];                                                                      \
+            for (int g = 0; g < GROUP; ++g)                                                                      \
+                for (int v = 0; v < VECTORS_PER_BLOCK; ++v) s[g][v] = vf_zero();                                 \
             for (int64_t d = 0; d < head_dim; ++d) {                                                             \
-                const __m512 k = load16_bf16(kb + d * 16);                                                       \
-                for (int g = 0; g < GROUP; ++g) s[g] = _mm512_fmadd_ps(_mm512_set1_ps(qf[g * head_dim + d]), k, s[g]); \
+                for (int v = 0; v < VECTORS_PER_BLOCK; ++v) {                                                    \
+                    const vf k = LOADV(kb + d * 16 + v * VF_LANES);                                              \
+                    for (int g = 0; g < GROUP; ++g) s[g][v] = vf_fma(vf_set1(qf[g * head_dim + d]), k, s[g][v]); \
+                }                                                                                                \
             }                                                                                                    \
-            for (int g = 0; g < GROUP; ++g) _mm512_storeu_ps(scores + g * stride + blk_i * 16, s[g]);            \
+            for (int g = 0; g < GROUP; ++g)                                                                      \
+                for (int v = 0; v < VECTORS_PER_BLOCK; ++v)                                                      \
+                    vf_store(scores + g * stride + blk_i * 16 + v * VF_LANES, s[g][v]);                          \
         }                                                                                                        \
         softmax_rows(scores, GROUP, len, stride);                                                                \
-        for (int64_t c = 0; c < head_dim; c += 16) {                                                             \
-            __m512 acc[GROUP];                                                                                   \
-            for (int g = 0; g < GROUP; ++g) acc[g] = _mm512_setzero_ps();                                        \
+        for (int64_t c = 0; c < head_dim; c += VF_LANES) {                                                       \
+            vf acc[GROUP];                                                                                       \
+            for (int g = 0; g < GROUP; ++g) acc[g] = vf_zero();                                                  \
             for (int64_t blk_i = 0; blk_i < num_blocks; ++blk_i) {                                               \
-                const uint16_t *vb = v_cache + (table[blk_i] * num_kv_heads + h) * 16 * head_dim + c;            \
+                const T *vb = v_cache + (table[blk_i] * num_kv_heads + h) * block_elems + c;                     \
                 const int64_t tokens = len - blk_i * 16 < 16 ? len - blk_i * 16 : 16;                            \
                 for (int64_t j = 0; j < tokens; ++j) {                                                           \
-                    const __m512 v = load16_bf16(vb + j * head_dim);                                             \
+                    const vf v = LOADV(vb + j * head_dim);                                                       \
                     const int64_t t = blk_i * 16 + j;                                                            \
-                    for (int g = 0; g < GROUP; ++g)                                                              \
-                        acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * stride + t]), v, acc[g]);             \
+                    for (int g = 0; g < GROUP; ++g) acc[g] = vf_fma(vf_set1(scores[g * stride + t]), v, acc[g]); \
                 }                                                                                                \
             }                                                                                                    \
             for (int g = 0; g < GROUP; ++g) {                                                                    \
-                float lanes[16];                                                                                 \
-                _mm512_storeu_ps(lanes, acc[g]);                                                                 \
-                for (int i = 0; i < 16; ++i) out[g * head_dim + c + i] = f32_to_bf16(lanes[i]);                \
+                float lanes[VF_LANES];                                                                           \
+                vf_store(lanes, acc[g]);                                                                         \
+                for (int i = 0; i < VF_LANES; ++i) out[g * head_dim + c + i] = STORE(lanes[i]);                 \
             }                                                                                                    \
         }                                                                                                        \
     }
-DEFINE_DECODE_FAST(1)
-DEFINE_DECODE_FAST(2)
-DEFINE_DECODE_FAST(3)
-DEFINE_DECODE_FAST(4)
-DEFINE_DECODE_FAST(5)
-DEFINE_DECODE_FAST(6)
-DEFINE_DECODE_FAST(7)
-DEFINE_DECODE_FAST(8)
+#define DEFINE_DECODE_FAST_GROUPS(NAME, T, LOADV, LOAD, STORE)                                                    \
+    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 1)                                                            \
+    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 2)                                                            \
+    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 3)                                                            \
+    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 4)                                                            \
+    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 5)                                                            \
+    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 6)                                                            \
+    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 7)                                                            \
+    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 8)
+DEFINE_DECODE_FAST_GROUPS(decode_fast_f32, float, VF_LOAD_F32, LOAD_F32, STORE_F32)
+DEFINE_DECODE_FAST_GROUPS(decode_fast_bf16, uint16_t, VF_LOAD_BF16, bf16_to_f32, f32_to_bf16)
 
-typedef void (*decode_fast_fn)(const uint16_t *, const uint16_t *, const uint16_t *, uint16_t *, const int64_t *,
-                               int64_t, int64_t, int64_t, int64_t, float, float *, float *);
-static const decode_fast_fn DECODE_FAST[9] = {NULL, decode_bf16_fast_1, decode_bf16_fast_2, decode_bf16_fast_3,
-                                              decode_bf16_fast_4, decode_bf16_fast_5, decode_bf16_fast_6,
-                                              decode_bf16_fast_7, decode_bf16_fast_8};
+typedef void (*decode_fast_fn)(const void *, const void *, const void *, void *, const int64_t *, int64_t, int64_t,
+                               int64_t, int64_t, float, float *, float *);
+#define FAST_TABLE(NAME) {NULL, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6, NAME##_7, NAME##_8}
+/* [dtype][group] */
+static const decode_fast_fn DECODE_FAST[2][9] = {FAST_TABLE(decode_fast_f32), FAST_TABLE(decode_fast_bf16)};
 #define HAVE_DECODE_FAST 1
 #endif
 
@@ -192,19 +197,20 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
             const int64_t *table = block_tables + b * max_blocks;
             const int64_t q_offset = b * q_row_stride + h * group * head_dim;
             const int64_t out_offset = (b * num_q_heads + h * group) * head_dim;
+#ifdef HAVE_DECODE_FAST
+            if (block_size == 16 && group <= 8 && head_dim % 16 == 0) {
+                const size_t element = dtype == 0 ? sizeof(float) : sizeof(uint16_t);
+                DECODE_FAST[dtype][group]((const char *)q + q_offset * element, k_cache, v_cache,
+                                          (char *)out + out_offset * element, table, len, h, num_kv_heads,
+                                          head_dim, scale, qf, scores);
+                continue;
+            }
+#endif
             if (dtype == 0) {
                 (block_size == 16 ? decode_f32_bs16 : decode_f32)(
                     (const float *)q + q_offset, k_cache, v_cache, (float *)out + out_offset, table, len, h, group,
                     num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
             } else {
-#ifdef HAVE_DECODE_FAST
-                if (block_size == 16 && group <= 8 && head_dim % 16 == 0) {
-                    DECODE_FAST[group]((const uint16_t *)q + q_offset, k_cache, v_cache,
-                                       (uint16_t *)out + out_offset, table, len, h, num_kv_heads, head_dim, scale,
-                                       qf, scores);
-                    continue;
-                }
-#endif
                 (block_size == 16 ? decode_bf16_bs16 : decode_bf16)(
                     (const uint16_t *)q + q_offset, k_cache, v_cache, (uint16_t *)out + out_offset, table, len, h,
                     group, num_kv_heads, head_dim, block_size, scale, qf, acc, scores);

@@ -1,0 +1,76 @@
+"""Every environment variable pagedserve reads, in one place (vLLM's `envs.py` habit).
+
+Each is read when asked for, not at import, so tests and launchers can set them late. Values are validated here
+and a bad one raises `ValueError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+
+ISA_LEVELS = ("portable", "avx2", "avx512", "avx512_bf16")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
+def disable_c_kernels() -> bool:
+    """PAGEDSERVE_DISABLE_C_KERNEL=1: use the PyTorch path of every CPU kernel."""
+    return _flag("PAGEDSERVE_DISABLE_C_KERNEL")
+
+
+def cpu_isa_cap() -> str | None:
+    """PAGEDSERVE_CPU_ISA: the highest kernel ISA level to use (portable, avx2, avx512, avx512_bf16), below what
+    the CPU has — to run an older CPU's kernels on a newer one (tests, benchmarks). Never raises the level."""
+    value = os.environ.get("PAGEDSERVE_CPU_ISA", "").strip().lower()
+    if not value:
+        return None
+    if value not in ISA_LEVELS:
+        raise ValueError(f"PAGEDSERVE_CPU_ISA must be one of {', '.join(ISA_LEVELS)}; got {value!r}")
+    return value
+
+
+def cache_dir() -> str:
+    """PAGEDSERVE_CACHE_DIR, else $XDG_CACHE_HOME/pagedserve, else ~/.cache/pagedserve (built kernels live here)."""
+    return os.environ.get("PAGEDSERVE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "pagedserve"
+    )
+
+
+def c_compiler() -> str | None:
+    """CC: the C compiler for the kernels (default: cc or gcc on PATH)."""
+    return os.environ.get("CC") or None
+
+
+def cpu_threads() -> int | None:
+    """PAGEDSERVE_CPU_THREADS: torch intra-op threads when --cpu-threads is not given."""
+    value = os.environ.get("PAGEDSERVE_CPU_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"PAGEDSERVE_CPU_THREADS must be an integer, got {value!r}") from None
+
+
+def cpu_kv_cache_bytes() -> int | None:
+    """VLLM_CPU_KVCACHE_SPACE (GiB, vLLM's variable): the CPU KV cache budget when none is given."""
+    value = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+    if not value:
+        return None
+    try:
+        return int(float(value) * 1024**3)
+    except ValueError:
+        raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {value!r}") from None
+
+
+def fault_step(name: str) -> int | None:
+    """Fault injection for tests (PAGEDSERVE_FAULT_*): a step number >= 1, or None when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{name} must be a step number >= 1, got {value!r}")
+    return number

@@ -1,0 +1,60 @@
+/* One float32 vector type for the kernels, whatever the ISA level the library is compiled for (ops/build.py):
+ * AVX-512 (16 lanes) or AVX2 + FMA (8 lanes). Without either, PAGEDSERVE_SIMD is undefined and the kernels use
+ * their plain loops (which the compiler vectorises for the baseline, SSE2 or NEON).
+ *
+ *   vf_zero() vf_set1(x) vf_load(p) vf_store(p, v) vf_fma(a, b, acc) = a * b + acc, vf_sum(v) = horizontal sum
+ *   vf_load_bf16(p): VF_LANES bfloat16 values (uint16_t) widened to float32 (exact: a 16-bit shift)
+ *   prefetch_t0(p), prefetch_t1(p): software prefetch into L1 / L2 (x86 only; no-ops elsewhere)
+ */
+#ifndef PAGEDSERVE_SIMD_H
+#define PAGEDSERVE_SIMD_H
+#include <stdint.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define prefetch_t0(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#define prefetch_t1(p) _mm_prefetch((const char *)(p), _MM_HINT_T1)
+#else
+#define prefetch_t0(p) ((void)(p))
+#define prefetch_t1(p) ((void)(p))
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define PAGEDSERVE_SIMD 1
+#define VF_LANES 16
+typedef __m512 vf;
+#define vf_zero() _mm512_setzero_ps()
+#define vf_set1(x) _mm512_set1_ps(x)
+#define vf_load(p) _mm512_loadu_ps(p)
+#define vf_store(p, v) _mm512_storeu_ps((p), (v))
+#define vf_fma(a, b, acc) _mm512_fmadd_ps((a), (b), (acc))
+#define vf_sum(v) _mm512_reduce_add_ps(v)
+static inline vf vf_load_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+#define PAGEDSERVE_SIMD 1
+#define VF_LANES 8
+typedef __m256 vf;
+#define vf_zero() _mm256_setzero_ps()
+#define vf_set1(x) _mm256_set1_ps(x)
+#define vf_load(p) _mm256_loadu_ps(p)
+#define vf_store(p, v) _mm256_storeu_ps((p), (v))
+#define vf_fma(a, b, acc) _mm256_fmadd_ps((a), (b), (acc))
+static inline float vf_sum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+static inline vf vf_load_bf16(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+#endif
+
+#ifdef PAGEDSERVE_SIMD
+/* Loads of either storage type, for kernels written once for float32 and bfloat16 storage. */
+#define VF_LOAD_F32(p) vf_load(p)
+#define VF_LOAD_BF16(p) vf_load_bf16(p)
+#endif
+#endif
