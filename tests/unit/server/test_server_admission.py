@@ -121,3 +121,15 @@ def test_not_ready_while_loading() -> None:
         state = client.app.state.pagedserve
         client.portal.call(asyncio.wait_for, state.exit_requested.wait(), 5)  # type: ignore[union-attr]
         assert state.exit_code == 1 and client.get("/health").status_code == 503
+
+
+def test_version_reports_the_cpu_and_its_kernels(client: TestClient) -> None:
+    """vLLM's {"version"}, plus the CPU the replica runs on: pods on different nodes may choose different paths."""
+    from pagedserve import __version__
+    from pagedserve.cpu_info import ISA_LEVELS, cpu_info
+
+    body = client.get("/version").json()
+    assert body["version"] == __version__
+    cpu = body["cpu"]
+    assert cpu["arch"] == cpu_info().arch and cpu["features"] == cpu_info().features
+    assert cpu["kernel_isa"] in (None, *ISA_LEVELS) and isinstance(cpu["bf16_hardware"], bool)
