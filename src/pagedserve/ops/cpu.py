@@ -58,7 +58,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     """x [rows, k] @ weight [n, k]^T (+ bias) for rows <= GEMV_MAX_ROWS, float32 or bfloat16 (what `can_gemv`
     accepts); float32 sums, rounded once to the dtype."""
     library = build.load()
-    assert library is not None and can_gemv(x, weight, bias) and x.shape[1] == weight.shape[1]
+    # Callers check can_gemv first (linear() does): checking again doubled the Python work of every call.
+    assert library is not None and x.dtype == weight.dtype and x.shape[1] == weight.shape[1]
     rows, k = x.shape
     n = weight.shape[0]
     out = torch.empty(rows, n, dtype=x.dtype)
@@ -87,7 +88,10 @@ def can_mixed_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def mixed_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [m, k] float32 @ weight [n, k]^T bfloat16 (+ bias) -> float32, weights widened in registers."""
     library = build.load()
-    assert library is not None and can_mixed_gemm(x, weight, bias) and x.shape[1] == weight.shape[1]
+    assert (
+        library is not None and x.dtype == torch.float32 and weight.dtype == torch.bfloat16
+    )  # can_mixed_gemm
+    assert x.shape[1] == weight.shape[1]
     m, k = x.shape
     n = weight.shape[0]
     out = torch.empty(m, n, dtype=torch.float32)
