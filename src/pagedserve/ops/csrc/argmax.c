@@ -9,6 +9,19 @@
 #include "bf16.h"
 #include "simd.h"
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+/* The first index of the largest of `lanes` per-lane maxima (each lane holds its own first maximum). */
+static void best_of_lanes(const float *values, const int32_t *positions, int lanes, float *best, int64_t *index) {
+    *best = values[0];
+    *index = positions[0];
+    for (int l = 1; l < lanes; ++l)
+        if (values[l] > *best || (values[l] == *best && positions[l] < *index)) {
+            *best = values[l];
+            *index = positions[l];
+        }
+}
+#endif
+
 static int64_t argmax_row(const uint16_t *row, int64_t n) {
     int64_t i = 0, best_index = 0;
     float best = -FLT_MAX;
@@ -28,13 +41,7 @@ static int64_t argmax_row(const uint16_t *row, int64_t n) {
         int32_t positions[16];
         _mm512_storeu_ps(values, maxima);
         _mm512_storeu_si512(positions, indices);
-        best = values[0];
-        best_index = positions[0];
-        for (int l = 1; l < 16; ++l)
-            if (values[l] > best || (values[l] == best && positions[l] < best_index)) {
-                best = values[l];
-                best_index = positions[l];
-            }
+        best_of_lanes(values, positions, 16, &best, &best_index);
     }
 #elif defined(__AVX2__)
     if (n >= 8) {
@@ -52,13 +59,7 @@ static int64_t argmax_row(const uint16_t *row, int64_t n) {
         int32_t positions[8];
         _mm256_storeu_ps(values, maxima);
         _mm256_storeu_si256((__m256i *)positions, indices);
-        best = values[0];
-        best_index = positions[0];
-        for (int l = 1; l < 8; ++l)
-            if (values[l] > best || (values[l] == best && positions[l] < best_index)) {
-                best = values[l];
-                best_index = positions[l];
-            }
+        best_of_lanes(values, positions, 8, &best, &best_index);
     }
 #endif
     for (; i < n; ++i) {
