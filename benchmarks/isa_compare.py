@@ -26,6 +26,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from throughput import headline  # noqa: E402
+
 from pagedserve.cpu_info import cpu_info  # noqa: E402
 
 MODES: dict[str, dict[str, str]] = {
@@ -38,12 +40,6 @@ RUNS = [
     ("transformers", "float32", "transformers static float32"),
     ("transformers", "bfloat16", "transformers static bfloat16"),
 ]
-
-
-def headline(result: dict[str, Any]) -> float:
-    if result["workload"] == "single-stream" and result.get("decode_tokens_per_s"):
-        return float(result["decode_tokens_per_s"])
-    return float(result["output_tokens_per_s"])
 
 
 def run_json(command: list[str], env: dict[str, str], out: Path) -> Any:
