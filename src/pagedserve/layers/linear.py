@@ -65,8 +65,9 @@ class MergedLinear(LinearBase):
 
 
 # Above this many rows a float32 x bfloat16-weight product widens the weight once and uses PyTorch's GEMM: the
-# widening is then a few % of the product, and oneDNN's float32 GEMM beat our tile at 1024 rows on AVX2 (149-183
-# against 110-125 GFLOP/s); at 512 rows and below the tile was as fast or faster.
+# widening is then a few % of the product, and on a Zen 3 (AVX2) oneDNN's float32 GEMM and our panel kernel were
+# equal within the machine's noise at 1024-2048 rows (93-149 against 95-144 GFLOP/s); at 512 rows and below ours
+# was as fast or faster and reads half the weight bytes.
 MIXED_GEMM_MAX_ROWS = 512
 
 

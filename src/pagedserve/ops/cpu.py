@@ -95,10 +95,12 @@ def mixed_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     m, k = x.shape
     n = weight.shape[0]
     out = torch.empty(m, n, dtype=torch.float32)
-    library.gemm_f32_bf16w(
+    failed = library.gemm_f32_bf16w(
         x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(), m, n, k,
         torch.get_num_threads(),
     )  # fmt: skip
+    if failed:
+        raise MemoryError("mixed GEMM kernel could not allocate its scratch memory")
     return out
 
 

@@ -158,8 +158,10 @@ def test_the_loaded_library_is_the_level_asked_for(isa_level):
     assert build.active_level() == isa_level
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 33, 300])
-@pytest.mark.parametrize("n,k", [(960, 576), (7, 33), (576, 1536)])
+# Rows on both sides of the AVX2 kernels' switch (tile up to 8 rows, panels above; csrc/gemv.c), shapes with a
+# partial last panel of columns and a k that is no multiple of 8.
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 9, 33, 300])
+@pytest.mark.parametrize("n,k", [(960, 576), (7, 33), (576, 1536), (37, 1030)])
 def test_float32_by_bfloat16_weights_is_as_exact_as_the_float32_gemm(m, n, k):
     """CPUs without bfloat16 instructions keep bf16 weights and compute in float32: the weights are widened in
     registers (exactly: a 16-bit shift), so the product equals the float32 GEMM's up to summation order."""
@@ -174,6 +176,17 @@ def test_float32_by_bfloat16_weights_is_as_exact_as_the_float32_gemm(m, n, k):
         assert got.dtype == torch.float32 and got.shape == (m, n)
         gemm_error = (F.linear(x, weight.float(), b).double() - exact).abs().max().item()
         assert (got.double() - exact).abs().max().item() <= max(4 * gemm_error, 1e-5)
+
+
+@pytest.mark.parametrize("m", [12, 17])
+def test_float32_by_bfloat16_weights_past_the_cache_sized_switch(m):
+    """Weights over 16 MB (an LM head) keep the tile up to 16 rows on AVX2; both sides match float32."""
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 576, generator=gen)
+    weight = torch.randn(16400, 576, generator=gen).bfloat16()
+    torch.testing.assert_close(
+        cpu_ops.mixed_gemm(x, weight), F.linear(x, weight.float()), atol=2e-4, rtol=1e-4
+    )
 
 
 def test_linear_takes_the_mixed_path_up_to_its_row_limit_and_widens_above():

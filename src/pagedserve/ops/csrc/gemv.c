@@ -220,15 +220,30 @@ int gemv(const void *x, const void *w, const void *bias, void *out, int64_t rows
     return 0;
 }
 
-/* Rows of x per tile: 4 columns x ROWS accumulators + ROWS x vectors + 1 weight vector must fit the register file
- * (32 with AVX-512, 16 with AVX2: 4 rows spilled there and ran at half the speed, 70 against 147 GFLOP/s). */
+/* float32 x, bfloat16 w, any number of rows. Rows of x per tile: 4 columns x ROWS accumulators + ROWS x vectors
+ * + 1 weight vector must fit the register file (32 with AVX-512; 16 with AVX2, where 4 rows spilled and ran at half
+ * the speed). Past MIXED_PANEL_MIN_ROWS rows AVX2 has its own kernel (mixed_gemm_avx2.c): on a Zen 3 it was faster
+ * from 8 rows up (gate|up at 16 rows 700-900 against 850 us), this tile below (1 row: 92 against 240-350 us, it
+ * streams the weights once and widens nothing twice). */
 #if defined(__AVX512F__)
 #define MIXED_ROWS 4
 #else
 #define MIXED_ROWS 2
 #endif
+#define MIXED_PANEL_MIN_ROWS 8
+#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,
+                    int64_t k, int threads); /* mixed_gemm_avx2.c */
+#endif
+
 int gemm_f32_bf16w(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,
                    int64_t k, int threads) {
+#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+    /* Weights far past the last-level cache (the LM head, 56 MB) stream at half the speed through the panels:
+     * there the tile stays faster up to 16 rows (10-15 against 14-16 ms), the panels win at 32 (19-24 against 35). */
+    const int64_t min_rows = n * k * 2 > (16 << 20) ? 2 * MIXED_PANEL_MIN_ROWS : MIXED_PANEL_MIN_ROWS;
+    if (m > min_rows) return mixed_gemm_avx2(x, w, bias, out, m, n, k, threads);
+#endif
     const int64_t groups = n / GEMV_COLUMNS_PER_ITER + (n % GEMV_COLUMNS_PER_ITER != 0);
 #pragma omp parallel num_threads(threads)
     {

@@ -1,0 +1,142 @@
+/* out = x @ w^T (+ bias) with float32 x [m, k] and bfloat16 w [n, k], at the AVX2 level (Zen 3, Haswell...).
+ *
+ * Why its own kernel: on a Zen 3 the dot-product tile of gemv.c (rows x columns of horizontal dot products) ran
+ * this at 40-80 GFLOP/s against oneDNN float32's 58-140: every FMA there needs a load of x and of w, and the two
+ * 256-bit load ports, not the two FMA pipes, set the pace. Here, as in a BLAS micro-kernel, each thread widens
+ * 16 columns of w at a time into a float32 panel laid out k-major ([k][16], exact: a 16-bit shift), then runs every
+ * 6-row tile of x over it: per k, two panel loads and six broadcasts of x feed twelve FMAs into 6 x 16
+ * accumulators (12 of the 16 registers). The panel (16 x k floats, 36 KB at k 576) is rebuilt once per 16 columns
+ * and reused by all m / 6 tiles, so widening costs ~1 / m of the FMAs.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "simd.h"
+
+#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+#define TILE_ROWS 6
+#define PANEL 16
+
+/* panel[i * 16 + j] = w[(n0 + j) * k + i] as float32 for j < count; zero for the missing columns of the last panel.
+ * Eight columns x eight k at a time: widen eight 8-element rows, transpose 8 x 8 in registers, store. */
+static void pack_panel(const uint16_t *w, int64_t n0, int64_t count, int64_t k, float *panel) {
+    const int64_t k8 = count == PANEL ? k - k % 8 : 0;
+    for (int half = 0; half < 2; ++half) {
+        const uint16_t *base = w + (n0 + 8 * half) * k;
+        for (int64_t i = 0; i < k8; i += 8) {
+            __m256 r[8];
+            for (int j = 0; j < 8; ++j) r[j] = vf_load_bf16(base + j * k + i);
+            const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *out = panel + i * PANEL + 8 * half;
+            _mm256_storeu_ps(out + 0 * PANEL, _mm256_permute2f128_ps(s0, s4, 0x20));
+            _mm256_storeu_ps(out + 1 * PANEL, _mm256_permute2f128_ps(s1, s5, 0x20));
+            _mm256_storeu_ps(out + 2 * PANEL, _mm256_permute2f128_ps(s2, s6, 0x20));
+            _mm256_storeu_ps(out + 3 * PANEL, _mm256_permute2f128_ps(s3, s7, 0x20));
+            _mm256_storeu_ps(out + 4 * PANEL, _mm256_permute2f128_ps(s0, s4, 0x31));
+            _mm256_storeu_ps(out + 5 * PANEL, _mm256_permute2f128_ps(s1, s5, 0x31));
+            _mm256_storeu_ps(out + 6 * PANEL, _mm256_permute2f128_ps(s2, s6, 0x31));
+            _mm256_storeu_ps(out + 7 * PANEL, _mm256_permute2f128_ps(s3, s7, 0x31));
+        }
+    }
+    for (int64_t i = k8; i < k; ++i)
+        for (int64_t j = 0; j < PANEL; ++j)
+            panel[i * PANEL + j] = j < count ? bf16_to_f32(w[(n0 + j) * k + i]) : 0.0f;
+}
+
+/* Terms summed into one accumulator before it is added to the row's total: summing all k (1536 at the down
+ * projection) in one register doubled the rounding error of oneDNN's blocked sum; blocks of 64 keep it below. */
+#define K_BLOCK 64
+/* out rows 0..ROWS-1, columns 0..count of x @ panel. Named accumulators, not an array: gcc kept an array of
+ * vectors in memory and stored all twelve every iteration (45 against 75 GFLOP/s). */
+#define ROW_VARS(R) __m256 a##R##0 = _mm256_setzero_ps(), a##R##1 = _mm256_setzero_ps();
+#define ROW_FMA(R)                                                                                                \
+    if (ROWS > R) {                                                                                               \
+        const __m256 xv = _mm256_broadcast_ss(x + R * k + i);                                                    \
+        a##R##0 = _mm256_fmadd_ps(xv, w0, a##R##0);                                                               \
+        a##R##1 = _mm256_fmadd_ps(xv, w1, a##R##1);                                                               \
+    }
+#define ROW_FLUSH(R)                                                                                              \
+    if (ROWS > R) {                                                                                               \
+        _mm256_storeu_ps(total + R * PANEL, _mm256_add_ps(_mm256_loadu_ps(total + R * PANEL), a##R##0));         \
+        _mm256_storeu_ps(total + R * PANEL + 8, _mm256_add_ps(_mm256_loadu_ps(total + R * PANEL + 8), a##R##1)); \
+        a##R##0 = a##R##1 = _mm256_setzero_ps();                                                                  \
+    }
+#define DEFINE_TILE(NR)                                                                                           \
+    static void tile_##NR(const float *x, const float *panel, int64_t k, const float *bias, float *out,         \
+                          int64_t n, int64_t count) {                                                             \
+        enum { ROWS = NR };                                                                                       \
+        float total[ROWS * PANEL];                                                                                \
+        memset(total, 0, sizeof(total));                                                                          \
+        ROW_VARS(0) ROW_VARS(1) ROW_VARS(2) ROW_VARS(3) ROW_VARS(4) ROW_VARS(5)                                   \
+        for (int64_t i0 = 0; i0 < k; i0 += K_BLOCK) {                                                             \
+            const int64_t i1 = i0 + K_BLOCK < k ? i0 + K_BLOCK : k;                                               \
+            for (int64_t i = i0; i < i1; ++i) {                                                                   \
+                const __m256 w0 = _mm256_loadu_ps(panel + i * PANEL);                                             \
+                const __m256 w1 = _mm256_loadu_ps(panel + i * PANEL + 8);                                         \
+                ROW_FMA(0) ROW_FMA(1) ROW_FMA(2) ROW_FMA(3) ROW_FMA(4) ROW_FMA(5)                                 \
+            }                                                                                                     \
+            ROW_FLUSH(0) ROW_FLUSH(1) ROW_FLUSH(2) ROW_FLUSH(3) ROW_FLUSH(4) ROW_FLUSH(5)                          \
+        }                                                                                                         \
+        for (int r = 0; r < ROWS; ++r)                                                                            \
+            for (int64_t j = 0; j < count; ++j)                                                                   \
+                out[r * n + j] = total[r * PANEL + j] + (bias != NULL ? bias[j] : 0.0f);                          \
+    }
+DEFINE_TILE(1)
+DEFINE_TILE(2)
+DEFINE_TILE(3)
+DEFINE_TILE(4)
+DEFINE_TILE(5)
+DEFINE_TILE(6)
+
+static void tile(const float *x, const float *panel, int64_t k, const float *bias, float *out, int64_t n,
+                 int64_t count, int64_t rows) {
+    switch (rows) {
+    case 1: tile_1(x, panel, k, bias, out, n, count); break;
+    case 2: tile_2(x, panel, k, bias, out, n, count); break;
+    case 3: tile_3(x, panel, k, bias, out, n, count); break;
+    case 4: tile_4(x, panel, k, bias, out, n, count); break;
+    case 5: tile_5(x, panel, k, bias, out, n, count); break;
+    default: tile_6(x, panel, k, bias, out, n, count); break;
+    }
+}
+
+int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,
+                    int64_t k, int threads) {
+    const int64_t panels = n / PANEL + (n % PANEL != 0);
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *panel = malloc(sizeof(float) * PANEL * (size_t)(k > 0 ? k : 1));
+        if (panel == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < panels; ++p) {
+            if (panel == NULL) continue;
+            const int64_t n0 = p * PANEL;
+            const int64_t count = n - n0 < PANEL ? n - n0 : PANEL;
+            pack_panel(w, n0, count, k, panel);
+            /* m split into tiles of near-equal rows (32: 5,5,5,5,6,6, not 6 x 5 + 2): a tile of one or two rows
+             * has too few accumulators to hide the FMA latency. */
+            const int64_t tiles = m / TILE_ROWS + (m % TILE_ROWS != 0);
+            for (int64_t t = 0, r0 = 0; t < tiles; ++t) {
+                const int64_t rows = (m - r0) / (tiles - t);
+                tile(x + r0 * k, panel, k, bias != NULL ? bias + n0 : NULL, out + r0 * n + n0, n, count, rows);
+                r0 += rows;
+            }
+        }
+        free(panel);
+    }
+    return failed ? 2 : 0;
+}
+#endif
