@@ -19,6 +19,10 @@ LoadFormat = Literal["auto", "safetensors", "gguf", "dummy"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
+# --quantization values the engine runs (ModelConfig.quantization).
+QUANTIZATION_CHOICES = ("gguf", "none")
+
+
 @dataclass
 class ModelConfig:
     model: str | None = None
@@ -37,7 +41,9 @@ class ModelConfig:
     """Weight format: auto (by file type), safetensors, gguf, or dummy (random weights from the config)."""
 
     quantization: str | None = None
-    """Weight quantization. Only unquantized serving is implemented yet; GGUF types are dequantized at load."""
+    """Weight quantization, as vLLM's flag: None detects it from the checkpoint ("gguf" for a .gguf file: Q4_0,
+    Q4_1 and Q8_0 matrices stay in their blocks, other types are dequantized at load); "gguf" asks for that and
+    refuses other files; "none" dequantizes every GGUF tensor at load. Other schemes are refused by name."""
 
     seed: int = 0
     """Seed for random weights (dummy) and for sampling of requests that give no seed."""

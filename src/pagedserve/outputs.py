@@ -65,5 +65,9 @@ class EngineInfo:
     dtype: str
     device: str
     eos_token_ids: list[int] = field(default_factory=list)
-    cpu_kernels: str = ""
-    weight_dtype: str = ""  # the matrices' dtype when it differs from `dtype` (bfloat16 under float32 compute)  # ISA level of the C kernels in use ("" on CUDA or when the PyTorch paths run)
+    cpu_kernels: str = ""  # ISA level of the C kernels in use ("" on CUDA or when the PyTorch paths run)
+    weight_dtype: str = (
+        ""  # the matrices' dtype when it differs from `dtype` (bfloat16 under float32 compute)
+    )
+    quantization: str = ""  # "gguf" when GGUF blocks are kept, "" for float weights
+    weight_bytes: int = 0  # bytes of the model's parameters as held in memory

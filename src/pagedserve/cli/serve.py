@@ -18,6 +18,7 @@ from typing import Any
 
 from pagedserve.cli.args import add_config_args, config_from_args, configure_logging
 from pagedserve.config import (
+    QUANTIZATION_CHOICES,
     CacheConfig,
     EngineConfig,
     ModelConfig,
@@ -84,8 +85,11 @@ def _check_supported(args: argparse.Namespace) -> str | None:
             return f"{flag} is not supported: {reason}."
     if args.pipeline_parallel_size != 1:
         return "--pipeline-parallel-size other than 1 is not supported; scale out with more replicas."
-    if args.quantization not in (None, "none"):
-        return f"--quantization {args.quantization} is not supported; only unquantized serving (none)."
+    if args.quantization not in (None, *QUANTIZATION_CHOICES):
+        return (
+            f"--quantization {args.quantization} is not supported yet; supported: gguf (a .gguf file's blocks "
+            "kept), none (GGUF weights dequantized at load)."
+        )
     if args.max_num_queued_reqs < 1:
         return "--max-num-queued-reqs must be >= 1."
     if args.max_request_body_bytes < 1:

@@ -33,7 +33,7 @@ StatsListener = Callable[[EngineStats], None]
 class LLMEngine:
     def __init__(self, config: EngineConfig, stream_outputs: bool = True) -> None:
         """stream_outputs=False: step() returns only finished requests' outputs (offline use, saves copies)."""
-        from pagedserve.models.loader import load_tokenizer, resolve_model_source
+        from pagedserve.models.loader import load_tokenizer, resolve_model_source, resolve_quantization
 
         self.config = config
         self.stream_outputs = stream_outputs
@@ -42,11 +42,8 @@ class LLMEngine:
             raise ValueError("pipeline_parallel_size > 1 is not supported; scale out with replicas")
         if config.parallel.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size > 1 is not implemented yet")
-        if mc.quantization not in (None, "", "none"):
-            raise ValueError(
-                f"quantization {mc.quantization!r} is not supported yet (GGUF weights are dequantized)"
-            )
         source = resolve_model_source(mc.model, mc.load_format)
+        quantization = resolve_quantization(mc.quantization, source.format)
         self.source = source
         self.tokenizer = load_tokenizer(source, mc.tokenizer)
         self.chat_template = _read_chat_template(mc.chat_template)
@@ -59,7 +56,7 @@ class LLMEngine:
             )
         device = resolve_device(mc.device)
         dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, source.format == "gguf", device)
-        weights = None if source.format == "dummy" else source.iter_weights()
+        weights = None if source.format == "dummy" else source.iter_weights(quantization == "gguf")
         self.runner = ModelRunner(
             hf_config, mc, cc, max_model_len, weights, dtype, device, weight_dtype=weight_dtype
         )
@@ -86,15 +83,19 @@ class LLMEngine:
             device=str(device),
             eos_token_ids=sorted(eos),
             cpu_kernels=self.runner.cpu_kernels,
+            quantization=quantization or "",
+            weight_bytes=self.runner.weight_bytes,
         )
         self.requests: dict[str, RequestState] = {}
         self._seq_to_request: dict[str, RequestState] = {}
         self._listeners: list[StatsListener] = []
         self._pending_finished: list[Any] = []
         logger.info(
-            "engine ready: model=%s dtype=%s weights=%s device=%s max_model_len=%d kv_blocks=%d (%.0f MiB)",
-            source.name, self.info.dtype, self.info.weight_dtype, device, max_model_len, self.runner.num_blocks,
-            self.runner.kv_cache_bytes / 2**20,
+            "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s max_model_len=%d "
+            "weights %.0f MiB, kv_blocks=%d (%.0f MiB, %d tokens: %.1f sequences of max_model_len)",
+            source.name, self.info.dtype, self.info.weight_dtype, quantization or "none", device, max_model_len,
+            self.runner.weight_bytes / 2**20, self.runner.num_blocks, self.runner.kv_cache_bytes / 2**20,
+            self.runner.num_blocks * cc.block_size, self.runner.num_blocks * cc.block_size / max_model_len,
         )  # fmt: skip
 
     # ---- requests ----------------------------------------------------------------------------------------------

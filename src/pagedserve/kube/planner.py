@@ -236,7 +236,8 @@ def plan_capacity(model: ModelSpec, gpu: GpuType, request: PlanRequest) -> Plan:
         )
     if quantization != "none":
         notes.append(
-            "pagedserve's own engine serves unquantized weights today; quantized sizing is for vLLM images"
+            "pagedserve's own engine serves unquantized weights and GGUF files today; this quantized sizing is "
+            "for vLLM images"
         )
     dtype = _resolve_dtype(model, request, quantization, gpu, notes)
     dtype_bytes = DTYPE_BYTES[dtype]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedserve.layers.gguf_quant import QuantizedTensor, gguf_linear
 from pagedserve.ops import cpu as cpu_ops
 
 
@@ -30,12 +31,52 @@ class LinearBase(nn.Module):
         else:
             self.register_parameter("bias", None)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None = None) -> None:
-        if param.shape != loaded.shape:
-            raise ValueError(f"weight shape {tuple(loaded.shape)} does not match {tuple(param.shape)}")
-        param.data.copy_(loaded)
+    weight_type: int | None = None
+    """GGML type of a weight kept in GGUF blocks (gguf_quant.py); None for a float weight."""
+
+    def shard_rows(self, shard_id: str | None) -> tuple[int, int]:
+        """(first row, rows) of the weight that a checkpoint tensor fills."""
+        return 0, self.output_size
+
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedTensor, shard_id: str | None = None
+    ) -> None:
+        offset, size = self.shard_rows(shard_id)
+        if param is self.bias:
+            target = param.data.narrow(0, offset, size)
+        else:
+            # The weight may have been replaced (kept quantized, or back to float): never trust `param` for it.
+            loaded = self._prepare_weight(loaded)
+            target = self.weight.data.narrow(0, offset, size)
+            if isinstance(loaded, QuantizedTensor):
+                loaded = loaded.data
+        target.copy_(_checked(loaded, tuple(target.shape), shard_id))
+
+    def _prepare_weight(self, loaded: torch.Tensor | QuantizedTensor) -> torch.Tensor | QuantizedTensor:
+        """Keeps GGUF blocks when every tensor of this layer comes in the same type; otherwise (a merged layer
+        whose parts differ, as in Q4_K_M files) the layer is float and quantized parts are dequantized."""
+        first = not getattr(self, "_weight_loaded", False)
+        self._weight_loaded = True
+        if isinstance(loaded, QuantizedTensor) and loaded.shape[1] == self.input_size:
+            if first:
+                self._float_dtype = self.weight.dtype
+                blocks = torch.empty(self.output_size, loaded.data.shape[1], dtype=torch.uint8)
+                self.weight = nn.Parameter(blocks, requires_grad=False)
+                self.weight_type = loaded.qtype
+                return loaded
+            if self.weight_type == loaded.qtype:
+                return loaded
+        if self.weight_type is not None:  # float parts after quantized ones: widen what has been loaded
+            widened = gguf_dequantize_layer(self.weight.data, self.weight_type, self.input_size)
+            self.weight = nn.Parameter(widened.to(self._float_dtype), requires_grad=False)
+            self.weight_type = None
+        if isinstance(loaded, QuantizedTensor):
+            return loaded.dequantize().to(self.weight.dtype)
+        return loaded.to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_type is not None:
+            return gguf_linear(x, self.weight, self.weight_type, self.input_size, self.bias)
         return linear(x, self.weight, self.bias)
 
 
@@ -54,14 +95,19 @@ class MergedLinear(LinearBase):
             self.shard_offsets[name] = (offset, size)
             offset += size
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None = None) -> None:
-        if shard_id is None:
-            return super().weight_loader(param, loaded)
-        offset, size = self.shard_offsets[shard_id]
-        target = param.data.narrow(0, offset, size)
-        if target.shape != loaded.shape:
-            raise ValueError(f"{shard_id} shape {tuple(loaded.shape)} does not match {tuple(target.shape)}")
-        target.copy_(loaded)
+    def shard_rows(self, shard_id: str | None) -> tuple[int, int]:
+        return (0, self.output_size) if shard_id is None else self.shard_offsets[shard_id]
+
+
+def _checked(loaded: torch.Tensor, shape: tuple[int, ...], shard_id: str | None) -> torch.Tensor:
+    if tuple(loaded.shape) != shape:
+        what = f"{shard_id} shape" if shard_id else "weight shape"
+        raise ValueError(f"{what} {tuple(loaded.shape)} does not match {shape}")
+    return loaded
+
+
+def gguf_dequantize_layer(blocks: torch.Tensor, qtype: int, cols: int) -> torch.Tensor:
+    return QuantizedTensor(blocks, qtype, (blocks.shape[0], cols)).dequantize()
 
 
 # Above this many rows a float32 x bfloat16-weight product widens the weight once and uses PyTorch's GEMM: the

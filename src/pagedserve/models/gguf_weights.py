@@ -1,6 +1,8 @@
 """GGUF tensors → Hugging Face parameter names and float tensors.
 
-Quantized types are dequantized with the `gguf` package's own kernels; F32/F16/BF16 keep their dtype. llama.cpp's
+Matrices of the types the engine multiplies in their blocks (Q4_0, Q4_1, Q8_0: layers/gguf_quant.py) can be kept
+as they are (`keep_quantized`); other quantized types are dequantized with the `gguf` package's own kernels;
+F32/F16/BF16 keep their dtype. llama.cpp's
 converter reorders the rows of Q and K of the `llama` architecture (each head's rotary pairs interleaved instead
 of split in halves); that is undone here so that values equal the original checkpoint's.
 """
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 import transformers
 
+from pagedserve.layers.gguf_quant import KEPT_BLOCK_BYTES, QuantizedTensor
 from pagedserve.models.weight_progress import StoredTensor
 
 _GLOBAL_TENSORS = {
@@ -116,13 +119,33 @@ def unpermute_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     return grouped.transpose(1, 2).reshape(weight.shape).contiguous()
 
 
+def kept_blocks(tensor: gguf.ReaderTensor) -> QuantizedTensor | None:
+    """A matrix of a type the engine multiplies in its blocks, as those blocks (a copy); None for other tensors."""
+    if int(tensor.tensor_type) not in KEPT_BLOCK_BYTES or len(tensor.shape) != 2:
+        return None
+    cols, rows = (int(dim) for dim in tensor.shape.tolist())
+    data = torch.from_numpy(np.array(tensor.data, dtype=np.uint8, copy=True).reshape(rows, -1))
+    return QuantizedTensor(data, int(tensor.tensor_type), (rows, cols))
+
+
 def iter_gguf_weights(
-    reader: gguf.GGUFReader, architecture: str, config: transformers.PretrainedConfig, path: pathlib.Path
+    reader: gguf.GGUFReader,
+    architecture: str,
+    config: transformers.PretrainedConfig,
+    path: pathlib.Path,
+    keep_quantized: bool = False,
 ) -> Iterator[StoredTensor]:
     """One tensor at a time, dequantized only when reached: the loader itself never holds more than one."""
     for tensor in reader.tensors:
         name = hf_tensor_name(tensor.name)
         if name is None:
+            continue
+        blocks = kept_blocks(tensor) if keep_quantized else None
+        if blocks is not None:
+            if architecture == "llama" and (".self_attn.q_proj." in name or ".self_attn.k_proj." in name):
+                heads = config.num_attention_heads if ".q_proj." in name else config.num_key_value_heads
+                blocks = QuantizedTensor(unpermute_rope_rows(blocks.data, heads), blocks.qtype, blocks.shape)
+            yield StoredTensor(name, blocks, int(tensor.n_bytes), path.name)
             continue
         weight = tensor_to_torch(tensor)
         if architecture == "llama":

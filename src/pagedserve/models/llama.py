@@ -15,6 +15,7 @@ from torch import nn
 from pagedserve.attention.backend import AttentionBackend, AttentionMetadata
 from pagedserve.layers.activation import SiluAndMul
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
+from pagedserve.layers.gguf_quant import TYPE_NAMES, QuantizedTensor
 from pagedserve.layers.layernorm import RMSNorm
 from pagedserve.layers.linear import MergedLinear
 from pagedserve.layers.rotary import RotaryEmbedding, StepRotary
@@ -163,13 +164,17 @@ class LlamaForCausalLM(nn.Module):
                     f"checkpoint tensor {name!r} has no matching parameter in {type(self).__name__}"
                 )
             loader = getattr(param, "weight_loader", None)
-            if loader is not None:
-                loader(param, tensor.to(param.dtype), shard_id)
+            if loader is not None:  # converts to the parameter's dtype itself (or keeps GGUF blocks)
+                loader(param, tensor, shard_id)
+            elif isinstance(tensor, QuantizedTensor):
+                raise ValueError(f"{name}: a {TYPE_NAMES[tensor.qtype]} tensor where a float one is needed")
             elif param.shape != tensor.shape:
                 raise ValueError(f"{name}: shape {tuple(tensor.shape)} does not match {tuple(param.shape)}")
             else:
                 param.data.copy_(tensor)
             loaded.add(name)
+        if self.tie_word_embeddings:
+            self.lm_head.tie_to(self.model.embed_tokens)
         return loaded
 
 

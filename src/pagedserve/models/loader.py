@@ -13,6 +13,7 @@ import gguf
 import torch
 import transformers
 
+from pagedserve.layers.gguf_quant import QuantizedTensor
 from pagedserve.models import gguf_config, gguf_weights, hf_folder
 from pagedserve.models.bundled import BUNDLED_MODEL_NAME, bundled_model_path
 from pagedserve.models.weight_progress import with_progress
@@ -35,16 +36,21 @@ class ModelSource:
     eos_token_ids: list[int]
     _gguf_reader: gguf.GGUFReader | None = field(default=None, repr=False, compare=False)
 
-    def iter_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_weights(
+        self, keep_quantized: bool = False
+    ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
         """(Hugging Face parameter name, tensor) pairs, one tensor read at a time, with a progress bar on
-        stderr. GGUF quantized types come dequantized to float32; other tensors keep their stored dtype.
-        `lm_head.weight` only appears for untied models."""
+        stderr. GGUF matrices come as their blocks (QuantizedTensor) where `keep_quantized` and the engine
+        multiplies that type, other GGUF quantized types dequantized to float32; other tensors keep their stored
+        dtype. `lm_head.weight` only appears for untied models."""
         if self.format == "dummy":
             raise ValueError("load_format 'dummy' has no weights: initialise the model randomly instead")
         if self.format == "gguf":
             reader = self._reader()
             architecture = gguf_config.gguf_architecture(reader, self.path)
-            stream = gguf_weights.iter_gguf_weights(reader, architecture, self.hf_config, self.path)
+            stream = gguf_weights.iter_gguf_weights(
+                reader, architecture, self.hf_config, self.path, keep_quantized
+            )
             total_bytes = gguf_weights.gguf_tensor_bytes(reader)
             first_file = self.path.name
         else:
@@ -70,6 +76,22 @@ class ModelSource:
         if self._gguf_reader is None:
             self._gguf_reader = open_gguf(self.path)
         return self._gguf_reader
+
+
+def resolve_quantization(requested: str | None, source_format: SourceFormat) -> str | None:
+    """The quantization the engine runs: "gguf" (GGUF blocks kept) or None (float weights)."""
+    if requested in (None, ""):
+        return "gguf" if source_format == "gguf" else None
+    if requested == "none":
+        return None
+    if requested == "gguf":
+        if source_format != "gguf":
+            raise ValueError("quantization 'gguf' needs a .gguf model file")
+        return "gguf"
+    raise ValueError(
+        f"quantization {requested!r} is not supported yet; supported: gguf (a .gguf file's Q4_0/Q4_1/Q8_0 "
+        "blocks kept as they are), none (GGUF weights dequantized at load)"
+    )
 
 
 def open_gguf(path: pathlib.Path) -> gguf.GGUFReader:

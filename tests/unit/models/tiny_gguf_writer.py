@@ -130,8 +130,10 @@ def write_tiny_gguf(
     metadata: Callable[[gguf.GGUFWriter], None] | None = None,
     extra_tensors: dict[str, tuple[np.ndarray, Any]] | None = None,
     seed: int = 0,
+    type_overrides: dict[str, gguf.GGMLQuantizationType] | None = None,
 ) -> TinyGGUF:
-    """A 2-layer model; 2-D weights in `tensor_type`, 1-D ones in F32 (as llama.cpp stores norms and biases)."""
+    """A 2-layer model; 2-D weights in `tensor_type` (or the type `type_overrides` gives that GGUF tensor name),
+    1-D ones in F32 (as llama.cpp stores norms and biases)."""
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name(model_name)
     writer.add_block_count(TINY_LAYERS)
@@ -162,6 +164,7 @@ def write_tiny_gguf(
     tiny = TinyGGUF(path, architecture, {}, {})
     for name, original in _hf_weights(architecture, tied, np.random.default_rng(seed)).items():
         qtype = tensor_type if original.ndim == 2 else gguf.GGMLQuantizationType.F32
+        qtype = (type_overrides or {}).get(gguf_name(name), qtype)
         stored = original
         if architecture == "llama" and ".q_proj." in name:
             stored = permute_like_llama_cpp(original, TINY_HEADS)

@@ -1,4 +1,5 @@
-/* out = x @ w^T (+ bias) with float32 x [m, k] and bfloat16 w [n, k], at the AVX2 level (Zen 3, Haswell...).
+/* out = x @ w^T (+ bias) with float32 x [m, k] and w [n, k] stored narrower — bfloat16, or GGUF blocks (gguf.h)
+ * — at the AVX2 level (Zen 3, Haswell...), for more rows of x than a GEMV.
  *
  * Why its own kernel: on a Zen 3 the dot-product tile of gemv.c (rows x columns of horizontal dot products) ran
  * this at 40-80 GFLOP/s against oneDNN float32's 58-140: every FMA there needs a load of x and of w, and the two
@@ -13,11 +14,32 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "gguf.h"
 #include "simd.h"
 
 #if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
 #define TILE_ROWS 6
 #define PANEL 16
+
+/* r[j] holds 8 consecutive k of column j: stores them transposed, out[i * PANEL + j] = r[j][i]. */
+static inline void transpose8_store(const __m256 r[8], float *out) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(out + 0 * PANEL, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(out + 1 * PANEL, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(out + 2 * PANEL, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(out + 3 * PANEL, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(out + 4 * PANEL, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(out + 5 * PANEL, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(out + 6 * PANEL, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(out + 7 * PANEL, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
 
 /* panel[i * 16 + j] = w[(n0 + j) * k + i] as float32 for j < count; zero for the missing columns of the last panel.
  * Eight columns x eight k at a time: widen eight 8-element rows, transpose 8 x 8 in registers, store. */
@@ -28,28 +50,33 @@ static void pack_panel(const uint16_t *w, int64_t n0, int64_t count, int64_t k, 
         for (int64_t i = 0; i < k8; i += 8) {
             __m256 r[8];
             for (int j = 0; j < 8; ++j) r[j] = vf_load_bf16(base + j * k + i);
-            const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-            const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-            const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-            const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-            const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float *out = panel + i * PANEL + 8 * half;
-            _mm256_storeu_ps(out + 0 * PANEL, _mm256_permute2f128_ps(s0, s4, 0x20));
-            _mm256_storeu_ps(out + 1 * PANEL, _mm256_permute2f128_ps(s1, s5, 0x20));
-            _mm256_storeu_ps(out + 2 * PANEL, _mm256_permute2f128_ps(s2, s6, 0x20));
-            _mm256_storeu_ps(out + 3 * PANEL, _mm256_permute2f128_ps(s3, s7, 0x20));
-            _mm256_storeu_ps(out + 4 * PANEL, _mm256_permute2f128_ps(s0, s4, 0x31));
-            _mm256_storeu_ps(out + 5 * PANEL, _mm256_permute2f128_ps(s1, s5, 0x31));
-            _mm256_storeu_ps(out + 6 * PANEL, _mm256_permute2f128_ps(s2, s6, 0x31));
-            _mm256_storeu_ps(out + 7 * PANEL, _mm256_permute2f128_ps(s3, s7, 0x31));
+            transpose8_store(r, panel + i * PANEL + 8 * half);
         }
     }
     for (int64_t i = k8; i < k; ++i)
         for (int64_t j = 0; j < PANEL; ++j)
             panel[i * PANEL + j] = j < count ? bf16_to_f32(w[(n0 + j) * k + i]) : 0.0f;
+}
+
+/* The same panel from GGUF rows (k a multiple of 32): per block, eight rows dequantized, then transposed. */
+static void pack_panel_gguf(const uint8_t *w, int qtype, int64_t n0, int64_t count, int64_t k, float *panel) {
+    const int64_t block_bytes = gguf_block_bytes(qtype), row_bytes = k / GGUF_BLOCK * block_bytes;
+    float rows[8][GGUF_BLOCK];
+    for (int half = 0; half < 2; ++half)
+        for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {
+            for (int j = 0; j < 8; ++j) {
+                const int64_t column = 8 * half + j;
+                if (column < count)
+                    gguf_dequantize_block(w + (n0 + column) * row_bytes + b * block_bytes, qtype, rows[j]);
+                else
+                    memset(rows[j], 0, sizeof rows[j]);
+            }
+            for (int s = 0; s < GGUF_BLOCK / 8; ++s) {
+                __m256 r[8];
+                for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(rows[j] + 8 * s);
+                transpose8_store(r, panel + (b * GGUF_BLOCK + 8 * s) * PANEL + 8 * half);
+            }
+        }
 }
 
 /* Terms summed into one accumulator before it is added to the row's total: summing all k (1536 at the down
@@ -109,8 +136,9 @@ static void tile(const float *x, const float *panel, int64_t k, const float *bia
     }
 }
 
-int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,
-                    int64_t k, int threads) {
+/* qtype 0: w is bfloat16; else a GGUF block type. */
+static int panel_gemm(const float *x, const void *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
+                      int64_t k, int threads) {
     const int64_t panels = n / PANEL + (n % PANEL != 0);
     int failed = 0;
 #pragma omp parallel num_threads(threads)
@@ -125,7 +153,10 @@ int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float 
             if (panel == NULL) continue;
             const int64_t n0 = p * PANEL;
             const int64_t count = n - n0 < PANEL ? n - n0 : PANEL;
-            pack_panel(w, n0, count, k, panel);
+            if (qtype == 0)
+                pack_panel(w, n0, count, k, panel);
+            else
+                pack_panel_gguf(w, qtype, n0, count, k, panel);
             /* m split into tiles of near-equal rows (32: 5,5,5,5,6,6, not 6 x 5 + 2): a tile of one or two rows
              * has too few accumulators to hide the FMA latency. */
             const int64_t tiles = m / TILE_ROWS + (m % TILE_ROWS != 0);
@@ -138,5 +169,15 @@ int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float 
         free(panel);
     }
     return failed ? 2 : 0;
+}
+
+int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,
+                    int64_t k, int threads) {
+    return panel_gemm(x, w, 0, bias, out, m, n, k, threads);
+}
+
+int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
+                   int64_t k, int threads) {
+    return panel_gemm(x, w, qtype, bias, out, m, n, k, threads);
 }
 #endif

@@ -1,0 +1,125 @@
+/* Matrix products with GGUF weights kept in their blocks (gguf.h): x float32 [m, k], w [n, k / 32 blocks].
+ *
+ * Why: single-stream decode only streams the weights, and the bundled model's Q4_1 blocks are 5 bits a weight
+ * against bfloat16's 16 (92 against 270 MB a token). Each block is dequantized to float32 in registers/L1 — exact
+ * to the gguf package's own dequantizer up to rounding of d * q + m — and multiplied in float32, so results equal
+ * the dequantized float32 model's up to summation order (no activation quantization, unlike llama.cpp's Q8 dots).
+ *   up to GGUF_DOT_MAX_ROWS rows: one block of one weight row at a time, FMA'd into every row of x;
+ *   more rows, AVX2: the panel kernel (panel_gemm_avx2.c) dequantizes 16 weight rows into a float32 panel;
+ *   more rows, other levels: returns 3 and the caller dequantizes the matrix (gguf_dequantize) for the GEMM.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "gguf.h"
+#include "simd.h"
+
+#define GGUF_DOT_MAX_ROWS 8
+
+#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
+                   int64_t k, int threads); /* panel_gemm_avx2.c */
+#endif
+
+/* out[n, k] float32 = the dequantized matrix. */
+int gguf_dequantize(const uint8_t *w, int qtype, float *out, int64_t n, int64_t k, int threads) {
+    const int64_t block_bytes = gguf_block_bytes(qtype);
+    if (block_bytes == 0 || k % GGUF_BLOCK != 0) return 1;
+    const int64_t blocks = n * (k / GGUF_BLOCK);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < blocks; ++b) gguf_dequantize_block(w + b * block_bytes, qtype, out + b * GGUF_BLOCK);
+    return 0;
+}
+
+/* One block as GGUF_BLOCK / VF_LANES vectors: in registers at the AVX2 level, through L1 at AVX-512's 16 lanes. */
+#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+#define BLOCK_VECTORS(block, qtype, wv)                                                                           \
+    vf wv[4];                                                                                                     \
+    gguf_block_vectors(block, qtype, wv)
+#elif defined(PAGEDSERVE_SIMD)
+#define BLOCK_VECTORS(block, qtype, wv)                                                                           \
+    float wv##_values[GGUF_BLOCK];                                                                                \
+    gguf_dequantize_block(block, qtype, wv##_values);                                                             \
+    const vf wv[2] = {vf_load(wv##_values), vf_load(wv##_values + 16)}
+#endif
+
+/* sums[r] = x_r . w_row for up to GGUF_DOT_MAX_ROWS rows (ROWS a constant, so the accumulators stay in registers). */
+#ifdef PAGEDSERVE_SIMD
+/* ACC accumulators per row (4 for one row, 1 for four): one accumulator per row made each block's four FMAs a
+ * dependent chain, and the one-row GEMV ran latency-bound at half the speed of the bfloat16 one. */
+#define DEFINE_DOT(NR)                                                                                            \
+    static void dot_##NR(const float *x, int64_t k, const uint8_t *row, int qtype, int64_t block_bytes,         \
+                         float *sums) {                                                                           \
+        enum { ROWS = NR, ACC = NR >= 3 ? 1 : 4 / NR };                                                           \
+        vf acc[ROWS][ACC];                                                                                        \
+        for (int r = 0; r < ROWS; ++r)                                                                            \
+            for (int a = 0; a < ACC; ++a) acc[r][a] = vf_zero();                                                  \
+        for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {                                                            \
+            BLOCK_VECTORS(row + b * block_bytes, qtype, wv);                                                      \
+            for (int v = 0; v < GGUF_BLOCK / VF_LANES; ++v)                                                       \
+                for (int r = 0; r < ROWS; ++r)                                                                    \
+                    acc[r][v % ACC] =                                                                             \
+                        vf_fma(wv[v], vf_load(x + r * k + b * GGUF_BLOCK + v * VF_LANES), acc[r][v % ACC]);      \
+        }                                                                                                         \
+        for (int r = 0; r < ROWS; ++r) {                                                                          \
+            float total = 0.0f;                                                                                   \
+            for (int a = 0; a < ACC; ++a) total += vf_sum(acc[r][a]);                                             \
+            sums[r] = total;                                                                                      \
+        }                                                                                                         \
+    }
+#else
+#define DEFINE_DOT(NR)                                                                                            \
+    static void dot_##NR(const float *x, int64_t k, const uint8_t *row, int qtype, int64_t block_bytes,         \
+                         float *sums) {                                                                           \
+        float wv[GGUF_BLOCK];                                                                                     \
+        for (int r = 0; r < NR; ++r) sums[r] = 0.0f;                                                             \
+        for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {                                                            \
+            gguf_dequantize_block(row + b * block_bytes, qtype, wv);                                             \
+            for (int r = 0; r < NR; ++r) {                                                                        \
+                float total = 0.0f;                                                                               \
+                for (int j = 0; j < GGUF_BLOCK; ++j) total += wv[j] * x[r * k + b * GGUF_BLOCK + j];             \
+                sums[r] += total;                                                                                 \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+#endif
+DEFINE_DOT(1)
+DEFINE_DOT(2)
+DEFINE_DOT(3)
+DEFINE_DOT(4)
+
+static void dot(const float *x, int64_t k, const uint8_t *row, int qtype, int64_t block_bytes, int64_t rows,
+                float *sums) {
+    switch (rows) {
+    case 1: dot_1(x, k, row, qtype, block_bytes, sums); break;
+    case 2: dot_2(x, k, row, qtype, block_bytes, sums); break;
+    case 3: dot_3(x, k, row, qtype, block_bytes, sums); break;
+    default: dot_4(x, k, row, qtype, block_bytes, sums); break;
+    }
+}
+
+/* 0 done; 1 bad type or k; 2 out of memory; 3 too many rows for this level (dequantize and use the GEMM). */
+int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
+              int64_t k, int threads) {
+    const int64_t block_bytes = gguf_block_bytes(qtype);
+    if (block_bytes == 0 || k % GGUF_BLOCK != 0) return 1;
+    if (m > GGUF_DOT_MAX_ROWS) {
+#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+        return gguf_gemm_avx2(x, w, qtype, bias, out, m, n, k, threads);
+#else
+        return 3;
+#endif
+    }
+    const int64_t row_bytes = k / GGUF_BLOCK * block_bytes;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t c = 0; c < n; ++c) {
+        float sums[4];
+        /* at most 4 rows a pass (8 and more spill the AVX2 registers); a second pass re-reads the row from cache */
+        for (int64_t r0 = 0; r0 < m; r0 += 4) {
+            const int64_t rows = m - r0 < 4 ? m - r0 : 4;
+            dot(x + r0 * k, k, w + c * row_bytes, qtype, block_bytes, rows, sums);
+            for (int64_t r = 0; r < rows; ++r) out[(r0 + r) * n + c] = sums[r] + (bias != NULL ? bias[c] : 0.0f);
+        }
+    }
+    return 0;
+}

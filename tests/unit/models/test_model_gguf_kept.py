@@ -1,0 +1,141 @@
+"""GGUF matrices kept in their Q4_0 / Q4_1 / Q8_0 blocks: the kernels (each ISA level this machine runs) against
+the gguf package's own dequantizer, and a tiny model written with the real gguf writer whose logits, kept
+quantized, match the same file dequantized at load."""
+
+from __future__ import annotations
+
+import pathlib
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_gguf_writer import write_tiny_gguf
+
+from pagedserve.attention.backend import get_attention_backend
+from pagedserve.core.request import Request
+from pagedserve.core.scheduler_output import ScheduledSequence
+from pagedserve.layers import gguf_quant
+from pagedserve.layers.gguf_quant import QuantizedTensor
+from pagedserve.models.loader import resolve_model_source, resolve_quantization
+from pagedserve.models.registry import resolve_model_class
+from pagedserve.worker.inputs import prepare_inputs
+from pagedserve.worker.kv_cache import allocate_kv_caches
+
+Q = gguf.GGMLQuantizationType
+KEPT = [Q.Q4_0, Q.Q4_1, Q.Q8_0]
+BLOCK = 4
+
+
+def quantized(rows: int, cols: int, qtype: Q, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """(blocks as written by the gguf package, their dequantization by the gguf package)."""
+    weights = np.random.default_rng(seed).normal(0, 0.2, (rows, cols)).astype(np.float32)
+    blocks = gguf.quants.quantize(weights, qtype)
+    return torch.from_numpy(np.ascontiguousarray(blocks)), gguf.quants.dequantize(blocks, qtype)
+
+
+@pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
+def test_dequantize_equals_the_gguf_package(isa_level, qtype) -> None:
+    data, expected = quantized(37, 96, qtype)
+    np.testing.assert_array_equal(gguf_quant.dequantize(data, int(qtype), 96).numpy(), expected)
+    np.testing.assert_array_equal(gguf_quant.dequantize_reference(data, int(qtype), 96).numpy(), expected)
+
+
+@pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 33])
+def test_products_equal_the_dequantized_float32_product(isa_level, qtype, m) -> None:
+    """Rows on both sides of the kernels' switches (a GEMV up to 8 rows, AVX2's panels or dequantize + GEMM
+    above), a last panel of 5 columns and k of 7 blocks: within float32 summation-order error."""
+    data, dense = quantized(37, 224, qtype, seed=m)
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 224, generator=gen)
+    bias = torch.randn(37, generator=gen)
+    for b in (None, bias):
+        got = gguf_quant.gguf_linear(x, data, int(qtype), 224, b)
+        exact = F.linear(x.double(), torch.from_numpy(dense).double(), None if b is None else b.double())
+        assert got.dtype == torch.float32 and got.shape == (m, 37)
+        assert (got.double() - exact).abs().max().item() < 2e-5
+    # bfloat16 activations (AVX-512 BF16 hosts) are multiplied in float32 and rounded once.
+    got16 = gguf_quant.gguf_linear(x.bfloat16(), data, int(qtype), 224, None)
+    assert got16.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        got16.float(), F.linear(x.bfloat16().float(), torch.from_numpy(dense)), atol=0.05, rtol=0.02
+    )
+
+
+def test_quantized_tensor_refuses_bytes_that_do_not_hold_its_shape() -> None:
+    data, _ = quantized(4, 64, Q.Q4_1)
+    with pytest.raises(ValueError, match="Q4_1 data .* does not hold"):
+        QuantizedTensor(data, int(Q.Q4_1), (4, 96))
+    with pytest.raises(ValueError, match="GGML type 12 is not kept"):
+        QuantizedTensor(data, 12, (4, 64))
+
+
+def test_quantization_is_detected_from_the_file_or_refused_by_name() -> None:
+    assert resolve_quantization(None, "gguf") == "gguf"
+    assert resolve_quantization(None, "safetensors") is None
+    assert resolve_quantization("none", "gguf") is None
+    with pytest.raises(ValueError, match="'gguf' needs a .gguf model file"):
+        resolve_quantization("gguf", "safetensors")
+    with pytest.raises(ValueError, match="quantization 'awq' is not supported yet"):
+        resolve_quantization("awq", "safetensors")
+
+
+def load_model(path: pathlib.Path, keep_quantized: bool):
+    source = resolve_model_source(str(path))
+    model = (
+        resolve_model_class(source.hf_config)(source.hf_config, get_attention_backend("cpu")).float().eval()
+    )
+    model.load_weights(source.iter_weights(keep_quantized))
+    return source.hf_config, model
+
+
+def logits_of(model, config, tokens: list[int], chunks: list[int]) -> torch.Tensor:
+    caches = allocate_kv_caches(config, 8, BLOCK, torch.float32, torch.device("cpu"))
+    request = Request("r", tokens, None, 0.0, 10)
+    blocks = list(range(-(-len(tokens) // BLOCK)))
+    outputs = []
+    for size in chunks:
+        step = prepare_inputs(
+            [ScheduledSequence(request, size, blocks, samples=False)], BLOCK, torch.device("cpu")
+        )
+        with torch.no_grad():
+            outputs.append(model.compute_logits(model(step.input_ids, step.positions, caches, step.metadata)))
+        request.num_computed_tokens += size
+    return torch.cat(outputs)
+
+
+@pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
+@pytest.mark.parametrize("architecture,tied", [("llama", True), ("qwen2", False)])
+def test_tiny_model_kept_quantized_matches_it_dequantized(tmp_path, qtype, architecture, tied) -> None:
+    """Every matrix (embedding and LM head included) stays in its blocks; logits of a prefill in chunks and of
+    decode steps equal those of the same file dequantized at load, within 1e-4."""
+    tiny = write_tiny_gguf(tmp_path / "tiny.gguf", architecture=architecture, tensor_type=qtype, tied=tied)
+    config, kept = load_model(tiny.path, keep_quantized=True)
+    _, dense = load_model(tiny.path, keep_quantized=False)
+    layer = kept.model.layers[0]
+    for module in (layer.self_attn.qkv_proj, layer.mlp.down_proj, kept.model.embed_tokens, kept.lm_head):
+        assert module.weight_type == int(qtype) and module.weight.dtype == torch.uint8
+    kept_bytes = sum(p.numel() * p.element_size() for p in kept.parameters())
+    dense_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
+    assert kept_bytes < 0.4 * dense_bytes
+    tokens = torch.randint(3, config.vocab_size, (11,), generator=torch.Generator().manual_seed(2)).tolist()
+    got = logits_of(kept, config, tokens, [6, 3, 1, 1])
+    torch.testing.assert_close(got, logits_of(dense, config, tokens, [6, 3, 1, 1]), atol=1e-4, rtol=1e-4)
+
+
+def test_a_merged_layer_whose_parts_differ_in_type_is_float(tmp_path) -> None:
+    """As in Q4_K_M files, where attn_v may be stored in another type than attn_q / attn_k: that layer is
+    dequantized (its kept parts widened), the others stay in their blocks; logits equal the dequantized model's."""
+    mixed = write_tiny_gguf(
+        tmp_path / "mixed.gguf", tensor_type=Q.Q8_0, seed=3, type_overrides={"blk.0.attn_v.weight": Q.Q4_1}
+    )
+    config, kept = load_model(mixed.path, keep_quantized=True)
+    _, dense = load_model(mixed.path, keep_quantized=False)
+    assert kept.model.layers[0].self_attn.qkv_proj.weight_type is None
+    assert kept.model.layers[0].self_attn.qkv_proj.weight.dtype == torch.float32
+    assert kept.model.layers[1].self_attn.qkv_proj.weight_type == int(Q.Q8_0)
+    tokens = [5, 9, 14, 3, 22, 7]
+    got = logits_of(kept, config, tokens, [6])
+    torch.testing.assert_close(got, logits_of(dense, config, tokens, [6]), atol=1e-4, rtol=1e-4)
