@@ -41,9 +41,10 @@ class ModelConfig:
     """Weight format: auto (by file type), safetensors, gguf, or dummy (random weights from the config)."""
 
     quantization: str | None = None
-    """Weight quantization, as vLLM's flag: None detects it from the checkpoint ("gguf" for a .gguf file: Q4_0,
-    Q4_1 and Q8_0 matrices stay in their blocks, other types are dequantized at load); "gguf" asks for that and
-    refuses other files; "none" dequantizes every GGUF tensor at load. Other schemes are refused by name."""
+    """Weight quantization, as vLLM's flag. "gguf": a .gguf file's Q4_0, Q4_1 and Q8_0 matrices stay in their
+    blocks (other types are dequantized at load; other files are refused); "none": every GGUF tensor is
+    dequantized at load. Unset: "gguf" for a .gguf file where this CPU's kernels multiply blocks at every batch
+    size (AVX2), else "none". Other schemes are refused by name."""
 
     seed: int = 0
     """Seed for random weights (dummy) and for sampling of requests that give no seed."""

@@ -37,7 +37,7 @@ STORAGECLASSES = "/apis/storage.k8s.io/v1/storageclasses"
 
 FULL_VALUES = {
     "replicaCount": 2,
-    "engine": {"tensorParallelSize": 2, "quantization": "fp8"},
+    "engine": {"tensorParallelSize": 1},  # what this image's engine runs (engine-values refuses TP > 1, fp8)
     "gpu": {"enabled": True, "product": "NVIDIA-H100-80GB-HBM3", "runtimeClassName": "nvidia"},
     "model": {"source": "pvc", "existingClaim": "llama-weights"},
     "ingress": {"enabled": True, "className": "nginx"},
@@ -200,15 +200,35 @@ def test_old_cuda_with_fp8_on_h100_fails_the_hard_rule(tmp_path: Path) -> None:
         labels = node["metadata"]["labels"]
         labels["nvidia.com/cuda.runtime-version.full"] = "12.1"
         labels["nvidia.com/cuda.runtime-version.minor"] = labels["nvidia.com/cuda.runtime.minor"] = "1"
-    code, report = run_preflight(tmp_path, objects, FULL_VALUES)
+    fp8 = {**FULL_VALUES, "engine": {"quantization": "fp8"}}
+    code, report = run_preflight(tmp_path, objects, fp8)
     assert code == 1
     assert check(report, "version-matrix")["status"] == "FAIL"
     assert "fp8" in check(report, "version-matrix")["observed"]
+    assert check(report, "engine-values")["status"] == "FAIL"  # and this image's engine has no FP8 path yet
     assert check(report, "cuda-driver")["status"] == "WARN"  # 12.1 meets the minimum, below 12.4
-    no_fp8 = {**FULL_VALUES, "engine": {"tensorParallelSize": 2, "quantization": ""}}
-    code, report = run_preflight(tmp_path, objects, no_fp8)
+    code, report = run_preflight(tmp_path, objects, FULL_VALUES)
     assert check(report, "version-matrix")["status"] == "WARN"  # legacy level, but no FP8 kernels
     assert code == 0
+
+
+@pytest.mark.parametrize(
+    "engine,refused",
+    [
+        ({"tensorParallelSize": 2}, "refuses tensor_parallel_size > 1"),
+        ({"quantization": "awq"}, "refuses quantization 'awq'"),
+        ({"quantization": "gguf"}, None),
+        ({"quantization": "none", "tensorParallelSize": 1}, None),
+    ],
+)
+def test_values_the_engine_would_refuse_fail_before_the_install(tmp_path: Path, engine, refused) -> None:
+    """The engine exits at startup on these (a CrashLoopBackOff after the install): preflight says why first."""
+    code, report = run_preflight(tmp_path, healthy_cluster(), {**FULL_VALUES, "engine": engine})
+    result = check(report, "engine-values")
+    if refused is None:
+        assert result["status"] == "PASS" and code == 0
+    else:
+        assert result["status"] == "FAIL" and refused in result["observed"] and code == 1
 
 
 def test_tensor_parallel_larger_than_any_node_fails(tmp_path: Path) -> None:
@@ -293,7 +313,7 @@ def test_cli_healthy_cluster_table_exits_0(tmp_path: Path) -> None:
         )
     assert done.returncode == 0, done.stderr
     assert "PASS  kubernetes-version" in done.stdout
-    assert "14 passed, 0 warnings, 0 failed" in done.stdout
+    assert "15 passed, 0 warnings, 0 failed" in done.stdout
 
 
 def test_cli_no_gpu_operator_exits_1(tmp_path: Path) -> None:

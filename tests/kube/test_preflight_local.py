@@ -154,10 +154,9 @@ def test_local_without_nvidia_smi_says_so(tmp_path: Path) -> None:
 
 def test_local_h100_host_passes_gpu_checks(tmp_path: Path) -> None:
     _fake_tools(tmp_path / "bin", SMI_550_H100, QUERY_H100)
-    code, report, _ = run_local(
-        tmp_path / "bin", tmp_path, {"engine": {"tensorParallelSize": 2, "quantization": "fp8"}}
-    )
+    code, report, _ = run_local(tmp_path / "bin", tmp_path, {"engine": {"tensorParallelSize": 1}})
     checks = by_name(report)
+    assert checks["engine-values"]["status"] == "PASS"
     assert checks["nvidia-driver"]["status"] == "PASS" and "CUDA 12.4" in checks["nvidia-driver"]["observed"]
     assert checks["gpus"]["status"] == "PASS" and "81559 MiB" in checks["gpus"]["observed"]
     assert checks["version-matrix"]["status"] == "PASS"
@@ -175,6 +174,7 @@ def test_local_old_cuda_fp8_on_h100_fails_hard_rule(tmp_path: Path) -> None:
     assert code == 1
     assert checks["version-matrix"]["status"] == "FAIL"
     assert checks["gpus"]["status"] == "FAIL"  # 2 GPUs, tensor-parallel 4
+    assert checks["engine-values"]["status"] == "FAIL"  # neither TP 4 nor fp8 runs on this image's engine
     assert checks["nvidia-driver"]["status"] == "WARN"
 
 

@@ -23,7 +23,7 @@ from pagedserve.engine.request_state import RequestState
 from pagedserve.errors import ContextLengthError, InvalidRequestError
 from pagedserve.outputs import EngineInfo, RequestOutput
 from pagedserve.sampling_params import SamplingParams
-from pagedserve.worker.model_runner import ModelRunner, resolve_device, resolve_dtype
+from pagedserve.worker.model_runner import ModelRunner, has_gguf_panel_kernels, resolve_device, resolve_dtype
 
 logger = logging.getLogger("pagedserve")
 
@@ -43,7 +43,14 @@ class LLMEngine:
         if config.parallel.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size > 1 is not implemented yet")
         source = resolve_model_source(mc.model, mc.load_format)
-        quantization = resolve_quantization(mc.quantization, source.format)
+        device = resolve_device(mc.device)
+        quantization = resolve_quantization(mc.quantization, source.format, has_gguf_panel_kernels(device))
+        if source.format == "gguf" and mc.quantization in (None, ""):
+            logger.info(
+                "quantization: %s", "gguf (Q4_0/Q4_1/Q8_0 blocks kept, multiplied by this CPU's kernels)"
+                if quantization else "none (GGUF weights dequantized at load: no kernels here multiply the blocks "
+                "fast past a few rows; --quantization gguf keeps them)",
+            )  # fmt: skip
         self.source = source
         self.tokenizer = load_tokenizer(source, mc.tokenizer)
         self.chat_template = _read_chat_template(mc.chat_template)
@@ -54,7 +61,6 @@ class LLMEngine:
             raise ValueError(
                 f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len}"
             )
-        device = resolve_device(mc.device)
         dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, source.format == "gguf", device)
         weights = None if source.format == "dummy" else source.iter_weights(quantization == "gguf")
         self.runner = ModelRunner(

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pagedserve.kube.chart_values import DeploymentNeeds
+from pagedserve.kube.checks_engine import check_engine_values
 from pagedserve.kube.checks_nodes import EPHEMERAL_MIN_GB, EPHEMERAL_RECOMMENDED_GB, GB
 from pagedserve.kube.compat import (
     ReleaseNeeds,
@@ -247,6 +248,7 @@ def check_python_stack(release: ReleaseNeeds) -> list[CheckResult]:
 def run_local_preflight(needs: DeploymentNeeds, storage_path: str | None = None) -> list[CheckResult]:
     release = release_needs()
     results, stack = check_nvidia(needs, release)
+    results.insert(0, check_engine_values(needs))
     if stack is not None:
         results.append(check_version_matrix(release.matches_vllm, stack))
     results += [check_containerd(release), check_disk(storage_path), *check_python_stack(release)]

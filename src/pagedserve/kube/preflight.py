@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pagedserve.kube import checks_addons, checks_gpu_operator, checks_nodes
+from pagedserve.kube import checks_addons, checks_engine, checks_gpu_operator, checks_nodes
 from pagedserve.kube.chart_values import DeploymentNeeds
 from pagedserve.kube.cluster import ClusterAccessError, ClusterSnapshot, read_cluster
 from pagedserve.kube.compat import ReleaseNeeds, StackVersions, check_version_matrix, release_needs
@@ -44,6 +44,7 @@ def run_checks(
     snapshot: ClusterSnapshot, needs: DeploymentNeeds, namespace: str, release: ReleaseNeeds
 ) -> list[CheckResult]:
     results = [
+        checks_engine.check_engine_values(needs),
         checks_nodes.check_kubernetes_version(snapshot, release),
         checks_nodes.check_gpu_nodes(snapshot, needs),
         checks_gpu_operator.check_gpu_operator(snapshot, needs, release),

@@ -78,10 +78,14 @@ class ModelSource:
         return self._gguf_reader
 
 
-def resolve_quantization(requested: str | None, source_format: SourceFormat) -> str | None:
-    """The quantization the engine runs: "gguf" (GGUF blocks kept) or None (float weights)."""
+def resolve_quantization(
+    requested: str | None, source_format: SourceFormat, fast_gguf_kernels: bool
+) -> str | None:
+    """The quantization the engine runs: "gguf" (GGUF blocks kept) or None (float weights). Unset, a GGUF file
+    keeps its blocks where the host has kernels that multiply them at every batch size (`fast_gguf_kernels`);
+    elsewhere it is dequantized at load, which there is faster past a few rows (docs/architecture.md)."""
     if requested in (None, ""):
-        return "gguf" if source_format == "gguf" else None
+        return "gguf" if source_format == "gguf" and fast_gguf_kernels else None
     if requested == "none":
         return None
     if requested == "gguf":

@@ -73,13 +73,22 @@ def test_quantized_tensor_refuses_bytes_that_do_not_hold_its_shape() -> None:
 
 
 def test_quantization_is_detected_from_the_file_or_refused_by_name() -> None:
-    assert resolve_quantization(None, "gguf") == "gguf"
-    assert resolve_quantization(None, "safetensors") is None
-    assert resolve_quantization("none", "gguf") is None
+    assert resolve_quantization(None, "gguf", fast_gguf_kernels=True) == "gguf"
+    # Without kernels that take every batch size, unset means dequantize at load; asked for, blocks are kept.
+    assert resolve_quantization(None, "gguf", fast_gguf_kernels=False) is None
+    assert resolve_quantization("gguf", "gguf", fast_gguf_kernels=False) == "gguf"
+    assert resolve_quantization(None, "safetensors", True) is None
+    assert resolve_quantization("none", "gguf", True) is None
     with pytest.raises(ValueError, match="'gguf' needs a .gguf model file"):
-        resolve_quantization("gguf", "safetensors")
+        resolve_quantization("gguf", "safetensors", True)
     with pytest.raises(ValueError, match="quantization 'awq' is not supported yet"):
-        resolve_quantization("awq", "safetensors")
+        resolve_quantization("awq", "safetensors", True)
+
+
+def test_the_avx2_level_has_the_panel_kernels(isa_level) -> None:
+    from pagedserve.worker.model_runner import has_gguf_panel_kernels
+
+    assert has_gguf_panel_kernels(torch.device("cpu")) == (isa_level == "avx2")
 
 
 def load_model(path: pathlib.Path, keep_quantized: bool):

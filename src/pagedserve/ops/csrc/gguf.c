@@ -21,6 +21,16 @@ int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bia
                    int64_t k, int threads); /* panel_gemm_avx2.c */
 #endif
 
+/* 1 where gguf_gemm multiplies any number of rows from the blocks (the AVX2 panels), 0 where past
+ * GGUF_DOT_MAX_ROWS the caller dequantizes. */
+int gguf_has_panels(void) {
+#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* out[n, k] float32 = the dequantized matrix. */
 int gguf_dequantize(const uint8_t *w, int qtype, float *out, int64_t n, int64_t k, int threads) {
     const int64_t block_bytes = gguf_block_bytes(qtype);

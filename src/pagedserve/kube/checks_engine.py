@@ -1,0 +1,33 @@
+"""Values the engine in this image would refuse at startup, caught before the install with the engine's reason
+(a pod that exits at startup only shows up as CrashLoopBackOff)."""
+
+from __future__ import annotations
+
+from pagedserve.config import QUANTIZATION_CHOICES
+from pagedserve.kube.chart_values import DeploymentNeeds
+from pagedserve.kube.report import CheckResult, Status
+
+
+def check_engine_values(needs: DeploymentNeeds) -> CheckResult:
+    seen = (
+        f"engine.tensorParallelSize {needs.tensor_parallel_size}, "
+        f"engine.quantization {needs.quantization or '(from the checkpoint)'}"
+    )
+    if not needs.known:
+        seen = "no values file: the chart's defaults (tensorParallelSize 1, quantization from the checkpoint)"
+    required = f"tensorParallelSize 1; quantization unset or one of {', '.join(QUANTIZATION_CHOICES)}"
+    refused = []
+    if needs.tensor_parallel_size != 1:
+        refused.append(
+            "the engine refuses tensor_parallel_size > 1 (not implemented yet): serve the model on one GPU per "
+            "replica, or use a vLLM image for this values file"
+        )
+    if needs.quantization not in ("", *QUANTIZATION_CHOICES):
+        refused.append(
+            f"the engine refuses quantization {needs.quantization!r} (not supported yet; it runs GGUF files from "
+            "their blocks and unquantized checkpoints)"
+        )
+    if refused:
+        return CheckResult("engine-values", Status.FAIL, seen + ": " + "; ".join(refused), required,
+                           "edit engine.* in the values file (docs/deploy.md, values reference)")  # fmt: skip
+    return CheckResult("engine-values", Status.PASS, seen, required)
