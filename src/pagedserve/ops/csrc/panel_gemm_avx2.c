@@ -157,6 +157,16 @@ static int panel_gemm(const float *x, const void *w, int qtype, const float *bia
                 pack_panel(w, n0, count, k, panel);
             else
                 pack_panel_gguf(w, qtype, n0, count, k, panel);
+            /* This thread's next panel (static schedule: p + 1) toward L2 while this one is multiplied: sixteen
+             * short rows are too many streams for the hardware prefetcher once the weights come from memory. The
+             * LM head (49152 x 576) at 32 rows of x, Zen 3, one process alternating builds: Q8_0 25.5-29.5 ms
+             * without, 22.2-26.3 with; bfloat16 32.0-34.0 against 24.7-30.9; gate|up (in cache) unchanged. */
+            if (p + 1 < panels) {
+                const int64_t row_bytes = qtype == 0 ? 2 * k : k / GGUF_BLOCK * gguf_block_bytes(qtype);
+                const char *next = (const char *)w + (n0 + PANEL) * row_bytes;
+                const int64_t bytes = ((n - n0 - PANEL) < PANEL ? (n - n0 - PANEL) : PANEL) * row_bytes;
+                for (int64_t i = 0; i < bytes; i += 64) prefetch_t1(next + i);
+            }
             /* m split into tiles of near-equal rows (32: 5,5,5,5,6,6, not 6 x 5 + 2): a tile of one or two rows
              * has too few accumulators to hide the FMA latency. */
             const int64_t tiles = m / TILE_ROWS + (m % TILE_ROWS != 0);
