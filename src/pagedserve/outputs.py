@@ -66,8 +66,7 @@ class EngineInfo:
     device: str
     eos_token_ids: list[int] = field(default_factory=list)
     cpu_kernels: str = ""  # ISA level of the C kernels in use ("" on CUDA or when the PyTorch paths run)
-    weight_dtype: str = (
-        ""  # the matrices' dtype when it differs from `dtype` (bfloat16 under float32 compute)
-    )
+    # the matrices' dtype when it differs from `dtype` (bfloat16 under float32 compute)
+    weight_dtype: str = ""
     quantization: str = ""  # "gguf" when GGUF blocks are kept, "" for float weights
     weight_bytes: int = 0  # bytes of the model's parameters as held in memory

@@ -8,21 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from tests.integration.bundled_prompts import PROMPTS
 
 from pagedserve import LLM, SamplingParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the ocean.",
-    "Explain paged attention in one paragraph.",
-    "List three prime numbers and explain why they are prime.",
-    "What is Kubernetes used for?",
-    "Tell me a short story about a cat.",
-    "How do GPUs speed up matrix multiplication?",
-    "Describe the moon to a child.",
-]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
 
 

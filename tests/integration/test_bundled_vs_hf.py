@@ -12,6 +12,7 @@ import contextlib
 
 import pytest
 import torch
+from tests.integration.bundled_prompts import PROMPTS
 
 from pagedserve import SamplingParams
 from pagedserve.core.kv_cache_manager import KVCacheManager
@@ -19,16 +20,6 @@ from pagedserve.core.kv_cache_manager import KVCacheManager
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 NUM_TOKENS = 64
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the ocean.",
-    "Explain paged attention in one paragraph.",
-    "List three prime numbers and explain why they are prime.",
-    "What is Kubernetes used for?",
-    "Tell me a short story about a cat.",
-    "How do GPUs speed up matrix multiplication?",
-    "Describe the moon to a child.",
-]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True)
 
 

@@ -212,25 +212,6 @@ def test_old_cuda_with_fp8_on_h100_fails_the_hard_rule(tmp_path: Path) -> None:
     assert code == 0
 
 
-@pytest.mark.parametrize(
-    "engine,refused",
-    [
-        ({"tensorParallelSize": 2}, "refuses tensor_parallel_size > 1"),
-        ({"quantization": "awq"}, "refuses quantization 'awq'"),
-        ({"quantization": "gguf"}, None),
-        ({"quantization": "none", "tensorParallelSize": 1}, None),
-    ],
-)
-def test_values_the_engine_would_refuse_fail_before_the_install(tmp_path: Path, engine, refused) -> None:
-    """The engine exits at startup on these (a CrashLoopBackOff after the install): preflight says why first."""
-    code, report = run_preflight(tmp_path, healthy_cluster(), {**FULL_VALUES, "engine": engine})
-    result = check(report, "engine-values")
-    if refused is None:
-        assert result["status"] == "PASS" and code == 0
-    else:
-        assert result["status"] == "FAIL" and refused in result["observed"] and code == 1
-
-
 def test_tensor_parallel_larger_than_any_node_fails(tmp_path: Path) -> None:
     values = {**FULL_VALUES, "engine": {"tensorParallelSize": 16}}
     code, report = run_preflight(tmp_path, healthy_cluster(), values)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pagedserve.layers.gguf_quant import QuantizedTensor, gguf_linear
+from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
 from pagedserve.ops import cpu as cpu_ops
 
 
@@ -67,7 +67,7 @@ class LinearBase(nn.Module):
             if self.weight_type == loaded.qtype:
                 return loaded
         if self.weight_type is not None:  # float parts after quantized ones: widen what has been loaded
-            widened = gguf_dequantize_layer(self.weight.data, self.weight_type, self.input_size)
+            widened = dequantize(self.weight.data, self.weight_type, self.input_size)
             self.weight = nn.Parameter(widened.to(self._float_dtype), requires_grad=False)
             self.weight_type = None
         if isinstance(loaded, QuantizedTensor):
@@ -104,10 +104,6 @@ def _checked(loaded: torch.Tensor, shape: tuple[int, ...], shard_id: str | None)
         what = f"{shard_id} shape" if shard_id else "weight shape"
         raise ValueError(f"{what} {tuple(loaded.shape)} does not match {shape}")
     return loaded
-
-
-def gguf_dequantize_layer(blocks: torch.Tensor, qtype: int, cols: int) -> torch.Tensor:
-    return QuantizedTensor(blocks, qtype, (blocks.shape[0], cols)).dequantize()
 
 
 # Above this many rows a float32 x bfloat16-weight product widens the weight once and uses PyTorch's GEMM: the

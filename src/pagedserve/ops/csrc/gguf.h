@@ -36,7 +36,7 @@ static inline float gguf_half(const uint8_t *p) {
     memcpy(&h, p, sizeof h);
 #if defined(__F16C__)
     return _cvtsh_ss(h);
-#endif
+#else
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     const uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
     uint32_t bits;
@@ -52,6 +52,7 @@ static inline float gguf_half(const uint8_t *p) {
     float out;
     memcpy(&out, &bits, sizeof out);
     return out;
+#endif
 }
 
 #if defined(__AVX2__)
@@ -88,8 +89,7 @@ static inline void gguf_dequantize_block(const uint8_t *block, int qtype, float 
     __m256 w[4];
     gguf_block_vectors(block, qtype, w);
     for (int p = 0; p < 4; ++p) _mm256_storeu_ps(out + 8 * p, w[p]);
-    return;
-#endif
+#else
     const float d = gguf_half(block);
     if (qtype == GGUF_Q8_0) {
         const int8_t *q = (const int8_t *)(block + 2);
@@ -108,5 +108,6 @@ static inline void gguf_dequantize_block(const uint8_t *block, int qtype, float 
             out[j + GGUF_BLOCK / 2] = d * (float)((int)(q[j] >> 4) - 8);
         }
     }
+#endif
 }
 #endif
