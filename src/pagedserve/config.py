@@ -20,7 +20,7 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 
 
 # --quantization values the engine runs (ModelConfig.quantization).
-QUANTIZATION_CHOICES = ("gguf", "none")
+QUANTIZATION_CHOICES = ("gguf", "compressed-tensors", "none")
 
 
 @dataclass
@@ -42,9 +42,11 @@ class ModelConfig:
 
     quantization: str | None = None
     """Weight quantization, as vLLM's flag. "gguf": a .gguf file's Q4_0, Q4_1 and Q8_0 matrices stay in their
-    blocks (other types are dequantized at load; other files are refused); "none": every GGUF tensor is
-    dequantized at load. Unset: "gguf" for a .gguf file where this CPU's kernels multiply blocks at every batch
-    size (AVX2), else "none". Other schemes are refused by name."""
+    blocks (other types are dequantized at load; other files are refused); "compressed-tensors": a checkpoint
+    with a compressed-tensors quantization_config (W4A16, W8A16, W8A8, FP8) keeps its quantized layers; "none":
+    every quantized tensor is dequantized at load. Unset: the checkpoint's quantization_config, or "gguf" for a
+    .gguf file where this CPU's kernels multiply blocks at every batch size (AVX2), else "none". A value that
+    contradicts the checkpoint, and other schemes, are refused by name."""
 
     seed: int = 0
     """Seed for random weights (dummy) and for sampling of requests that give no seed."""

@@ -44,7 +44,9 @@ class LLMEngine:
             raise ValueError("tensor_parallel_size > 1 is not implemented yet")
         source = resolve_model_source(mc.model, mc.load_format)
         device = resolve_device(mc.device)
-        quantization = resolve_quantization(mc.quantization, source.format, has_gguf_panel_kernels(device))
+        quantization = resolve_quantization(
+            mc.quantization, source.format, has_gguf_panel_kernels(device), source.quantization_method
+        )
         if source.format == "gguf" and mc.quantization in (None, ""):
             logger.info(
                 "quantization: %s", "gguf (Q4_0/Q4_1/Q8_0 blocks kept, multiplied by this CPU's kernels)"
@@ -61,8 +63,9 @@ class LLMEngine:
             raise ValueError(
                 f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len}"
             )
-        dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, source.format == "gguf", device)
-        weights = None if source.format == "dummy" else source.iter_weights(quantization == "gguf")
+        quantized_source = source.format == "gguf" or source.quantization_method is not None
+        dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, quantized_source, device)
+        weights = None if source.format == "dummy" else source.iter_weights(quantization is not None)
         self.runner = ModelRunner(
             hf_config, mc, cc, max_model_len, weights, dtype, device, weight_dtype=weight_dtype
         )

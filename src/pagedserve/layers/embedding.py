@@ -6,17 +6,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedserve.layers.ct_quant import ScaledTensor
 from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
 from pagedserve.layers.linear import linear
 
 
-def load_table(module: VocabEmbedding | LMHead, loaded: torch.Tensor | QuantizedTensor) -> None:
-    """A [vocab, hidden] table: GGUF blocks are kept as they are, float tensors copied in the module's dtype."""
+def load_table(
+    module: VocabEmbedding | LMHead, loaded: torch.Tensor | QuantizedTensor | ScaledTensor
+) -> None:
+    """A [vocab, hidden] table: GGUF blocks are kept as they are (a quantized compressed-tensors LM head is
+    repacked into them), int8 / float8 tables and float tensors copied in the module's dtype."""
     if isinstance(loaded, QuantizedTensor) and loaded.shape == tuple(module.weight.shape):
         module.weight = nn.Parameter(loaded.data, requires_grad=False)
         module.weight_type = loaded.qtype
         return
-    if isinstance(loaded, QuantizedTensor):
+    if isinstance(loaded, QuantizedTensor | ScaledTensor):
         loaded = loaded.dequantize()
     if tuple(loaded.shape) != tuple(module.weight.shape):
         raise ValueError(f"weight shape {tuple(loaded.shape)} does not match {tuple(module.weight.shape)}")

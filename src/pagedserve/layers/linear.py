@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedserve.layers.ct_quant import ScaledTensor, scaled_linear
 from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
 from pagedserve.ops import cpu as cpu_ops
 
@@ -33,13 +34,18 @@ class LinearBase(nn.Module):
 
     weight_type: int | None = None
     """GGML type of a weight kept in GGUF blocks (gguf_quant.py); None for a float weight."""
+    activation_scheme: str | None = None
+    """For an int8 / float8 weight (ScaledTensor, with the `weight_scale` buffer): how activations are quantized."""
 
     def shard_rows(self, shard_id: str | None) -> tuple[int, int]:
         """(first row, rows) of the weight that a checkpoint tensor fills."""
         return 0, self.output_size
 
     def weight_loader(
-        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedTensor, shard_id: str | None = None
+        self,
+        param: nn.Parameter,
+        loaded: torch.Tensor | QuantizedTensor | ScaledTensor,
+        shard_id: str | None = None,
     ) -> None:
         offset, size = self.shard_rows(shard_id)
         if param is self.bias:
@@ -48,15 +54,26 @@ class LinearBase(nn.Module):
             # The weight may have been replaced (kept quantized, or back to float): never trust `param` for it.
             loaded = self._prepare_weight(loaded)
             target = self.weight.data.narrow(0, offset, size)
-            if isinstance(loaded, QuantizedTensor):
+            if isinstance(loaded, ScaledTensor):
+                self.weight_scale.narrow(0, offset, size).copy_(_checked(loaded.scale, (size,), shard_id))
+            if isinstance(loaded, QuantizedTensor | ScaledTensor):
                 loaded = loaded.data
         target.copy_(_checked(loaded, tuple(target.shape), shard_id))
 
-    def _prepare_weight(self, loaded: torch.Tensor | QuantizedTensor) -> torch.Tensor | QuantizedTensor:
+    def _prepare_weight(
+        self, loaded: torch.Tensor | QuantizedTensor | ScaledTensor
+    ) -> torch.Tensor | QuantizedTensor | ScaledTensor:
         """Keeps GGUF blocks when every tensor of this layer comes in the same type; otherwise (a merged layer
-        whose parts differ, as in Q4_K_M files) the layer is float and quantized parts are dequantized."""
+        whose parts differ, as in Q4_K_M files) the layer is float and quantized parts are dequantized. int8 /
+        float8 weights (ScaledTensor) are kept when every part has the same storage and activation scheme."""
         first = not getattr(self, "_weight_loaded", False)
         self._weight_loaded = True
+        if (
+            isinstance(loaded, ScaledTensor)
+            or self.activation_scheme is not None
+            or hasattr(self, "weight_scale")
+        ):
+            return self._prepare_scaled(loaded, first)
         if isinstance(loaded, QuantizedTensor) and loaded.shape[1] == self.input_size:
             if first:
                 self._float_dtype = self.weight.dtype
@@ -74,9 +91,33 @@ class LinearBase(nn.Module):
             return loaded.dequantize().to(self.weight.dtype)
         return loaded.to(self.weight.dtype)
 
+    def _prepare_scaled(
+        self, loaded: torch.Tensor | QuantizedTensor | ScaledTensor, first: bool
+    ) -> ScaledTensor:
+        if first and isinstance(loaded, ScaledTensor) and loaded.shape[1] == self.input_size:
+            data = torch.empty(self.output_size, self.input_size, dtype=loaded.data.dtype)
+            self.weight = nn.Parameter(data, requires_grad=False)
+            self.register_buffer("weight_scale", torch.empty(self.output_size, dtype=torch.float32))
+            self.activation_scheme = loaded.activations or ""
+            return loaded
+        if (
+            isinstance(loaded, ScaledTensor)
+            and hasattr(self, "weight_scale")
+            and loaded.data.dtype == self.weight.dtype
+            and (loaded.activations or "") == self.activation_scheme
+        ):
+            return loaded
+        # Parts of one merged layer (q|k|v, gate|up) saved in different schemes: rare enough to refuse.
+        raise ValueError(
+            f"the parts of one merged layer ({self.output_size}x{self.input_size}) are stored in different "
+            "quantization schemes; give them one compressed-tensors config group"
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_type is not None:
             return gguf_linear(x, self.weight, self.weight_type, self.input_size, self.bias)
+        if self.activation_scheme is not None:
+            return scaled_linear(x, self.weight, self.weight_scale, self.activation_scheme or None, self.bias)
         return linear(x, self.weight, self.bias)
 
 

@@ -13,9 +13,11 @@ import gguf
 import torch
 import transformers
 
+from pagedserve.layers.ct_quant import ScaledTensor
 from pagedserve.layers.gguf_quant import QuantizedTensor
-from pagedserve.models import gguf_config, gguf_weights, hf_folder
+from pagedserve.models import ct_weights, gguf_config, gguf_weights, hf_folder
 from pagedserve.models.bundled import BUNDLED_MODEL_NAME, bundled_model_path
+from pagedserve.models.ct_scheme import CompressedTensorsConfig, parse_compressed_tensors_config
 from pagedserve.models.weight_progress import with_progress
 
 SourceFormat = Literal["safetensors", "gguf", "dummy"]
@@ -34,15 +36,20 @@ class ModelSource:
     generation_defaults: dict[str, Any]
     """Default sampling parameters from generation_config.json (or GGUF general.sampling.*); {} if none."""
     eos_token_ids: list[int]
+    quantization_method: str | None = None
+    """The checkpoint's quantization_config.quant_method (config.json), e.g. "compressed-tensors"; None if unset."""
+    compressed_tensors: CompressedTensorsConfig | None = None
+    """The validated quantization_config of a compressed-tensors checkpoint."""
     _gguf_reader: gguf.GGUFReader | None = field(default=None, repr=False, compare=False)
 
     def iter_weights(
         self, keep_quantized: bool = False
-    ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
+    ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor | ScaledTensor]]:
         """(Hugging Face parameter name, tensor) pairs, one tensor read at a time, with a progress bar on
         stderr. GGUF matrices come as their blocks (QuantizedTensor) where `keep_quantized` and the engine
-        multiplies that type, other GGUF quantized types dequantized to float32; other tensors keep their stored
-        dtype. `lm_head.weight` only appears for untied models."""
+        multiplies that type, other GGUF quantized types dequantized to float32; compressed-tensors layers as
+        GGUF blocks or ScaledTensor where `keep_quantized`, else float32 (ct_weights.py); other tensors keep their
+        stored dtype. `lm_head.weight` only appears for untied models."""
         if self.format == "dummy":
             raise ValueError("load_format 'dummy' has no weights: initialise the model randomly instead")
         if self.format == "gguf":
@@ -59,7 +66,10 @@ class ModelSource:
             total_bytes = sum(file.stat().st_size for file in files)
             first_file = files[0].name
         # Not a generator itself, so bad calls (dummy, missing shards) fail at the call, not at first next().
-        return self._skip_tied_head(with_progress(stream, total_bytes, first_file))
+        pairs = with_progress(stream, total_bytes, first_file)
+        if self.compressed_tensors is not None:
+            pairs = ct_weights.iter_compressed_weights(pairs, self.compressed_tensors, keep_quantized)
+        return self._skip_tied_head(pairs)
 
     def _skip_tied_head(
         self, weights: Iterator[tuple[str, torch.Tensor]]
@@ -79,22 +89,45 @@ class ModelSource:
 
 
 def resolve_quantization(
-    requested: str | None, source_format: SourceFormat, fast_gguf_kernels: bool
+    requested: str | None,
+    source_format: SourceFormat,
+    fast_gguf_kernels: bool,
+    checkpoint_method: str | None = None,
 ) -> str | None:
-    """The quantization the engine runs: "gguf" (GGUF blocks kept) or None (float weights). Unset, a GGUF file
-    keeps its blocks where the host has kernels that multiply them at every batch size (`fast_gguf_kernels`);
-    elsewhere it is dequantized at load, which there is faster past a few rows (docs/architecture.md)."""
-    if requested in (None, ""):
-        return "gguf" if source_format == "gguf" and fast_gguf_kernels else None
+    """The quantization the engine runs: "gguf" (GGUF blocks kept), "compressed-tensors" (a checkpoint's
+    quantized layers kept, ct_weights.py) or None (float weights). Unset, it is the checkpoint's: its
+    quantization_config, or a GGUF file's blocks where the host has kernels that multiply them at every batch
+    size (`fast_gguf_kernels`; elsewhere dequantized at load, faster there past a few rows, docs/architecture.md).
+    "none" dequantizes any quantized checkpoint at load. A value that contradicts the checkpoint is refused."""
+    if checkpoint_method is not None and checkpoint_method != "compressed-tensors":
+        raise ValueError(
+            f"the checkpoint's quantization_config quant_method {checkpoint_method!r} is not supported yet; "
+            "supported: compressed-tensors, and GGUF files"
+        )
     if requested == "none":
         return None
+    if checkpoint_method is not None:
+        if requested in (None, "", checkpoint_method):
+            return checkpoint_method
+        raise ValueError(
+            f"quantization {requested!r} does not match the checkpoint, whose quantization_config says "
+            f"{checkpoint_method!r}"
+        )
+    if requested in (None, ""):
+        return "gguf" if source_format == "gguf" and fast_gguf_kernels else None
     if requested == "gguf":
         if source_format != "gguf":
             raise ValueError("quantization 'gguf' needs a .gguf model file")
         return "gguf"
+    if requested == "compressed-tensors":
+        raise ValueError(
+            "quantization 'compressed-tensors' needs a checkpoint whose config.json has a compressed-tensors "
+            "quantization_config"
+        )
     raise ValueError(
         f"quantization {requested!r} is not supported yet; supported: gguf (a .gguf file's Q4_0/Q4_1/Q8_0 "
-        "blocks kept as they are), none (GGUF weights dequantized at load)"
+        "blocks kept as they are), compressed-tensors (W4A16, W8A16, W8A8, FP8 checkpoints), none (weights "
+        "dequantized at load)"
     )
 
 
@@ -165,6 +198,7 @@ def _resolve_folder(path: pathlib.Path, name: str, dummy: bool) -> ModelSource:
     if not dummy:
         hf_folder.find_safetensors_files(path)  # fail now, not after the engine has started
     defaults, generation_eos = hf_folder.read_generation_config(path)
+    method, compressed = _checkpoint_quantization(config)
     return ModelSource(
         name=name,
         path=path,
@@ -172,7 +206,23 @@ def _resolve_folder(path: pathlib.Path, name: str, dummy: bool) -> ModelSource:
         hf_config=config,
         generation_defaults=defaults,
         eos_token_ids=hf_folder.merged_eos_token_ids(generation_eos, getattr(config, "eos_token_id", None)),
+        quantization_method=method,
+        compressed_tensors=compressed,
     )
+
+
+def _checkpoint_quantization(
+    config: transformers.PretrainedConfig,
+) -> tuple[str | None, CompressedTensorsConfig | None]:
+    """(quant_method, parsed compressed-tensors config) from config.json's quantization_config."""
+    raw = getattr(config, "quantization_config", None)
+    if raw is None:
+        return None, None
+    raw = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
+    method = str(raw.get("quant_method", "")) or None
+    if method == "compressed-tensors":
+        return method, parse_compressed_tensors_config(raw)
+    return method, None
 
 
 def load_tokenizer(source: ModelSource, tokenizer: str | None = None) -> transformers.PreTrainedTokenizerBase:

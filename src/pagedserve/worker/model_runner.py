@@ -160,7 +160,8 @@ class ModelRunner:
             if missing:
                 raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
         self.model.eval()
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        scales = [b for name, b in self.model.named_buffers() if name.endswith("weight_scale")]
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *scales])
         budget = kv_cache_budget_bytes(cache_config, device)
         per_block = kv_bytes_per_block(hf_config, self.block_size, dtype)
         self.num_blocks = budget // per_block

@@ -4,24 +4,17 @@ quantized, match the same file dequantized at load."""
 
 from __future__ import annotations
 
-import pathlib
-
 import gguf
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_steps import load_model, logits_of
 from tiny_gguf_writer import write_tiny_gguf
 
-from pagedserve.attention.backend import get_attention_backend
-from pagedserve.core.request import Request
-from pagedserve.core.scheduler_output import ScheduledSequence
 from pagedserve.layers import gguf_quant
 from pagedserve.layers.gguf_quant import QuantizedTensor
-from pagedserve.models.loader import resolve_model_source, resolve_quantization
-from pagedserve.models.registry import resolve_model_class
-from pagedserve.worker.inputs import prepare_inputs
-from pagedserve.worker.kv_cache import allocate_kv_caches
+from pagedserve.models.loader import resolve_quantization
 
 Q = gguf.GGMLQuantizationType
 KEPT = [Q.Q4_0, Q.Q4_1, Q.Q8_0]
@@ -89,30 +82,6 @@ def test_the_avx2_level_has_the_panel_kernels(isa_level) -> None:
     from pagedserve.worker.model_runner import has_gguf_panel_kernels
 
     assert has_gguf_panel_kernels(torch.device("cpu")) == (isa_level == "avx2")
-
-
-def load_model(path: pathlib.Path, keep_quantized: bool):
-    source = resolve_model_source(str(path))
-    model = (
-        resolve_model_class(source.hf_config)(source.hf_config, get_attention_backend("cpu")).float().eval()
-    )
-    model.load_weights(source.iter_weights(keep_quantized))
-    return source.hf_config, model
-
-
-def logits_of(model, config, tokens: list[int], chunks: list[int]) -> torch.Tensor:
-    caches = allocate_kv_caches(config, 8, BLOCK, torch.float32, torch.device("cpu"))
-    request = Request("r", tokens, None, 0.0, 10)
-    blocks = list(range(-(-len(tokens) // BLOCK)))
-    outputs = []
-    for size in chunks:
-        step = prepare_inputs(
-            [ScheduledSequence(request, size, blocks, samples=False)], BLOCK, torch.device("cpu")
-        )
-        with torch.no_grad():
-            outputs.append(model.compute_logits(model(step.input_ids, step.positions, caches, step.metadata)))
-        request.num_computed_tokens += size
-    return torch.cat(outputs)
 
 
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)

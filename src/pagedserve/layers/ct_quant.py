@@ -1,0 +1,134 @@
+"""compressed-tensors weights in memory, and their products.
+
+Weight-only int4 / int8 schemes (W4A16, W8A16) are repacked at load into GGUF blocks of 32 weights, which the
+GGUF kernels already multiply on every ISA level (gguf_quant.py): symmetric int4 with scale s is exactly Q4_0
+(d = s, nibble = q + 8), asymmetric int4 is Q4_1 (d = s, m = -s (8 + zero point)), symmetric int8 is Q8_0. A group
+of 64 or 128 weights is 2 or 4 blocks with the same scale. Scales are stored in float16 there: bfloat16 scales
+convert exactly (their 8 mantissa bits fit in float16's 11) inside float16's range, which is checked; Q4_1's m is
+rounded once to float16 (relative error <= 2^-11).
+
+W8A8 (int8 weights, per-channel scales, dynamic int8 activations) and FP8 (float8 e4m3 weights, dynamic float8
+activations) stay as `ScaledTensor`: int8 rows multiplied by torch._int_mm after quantizing each row of the
+activations (vLLM's dynamic per-token scheme, scale = absmax / 127); float8 weights widened per call (correct, not
+fast: no float8 kernel on these CPUs yet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pagedserve.layers.gguf_quant import GGUF_BLOCK, QuantizedTensor
+
+Q4_0, Q4_1, Q8_0 = 2, 3, 8
+FP8_MAX = 448.0  # largest float8 e4m3fn value
+INT8_MAX = 127.0
+
+
+@dataclass
+class ScaledTensor:
+    """int8 or float8_e4m3fn weights [rows, cols] with one float32 scale per row; weight = data * scale."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+    """float32 [rows] (a per-tensor scale repeated on every row)."""
+    activations: str | None
+    """Dynamic activation quantization: "token", "tensor", or None (activations stay in float)."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    def dequantize(self) -> torch.Tensor:
+        return self.data.float() * self.scale[:, None]
+
+
+def _per_row_scales(values: torch.Tensor, strategy: str, maximum: float) -> torch.Tensor:
+    if strategy == "token":
+        amax = values.abs().amax(dim=-1, keepdim=True)
+    else:
+        amax = values.abs().amax().reshape(1, 1)
+    return (amax / maximum).clamp(min=1e-12)
+
+
+def scaled_linear(
+    x: torch.Tensor,
+    data: torch.Tensor,
+    scale: torch.Tensor,
+    activations: str | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """x [tokens, cols] @ (data * scale)^T (+ bias), activations quantized as the checkpoint's scheme says;
+    float32 arithmetic, returned in x's dtype."""
+    x32 = x.float()
+    if data.dtype == torch.int8 and activations is not None:
+        x_scale = _per_row_scales(x32, activations, INT8_MAX)
+        xq = torch.round(x32 / x_scale).clamp(-128, 127).to(torch.int8)
+        out = torch._int_mm(xq, data.t()).float() * x_scale * scale
+    else:
+        if activations is not None:  # float8 activations: the values the checkpoint was calibrated with
+            x_scale = _per_row_scales(x32, activations, FP8_MAX)
+            x32 = (x32 / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * x_scale
+        out = F.linear(x32, data.float() * scale[:, None])
+    if bias is not None:
+        out = out + bias.float()
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def _float16_scales(scale: torch.Tensor, layer: str) -> torch.Tensor:
+    half = scale.float().to(torch.float16)
+    relative = ((half.float() - scale.float()).abs() / scale.float().abs().clamp(min=1e-30)).max().item()
+    if not torch.isfinite(half).all() or relative > 2**-10:
+        raise ValueError(f"{layer}: weight scales outside float16's range (the GGUF blocks they repack into)")
+    return half
+
+
+def _as_bytes(values: torch.Tensor) -> torch.Tensor:
+    """[..., n] float16 -> [..., 2n] uint8, little-endian as GGUF stores it."""
+    return values.contiguous().view(torch.uint8)
+
+
+def int_to_gguf_blocks(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, bits: int, layer: str
+) -> QuantizedTensor:
+    """Signed int weights q [rows, cols] (int4 in [-8, 7] or int8), scales [rows, groups] (groups 1 for per
+    channel) and signed zero points like the scales (None: symmetric) as Q4_0 / Q4_1 / Q8_0 blocks."""
+    rows, cols = q.shape
+    groups = scale.shape[1]
+    if cols % GGUF_BLOCK or cols % groups or (cols // groups) % GGUF_BLOCK:
+        raise ValueError(
+            f"{layer}: {cols} columns in {groups} groups do not split into blocks of {GGUF_BLOCK}"
+        )
+    per_group = cols // groups // GGUF_BLOCK
+    d = _float16_scales(scale, layer).repeat_interleave(per_group, dim=1)  # [rows, blocks]
+    blocks = q.reshape(rows, cols // GGUF_BLOCK, GGUF_BLOCK)
+    head = _as_bytes(d.unsqueeze(-1))  # [rows, blocks, 2]
+    if bits == 8:
+        if zero_point is not None:
+            raise ValueError(f"{layer}: asymmetric int8 weights are not supported")
+        data, qtype = torch.cat((head, blocks.to(torch.int8).view(torch.uint8)), dim=-1), Q8_0
+    else:
+        nibbles = (blocks.to(torch.int16) + 8).to(torch.uint8)  # weights 0-15 low nibbles, 16-31 high
+        packed = nibbles[..., : GGUF_BLOCK // 2] | (nibbles[..., GGUF_BLOCK // 2 :] << 4)
+        if zero_point is None:
+            data, qtype = torch.cat((head, packed), dim=-1), Q4_0
+        else:
+            m = -scale.float() * (8 + zero_point.float())
+            m = m.to(torch.float16).repeat_interleave(per_group, dim=1)
+            data, qtype = torch.cat((head, _as_bytes(m.unsqueeze(-1)), packed), dim=-1), Q4_1
+    return QuantizedTensor(data.reshape(rows, -1).contiguous(), qtype, (rows, cols))
+
+
+def unpack_int32(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """compressed-tensors' pack_to_int32 undone along the last dim: value i of a row sits at bits [bits*i,
+    bits*(i+1)) of the row's little-endian int32 words, stored with an offset of 2^(bits-1); signed int8 out."""
+    raw = packed.contiguous().view(torch.uint8)  # little-endian: the bytes in bit order
+    if bits == 8:
+        values = raw
+    elif bits == 4:
+        values = torch.stack((raw & 15, raw >> 4), dim=-1).reshape(*raw.shape[:-1], -1)
+    else:
+        raise ValueError(f"{bits}-bit packed weights are not supported")
+    return (values[..., :count].to(torch.int16) - (1 << (bits - 1))).to(torch.int8)

@@ -1,0 +1,166 @@
+"""A compressed-tensors checkpoint's `quantization_config` (config.json, written by llm-compressor): which scheme
+each linear layer was saved in, validated against what the engine runs. Plain data; no torch.
+
+The schemes run (vLLM's names): weight-only int4 / int8 with group or channel scales ("pack-quantized", W4A16
+symmetric or not, W8A16), int8 weights with per-channel scales and dynamic int8 activations ("int-quantized",
+W8A8), float8 e4m3 weights with per-tensor or per-channel scales and dynamic activations ("float-quantized",
+FP8_DYNAMIC). Anything else is refused naming the layer and what it asks for.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+SUPPORTED_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized", "float-quantized")
+# GGUF blocks the weight-only int schemes are repacked into hold 32 weights (layers/ct_quant.py).
+GROUP_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class ActivationScheme:
+    type: str
+    """"int" (int8) or "float" (float8 e4m3)."""
+    strategy: str
+    """"token" (one scale per row of the activations) or "tensor"."""
+
+
+@dataclass(frozen=True)
+class WeightScheme:
+    format: str
+    """How the weight is stored: pack-quantized (int32 words), int-quantized / naive-quantized (int8),
+    float-quantized (float8_e4m3fn)."""
+    type: str
+    """"int" or "float"."""
+    num_bits: int
+    strategy: str
+    """"channel", "group" or "tensor": one scale per output row, per `group_size` weights of a row, or one."""
+    group_size: int | None
+    symmetric: bool
+    """False: a zero point per scale (weight_zero_point)."""
+    activations: ActivationScheme | None
+    """Dynamic activation quantization; None for weight-only (A16) schemes."""
+
+    def describe(self) -> str:
+        what = f"{self.format} {self.type}{self.num_bits} {self.strategy}"
+        if self.group_size:
+            what += f" {self.group_size}"
+        if not self.symmetric:
+            what += " asymmetric"
+        if self.activations:
+            what += f", {self.activations.type}8 {self.activations.strategy} activations"
+        return what
+
+
+@dataclass(frozen=True)
+class CompressedTensorsConfig:
+    groups: tuple[tuple[tuple[str, ...], WeightScheme], ...]
+    """(targets, scheme) per config group, in the file's order."""
+    ignore: tuple[str, ...]
+
+    def scheme_for(self, module: str) -> WeightScheme | None:
+        """The scheme of linear layer `module` (a Hugging Face module name), None where it is not quantized."""
+        if any(_matches(target, module) for target in self.ignore):
+            return None
+        for targets, scheme in self.groups:
+            if any(_matches(target, module) for target in targets):
+                return scheme
+        return None
+
+
+def _matches(target: str, module: str) -> bool:
+    # compressed-tensors' rules: a class name ("Linear": every linear layer asked about here), "re:<pattern>"
+    # matched from the start of the name, or the exact module name.
+    if target == "Linear":
+        return True
+    if target.startswith("re:"):
+        return re.match(target[3:], module) is not None
+    return target == module
+
+
+def parse_compressed_tensors_config(config: dict[str, Any]) -> CompressedTensorsConfig:
+    """Validates `quantization_config`; ValueError naming the field for what the engine does not run."""
+    status = config.get("quantization_status", "compressed")
+    if status != "compressed":
+        raise ValueError(
+            f"compressed-tensors quantization_status {status!r} is not supported: only checkpoints saved "
+            "compressed (quantization_status 'compressed') are"
+        )
+    for field in ("sparsity_config", "transform_config"):
+        if config.get(field):
+            raise ValueError(f"compressed-tensors {field} is not supported yet")
+    if config.get("kv_cache_scheme"):
+        raise ValueError(
+            "compressed-tensors kv_cache_scheme is not supported yet (KV cache stays unquantized)"
+        )
+    groups = config.get("config_groups") or {}
+    if not isinstance(groups, dict) or not groups:
+        raise ValueError("compressed-tensors quantization_config has no config_groups")
+    parsed = []
+    for name, group in groups.items():
+        targets = tuple(group.get("targets") or ())
+        if not targets:
+            raise ValueError(f"compressed-tensors config group {name!r} has no targets")
+        parsed.append((targets, _parse_scheme(name, group, config.get("format"))))
+    return CompressedTensorsConfig(groups=tuple(parsed), ignore=tuple(config.get("ignore") or ()))
+
+
+def _parse_scheme(name: str, group: dict[str, Any], default_format: str | None) -> WeightScheme:
+    where = f"compressed-tensors config group {name!r}"
+    fmt = group.get("format") or default_format
+    if fmt not in SUPPORTED_FORMATS:
+        raise ValueError(
+            f"{where}: format {fmt!r} is not supported (supported: {', '.join(SUPPORTED_FORMATS)})"
+        )
+    weights = group.get("weights")
+    if not weights:
+        raise ValueError(f"{where}: no weights scheme (activation-only quantization is not supported)")
+    if group.get("output_activations"):
+        raise ValueError(f"{where}: output_activations quantization is not supported")
+    kind, bits = weights.get("type", "int"), int(weights.get("num_bits", 8))
+    strategy, group_size = weights.get("strategy"), weights.get("group_size")
+    symmetric = bool(weights.get("symmetric", True))
+    if weights.get("dynamic"):
+        raise ValueError(f"{where}: dynamic weight quantization is not supported")
+    if weights.get("actorder") not in (None, False, "static", "weight"):
+        raise ValueError(f"{where}: weights actorder {weights['actorder']!r} is not supported yet")
+    if strategy == "group" and (not group_size or group_size % GROUP_MULTIPLE):
+        raise ValueError(f"{where}: group_size {group_size} must be a multiple of {GROUP_MULTIPLE}")
+    activations = _parse_activations(where, group.get("input_activations"))
+    scheme = WeightScheme(fmt, kind, bits, strategy, group_size, symmetric, activations)
+    if kind == "int" and fmt != "float-quantized":
+        if activations is None:
+            ok = bits in (4, 8) and strategy in ("group", "channel") and (bits == 4 or symmetric)
+        else:
+            ok = bits == 8 and strategy == "channel" and symmetric and activations.type == "int"
+    elif kind == "float" and fmt == "float-quantized":
+        ok = bits == 8 and strategy in ("tensor", "channel") and symmetric
+        ok = ok and (activations is None or activations.type == "float")
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{where}: weights {scheme.describe()} are not supported; supported: W4A16 (int4, group or channel, "
+            "symmetric or not), W8A16 (int8, group or channel, symmetric), W8A8 (int8 channel weights, dynamic "
+            "int8 activations), FP8 (float8 e4m3 tensor or channel weights, dynamic float8 activations)"
+        )
+    return scheme
+
+
+def _parse_activations(where: str, activations: dict[str, Any] | None) -> ActivationScheme | None:
+    if not activations:
+        return None
+    kind, strategy = activations.get("type", "int"), activations.get("strategy")
+    if not activations.get("dynamic"):
+        raise ValueError(
+            f"{where}: static input_activations scales are not supported yet (only dynamic activations)"
+        )
+    if int(activations.get("num_bits", 8)) != 8 or strategy not in ("token", "tensor"):
+        raise ValueError(
+            f"{where}: input_activations {kind}{activations.get('num_bits')} {strategy} are not supported "
+            "(only 8-bit, per token or per tensor)"
+        )
+    if not activations.get("symmetric", True):
+        raise ValueError(f"{where}: asymmetric input_activations are not supported")
+    return ActivationScheme(kind, strategy)

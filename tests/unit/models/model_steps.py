@@ -1,0 +1,42 @@
+"""Load a checkpoint into the model as the engine does, and run prefill chunks and decode steps on it: the
+logits, for tests that compare one way of loading with another."""
+
+from __future__ import annotations
+
+import pathlib
+
+import torch
+
+from pagedserve.attention.backend import get_attention_backend
+from pagedserve.core.request import Request
+from pagedserve.core.scheduler_output import ScheduledSequence
+from pagedserve.models.loader import resolve_model_source
+from pagedserve.models.registry import resolve_model_class
+from pagedserve.worker.inputs import prepare_inputs
+from pagedserve.worker.kv_cache import allocate_kv_caches
+
+BLOCK = 4
+
+
+def load_model(path: pathlib.Path, keep_quantized: bool):
+    source = resolve_model_source(str(path))
+    model = (
+        resolve_model_class(source.hf_config)(source.hf_config, get_attention_backend("cpu")).float().eval()
+    )
+    model.load_weights(source.iter_weights(keep_quantized))
+    return source.hf_config, model
+
+
+def logits_of(model, config, tokens: list[int], chunks: list[int]) -> torch.Tensor:
+    caches = allocate_kv_caches(config, 8, BLOCK, torch.float32, torch.device("cpu"))
+    request = Request("r", tokens, None, 0.0, 10)
+    blocks = list(range(-(-len(tokens) // BLOCK)))
+    outputs = []
+    for size in chunks:
+        step = prepare_inputs(
+            [ScheduledSequence(request, size, blocks, samples=False)], BLOCK, torch.device("cpu")
+        )
+        with torch.no_grad():
+            outputs.append(model.compute_logits(model(step.input_ids, step.positions, caches, step.metadata)))
+        request.num_computed_tokens += size
+    return torch.cat(outputs)

@@ -1,0 +1,113 @@
+"""Tiny compressed-tensors checkpoints written by the compressed-tensors library itself (the writer llm-compressor
+uses): a random transformers Llama, a preset scheme applied, min-max weight scales (what llm-compressor's default
+observer computes, without a calibration set), compressed and saved with the library's ModelCompressor. Also the
+library's own decompression of every quantized layer, the tests' reference weights."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import torch
+import transformers
+from compressed_tensors.compressors import BaseCompressor, ModelCompressor
+from compressed_tensors.quantization import (
+    QuantizationConfig,
+    QuantizationScheme,
+    QuantizationStatus,
+    apply_quantization_config,
+    preset_name_to_scheme,
+)
+from compressed_tensors.quantization.utils import calculate_qparams
+from safetensors import safe_open
+
+FORMATS = {
+    "W4A16": "pack-quantized",
+    "W4A16_ASYM": "pack-quantized",
+    "W8A16": "pack-quantized",
+    "W8A8": "int-quantized",
+    "FP8_DYNAMIC": "float-quantized",
+}
+
+
+def tiny_llama(seed: int = 0, tied: bool = False) -> transformers.LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tied,
+    )
+    return transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+
+
+def _min_max_scales(module: torch.nn.Module) -> None:
+    args = module.quantization_scheme.weights
+    weight = module.weight.float()
+    if args.strategy == "group":
+        grouped = weight.reshape(weight.shape[0], -1, args.group_size)
+        low, high = grouped.amin(-1), grouped.amax(-1)
+    elif args.strategy == "channel":
+        low, high = weight.amin(1, keepdim=True), weight.amax(1, keepdim=True)
+    else:
+        low, high = weight.amin().reshape(1), weight.amax().reshape(1)
+    scale, zero_point = calculate_qparams(low, high, args)
+    module.weight_scale.data.copy_(scale.to(module.weight_scale.dtype).reshape(module.weight_scale.shape))
+    if hasattr(module, "weight_zero_point"):
+        module.weight_zero_point.data.copy_(zero_point.reshape(module.weight_zero_point.shape))
+    module.quantization_status = QuantizationStatus.FROZEN
+
+
+def write_tiny_ct(
+    folder: pathlib.Path,
+    preset: str,
+    group_size: int = 32,
+    strategy: str | None = None,
+    ignore: tuple[str, ...] = ("lm_head",),
+    seed: int = 0,
+) -> pathlib.Path:
+    """A folder (config.json with the quantization_config, model.safetensors) of `preset` (a compressed-tensors
+    preset name); group schemes use `group_size`, `strategy` overrides the weights' strategy."""
+    model = tiny_llama(seed)
+    scheme = preset_name_to_scheme(preset, ["Linear"])
+    if strategy:
+        scheme.weights.strategy = strategy
+        scheme.weights.group_size = group_size if strategy == "group" else None
+    elif scheme.weights.group_size:
+        scheme.weights.group_size = group_size
+    apply_quantization_config(
+        model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=list(ignore))
+    )
+    for module in model.modules():
+        if hasattr(module, "quantization_scheme") and hasattr(module, "weight_scale"):
+            _min_max_scales(module)
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format=FORMATS[preset])
+    compressor.compress_model(model)
+    model.save_pretrained(folder)
+    compressor.update_config(str(folder))
+    return folder
+
+
+def reference_weights(folder: pathlib.Path) -> dict[str, torch.Tensor]:
+    """Every quantized layer's weight as the compressed-tensors library decompresses it (float32)."""
+    config = json.loads((folder / "config.json").read_text())["quantization_config"]
+    group = next(iter(config["config_groups"].values()))
+    scheme = QuantizationScheme(targets=group["targets"], weights=group["weights"])
+    compressor = BaseCompressor.load_from_registry(group["format"])
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(folder / "model.safetensors"), "pt") as stored:
+        for name in stored.keys():
+            module, _, part = name.rpartition(".")
+            quantized_weight = part == "weight" and stored.get_slice(name).get_dtype() in ("I8", "F8_E4M3")
+            if part.startswith("weight_") or quantized_weight:
+                tensor = stored.get_tensor(name)
+                # float32 scales: the library dequantizes in the scale's dtype, bfloat16 as saved
+                parts.setdefault(module, {})[part] = tensor.float() if part == "weight_scale" else tensor
+    return {
+        f"{module}.weight": compressor.decompress(state, scheme)["weight"].float()
+        for module, state in parts.items()
+    }
