@@ -9,8 +9,9 @@ import json
 
 import pytest
 import torch
+import transformers
 from model_steps import load_model, logits_of
-from tiny_ct_writer import reference_weights, write_tiny_ct
+from tests.ct_writer import reference_weights, write_tiny_ct
 
 from pagedserve.layers.ct_quant import int_to_gguf_blocks, scaled_linear, unpack_int32
 from pagedserve.models.ct_scheme import parse_compressed_tensors_config
@@ -86,6 +87,22 @@ def test_scheme_is_kept_quantized_and_follows_its_dequantized_reference(
     assert (got - expected).abs().max().item() <= tolerance
 
 
+@pytest.mark.parametrize("preset", ["W4A16", "W8A16", "W8A8", "FP8_DYNAMIC"])
+def test_kept_logits_follow_transformers_running_the_checkpoint(checkpoints, preset) -> None:
+    """transformers runs compressed-tensors checkpoints itself (decompressing, and quantizing activations as the
+    scheme says): measured within 2e-7 of ours for each scheme, 2026-12-02. (It cannot load the asymmetric
+    W4A16 file the library writes: it expects unpacked zero points, a transformers/compressed-tensors mismatch.)"""
+    folder = checkpoints[preset]
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    config, kept = load_model(folder, keep_quantized=True)
+    tokens = torch.randint(3, config.vocab_size, (1, 11), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(tokens).logits[0]
+    torch.testing.assert_close(
+        logits_of(kept, config, tokens[0].tolist(), [6, 3, 1, 1]), expected, atol=1e-5, rtol=1e-5
+    )
+
+
 def test_channel_scales_and_an_unignored_lm_head(tmp_path) -> None:
     """W4A16 with one scale per row, the LM head quantized too (repacked into GGUF blocks like the layers)."""
     folder = write_tiny_ct(tmp_path / "w4c", "W4A16", strategy="channel", ignore=())
@@ -121,7 +138,7 @@ def test_int8_activations_are_quantized_per_token() -> None:
     scale = torch.rand(48, generator=gen) / 100
     x = torch.randn(5, 64, generator=gen)
     got = scaled_linear(x, weight, scale, "token", None)
-    x_scale = x.abs().amax(1, keepdim=True) / 127
+    x_scale = x.abs().amax(1, keepdim=True) / 127.5  # compressed-tensors: absmax over half the 255 steps
     xq = torch.round(x / x_scale).clamp(-128, 127)
     torch.testing.assert_close(
         got, (xq * x_scale) @ (weight.float() * scale[:, None]).T, atol=1e-5, rtol=1e-5

@@ -1,12 +1,14 @@
-"""Tiny compressed-tensors checkpoints written by the compressed-tensors library itself (the writer llm-compressor
-uses): a random transformers Llama, a preset scheme applied, min-max weight scales (what llm-compressor's default
-observer computes, without a calibration set), compressed and saved with the library's ModelCompressor. Also the
-library's own decompression of every quantized layer, the tests' reference weights."""
+"""compressed-tensors checkpoints written by the compressed-tensors library itself (the writer llm-compressor
+uses): a transformers model (a tiny random Llama, or the bundled model dequantized), a preset scheme applied,
+min-max weight scales (what llm-compressor's default observer computes for weights, i.e. round-to-nearest without
+a calibration set), compressed and saved with the library's ModelCompressor. Also the library's own decompression
+of every quantized layer, the tests' reference weights."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+from typing import Any
 
 import torch
 import transformers
@@ -62,17 +64,17 @@ def _min_max_scales(module: torch.nn.Module) -> None:
     module.quantization_status = QuantizationStatus.FROZEN
 
 
-def write_tiny_ct(
+def compress_and_save(
+    model: transformers.PreTrainedModel,
     folder: pathlib.Path,
     preset: str,
     group_size: int = 32,
     strategy: str | None = None,
     ignore: tuple[str, ...] = ("lm_head",),
-    seed: int = 0,
 ) -> pathlib.Path:
-    """A folder (config.json with the quantization_config, model.safetensors) of `preset` (a compressed-tensors
-    preset name); group schemes use `group_size`, `strategy` overrides the weights' strategy."""
-    model = tiny_llama(seed)
+    """`model` quantized with `preset` (a compressed-tensors preset name) and saved to `folder` (config.json with
+    the quantization_config, model.safetensors); group schemes use `group_size`, `strategy` overrides the
+    weights' strategy."""
     scheme = preset_name_to_scheme(preset, ["Linear"])
     if strategy:
         scheme.weights.strategy = strategy
@@ -89,6 +91,32 @@ def write_tiny_ct(
     compressor.compress_model(model)
     model.save_pretrained(folder)
     compressor.update_config(str(folder))
+    return folder
+
+
+def write_tiny_ct(folder: pathlib.Path, preset: str, seed: int = 0, **kwargs: Any) -> pathlib.Path:
+    return compress_and_save(tiny_llama(seed), folder, preset, **kwargs)
+
+
+def write_bundled_ct(folder: pathlib.Path, preset: str, group_size: int = 64) -> pathlib.Path:
+    """The bundled SmolLM2 GGUF dequantized by transformers (float32), quantized with `preset` and saved with its
+    tokenizer and chat template: a real model's checkpoint in the format llm-compressor writes (its 576-wide
+    layers take groups of 64)."""
+    from pagedserve.models.bundled import bundled_model_path
+
+    path = bundled_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    # transformers marks a model read from GGUF as quantized and refuses to save it: the same weights in a plain one.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    compress_and_save(model, folder, preset, group_size=group_size)
+    tokenizer.save_pretrained(folder)
     return folder
 
 
