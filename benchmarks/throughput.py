@@ -41,8 +41,10 @@ def headline(result: dict[str, Any]) -> float:
     return float(result["output_tokens_per_s"])
 
 
-def run_pagedserve(workloads: list[str], quick: bool, dtype: str) -> list[OfflineResult]:
-    llm = load_llm(dtype=dtype)
+def run_pagedserve(
+    workloads: list[str], quick: bool, dtype: str, model: str | None = None
+) -> list[OfflineResult]:
+    llm = load_llm(dtype=dtype, model=model)
     tokenizer = llm.get_tokenizer()
     results = []
     for name in workloads:
@@ -119,6 +121,7 @@ def run_isolated(args: argparse.Namespace, workloads: list[str], systems: set[st
             ",".join(sorted(systems)),
         ]
         command += ["--dtype", args.dtype, "--json", str(out)] + (["--quick"] if args.quick else [])
+        command += ["--model", args.model] if args.model else []
         subprocess.run(command, check=True, stdout=sys.stderr)
         return json.loads(out.read_text())
 
@@ -131,6 +134,7 @@ def main() -> int:
     parser.add_argument("--systems", default="pagedserve,transformers")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--quick", action="store_true", help="at most 8 prompts x 16 tokens (smoke run)")
+    parser.add_argument("--model", default=None, help="pagedserve's checkpoint (default: the bundled model)")
     parser.add_argument("--json", default=None, help="write every result here")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per system (debugging)")
     args = parser.parse_args()
@@ -144,7 +148,7 @@ def main() -> int:
     if args.in_process or len(groups) == 1:
         results: list[OfflineResult] = []
         if "pagedserve" in systems:
-            results += run_pagedserve(workloads, args.quick, args.dtype)
+            results += run_pagedserve(workloads, args.quick, args.dtype, args.model)
         if systems & {"transformers", "generate_batch"}:
             results += run_transformers(workloads, args.quick, args.dtype, systems)
         data = [r.to_dict() for r in results]
