@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedserve.layers.gguf_quant import GGUF_BLOCK, QuantizedTensor
+from pagedserve.ops import cpu as cpu_ops
 
 Q4_0, Q4_1, Q8_0 = 2, 3, 8
 FP8_MAX = 448.0  # largest float8 e4m3fn value
@@ -67,9 +68,13 @@ def scaled_linear(
     if data.dtype == torch.int8 and activations is not None:
         x_scale = _per_row_scales(x32, activations, INT8_MAX)
         xq = torch.round(x32 / x_scale).clamp_(-128, 127).to(torch.int8)
-        # In place on the int32 product's float copy: at 256 rows x 3072 columns each extra [rows, columns]
-        # temporary cost about as much as the int8 product itself.
-        out = torch._int_mm(xq, data.t()).float().mul_(x_scale).mul_(scale)
+        acc = torch._int_mm(xq, data.t())
+        bias32 = None if bias is None else bias.float().contiguous()
+        x_scales = x_scale.reshape(-1).expand(acc.shape[0]).contiguous()
+        out = cpu_ops.int8_epilogue(acc, x_scales, scale, bias32, x.dtype)
+        if out is not None:
+            return out
+        out = acc.float().mul_(x_scale).mul_(scale)  # no kernels: in place, int8_rows.c says why
     else:
         if activations is not None:  # float8 activations: the values the checkpoint was calibrated with
             x_scale = _per_row_scales(x32, activations, FP8_MAX)

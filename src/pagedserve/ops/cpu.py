@@ -245,3 +245,25 @@ def gguf_gemm(
     if failed:
         raise ValueError(f"GGUF type {qtype} with {cols} columns is not a layout the kernel reads")
     return out
+
+
+def int8_epilogue(
+    acc: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """acc int32 [m, n] * x_scale float32 [m] * w_scale float32 [n] (+ float32 bias) in `dtype` (float32 or
+    bfloat16); None where the kernels are not built (the caller scales in PyTorch)."""
+    library = build.load()
+    tensors = [acc, x_scale, w_scale] + ([bias] if bias is not None else [])
+    if library is None or dtype not in _DTYPE_CODES or not all(t.is_contiguous() for t in tensors):
+        return None
+    m, n = acc.shape
+    out = torch.empty(m, n, dtype=dtype)
+    library.int8_epilogue(
+        acc.data_ptr(), x_scale.data_ptr(), w_scale.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), _DTYPE_CODES[dtype], m, n, torch.get_num_threads(),
+    )  # fmt: skip
+    return out
