@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from pagedserve.ops import cpu as cpu_ops
 
 GGUF_BLOCK = 32
-# GGML type id -> bytes per block of 32 weights (ggml.h: GGML_TYPE_Q4_0 = 2, Q4_1 = 3, Q8_0 = 8).
-KEPT_BLOCK_BYTES = {2: 18, 3: 20, 8: 34}
-TYPE_NAMES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+# GGML type ids (ggml.h: GGML_TYPE_Q4_0 = 2, Q4_1 = 3, Q8_0 = 8) -> bytes per block of 32 weights.
+Q4_0, Q4_1, Q8_0 = 2, 3, 8
+KEPT_BLOCK_BYTES = {Q4_0: 18, Q4_1: 20, Q8_0: 34}
+TYPE_NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0"}
 
 
 @dataclass

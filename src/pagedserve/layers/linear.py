@@ -68,11 +68,7 @@ class LinearBase(nn.Module):
         float8 weights (ScaledTensor) are kept when every part has the same storage and activation scheme."""
         first = not getattr(self, "_weight_loaded", False)
         self._weight_loaded = True
-        if (
-            isinstance(loaded, ScaledTensor)
-            or self.activation_scheme is not None
-            or hasattr(self, "weight_scale")
-        ):
+        if isinstance(loaded, ScaledTensor) or self.activation_scheme is not None:
             return self._prepare_scaled(loaded, first)
         if isinstance(loaded, QuantizedTensor) and loaded.shape[1] == self.input_size:
             if first:
@@ -102,7 +98,7 @@ class LinearBase(nn.Module):
             return loaded
         if (
             isinstance(loaded, ScaledTensor)
-            and hasattr(self, "weight_scale")
+            and self.activation_scheme is not None
             and loaded.data.dtype == self.weight.dtype
             and (loaded.activations or "") == self.activation_scheme
         ):

@@ -14,6 +14,7 @@ from model_steps import load_model, logits_of
 from tests.ct_writer import reference_weights, write_tiny_ct
 
 from pagedserve.layers.ct_quant import int_to_gguf_blocks, scaled_linear, unpack_int32
+from pagedserve.layers.gguf_quant import TYPE_NAMES
 from pagedserve.models.ct_scheme import parse_compressed_tensors_config
 from pagedserve.models.loader import resolve_model_source, resolve_quantization
 
@@ -33,7 +34,7 @@ SCHEMES = [
 
 def kept_kind(module: torch.nn.Module) -> str:
     if module.weight_type is not None:
-        return {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}[module.weight_type]
+        return TYPE_NAMES[module.weight_type]
     return {torch.int8: "int8", torch.float8_e4m3fn: "float8"}.get(module.weight.dtype, "float")
 
 
