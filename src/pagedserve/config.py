@@ -17,10 +17,11 @@ from typing import Literal
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 LoadFormat = Literal["auto", "safetensors", "gguf", "dummy"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+KVCacheDType = Literal["auto", "fp8", "fp8_e4m3"]
 
 
 # --quantization values the engine runs (ModelConfig.quantization).
-QUANTIZATION_CHOICES = ("gguf", "compressed-tensors", "none")
+QUANTIZATION_CHOICES = ("gguf", "compressed-tensors", "awq", "gptq", "none")
 
 
 @dataclass
@@ -41,10 +42,11 @@ class ModelConfig:
     """Weight format: auto (by file type), safetensors, gguf, or dummy (random weights from the config)."""
 
     quantization: str | None = None
-    """Weight quantization, as vLLM's flag. "gguf": a .gguf file's Q4_0, Q4_1 and Q8_0 matrices stay in their
-    blocks (other types are dequantized at load; other files are refused); "compressed-tensors": a checkpoint
-    with a compressed-tensors quantization_config (W4A16, W8A16, W8A8, FP8) keeps its quantized layers; "none":
-    every quantized tensor is dequantized at load. Unset: the checkpoint's quantization_config, or "gguf" for a
+    """Weight quantization, as vLLM's flag. "gguf": a .gguf file's Q4_0, Q4_1, Q8_0, Q4_K and Q6_K matrices stay in
+    their blocks (other types are dequantized at load; other files are refused); "compressed-tensors": a checkpoint
+    with a compressed-tensors quantization_config (W4A16, W8A16, W8A8, FP8) keeps its quantized layers; "awq" /
+    "gptq": an AutoAWQ (4-bit GEMM) or GPTQ (4-bit, symmetric 8-bit) checkpoint's layers are repacked into GGUF
+    blocks and kept; "none": every quantized tensor is dequantized at load. Unset: the checkpoint's quantization_config, or "gguf" for a
     .gguf file where this CPU's kernels multiply blocks at every batch size (AVX2), else "none". A value that
     contradicts the checkpoint, and other schemes, are refused by name."""
 
@@ -80,6 +82,9 @@ class CacheConfig:
 
     enable_prefix_caching: bool = True
     """Reuse KV blocks of identical prompt prefixes across requests (chained block hashes, LRU eviction)."""
+
+    kv_cache_dtype: KVCacheDType = "auto"
+    """KV cache storage, as vLLM's flag. auto: the model's dtype. fp8 / fp8_e4m3: float8 e4m3 with a scale of 1 (vLLM's default without calibrated scales; values saturate at +-448): half the bytes of bfloat16, so twice the tokens in the same budget and half what decode attention reads. fp8_e5m2 and checkpoint KV scales are refused."""
 
 
 @dataclass

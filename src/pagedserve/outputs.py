@@ -70,3 +70,4 @@ class EngineInfo:
     weight_dtype: str = ""
     quantization: str = ""  # "gguf" when GGUF blocks are kept, "" for float weights
     weight_bytes: int = 0  # bytes of the model's parameters as held in memory
+    kv_cache_dtype: str = ""  # the KV cache's storage dtype ("float8_e4m3fn" with --kv-cache-dtype fp8)

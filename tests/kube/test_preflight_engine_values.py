@@ -14,8 +14,10 @@ from tests.kube.test_preflight_cluster import FULL_VALUES, check, run_preflight
     "engine,refused",
     [
         ({"tensorParallelSize": 2}, "refuses tensor_parallel_size > 1"),
-        ({"quantization": "awq"}, "refuses quantization 'awq'"),
+        ({"quantization": "fp8"}, "refuses quantization 'fp8'"),
         ({"quantization": "gguf"}, None),
+        ({"quantization": "awq"}, None),
+        ({"quantization": "gptq"}, None),
         ({"quantization": "none", "tensorParallelSize": 1}, None),
     ],
 )

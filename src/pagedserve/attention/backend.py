@@ -63,13 +63,30 @@ def value_rows(v_cache: torch.Tensor) -> torch.Tensor:
     return v_cache.permute(0, 2, 1, 3)
 
 
+# Largest finite float8 e4m3fn value. Writes saturate there: PyTorch's cast turns anything larger into NaN.
+FP8_E4M3_MAX = 448.0
+
+
+def to_cache_dtype(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """K or V as the cache stores them. A float8 cache (--kv-cache-dtype fp8) holds e4m3 values with a scale of
+    1, as vLLM's does without calibrated scales, saturated at +-448."""
+    if cache.dtype == torch.float8_e4m3fn:
+        return x.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(cache.dtype)
+    return x
+
+
+def as_stored(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """x rounded as the cache would store it, in x's dtype (itself when the cache is in x's dtype)."""
+    return to_cache_dtype(x, cache).to(x.dtype) if cache.dtype != x.dtype else x
+
+
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     block_size = v_cache.shape[2]
     blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
-    key_rows(k_cache)[blocks, offsets] = k
-    value_rows(v_cache)[blocks, offsets] = v
+    key_rows(k_cache)[blocks, offsets] = to_cache_dtype(k, k_cache)
+    value_rows(v_cache)[blocks, offsets] = to_cache_dtype(v, v_cache)
 
 
 def gather_sequence_kv(

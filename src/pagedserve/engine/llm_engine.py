@@ -94,6 +94,7 @@ class LLMEngine:
             cpu_kernels=self.runner.cpu_kernels,
             quantization=quantization or "",
             weight_bytes=self.runner.weight_bytes,
+            kv_cache_dtype=str(self.runner.kv_cache_dtype).replace("torch.", ""),
         )
         self.requests: dict[str, RequestState] = {}
         self._seq_to_request: dict[str, RequestState] = {}
@@ -101,9 +102,10 @@ class LLMEngine:
         self._pending_finished: list[Any] = []
         logger.info(
             "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s max_model_len=%d "
-            "weights %.0f MiB, kv_blocks=%d (%.0f MiB, %d tokens: %.1f sequences of max_model_len)",
+            "weights %.0f MiB, kv_blocks=%d (%s, %.0f MiB, %d tokens: %.1f sequences of max_model_len)",
             source.name, self.info.dtype, self.info.weight_dtype, quantization or "none", device, max_model_len,
-            self.runner.weight_bytes / 2**20, self.runner.num_blocks, self.runner.kv_cache_bytes / 2**20,
+            self.runner.weight_bytes / 2**20, self.runner.num_blocks, self.info.kv_cache_dtype,
+            self.runner.kv_cache_bytes / 2**20,
             self.runner.num_blocks * cc.block_size, self.runner.num_blocks * cc.block_size / max_model_len,
         )  # fmt: skip
 

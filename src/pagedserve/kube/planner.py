@@ -236,8 +236,8 @@ def plan_capacity(model: ModelSpec, gpu: GpuType, request: PlanRequest) -> Plan:
         )
     if quantization != "none":
         notes.append(
-            "pagedserve's own engine serves unquantized weights, GGUF files and compressed-tensors checkpoints "
-            "(W4A16, W8A16, W8A8, FP8) today, on CPUs; this quantized sizing is for vLLM images"
+            "pagedserve's own engine serves unquantized weights, GGUF files, compressed-tensors (W4A16, W8A16, "
+            "W8A8, FP8), AWQ and GPTQ checkpoints today, on CPUs; this quantized sizing is for vLLM images"
         )
     dtype = _resolve_dtype(model, request, quantization, gpu, notes)
     dtype_bytes = DTYPE_BYTES[dtype]

@@ -1,4 +1,5 @@
-"""GGUF matrices kept in their quantized blocks (Q4_0, Q4_1, Q8_0) and multiplied without widening the matrix.
+"""GGUF matrices kept in their quantized blocks (Q4_0, Q4_1, Q8_0, and the K-quants Q4_K, Q6_K) and multiplied
+without widening the matrix.
 
 The byte layout of each block type is documented in ops/csrc/gguf.h (from ggml's block structs; the tests check
 every type against the gguf package's own dequantizer). A matrix [rows, cols] is stored as a uint8 tensor
@@ -17,10 +18,11 @@ import torch.nn.functional as F
 from pagedserve.ops import cpu as cpu_ops
 
 GGUF_BLOCK = 32
-# GGML type ids (ggml.h: GGML_TYPE_Q4_0 = 2, Q4_1 = 3, Q8_0 = 8) -> bytes per block of 32 weights.
-Q4_0, Q4_1, Q8_0 = 2, 3, 8
-KEPT_BLOCK_BYTES = {Q4_0: 18, Q4_1: 20, Q8_0: 34}
-TYPE_NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0"}
+# GGML type ids (ggml.h: GGML_TYPE_Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12, Q6_K = 14) -> (weights, bytes) per
+# block: 32 weights for the simple types, 256 for the K-quants' super-blocks.
+Q4_0, Q4_1, Q8_0, Q4_K, Q6_K = 2, 3, 8, 12, 14
+KEPT_BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q4_K: (256, 144), Q6_K: (256, 210)}
+TYPE_NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K"}
 
 
 @dataclass
@@ -34,11 +36,11 @@ class QuantizedTensor:
 
     def __post_init__(self) -> None:
         rows, cols = self.shape
-        if self.qtype not in KEPT_BLOCK_BYTES:
+        if self.qtype not in KEPT_BLOCKS:
             raise ValueError(
                 f"GGML type {self.qtype} is not kept quantized (only {sorted(TYPE_NAMES.values())})"
             )
-        if cols % GGUF_BLOCK or tuple(self.data.shape) != (rows, row_bytes(self.qtype, cols)):
+        if cols % KEPT_BLOCKS[self.qtype][0] or tuple(self.data.shape) != (rows, row_bytes(self.qtype, cols)):
             raise ValueError(
                 f"{TYPE_NAMES[self.qtype]} data {tuple(self.data.shape)} does not hold {self.shape}"
             )
@@ -48,13 +50,16 @@ class QuantizedTensor:
 
 
 def row_bytes(qtype: int, cols: int) -> int:
-    return cols // GGUF_BLOCK * KEPT_BLOCK_BYTES[qtype]
+    weights, size = KEPT_BLOCKS[qtype]
+    return cols // weights * size
 
 
 def dequantize_reference(data: torch.Tensor, qtype: int, cols: int) -> torch.Tensor:
     """The blocks as float32 [rows, cols], in plain PyTorch (the path without C kernels, and the tests' reference)."""
     rows = data.shape[0]
-    blocks = data.reshape(rows, cols // GGUF_BLOCK, KEPT_BLOCK_BYTES[qtype])
+    if qtype in (Q4_K, Q6_K):
+        return _dequantize_k_reference(data, qtype, cols)
+    blocks = data.reshape(rows, cols // GGUF_BLOCK, KEPT_BLOCKS[qtype][1])
     d = blocks[..., 0:2].contiguous().view(torch.float16).float()  # [rows, blocks, 1]
     if qtype == 8:
         values = d * blocks[..., 2:].contiguous().view(torch.int8).float()
@@ -66,6 +71,40 @@ def dequantize_reference(data: torch.Tensor, qtype: int, cols: int) -> torch.Ten
         else:
             values = d * (nibbles - 8)
     return values.reshape(rows, cols)
+
+
+def _dequantize_k_reference(data: torch.Tensor, qtype: int, cols: int) -> torch.Tensor:
+    """Q4_K / Q6_K super-blocks as float32 (layout in ops/csrc/gguf.h), one [rows, supers, 8, 32] pass."""
+    rows = data.shape[0]
+    supers = data.reshape(rows, cols // 256, KEPT_BLOCKS[qtype][1]).to(torch.int32)
+    if qtype == Q4_K:
+        d = _halves(data, rows, cols, 0)
+        dmin = _halves(data, rows, cols, 2)
+        packed = supers[..., 4:16]
+        low, high = packed[..., 0:4], packed[..., 4:8]
+        sc = torch.cat((low & 63, (packed[..., 8:12] & 15) | ((low >> 6) << 4)), dim=-1)  # [rows, supers, 8]
+        mn = torch.cat((high & 63, (packed[..., 8:12] >> 4) | ((high >> 6) << 4)), dim=-1)
+        qs = supers[..., 16:].reshape(rows, -1, 4, 32)
+        q = (
+            torch.stack((qs & 15, qs >> 4), dim=3).reshape(rows, -1, 8, 32).float()
+        )  # sub-block 2c: low nibbles
+        values = (d[..., None] * sc.float())[..., None] * q - (dmin[..., None] * mn.float())[..., None]
+    else:
+        d = _halves(data, rows, cols, 208)
+        ql = supers[..., 0:128].reshape(rows, -1, 2, 2, 32)  # [half, g & 1, l]
+        qh = supers[..., 128:192].reshape(rows, -1, 2, 1, 32)
+        scales = supers[..., 192:208].to(torch.uint8).view(torch.int8).float().reshape(rows, -1, 2, 4, 2, 1)
+        low = torch.stack((ql & 15, ql >> 4), dim=3).reshape(rows, -1, 2, 4, 32)  # g = 2 (g >> 1) + (g & 1)
+        shifts = torch.tensor([0, 2, 4, 6]).reshape(1, 1, 1, 4, 1)
+        q = low | (((qh >> shifts) & 3) << 4)
+        values = (d[..., None, None, None, None] * scales) * (q.float() - 32).reshape(rows, -1, 2, 4, 2, 16)
+    return values.reshape(rows, cols)
+
+
+def _halves(data: torch.Tensor, rows: int, cols: int, offset: int) -> torch.Tensor:
+    """The float16 at byte `offset` of every super-block, as float32 [rows, supers]."""
+    supers = data.reshape(rows, cols // 256, -1)
+    return supers[..., offset : offset + 2].contiguous().view(torch.float16).float().reshape(rows, -1)
 
 
 def dequantize(data: torch.Tensor, qtype: int, cols: int) -> torch.Tensor:

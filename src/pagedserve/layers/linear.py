@@ -12,6 +12,7 @@ from torch import nn
 
 from pagedserve.layers.ct_quant import ScaledTensor, scaled_linear
 from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
+from pagedserve.layers.input_perm import permute_input, take_input_perm
 from pagedserve.ops import cpu as cpu_ops
 
 
@@ -31,6 +32,8 @@ class LinearBase(nn.Module):
             self.bias.weight_loader = self.weight_loader  # type: ignore[attr-defined]
         else:
             self.register_parameter("bias", None)
+        # A GPTQ act-order weight's column order (input_perm.py); None: the input's own order.
+        self.register_buffer("input_perm", None)
 
     weight_type: int | None = None
     """GGML type of a weight kept in GGUF blocks (gguf_quant.py); None for a float weight."""
@@ -52,7 +55,7 @@ class LinearBase(nn.Module):
             target = param.data.narrow(0, offset, size)
         else:
             # The weight may have been replaced (kept quantized, or back to float): never trust `param` for it.
-            loaded = self._prepare_weight(loaded)
+            loaded = self._prepare_weight(take_input_perm(self, loaded, shard_id))
             target = self.weight.data.narrow(0, offset, size)
             if isinstance(loaded, ScaledTensor):
                 self.weight_scale.narrow(0, offset, size).copy_(_checked(loaded.scale, (size,), shard_id))
@@ -63,8 +66,9 @@ class LinearBase(nn.Module):
     def _prepare_weight(
         self, loaded: torch.Tensor | QuantizedTensor | ScaledTensor
     ) -> torch.Tensor | QuantizedTensor | ScaledTensor:
-        """Keeps GGUF blocks when every tensor of this layer comes in the same type; otherwise (a merged layer
-        whose parts differ, as in Q4_K_M files) the layer is float and quantized parts are dequantized. int8 /
+        """Keeps GGUF blocks when every tensor of this layer comes in the same type (MergedLinear keeps parts of
+        different block types apart); otherwise (float parts beside quantized ones) the layer is float and
+        quantized parts are dequantized. int8 /
         float8 weights (ScaledTensor) are kept when every part has the same storage and activation scheme."""
         first = not getattr(self, "_weight_loaded", False)
         self._weight_loaded = True
@@ -110,6 +114,7 @@ class LinearBase(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = permute_input(x, self.input_perm)
         if self.weight_type is not None:
             return gguf_linear(x, self.weight, self.weight_type, self.input_size, self.bias)
         if self.activation_scheme is not None:
@@ -122,7 +127,14 @@ class ReplicatedLinear(LinearBase):
 
 
 class MergedLinear(LinearBase):
-    """Several projections of the same input stored as one matrix (q|k|v, gate|up): one matmul instead of three."""
+    """Several projections of the same input stored as one matrix (q|k|v, gate|up): one matmul instead of three.
+
+    GGUF files may store the parts in different block types (Q4_K_M: q and k in Q4_K, v in Q6_K). Then each part
+    keeps its own blocks (buffer `weight_part_<shard>`) and is multiplied on its own, the outputs concatenated:
+    the weights stay at 4.5-6.5 bits instead of being widened to 16 or 32."""
+
+    part_types: dict[str, int] | None = None
+    """Shard id -> GGML type of its blocks, in output order, when the parts differ in type; else None."""
 
     def __init__(self, input_size: int, output_sizes: dict[str, int], bias: bool) -> None:
         super().__init__(input_size, sum(output_sizes.values()), bias)
@@ -134,6 +146,61 @@ class MergedLinear(LinearBase):
 
     def shard_rows(self, shard_id: str | None) -> tuple[int, int]:
         return (0, self.output_size) if shard_id is None else self.shard_offsets[shard_id]
+
+    def weight_loader(
+        self,
+        param: nn.Parameter,
+        loaded: torch.Tensor | QuantizedTensor | ScaledTensor,
+        shard_id: str | None = None,
+    ) -> None:
+        if param is not self.bias and shard_id is not None:
+            mixed = self.part_types is not None or (
+                self.weight_type is not None
+                and isinstance(loaded, QuantizedTensor)
+                and loaded.qtype != self.weight_type
+            )
+            if mixed and isinstance(loaded, QuantizedTensor) and loaded.shape[1] == self.input_size:
+                self._load_part(loaded, shard_id)
+                return
+            if self.part_types is not None:  # a float part after parts in blocks: the layer becomes float
+                self._widen_parts()
+        super().weight_loader(param, loaded, shard_id)
+
+    def _load_part(self, loaded: QuantizedTensor, shard_id: str) -> None:
+        if self.part_types is None:  # split what has been loaded (in one type) into per-part blocks
+            self.part_types = {}
+            for name, (offset, size) in self.shard_offsets.items():
+                self.register_buffer(f"weight_part_{name}", self.weight.data.narrow(0, offset, size).clone())
+                self.part_types[name] = self.weight_type  # type: ignore[assignment]
+            self.weight = nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
+        size = self.shard_offsets[shard_id][1]
+        self.register_buffer(
+            f"weight_part_{shard_id}", _checked(loaded.data, (size, loaded.data.shape[1]), shard_id).clone()
+        )
+        self.part_types[shard_id] = loaded.qtype
+
+    def _widen_parts(self) -> None:
+        assert self.part_types is not None
+        parts = [
+            dequantize(getattr(self, f"weight_part_{name}"), qtype, self.input_size)
+            for name, qtype in self.part_types.items()
+        ]
+        for name in self.part_types:
+            delattr(self, f"weight_part_{name}")
+        self.weight = nn.Parameter(torch.cat(parts).to(self._float_dtype), requires_grad=False)
+        self.part_types = None
+        self.weight_type = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.part_types is None:
+            return super().forward(x)
+        x = permute_input(x, self.input_perm)
+        outputs = []
+        for name, qtype in self.part_types.items():
+            offset, size = self.shard_offsets[name]
+            bias = None if self.bias is None else self.bias.narrow(0, offset, size)
+            outputs.append(gguf_linear(x, getattr(self, f"weight_part_{name}"), qtype, self.input_size, bias))
+        return torch.cat(outputs, dim=-1)
 
 
 def _checked(loaded: torch.Tensor, shape: tuple[int, ...], shard_id: str | None) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """GGUF tensors → Hugging Face parameter names and float tensors.
 
-Matrices of the types the engine multiplies in their blocks (Q4_0, Q4_1, Q8_0: layers/gguf_quant.py) can be kept
-as they are (`keep_quantized`); other quantized types are dequantized with the `gguf` package's own kernels;
-F32/F16/BF16 keep their dtype. llama.cpp's
+Matrices of the types the engine multiplies in their blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K: layers/gguf_quant.py)
+can be kept as they are (`keep_quantized`); other quantized types are dequantized with the `gguf` package's own
+kernels; F32/F16/BF16 keep their dtype. llama.cpp's
 converter reorders the rows of Q and K of the `llama` architecture (each head's rotary pairs interleaved instead
 of split in halves); that is undone here so that values equal the original checkpoint's.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import transformers
 
-from pagedserve.layers.gguf_quant import KEPT_BLOCK_BYTES, QuantizedTensor
+from pagedserve.layers.gguf_quant import KEPT_BLOCKS, QuantizedTensor
 from pagedserve.models.weight_progress import StoredTensor
 
 _GLOBAL_TENSORS = {
@@ -121,7 +121,7 @@ def unpermute_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 def kept_blocks(tensor: gguf.ReaderTensor) -> QuantizedTensor | None:
     """A matrix of a type the engine multiplies in its blocks, as those blocks (a copy); None for other tensors."""
-    if int(tensor.tensor_type) not in KEPT_BLOCK_BYTES or len(tensor.shape) != 2:
+    if int(tensor.tensor_type) not in KEPT_BLOCKS or len(tensor.shape) != 2:
         return None
     cols, rows = (int(dim) for dim in tensor.shape.tolist())
     data = torch.from_numpy(np.array(tensor.data, dtype=np.uint8, copy=True).reshape(rows, -1))

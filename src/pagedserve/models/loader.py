@@ -15,7 +15,9 @@ import transformers
 
 from pagedserve.layers.ct_quant import ScaledTensor
 from pagedserve.layers.gguf_quant import QuantizedTensor
-from pagedserve.models import ct_weights, gguf_config, gguf_weights, hf_folder
+from pagedserve.layers.input_perm import PermutedWeight
+from pagedserve.models import awq_gptq, ct_weights, gguf_config, gguf_weights, hf_folder
+from pagedserve.models.awq_gptq_config import AwqGptqConfig, parse_awq_gptq_config
 from pagedserve.models.bundled import BUNDLED_MODEL_NAME, bundled_model_path
 from pagedserve.models.ct_scheme import CompressedTensorsConfig, parse_compressed_tensors_config
 from pagedserve.models.weight_progress import with_progress
@@ -40,16 +42,19 @@ class ModelSource:
     """The checkpoint's quantization_config.quant_method (config.json), e.g. "compressed-tensors"; None if unset."""
     compressed_tensors: CompressedTensorsConfig | None = None
     """The validated quantization_config of a compressed-tensors checkpoint."""
+    awq_gptq: AwqGptqConfig | None = None
+    """The validated quantization_config of an AWQ or GPTQ checkpoint."""
     _gguf_reader: gguf.GGUFReader | None = field(default=None, repr=False, compare=False)
 
     def iter_weights(
         self, keep_quantized: bool = False
-    ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor | ScaledTensor]]:
+    ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor | ScaledTensor | PermutedWeight]]:
         """(Hugging Face parameter name, tensor) pairs, one tensor read at a time, with a progress bar on
         stderr. GGUF matrices come as their blocks (QuantizedTensor) where `keep_quantized` and the engine
         multiplies that type, other GGUF quantized types dequantized to float32; compressed-tensors layers as
-        GGUF blocks or ScaledTensor where `keep_quantized`, else float32 (ct_weights.py); other tensors keep their
-        stored dtype. `lm_head.weight` only appears for untied models."""
+        GGUF blocks or ScaledTensor where `keep_quantized`, else float32 (ct_weights.py); AWQ / GPTQ layers as GGUF
+        blocks (with their act-order column order: PermutedWeight) where `keep_quantized`, else float32
+        (awq_gptq.py); other tensors keep their stored dtype. `lm_head.weight` only appears for untied models."""
         if self.format == "dummy":
             raise ValueError("load_format 'dummy' has no weights: initialise the model randomly instead")
         if self.format == "gguf":
@@ -69,6 +74,8 @@ class ModelSource:
         pairs = with_progress(stream, total_bytes, first_file)
         if self.compressed_tensors is not None:
             pairs = ct_weights.iter_compressed_weights(pairs, self.compressed_tensors, keep_quantized)
+        if self.awq_gptq is not None:
+            pairs = awq_gptq.iter_awq_gptq_weights(pairs, self.awq_gptq, keep_quantized)
         return self._skip_tied_head(pairs)
 
     def _skip_tied_head(
@@ -88,21 +95,26 @@ class ModelSource:
         return self._gguf_reader
 
 
+# quantization_config quant_methods whose checkpoints the engine loads (kept quantized, or dequantized).
+CHECKPOINT_METHODS = ("compressed-tensors", "awq", "gptq")
+
+
 def resolve_quantization(
     requested: str | None,
     source_format: SourceFormat,
     fast_gguf_kernels: bool,
     checkpoint_method: str | None = None,
 ) -> str | None:
-    """The quantization the engine runs: "gguf" (GGUF blocks kept), "compressed-tensors" (a checkpoint's
-    quantized layers kept, ct_weights.py) or None (float weights). Unset, it is the checkpoint's: its
-    quantization_config, or a GGUF file's blocks where the host has kernels that multiply them at every batch
-    size (`fast_gguf_kernels`; elsewhere dequantized at load, faster there past a few rows, docs/architecture.md).
+    """The quantization the engine runs: "gguf" (GGUF blocks kept), "compressed-tensors", "awq" or "gptq" (a
+    checkpoint's quantized layers kept, ct_weights.py / awq_gptq.py) or None (float weights). Unset, it is the
+    checkpoint's: its quantization_config, or a GGUF file's blocks where the host has kernels that multiply them
+    at every batch size (`fast_gguf_kernels`; elsewhere dequantized at load, faster there past a few rows,
+    docs/architecture.md).
     "none" dequantizes any quantized checkpoint at load. A value that contradicts the checkpoint is refused."""
-    if checkpoint_method is not None and checkpoint_method != "compressed-tensors":
+    if checkpoint_method is not None and checkpoint_method not in CHECKPOINT_METHODS:
         raise ValueError(
             f"the checkpoint's quantization_config quant_method {checkpoint_method!r} is not supported yet; "
-            "supported: compressed-tensors, and GGUF files"
+            f"supported: {', '.join(CHECKPOINT_METHODS)}, and GGUF files"
         )
     if requested == "none":
         return None
@@ -119,15 +131,15 @@ def resolve_quantization(
         if source_format != "gguf":
             raise ValueError("quantization 'gguf' needs a .gguf model file")
         return "gguf"
-    if requested == "compressed-tensors":
+    if requested in CHECKPOINT_METHODS:
         raise ValueError(
-            "quantization 'compressed-tensors' needs a checkpoint whose config.json has a compressed-tensors "
-            "quantization_config"
+            f"quantization {requested!r} needs a checkpoint whose config.json has a quantization_config with "
+            f"quant_method {requested!r}"
         )
     raise ValueError(
-        f"quantization {requested!r} is not supported yet; supported: gguf (a .gguf file's Q4_0/Q4_1/Q8_0 "
-        "blocks kept as they are), compressed-tensors (W4A16, W8A16, W8A8, FP8 checkpoints), none (weights "
-        "dequantized at load)"
+        f"quantization {requested!r} is not supported yet; supported: gguf (a .gguf file's Q4_0/Q4_1/Q8_0/Q4_K/Q6_K "
+        "blocks kept as they are), compressed-tensors (W4A16, W8A16, W8A8, FP8 checkpoints), awq and gptq "
+        "(4-bit AutoAWQ GEMM, 4- and 8-bit GPTQ checkpoints), none (weights dequantized at load)"
     )
 
 
@@ -198,7 +210,7 @@ def _resolve_folder(path: pathlib.Path, name: str, dummy: bool) -> ModelSource:
     if not dummy:
         hf_folder.find_safetensors_files(path)  # fail now, not after the engine has started
     defaults, generation_eos = hf_folder.read_generation_config(path)
-    method, compressed = _checkpoint_quantization(config)
+    method, compressed, awq_gptq_config = _checkpoint_quantization(config)
     return ModelSource(
         name=name,
         path=path,
@@ -208,21 +220,25 @@ def _resolve_folder(path: pathlib.Path, name: str, dummy: bool) -> ModelSource:
         eos_token_ids=hf_folder.merged_eos_token_ids(generation_eos, getattr(config, "eos_token_id", None)),
         quantization_method=method,
         compressed_tensors=compressed,
+        awq_gptq=awq_gptq_config,
     )
 
 
 def _checkpoint_quantization(
     config: transformers.PretrainedConfig,
-) -> tuple[str | None, CompressedTensorsConfig | None]:
-    """(quant_method, parsed compressed-tensors config) from config.json's quantization_config."""
+) -> tuple[str | None, CompressedTensorsConfig | None, AwqGptqConfig | None]:
+    """(quant_method, parsed compressed-tensors config, parsed AWQ / GPTQ config) from config.json's
+    quantization_config."""
     raw = getattr(config, "quantization_config", None)
     if raw is None:
-        return None, None
+        return None, None, None
     raw = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
-    method = str(raw.get("quant_method", "")) or None
+    method = str(raw.get("quant_method", "")).lower() or None
     if method == "compressed-tensors":
-        return method, parse_compressed_tensors_config(raw)
-    return method, None
+        return method, parse_compressed_tensors_config(raw), None
+    if method in ("awq", "gptq"):
+        return method, None, parse_awq_gptq_config(raw)
+    return method, None, None
 
 
 def load_tokenizer(source: ModelSource, tokenizer: str | None = None) -> transformers.PreTrainedTokenizerBase:

@@ -180,6 +180,19 @@ def write_kv_cache(
         raise ValueError("a slot in slot_mapping is outside the KV cache")
 
 
+_CACHE_E4M3 = 2  # csrc/paged_decode.c's cache_dtype code for float8 e4m3
+
+
+def can_decode_from(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """The decode kernel reads a cache in q's dtype (float32, bfloat16) or in float8 e4m3 (--kv-cache-dtype fp8)."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in _DTYPE_CODES
+        and k_cache.dtype in (q.dtype, torch.float8_e4m3fn)
+        and build.load() is not None
+    )
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -188,7 +201,8 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """q: [batch, q_heads, head_dim] (rows may be strided) -> [batch, q_heads, head_dim], contiguous."""
+    """q: [batch, q_heads, head_dim] (rows may be strided) -> [batch, q_heads, head_dim], contiguous. The cache
+    is in q's dtype or float8 e4m3 (`can_decode_from`)."""
     library = build.load()
     assert library is not None and usable_rows(q) and k_cache.is_contiguous() and v_cache.is_contiguous()
     batch, num_q_heads, head_dim = q.shape
@@ -199,7 +213,7 @@ def paged_decode_attention(
     failed = library.paged_decode_attention(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), tables.data_ptr(), lens.data_ptr(),
         batch, num_q_heads, num_kv_heads, head_dim, block_size, tables.shape[1], q.stride(0), scale, _code(q),
-        torch.get_num_threads(),
+        _CACHE_E4M3 if k_cache.dtype == torch.float8_e4m3fn else _code(q), torch.get_num_threads(),
     )  # fmt: skip
     if failed == 1:
         raise MemoryError("decode attention kernel could not allocate its scratch memory")

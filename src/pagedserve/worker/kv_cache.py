@@ -15,6 +15,21 @@ logger = logging.getLogger("pagedserve")
 DEFAULT_CPU_KV_BYTES = 4 * 1024**3
 
 
+# --kv-cache-dtype values (CacheConfig.kv_cache_dtype) other than auto, as the torch dtype the cache holds.
+KV_CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
+
+
+def resolve_kv_cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The cache's storage dtype: the model's for auto; ValueError naming the field for what is not run."""
+    if kv_cache_dtype == "auto":
+        return model_dtype
+    if kv_cache_dtype in KV_CACHE_DTYPES:
+        return KV_CACHE_DTYPES[kv_cache_dtype]
+    raise ValueError(
+        f"kv_cache_dtype {kv_cache_dtype!r} is not supported; supported: auto, {', '.join(KV_CACHE_DTYPES)}"
+    )
+
+
 def kv_bytes_per_block(hf_config: Any, block_size: int, dtype: torch.dtype) -> int:
     num_heads = hf_config.num_attention_heads
     num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads

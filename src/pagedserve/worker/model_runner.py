@@ -22,7 +22,12 @@ from pagedserve.sample.logprobs import compute_prompt_logprobs
 from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
 from pagedserve.sample.sampler import Sampler
 from pagedserve.worker.inputs import prepare_inputs
-from pagedserve.worker.kv_cache import allocate_kv_caches, kv_bytes_per_block, kv_cache_budget_bytes
+from pagedserve.worker.kv_cache import (
+    allocate_kv_caches,
+    kv_bytes_per_block,
+    kv_cache_budget_bytes,
+    resolve_kv_cache_dtype,
+)
 
 logger = logging.getLogger("pagedserve")
 
@@ -160,17 +165,21 @@ class ModelRunner:
             if missing:
                 raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
         self.model.eval()
-        scales = [b for name, b in self.model.named_buffers() if name.endswith("weight_scale")]
-        self.weight_bytes = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *scales])
+        # Scales of int8 / float8 weights and the blocks of merged layers kept per part count as weights.
+        stored = [b for name, b in self.model.named_buffers() if ".weight_" in name]
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *stored])
         budget = kv_cache_budget_bytes(cache_config, device)
-        per_block = kv_bytes_per_block(hf_config, self.block_size, dtype)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(cache_config.kv_cache_dtype, dtype)
+        per_block = kv_bytes_per_block(hf_config, self.block_size, self.kv_cache_dtype)
         self.num_blocks = budget // per_block
         if self.num_blocks < 1:
             raise ValueError(
                 f"KV cache budget of {budget} bytes holds no block of {per_block} bytes: raise kv_cache_memory_bytes"
             )
         self.kv_cache_bytes = self.num_blocks * per_block
-        self.kv_caches = allocate_kv_caches(hf_config, self.num_blocks, self.block_size, dtype, device)
+        self.kv_caches = allocate_kv_caches(
+            hf_config, self.num_blocks, self.block_size, self.kv_cache_dtype, device
+        )
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
 

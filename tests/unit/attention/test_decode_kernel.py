@@ -1,12 +1,13 @@
-"""The C decode kernel and the PyTorch fallback against the plain reference backend, in float32 and bfloat16, at
-every ISA level this machine supports (the `isa_level` fixture)."""
+"""The C decode kernel and the PyTorch fallback against the plain reference backend, in float32 and bfloat16, with
+caches in the same dtype or in float8 e4m3 (--kv-cache-dtype fp8), at every ISA level this machine supports (the
+`isa_level` fixture)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pagedserve.attention.backend import AttentionMetadata, get_attention_backend
+from pagedserve.attention.backend import AttentionMetadata, get_attention_backend, to_cache_dtype
 from pagedserve.ops import build as cpu_kernel
 from pagedserve.ops import cpu as cpu_ops
 
@@ -100,3 +101,52 @@ def test_kernel_rejects_a_length_beyond_the_block_table():
     too_long[0] = metadata.decode_block_tables.shape[1] * 16 + 1
     with pytest.raises(ValueError, match="length"):
         cpu_ops.paged_decode_attention(q, k_cache, v_cache, metadata.decode_block_tables, too_long, 0.125)
+
+
+def float8_decode_batch(dtype: torch.dtype, group: int, head_dim: int):
+    """A decode batch whose caches are float8 e4m3: values from 1e-3 (e4m3 subnormals) to past 448 (saturated on
+    writing) in float32, and new K/V that saturate too; in bfloat16 up to ~5 (scores of 1e3 have no meaningful
+    bfloat16 softmax)."""
+    q, k, v, k_cache, v_cache, metadata = random_decode_batch(dtype, 2, 2, group, head_dim)
+    gen = torch.Generator().manual_seed(7)
+    largest = 6.5 if dtype == torch.float32 else 1.5
+
+    def spread(x: torch.Tensor) -> torch.Tensor:
+        return x.float() * torch.exp(torch.empty(x.shape).uniform_(-7.0, largest, generator=gen))
+
+    fp8 = torch.empty(0, dtype=torch.float8_e4m3fn)
+    k_cache, v_cache = to_cache_dtype(spread(k_cache), fp8), to_cache_dtype(spread(v_cache), fp8)
+    return q, spread(k).to(dtype), spread(v).to(dtype), k_cache, v_cache, metadata
+
+
+# float32: keys up to 448 make scores of ~1e3, where summation order alone moves a score by ~1e-4 and its
+# probability by as much (measured 4e-4 relative at most); bfloat16 as above.
+@pytest.mark.parametrize("backend", ["cpu", "cpu_torch"])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 2e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("group,head_dim", [(3, 64), (8, 32), (9, 64), (2, 48)])
+def test_decode_from_a_float8_cache_matches_reference(backend, dtype, tolerance, group, head_dim):
+    """Register-blocked (group <= 8, head_dim % 16 == 0) and generic paths read e4m3 exactly (the next test); the
+    reference widens the same bytes with PyTorch. The written K/V land in the cache saturated at +-448."""
+    q, k, v, k_cache, v_cache, metadata = float8_decode_batch(dtype, group, head_dim)
+    expected_cache = k_cache.clone(), v_cache.clone()
+    expected = get_attention_backend("torch_ref").forward(q, k, v, *expected_cache, metadata, head_dim**-0.5)
+    got = get_attention_backend(backend).forward(q, k, v, k_cache, v_cache, metadata, head_dim**-0.5)
+    assert torch.equal(k_cache.view(torch.uint8), expected_cache[0].view(torch.uint8))
+    assert not k_cache.float().isnan().any()
+    if dtype == torch.float32:
+        assert k_cache.float().abs().max().item() == 448.0
+    torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+def test_every_float8_value_is_read_exactly():
+    """One cached token per sequence: attention returns its value row, so the output is the kernel's reading of
+    each of the 254 finite e4m3 bit patterns (subnormals included; the kernel runs with denormals-are-zero set)."""
+    patterns = torch.tensor([b for b in range(256) if b & 0x7F != 0x7F], dtype=torch.uint8)
+    values = torch.cat((patterns, patterns[:2])).view(torch.float8_e4m3fn).reshape(4, 64)
+    v_cache = torch.zeros(4, 1, 16, 64, dtype=torch.float8_e4m3fn)
+    v_cache[:, 0, 0] = values
+    k_cache = torch.zeros(4, 1, 64, 16, dtype=torch.float8_e4m3fn)
+    q = torch.randn(4, 1, 64)
+    tables, lens = torch.arange(4).reshape(4, 1), torch.ones(4, dtype=torch.int64)
+    got = cpu_ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.125)
+    assert torch.equal(got.reshape(4, 64), values.float())

@@ -88,19 +88,28 @@ def test_scheme_is_kept_quantized_and_follows_its_dequantized_reference(
     assert (got - expected).abs().max().item() <= tolerance
 
 
+# Dynamic int8 activations: a last-bit float32 difference upstream (another summation order in a norm or a
+# GEMM, which varies with the CPU's kernels) can move an activation across a rounding tie, and that moves the
+# layer's output by one quantization step (x scale x weight scale x weight, ~1e-3 here). Measured: 2e-7 on a
+# Zen 4 (AVX-512 BF16), 1.4e-3 on an Intel AMX host (2026-12-02; the same on the commit before this change).
+FOLLOW_TOLERANCE = {"W8A8": 3e-3}
+
+
 @pytest.mark.parametrize("preset", ["W4A16", "W8A16", "W8A8", "FP8_DYNAMIC"])
 def test_kept_logits_follow_transformers_running_the_checkpoint(checkpoints, preset) -> None:
     """transformers runs compressed-tensors checkpoints itself (decompressing, and quantizing activations as the
-    scheme says): measured within 2e-7 of ours for each scheme, 2026-12-02. (It cannot load the asymmetric
-    W4A16 file the library writes: it expects unpacked zero points, a transformers/compressed-tensors mismatch.)"""
+    scheme says): measured within 2e-7 of ours for each scheme, 2026-12-02, except W8A8 on some CPUs
+    (FOLLOW_TOLERANCE says why). (It cannot load the asymmetric W4A16 file the library writes: it expects
+    unpacked zero points, a transformers/compressed-tensors mismatch.)"""
     folder = checkpoints[preset]
     reference = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     config, kept = load_model(folder, keep_quantized=True)
     tokens = torch.randint(3, config.vocab_size, (1, 11), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = reference(tokens).logits[0]
+    tolerance = FOLLOW_TOLERANCE.get(preset, 1e-5)
     torch.testing.assert_close(
-        logits_of(kept, config, tokens[0].tolist(), [6, 3, 1, 1]), expected, atol=1e-5, rtol=1e-5
+        logits_of(kept, config, tokens[0].tolist(), [6, 3, 1, 1]), expected, atol=tolerance, rtol=1e-5
     )
 
 
@@ -201,8 +210,8 @@ def test_quantization_flag_must_match_the_checkpoint(checkpoints, tmp_path) -> N
         resolve_quantization("gguf", "safetensors", False, "compressed-tensors")
     with pytest.raises(ValueError, match="'compressed-tensors' needs a checkpoint whose config.json"):
         resolve_quantization("compressed-tensors", "safetensors", False, None)
-    with pytest.raises(ValueError, match="quant_method 'awq' is not supported yet"):
-        resolve_quantization(None, "safetensors", False, "awq")
+    with pytest.raises(ValueError, match="quant_method 'bitsandbytes' is not supported yet"):
+        resolve_quantization(None, "safetensors", False, "bitsandbytes")
     # A layer whose tensors are missing a part is named.
     folder = checkpoints["W8A8"]
     broken = tmp_path / "broken"

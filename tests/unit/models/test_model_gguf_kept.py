@@ -1,6 +1,6 @@
-"""GGUF matrices kept in their Q4_0 / Q4_1 / Q8_0 blocks: the kernels (each ISA level this machine runs) against
-the gguf package's own dequantizer, and a tiny model written with the real gguf writer whose logits, kept
-quantized, match the same file dequantized at load."""
+"""GGUF matrices kept in their Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K blocks: the kernels (each ISA level this machine
+runs) against the gguf package's own dequantizer, and tiny models written with the real gguf writer whose logits,
+kept quantized, match the same file dequantized at load."""
 
 from __future__ import annotations
 
@@ -10,47 +10,73 @@ import pytest
 import torch
 import torch.nn.functional as F
 from model_steps import load_model, logits_of
-from tiny_gguf_writer import write_tiny_gguf
+from tiny_gguf_writer import quantize, write_tiny_gguf
 
 from pagedserve.layers import gguf_quant
 from pagedserve.layers.gguf_quant import QuantizedTensor
 from pagedserve.models.loader import resolve_quantization
 
 Q = gguf.GGMLQuantizationType
-KEPT = [Q.Q4_0, Q.Q4_1, Q.Q8_0]
+KEPT = [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q6_K]
+K_QUANTS = (Q.Q4_K, Q.Q6_K)
 BLOCK = 4
 
 
 def quantized(rows: int, cols: int, qtype: Q, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
-    """(blocks as written by the gguf package, their dequantization by the gguf package)."""
+    """(blocks as written by the gguf package, or kquant_writer for the K-quants, and their dequantization by
+    the gguf package)."""
     weights = np.random.default_rng(seed).normal(0, 0.2, (rows, cols)).astype(np.float32)
-    blocks = gguf.quants.quantize(weights, qtype)
+    blocks = quantize(weights, qtype)
     return torch.from_numpy(np.ascontiguousarray(blocks)), gguf.quants.dequantize(blocks, qtype)
+
+
+def random_blocks(rows: int, cols: int, qtype: Q, seed: int = 0) -> torch.Tensor:
+    """Every bit pattern a writer may produce (scales, mins, sign bits, 6-bit values), with float16 scales kept
+    finite and small."""
+    weights, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = np.random.default_rng(seed).integers(0, 256, (rows, cols // weights, size), dtype=np.uint8)
+    scales = (
+        np.random.default_rng(seed + 1).uniform(-0.02, 0.02, (rows, cols // weights, 2)).astype(np.float16)
+    )
+    scale_bytes = {Q.Q4_1: slice(0, 4), Q.Q4_K: slice(0, 4), Q.Q6_K: slice(208, 210)}.get(qtype, slice(0, 2))
+    raw[..., scale_bytes] = scales.view(np.uint8)[..., : scale_bytes.stop - scale_bytes.start]
+    return torch.from_numpy(raw.reshape(rows, -1))
+
+
+def cols_for(qtype: Q) -> int:
+    """7 blocks of 32, or 3 super-blocks of 256 for the K-quants."""
+    return 768 if qtype in K_QUANTS else 224
 
 
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
 def test_dequantize_equals_the_gguf_package(isa_level, qtype) -> None:
-    data, expected = quantized(37, 96, qtype)
-    np.testing.assert_array_equal(gguf_quant.dequantize(data, int(qtype), 96).numpy(), expected)
-    np.testing.assert_array_equal(gguf_quant.dequantize_reference(data, int(qtype), 96).numpy(), expected)
+    cols = cols_for(qtype)
+    for data in (quantized(37, cols, qtype)[0], random_blocks(37, cols, qtype)):
+        expected = gguf.quants.dequantize(data.numpy(), qtype)
+        np.testing.assert_array_equal(gguf_quant.dequantize(data, int(qtype), cols).numpy(), expected)
+        np.testing.assert_array_equal(
+            gguf_quant.dequantize_reference(data, int(qtype), cols).numpy(), expected
+        )
 
 
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 33])
 def test_products_equal_the_dequantized_float32_product(isa_level, qtype, m) -> None:
     """Rows on both sides of the kernels' switches (a GEMV up to 8 rows, AVX2's panels or dequantize + GEMM
-    above), a last panel of 5 columns and k of 7 blocks: within float32 summation-order error."""
-    data, dense = quantized(37, 224, qtype, seed=m)
+    above), a last panel of 5 columns and k of 7 blocks (3 super-blocks): within float32 summation-order
+    error."""
+    cols = cols_for(qtype)
+    data, dense = quantized(37, cols, qtype, seed=m)
     gen = torch.Generator().manual_seed(m)
-    x = torch.randn(m, 224, generator=gen)
+    x = torch.randn(m, cols, generator=gen)
     bias = torch.randn(37, generator=gen)
     for b in (None, bias):
-        got = gguf_quant.gguf_linear(x, data, int(qtype), 224, b)
+        got = gguf_quant.gguf_linear(x, data, int(qtype), cols, b)
         exact = F.linear(x.double(), torch.from_numpy(dense).double(), None if b is None else b.double())
         assert got.dtype == torch.float32 and got.shape == (m, 37)
         assert (got.double() - exact).abs().max().item() < 2e-5
     # bfloat16 activations (AVX-512 BF16 hosts) are multiplied in float32 and rounded once.
-    got16 = gguf_quant.gguf_linear(x.bfloat16(), data, int(qtype), 224, None)
+    got16 = gguf_quant.gguf_linear(x.bfloat16(), data, int(qtype), cols, None)
     assert got16.dtype == torch.bfloat16
     torch.testing.assert_close(
         got16.float(), F.linear(x.bfloat16().float(), torch.from_numpy(dense)), atol=0.05, rtol=0.02
@@ -61,8 +87,10 @@ def test_quantized_tensor_refuses_bytes_that_do_not_hold_its_shape() -> None:
     data, _ = quantized(4, 64, Q.Q4_1)
     with pytest.raises(ValueError, match="Q4_1 data .* does not hold"):
         QuantizedTensor(data, int(Q.Q4_1), (4, 96))
-    with pytest.raises(ValueError, match="GGML type 12 is not kept"):
-        QuantizedTensor(data, 12, (4, 64))
+    with pytest.raises(ValueError, match="GGML type 13 is not kept"):
+        QuantizedTensor(data, 13, (4, 64))
+    with pytest.raises(ValueError, match="Q4_K data .* does not hold"):
+        QuantizedTensor(data, int(Q.Q4_K), (4, 64))
 
 
 def test_quantization_is_detected_from_the_file_or_refused_by_name() -> None:
@@ -74,8 +102,8 @@ def test_quantization_is_detected_from_the_file_or_refused_by_name() -> None:
     assert resolve_quantization("none", "gguf", True) is None
     with pytest.raises(ValueError, match="'gguf' needs a .gguf model file"):
         resolve_quantization("gguf", "safetensors", True)
-    with pytest.raises(ValueError, match="quantization 'awq' is not supported yet"):
-        resolve_quantization("awq", "safetensors", True)
+    with pytest.raises(ValueError, match="quantization 'fp8' is not supported yet"):
+        resolve_quantization("fp8", "safetensors", True)
 
 
 def test_the_avx2_level_has_the_panel_kernels(isa_level) -> None:
@@ -84,7 +112,7 @@ def test_the_avx2_level_has_the_panel_kernels(isa_level) -> None:
     assert has_gguf_panel_kernels(torch.device("cpu")) == (isa_level == "avx2")
 
 
-@pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", KEPT[:3], ids=lambda t: t.name)  # K-quants: the Q4_K_M test below
 @pytest.mark.parametrize("architecture,tied", [("llama", True), ("qwen2", False)])
 def test_tiny_model_kept_quantized_matches_it_dequantized(tmp_path, qtype, architecture, tied) -> None:
     """Every matrix (embedding and LM head included) stays in its blocks; logits of a prefill in chunks and of
@@ -103,17 +131,64 @@ def test_tiny_model_kept_quantized_matches_it_dequantized(tmp_path, qtype, archi
     torch.testing.assert_close(got, logits_of(dense, config, tokens, [6, 3, 1, 1]), atol=1e-4, rtol=1e-4)
 
 
-def test_a_merged_layer_whose_parts_differ_in_type_is_float(tmp_path) -> None:
-    """As in Q4_K_M files, where attn_v may be stored in another type than attn_q / attn_k: that layer is
-    dequantized (its kept parts widened), the others stay in their blocks; logits equal the dequantized model's."""
+def test_merged_parts_in_different_types_keep_their_own_blocks(tmp_path) -> None:
+    """As in Q4_K_M files, where attn_v is stored in another type than attn_q / attn_k: each part keeps its blocks
+    and is multiplied on its own. A float part beside quantized ones makes that layer float (its kept parts
+    widened). Logits equal the dequantized model's."""
     mixed = write_tiny_gguf(
-        tmp_path / "mixed.gguf", tensor_type=Q.Q8_0, seed=3, type_overrides={"blk.0.attn_v.weight": Q.Q4_1}
+        tmp_path / "mixed.gguf",
+        tensor_type=Q.Q8_0,
+        seed=3,
+        type_overrides={
+            "blk.0.attn_v.weight": Q.Q4_1,
+            "blk.1.attn_k.weight": Q.Q4_0,
+            "blk.1.attn_v.weight": Q.F32,
+            "blk.1.ffn_up.weight": Q.Q4_1,
+        },
     )
     config, kept = load_model(mixed.path, keep_quantized=True)
     _, dense = load_model(mixed.path, keep_quantized=False)
-    assert kept.model.layers[0].self_attn.qkv_proj.weight_type is None
-    assert kept.model.layers[0].self_attn.qkv_proj.weight.dtype == torch.float32
-    assert kept.model.layers[1].self_attn.qkv_proj.weight_type == int(Q.Q8_0)
-    tokens = [5, 9, 14, 3, 22, 7]
-    got = logits_of(kept, config, tokens, [6])
-    torch.testing.assert_close(got, logits_of(dense, config, tokens, [6]), atol=1e-4, rtol=1e-4)
+    first, second = (layer for layer in kept.model.layers)
+    assert first.self_attn.qkv_proj.part_types == {"q": int(Q.Q8_0), "k": int(Q.Q8_0), "v": int(Q.Q4_1)}
+    assert first.self_attn.qkv_proj.weight_part_v.dtype == torch.uint8
+    assert second.self_attn.qkv_proj.part_types is None and second.self_attn.qkv_proj.weight_type is None
+    assert second.self_attn.qkv_proj.weight.dtype == torch.float32
+    assert second.mlp.gate_up_proj.part_types == {"gate": int(Q.Q8_0), "up": int(Q.Q4_1)}
+    assert first.mlp.gate_up_proj.weight_type == int(Q.Q8_0) and first.mlp.gate_up_proj.part_types is None
+    tokens = [5, 9, 14, 3, 22, 7, 8]
+    got = logits_of(kept, config, tokens, [6, 1])
+    torch.testing.assert_close(got, logits_of(dense, config, tokens, [6, 1]), atol=1e-4, rtol=1e-4)
+
+
+def test_a_q4_k_m_style_model_runs_from_its_k_quant_blocks(tmp_path) -> None:
+    """llama.cpp's Q4_K_M mix: Q4_K matrices, with attn_v, ffn_down and the output in Q6_K. Every matrix stays in
+    its super-blocks (q|k|v as parts of two types), at under a fifth of the float32 bytes; logits of chunked
+    prefill and decode equal the file dequantized at load within 1e-4."""
+    overrides = {"output.weight": Q.Q6_K}
+    for layer in range(2):
+        overrides |= {f"blk.{layer}.attn_v.weight": Q.Q6_K, f"blk.{layer}.ffn_down.weight": Q.Q6_K}
+    tiny = write_tiny_gguf(
+        tmp_path / "q4km.gguf",
+        tensor_type=Q.Q4_K,
+        tied=False,
+        seed=5,
+        type_overrides=overrides,
+        hidden=256,
+        ffn=512,
+    )
+    config, kept = load_model(tiny.path, keep_quantized=True)
+    _, dense = load_model(tiny.path, keep_quantized=False)
+    layer = kept.model.layers[0]
+    assert layer.self_attn.qkv_proj.part_types == {"q": int(Q.Q4_K), "k": int(Q.Q4_K), "v": int(Q.Q6_K)}
+    assert layer.mlp.gate_up_proj.weight_type == int(Q.Q4_K)
+    assert layer.mlp.down_proj.weight_type == int(Q.Q6_K) and layer.self_attn.o_proj.weight_type == int(
+        Q.Q4_K
+    )
+    assert kept.model.embed_tokens.weight_type == int(Q.Q4_K) and kept.lm_head.weight_type == int(Q.Q6_K)
+    stored = [*kept.parameters(), *(b for name, b in kept.named_buffers() if ".weight_" in name)]
+    kept_bytes = sum(t.numel() * t.element_size() for t in stored)
+    dense_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
+    assert kept_bytes < 0.2 * dense_bytes
+    tokens = torch.randint(3, config.vocab_size, (11,), generator=torch.Generator().manual_seed(2)).tolist()
+    got = logits_of(kept, config, tokens, [6, 3, 1, 1])
+    torch.testing.assert_close(got, logits_of(dense, config, tokens, [6, 3, 1, 1]), atol=1e-4, rtol=1e-4)

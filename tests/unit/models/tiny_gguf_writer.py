@@ -10,6 +10,7 @@ from typing import Any
 
 import gguf
 import numpy as np
+from kquant_writer import quantize_q4_k, quantize_q6_k
 
 TINY_HIDDEN = 64  # a multiple of 32: every quantized row holds whole blocks
 TINY_HEADS = 4
@@ -54,6 +55,15 @@ def permute_like_llama_cpp(weight: np.ndarray, num_heads: int) -> np.ndarray:
     )
 
 
+def quantize(values: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """The gguf package's quantizer, or ours for the K-quants it lacks (kquant_writer.py)."""
+    if qtype == gguf.GGMLQuantizationType.Q4_K:
+        return quantize_q4_k(values)
+    if qtype == gguf.GGMLQuantizationType.Q6_K:
+        return quantize_q6_k(values)
+    return gguf.quants.quantize(values, qtype)
+
+
 @dataclass
 class TinyGGUF:
     path: pathlib.Path
@@ -63,29 +73,31 @@ class TinyGGUF:
     tensor_types: dict[str, gguf.GGMLQuantizationType] = field(default_factory=dict)
 
 
-def _hf_weights(architecture: str, tied: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _hf_weights(
+    architecture: str, tied: bool, rng: np.random.Generator, hidden: int, ffn: int
+) -> dict[str, np.ndarray]:
     def normal(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)
 
     weights = {
-        "model.embed_tokens.weight": normal(TINY_VOCAB, TINY_HIDDEN),
-        "model.norm.weight": normal(TINY_HIDDEN),
+        "model.embed_tokens.weight": normal(TINY_VOCAB, hidden),
+        "model.norm.weight": normal(hidden),
     }
     if not tied:
-        weights["lm_head.weight"] = normal(TINY_VOCAB, TINY_HIDDEN)
-    q_rows, kv_rows = TINY_HEADS * TINY_HEAD_DIM, TINY_KV_HEADS * TINY_HEAD_DIM
+        weights["lm_head.weight"] = normal(TINY_VOCAB, hidden)
+    q_rows, kv_rows = hidden, TINY_KV_HEADS * (hidden // TINY_HEADS)
     for layer in range(TINY_LAYERS):
         prefix = f"model.layers.{layer}"
         weights |= {
-            f"{prefix}.input_layernorm.weight": normal(TINY_HIDDEN),
-            f"{prefix}.post_attention_layernorm.weight": normal(TINY_HIDDEN),
-            f"{prefix}.self_attn.q_proj.weight": normal(q_rows, TINY_HIDDEN),
-            f"{prefix}.self_attn.k_proj.weight": normal(kv_rows, TINY_HIDDEN),
-            f"{prefix}.self_attn.v_proj.weight": normal(kv_rows, TINY_HIDDEN),
-            f"{prefix}.self_attn.o_proj.weight": normal(TINY_HIDDEN, q_rows),
-            f"{prefix}.mlp.gate_proj.weight": normal(TINY_FFN, TINY_HIDDEN),
-            f"{prefix}.mlp.up_proj.weight": normal(TINY_FFN, TINY_HIDDEN),
-            f"{prefix}.mlp.down_proj.weight": normal(TINY_HIDDEN, TINY_FFN),
+            f"{prefix}.input_layernorm.weight": normal(hidden),
+            f"{prefix}.post_attention_layernorm.weight": normal(hidden),
+            f"{prefix}.self_attn.q_proj.weight": normal(q_rows, hidden),
+            f"{prefix}.self_attn.k_proj.weight": normal(kv_rows, hidden),
+            f"{prefix}.self_attn.v_proj.weight": normal(kv_rows, hidden),
+            f"{prefix}.self_attn.o_proj.weight": normal(hidden, q_rows),
+            f"{prefix}.mlp.gate_proj.weight": normal(ffn, hidden),
+            f"{prefix}.mlp.up_proj.weight": normal(ffn, hidden),
+            f"{prefix}.mlp.down_proj.weight": normal(hidden, ffn),
         }
         if architecture == "qwen2":
             weights |= {
@@ -131,21 +143,24 @@ def write_tiny_gguf(
     extra_tensors: dict[str, tuple[np.ndarray, Any]] | None = None,
     seed: int = 0,
     type_overrides: dict[str, gguf.GGMLQuantizationType] | None = None,
+    hidden: int = TINY_HIDDEN,
+    ffn: int = TINY_FFN,
 ) -> TinyGGUF:
     """A 2-layer model; 2-D weights in `tensor_type` (or the type `type_overrides` gives that GGUF tensor name),
-    1-D ones in F32 (as llama.cpp stores norms and biases)."""
+    1-D ones in F32 (as llama.cpp stores norms and biases). K-quant types need `hidden` and `ffn` multiples of
+    256."""
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name(model_name)
     writer.add_block_count(TINY_LAYERS)
     writer.add_context_length(256)
-    writer.add_embedding_length(TINY_HIDDEN)
-    writer.add_feed_forward_length(TINY_FFN)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
     writer.add_head_count(TINY_HEADS)
     writer.add_head_count_kv(TINY_KV_HEADS)
     writer.add_rope_freq_base(50000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     if architecture == "llama":
-        writer.add_rope_dimension_count(TINY_HEAD_DIM)
+        writer.add_rope_dimension_count(hidden // TINY_HEADS)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(TINY_TOKENS)
@@ -162,7 +177,7 @@ def write_tiny_gguf(
         metadata(writer)
 
     tiny = TinyGGUF(path, architecture, {}, {})
-    for name, original in _hf_weights(architecture, tied, np.random.default_rng(seed)).items():
+    for name, original in _hf_weights(architecture, tied, np.random.default_rng(seed), hidden, ffn).items():
         qtype = tensor_type if original.ndim == 2 else gguf.GGMLQuantizationType.F32
         qtype = (type_overrides or {}).get(gguf_name(name), qtype)
         stored = original
@@ -170,11 +185,11 @@ def write_tiny_gguf(
             stored = permute_like_llama_cpp(original, TINY_HEADS)
         elif architecture == "llama" and ".k_proj." in name:
             stored = permute_like_llama_cpp(original, TINY_KV_HEADS)
-        writer.add_tensor(gguf_name(name), gguf.quants.quantize(stored, qtype), raw_dtype=qtype)
+        writer.add_tensor(gguf_name(name), quantize(stored, qtype), raw_dtype=qtype)
         tiny.originals[name] = original
         # Quantization works on blocks within a row, so it commutes with the row permutation: the value a
         # correct loader yields is the HF-layout weight quantized and dequantized, with no permutation at all.
-        tiny.expected[name] = gguf.quants.dequantize(gguf.quants.quantize(original, qtype), qtype)
+        tiny.expected[name] = gguf.quants.dequantize(quantize(original, qtype), qtype)
         tiny.tensor_types[name] = qtype
     for name, (data, raw_dtype) in (extra_tensors or {}).items():
         writer.add_tensor(name, data, raw_dtype=raw_dtype)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from pagedserve.attention.backend import (
     AttentionMetadata,
+    as_stored,
     gather_sequence_kv,
     key_rows,
     value_rows,
@@ -43,16 +44,18 @@ class CpuBackend:
         for chunk in metadata.prefills:
             rows = slice(chunk.token_start, chunk.token_start + chunk.num_tokens)
             if chunk.context_len == 0:
-                ks, vs = k[rows], v[rows]
+                # As stored: with a float8 cache, every attention sees the same rounded K/V, whether its context
+                # came from this step, an earlier chunk or a prefix hit.
+                ks, vs = as_stored(k[rows], k_cache), as_stored(v[rows], v_cache)
             else:
                 total = chunk.context_len + chunk.num_tokens
-                ks = gather_sequence_kv(key_rows(k_cache), chunk.block_table, total)
-                vs = gather_sequence_kv(value_rows(v_cache), chunk.block_table, total)
+                ks = gather_sequence_kv(key_rows(k_cache), chunk.block_table, total).to(q.dtype)
+                vs = gather_sequence_kv(value_rows(v_cache), chunk.block_table, total).to(q.dtype)
             out[rows] = _prefill_sdpa(q[rows], ks, vs, chunk.context_len, scale, num_kv_heads)
         return out
 
     def _decode(self, q, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-        if self.use_kernel and cpu_ops.available(q, k_cache) and k_cache.dtype == q.dtype:
+        if self.use_kernel and cpu_ops.can_decode_from(q, k_cache):
             return cpu_ops.paged_decode_attention(
                 q if cpu_ops.usable_rows(q) else q.contiguous(),
                 k_cache,
@@ -72,8 +75,12 @@ def _decode_torch(q, k_cache, v_cache, metadata: AttentionMetadata, scale: float
     tables = metadata.decode_block_tables[:, :num_blocks]
     length = num_blocks * block_size
     # [B, L, Hkv, D] -> [B, Hkv, L, D]
-    keys = key_rows(k_cache)[tables].reshape(batch, length, num_kv_heads, head_dim).transpose(1, 2)
-    values = value_rows(v_cache)[tables].reshape(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    keys = (
+        key_rows(k_cache)[tables].reshape(batch, length, num_kv_heads, head_dim).transpose(1, 2).to(q.dtype)
+    )
+    values = (
+        value_rows(v_cache)[tables].reshape(batch, length, num_kv_heads, head_dim).transpose(1, 2).to(q.dtype)
+    )
     queries = q.view(batch, num_kv_heads, group, head_dim)
     scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * scale  # [B, Hkv, G, L]
     positions = torch.arange(length, device=q.device)

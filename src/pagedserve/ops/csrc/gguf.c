@@ -33,11 +33,12 @@ int gguf_has_panels(void) {
 
 /* out[n, k] float32 = the dequantized matrix. */
 int gguf_dequantize(const uint8_t *w, int qtype, float *out, int64_t n, int64_t k, int threads) {
-    const int64_t block_bytes = gguf_block_bytes(qtype);
-    if (block_bytes == 0 || k % GGUF_BLOCK != 0) return 1;
-    const int64_t blocks = n * (k / GGUF_BLOCK);
+    const int64_t row_bytes = gguf_row_bytes(qtype, k);
+    if (row_bytes == 0) return 1;
+    const int64_t per_row = k / GGUF_BLOCK, blocks = n * per_row;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t b = 0; b < blocks; ++b) gguf_dequantize_block(w + b * block_bytes, qtype, out + b * GGUF_BLOCK);
+    for (int64_t b = 0; b < blocks; ++b)
+        gguf_dequantize_block(w + b / per_row * row_bytes, b % per_row, qtype, out + b * GGUF_BLOCK);
     return 0;
 }
 
@@ -54,41 +55,39 @@ static inline float sum8(__m256 v) {
 }
 /* ACC accumulators per row (4 for one row, 1 for four): one accumulator per row made each block's four FMAs a
  * dependent chain, and the one-row GEMV ran latency-bound at half the speed of the bfloat16 one. */
-#define DEFINE_DOT(NR)                                                                                            \
-    static void dot_##NR(const float *x, int64_t k, const uint8_t *row, int qtype, int64_t block_bytes,         \
-                         float *sums) {                                                                           \
-        enum { ROWS = NR, ACC = NR >= 3 ? 1 : 4 / NR };                                                           \
-        __m256 acc[ROWS][ACC];                                                                                    \
-        for (int r = 0; r < ROWS; ++r)                                                                            \
-            for (int a = 0; a < ACC; ++a) acc[r][a] = _mm256_setzero_ps();                                        \
-        for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {                                                            \
-            __m256 wv[4];                                                                                         \
-            gguf_block_vectors(row + b * block_bytes, qtype, wv);                                                 \
-            for (int v = 0; v < 4; ++v)                                                                           \
-                for (int r = 0; r < ROWS; ++r)                                                                    \
-                    acc[r][v % ACC] = _mm256_fmadd_ps(wv[v], _mm256_loadu_ps(x + r * k + b * GGUF_BLOCK + v * 8), \
-                                                      acc[r][v % ACC]);                                           \
-        }                                                                                                         \
-        for (int r = 0; r < ROWS; ++r) {                                                                          \
-            float total = 0.0f;                                                                                   \
-            for (int a = 0; a < ACC; ++a) total += sum8(acc[r][a]);                                               \
-            sums[r] = total;                                                                                      \
-        }                                                                                                         \
+#define DEFINE_DOT(NR)                                                                                                \
+    static void dot_##NR(const float *x, int64_t k, const uint8_t *row, int qtype, float *sums) {                     \
+        enum { ROWS = NR, ACC = NR >= 3 ? 1 : 4 / NR };                                                               \
+        __m256 acc[ROWS][ACC];                                                                                        \
+        for (int r = 0; r < ROWS; ++r)                                                                                \
+            for (int a = 0; a < ACC; ++a) acc[r][a] = _mm256_setzero_ps();                                            \
+        for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {                                                                \
+            __m256 wv[4];                                                                                             \
+            gguf_block_vectors(row, b, qtype, wv);                                                                    \
+            for (int v = 0; v < 4; ++v)                                                                               \
+                for (int r = 0; r < ROWS; ++r)                                                                        \
+                    acc[r][v % ACC] = _mm256_fmadd_ps(wv[v], _mm256_loadu_ps(x + r * k + b * GGUF_BLOCK + v * 8),     \
+                                                      acc[r][v % ACC]);                                               \
+        }                                                                                                             \
+        for (int r = 0; r < ROWS; ++r) {                                                                              \
+            float total = 0.0f;                                                                                       \
+            for (int a = 0; a < ACC; ++a) total += sum8(acc[r][a]);                                                   \
+            sums[r] = total;                                                                                          \
+        }                                                                                                             \
     }
 #else
-#define DEFINE_DOT(NR)                                                                                            \
-    static void dot_##NR(const float *x, int64_t k, const uint8_t *row, int qtype, int64_t block_bytes,         \
-                         float *sums) {                                                                           \
-        float wv[GGUF_BLOCK];                                                                                     \
-        for (int r = 0; r < NR; ++r) sums[r] = 0.0f;                                                             \
-        for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {                                                            \
-            gguf_dequantize_block(row + b * block_bytes, qtype, wv);                                             \
-            for (int r = 0; r < NR; ++r) {                                                                        \
-                float total = 0.0f;                                                                               \
-                for (int j = 0; j < GGUF_BLOCK; ++j) total += wv[j] * x[r * k + b * GGUF_BLOCK + j];             \
-                sums[r] += total;                                                                                 \
-            }                                                                                                     \
-        }                                                                                                         \
+#define DEFINE_DOT(NR)                                                                                                \
+    static void dot_##NR(const float *x, int64_t k, const uint8_t *row, int qtype, float *sums) {                     \
+        float wv[GGUF_BLOCK];                                                                                         \
+        for (int r = 0; r < NR; ++r) sums[r] = 0.0f;                                                                  \
+        for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {                                                                \
+            gguf_dequantize_block(row, b, qtype, wv);                                                                 \
+            for (int r = 0; r < NR; ++r) {                                                                            \
+                float total = 0.0f;                                                                                   \
+                for (int j = 0; j < GGUF_BLOCK; ++j) total += wv[j] * x[r * k + b * GGUF_BLOCK + j];                  \
+                sums[r] += total;                                                                                     \
+            }                                                                                                         \
+        }                                                                                                             \
     }
 #endif
 DEFINE_DOT(1)
@@ -96,21 +95,20 @@ DEFINE_DOT(2)
 DEFINE_DOT(3)
 DEFINE_DOT(4)
 
-static void dot(const float *x, int64_t k, const uint8_t *row, int qtype, int64_t block_bytes, int64_t rows,
-                float *sums) {
+static void dot(const float *x, int64_t k, const uint8_t *row, int qtype, int64_t rows, float *sums) {
     switch (rows) {
-    case 1: dot_1(x, k, row, qtype, block_bytes, sums); break;
-    case 2: dot_2(x, k, row, qtype, block_bytes, sums); break;
-    case 3: dot_3(x, k, row, qtype, block_bytes, sums); break;
-    default: dot_4(x, k, row, qtype, block_bytes, sums); break;
+    case 1: dot_1(x, k, row, qtype, sums); break;
+    case 2: dot_2(x, k, row, qtype, sums); break;
+    case 3: dot_3(x, k, row, qtype, sums); break;
+    default: dot_4(x, k, row, qtype, sums); break;
     }
 }
 
 /* 0 done; 1 bad type or k; 2 out of memory; 3 too many rows for this level (dequantize and use the GEMM). */
 int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
               int64_t k, int threads) {
-    const int64_t block_bytes = gguf_block_bytes(qtype);
-    if (block_bytes == 0 || k % GGUF_BLOCK != 0) return 1;
+    const int64_t row_bytes = gguf_row_bytes(qtype, k);
+    if (row_bytes == 0) return 1;
     if (m > GGUF_DOT_MAX_ROWS) {
 #if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
         return gguf_gemm_avx2(x, w, qtype, bias, out, m, n, k, threads);
@@ -118,14 +116,13 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
         return 3;
 #endif
     }
-    const int64_t row_bytes = k / GGUF_BLOCK * block_bytes;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t c = 0; c < n; ++c) {
         float sums[4];
         /* at most 4 rows a pass (8 and more spill the AVX2 registers); a second pass re-reads the row from cache */
         for (int64_t r0 = 0; r0 < m; r0 += 4) {
             const int64_t rows = m - r0 < 4 ? m - r0 : 4;
-            dot(x + r0 * k, k, w + c * row_bytes, qtype, block_bytes, rows, sums);
+            dot(x + r0 * k, k, w + c * row_bytes, qtype, rows, sums);
             for (int64_t r = 0; r < rows; ++r) out[(r0 + r) * n + c] = sums[r] + (bias != NULL ? bias[c] : 0.0f);
         }
     }

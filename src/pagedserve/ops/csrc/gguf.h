@@ -1,12 +1,21 @@
-/* GGUF (ggml) block formats kept quantized in memory: Q4_0, Q4_1 and Q8_0, 32 weights per block along a row.
+/* GGUF (ggml) block formats kept quantized in memory: Q4_0, Q4_1, Q8_0 (32 weights a block) and the K-quants
+ * Q4_K, Q6_K (256 weights a super-block), along a row.
  *
- * Byte layout, from ggml's block_q4_0 / block_q4_1 / block_q8_0 (and the gguf package's own dequantizers, which the
- * tests compare against):
+ * Byte layout, from ggml's block_q4_0 / block_q4_1 / block_q8_0 / block_q4_K / block_q6_K (and the gguf package's
+ * own dequantizers, which the tests compare against):
  *   Q4_0 (type 2), 18 bytes: float16 d, then 16 bytes of nibbles; weight j (j < 16) = d * ((qs[j] & 15) - 8),
  *                            weight j + 16 = d * ((qs[j] >> 4) - 8).
  *   Q4_1 (type 3), 20 bytes: float16 d, float16 m, 16 bytes of nibbles; weight = d * nibble + m (same order).
  *   Q8_0 (type 8), 34 bytes: float16 d, 32 int8 q; weight j = d * q[j].
- * A row of k weights is k / 32 consecutive blocks; a matrix [n, k] is n such rows.
+ *   Q4_K (type 12), 144 bytes: float16 d, float16 dmin, 12 bytes of 6-bit scales sc[8] and mins mn[8], 128 bytes
+ *        of nibbles. Sub-block s (32 weights) = d * sc[s] * q - dmin * mn[s]; its nibbles are the low (s even) or
+ *        high (s odd) halves of bytes qs[32 (s / 2) ...+32]. sc/mn for s < 4: scales[s] & 63, scales[s + 4] & 63;
+ *        for s >= 4: (scales[s + 4] & 15) | (scales[s - 4] >> 6) << 4 and (scales[s + 4] >> 4) | (scales[s] >> 6) << 4.
+ *   Q6_K (type 14), 210 bytes: ql[128] (low 4 bits), qh[64] (high 2 bits), int8 scales[16], float16 d. In half
+ *        h (128 weights) and quarter g (32 weights): q = ((ql[64 h + 32 (g & 1) + l] >> 4 (g >> 1)) & 15)
+ *        | ((qh[32 h + l] >> 2 g) & 3) << 4, weight = d * scales[8 h + 2 g + l / 16] * (q - 32), l < 32.
+ * A row of k weights is k / 32 (k / 256) consecutive blocks; a matrix [n, k] is n such rows. The kernels address
+ * every type by 32-weight sub-blocks (gguf_block_vectors(row, b)), so one loop serves them all.
  */
 #ifndef PAGEDSERVE_GGUF_H
 #define PAGEDSERVE_GGUF_H
@@ -19,14 +28,39 @@
 #define GGUF_Q4_0 2
 #define GGUF_Q4_1 3
 #define GGUF_Q8_0 8
+#define GGUF_Q4_K 12
+#define GGUF_Q6_K 14
 #define GGUF_BLOCK 32
+#define GGUF_SUPER 256
 
 static inline int64_t gguf_block_bytes(int qtype) {
     switch (qtype) {
     case GGUF_Q4_0: return 18;
     case GGUF_Q4_1: return 20;
     case GGUF_Q8_0: return 34;
+    case GGUF_Q4_K: return 144;
+    case GGUF_Q6_K: return 210;
     default: return 0;
+    }
+}
+
+/* Weights per (super-)block: 256 for the K-quants, 32 for the others. */
+static inline int64_t gguf_block_weights(int qtype) { return qtype == GGUF_Q4_K || qtype == GGUF_Q6_K ? 256 : 32; }
+
+/* Bytes of a row of k weights; 0 for an unknown type or a k that is not whole blocks. */
+static inline int64_t gguf_row_bytes(int qtype, int64_t k) {
+    const int64_t per = gguf_block_weights(qtype);
+    return gguf_block_bytes(qtype) == 0 || k % per != 0 ? 0 : k / per * gguf_block_bytes(qtype);
+}
+
+/* Q4_K: scale and min of sub-block s (0-7) from the 12 packed bytes (layout above). */
+static inline void gguf_q4k_scale_min(const uint8_t *scales, int s, int *sc, int *mn) {
+    if (s < 4) {
+        *sc = scales[s] & 63;
+        *mn = scales[s + 4] & 63;
+    } else {
+        *sc = (scales[s + 4] & 15) | ((scales[s - 4] >> 6) << 4);
+        *mn = (scales[s + 4] >> 4) | ((scales[s] >> 6) << 4);
     }
 }
 
@@ -56,10 +90,62 @@ static inline float gguf_half(const uint8_t *p) {
 }
 
 #if defined(__AVX2__)
-/* The 32 weights of one block as four float32 vectors, exactly (d * q has at most 19 significant bits, so d * q + m
- * rounds once, fused or not): nibbles split with a mask and a shift, widened 8 at a time. A plain C loop instead
- * ran a 3072 x 576 Q4_1 GEMV ~7x slower on a Zen 3 (738 us against ~100 for bfloat16): gcc did not vectorise it. */
-static inline void gguf_block_vectors(const uint8_t *block, int qtype, __m256 w[4]) {
+/* Four vectors of 8 bytes each (16 bytes in q0, 16 in q1) widened to float32, times vd, plus offset. */
+static inline void gguf_widen_u8(__m128i q0, __m128i q1, __m256 vd, __m256 offset, __m256 w[4]) {
+    w[0] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q0)), offset);
+    w[1] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q0, 8))), offset);
+    w[2] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q1)), offset);
+    w[3] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q1, 8))), offset);
+}
+
+/* The 32 weights of sub-block b of a row as four float32 vectors, exactly as ggml computes them (d * q has at most
+ * 19 significant bits for Q4_0/Q4_1 and d * sc * q at most 21 for Q4_K, so scale-and-offset rounds once, fused or
+ * not; Q6_K's d * sc is exact and times q rounds once, as in ggml): nibbles split with a mask and a shift, widened 8
+ * at a time. A plain C loop instead ran a 3072 x 576 Q4_1 GEMV ~7x slower on a Zen 3 (738 us against ~100 for
+ * bfloat16): gcc did not vectorise it. */
+static inline void gguf_block_vectors(const uint8_t *row, int64_t b, int qtype, __m256 w[4]) {
+    const __m128i mask = _mm_set1_epi8(15);
+    if (qtype == GGUF_Q4_K) {
+        const uint8_t *super = row + (b >> 3) * 144;
+        const int s = (int)(b & 7);
+        int sc, mn;
+        gguf_q4k_scale_min(super + 4, s, &sc, &mn);
+        const uint8_t *qs = super + 16 + (s >> 1) * 32;
+        __m128i q0 = _mm_loadu_si128((const __m128i *)qs), q1 = _mm_loadu_si128((const __m128i *)(qs + 16));
+        if (s & 1) {
+            q0 = _mm_srli_epi16(q0, 4);
+            q1 = _mm_srli_epi16(q1, 4);
+        }
+        gguf_widen_u8(_mm_and_si128(q0, mask), _mm_and_si128(q1, mask), _mm256_set1_ps(gguf_half(super) * (float)sc),
+                      _mm256_set1_ps(-(gguf_half(super + 2) * (float)mn)), w);
+        return;
+    }
+    if (qtype == GGUF_Q6_K) {
+        const uint8_t *super = row + (b >> 3) * 210;
+        const int s = (int)(b & 7), h = s >> 2, g = s & 3;
+        const uint8_t *ql = super + 64 * h + 32 * (g & 1), *qh = super + 128 + 32 * h;
+        const int8_t *scales = (const int8_t *)(super + 192 + 8 * h + 2 * g);
+        __m128i l0 = _mm_loadu_si128((const __m128i *)ql), l1 = _mm_loadu_si128((const __m128i *)(ql + 16));
+        __m128i h0 = _mm_loadu_si128((const __m128i *)qh), h1 = _mm_loadu_si128((const __m128i *)(qh + 16));
+        const __m128i shift_low = _mm_cvtsi32_si128(4 * (g >> 1)), shift_high = _mm_cvtsi32_si128(2 * g);
+        const __m128i three = _mm_set1_epi8(3);
+        l0 = _mm_and_si128(_mm_srl_epi16(l0, shift_low), mask);
+        l1 = _mm_and_si128(_mm_srl_epi16(l1, shift_low), mask);
+        h0 = _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h0, shift_high), three), 4);
+        h1 = _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(h1, shift_high), three), 4);
+        const __m128i q0 = _mm_or_si128(l0, h0), q1 = _mm_or_si128(l1, h1);
+        const float d = gguf_half(super + 208);
+        const __m256 d0 = _mm256_set1_ps(d * (float)scales[0]), d1 = _mm256_set1_ps(d * (float)scales[1]);
+        const __m256i bias = _mm256_set1_epi32(32);
+#define Q6K_VECTOR(Q) _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(Q), bias))
+        w[0] = _mm256_mul_ps(d0, Q6K_VECTOR(q0));
+        w[1] = _mm256_mul_ps(d0, Q6K_VECTOR(_mm_srli_si128(q0, 8)));
+        w[2] = _mm256_mul_ps(d1, Q6K_VECTOR(q1));
+        w[3] = _mm256_mul_ps(d1, Q6K_VECTOR(_mm_srli_si128(q1, 8)));
+#undef Q6K_VECTOR
+        return;
+    }
+    const uint8_t *block = row + b * gguf_block_bytes(qtype);
     const __m256 vd = _mm256_set1_ps(gguf_half(block));
     if (qtype == GGUF_Q8_0) {
         const __m128i q0 = _mm_loadu_si128((const __m128i *)(block + 2));
@@ -72,24 +158,44 @@ static inline void gguf_block_vectors(const uint8_t *block, int qtype, __m256 w[
     }
     const int q4_1 = qtype == GGUF_Q4_1;
     const __m128i raw = _mm_loadu_si128((const __m128i *)(block + (q4_1 ? 4 : 2)));
-    const __m128i mask = _mm_set1_epi8(15);
     const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
     /* Q4_1: d * q + m; Q4_0: d * q - 8 d */
     const __m256 offset = q4_1 ? _mm256_set1_ps(gguf_half(block + 2)) : _mm256_mul_ps(vd, _mm256_set1_ps(-8.0f));
-    w[0] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), offset);
-    w[1] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), offset);
-    w[2] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), offset);
-    w[3] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), offset);
+    gguf_widen_u8(lo, hi, vd, offset, w);
 }
 #endif
 
-/* The 32 weights of one block as float32 (AVX2: gguf_block_vectors; else plain loops). */
-static inline void gguf_dequantize_block(const uint8_t *block, int qtype, float *out) {
+/* The 32 weights of sub-block b of a row as float32 (AVX2: gguf_block_vectors; else plain loops, same
+ * arithmetic). */
+static inline void gguf_dequantize_block(const uint8_t *row, int64_t b, int qtype, float *out) {
 #if defined(__AVX2__)
     __m256 w[4];
-    gguf_block_vectors(block, qtype, w);
+    gguf_block_vectors(row, b, qtype, w);
     for (int p = 0; p < 4; ++p) _mm256_storeu_ps(out + 8 * p, w[p]);
 #else
+    if (qtype == GGUF_Q4_K) {
+        const uint8_t *super = row + (b >> 3) * 144;
+        const int s = (int)(b & 7);
+        int sc, mn;
+        gguf_q4k_scale_min(super + 4, s, &sc, &mn);
+        const float d = gguf_half(super) * (float)sc, m = gguf_half(super + 2) * (float)mn;
+        const uint8_t *qs = super + 16 + (s >> 1) * 32;
+        for (int j = 0; j < GGUF_BLOCK; ++j) out[j] = d * (float)((qs[j] >> (4 * (s & 1))) & 15) - m;
+        return;
+    }
+    if (qtype == GGUF_Q6_K) {
+        const uint8_t *super = row + (b >> 3) * 210;
+        const int s = (int)(b & 7), h = s >> 2, g = s & 3;
+        const uint8_t *ql = super + 64 * h + 32 * (g & 1), *qh = super + 128 + 32 * h;
+        const int8_t *scales = (const int8_t *)(super + 192 + 8 * h + 2 * g);
+        const float d = gguf_half(super + 208);
+        for (int j = 0; j < GGUF_BLOCK; ++j) {
+            const int q = ((ql[j] >> (4 * (g >> 1))) & 15) | (((qh[j] >> (2 * g)) & 3) << 4);
+            out[j] = d * (float)scales[j / 16] * (float)(q - 32);
+        }
+        return;
+    }
+    const uint8_t *block = row + b * gguf_block_bytes(qtype);
     const float d = gguf_half(block);
     if (qtype == GGUF_Q8_0) {
         const int8_t *q = (const int8_t *)(block + 2);

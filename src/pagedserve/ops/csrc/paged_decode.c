@@ -9,7 +9,10 @@
  *                                                                 block's tokens are one vector FMA per dimension
  *   v_cache    [num_blocks, num_kv_heads, block_size, head_dim]   value rows: accumulated per dimension
  * so one (block, kv head) of K and of V are each one contiguous chunk, read as a stream.
- *   block_tables [batch, max_blocks] int64; seq_lens [batch] int64. dtype: 0 float32, 1 bfloat16.
+ *   block_tables [batch, max_blocks] int64; seq_lens [batch] int64. dtype (q and out): 0 float32, 1 bfloat16;
+ *   cache_dtype: the same code as dtype (a cache in the activations' dtype) or 2, float8 e4m3 (--kv-cache-dtype
+ *   fp8, read as stored: the scale is 1, as vLLM's without calibrated scales), which halves (bfloat16) or
+ *   quarters (float32) the bytes decode reads.
  */
 #include <float.h>
 #include <math.h>
@@ -19,6 +22,20 @@
 
 #include "bf16.h"
 #include "simd.h"
+
+/* float8 e4m3 (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities) to float32, exactly. 0x7f/0xff
+ * (NaN) is never written to the cache (writes saturate). */
+static inline float e4m3_to_f32(uint8_t b) {
+    const uint32_t exponent = (b >> 3) & 15u, mantissa = b & 7u;
+    float magnitude;
+    if (exponent == 0) {
+        magnitude = (float)mantissa * 0.001953125f; /* subnormal: m * 2^-9 */
+    } else {
+        const uint32_t bits = ((exponent + 120u) << 23) | (mantissa << 20);
+        memcpy(&magnitude, &bits, sizeof bits);
+    }
+    return (b & 0x80u) ? -magnitude : magnitude;
+}
 
 /* In place, each of `rows` rows of `len` scores (row stride `stride`). */
 static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t stride) {
@@ -37,8 +54,8 @@ static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t strid
 
 /* One (sequence, kv head): T is the storage type, LOAD converts one element to float. BS is the block size
  * (a compile-time 16 for the common case so the token loop is exactly one vector). */
-#define DEFINE_DECODE_ONE(NAME, T, LOAD, STORE, BS_EXPR)                                                          \
-    static void NAME(const T *q, const T *k_cache, const T *v_cache, T *out, const int64_t *table, int64_t len,  \
+#define DEFINE_DECODE_ONE(NAME, T, LOAD, STORE, TC, LOADC, BS_EXPR)                                               \
+    static void NAME(const T *q, const TC *k_cache, const TC *v_cache, T *out, const int64_t *table, int64_t len, \
                      int64_t h, int64_t group, int64_t num_kv_heads, int64_t head_dim, int64_t block_size_arg,   \
                      float scale, float *qf, float *acc, float *scores) {                                       \
         const int64_t bs = (BS_EXPR);                                                                            \
@@ -46,15 +63,15 @@ static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t strid
         (void)block_size_arg;                                                                                    \
         for (int64_t i = 0; i < group * head_dim; ++i) qf[i] = LOAD(q[i]) * scale;                             \
         for (int64_t blk_i = 0; blk_i < num_blocks; ++blk_i) {                                                   \
-            const T *kb = k_cache + (table[blk_i] * num_kv_heads + h) * head_dim * bs;                           \
+            const TC *kb = k_cache + (table[blk_i] * num_kv_heads + h) * head_dim * bs;                          \
             for (int64_t g = 0; g < group; ++g) {                                                                \
                 const float *qg = qf + g * head_dim;                                                             \
                 float block_scores[bs]; /* a register when bs is the constant 16 */                              \
                 for (int64_t j = 0; j < bs; ++j) block_scores[j] = 0.0f;                                         \
                 for (int64_t d = 0; d < head_dim; ++d) {                                                         \
                     const float qd = qg[d];                                                                      \
-                    const T *row = kb + d * bs;                                                                  \
-                    _Pragma("omp simd") for (int64_t j = 0; j < bs; ++j) block_scores[j] += qd * LOAD(row[j]);  \
+                    const TC *row = kb + d * bs;                                                                 \
+                    _Pragma("omp simd") for (int64_t j = 0; j < bs; ++j) block_scores[j] += qd * LOADC(row[j]); \
                 }                                                                                                \
                 memcpy(scores + g * stride + blk_i * bs, block_scores, sizeof(float) * (size_t)bs);              \
             }                                                                                                    \
@@ -62,11 +79,11 @@ static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t strid
         softmax_rows(scores, group, len, stride);                                                                \
         memset(acc, 0, sizeof(float) * (size_t)(group * head_dim));                                              \
         for (int64_t t = 0; t < len; ++t) {                                                                      \
-            const T *vrow = v_cache + ((table[t / bs] * num_kv_heads + h) * bs + t % bs) * head_dim;            \
+            const TC *vrow = v_cache + ((table[t / bs] * num_kv_heads + h) * bs + t % bs) * head_dim;           \
             for (int64_t g = 0; g < group; ++g) {                                                                \
                 const float p = scores[g * stride + t];                                                          \
                 float *a = acc + g * head_dim;                                                                   \
-                _Pragma("omp simd") for (int64_t d = 0; d < head_dim; ++d) a[d] += p * LOAD(vrow[d]);           \
+                _Pragma("omp simd") for (int64_t d = 0; d < head_dim; ++d) a[d] += p * LOADC(vrow[d]);          \
             }                                                                                                    \
         }                                                                                                        \
         for (int64_t i = 0; i < group * head_dim; ++i) out[i] = STORE(acc[i]);                                  \
@@ -74,10 +91,24 @@ static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t strid
 
 #define LOAD_F32(x) (x)
 #define STORE_F32(x) (x)
-DEFINE_DECODE_ONE(decode_f32_bs16, float, LOAD_F32, STORE_F32, 16)
-DEFINE_DECODE_ONE(decode_f32, float, LOAD_F32, STORE_F32, block_size_arg)
-DEFINE_DECODE_ONE(decode_bf16_bs16, uint16_t, bf16_to_f32, f32_to_bf16, 16)
-DEFINE_DECODE_ONE(decode_bf16, uint16_t, bf16_to_f32, f32_to_bf16, block_size_arg)
+DEFINE_DECODE_ONE(decode_f32_bs16, float, LOAD_F32, STORE_F32, float, LOAD_F32, 16)
+DEFINE_DECODE_ONE(decode_f32, float, LOAD_F32, STORE_F32, float, LOAD_F32, block_size_arg)
+DEFINE_DECODE_ONE(decode_bf16_bs16, uint16_t, bf16_to_f32, f32_to_bf16, uint16_t, bf16_to_f32, 16)
+DEFINE_DECODE_ONE(decode_bf16, uint16_t, bf16_to_f32, f32_to_bf16, uint16_t, bf16_to_f32, block_size_arg)
+DEFINE_DECODE_ONE(decode_f32_e4m3_bs16, float, LOAD_F32, STORE_F32, uint8_t, e4m3_to_f32, 16)
+DEFINE_DECODE_ONE(decode_f32_e4m3, float, LOAD_F32, STORE_F32, uint8_t, e4m3_to_f32, block_size_arg)
+DEFINE_DECODE_ONE(decode_bf16_e4m3_bs16, uint16_t, bf16_to_f32, f32_to_bf16, uint8_t, e4m3_to_f32, 16)
+DEFINE_DECODE_ONE(decode_bf16_e4m3, uint16_t, bf16_to_f32, f32_to_bf16, uint8_t, e4m3_to_f32, block_size_arg)
+
+typedef void (*decode_one_fn)(const void *, const void *, const void *, void *, const int64_t *, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, float, float *, float *, float *);
+/* [dtype][cache is e4m3][block size is 16] */
+static const decode_one_fn DECODE_ONE[2][2][2] = {
+    {{(decode_one_fn)decode_f32, (decode_one_fn)decode_f32_bs16},
+     {(decode_one_fn)decode_f32_e4m3, (decode_one_fn)decode_f32_e4m3_bs16}},
+    {{(decode_one_fn)decode_bf16, (decode_one_fn)decode_bf16_bs16},
+     {(decode_one_fn)decode_bf16_e4m3, (decode_one_fn)decode_bf16_e4m3_bs16}},
+};
 
 #ifdef PAGEDSERVE_SIMD
 /* Block size 16, head_dim % 16 == 0: the common case, with the accumulators in registers, for float32 and
@@ -97,19 +128,20 @@ static inline void prefetch_block(const void *block, int64_t bytes, int to_l2) {
     }
 }
 
-#define DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, GROUP)                                                    \
+#define DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, GROUP)                                                \
     static void NAME##_##GROUP(const void *q_in, const void *k_in, const void *v_in, void *out_in,               \
                                const int64_t *table, int64_t len, int64_t h, int64_t num_kv_heads,               \
                                int64_t head_dim, float scale, float *qf, float *scores) {                        \
-        const T *q = q_in, *k_cache = k_in, *v_cache = v_in;                                                     \
+        const T *q = q_in;                                                                                       \
+        const TC *k_cache = k_in, *v_cache = v_in;                                                               \
         T *out = out_in;                                                                                         \
         const int64_t num_blocks = (len + 15) / 16, stride = num_blocks * 16;                                    \
-        const int64_t block_elems = head_dim * 16, block_bytes = block_elems * (int64_t)sizeof(T);              \
+        const int64_t block_elems = head_dim * 16, block_bytes = block_elems * (int64_t)sizeof(TC);             \
         for (int64_t b = 0; b < 2 && b < num_blocks; ++b)                                                        \
             prefetch_block(k_cache + (table[b] * num_kv_heads + h) * block_elems, block_bytes, 0);               \
         for (int64_t i = 0; i < GROUP * head_dim; ++i) qf[i] = LOAD(q[i]) * scale;                             \
         for (int64_t blk_i = 0; blk_i < num_blocks; ++blk_i) {                                                   \
-            const T *kb = k_cache + (table[blk_i] * num_kv_heads + h) * block_elems;                             \
+            const TC *kb = k_cache + (table[blk_i] * num_kv_heads + h) * block_elems;                            \
             /* Blocks sit anywhere in the pool, too short for the hardware prefetcher to ramp up: fetch the keys  \
              * two blocks ahead, and this block's values for the pass below (into L2), while this one computes. */ \
             if (blk_i + 2 < num_blocks)                                                                          \
@@ -133,7 +165,7 @@ static inline void prefetch_block(const void *block, int64_t bytes, int to_l2) {
             vf acc[GROUP];                                                                                       \
             for (int g = 0; g < GROUP; ++g) acc[g] = vf_zero();                                                  \
             for (int64_t blk_i = 0; blk_i < num_blocks; ++blk_i) {                                               \
-                const T *vb = v_cache + (table[blk_i] * num_kv_heads + h) * block_elems + c;                     \
+                const TC *vb = v_cache + (table[blk_i] * num_kv_heads + h) * block_elems + c;                    \
                 const int64_t tokens = len - blk_i * 16 < 16 ? len - blk_i * 16 : 16;                            \
                 for (int64_t j = 0; j < tokens; ++j) {                                                           \
                     const vf v = LOADV(vb + j * head_dim);                                                       \
@@ -148,31 +180,39 @@ static inline void prefetch_block(const void *block, int64_t bytes, int to_l2) {
             }                                                                                                    \
         }                                                                                                        \
     }
-#define DEFINE_DECODE_FAST_GROUPS(NAME, T, LOADV, LOAD, STORE)                                                    \
-    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 1)                                                            \
-    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 2)                                                            \
-    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 3)                                                            \
-    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 4)                                                            \
-    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 5)                                                            \
-    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 6)                                                            \
-    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 7)                                                            \
-    DEFINE_DECODE_FAST(NAME, T, LOADV, LOAD, STORE, 8)
-DEFINE_DECODE_FAST_GROUPS(decode_fast_f32, float, VF_LOAD_F32, LOAD_F32, STORE_F32)
-DEFINE_DECODE_FAST_GROUPS(decode_fast_bf16, uint16_t, VF_LOAD_BF16, bf16_to_f32, f32_to_bf16)
+#define DEFINE_DECODE_FAST_GROUPS(NAME, T, LOAD, STORE, TC, LOADV)                                                \
+    DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, 1)                                                        \
+    DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, 2)                                                        \
+    DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, 3)                                                        \
+    DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, 4)                                                        \
+    DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, 5)                                                        \
+    DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, 6)                                                        \
+    DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, 7)                                                        \
+    DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, 8)
+DEFINE_DECODE_FAST_GROUPS(decode_fast_f32, float, LOAD_F32, STORE_F32, float, VF_LOAD_F32)
+DEFINE_DECODE_FAST_GROUPS(decode_fast_bf16, uint16_t, bf16_to_f32, f32_to_bf16, uint16_t, VF_LOAD_BF16)
+DEFINE_DECODE_FAST_GROUPS(decode_fast_f32_e4m3, float, LOAD_F32, STORE_F32, uint8_t, vf_load_e4m3)
+DEFINE_DECODE_FAST_GROUPS(decode_fast_bf16_e4m3, uint16_t, bf16_to_f32, f32_to_bf16, uint8_t, vf_load_e4m3)
 
 typedef void (*decode_fast_fn)(const void *, const void *, const void *, void *, const int64_t *, int64_t, int64_t,
                                int64_t, int64_t, float, float *, float *);
 #define FAST_TABLE(NAME) {NULL, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6, NAME##_7, NAME##_8}
-/* [dtype][group] */
-static const decode_fast_fn DECODE_FAST[2][9] = {FAST_TABLE(decode_fast_f32), FAST_TABLE(decode_fast_bf16)};
+/* [dtype][cache is e4m3][group] */
+static const decode_fast_fn DECODE_FAST[2][2][9] = {
+    {FAST_TABLE(decode_fast_f32), FAST_TABLE(decode_fast_f32_e4m3)},
+    {FAST_TABLE(decode_fast_bf16), FAST_TABLE(decode_fast_bf16_e4m3)},
+};
 #define HAVE_DECODE_FAST 1
 #endif
 
 int paged_decode_attention(const void *q, const void *k_cache, const void *v_cache, void *out,
                            const int64_t *block_tables, const int64_t *seq_lens, int64_t batch,
                            int64_t num_q_heads, int64_t num_kv_heads, int64_t head_dim, int64_t block_size,
-                           int64_t max_blocks, int64_t q_row_stride, float scale, int dtype, int num_threads) {
+                           int64_t max_blocks, int64_t q_row_stride, float scale, int dtype, int cache_dtype,
+                           int num_threads) {
     const int64_t group = num_q_heads / num_kv_heads;
+    if ((dtype != 0 && dtype != 1) || (cache_dtype != dtype && cache_dtype != 2)) return 3;
+    const int e4m3 = cache_dtype == 2;
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
@@ -200,21 +240,16 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
 #ifdef HAVE_DECODE_FAST
             if (block_size == 16 && group <= 8 && head_dim % 16 == 0) {
                 const size_t element = dtype == 0 ? sizeof(float) : sizeof(uint16_t);
-                DECODE_FAST[dtype][group]((const char *)q + q_offset * element, k_cache, v_cache,
+                DECODE_FAST[dtype][e4m3][group]((const char *)q + q_offset * element, k_cache, v_cache,
                                           (char *)out + out_offset * element, table, len, h, num_kv_heads,
                                           head_dim, scale, qf, scores);
                 continue;
             }
 #endif
-            if (dtype == 0) {
-                (block_size == 16 ? decode_f32_bs16 : decode_f32)(
-                    (const float *)q + q_offset, k_cache, v_cache, (float *)out + out_offset, table, len, h, group,
-                    num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
-            } else {
-                (block_size == 16 ? decode_bf16_bs16 : decode_bf16)(
-                    (const uint16_t *)q + q_offset, k_cache, v_cache, (uint16_t *)out + out_offset, table, len, h,
-                    group, num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
-            }
+            const size_t element = dtype == 0 ? sizeof(float) : sizeof(uint16_t);
+            DECODE_ONE[dtype][e4m3][block_size == 16]((const char *)q + q_offset * element, k_cache, v_cache,
+                                                      (char *)out + out_offset * element, table, len, h, group,
+                                                      num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
         }
         free(buffer);
 #if defined(__SSE__)

@@ -60,14 +60,14 @@ static void pack_panel(const uint16_t *w, int64_t n0, int64_t count, int64_t k, 
 
 /* The same panel from GGUF rows (k a multiple of 32): per block, eight rows dequantized, then transposed. */
 static void pack_panel_gguf(const uint8_t *w, int qtype, int64_t n0, int64_t count, int64_t k, float *panel) {
-    const int64_t block_bytes = gguf_block_bytes(qtype), row_bytes = k / GGUF_BLOCK * block_bytes;
+    const int64_t row_bytes = gguf_row_bytes(qtype, k);
     float rows[8][GGUF_BLOCK];
     for (int half = 0; half < 2; ++half)
         for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {
             for (int j = 0; j < 8; ++j) {
                 const int64_t column = 8 * half + j;
                 if (column < count)
-                    gguf_dequantize_block(w + (n0 + column) * row_bytes + b * block_bytes, qtype, rows[j]);
+                    gguf_dequantize_block(w + (n0 + column) * row_bytes, b, qtype, rows[j]);
                 else
                     memset(rows[j], 0, sizeof rows[j]);
             }
@@ -162,7 +162,7 @@ static int panel_gemm(const float *x, const void *w, int qtype, const float *bia
              * LM head (49152 x 576) at 32 rows of x, Zen 3, one process alternating builds: Q8_0 25.5-29.5 ms
              * without, 22.2-26.3 with; bfloat16 32.0-34.0 against 24.7-30.9; gate|up (in cache) unchanged. */
             if (p + 1 < panels) {
-                const int64_t row_bytes = qtype == 0 ? 2 * k : k / GGUF_BLOCK * gguf_block_bytes(qtype);
+                const int64_t row_bytes = qtype == 0 ? 2 * k : gguf_row_bytes(qtype, k);
                 const char *next = (const char *)w + (n0 + PANEL) * row_bytes;
                 const int64_t bytes = ((n - n0 - PANEL) < PANEL ? (n - n0 - PANEL) : PANEL) * row_bytes;
                 for (int64_t i = 0; i < bytes; i += 64) prefetch_t1(next + i);

@@ -4,6 +4,9 @@
  *
  *   vf_zero() vf_set1(x) vf_load(p) vf_store(p, v) vf_fma(a, b, acc) = a * b + acc, vf_sum(v) = horizontal sum
  *   vf_load_bf16(p): VF_LANES bfloat16 values (uint16_t) widened to float32 (exact: a 16-bit shift)
+ *   vf_load_e4m3(p): VF_LANES float8 e4m3 bytes widened to float32 (exact: the bits placed in a float16 whose
+ *                    exponent is 8 too small, converted by F16C, which handles subnormals whatever MXCSR's DAZ
+ *                    says, then times 2^8)
  *   prefetch_t0(p), prefetch_t1(p): software prefetch into L1 / L2 (x86 only; no-ops elsewhere)
  */
 #ifndef PAGEDSERVE_SIMD_H
@@ -32,6 +35,12 @@ typedef __m512 vf;
 static inline vf vf_load_bf16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
+static inline vf vf_load_e4m3(const uint8_t *p) {
+    const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+    const __m256i half = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(bytes, _mm256_set1_epi16(0x7f)), 7),
+                                         _mm256_slli_epi16(_mm256_and_si256(bytes, _mm256_set1_epi16(0x80)), 8));
+    return _mm512_mul_ps(_mm512_cvtph_ps(half), _mm512_set1_ps(256.0f));
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 #define PAGEDSERVE_SIMD 1
 #define VF_LANES 8
@@ -49,6 +58,12 @@ static inline float vf_sum(vf v) {
 }
 static inline vf vf_load_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline vf vf_load_e4m3(const uint8_t *p) {
+    const __m128i bytes = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)p));
+    const __m128i half = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(bytes, _mm_set1_epi16(0x7f)), 7),
+                                      _mm_slli_epi16(_mm_and_si128(bytes, _mm_set1_epi16(0x80)), 8));
+    return _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.0f));
 }
 #endif
 
