@@ -42,9 +42,9 @@ def headline(result: dict[str, Any]) -> float:
 
 
 def run_pagedserve(
-    workloads: list[str], quick: bool, dtype: str, model: str | None = None
+    workloads: list[str], quick: bool, dtype: str, model: str | None = None, kv_cache_dtype: str = "auto"
 ) -> list[OfflineResult]:
-    llm = load_llm(dtype=dtype, model=model)
+    llm = load_llm(dtype=dtype, model=model, kv_cache_dtype=kv_cache_dtype)
     tokenizer = llm.get_tokenizer()
     results = []
     for name in workloads:
@@ -122,6 +122,7 @@ def run_isolated(args: argparse.Namespace, workloads: list[str], systems: set[st
         ]
         command += ["--dtype", args.dtype, "--json", str(out)] + (["--quick"] if args.quick else [])
         command += ["--model", args.model] if args.model else []
+        command += ["--kv-cache-dtype", args.kv_cache_dtype]
         subprocess.run(command, check=True, stdout=sys.stderr)
         return json.loads(out.read_text())
 
@@ -135,6 +136,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--quick", action="store_true", help="at most 8 prompts x 16 tokens (smoke run)")
     parser.add_argument("--model", default=None, help="pagedserve's checkpoint (default: the bundled model)")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="pagedserve's KV cache storage (auto, fp8)")
     parser.add_argument("--json", default=None, help="write every result here")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per system (debugging)")
     args = parser.parse_args()
@@ -148,7 +150,7 @@ def main() -> int:
     if args.in_process or len(groups) == 1:
         results: list[OfflineResult] = []
         if "pagedserve" in systems:
-            results += run_pagedserve(workloads, args.quick, args.dtype, args.model)
+            results += run_pagedserve(workloads, args.quick, args.dtype, args.model, args.kv_cache_dtype)
         if systems & {"transformers", "generate_batch"}:
             results += run_transformers(workloads, args.quick, args.dtype, systems)
         data = [r.to_dict() for r in results]

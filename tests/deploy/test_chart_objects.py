@@ -143,7 +143,8 @@ def test_engine_values_become_vllm_flags() -> None:
         "maxModelLen": 4096,
         "maxNumSeqs": 64,
         "dtype": "bfloat16",
-        "quantization": "fp8",
+        "quantization": "awq",
+        "kvCacheDtype": "fp8",
         "kvCacheMemoryBytes": 8589934592,
         "gpuMemoryUtilization": 0.85,
         "enablePrefixCaching": False,
@@ -157,7 +158,8 @@ def test_engine_values_become_vllm_flags() -> None:
         "--max-model-len": "4096",
         "--max-num-seqs": "64",
         "--dtype": "bfloat16",
-        "--quantization": "fp8",
+        "--quantization": "awq",
+        "--kv-cache-dtype": "fp8",
         "--kv-cache-memory-bytes": "8589934592",
         "--gpu-memory-utilization": "0.85",
         "--served-model-name": "my-model",
@@ -168,6 +170,10 @@ def test_engine_values_become_vllm_flags() -> None:
     for flag, value in expected.items():
         assert _flag_value(args, flag) == value
     assert "--no-enable-prefix-caching" in args and "--enable-prefix-caching" not in args
+    # Values the engine would refuse at startup fail the install instead (the schema lists what it runs).
+    for refused in ("engine.quantization=fp8", "engine.kvCacheDtype=fp8_e5m2"):
+        with pytest.raises(HelmError, match="quantization|kvCacheDtype"):
+            render(set_values=[refused])
 
 
 def test_api_key_comes_from_a_secret_never_from_args() -> None:

@@ -71,8 +71,8 @@ SIGNATURES: dict[str, list] = {
     # w GGUF blocks [n, k / 32], GGML type, out [n, k] float32, n, k, threads
     "gguf_dequantize": [_P, ctypes.c_int, _P, _I, _I, ctypes.c_int],
     # key, value, k_cache, v_cache, slot_mapping, rows, kv_heads, head_dim, block_size, row_stride, num_slots,
-    # dtype
-    "write_kv_cache": [_P] * 5 + [_I] * 6 + [ctypes.c_int],
+    # dtype, cache_dtype (dtype's code, or 2: float8 e4m3)
+    "write_kv_cache": [_P] * 5 + [_I] * 6 + [ctypes.c_int, ctypes.c_int],
     # acc [m, n] int32, x_scale [m], w_scale [n], bias (or NULL) float32, out [m, n], dtype, m, n, threads
     "int8_epilogue": [_P] * 5 + [ctypes.c_int, _I, _I, ctypes.c_int],
     # () -> 1 where gguf_gemm takes any number of rows (AVX2 panels), else 0

@@ -152,10 +152,17 @@ def usable_rows(x: torch.Tensor) -> bool:
     return x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
 
 
+_CACHE_E4M3 = 2  # the kernels' cache_dtype code for float8 e4m3 (csrc/paged_decode.c, csrc/layer_ops.c)
+
+
 def can_write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """K/V in the cache's dtype, or float32 / bfloat16 K/V into a float8 e4m3 cache (converted as PyTorch casts
+    after saturating at +-448: attention/backend.py::to_cache_dtype)."""
     return (
-        available(key, value, k_cache)
-        and key.dtype == value.dtype == k_cache.dtype
+        available(key, value)
+        and k_cache.device.type == "cpu"
+        and key.dtype == value.dtype
+        and k_cache.dtype in (key.dtype, torch.float8_e4m3fn)
         and usable_rows(key)
         and usable_rows(value)
         and (key.shape[0] == 1 or key.stride(0) == value.stride(0))  # one row: its stride means nothing
@@ -175,12 +182,10 @@ def write_kv_cache(
     failed = library.write_kv_cache(
         key.data_ptr(), value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), rows,
         kv_heads, head_dim, block_size, key.stride(0), num_blocks * block_size, _code(key),
+        _CACHE_E4M3 if k_cache.dtype == torch.float8_e4m3fn else _code(key),
     )  # fmt: skip
     if failed:
         raise ValueError("a slot in slot_mapping is outside the KV cache")
-
-
-_CACHE_E4M3 = 2  # csrc/paged_decode.c's cache_dtype code for float8 e4m3
 
 
 def can_decode_from(q: torch.Tensor, k_cache: torch.Tensor) -> bool:

@@ -99,6 +99,31 @@ def test_write_kv_cache_matches_the_pytorch_scatter(dtype, atol):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_write_into_a_float8_cache_rounds_as_pytorch_casts(isa_level, dtype):
+    """--kv-cache-dtype fp8: the C scatter converts to e4m3 byte for byte as PyTorch does after saturating at
+    +-448: random values over e4m3's whole range, its subnormals, exact rounding ties, -0.0 and values past 448."""
+    gen = torch.Generator().manual_seed(2)
+    blocks, kv_heads, head_dim, block_size, rows = 12, 2, 64, 16, 40
+    qkv = torch.randn(rows, 4 * kv_heads * head_dim, generator=gen)
+    qkv *= torch.exp(torch.empty(qkv.shape).uniform_(-12.0, 7.0, generator=gen))
+    ties = torch.tensor([2.0**-10, 3 * 2.0**-10, 1.0625, 1.1875, 9.0, 11.0, 464.0, 440.0, -0.0, 500.0, -1e9])
+    qkv[0, : ties.numel()] = ties
+    qkv[1, 2 * kv_heads * head_dim : 2 * kv_heads * head_dim + ties.numel()] = -ties
+    qkv = qkv.to(dtype)
+    key = qkv[:, : kv_heads * head_dim].view(rows, kv_heads, head_dim)
+    value = qkv[:, 2 * kv_heads * head_dim : 3 * kv_heads * head_dim].view(rows, kv_heads, head_dim)
+    slots = torch.randperm(blocks * block_size, generator=gen)[:rows]
+    k_cache = torch.zeros(blocks, kv_heads, head_dim, block_size, dtype=torch.float8_e4m3fn)
+    v_cache = torch.zeros(blocks, kv_heads, block_size, head_dim, dtype=torch.float8_e4m3fn)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    torch_write_kv_cache(key, value, expected_k, expected_v, slots)
+    assert cpu_ops.can_write_kv_cache(key, value, k_cache)
+    cpu_ops.write_kv_cache(key, value, k_cache, v_cache, slots)
+    assert torch.equal(k_cache.view(torch.uint8), expected_k.view(torch.uint8))
+    assert torch.equal(v_cache.view(torch.uint8), expected_v.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_layers_take_the_kernel_and_the_pytorch_path_alike(dtype, monkeypatch):
     gen = torch.Generator().manual_seed(1)
     norm = RMSNorm(576, 1e-5).to(dtype)

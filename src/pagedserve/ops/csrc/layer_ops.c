@@ -153,9 +153,64 @@ int rotary_neox(void *x, const int64_t *positions, const float *cos_cache, const
 DEFINE_WRITE_KV(write_kv_f32, float)
 DEFINE_WRITE_KV(write_kv_bf16, uint16_t)
 
+/* float32 to float8 e4m3 (fn: no infinities) as PyTorch casts after clamping to +-448: round half to even,
+ * saturating at 448; subnormals in steps of 2^-9; NaN stays NaN (0x7f). */
+static inline uint8_t f32_to_e4m3(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    const uint8_t sign = (uint8_t)((bits >> 24) & 0x80u);
+    uint32_t magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return sign | 0x7fu;
+    if (magnitude >= 0x43e00000u) return sign | 0x7eu; /* >= 448 */
+    if (magnitude < 0x3c800000u) {                      /* < 2^-6: subnormal, m * 2^-9 */
+        float value;
+        memcpy(&value, &magnitude, sizeof value);
+        const float scaled = value * 512.0f; /* exact */
+        uint32_t q = (uint32_t)scaled;
+        const float fraction = scaled - (float)q;
+        if (fraction > 0.5f || (fraction == 0.5f && (q & 1u))) q += 1u; /* 8 is the smallest normal, 0x08 */
+        return sign | (uint8_t)q;
+    }
+    magnitude += 0x7ffffu + ((magnitude >> 20) & 1u); /* 3 mantissa bits, half to even */
+    const uint32_t code = (((magnitude >> 23) - 120u) << 3) | ((magnitude >> 20) & 7u);
+    return sign | (uint8_t)(code > 0x7eu ? 0x7eu : code);
+}
+
+/* The same scatter into float8 e4m3 caches (--kv-cache-dtype fp8, scale 1), from T converted by LOAD. */
+#define DEFINE_WRITE_KV_E4M3(NAME, T, LOAD)                                                                       \
+    static int NAME(const T *key, const T *value, uint8_t *k_cache, uint8_t *v_cache, const int64_t *slots,      \
+                    int64_t rows, int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t row_stride,    \
+                    int64_t num_slots) {                                                                         \
+        for (int64_t r = 0; r < rows; ++r) {                                                                     \
+            const int64_t slot = slots[r];                                                                       \
+            if (slot < 0 || slot >= num_slots) return 1;                                                         \
+            const int64_t block = slot / block_size, offset = slot % block_size;                                 \
+            for (int64_t h = 0; h < kv_heads; ++h) {                                                             \
+                const T *k = key + r * row_stride + h * head_dim, *v = value + r * row_stride + h * head_dim;    \
+                uint8_t *kd = k_cache + (block * kv_heads + h) * head_dim * block_size + offset;                 \
+                uint8_t *vd = v_cache + ((block * kv_heads + h) * block_size + offset) * head_dim;               \
+                for (int64_t d = 0; d < head_dim; ++d) {                                                         \
+                    kd[d * block_size] = f32_to_e4m3(LOAD(k[d]));                                                \
+                    vd[d] = f32_to_e4m3(LOAD(v[d]));                                                             \
+                }                                                                                                \
+            }                                                                                                    \
+        }                                                                                                        \
+        return 0;                                                                                                \
+    }
+#define LOAD_AS_IS(x) (x)
+DEFINE_WRITE_KV_E4M3(write_kv_f32_e4m3, float, LOAD_AS_IS)
+DEFINE_WRITE_KV_E4M3(write_kv_bf16_e4m3, uint16_t, bf16_to_f32)
+
+/* dtype: key/value's (0 float32, 1 bfloat16); cache_dtype: the same code, or 2 for float8 e4m3 caches. */
 int write_kv_cache(const void *key, const void *value, void *k_cache, void *v_cache, const int64_t *slots,
                    int64_t rows, int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t row_stride,
-                   int64_t num_slots, int dtype) {
+                   int64_t num_slots, int dtype, int cache_dtype) {
+    if (cache_dtype == 2)
+        return (dtype == 0 ? write_kv_f32_e4m3((const float *)key, (const float *)value, k_cache, v_cache, slots,
+                                               rows, kv_heads, head_dim, block_size, row_stride, num_slots)
+                           : write_kv_bf16_e4m3((const uint16_t *)key, (const uint16_t *)value, k_cache, v_cache,
+                                                slots, rows, kv_heads, head_dim, block_size, row_stride, num_slots));
+    if (cache_dtype != dtype) return 2;
     if (dtype == 0)
         return write_kv_f32(key, value, k_cache, v_cache, slots, rows, kv_heads, head_dim, block_size, row_stride,
                             num_slots);
