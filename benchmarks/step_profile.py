@@ -76,11 +76,12 @@ def main() -> int:
     )
     parser.add_argument("--workload", default="offline-32x64", choices=sorted(OFFLINE_PRESETS))
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantization", default=None, help="as serve's flag (e.g. gguf: the blocks kept)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     from pagedserve import SamplingParams
 
-    llm = load_llm(dtype=args.dtype)
+    llm = load_llm(dtype=args.dtype, quantization=args.quantization)
     engine = llm.llm_engine
     preset = OFFLINE_PRESETS[args.workload]
     prompts = chat_prompt_ids(llm.get_tokenizer(), topic_messages(preset.num_prompts))
@@ -98,7 +99,8 @@ def main() -> int:
     accounted = sum(timers.totals.values())
     rows.append(("everything else (Python, scheduler, inputs, outputs)", wall - accounted))
     tokens = preset.num_prompts * preset.output_len
-    print(f"{cpu_info().describe()}; dtype {engine.info.dtype}; {args.workload}: {wall:.2f} s, "
+    print(f"{cpu_info().describe()}; dtype {engine.info.dtype}; quantization {engine.info.quantization or 'none'}; "
+          f"{args.workload}: {wall:.2f} s, "
           f"{tokens / wall:.1f} output tok/s")  # fmt: skip
     print("\n| work | seconds | share |\n|---|---|---|")
     for label, seconds in rows:

@@ -98,10 +98,9 @@ def write_tiny_ct(folder: pathlib.Path, preset: str, seed: int = 0, **kwargs: An
     return compress_and_save(tiny_llama(seed), folder, preset, **kwargs)
 
 
-def write_bundled_ct(folder: pathlib.Path, preset: str, group_size: int = 64) -> pathlib.Path:
-    """The bundled SmolLM2 GGUF dequantized by transformers (float32), quantized with `preset` and saved with its
-    tokenizer and chat template: a real model's checkpoint in the format llm-compressor writes (its 576-wide
-    layers take groups of 64)."""
+def bundled_float_model() -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
+    """The bundled SmolLM2 GGUF dequantized by transformers (float32) as a plain model (savable), and its
+    tokenizer with the chat template."""
     from pagedserve.models.bundled import bundled_model_path
 
     path = bundled_model_path()
@@ -115,6 +114,14 @@ def write_bundled_ct(folder: pathlib.Path, preset: str, group_size: int = 64) ->
         del config.quantization_config
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
+    return model, tokenizer
+
+
+def write_bundled_ct(folder: pathlib.Path, preset: str, group_size: int = 64) -> pathlib.Path:
+    """The bundled model (bundled_float_model) quantized with `preset` and saved with its tokenizer and chat
+    template: a real model's checkpoint in the format llm-compressor writes (its 576-wide layers take groups of
+    64)."""
+    model, tokenizer = bundled_float_model()
     compress_and_save(model, folder, preset, group_size=group_size)
     tokenizer.save_pretrained(folder)
     return folder

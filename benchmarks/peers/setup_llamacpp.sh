@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Build llama.cpp's server from the source that the `llama-cpp-python` sdist vendors, into .bench-cache/.
+# Built with -DGGML_NATIVE=ON: the best kernels this CPU runs (an AVX-512 build dies with SIGILL on AVX2-only CPUs).
 # Idempotent: an existing binary is kept. Built with `nice -n 19` (about 10 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,7 +24,7 @@ command -v cmake >/dev/null || { echo "llama.cpp peer: cmake is not installed (a
 GENERATOR=()
 command -v ninja >/dev/null && GENERATOR=(-G Ninja)
 cd "$SRC/vendor/llama.cpp"
-nice -n 19 cmake -B build "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX512=ON \
+nice -n 19 cmake -B build "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
 nice -n 19 cmake --build build --target llama-server -j 2
 cd - >/dev/null

@@ -8,7 +8,7 @@ Kernel ISA levels (ops/build.py compiles one library per level, with explicit -m
   portable     the architecture's baseline (x86-64 SSE2, aarch64 NEON)
   avx2         AVX2 + FMA + F16C (Haswell, Zen 1-3)
   avx512       AVX-512 F/BW/VL/DQ (Skylake-SP, Cascade Lake, Ice Lake)
-  avx512_bf16  AVX-512 + AVX512_BF16 (Cooper Lake, Sapphire Rapids and later, Zen 4 and later)
+  avx512_bf16  AVX-512 + AVX512_BF16 + AVX512_VNNI (Cooper Lake, Sapphire Rapids and later, Zen 4 and later)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ _LEVEL_NEEDS = {
     "portable": frozenset(),
     "avx2": frozenset({"avx2", "fma", "f16c"}),
     "avx512": frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"}),
-    "avx512_bf16": frozenset({"avx512_bf16"}),
+    "avx512_bf16": frozenset({"avx512_bf16", "avx512_vnni"}),  # every bfloat16 x86 CPU has VNNI too
 }
 # The features worth naming in a report, in the order people know them.
 REPORTED = (

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pagedserve import kv_memory
 from pagedserve.config import EngineConfig
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.request import Request, RequestStatus
@@ -100,13 +101,15 @@ class LLMEngine:
         self._seq_to_request: dict[str, RequestState] = {}
         self._listeners: list[StatsListener] = []
         self._pending_finished: list[Any] = []
+        kv_tokens = self.runner.num_blocks * cc.block_size
         logger.info(
             "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s max_model_len=%d "
-            "weights %.0f MiB, kv_blocks=%d (%s, %.0f MiB, %d tokens: %.1f sequences of max_model_len)",
+            "weights %.0f MiB, kv_blocks=%d (%s, %.0f MiB, %d tokens): maximum concurrency %d sequences of "
+            "max_model_len (the arithmetic of `pagedserve plan`, kv_memory.py)",
             source.name, self.info.dtype, self.info.weight_dtype, quantization or "none", device, max_model_len,
             self.runner.weight_bytes / 2**20, self.runner.num_blocks, self.info.kv_cache_dtype,
-            self.runner.kv_cache_bytes / 2**20,
-            self.runner.num_blocks * cc.block_size, self.runner.num_blocks * cc.block_size / max_model_len,
+            self.runner.kv_cache_bytes / 2**20, kv_tokens,
+            kv_memory.max_concurrency(kv_tokens, max_model_len, cc.block_size),
         )  # fmt: skip
 
     # ---- requests ----------------------------------------------------------------------------------------------

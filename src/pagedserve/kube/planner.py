@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pagedserve import kv_memory
 from pagedserve.config import CacheConfig, SchedulerConfig
 from pagedserve.kube.gpus import GpuType
 from pagedserve.kube.model_spec import ModelSpec
@@ -118,13 +119,12 @@ class Plan:
     @property
     def seq_tokens(self) -> int:
         """Tokens one max-length sequence occupies, rounded up to whole KV blocks."""
-        block = self.request.block_size
-        return math.ceil(self.max_model_len / block) * block
+        return kv_memory.sequence_tokens(self.max_model_len, self.request.block_size)
 
 
 def kv_bytes_per_token(model: ModelSpec, kv_dtype_bytes: int) -> int:
-    """2 (K and V) x layers x KV heads x head dim x bytes per element."""
-    return 2 * model.num_layers * model.num_kv_heads * model.head_dim * kv_dtype_bytes
+    """2 (K and V) x layers x KV heads x head dim x bytes per element (kv_memory, as the engine counts)."""
+    return kv_memory.kv_bytes_per_token(model.num_layers, model.num_kv_heads, model.head_dim, kv_dtype_bytes)
 
 
 def weight_bytes(model: ModelSpec, quantization: str, dtype_bytes: int) -> int:
@@ -185,10 +185,12 @@ def _fit(
     activations = request.max_num_batched_tokens * per_token_activation * act_bytes
     activations += request.max_num_seqs * model.vocab_size * 4
     kv_heads_per_gpu = max(1, model.num_kv_heads // t)
-    kv_per_token = 2 * model.num_layers * kv_heads_per_gpu * model.head_dim * kv_elem_bytes
+    kv_per_token = kv_memory.kv_bytes_per_token(
+        model.num_layers, kv_heads_per_gpu, model.head_dim, kv_elem_bytes
+    )
     kv_room = budget - weights - runtime - activations
     kv_tokens = max(0, kv_room) // kv_per_token // request.block_size * request.block_size
-    max_concurrency = kv_tokens // seq_tokens
+    max_concurrency = kv_tokens // seq_tokens  # seq_tokens: kv_memory.sequence_tokens, as the engine logs it
     headroom_ok = t * gpu.memory_bytes >= (1 + SEED_HEADROOM) * weights_total
     if not headroom_ok:
         reason = f"{t} x {gpu.name} is under the weights + {SEED_HEADROOM:.0%} headroom"
@@ -255,7 +257,7 @@ def plan_capacity(model: ModelSpec, gpu: GpuType, request: PlanRequest) -> Plan:
             f"tensor-parallel {', '.join(map(str, lost))} ruled out for {quantization}: intermediate_size / t is not "
             f"a multiple of the {QUANT_GROUP_SIZE}-weight group (quantized releases often pad it: plan their config.json)"
         )
-    seq_tokens = math.ceil(max_model_len / request.block_size) * request.block_size
+    seq_tokens = kv_memory.sequence_tokens(max_model_len, request.block_size)
     inputs = {
         "weights": weights,
         "act_bytes": dtype_bytes,

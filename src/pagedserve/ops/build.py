@@ -46,7 +46,7 @@ LEVEL_FLAGS: dict[str, list[str]] = {
     "portable": _X86_BASE,
     "avx2": [*_X86_BASE, *_AVX2],
     "avx512": [*_X86_BASE, *_AVX512],
-    "avx512_bf16": [*_X86_BASE, *_AVX512, "-mavx512bf16"],
+    "avx512_bf16": [*_X86_BASE, *_AVX512, "-mavx512bf16", "-mavx512vnni"],
 }
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 # C signature of every exported function (all return int: 0 on success).

@@ -9,6 +9,7 @@ import torch
 
 from pagedserve import envs
 from pagedserve.config import CacheConfig
+from pagedserve.kv_memory import kv_bytes_per_token
 
 logger = logging.getLogger("pagedserve")
 
@@ -35,7 +36,7 @@ def kv_bytes_per_block(hf_config: Any, block_size: int, dtype: torch.dtype) -> i
     num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     element = torch.tensor([], dtype=dtype).element_size()
-    return 2 * hf_config.num_hidden_layers * block_size * num_kv_heads * head_dim * element
+    return block_size * kv_bytes_per_token(hf_config.num_hidden_layers, num_kv_heads, head_dim, element)
 
 
 def kv_cache_budget_bytes(cache: CacheConfig, device: torch.device) -> int:

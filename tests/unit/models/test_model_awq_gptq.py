@@ -19,18 +19,19 @@ from pagedserve.models.awq_gptq_config import AwqGptqConfig, parse_awq_gptq_conf
 from pagedserve.models.loader import resolve_model_source, resolve_quantization
 
 # (id, writer arguments, GGML type the layers are kept in, logits tolerance against the dequantized model).
-# Q4_0 and Q8_0 hold the checkpoint's weights exactly: the products differ by float32 summation order (measured
-# 3.6e-7 and 4.6e-7, logits of magnitude ~0.8). Q4_1 rounds its offset m = -scale * zero once to float16
+# Q4_0 and Q8_0 hold the checkpoint's weights exactly: the products differ by float32 summation order (3.6e-7
+# and 4.6e-7 measured, logits of magnitude ~0.8) and by the decode GEMVs' 16-bit activations (ops/csrc/gguf_q16.h:
+# 2.3e-5 to 2.6e-5 measured, 2026-12-03). Q4_1 rounds its offset m = -scale * zero once to float16
 # (relative error <= 2^-11): measured 4.5e-4 here (4-bit, groups of 32-128 and per channel).
 CASES = [
     ("awq-g128", {"method": "awq"}, Q4_1, 1e-3),
     ("gptq-g128-asym", {"method": "gptq"}, Q4_1, 1e-3),
-    ("gptq-g128-sym", {"method": "gptq", "symmetric": True}, Q4_0, 1e-5),
+    ("gptq-g128-sym", {"method": "gptq", "symmetric": True}, Q4_0, 5e-5),
     ("gptq-g64-asym-desc-act", {"method": "gptq", "desc_act": True, "group_size": 64}, Q4_1, 1e-3),
     ("gptq-v2-g32-sym-desc-act",
-     {"method": "gptq", "desc_act": True, "symmetric": True, "fmt": "gptq_v2", "group_size": 32}, Q4_0, 1e-5),
+     {"method": "gptq", "desc_act": True, "symmetric": True, "fmt": "gptq_v2", "group_size": 32}, Q4_0, 5e-5),
     ("gptq-v2-channel-asym", {"method": "gptq", "group_size": -1, "fmt": "gptq_v2"}, Q4_1, 1e-3),
-    ("gptq-int8-sym", {"method": "gptq", "bits": 8, "symmetric": True}, Q8_0, 1e-5),
+    ("gptq-int8-sym", {"method": "gptq", "bits": 8, "symmetric": True}, Q8_0, 5e-5),
 ]  # fmt: skip
 TOKENS = torch.randint(3, 256, (11,), generator=torch.Generator().manual_seed(1)).tolist()
 CHUNKS = [6, 3, 1, 1]

@@ -92,14 +92,16 @@ def test_scheme_is_kept_quantized_and_follows_its_dequantized_reference(
 # GEMM, which varies with the CPU's kernels) can move an activation across a rounding tie, and that moves the
 # layer's output by one quantization step (x scale x weight scale x weight, ~1e-3 here). Measured: 2e-7 on a
 # Zen 4 (AVX-512 BF16), 1.4e-3 on an Intel AMX host (2026-12-02; the same on the commit before this change).
-FOLLOW_TOLERANCE = {"W8A8": 3e-3}
+# Weight-only schemes kept in GGUF blocks: the decode GEMVs quantize activations to 16 bits (ops/csrc/gguf_q16.h),
+# measured 1.2e-5 (W4A16) and 1.5e-5 (W8A16) from transformers, 2026-12-03.
+FOLLOW_TOLERANCE = {"W8A8": 3e-3, "W4A16": 5e-5, "W8A16": 5e-5}
 
 
 @pytest.mark.parametrize("preset", ["W4A16", "W8A16", "W8A8", "FP8_DYNAMIC"])
 def test_kept_logits_follow_transformers_running_the_checkpoint(checkpoints, preset) -> None:
     """transformers runs compressed-tensors checkpoints itself (decompressing, and quantizing activations as the
-    scheme says): measured within 2e-7 of ours for each scheme, 2026-12-02, except W8A8 on some CPUs
-    (FOLLOW_TOLERANCE says why). (It cannot load the asymmetric W4A16 file the library writes: it expects
+    scheme says): measured within 2e-7 of ours for each scheme, 2026-12-02, except W8A8 on some CPUs and the
+    weight-only schemes since their GEMVs quantize activations to 16 bits (FOLLOW_TOLERANCE says why). (It cannot load the asymmetric W4A16 file the library writes: it expects
     unpacked zero points, a transformers/compressed-tensors mismatch.)"""
     folder = checkpoints[preset]
     reference = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()

@@ -59,28 +59,66 @@ def test_dequantize_equals_the_gguf_package(isa_level, qtype) -> None:
         )
 
 
+def q16_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [m, k] as the GEMV kernels quantize it (ops/csrc/gguf_q16.h): per 32-value block, q = round-half-even(x *
+    (32767 / max|x|)) and d = max|x| / 32767. Returns (q * d as float64, d per block [m, k / 32])."""
+    blocks = x.reshape(x.shape[0], -1, 32)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    inverse = torch.where(amax > 0, torch.tensor(32767.0) / amax, torch.zeros_like(amax))
+    q = torch.round(blocks * inverse).clamp(-32767, 32767)
+    d = amax / 32767.0
+    return (q.double() * d.double()).reshape(x.shape), d.squeeze(-1)
+
+
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 33])
-def test_products_equal_the_dequantized_float32_product(isa_level, qtype, m) -> None:
+def test_products_follow_the_dequantized_product(isa_level, qtype, m) -> None:
     """Rows on both sides of the kernels' switches (a GEMV up to 8 rows, AVX2's panels or dequantize + GEMM
-    above), a last panel of 5 columns and k of 7 blocks (3 super-blocks): within float32 summation-order
-    error."""
+    above), a last panel of 5 columns and k of 7 blocks (3 super-blocks). The GEMV quantizes the activations to
+    16 bits: its result is the exact product of the quantized activations up to float32 rounding, and within the
+    rounding's bound (d_x / 2 a value) of the float product. Above 8 rows: within float32 summation-order error of
+    the float product."""
     cols = cols_for(qtype)
     data, dense = quantized(37, cols, qtype, seed=m)
+    weights = torch.from_numpy(dense).double()
     gen = torch.Generator().manual_seed(m)
     x = torch.randn(m, cols, generator=gen)
     bias = torch.randn(37, generator=gen)
+    x_q16, d = q16_activations(x)
+    # |error| <= sum over blocks of d_x / 2 * sum |w| in the block
+    bound = (d.double() / 2) @ weights.abs().reshape(37, -1, 32).sum(-1).T
     for b in (None, bias):
-        got = gguf_quant.gguf_linear(x, data, int(qtype), cols, b)
-        exact = F.linear(x.double(), torch.from_numpy(dense).double(), None if b is None else b.double())
-        assert got.dtype == torch.float32 and got.shape == (m, 37)
-        assert (got.double() - exact).abs().max().item() < 2e-5
+        b64 = None if b is None else b.double()
+        got = gguf_quant.gguf_linear(x, data, int(qtype), cols, b).double()
+        exact = F.linear(x.double(), weights, b64)
+        assert got.shape == (m, 37)
+        if m <= 8:
+            assert (got - F.linear(x_q16, weights, b64)).abs().max().item() < 2e-5
+            assert ((got - exact).abs() <= bound + 2e-5).all()
+        else:
+            assert (got - exact).abs().max().item() < 2e-5
     # bfloat16 activations (AVX-512 BF16 hosts) are multiplied in float32 and rounded once.
     got16 = gguf_quant.gguf_linear(x.bfloat16(), data, int(qtype), cols, None)
     assert got16.dtype == torch.bfloat16
     torch.testing.assert_close(
         got16.float(), F.linear(x.bfloat16().float(), torch.from_numpy(dense)), atol=0.05, rtol=0.02
     )
+
+
+@pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
+def test_gemv_takes_every_bit_pattern_and_zero_rows(isa_level, qtype) -> None:
+    """Blocks with any bytes (Q8_0's -128, every 6-bit value and scale, every scale bit), an all-zero activation
+    block and one at full scale: the integer dots equal the exact product of the quantized activations (no
+    overflow)."""
+    cols = cols_for(qtype)
+    data = random_blocks(37, cols, qtype, seed=3)
+    weights = torch.from_numpy(gguf.quants.dequantize(data.numpy(), qtype)).double()
+    x = torch.randn(3, cols, generator=torch.Generator().manual_seed(4)) * 50
+    x[1, :32] = 0.0
+    x[2, 32:64] = -127.0
+    got = gguf_quant.gguf_linear(x, data, int(qtype), cols, None).double()
+    expected = F.linear(q16_activations(x)[0], weights)
+    assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 
 def test_quantized_tensor_refuses_bytes_that_do_not_hold_its_shape() -> None:
@@ -163,7 +201,8 @@ def test_merged_parts_in_different_types_keep_their_own_blocks(tmp_path) -> None
 def test_a_q4_k_m_style_model_runs_from_its_k_quant_blocks(tmp_path) -> None:
     """llama.cpp's Q4_K_M mix: Q4_K matrices, with attn_v, ffn_down and the output in Q6_K. Every matrix stays in
     its super-blocks (q|k|v as parts of two types), at under a fifth of the float32 bytes; logits of chunked
-    prefill and decode equal the file dequantized at load within 1e-4."""
+    prefill and decode equal the file dequantized at load within 3e-4 (the decode GEMVs' 16-bit activations, whose
+    rounding bound the kernel tests check: 1.4e-4 measured on this model; 256-wide rows, more than the others')."""
     overrides = {"output.weight": Q.Q6_K}
     for layer in range(2):
         overrides |= {f"blk.{layer}.attn_v.weight": Q.Q6_K, f"blk.{layer}.ffn_down.weight": Q.Q6_K}
@@ -191,4 +230,4 @@ def test_a_q4_k_m_style_model_runs_from_its_k_quant_blocks(tmp_path) -> None:
     assert kept_bytes < 0.2 * dense_bytes
     tokens = torch.randint(3, config.vocab_size, (11,), generator=torch.Generator().manual_seed(2)).tolist()
     got = logits_of(kept, config, tokens, [6, 3, 1, 1])
-    torch.testing.assert_close(got, logits_of(dense, config, tokens, [6, 3, 1, 1]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, logits_of(dense, config, tokens, [6, 3, 1, 1]), atol=3e-4, rtol=1e-4)

@@ -1,20 +1,24 @@
 /* Matrix products with GGUF weights kept in their blocks (gguf.h): x float32 [m, k], w [n, k / 32 blocks].
  *
  * Why: single-stream decode only streams the weights, and the bundled model's Q4_1 blocks are 5 bits a weight
- * against bfloat16's 16 (92 against 270 MB a token). Each block is dequantized to float32 in registers/L1 — exact
- * to the gguf package's own dequantizer up to rounding of d * q + m — and multiplied in float32, so results equal
- * the dequantized float32 model's up to summation order (no activation quantization, unlike llama.cpp's Q8 dots).
- *   up to GGUF_DOT_MAX_ROWS rows: one block of one weight row at a time, FMA'd into every row of x;
- *   more rows, AVX2: the panel kernel (panel_gemm_avx2.c) dequantizes 16 weight rows into a float32 panel;
+ * against bfloat16's 16 (92 against 270 MB a token).
+ *   up to GGUF_DOT_MAX_ROWS rows (decode): the activation rows are quantized to 16 bits a value in 32-value blocks
+ *     and multiplied by the weight blocks with integer dot products (gguf_q16.h);
+ *   more rows, AVX2: the panel kernel (panel_gemm_avx2.c) dequantizes 16 weight rows into a float32 panel and
+ *     multiplies in float32 (results equal the dequantized float32 model's up to summation order);
  *   more rows, other levels: returns 3 and the caller dequantizes the matrix (gguf_dequantize) for the GEMM.
  */
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "gguf.h"
+#include "gguf_q16.h"
 #include "simd.h"
 
 #define GGUF_DOT_MAX_ROWS 8
+/* Software prefetch distance of the GEMV's weight stream. A 3072 x 576 Q4_1 GEMV streamed from DRAM (40 matrices
+ * in turn, AMX host): 200-225 us without, 136-173 us at 16 rows (5.8 KB) ahead; 2 rows ~200, 64 rows ~160. */
+#define GGUF_PREFETCH_BYTES 6144
 
 #if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
 int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
@@ -42,65 +46,22 @@ int gguf_dequantize(const uint8_t *w, int qtype, float *out, int64_t n, int64_t 
     return 0;
 }
 
-/* sums[r] = x_r . w_row for up to GGUF_DOT_MAX_ROWS rows (ROWS a constant, so the accumulators stay in registers).
- * 256-bit vectors at every x86 SIMD level: at the AVX-512 levels a block widened to 16-lane vectors went through L1
- * (32 floats stored, then reloaded), and the 3072 x 576 Q4_1 GEMV of one row ran at 619-1237 us against 147 us
- * for this register path on the same AVX-512 CPU (2026-12-02). */
-#if defined(__AVX2__) && defined(__FMA__)
-static inline float sum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
-/* ACC accumulators per row (4 for one row, 1 for four): one accumulator per row made each block's four FMAs a
- * dependent chain, and the one-row GEMV ran latency-bound at half the speed of the bfloat16 one. */
-#define DEFINE_DOT(NR)                                                                                                \
-    static void dot_##NR(const float *x, int64_t k, const uint8_t *row, int qtype, float *sums) {                     \
-        enum { ROWS = NR, ACC = NR >= 3 ? 1 : 4 / NR };                                                               \
-        __m256 acc[ROWS][ACC];                                                                                        \
-        for (int r = 0; r < ROWS; ++r)                                                                                \
-            for (int a = 0; a < ACC; ++a) acc[r][a] = _mm256_setzero_ps();                                            \
-        for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {                                                                \
-            __m256 wv[4];                                                                                             \
-            gguf_block_vectors(row, b, qtype, wv);                                                                    \
-            for (int v = 0; v < 4; ++v)                                                                               \
-                for (int r = 0; r < ROWS; ++r)                                                                        \
-                    acc[r][v % ACC] = _mm256_fmadd_ps(wv[v], _mm256_loadu_ps(x + r * k + b * GGUF_BLOCK + v * 8),     \
-                                                      acc[r][v % ACC]);                                               \
-        }                                                                                                             \
-        for (int r = 0; r < ROWS; ++r) {                                                                              \
-            float total = 0.0f;                                                                                       \
-            for (int a = 0; a < ACC; ++a) total += sum8(acc[r][a]);                                                   \
-            sums[r] = total;                                                                                          \
-        }                                                                                                             \
+#define Q16_DOT(QTYPE)                                                                                                 \
+    switch (rows) {                                                                                                   \
+    case 1: q16_dot_rows(x, row, QTYPE, 1, sums); break;                                                               \
+    case 2: q16_dot_rows(x, row, QTYPE, 2, sums); break;                                                               \
+    case 3: q16_dot_rows(x, row, QTYPE, 3, sums); break;                                                               \
+    default: q16_dot_rows(x, row, QTYPE, 4, sums); break;                                                              \
     }
-#else
-#define DEFINE_DOT(NR)                                                                                                \
-    static void dot_##NR(const float *x, int64_t k, const uint8_t *row, int qtype, float *sums) {                     \
-        float wv[GGUF_BLOCK];                                                                                         \
-        for (int r = 0; r < NR; ++r) sums[r] = 0.0f;                                                                  \
-        for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {                                                                \
-            gguf_dequantize_block(row, b, qtype, wv);                                                                 \
-            for (int r = 0; r < NR; ++r) {                                                                            \
-                float total = 0.0f;                                                                                   \
-                for (int j = 0; j < GGUF_BLOCK; ++j) total += wv[j] * x[r * k + b * GGUF_BLOCK + j];                  \
-                sums[r] += total;                                                                                     \
-            }                                                                                                         \
-        }                                                                                                             \
-    }
-#endif
-DEFINE_DOT(1)
-DEFINE_DOT(2)
-DEFINE_DOT(3)
-DEFINE_DOT(4)
 
-static void dot(const float *x, int64_t k, const uint8_t *row, int qtype, int64_t rows, float *sums) {
-    switch (rows) {
-    case 1: dot_1(x, k, row, qtype, sums); break;
-    case 2: dot_2(x, k, row, qtype, sums); break;
-    case 3: dot_3(x, k, row, qtype, sums); break;
-    default: dot_4(x, k, row, qtype, sums); break;
+/* sums[r] = x_r . row for 1-4 quantized activation rows; type and row count made constants for q16_dot_rows. */
+static void q16_dot(const q16_rows *x, const uint8_t *row, int qtype, int64_t rows, float *sums) {
+    switch (qtype) {
+    case GGUF_Q4_0: Q16_DOT(GGUF_Q4_0); break;
+    case GGUF_Q4_1: Q16_DOT(GGUF_Q4_1); break;
+    case GGUF_Q8_0: Q16_DOT(GGUF_Q8_0); break;
+    case GGUF_Q4_K: Q16_DOT(GGUF_Q4_K); break;
+    default: Q16_DOT(GGUF_Q6_K); break;
     }
 }
 
@@ -116,15 +77,30 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
         return 3;
 #endif
     }
+    int16_t *q = malloc(sizeof(int16_t) * (size_t)(m * k));
+    float *scales = malloc(sizeof(float) * (size_t)(2 * m * (k / GGUF_BLOCK)));
+    if (q == NULL || scales == NULL) {
+        free(q);
+        free(scales);
+        return 2;
+    }
+    const int64_t blocks = k / GGUF_BLOCK;
+    float *d = scales, *s = scales + m * blocks;
+    for (int64_t r = 0; r < m; ++r) q16_quantize_row(x + r * k, k, q + r * k, d + r * blocks, s + r * blocks);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t c = 0; c < n; ++c) {
         float sums[4];
-        /* at most 4 rows a pass (8 and more spill the AVX2 registers); a second pass re-reads the row from cache */
+        /* the weights GGUF_PREFETCH_BYTES ahead (rows are contiguous), past the end too: prefetches never fault */
+        for (int64_t at = 0; at < row_bytes; at += 64) prefetch_t0(w + c * row_bytes + GGUF_PREFETCH_BYTES + at);
+        /* at most 4 rows a pass (more spill the AVX2 registers); a second pass re-reads the row from cache */
         for (int64_t r0 = 0; r0 < m; r0 += 4) {
             const int64_t rows = m - r0 < 4 ? m - r0 : 4;
-            dot(x + r0 * k, k, w + c * row_bytes, qtype, rows, sums);
+            const q16_rows part = {q + r0 * k, d + r0 * blocks, s + r0 * blocks, k};
+            q16_dot(&part, w + c * row_bytes, qtype, rows, sums);
             for (int64_t r = 0; r < rows; ++r) out[(r0 + r) * n + c] = sums[r] + (bias != NULL ? bias[c] : 0.0f);
         }
     }
+    free(q);
+    free(scales);
     return 0;
 }

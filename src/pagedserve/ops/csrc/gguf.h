@@ -89,7 +89,26 @@ static inline float gguf_half(const uint8_t *p) {
 #endif
 }
 
+/* Q4_K sub-block b of a row: its scale d * sc and min dmin * mn, and the 32 bytes whose low (b even) or high
+ * (b odd) nibbles are its weights. */
+static inline const uint8_t *gguf_q4k_sub_block(const uint8_t *row, int64_t b, float *scale, float *min) {
+    const uint8_t *super = row + (b >> 3) * 144;
+    int sc, mn;
+    gguf_q4k_scale_min(super + 4, (int)(b & 7), &sc, &mn);
+    *scale = gguf_half(super) * (float)sc;
+    *min = gguf_half(super + 2) * (float)mn;
+    return super + 16 + ((b & 7) >> 1) * 32;
+}
+
 #if defined(__AVX2__)
+/* Horizontal sum of 8 floats. */
+static inline float gguf_sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
 /* Four vectors of 8 bytes each (16 bytes in q0, 16 in q1) widened to float32, times vd, plus offset. */
 static inline void gguf_widen_u8(__m128i q0, __m128i q1, __m256 vd, __m256 offset, __m256 w[4]) {
     w[0] = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q0)), offset);
@@ -106,18 +125,15 @@ static inline void gguf_widen_u8(__m128i q0, __m128i q1, __m256 vd, __m256 offse
 static inline void gguf_block_vectors(const uint8_t *row, int64_t b, int qtype, __m256 w[4]) {
     const __m128i mask = _mm_set1_epi8(15);
     if (qtype == GGUF_Q4_K) {
-        const uint8_t *super = row + (b >> 3) * 144;
-        const int s = (int)(b & 7);
-        int sc, mn;
-        gguf_q4k_scale_min(super + 4, s, &sc, &mn);
-        const uint8_t *qs = super + 16 + (s >> 1) * 32;
+        float scale, min;
+        const uint8_t *qs = gguf_q4k_sub_block(row, b, &scale, &min);
         __m128i q0 = _mm_loadu_si128((const __m128i *)qs), q1 = _mm_loadu_si128((const __m128i *)(qs + 16));
-        if (s & 1) {
+        if (b & 1) {
             q0 = _mm_srli_epi16(q0, 4);
             q1 = _mm_srli_epi16(q1, 4);
         }
-        gguf_widen_u8(_mm_and_si128(q0, mask), _mm_and_si128(q1, mask), _mm256_set1_ps(gguf_half(super) * (float)sc),
-                      _mm256_set1_ps(-(gguf_half(super + 2) * (float)mn)), w);
+        gguf_widen_u8(_mm_and_si128(q0, mask), _mm_and_si128(q1, mask), _mm256_set1_ps(scale), _mm256_set1_ps(-min),
+                      w);
         return;
     }
     if (qtype == GGUF_Q6_K) {
@@ -174,13 +190,9 @@ static inline void gguf_dequantize_block(const uint8_t *row, int64_t b, int qtyp
     for (int p = 0; p < 4; ++p) _mm256_storeu_ps(out + 8 * p, w[p]);
 #else
     if (qtype == GGUF_Q4_K) {
-        const uint8_t *super = row + (b >> 3) * 144;
-        const int s = (int)(b & 7);
-        int sc, mn;
-        gguf_q4k_scale_min(super + 4, s, &sc, &mn);
-        const float d = gguf_half(super) * (float)sc, m = gguf_half(super + 2) * (float)mn;
-        const uint8_t *qs = super + 16 + (s >> 1) * 32;
-        for (int j = 0; j < GGUF_BLOCK; ++j) out[j] = d * (float)((qs[j] >> (4 * (s & 1))) & 15) - m;
+        float d, m;
+        const uint8_t *qs = gguf_q4k_sub_block(row, b, &d, &m);
+        for (int j = 0; j < GGUF_BLOCK; ++j) out[j] = d * (float)((qs[j] >> (4 * (b & 1))) & 15) - m;
         return;
     }
     if (qtype == GGUF_Q6_K) {

@@ -1,0 +1,117 @@
+"""Single-stream decode of the bundled Q4_1 GGUF: pagedserve with its blocks kept, pagedserve dequantized at load,
+and llama.cpp's server on the same file, each measured the same way (issue 11's performance target).
+
+Every system is an HTTP server on loopback, started alone (2 cores: never two at once), and measured by
+`pagedserve bench serve` with one request in flight: 3 chat prompts x 128 tokens, EOS ignored; decode tok/s =
+1000 / median TPOT. Rounds are interleaved (system A, B, C, A, B, C, ...) and the report gives medians and each
+round, with the CPU's ISA.
+
+    .venv/bin/python benchmarks/gguf_single_stream.py [--rounds 3] [--output-len 128] [--systems ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers.servers import (  # noqa: E402
+    REPO,
+    RunningServer,
+    ServerSpec,
+    free_port,
+    llamacpp_spec,
+    missing_reason,
+)
+
+from pagedserve.cpu_info import cpu_info  # noqa: E402
+from pagedserve.models.loader import resolve_model_source  # noqa: E402
+
+
+def pagedserve(port: int, *flags: str) -> ServerSpec:
+    command = [
+        sys.executable,
+        "-m",
+        "pagedserve.cli.main",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return ServerSpec("pagedserve", [*command, "--max-model-len", "1024", *flags])
+
+
+SYSTEMS = {
+    "pagedserve gguf (blocks kept)": lambda port: pagedserve(port, "--quantization", "gguf"),
+    "pagedserve dequantized (dtype auto)": lambda port: pagedserve(port, "--quantization", "none"),
+    "llama.cpp": lambda port: llamacpp(port),
+}
+
+
+def llamacpp(port: int) -> ServerSpec:
+    spec = llamacpp_spec(resolve_model_source(None).path, port, slots=1)
+    if "amx_int8" in cpu_info().features:
+        # llama.cpp's AMX backend (weights repacked at load) died with SIGSEGV in ggml_backend_amx_mul_mat on the
+        # Q4_1 file (2026-12-03, Sapphire Rapids-class VM); without repacking it runs its AVX-512 VNNI kernels.
+        spec.command.append("--no-repack")
+    return spec
+
+
+def measure(spec: ServerSpec, port: int, output_len: int, logs: Path) -> float:
+    server = RunningServer(spec, port, logs / f"{spec.name.replace(' ', '_')}_{port}.log")
+    try:
+        server.ready()
+        result = logs / f"result_{port}.json"
+        command = [
+            sys.executable, "-m", "pagedserve.cli.main", "bench", "serve", "--base-url", server.url,
+            "--endpoint", "/v1/chat/completions", "--dataset", "topics", "--num-prompts", "3",
+            "--max-concurrency", "1", "--output-len", str(output_len), "--ignore-eos", "--disable-tqdm",
+            "--result-json", str(result),
+        ]  # fmt: skip
+        subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=1800)
+        return 1000.0 / json.loads(result.read_text())["median_tpot_ms"]
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated names from: " + ", ".join(SYSTEMS)
+    )
+    args = parser.parse_args()
+    names = [name.strip() for name in args.systems.split(",")]
+    if "llama.cpp" in names and (reason := missing_reason("llamacpp")):
+        print(f"llama.cpp: missing: {reason}")
+        names.remove("llama.cpp")
+    numbers: dict[str, list[float]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for name in names:
+                port = free_port()
+                numbers[name].append(measure(SYSTEMS[name](port), port, args.output_len, Path(tmp)))
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] round {round_ + 1} {name}: {numbers[name][-1]:.1f} tok/s",
+                    flush=True,
+                )
+    print(f"\nCPU: {cpu_info().describe()}")
+    reference = statistics.median(numbers["llama.cpp"]) if "llama.cpp" in numbers else None
+    print("\n| system | decode tok/s (median) | rounds | ÷ llama.cpp |\n|---|---|---|---|")
+    for name, values in numbers.items():
+        median = statistics.median(values)
+        ratio = f"{median / reference:.2f}×" if reference else "-"
+        print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
