@@ -13,8 +13,8 @@
  * to int16. A block's dot product, with s = d_x * sum(q_x) kept per activation block for the types with a min:
  *   Q4_0, Q8_0: d_w d_x sum(w q_x)      Q4_1: d_w d_x sum(n q_x) + m_w s      Q4_K: d sc d_x sum(n q_x) - dmin mn s
  *   Q6_K: d d_x sum((sc_h (q - 32)) q_x), sc_h the scale of each 16-weight half folded into the int16 weights
- * Bounds: |w| <= 4096 (Q6_K: 32 x 128), |q_x| <= 32767, so a lane's 4 products stay below 2^29: int32 is exact
- * and every level computes the same integers. The rounding adds at most d_x / 2 a value, so
+ * Bounds: |w| <= 4096 (Q6_K: 32 x 128), |q_x| <= 32767, so a SIMD lane's 4 products stay below 2^29: int32 is
+ * exact (the plain C path sums a block's 32 in int64) and every level computes the same integers. The rounding adds at most d_x / 2 a value, so
  * |error| <= sum over blocks of d_x / 2 * sum |w| (the tests check this bound).
  */
 #ifndef PAGEDSERVE_GGUF_Q16_H
@@ -183,7 +183,7 @@ static inline void q16_dot_rows(const q16_rows *x, const uint8_t *row, int qtype
         for (int r = 0; r < rows; ++r) {
             const int64_t at = r * blocks + b;
             const int16_t *xq = x->q + at * GGUF_BLOCK;
-            int32_t total = 0;
+            int64_t total = 0; /* 32 products of up to 4096 x 32767 overflow int32 (the SIMD lanes sum 4) */
             for (int j = 0; j < GGUF_BLOCK; ++j) total += (int32_t)(w[j] * half_scale[j / 16]) * xq[j];
             sums[r] += (float)total * (scale * x->d[at]) + shift * x->s[at];
         }
