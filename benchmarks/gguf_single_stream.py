@@ -29,6 +29,7 @@ from peers.servers import (  # noqa: E402
     free_port,
     llamacpp_spec,
     missing_reason,
+    pagedserve_spec,
 )
 
 from pagedserve.cpu_info import cpu_info  # noqa: E402
@@ -36,17 +37,7 @@ from pagedserve.models.loader import resolve_model_source  # noqa: E402
 
 
 def pagedserve(port: int, *flags: str) -> ServerSpec:
-    command = [
-        sys.executable,
-        "-m",
-        "pagedserve.cli.main",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    return ServerSpec("pagedserve", [*command, "--max-model-len", "1024", *flags])
+    return pagedserve_spec(sys.executable, port, "--max-model-len", "1024", *flags, dtype="auto")
 
 
 SYSTEMS = {

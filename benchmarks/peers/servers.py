@@ -36,9 +36,9 @@ class ServerSpec:
     startup_timeout_s: float = 600.0
 
 
-def pagedserve_spec(python: str, port: int) -> ServerSpec:
+def pagedserve_spec(python: str, port: int, *flags: str, dtype: str = "bfloat16") -> ServerSpec:
     command = [python, "-m", "pagedserve.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return ServerSpec("pagedserve", command + ["--dtype", "bfloat16"])
+    return ServerSpec("pagedserve", command + ["--dtype", dtype, *flags])
 
 
 def vllm_spec(port: int, kv_cache_gib: int = 4) -> ServerSpec:

@@ -46,12 +46,12 @@ int gguf_dequantize(const uint8_t *w, int qtype, float *out, int64_t n, int64_t 
     return 0;
 }
 
-#define Q16_DOT(QTYPE)                                                                                                 \
+#define Q16_DOT(QTYPE)                                                                                                \
     switch (rows) {                                                                                                   \
-    case 1: q16_dot_rows(x, row, QTYPE, 1, sums); break;                                                               \
-    case 2: q16_dot_rows(x, row, QTYPE, 2, sums); break;                                                               \
-    case 3: q16_dot_rows(x, row, QTYPE, 3, sums); break;                                                               \
-    default: q16_dot_rows(x, row, QTYPE, 4, sums); break;                                                              \
+    case 1: q16_dot_rows(x, row, QTYPE, 1, sums); break;                                                              \
+    case 2: q16_dot_rows(x, row, QTYPE, 2, sums); break;                                                              \
+    case 3: q16_dot_rows(x, row, QTYPE, 3, sums); break;                                                              \
+    default: q16_dot_rows(x, row, QTYPE, 4, sums); break;                                                             \
     }
 
 /* sums[r] = x_r . row for 1-4 quantized activation rows; type and row count made constants for q16_dot_rows. */
@@ -77,15 +77,12 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
         return 3;
 #endif
     }
-    int16_t *q = malloc(sizeof(int16_t) * (size_t)(m * k));
-    float *scales = malloc(sizeof(float) * (size_t)(2 * m * (k / GGUF_BLOCK)));
-    if (q == NULL || scales == NULL) {
-        free(q);
-        free(scales);
-        return 2;
-    }
+    /* one allocation: scales d and sums s (float, 2 a block), then the int16 values */
     const int64_t blocks = k / GGUF_BLOCK;
+    float *scales = malloc(sizeof(float) * (size_t)(2 * m * blocks) + sizeof(int16_t) * (size_t)(m * k));
+    if (scales == NULL) return 2;
     float *d = scales, *s = scales + m * blocks;
+    int16_t *q = (int16_t *)(scales + 2 * m * blocks);
     for (int64_t r = 0; r < m; ++r) q16_quantize_row(x + r * k, k, q + r * k, d + r * blocks, s + r * blocks);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t c = 0; c < n; ++c) {
@@ -100,7 +97,6 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
             for (int64_t r = 0; r < rows; ++r) out[(r0 + r) * n + c] = sums[r] + (bias != NULL ? bias[c] : 0.0f);
         }
     }
-    free(q);
     free(scales);
     return 0;
 }

@@ -14,8 +14,8 @@
  *   Q4_0, Q8_0: d_w d_x sum(w q_x)      Q4_1: d_w d_x sum(n q_x) + m_w s      Q4_K: d sc d_x sum(n q_x) - dmin mn s
  *   Q6_K: d d_x sum((sc_h (q - 32)) q_x), sc_h the scale of each 16-weight half folded into the int16 weights
  * Bounds: |w| <= 4096 (Q6_K: 32 x 128), |q_x| <= 32767, so a SIMD lane's 4 products stay below 2^29: int32 is
- * exact (the plain C path sums a block's 32 in int64) and every level computes the same integers. The rounding adds at most d_x / 2 a value, so
- * |error| <= sum over blocks of d_x / 2 * sum |w| (the tests check this bound).
+ * exact (the plain C path sums a block's 32 in int64) and every level computes the same integers. The rounding
+ * adds at most d_x / 2 a value, so |error| <= sum over blocks of d_x / 2 * sum |w| (the tests check this bound).
  */
 #ifndef PAGEDSERVE_GGUF_Q16_H
 #define PAGEDSERVE_GGUF_Q16_H
@@ -115,6 +115,7 @@ static inline __attribute__((always_inline)) void q16_dot_rows(const q16_rows *x
     for (int64_t b = 0; b < blocks; ++b) {
         __m128i lo, hi; /* weights 0-15 and 16-31 as signed bytes */
         float scale, shift = 0.0f;
+        const int8_t *q6k_scales = NULL; /* Q6_K: the two 16-weight halves' scales */
         if (qtype == GGUF_Q4_K) {
             float min;
             const uint8_t *qs = gguf_q4k_sub_block(row, b, &scale, &min);
@@ -135,6 +136,7 @@ static inline __attribute__((always_inline)) void q16_dot_rows(const q16_rows *x
             lo = _mm256_castsi256_si128(q);
             hi = _mm256_extracti128_si256(q, 1);
             scale = gguf_half(super + 208);
+            q6k_scales = (const int8_t *)(super + 192 + 8 * h + 2 * g);
         } else {
             const uint8_t *block = row + b * gguf_block_bytes(qtype);
             scale = gguf_half(block);
@@ -155,9 +157,8 @@ static inline __attribute__((always_inline)) void q16_dot_rows(const q16_rows *x
         }
         __m256i w0 = _mm256_cvtepi8_epi16(lo), w1 = _mm256_cvtepi8_epi16(hi);
         if (qtype == GGUF_Q6_K) { /* the half scales folded into the weights (|sc (q - 32)| <= 4096) */
-            const int8_t *sc = (const int8_t *)(row + (b >> 3) * 210 + 192 + 8 * ((b & 7) >> 2) + 2 * (b & 3));
-            w0 = _mm256_mullo_epi16(w0, _mm256_set1_epi16(sc[0]));
-            w1 = _mm256_mullo_epi16(w1, _mm256_set1_epi16(sc[1]));
+            w0 = _mm256_mullo_epi16(w0, _mm256_set1_epi16(q6k_scales[0]));
+            w1 = _mm256_mullo_epi16(w1, _mm256_set1_epi16(q6k_scales[1]));
         }
         for (int r = 0; r < rows; ++r) {
             const int64_t at = r * blocks + b;
