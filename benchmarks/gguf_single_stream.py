@@ -42,6 +42,9 @@ def pagedserve(port: int, *flags: str) -> ServerSpec:
 
 SYSTEMS = {
     "pagedserve gguf (blocks kept)": lambda port: pagedserve(port, "--quantization", "gguf"),
+    "pagedserve gguf eager (--enforce-eager)": lambda port: pagedserve(
+        port, "--quantization", "gguf", "--enforce-eager"
+    ),
     "pagedserve dequantized (dtype auto)": lambda port: pagedserve(port, "--quantization", "none"),
     "llama.cpp": lambda port: llamacpp(port),
 }

@@ -65,7 +65,7 @@ class LLMEngine:
                 f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len}"
             )
         quantized_source = source.format == "gguf" or source.quantization_method is not None
-        dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, quantized_source, device)
+        dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, quantized_source, device, quantization)
         weights = None if source.format == "dummy" else source.iter_weights(quantization is not None)
         self.runner = ModelRunner(
             hf_config, mc, cc, max_model_len, weights, dtype, device, weight_dtype=weight_dtype

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pagedserve import envs
 from pagedserve.cpu_info import ISA_LEVELS, cpu_info
+from pagedserve.ops import recording as kernel_recording
 
 logger = logging.getLogger("pagedserve")
 
@@ -75,6 +76,8 @@ SIGNATURES: dict[str, list] = {
     "write_kv_cache": [_P] * 5 + [_I] * 6 + [ctypes.c_int, ctypes.c_int],
     # acc [m, n] int32, x_scale [m], w_scale [n], bias (or NULL) float32, out [m, n], dtype, m, n, threads
     "int8_epilogue": [_P] * 5 + [ctypes.c_int, _I, _I, ctypes.c_int],
+    # calls [count] (recording.ReplayCall), count -> 0, or 1 + the index of the first call that failed
+    "replay_calls": [_P, _I],
     # () -> 1 where gguf_gemm takes any number of rows (AVX2 panels), else 0
     "gguf_has_panels": [],
     # () -> the level the library was compiled for, as an index into ISA_LEVELS
@@ -206,7 +209,8 @@ def load() -> ctypes.CDLL | None:
                 logger.warning("no C kernels on this host; using the PyTorch paths")
         # Idempotent: two threads racing here load the same cached library.
         _active, _active_known = library, True
-    return _active
+    recording = kernel_recording.current()
+    return _active if recording is None or _active is None else recording.wrap(_active)
 
 
 def active_level() -> str | None:

@@ -21,6 +21,7 @@ from pagedserve.ops import build as cpu_kernels
 from pagedserve.sample.logprobs import compute_prompt_logprobs
 from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
 from pagedserve.sample.sampler import Sampler
+from pagedserve.worker.cpu_graph import DecodeGraphs
 from pagedserve.worker.inputs import prepare_inputs
 from pagedserve.worker.kv_cache import (
     allocate_kv_caches,
@@ -74,12 +75,24 @@ class ModelDtypes(NamedTuple):
     """The matrices (projections, embedding, LM head); bfloat16 under float32 compute where that is faster."""
 
 
-def resolve_dtype(name: str, hf_config: Any, quantized_source: bool, device: torch.device) -> ModelDtypes:
+# Quantization methods whose matrices the CPU keeps in GGUF blocks and multiplies with float32 activations.
+GGUF_BLOCK_METHODS = frozenset({"gguf", "awq", "gptq"})
+
+
+def resolve_dtype(
+    name: str, hf_config: Any, quantized_source: bool, device: torch.device, quantization: str | None = None
+) -> ModelDtypes:
     """An explicit name is obeyed for everything; `auto` chooses by checkpoint and hardware, and logs why."""
     if name != "auto":
         if name not in _DTYPES:
             raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {name!r}")
         return ModelDtypes(_DTYPES[name], _DTYPES[name])
+    if device.type == "cpu" and quantization in GGUF_BLOCK_METHODS and cpu_kernels.load() is not None:
+        # The GGUF kernels take and return float32: bfloat16 activations only add two conversions a product, and
+        # those PyTorch casts keep decode graphs from capturing the step (worker/cpu_graph.py). Measured on the
+        # bundled Q4_1 file, one stream, AVX-512 BF16: see docs/architecture.md ("CPU decode graphs").
+        logger.info("dtype auto: float32 compute (%s blocks are multiplied in float32)", quantization)
+        return ModelDtypes(torch.float32, torch.bfloat16)
     stored = str(getattr(hf_config, "torch_dtype", "") or "").replace("torch.", "")
     if stored == "float32" and not quantized_source:
         logger.info("dtype auto: float32 (the checkpoint is float32)")
@@ -113,6 +126,15 @@ def cast_matrix_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
     for module in model.modules():
         if isinstance(module, (LinearBase, VocabEmbedding, LMHead)) and module.weight.dtype != dtype:
             module.weight.data = module.weight.data.to(dtype)
+
+
+def _wants_prompt_logprobs(seq: Any) -> bool:
+    """True when this step computes prompt positions whose next-token logprobs the request asked for."""
+    request = seq.request
+    return (
+        request.sampling_params.prompt_logprobs is not None
+        and seq.start_position < request.num_prompt_tokens - 1
+    )
 
 
 class ModelRunner:
@@ -182,6 +204,13 @@ class ModelRunner:
         )
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
+        self.decode_graphs = (
+            DecodeGraphs(
+                self.model, self.kv_caches, hf_config.hidden_size, -(-max_model_len // self.block_size), dtype
+            )
+            if DecodeGraphs.usable(device, model_config.enforce_eager)
+            else None
+        )
 
     def _init_dummy_weights(self, seed: int) -> None:
         generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -211,12 +240,20 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         step = prepare_inputs(scheduler_output.sequences, self.block_size, self.device)
-        hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
+        step_logits = None  # every row's logits, from a replayed decode graph
+        if self.decode_graphs is not None and not any(map(_wants_prompt_logprobs, step.sequences)):
+            step_logits = self.decode_graphs.logits(step.input_ids, step.positions, step.metadata)
+        hidden = None
+        if step_logits is None:
+            hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
         result = ModelRunnerOutput()
         sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples]
         if sampling:
             rows = [step.last_token_rows[i] for i, _ in sampling]
-            logits = self.model.compute_logits(hidden[rows])
+            if step_logits is None:
+                logits = self.model.compute_logits(hidden[rows])
+            else:
+                logits = step_logits if len(rows) == step_logits.shape[0] else step_logits[rows]
             sampling_rows = [
                 SamplingRow(
                     s.request.sampling_params,
@@ -243,15 +280,16 @@ class ModelRunner:
                     k = seq.request.sampling_params.logprobs
                     if k is not None:
                         result.logprobs[seq.request.request_id] = (ids[j][: 1 + k], lps[j][: 1 + k], ranks[j])
-        self._prompt_logprobs(step, hidden, result)
+        if hidden is not None:
+            self._prompt_logprobs(step, hidden, result)
         return result
 
     def _prompt_logprobs(self, step: Any, hidden: torch.Tensor, result: ModelRunnerOutput) -> None:
         for seq in step.sequences:
+            if not _wants_prompt_logprobs(seq):
+                continue
             request = seq.request
             k = request.sampling_params.prompt_logprobs
-            if k is None or seq.start_position >= request.num_prompt_tokens - 1:
-                continue
             first_row = step.last_token_rows[step.sequences.index(seq)] - seq.num_new_tokens + 1
             # Positions whose next token is still a prompt token.
             count = min(seq.num_new_tokens, request.num_prompt_tokens - 1 - seq.start_position)

@@ -1,0 +1,160 @@
+"""Decode steps replayed as recorded C kernel calls: the CPU's counterpart of CUDA graphs.
+
+A small decode batch spends more time in Python than in arithmetic: the bundled model's step is ~300 kernel calls
+(10 a layer), each behind a module call, shape checks and a ctypes crossing. The first decode step of each batch
+size runs the model once on static input buffers while `ops/recording.py` records every kernel call; later steps
+of that size copy their inputs into the same buffers and replay the calls: one Python loop, no modules, no
+allocations. Measured on the bundled Q4_1 model, 1 sequence: see docs/architecture.md ("CPU decode graphs").
+
+A replay is only the same computation when the recorded pass did nothing but kernel calls on tensors that stay
+where they were: during capture a dispatch mode keeps every tensor the pass allocates alive (so no address is
+reused elsewhere) and refuses the graph if any PyTorch operation computed something (a path without a C kernel:
+then that batch size stays eager, logged once). Every address a call reads or writes is then either a static
+buffer of the graph, a tensor it keeps, or a model weight / KV cache that lives as long as the runner.
+
+Like vLLM's CUDA graphs: decode-only steps, one graph per batch size up to `MAX_GRAPH_BATCH`, `--enforce-eager`
+turns them off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pagedserve.attention.backend import AttentionMetadata
+from pagedserve.ops import build as cpu_kernels
+from pagedserve.ops.recording import KernelRecording, ReplayProgram
+
+logger = logging.getLogger("pagedserve")
+
+# The GGUF and float GEMVs take up to 8 rows (ops/csrc/gguf.c, gemv.c); past that the matrix products are
+# compute-bound and Python's share of a step is small.
+MAX_GRAPH_BATCH = 8
+
+_aten = torch.ops.aten
+# Operations that allocate or make views and compute nothing: allowed while recording.
+_NO_COMPUTE = frozenset(
+    {
+        _aten.empty, _aten.empty_like, _aten.empty_strided, _aten.view, _aten._unsafe_view, _aten.alias,
+        _aten.slice, _aten.narrow, _aten.select, _aten.split, _aten.split_with_sizes, _aten.unbind,
+        _aten.as_strided, _aten.t, _aten.transpose, _aten.permute, _aten.unsqueeze, _aten.squeeze,
+        _aten.expand, _aten.detach, _aten.reshape,
+    }
+)  # fmt: skip
+
+
+class _CaptureGuard(TorchDispatchMode):
+    """Keeps every tensor made while active alive and notes operations that compute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[Any] = []
+        self.computed: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        # `x.to(x.dtype)` and the like return their input: nothing computed.
+        returned_input = bool(args) and out is args[0]
+        if func.overloadpacket not in _NO_COMPUTE and not returned_input:
+            self.computed.add(str(func.overloadpacket))
+        self.kept.append(out)
+        return out
+
+
+class DecodeGraph:
+    """The recorded decode step for one batch size, and the static buffers its calls read."""
+
+    def __init__(self, batch: int, hidden_size: int, table_width: int, dtype: torch.dtype) -> None:
+        self.batch = batch
+        self.inputs_embeds = torch.zeros(batch, hidden_size, dtype=dtype)
+        self.positions = torch.zeros(batch, dtype=torch.int64)
+        self.slot_mapping = torch.zeros(batch, dtype=torch.int64)
+        self.block_tables = torch.zeros(batch, table_width, dtype=torch.int64)
+        self.seq_lens = torch.ones(batch, dtype=torch.int64)
+        self.metadata = AttentionMetadata(
+            slot_mapping=self.slot_mapping,
+            num_decode_tokens=batch,
+            decode_block_tables=self.block_tables,
+            decode_seq_lens=self.seq_lens,
+        )
+        self.program: ReplayProgram | None = None
+        self.kept: list[Any] = []
+        self.logits: torch.Tensor | None = None
+
+    def load_inputs(
+        self, inputs_embeds: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata
+    ) -> None:
+        assert metadata.decode_block_tables is not None and metadata.decode_seq_lens is not None
+        self.inputs_embeds.copy_(inputs_embeds)
+        self.positions.copy_(positions)
+        self.slot_mapping.copy_(metadata.slot_mapping)
+        self.block_tables[:, : metadata.decode_block_tables.shape[1]].copy_(metadata.decode_block_tables)
+        self.seq_lens.copy_(metadata.decode_seq_lens)
+        # Read by the PyTorch decode path only (a step that uses it is not kept as a graph, but it is computed).
+        self.metadata.decode_max_seq_len = metadata.decode_max_seq_len
+
+    def capture(self, model: Any, kv_caches: list[Any]) -> bool:
+        """Runs the step on the static buffers while recording; True when the recording can be replayed. Either
+        way `self.logits` holds this step's logits."""
+        recording = KernelRecording()
+        guard = _CaptureGuard()
+        with guard, recording.active():
+            hidden = model(None, self.positions, kv_caches, self.metadata, inputs_embeds=self.inputs_embeds)
+            self.logits = model.compute_logits(hidden)
+        if guard.computed:
+            logger.info(
+                "decode graphs: batch %d stays eager (PyTorch operations in the step: %s)",
+                self.batch, ", ".join(sorted(guard.computed)),
+            )  # fmt: skip
+            return False
+        self.program, self.kept = recording.program(), guard.kept
+        return True
+
+    def replay(self) -> torch.Tensor:
+        assert self.program is not None and self.logits is not None
+        self.program.run()
+        return self.logits
+
+
+class DecodeGraphs:
+    """One `DecodeGraph` per decode batch size, captured on first use."""
+
+    def __init__(
+        self, model: Any, kv_caches: list[Any], hidden_size: int, table_width: int, dtype: torch.dtype
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.hidden_size = hidden_size
+        self.table_width = table_width
+        self.dtype = dtype
+        self.graphs: dict[int, DecodeGraph | None] = {}  # None: that batch size runs eagerly
+
+    @staticmethod
+    def usable(device: torch.device, enforce_eager: bool) -> bool:
+        return device.type == "cpu" and not enforce_eager and cpu_kernels.load() is not None
+
+    def logits(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata
+    ) -> torch.Tensor | None:
+        """The logits of a decode-only step of up to MAX_GRAPH_BATCH sequences, or None where this batch size
+        runs eagerly. The tensor is the graph's own buffer: valid until the next step."""
+        batch = input_ids.shape[0]
+        if metadata.prefills or batch > MAX_GRAPH_BATCH or self.graphs.get(batch, 0) is None:
+            return None
+        assert metadata.decode_block_tables is not None
+        if metadata.decode_block_tables.shape[1] > self.table_width:
+            return (
+                None  # blocks past max_model_len: not a table this runner's graphs hold (eager computes it)
+            )
+        graph = self.graphs.get(batch)
+        embeds = self.model.embed_input_ids(input_ids)
+        if graph is not None:
+            graph.load_inputs(embeds, positions, metadata)
+            return graph.replay()
+        graph = DecodeGraph(batch, self.hidden_size, self.table_width, self.dtype)
+        graph.load_inputs(embeds, positions, metadata)
+        self.graphs[batch] = graph if graph.capture(self.model, self.kv_caches) else None
+        return graph.logits

@@ -1,0 +1,118 @@
+"""Decode graphs (worker/cpu_graph.py): replayed decode steps give exactly what eager steps give.
+
+Each pair of engines below runs the same requests, once with graphs (the default) and once with
+`enforce_eager=True`; the kernels are the same, so tokens and logprobs must be equal, not close. The requests
+finish at different steps (batch sizes shrink), sample with seeds and ask for logprobs, so several batch sizes are
+captured and replayed with moving block tables.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import gguf
+import pytest
+
+from pagedserve import LLM, SamplingParams
+from pagedserve.worker.cpu_graph import MAX_GRAPH_BATCH
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "unit" / "models"))
+from tiny_gguf_writer import write_tiny_gguf  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "hello world",
+    "the quick brown fox jumps over the lazy dog",
+    "a b c d e f g h",
+    "one",
+    "lorem ipsum dolor sit amet, consectetur adipiscing elit",
+    "zzz",
+]
+
+
+def _params() -> list[SamplingParams]:
+    """Different lengths (the batch shrinks as requests finish), greedy and seeded sampling, logprobs."""
+    params = []
+    for i in range(len(PROMPTS)):
+        if i % 2:
+            params.append(
+                SamplingParams(temperature=0.9, seed=i, max_tokens=6 + 5 * i, ignore_eos=True, logprobs=2)
+            )
+        else:
+            params.append(SamplingParams(temperature=0.0, max_tokens=6 + 5 * i, ignore_eos=True, logprobs=3))
+    return params
+
+
+def _run(llm: LLM) -> list[tuple[list[int], list]]:
+    outputs = llm.generate(PROMPTS, _params(), use_tqdm=False)
+    return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outputs]
+
+
+def _engines(path: pathlib.Path, **kwargs) -> tuple[LLM, LLM]:
+    common = dict(dtype="float32", max_model_len=256, kv_cache_memory_bytes=8 * 1024**2, seed=0, **kwargs)
+    return LLM(str(path), **common), LLM(str(path), enforce_eager=True, **common)
+
+
+@pytest.fixture(scope="module")
+def tiny_q4_1(tmp_path_factory) -> pathlib.Path:
+    return write_tiny_gguf(
+        tmp_path_factory.mktemp("graphs") / "q4_1.gguf", tensor_type=gguf.GGMLQuantizationType.Q4_1
+    ).path
+
+
+@pytest.fixture(scope="module")
+def tiny_f32(tmp_path_factory) -> pathlib.Path:
+    return write_tiny_gguf(
+        tmp_path_factory.mktemp("graphs") / "f32.gguf", tensor_type=gguf.GGMLQuantizationType.F32
+    ).path
+
+
+def test_gguf_blocks_replayed_equal_eager(tiny_q4_1) -> None:
+    graphs, eager = _engines(tiny_q4_1, quantization="gguf")
+    assert eager.llm_engine.runner.decode_graphs is None
+    assert _run(graphs) == _run(eager)
+    captured = graphs.llm_engine.runner.decode_graphs.graphs
+    # Every batch size from 6 sequences down to 1 was seen, and each was captured (GGUF GEMVs take <= 8 rows).
+    assert sorted(captured) == [1, 2, 3, 4, 5, 6]
+    assert all(graph is not None and len(graph.program) > 0 for graph in captured.values())
+    # A second run replays every size (nothing new is captured) and still equals eager.
+    assert _run(graphs) == _run(eager)
+
+
+def test_batch_sizes_without_kernels_stay_eager(tiny_f32) -> None:
+    """float32 weights: the C GEMV takes <= 4 rows; 5 and 6 sequences go through torch's GEMM, so those sizes
+    must be refused at capture (and still compute the right thing)."""
+    graphs, eager = _engines(tiny_f32, quantization="none")
+    assert _run(graphs) == _run(eager)
+    captured = graphs.llm_engine.runner.decode_graphs.graphs
+    assert {size for size, graph in captured.items() if graph is not None} == {1, 2, 3, 4}
+    assert captured[5] is None and captured[6] is None
+    assert max(captured) <= MAX_GRAPH_BATCH
+
+
+def test_pytorch_attention_is_never_replayed(tiny_q4_1) -> None:
+    """Attention through PyTorch (the backend's path where its kernels are not built): no graph is kept."""
+    graphs, eager = _engines(tiny_q4_1, quantization="gguf")
+    for engine in (graphs, eager):
+        engine.llm_engine.runner.model.model.layers[0].self_attn.backend.use_kernel = False
+    assert _run(graphs) == _run(eager)
+    assert set(graphs.llm_engine.runner.decode_graphs.graphs.values()) == {None}
+
+
+def test_preemption_and_prefix_hits_under_graphs(tiny_q4_1) -> None:
+    """A KV cache too small for every sequence at once: sequences are preempted, recomputed and hit cached
+    prefixes, so block tables change under the replayed graphs."""
+    small = dict(quantization="gguf", enable_prefix_caching=True)
+    graphs = LLM(str(tiny_q4_1), dtype="float32", max_model_len=256, kv_cache_memory_bytes=96 * 1024, **small)
+    eager = LLM(
+        str(tiny_q4_1), dtype="float32", max_model_len=256, kv_cache_memory_bytes=96 * 1024, enforce_eager=True,
+        **small,
+    )  # fmt: skip
+    prompts = [p + " " + p for p in PROMPTS] * 2
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    got = [o.outputs[0].token_ids for o in graphs.generate(prompts, params, use_tqdm=False)]
+    expected = [o.outputs[0].token_ids for o in eager.generate(prompts, params, use_tqdm=False)]
+    assert got == expected
+    assert graphs.llm_engine.scheduler.total_preemptions > 0
