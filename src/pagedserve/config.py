@@ -60,7 +60,8 @@ class ModelConfig:
     """Jinja chat template file or inline string overriding the tokenizer's."""
 
     enforce_eager: bool = False
-    """Accepted for vLLM compatibility; pagedserve runs eagerly on the CPU in any case."""
+    """Run every step eagerly: no decode graphs (on the CPU: decode steps of 1-8 sequences replayed as recorded C
+    kernel calls, worker/cpu_graph.py), as vLLM's flag turns off CUDA graphs."""
 
     device: DeviceName = "auto"
     """Device for the model runner: auto picks cuda when available, else cpu."""

@@ -119,6 +119,10 @@ def test_gemv_takes_every_bit_pattern_and_zero_rows(isa_level, qtype) -> None:
     got = gguf_quant.gguf_linear(x, data, int(qtype), cols, None).double()
     expected = F.linear(q16_activations(x)[0], weights)
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    # One row alone takes the single-row path (4 weight rows at a time for the simple types).
+    for r in range(3):
+        one = gguf_quant.gguf_linear(x[r : r + 1], data, int(qtype), cols, None).double()
+        assert (one - expected[r]).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 
 def test_gemv_sums_the_largest_q6_k_products_without_overflow(isa_level) -> None:

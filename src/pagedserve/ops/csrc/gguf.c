@@ -84,8 +84,30 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
     float *d = scales, *s = scales + m * blocks;
     int16_t *q = (int16_t *)(scales + 2 * m * blocks);
     for (int64_t r = 0; r < m; ++r) q16_quantize_row(x + r * k, k, q + r * k, d + r * blocks, s + r * blocks);
+    const q16_rows all = {q, d, s, k};
+    int64_t first = 0; /* columns before this are done */
+#if defined(__AVX2__)
+    /* Q8_0 stays on the per-row path: 4 columns at a time measured 0.93-0.97x there (its 34-byte blocks stream at
+     * the memory's pace either way), 1.2-1.4x on the 4-bit types (A/B in one process, both levels). */
+    if (m == 1 && (qtype == GGUF_Q4_0 || qtype == GGUF_Q4_1)) {
+        const int64_t groups = n / GGUF_COLS, group_bytes = GGUF_COLS * row_bytes;
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t c = 0; c < n; ++c) {
+        for (int64_t g = 0; g < groups; ++g) {
+            float sums[GGUF_COLS];
+            const uint8_t *rows = w + g * group_bytes;
+            for (int64_t at = 0; at < group_bytes; at += 64) prefetch_t0(rows + GGUF_PREFETCH_BYTES + at);
+            if (qtype == GGUF_Q4_1) /* each call inlined with its type a constant */
+                q16_dot_cols(&all, rows, row_bytes, GGUF_Q4_1, sums);
+            else
+                q16_dot_cols(&all, rows, row_bytes, GGUF_Q4_0, sums);
+            for (int c = 0; c < GGUF_COLS; ++c)
+                out[g * GGUF_COLS + c] = sums[c] + (bias != NULL ? bias[g * GGUF_COLS + c] : 0.0f);
+        }
+        first = groups * GGUF_COLS;
+    }
+#endif
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t c = first; c < n; ++c) {
         float sums[4];
         /* the weights GGUF_PREFETCH_BYTES ahead (rows are contiguous), past the end too: prefetches never fault */
         for (int64_t at = 0; at < row_bytes; at += 64) prefetch_t0(w + c * row_bytes + GGUF_PREFETCH_BYTES + at);
