@@ -6,7 +6,10 @@ Every system is an HTTP server on loopback, started alone (2 cores: never two at
 1000 / median TPOT. Rounds are interleaved (system A, B, C, A, B, C, ...) and the report gives medians and each
 round, with the CPU's ISA.
 
-    .venv/bin/python benchmarks/gguf_single_stream.py [--rounds 3] [--output-len 128] [--systems ...]
+    .venv/bin/python benchmarks/gguf_single_stream.py [--rounds 3] [--output-len 128] [--systems ...] [--isa avx2]
+
+`--isa avx2` stands in for an AVX2-only CPU on an AVX-512 host: pagedserve runs its AVX2 kernels (and torch its
+AVX2 paths), llama.cpp the build from `LLAMA_CPP_ISA=avx2 benchmarks/peers/setup_llamacpp.sh`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers.servers import (  # noqa: E402
+    CACHE,
     REPO,
     RunningServer,
     ServerSpec,
@@ -35,9 +39,17 @@ from peers.servers import (  # noqa: E402
 from pagedserve.cpu_info import cpu_info  # noqa: E402
 from pagedserve.models.loader import resolve_model_source  # noqa: E402
 
+LLAMA_SERVER_AVX2 = CACHE / "llama-server-avx2"
+# What the servers of `--isa avx2` run with: this host's AVX2 code paths (ours, torch's ATen and oneDNN).
+AVX2_ENV = {"PAGEDSERVE_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+ISA = {"isa": "native"}  # set from --isa in main()
+
 
 def pagedserve(port: int, *flags: str) -> ServerSpec:
-    return pagedserve_spec(sys.executable, port, "--max-model-len", "1024", *flags, dtype="auto")
+    spec = pagedserve_spec(sys.executable, port, "--max-model-len", "1024", *flags, dtype="auto")
+    if ISA["isa"] == "avx2":
+        spec.env.update(AVX2_ENV)
+    return spec
 
 
 SYSTEMS = {
@@ -52,7 +64,9 @@ SYSTEMS = {
 
 def llamacpp(port: int) -> ServerSpec:
     spec = llamacpp_spec(resolve_model_source(None).path, port, slots=1)
-    if "amx_int8" in cpu_info().features:
+    if ISA["isa"] == "avx2":
+        spec.command[0] = str(LLAMA_SERVER_AVX2)
+    elif "amx_int8" in cpu_info().features:
         # llama.cpp's AMX backend (weights repacked at load) died with SIGSEGV in ggml_backend_amx_mul_mat on the
         # Q4_1 file (2026-12-03, Sapphire Rapids-class VM); without repacking it runs its AVX-512 VNNI kernels.
         spec.command.append("--no-repack")
@@ -83,10 +97,17 @@ def main() -> None:
     parser.add_argument(
         "--systems", default=",".join(SYSTEMS), help="comma-separated names from: " + ", ".join(SYSTEMS)
     )
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native")
     args = parser.parse_args()
+    ISA["isa"] = args.isa
     names = [name.strip() for name in args.systems.split(",")]
-    if "llama.cpp" in names and (reason := missing_reason("llamacpp")):
-        print(f"llama.cpp: missing: {reason}")
+    llama_missing = missing_reason("llamacpp") if args.isa == "native" else None
+    if args.isa == "avx2" and not LLAMA_SERVER_AVX2.exists():
+        llama_missing = (
+            f"{LLAMA_SERVER_AVX2} is not built (LLAMA_CPP_ISA=avx2 benchmarks/peers/setup_llamacpp.sh)"
+        )
+    if "llama.cpp" in names and llama_missing:
+        print(f"llama.cpp: missing: {llama_missing}")
         names.remove("llama.cpp")
     numbers: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +119,7 @@ def main() -> None:
                     f"[{time.strftime('%H:%M:%S')}] round {round_ + 1} {name}: {numbers[name][-1]:.1f} tok/s",
                     flush=True,
                 )
-    print(f"\nCPU: {cpu_info().describe()}")
+    print(f"\nCPU: {cpu_info().describe()}; code paths: {args.isa}")
     reference = statistics.median(numbers["llama.cpp"]) if "llama.cpp" in numbers else None
     print("\n| system | decode tok/s (median) | rounds | ÷ llama.cpp |\n|---|---|---|---|")
     for name, values in numbers.items():
