@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from isa_compare import MODES  # noqa: E402
 from peers.servers import (  # noqa: E402
     CACHE,
     REPO,
@@ -40,31 +41,27 @@ from pagedserve.cpu_info import cpu_info  # noqa: E402
 from pagedserve.models.loader import resolve_model_source  # noqa: E402
 
 LLAMA_SERVER_AVX2 = CACHE / "llama-server-avx2"
-# What the servers of `--isa avx2` run with: this host's AVX2 code paths (ours, torch's ATen and oneDNN).
-AVX2_ENV = {"PAGEDSERVE_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-ISA = {"isa": "native"}  # set from --isa in main()
 
 
-def pagedserve(port: int, *flags: str) -> ServerSpec:
+def pagedserve(port: int, isa: str, *flags: str) -> ServerSpec:
     spec = pagedserve_spec(sys.executable, port, "--max-model-len", "1024", *flags, dtype="auto")
-    if ISA["isa"] == "avx2":
-        spec.env.update(AVX2_ENV)
+    spec.env.update(MODES[isa])  # avx2: this host's AVX2 code paths (ours, ATen's, oneDNN's)
     return spec
 
 
 SYSTEMS = {
-    "pagedserve gguf (blocks kept)": lambda port: pagedserve(port, "--quantization", "gguf"),
-    "pagedserve gguf eager (--enforce-eager)": lambda port: pagedserve(
-        port, "--quantization", "gguf", "--enforce-eager"
+    "pagedserve gguf (blocks kept)": lambda port, isa: pagedserve(port, isa, "--quantization", "gguf"),
+    "pagedserve gguf eager (--enforce-eager)": lambda port, isa: pagedserve(
+        port, isa, "--quantization", "gguf", "--enforce-eager"
     ),
-    "pagedserve dequantized (dtype auto)": lambda port: pagedserve(port, "--quantization", "none"),
-    "llama.cpp": lambda port: llamacpp(port),
+    "pagedserve dequantized (dtype auto)": lambda port, isa: pagedserve(port, isa, "--quantization", "none"),
+    "llama.cpp": lambda port, isa: llamacpp(port, isa),
 }
 
 
-def llamacpp(port: int) -> ServerSpec:
+def llamacpp(port: int, isa: str) -> ServerSpec:
     spec = llamacpp_spec(resolve_model_source(None).path, port, slots=1)
-    if ISA["isa"] == "avx2":
+    if isa == "avx2":
         spec.command[0] = str(LLAMA_SERVER_AVX2)
     elif "amx_int8" in cpu_info().features:
         # llama.cpp's AMX backend (weights repacked at load) died with SIGSEGV in ggml_backend_amx_mul_mat on the
@@ -99,7 +96,6 @@ def main() -> None:
     )
     parser.add_argument("--isa", choices=("native", "avx2"), default="native")
     args = parser.parse_args()
-    ISA["isa"] = args.isa
     names = [name.strip() for name in args.systems.split(",")]
     llama_missing = missing_reason("llamacpp") if args.isa == "native" else None
     if args.isa == "avx2" and not LLAMA_SERVER_AVX2.exists():
@@ -114,7 +110,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name in names:
                 port = free_port()
-                numbers[name].append(measure(SYSTEMS[name](port), port, args.output_len, Path(tmp)))
+                numbers[name].append(measure(SYSTEMS[name](port, args.isa), port, args.output_len, Path(tmp)))
                 print(
                     f"[{time.strftime('%H:%M:%S')}] round {round_ + 1} {name}: {numbers[name][-1]:.1f} tok/s",
                     flush=True,

@@ -145,16 +145,15 @@ class DecodeGraphs:
         if metadata.prefills or batch > MAX_GRAPH_BATCH or self.graphs.get(batch, 0) is None:
             return None
         assert metadata.decode_block_tables is not None
+        # Blocks past max_model_len are no table this runner's graphs hold: eager computes that step.
         if metadata.decode_block_tables.shape[1] > self.table_width:
-            return (
-                None  # blocks past max_model_len: not a table this runner's graphs hold (eager computes it)
-            )
+            return None
         graph = self.graphs.get(batch)
-        embeds = self.model.embed_input_ids(input_ids)
-        if graph is not None:
-            graph.load_inputs(embeds, positions, metadata)
+        captured = graph is not None
+        if graph is None:
+            graph = DecodeGraph(batch, self.hidden_size, self.table_width, self.dtype)
+        graph.load_inputs(self.model.embed_input_ids(input_ids), positions, metadata)
+        if captured:
             return graph.replay()
-        graph = DecodeGraph(batch, self.hidden_size, self.table_width, self.dtype)
-        graph.load_inputs(embeds, positions, metadata)
         self.graphs[batch] = graph if graph.capture(self.model, self.kv_caches) else None
         return graph.logits

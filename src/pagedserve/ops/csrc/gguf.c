@@ -106,7 +106,8 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
         first = groups * GGUF_COLS;
     }
 #endif
-#pragma omp parallel for schedule(static) num_threads(threads)
+    /* after the 4-row groups at most 3 rows are left: not worth a parallel region (a fork and join per call) */
+#pragma omp parallel for schedule(static) num_threads(threads) if (n - first > GGUF_COLS)
     for (int64_t c = first; c < n; ++c) {
         float sums[4];
         /* the weights GGUF_PREFETCH_BYTES ahead (rows are contiguous), past the end too: prefetches never fault */

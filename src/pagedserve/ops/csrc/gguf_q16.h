@@ -25,6 +25,8 @@
 #include "gguf.h"
 
 #define Q16_MAX 32767
+/* Weight rows a single-row GEMV takes at a time (q16_dot_cols, AVX2 and up). */
+#define GGUF_COLS 4
 
 /* A row x [k] -> q [k] int16, d [k / 32] and s [k / 32] float (s = d * sum of the block's q). */
 static inline void q16_quantize_row(const float *x, int64_t k, int16_t *q, float *d, float *s) {
@@ -178,7 +180,6 @@ static inline __attribute__((always_inline)) void q16_dot_rows(const q16_rows *x
  * one instruction. Against one weight row at a time (q16_dot_rows: one accumulator chain, a call a row), a
  * 3072 x 576 Q4_1 GEMV: 104-110 against 158-166 us (A/B in one process, AVX-512 BF16 and AVX2 levels; 512-bit
  * registers were no faster), BENCHMARKS.md. */
-#define GGUF_COLS 4
 
 /* The 32 weights of a Q4_0 / Q4_1 block as int16 (two halves of 16) dotted with 32 int16 activations: 8 int32. */
 static inline __m256i q16_block_dot(const uint8_t *block, int qtype, __m256i x0, __m256i x1) {
