@@ -89,8 +89,8 @@ def main() -> int:
     llm.generate([{"prompt_token_ids": p} for p in prompts[:2]], params)  # warm-up, untimed
 
     timers = ExclusiveTimers()
-    timers.attach(engine.runner.model)
-    timers.attach(engine.runner.sampler)
+    timers.attach(engine.executor.runner.model)
+    timers.attach(engine.executor.runner.sampler)
     start = time.perf_counter()
     llm.generate([{"prompt_token_ids": p} for p in prompts], params)
     wall = time.perf_counter() - start

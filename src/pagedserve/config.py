@@ -96,14 +96,57 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 4096
     """Token budget of one engine step; longer prefills are chunked."""
 
+    long_prefill_token_threshold: int = 0
+    """Most tokens one sequence computes in a step (vLLM's flag); 0: only the step's budget limits it. A lower value
+    chunks long prompts into several steps, so the sequences decoding beside them keep a short step time."""
+
 
 @dataclass
 class ParallelConfig:
     tensor_parallel_size: int = 1
-    """Devices each layer is sharded across (tensor parallelism)."""
+    """Ranks each layer is sharded across (tensor parallelism): one worker process per rank, torch.distributed
+    (gloo on the CPU, NCCL on CUDA). Attention splits by KV-head groups, unevenly where the heads do not divide
+    (distributed/partition.py); sizes the heads cannot be split over are refused."""
 
     pipeline_parallel_size: int = 1
     """Pipeline stages. Only 1 is supported; scale out with more replicas."""
+
+    nnodes: int = 1
+    """Nodes one replica's tensor-parallel ranks span (vLLM's flag): node 0 runs the API server and the first
+    tensor_parallel_size / nnodes ranks, every other node (--node-rank, --headless) the next ones."""
+
+    node_rank: int = 0
+    """This node's place among --nnodes; nodes other than 0 run headless."""
+
+    master_addr: str = "127.0.0.1"
+    """Address of node 0, where the ranks of several nodes meet (a TCPStore on --master-port)."""
+
+    master_port: int = 0
+    """Port of that meeting point on node 0; 0 (a single node only): a free port."""
+
+    headless: bool = False
+    """Run only this node's tensor-parallel workers, no API server (every node but node 0 of a multi-node replica)."""
+
+    def validate(self) -> None:
+        """ValueError naming the field; the heads' split is checked against the model (distributed/partition.py)."""
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.pipeline_parallel_size != 1:
+            raise ValueError("pipeline_parallel_size > 1 is not supported; scale out with replicas")
+        if self.nnodes < 1 or self.tensor_parallel_size % self.nnodes:
+            raise ValueError(
+                f"nnodes must be >= 1 and divide tensor_parallel_size ({self.tensor_parallel_size}), got {self.nnodes}"
+            )
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank must be in [0, {self.nnodes}), got {self.node_rank}")
+        if self.nnodes > 1 and not 0 < self.master_port < 65536:
+            raise ValueError("master_port must be a port (1-65535) when nnodes > 1: every node must know it")
+        if (self.headless or self.node_rank > 0) and self.nnodes == 1:
+            raise ValueError("headless / node_rank > 0 only make sense with nnodes > 1")
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.tensor_parallel_size // self.nnodes
 
 
 @dataclass

@@ -58,7 +58,8 @@ class SamplingParams:
         else:
             raise self._bad("stop_token_ids", "must be a list of non-negative integers.")
         self._validate()
-        self.all_stop_token_ids = set(self.stop_token_ids)
+        # Kept when given: the engine adds EOS ids before the parameters travel to a worker process.
+        self.all_stop_token_ids = set(self.stop_token_ids) | set(self.all_stop_token_ids)
 
     @property
     def greedy(self) -> bool:

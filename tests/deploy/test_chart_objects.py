@@ -237,7 +237,7 @@ def test_service_pdb_and_anti_affinity_select_the_server_pods() -> None:
 def test_hub_source_prestages_a_pinned_revision_and_pods_wait_for_it() -> None:
     objects = render([CI_VALUES_DIR / "gpu-values.yaml"])
     claim = one(objects, "PersistentVolumeClaim")
-    assert claim["spec"]["resources"]["requests"]["storage"] == "300Gi"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "60Gi"
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     job = one(objects, "Job")
     job_spec = job["spec"]["template"]["spec"]
@@ -249,7 +249,7 @@ def test_hub_source_prestages_a_pinned_revision_and_pods_wait_for_it() -> None:
     pod = _pod_spec(objects)
     [wait] = pod["initContainers"]
     wait_env = {e["name"]: e["value"] for e in wait["env"]}
-    assert wait_env["EXPECTED_MARKER"] == f"meta-llama/Llama-3.1-70B-Instruct@{revision}"
+    assert wait_env["EXPECTED_MARKER"] == f"meta-llama/Llama-3.1-8B-Instruct@{revision}"
     assert wait_env["MODEL_PATH"] == env["MODEL_PATH"]["value"]
     assert _server(objects)["args"][0] == wait_env["MODEL_PATH"]
     model_volume = next(v for v in pod["volumes"] if v["name"] == "model")
@@ -354,12 +354,67 @@ def test_schema_rejects_bad_values() -> None:
 
 @pytest.mark.parametrize("values_file", sorted(CI_VALUES_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_rendered_server_args_are_real_pagedserve_serve_flags(values_file: Path) -> None:
+    from pagedserve.cli.args import config_from_args
     from pagedserve.cli.main import build_parser
+    from pagedserve.config import ParallelConfig
 
-    server = _server(render([values_file]))
-    assert server["command"] == ["pagedserve", "serve"]
-    try:
-        parsed = build_parser().parse_args(["serve", *server["args"]])
-    except SystemExit as error:
-        pytest.fail(f"pagedserve serve rejects the chart's args {server['args']}: exit {error.code}")
-    assert parsed.port == SERVER_PORT and parsed.host == "0.0.0.0"
+    objects = render([values_file])
+    if by_kind(objects, "LeaderWorkerSet"):
+        group = one(objects, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]
+        pods = [(group["leaderTemplate"], "0"), (group["workerTemplate"], "1")]
+    else:
+        pods = [(one(objects, "Deployment")["spec"]["template"], "0")]
+    for template, index in pods:
+        [container] = template["spec"]["containers"]
+        assert container["command"] == ["pagedserve", "serve"]
+        # What the kubelet passes once LWS has set these in the pod's environment.
+        args = [
+            a.replace("$(LWS_WORKER_INDEX)", index).replace("$(LWS_LEADER_ADDRESS)", "10.0.0.1")
+            for a in container["args"]
+        ]
+        try:
+            parsed = build_parser().parse_args(["serve", *args])
+        except SystemExit as error:
+            pytest.fail(f"pagedserve serve rejects the chart's args {args}: exit {error.code}")
+        config_from_args(ParallelConfig, parsed).validate()
+        if not parsed.headless:
+            assert parsed.port == SERVER_PORT and parsed.host == "0.0.0.0"
+
+
+def test_multinode_renders_a_leader_worker_set_whose_pods_form_one_tensor_parallel_group() -> None:
+    objects = render([CI_VALUES_DIR / "multinode-values.yaml"])
+    assert not by_kind(objects, "Deployment")
+    lws = one(objects, "LeaderWorkerSet")["spec"]
+    group = lws["leaderWorkerTemplate"]
+    assert group["size"] == 2 and group["restartPolicy"] == "RecreateGroupOnPodRestart"
+    [leader] = group["leaderTemplate"]["spec"]["containers"]
+    [worker] = group["workerTemplate"]["spec"]["containers"]
+    for container in (leader, worker):
+        args = container["args"]
+        assert _flag_value(args, "--nnodes") == "2" and _flag_value(args, "--tensor-parallel-size") == "2"
+        assert _flag_value(args, "--node-rank") == "$(LWS_WORKER_INDEX)"
+        assert _flag_value(args, "--master-addr") == "$(LWS_LEADER_ADDRESS)"
+        assert _flag_value(args, "--master-port") == "29500"
+    assert "--headless" in worker["args"] and "--headless" not in leader["args"]
+    assert "--port" in leader["args"] and leader["readinessProbe"] and leader["ports"][0]["name"] == "http"
+    assert "readinessProbe" not in worker and "ports" not in worker
+    # The Service reaches the leaders (the API servers) only.
+    service = one(objects, "Service")
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "server"
+    assert group["leaderTemplate"]["metadata"]["labels"]["app.kubernetes.io/component"] == "server"
+    assert group["workerTemplate"]["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+
+
+def test_multinode_gpus_per_pod_are_the_ranks_per_node_and_bad_splits_fail() -> None:
+    objects = render(
+        [CI_VALUES_DIR / "multinode-values.yaml"],
+        set_values=["gpu.enabled=true", "engine.tensorParallelSize=8", "multiNode.nodes=2"],
+    )
+    group = one(objects, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]
+    for role in ("leaderTemplate", "workerTemplate"):
+        [container] = group[role]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    with pytest.raises(HelmError, match="multiple of multiNode.nodes"):
+        render([CI_VALUES_DIR / "multinode-values.yaml"], set_values=["engine.tensorParallelSize=3"])
+    with pytest.raises(HelmError, match="autoscaling"):
+        render([CI_VALUES_DIR / "multinode-values.yaml"], set_values=["autoscaling.enabled=true"])

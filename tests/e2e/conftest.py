@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -137,3 +138,20 @@ def metric_value(server: ServerProcess, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def watch_health(server: ServerProcess) -> tuple[threading.Thread, list[int]]:
+    """Polls /health until the server exits (a dying server exits 2 s after its engine): (started thread, codes)."""
+    codes: list[int] = []
+
+    def watch() -> None:
+        while server.process.poll() is None:
+            try:
+                codes.append(httpx.get(f"{server.url}/health", timeout=5).status_code)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread, codes

@@ -24,7 +24,7 @@ from pagedserve.engine.async_engine import INJECT_FAILURE_ENV, INJECT_HANG_ENV
 from pagedserve.server.app import create_app, route_table
 from pagedserve.server.auth import PROBE_PATHS
 
-from .conftest import ServerProcess, launch, metric_value
+from .conftest import ServerProcess, launch, metric_value, watch_health
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
 KEY = "e2e-secret-key"
@@ -150,18 +150,7 @@ def test_engine_death_fails_clients_and_exits_nonzero(tmp_path: Path) -> None:
             body = {"prompt": "Go:", "max_tokens": 200, "ignore_eos": True}
             outcome["plain"] = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
 
-        health_codes: list[int] = []
-
-        def watch_health() -> None:  # the server exits 2 s after the death: watch from the start
-            while server.process.poll() is None:
-                try:
-                    health_codes.append(httpx.get(f"{server.url}/health", timeout=5).status_code)
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.05)
-
-        watcher = threading.Thread(target=watch_health)
-        watcher.start()
+        watcher, health_codes = watch_health(server)  # the server exits 2 s after the death: from the start
         threads = [threading.Thread(target=streaming), threading.Thread(target=plain)]
         for thread in threads:
             thread.start()

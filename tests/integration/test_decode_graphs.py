@@ -71,9 +71,9 @@ def tiny_f32(tmp_path_factory) -> pathlib.Path:
 
 def test_gguf_blocks_replayed_equal_eager(tiny_q4_1) -> None:
     graphs, eager = _engines(tiny_q4_1, quantization="gguf")
-    assert eager.llm_engine.runner.decode_graphs is None
+    assert eager.llm_engine.executor.runner.decode_graphs is None
     assert _run(graphs) == _run(eager)
-    captured = graphs.llm_engine.runner.decode_graphs.graphs
+    captured = graphs.llm_engine.executor.runner.decode_graphs.graphs
     # Every batch size from 6 sequences down to 1 was seen, and each was captured (GGUF GEMVs take <= 8 rows).
     assert sorted(captured) == [1, 2, 3, 4, 5, 6]
     assert all(graph is not None and len(graph.program) > 0 for graph in captured.values())
@@ -86,7 +86,7 @@ def test_batch_sizes_without_kernels_stay_eager(tiny_f32) -> None:
     must be refused at capture (and still compute the right thing)."""
     graphs, eager = _engines(tiny_f32, quantization="none")
     assert _run(graphs) == _run(eager)
-    captured = graphs.llm_engine.runner.decode_graphs.graphs
+    captured = graphs.llm_engine.executor.runner.decode_graphs.graphs
     assert {size for size, graph in captured.items() if graph is not None} == {1, 2, 3, 4}
     assert captured[5] is None and captured[6] is None
     assert max(captured) <= MAX_GRAPH_BATCH
@@ -96,9 +96,9 @@ def test_pytorch_attention_is_never_replayed(tiny_q4_1) -> None:
     """Attention through PyTorch (the backend's path where its kernels are not built): no graph is kept."""
     graphs, eager = _engines(tiny_q4_1, quantization="gguf")
     for engine in (graphs, eager):
-        engine.llm_engine.runner.model.model.layers[0].self_attn.backend.use_kernel = False
+        engine.llm_engine.executor.runner.model.model.layers[0].self_attn.backend.use_kernel = False
     assert _run(graphs) == _run(eager)
-    assert set(graphs.llm_engine.runner.decode_graphs.graphs.values()) == {None}
+    assert set(graphs.llm_engine.executor.runner.decode_graphs.graphs.values()) == {None}
 
 
 def test_preemption_and_prefix_hits_under_graphs(tiny_q4_1) -> None:

@@ -34,7 +34,7 @@ def test_abort_waiting_running_and_mid_prefill_frees_blocks(engine_fp32):
         engine_fp32.add_request("prefill", "word " * 60, params)  # needs several 24-token chunks
         engine_fp32.add_request("waiting", "Another prompt", params)
         engine_fp32.step()
-        states = {r.client_request_id: r.status.name for r in scheduler.requests.values()}
+        states = {s.request_id: s.status.name for s in scheduler.sequences.values()}
         assert states == {"running": "RUNNING", "prefill": "RUNNING", "waiting": "WAITING"}
         assert engine_fp32.kv_cache_manager.pool.num_used_blocks > 0
         engine_fp32.abort_request(["running", "prefill", "waiting", "never-existed"])
@@ -45,6 +45,7 @@ def test_abort_waiting_running_and_mid_prefill_frees_blocks(engine_fp32):
         assert engine_fp32.step() == []
         engine_fp32._listeners.clear()
         assert sorted(f.finish_reason for f in finished) == ["abort"] * 3
+        assert engine_fp32.executor.runner.sequences == {}  # the step told the runner to drop them
     finally:
         scheduler.max_num_batched_tokens = saved
 

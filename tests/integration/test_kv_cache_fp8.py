@@ -26,12 +26,12 @@ def fp8_llm() -> LLM:
 def test_the_same_budget_holds_four_times_the_float32_blocks(fp8_llm, engine_fp32) -> None:
     info, reference = fp8_llm.llm_engine.info, engine_fp32.info
     assert info.kv_cache_dtype == "float8_e4m3fn" and reference.kv_cache_dtype == "float32"
-    config = fp8_llm.llm_engine.runner.hf_config
+    config = fp8_llm.llm_engine.executor.runner.hf_config
     assert kv_bytes_per_block(config, 16, torch.float32) == 4 * kv_bytes_per_block(
         config, 16, torch.float8_e4m3fn
     )
     assert info.num_kv_blocks == 4 * reference.num_kv_blocks
-    k_cache, v_cache = fp8_llm.llm_engine.runner.kv_caches[0]
+    k_cache, v_cache = fp8_llm.llm_engine.executor.runner.kv_caches[0]
     assert k_cache.dtype == v_cache.dtype == torch.float8_e4m3fn
 
 

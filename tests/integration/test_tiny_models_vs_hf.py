@@ -11,7 +11,6 @@ import torch
 import transformers
 
 from pagedserve.attention.backend import get_attention_backend
-from pagedserve.core.request import Request
 from pagedserve.core.scheduler_output import ScheduledSequence
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.worker.inputs import prepare_inputs
@@ -57,16 +56,16 @@ def build_pair(arch: str, backend: str):
 
 def run_chunks(ours, config, tokens: list[int], chunks: list[int], caches) -> list[torch.Tensor]:
     """Feed `tokens` in chunks of the given sizes; return the logits of every chunk's tokens."""
-    request = Request("r", tokens, None, 0.0, 10)
     blocks = list(range(-(-len(tokens) // BLOCK)))
     outputs = []
+    start = 0
     for size in chunks:
-        seq = ScheduledSequence(request, size, blocks, samples=False)
+        seq = ScheduledSequence("r", start, tokens[start : start + size], blocks, samples=False)
         step = prepare_inputs([seq], BLOCK, torch.device("cpu"))
         with torch.no_grad():
             hidden = ours(step.input_ids, step.positions, caches, step.metadata)
             outputs.append(ours.compute_logits(hidden))
-        request.num_computed_tokens += size
+        start += size
     return outputs
 
 
@@ -91,20 +90,19 @@ def test_batched_decode_of_different_lengths(backend: str) -> None:
     gen = torch.Generator().manual_seed(2)
     prompts = [torch.randint(0, config.vocab_size, (n,), generator=gen).tolist() for n in (3, 9, 17)]
     caches = allocate_kv_caches(config, 16, BLOCK, torch.float32, torch.device("cpu"))
-    requests, tables, next_block = [], [], 0
-    for i, prompt in enumerate(prompts):
+    tables, next_block = [], 0
+    for prompt in prompts:
         n_blocks = -(-(len(prompt) + 1) // BLOCK)
         tables.append(list(range(next_block, next_block + n_blocks)))
         next_block += n_blocks
-        requests.append(Request(f"r{i}", prompt + [5], None, 0.0, 10))
     # Prefill each prompt, then decode the appended token for all three in one batch.
-    prefill = [ScheduledSequence(r, len(p), t, True) for r, p, t in zip(requests, prompts, tables)]
+    prefill = [ScheduledSequence(f"r{i}", 0, p, t, True) for i, (p, t) in enumerate(zip(prompts, tables))]
     step = prepare_inputs(prefill, BLOCK, torch.device("cpu"))
     with torch.no_grad():
         ours(step.input_ids, step.positions, caches, step.metadata)
-    for r, p in zip(requests, prompts):
-        r.num_computed_tokens = len(p)
-    decode = [ScheduledSequence(r, 1, t, True) for r, t in zip(requests, tables)]
+    decode = [
+        ScheduledSequence(f"r{i}", len(p), [5], t, True) for i, (p, t) in enumerate(zip(prompts, tables))
+    ]
     step = prepare_inputs(decode, BLOCK, torch.device("cpu"))
     with torch.no_grad():
         logits = ours.compute_logits(ours(step.input_ids, step.positions, caches, step.metadata))

@@ -13,7 +13,7 @@ from tests.kube.test_preflight_cluster import FULL_VALUES, check, run_preflight
 @pytest.mark.parametrize(
     "engine,refused",
     [
-        ({"tensorParallelSize": 2}, "refuses tensor_parallel_size > 1"),
+        ({"tensorParallelSize": 2}, "runs tensor_parallel_size > 1 on CPUs only"),
         ({"quantization": "fp8"}, "refuses quantization 'fp8'"),
         ({"quantization": "gguf"}, None),
         ({"quantization": "awq"}, None),
@@ -29,3 +29,38 @@ def test_values_the_engine_would_refuse_fail_before_the_install(tmp_path: Path, 
         assert result["status"] == "PASS" and code == 0
     else:
         assert result["status"] == "FAIL" and refused in result["observed"] and code == 1
+
+
+LWS_CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/leaderworkersets.leaderworkerset.x-k8s.io"
+
+
+def _lws_crd() -> dict:
+    return {
+        "kind": "CustomResourceDefinition",
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "metadata": {"name": "leaderworkersets.leaderworkerset.x-k8s.io"},
+        "spec": {
+            "group": "leaderworkerset.x-k8s.io",
+            "names": {"plural": "leaderworkersets", "kind": "LeaderWorkerSet"},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1", "served": True, "storage": True}],
+        },
+        "status": {"conditions": [{"type": "Established", "status": "True"}]},
+    }
+
+
+def test_multi_node_values_need_the_leader_worker_set_crd_and_cpu_mode(tmp_path: Path) -> None:
+    values = {
+        **FULL_VALUES,
+        "gpu": {"enabled": False},
+        "multiNode": {"enabled": True, "nodes": 2},
+        "engine": {"tensorParallelSize": 2},
+    }
+    code, report = run_preflight(tmp_path, healthy_cluster(), values)
+    lws = check(report, "crd-leaderworkerset")
+    assert lws["status"] == "FAIL" and "not installed" in lws["observed"] and code == 1
+    assert check(report, "engine-values")["status"] == "PASS"  # tensor parallelism on CPUs runs
+    cluster = {**healthy_cluster(), LWS_CRD: _lws_crd()}
+    (tmp_path / "with-lws").mkdir()
+    code, report = run_preflight(tmp_path / "with-lws", cluster, values)
+    assert check(report, "crd-leaderworkerset")["status"] == "PASS"

@@ -34,13 +34,37 @@ def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
 
 def test_core_is_pure_python():
     assert (
-        offenders("core", ("torch", "numpy", "transformers", "pagedserve.worker", "pagedserve.models")) == []
+        offenders(
+            "core",
+            (
+                "torch",
+                "numpy",
+                "transformers",
+                "pagedserve.worker",
+                "pagedserve.models",
+                "pagedserve.distributed",
+            ),
+        )
+        == []
     )
+
+
+def test_distributed_depends_on_torch_only():
+    """Layers call the collectives; the group knows nothing of layers, models, workers or the engine."""
+    forbidden = ("pagedserve.engine", "pagedserve.core", "pagedserve.worker", "pagedserve.server",
+                 "pagedserve.models", "pagedserve.layers", "pagedserve.attention", "pagedserve.sample")  # fmt: skip
+    assert offenders("distributed", forbidden) == []
+
+
+def test_no_pickle_between_processes():
+    """Tensor-parallel messages are msgspec structs (worker/tp_messages.py): no module unpickles what it receives."""
+    found = [f"{path.relative_to(SRC)}" for path in SRC.rglob("*.py") if "pickle" in imports_of(path)]
+    assert found == []
 
 
 def test_server_only_talks_to_the_engine_client():
     forbidden = ("pagedserve.worker", "pagedserve.models", "pagedserve.layers", "pagedserve.attention",
-                 "pagedserve.sample", "pagedserve.engine.llm_engine", "torch")  # fmt: skip
+                 "pagedserve.sample", "pagedserve.engine.llm_engine", "pagedserve.distributed", "torch")  # fmt: skip
     assert offenders("server", forbidden) == []
 
 

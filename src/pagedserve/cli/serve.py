@@ -123,7 +123,16 @@ def run(args: argparse.Namespace) -> int:
         parallel=config_from_args(ParallelConfig, args),
     )
     server_config: ServerConfig = config_from_args(ServerConfig, args)
+    try:
+        engine_config.parallel.validate()
+    except ValueError as error:
+        return _fail(str(error))
     configure_logging()
+    if engine_config.parallel.headless or engine_config.parallel.node_rank > 0:
+        from pagedserve.worker.model_runner import resolve_device
+        from pagedserve.worker.multiproc_executor import run_headless_node
+
+        return run_headless_node(engine_config.parallel, resolve_device(engine_config.model.device).type)
     return asyncio.run(_serve(engine_config, server_config))
 
 

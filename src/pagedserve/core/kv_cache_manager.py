@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pagedserve.core.block_pool import BlockHash, BlockPool, KVCacheBlock, hash_block_tokens
-from pagedserve.core.request import Request
+from pagedserve.core.sequence import Sequence
 
 
 @dataclass
@@ -44,11 +44,11 @@ class KVCacheManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def _block_hashes(self, request: Request, num_tokens: int) -> list[BlockHash]:
+    def _block_hashes(self, seq: Sequence, num_tokens: int) -> list[BlockHash]:
         """Hashes of the full blocks among the first `num_tokens` tokens, extended incrementally."""
-        hashes = self._req_to_hashes.setdefault(request.request_id, [])
+        hashes = self._req_to_hashes.setdefault(seq.seq_id, [])
         num_full = num_tokens // self.block_size
-        tokens = request.all_token_ids
+        tokens = seq.all_token_ids
         bs = self.block_size
         while len(hashes) < num_full:
             i = len(hashes)
@@ -56,12 +56,12 @@ class KVCacheManager:
             hashes.append(hash_block_tokens(parent, tokens[i * bs : (i + 1) * bs]))
         return hashes
 
-    def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
+    def get_computed_blocks(self, seq: Sequence) -> tuple[list[KVCacheBlock], int]:
         """Longest cached prefix of full blocks. The last token is always recomputed (its logits are needed)."""
-        if not self.enable_caching or getattr(request.sampling_params, "prompt_logprobs", None) is not None:
+        if not self.enable_caching or getattr(seq.sampling_params, "prompt_logprobs", None) is not None:
             return [], 0
-        max_blocks = (request.num_tokens - 1) // self.block_size
-        hashes = self._block_hashes(request, max_blocks * self.block_size)
+        max_blocks = (seq.num_tokens - 1) // self.block_size
+        hashes = self._block_hashes(seq, max_blocks * self.block_size)
         computed: list[KVCacheBlock] = []
         for block_hash in hashes[:max_blocks]:
             block = self.pool.get_cached_block(block_hash)
@@ -76,21 +76,21 @@ class KVCacheManager:
             self.prefix_cache_stats.hits += num_hit_tokens
 
     def allocate_slots(
-        self, request: Request, num_new_tokens: int, new_computed_blocks: list[KVCacheBlock] | None = None
+        self, seq: Sequence, num_new_tokens: int, new_computed_blocks: list[KVCacheBlock] | None = None
     ) -> list[KVCacheBlock] | None:
         """Make room for `num_new_tokens` after the computed ones; None (and no change) if the pool is short."""
         if num_new_tokens < 1:
             raise ValueError("num_new_tokens must be >= 1")
         new_computed_blocks = new_computed_blocks or []
-        blocks = self.req_to_blocks.setdefault(request.request_id, [])
-        num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
+        blocks = self.req_to_blocks.setdefault(seq.seq_id, [])
+        num_computed = seq.num_computed_tokens + len(new_computed_blocks) * self.block_size
         total_tokens = num_computed + num_new_tokens
         num_required = self.blocks_needed(total_tokens) - len(blocks) - len(new_computed_blocks)
         # Reviving a free cached block takes it out of the free queue too.
         num_revived = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
         if num_required + num_revived > self.pool.num_free_blocks:
             if not blocks:
-                del self.req_to_blocks[request.request_id]
+                del self.req_to_blocks[seq.seq_id]
             return None
         self.pool.touch(new_computed_blocks)
         blocks.extend(new_computed_blocks)
@@ -99,22 +99,22 @@ class KVCacheManager:
         if self.enable_caching:
             # Register every block that will be full once this step has run: same-step siblings (n > 1) can hit
             # it because each layer writes the whole batch's K/V before any attention reads it.
-            hashes = self._block_hashes(request, total_tokens)
+            hashes = self._block_hashes(seq, total_tokens)
             for block, block_hash in zip(blocks, hashes):
                 self.pool.cache_block(block, block_hash)
         return new_blocks
 
-    def free(self, request: Request) -> None:
-        blocks = self.req_to_blocks.pop(request.request_id, [])
+    def free(self, seq: Sequence) -> None:
+        blocks = self.req_to_blocks.pop(seq.seq_id, [])
         # Tail blocks first, so a sequence's later blocks are evicted before its shared prefix.
         self.pool.free_blocks(reversed(blocks))
-        self._req_to_hashes.pop(request.request_id, None)
+        self._req_to_hashes.pop(seq.seq_id, None)
 
-    def forget_hashes(self, request: Request) -> None:
-        self._req_to_hashes.pop(request.request_id, None)
+    def forget_hashes(self, seq: Sequence) -> None:
+        self._req_to_hashes.pop(seq.seq_id, None)
 
-    def get_block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self.req_to_blocks.get(request_id, [])]
+    def get_block_ids(self, seq_id: str) -> list[int]:
+        return [b.block_id for b in self.req_to_blocks.get(seq_id, [])]
 
     def check_invariants(self) -> None:
         self.pool.check_invariants()

@@ -13,8 +13,9 @@ from collections import deque
 from collections.abc import Iterable
 
 from pagedserve.core.kv_cache_manager import KVCacheManager
-from pagedserve.core.request import Request, RequestStatus
-from pagedserve.core.scheduler_output import ScheduledSequence, SchedulerOutput
+from pagedserve.core.scheduler_output import NewSequence, ScheduledSequence, SchedulerOutput
+from pagedserve.core.sequence import Sequence, SequenceStatus
+from pagedserve.core.stats import SchedulerStats
 
 
 class Scheduler:
@@ -24,30 +25,37 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         max_model_len: int,
+        long_prefill_token_threshold: int = 0,
     ) -> None:
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {max_num_batched_tokens}")
+        if long_prefill_token_threshold < 0:
+            raise ValueError(f"long_prefill_token_threshold must be >= 0, got {long_prefill_token_threshold}")
+        self.long_prefill_token_threshold = long_prefill_token_threshold
         self.kv = kv_cache_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
-        self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
-        self.requests: dict[str, Request] = {}
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.sequences: dict[str, Sequence] = {}
         self.total_preemptions = 0
+        # Sequences the runner holds state for, and those of them finished since the last step.
+        self._in_runner: set[str] = set()
+        self._finished_in_runner: list[str] = []
 
     # ---- admission -------------------------------------------------------------------------------------------
     def max_tokens_fit(self, num_tokens: int) -> bool:
         """Whether a sequence of `num_tokens` could ever be held by the whole cache."""
         return self.kv.blocks_needed(num_tokens) <= self.kv.num_blocks
 
-    def add_request(self, request: Request) -> None:
-        if request.request_id in self.requests:
-            raise ValueError(f"duplicate request id {request.request_id!r}")
-        self.requests[request.request_id] = request
-        self.waiting.append(request)
+    def add_sequence(self, seq: Sequence) -> None:
+        if seq.seq_id in self.sequences:
+            raise ValueError(f"duplicate sequence id {seq.seq_id!r}")
+        self.sequences[seq.seq_id] = seq
+        self.waiting.append(seq)
 
     @property
     def num_waiting(self) -> int:
@@ -57,154 +65,192 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
-    def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+    def has_unfinished_sequences(self) -> bool:
+        return bool(self.sequences)
 
     # ---- one step --------------------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        out = SchedulerOutput(finished_seq_ids=self._finished_in_runner)
+        self._finished_in_runner = []
         budget = self.max_num_batched_tokens
+        # A sequence's tokens in one step: the threshold (vLLM's long_prefill_token_threshold), or the whole budget.
+        per_sequence = self.long_prefill_token_threshold or budget
         now = time.time()
-        scheduled: list[Request] = []
         i = 0
         while i < len(self.running) and budget > 0:
-            request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            sequence = self.running[i]
+            num_new = min(sequence.num_tokens - sequence.num_computed_tokens, budget, per_sequence)
             while True:
-                if self.kv.allocate_slots(request, num_new) is not None:
+                if self.kv.allocate_slots(sequence, num_new) is not None:
                     break
                 victim = self.running.pop()  # most recently admitted
                 self._preempt(victim, out)
-                if victim is request:
+                if victim is sequence:
                     break
-            if request.status != RequestStatus.RUNNING:
+            if sequence.status != SequenceStatus.RUNNING:
                 break  # preempted itself: nothing later in the list remains
-            scheduled.append(request)
-            self._add_scheduled(out, request, num_new)
+            self._add_scheduled(out, sequence, num_new)
             budget -= num_new
             i += 1
 
-        if not out.preempted_request_ids:
+        if not out.preempted_seq_ids:
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                request = self.waiting[0]
+                sequence = self.waiting[0]
                 computed_blocks, num_cached = [], 0
-                if request.num_computed_tokens == 0:
-                    computed_blocks, num_cached = self.kv.get_computed_blocks(request)
-                num_new = min(request.num_tokens - request.num_computed_tokens - num_cached, budget)
-                if self.kv.allocate_slots(request, num_new, computed_blocks) is None:
+                if sequence.num_computed_tokens == 0:
+                    computed_blocks, num_cached = self.kv.get_computed_blocks(sequence)
+                num_new = min(
+                    sequence.num_tokens - sequence.num_computed_tokens - num_cached,
+                    budget,
+                    per_sequence,
+                )
+                if self.kv.allocate_slots(sequence, num_new, computed_blocks) is None:
                     break
                 self.waiting.popleft()
-                if request.num_computed_tokens == 0:
-                    self.kv.record_prefix_lookup(request.num_tokens, num_cached)
-                request.num_computed_tokens += num_cached
-                if request.num_cached_tokens < 0:
-                    request.num_cached_tokens = num_cached
-                if request.first_scheduled_time is None:
-                    request.first_scheduled_time = now
-                request.status = RequestStatus.RUNNING
-                self.running.append(request)
-                self._add_scheduled(out, request, num_new)
+                if sequence.num_computed_tokens == 0:
+                    self.kv.record_prefix_lookup(sequence.num_tokens, num_cached)
+                sequence.num_computed_tokens += num_cached
+                if sequence.num_cached_tokens < 0:
+                    sequence.num_cached_tokens = num_cached
+                if sequence.first_scheduled_time is None:
+                    sequence.first_scheduled_time = now
+                sequence.status = SequenceStatus.RUNNING
+                self.running.append(sequence)
+                self._add_scheduled(out, sequence, num_new)
                 budget -= num_new
         return out
 
-    def _add_scheduled(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
-        samples = request.num_computed_tokens + num_new == request.num_tokens
+    def _add_scheduled(self, out: SchedulerOutput, sequence: Sequence, num_new: int) -> None:
+        start = sequence.num_computed_tokens
+        samples = start + num_new == sequence.num_tokens
+        if sequence.seq_id not in self._in_runner:
+            self._in_runner.add(sequence.seq_id)
+            out.new_sequences.append(
+                NewSequence(
+                    sequence.seq_id,
+                    sequence.prompt_token_ids,
+                    sequence.sampling_params,
+                    sequence.sample_index,
+                )
+            )
         out.sequences.append(
-            ScheduledSequence(request, num_new, self.kv.get_block_ids(request.request_id), samples)
+            ScheduledSequence(
+                sequence.seq_id,
+                start,
+                sequence.all_token_ids[start : start + num_new],
+                self.kv.get_block_ids(sequence.seq_id),
+                samples,
+            )
         )
         prompt_part = max(
             0,
-            min(request.num_prompt_tokens, request.num_computed_tokens + num_new)
-            - request.num_computed_tokens,
+            min(sequence.num_prompt_tokens, sequence.num_computed_tokens + num_new)
+            - sequence.num_computed_tokens,
         )
         out.num_prefill_tokens += prompt_part
         out.num_decode_tokens += num_new - prompt_part
 
-    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
-        self.kv.free(request)
-        request.status = RequestStatus.PREEMPTED
-        request.num_computed_tokens = 0
-        request.num_preemptions += 1
+    def _preempt(self, sequence: Sequence, out: SchedulerOutput) -> None:
+        self.kv.free(sequence)
+        sequence.status = SequenceStatus.PREEMPTED
+        sequence.num_computed_tokens = 0
+        sequence.num_preemptions += 1
         self.total_preemptions += 1
         out.num_preemptions += 1
-        out.preempted_request_ids.append(request.request_id)
-        self.waiting.appendleft(request)
+        out.preempted_seq_ids.append(sequence.seq_id)
+        self.waiting.appendleft(sequence)
         # Drop it from this step if it was already scheduled earlier in the loop.
-        out.sequences = [s for s in out.sequences if s.request is not request]
+        out.sequences = [s for s in out.sequences if s.seq_id != sequence.seq_id]
 
     # ---- after the model ran ---------------------------------------------------------------------------------
     def update_from_output(
         self, out: SchedulerOutput, sampled_token_ids: dict[str, int]
-    ) -> tuple[list[Request], list[Request]]:
+    ) -> tuple[list[Sequence], list[Sequence]]:
         """Advance progress; append sampled tokens; stop on EOS / stop ids / length.
 
         Returns (sequences that got a new token, sequences that finished this step).
         """
         now = time.time()
-        progressed: list[Request] = []
-        finished: list[Request] = []
+        progressed: list[Sequence] = []
+        finished: list[Sequence] = []
         for seq in out.sequences:
-            request = seq.request
-            if request.is_finished:
+            sequence = self.sequences.get(seq.seq_id)
+            if sequence is None or sequence.is_finished:
                 continue
-            request.num_computed_tokens += seq.num_new_tokens
+            sequence.num_computed_tokens += seq.num_new_tokens
             if not seq.samples:
                 continue
-            token_id = sampled_token_ids[request.request_id]
-            request.append_output_token(token_id)
-            if request.first_token_time is None:
-                request.first_token_time = now
-            elif request.last_token_time is not None:
-                request.last_inter_token_latency = now - request.last_token_time
-            request.last_token_time = now
-            progressed.append(request)
-            status = self._check_stop(request, token_id)
+            token_id = sampled_token_ids[sequence.seq_id]
+            sequence.append_output_token(token_id)
+            if sequence.first_token_time is None:
+                sequence.first_token_time = now
+            elif sequence.last_token_time is not None:
+                sequence.last_inter_token_latency = now - sequence.last_token_time
+            sequence.last_token_time = now
+            progressed.append(sequence)
+            status = self._check_stop(sequence, token_id)
             if status is not None:
-                self.finish(request, status)
-                finished.append(request)
+                self.finish(sequence, status)
+                finished.append(sequence)
         return progressed, finished
 
-    def _check_stop(self, request: Request, token_id: int) -> RequestStatus | None:
-        params = request.sampling_params
-        if request.num_output_tokens >= getattr(params, "min_tokens", 0):
-            if not getattr(params, "ignore_eos", False) and token_id in request.eos_token_ids:
-                request.stop_reason = None
-                return RequestStatus.FINISHED_STOPPED
+    def _check_stop(self, sequence: Sequence, token_id: int) -> SequenceStatus | None:
+        params = sequence.sampling_params
+        if sequence.num_output_tokens >= getattr(params, "min_tokens", 0):
+            if not getattr(params, "ignore_eos", False) and token_id in sequence.eos_token_ids:
+                sequence.stop_reason = None
+                return SequenceStatus.FINISHED_STOPPED
             if token_id in (getattr(params, "stop_token_ids", None) or ()):
-                request.stop_reason = token_id
-                return RequestStatus.FINISHED_STOPPED
-        if request.num_output_tokens >= request.max_tokens or request.num_tokens >= self.max_model_len:
-            return RequestStatus.FINISHED_LENGTH
+                sequence.stop_reason = token_id
+                return SequenceStatus.FINISHED_STOPPED
+        if sequence.num_output_tokens >= sequence.max_tokens or sequence.num_tokens >= self.max_model_len:
+            return SequenceStatus.FINISHED_LENGTH
         return None
 
-    def finish(self, request: Request, status: RequestStatus) -> None:
+    def finish(self, sequence: Sequence, status: SequenceStatus) -> None:
         """Finish (or abort) a sequence in any state and return its blocks."""
-        if request.request_id not in self.requests:
+        if sequence.seq_id not in self.sequences:
             return
-        del self.requests[request.request_id]
-        if request.status == RequestStatus.RUNNING:
-            self.running.remove(request)
-        elif request in self.waiting:
-            self.waiting.remove(request)
-        request.status = status
-        request.finished_time = time.time()
-        self.kv.free(request)
+        del self.sequences[sequence.seq_id]
+        if sequence.seq_id in self._in_runner:
+            self._in_runner.discard(sequence.seq_id)
+            self._finished_in_runner.append(sequence.seq_id)
+        if sequence.status == SequenceStatus.RUNNING:
+            self.running.remove(sequence)
+        elif sequence in self.waiting:
+            self.waiting.remove(sequence)
+        sequence.status = status
+        sequence.finished_time = time.time()
+        self.kv.free(sequence)
 
-    def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> list[Request]:
+    def finish_sequences(self, seq_ids: Iterable[str], status: SequenceStatus) -> list[Sequence]:
         done = []
-        for request_id in request_ids:
-            request = self.requests.get(request_id)
-            if request is not None:
-                self.finish(request, status)
-                done.append(request)
+        for seq_id in seq_ids:
+            sequence = self.sequences.get(seq_id)
+            if sequence is not None:
+                self.finish(sequence, status)
+                done.append(sequence)
         return done
 
-    def num_kv_token_slots_in_use(self) -> int:
-        return sum(r.num_computed_tokens for r in self.running)
+    def make_stats(self) -> SchedulerStats:
+        """Gauges for this moment, and the prefix-cache lookups since the last call."""
+        pool = self.kv.pool
+        prefix = self.kv.prefix_cache_stats.reset()
+        return SchedulerStats(
+            num_running_reqs=len({s.request_id for s in self.running}),
+            num_waiting_reqs=len({s.request_id for s in self.waiting}),
+            kv_cache_usage=pool.usage(),
+            num_used_blocks=pool.num_used_blocks,
+            num_total_blocks=pool.num_blocks,
+            num_kv_tokens=sum(s.num_computed_tokens for s in self.running),
+            prefix_cache_queries=prefix.queries,
+            prefix_cache_hits=prefix.hits,
+        )
 
     def check_invariants(self) -> None:
         self.kv.check_invariants()
-        for request_id in self.kv.req_to_blocks:
-            assert request_id in self.requests, f"blocks held by unknown request {request_id}"
-        if not self.requests:
+        for seq_id in self.kv.req_to_blocks:
+            assert seq_id in self.sequences, f"blocks held by unknown sequence {seq_id}"
+        assert self._in_runner <= set(self.sequences), "runner state for a sequence the scheduler forgot"
+        if not self.sequences:
             assert self.kv.pool.num_used_blocks == 0, "blocks leaked with no requests"

@@ -1,33 +1,48 @@
-"""What the model runner needs for one step: which sequences, which tokens, where their KV goes."""
+"""What the model runner needs for one step, as plain data (ids, token lists, block ids, sampling parameters).
+
+Nothing here refers to a live scheduler object, so a step crosses a process boundary as it is (`worker/executor`
+encodes it with msgspec for tensor-parallel workers). As vLLM V1: a sequence's prompt and sampling parameters travel
+once, the first time it is scheduled (`NewSequence`); later steps carry only the tokens to run and the block table,
+and the runner keeps its own copy of each sequence's tokens until the sequence appears in `finished_seq_ids`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pagedserve.core.request import Request
+from pagedserve.sampling_params import SamplingParams
+
+
+@dataclass
+class NewSequence:
+    """A sequence the runner has not seen yet: what sampling needs besides the step's tokens."""
+
+    seq_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    sample_index: int  # which of its request's n samples (seeds sibling generators apart)
 
 
 @dataclass
 class ScheduledSequence:
-    request: Request
-    num_new_tokens: int  # tokens to run this step, starting at request.num_computed_tokens
+    seq_id: str
+    start_position: int  # the sequence's computed tokens before this step
+    token_ids: list[int]  # the tokens run this step, at positions start_position, start_position + 1, ...
     block_ids: list[int]  # the sequence's whole block table after allocation
     samples: bool  # True when this step reaches the end of its known tokens (its logits give the next token)
 
     @property
-    def start_position(self) -> int:
-        return self.request.num_computed_tokens
-
-    @property
-    def token_ids(self) -> list[int]:
-        start = self.request.num_computed_tokens
-        return self.request.all_token_ids[start : start + self.num_new_tokens]
+    def num_new_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 @dataclass
 class SchedulerOutput:
     sequences: list[ScheduledSequence] = field(default_factory=list)
-    preempted_request_ids: list[str] = field(default_factory=list)
+    new_sequences: list[NewSequence] = field(default_factory=list)
+    # Sequences finished or aborted since the last step: the runner drops its state for them.
+    finished_seq_ids: list[str] = field(default_factory=list)
+    preempted_seq_ids: list[str] = field(default_factory=list)
     num_preemptions: int = 0
     # Prompt tokens this step computes (not prefix-cache hits) and decode tokens.
     num_prefill_tokens: int = 0

@@ -66,6 +66,8 @@ class SchedulerStats:
     num_used_blocks: int = 0
     num_total_blocks: int = 0
     num_kv_tokens: int = 0  # token slots holding computed K/V in running sequences' blocks
+    prefix_cache_queries: int = 0  # tokens looked up in the prefix cache since the last stats
+    prefix_cache_hits: int = 0  # tokens found
 
 
 @dataclass

@@ -161,6 +161,9 @@ class AsyncEngine:
             # A wedged step cannot be interrupted; the thread is a daemon, so give up after a while.
             await asyncio.to_thread(thread.join, 5.0)
         self._fail_all(EngineDeadError("The engine was shut down."))
+        shutdown = getattr(self.engine, "shutdown", None)
+        if shutdown is not None:  # tensor-parallel worker processes end with the server
+            await asyncio.to_thread(shutdown)
 
     # ---- requests ------------------------------------------------------------------------------------------
 

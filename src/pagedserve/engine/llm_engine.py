@@ -14,9 +14,10 @@ from typing import Any
 from pagedserve import kv_memory
 from pagedserve.config import EngineConfig
 from pagedserve.core.kv_cache_manager import KVCacheManager
-from pagedserve.core.request import Request, RequestStatus
 from pagedserve.core.scheduler import Scheduler
-from pagedserve.core.stats import EngineStats, IterationStats, SchedulerStats
+from pagedserve.core.sequence import Sequence, SequenceStatus
+from pagedserve.core.stats import EngineStats, IterationStats
+from pagedserve.distributed.partition import check_heads
 from pagedserve.engine.chat import apply_chat_template
 from pagedserve.engine.detokenizer import IncrementalDetokenizer
 from pagedserve.engine.prompts import PromptInput, resolve_prompt
@@ -24,7 +25,8 @@ from pagedserve.engine.request_state import RequestState
 from pagedserve.errors import ContextLengthError, InvalidRequestError
 from pagedserve.outputs import EngineInfo, RequestOutput
 from pagedserve.sampling_params import SamplingParams
-from pagedserve.worker.model_runner import ModelRunner, has_gguf_panel_kernels, resolve_device, resolve_dtype
+from pagedserve.worker.executor import RunnerSpec, dtype_name, make_executor
+from pagedserve.worker.model_runner import has_gguf_panel_kernels, resolve_device, resolve_dtype
 
 logger = logging.getLogger("pagedserve")
 
@@ -39,10 +41,11 @@ class LLMEngine:
         self.config = config
         self.stream_outputs = stream_outputs
         mc, cc, sc = config.model, config.cache, config.scheduler
-        if config.parallel.pipeline_parallel_size != 1:
-            raise ValueError("pipeline_parallel_size > 1 is not supported; scale out with replicas")
-        if config.parallel.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size > 1 is not implemented yet")
+        config.parallel.validate()
+        if config.parallel.headless:
+            raise ValueError(
+                "headless: this node runs workers only (pagedserve serve --headless), not an engine"
+            )
         source = resolve_model_source(mc.model, mc.load_format)
         device = resolve_device(mc.device)
         quantization = resolve_quantization(
@@ -66,15 +69,19 @@ class LLMEngine:
             )
         quantized_source = source.format == "gguf" or source.quantization_method is not None
         dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, quantized_source, device, quantization)
-        weights = None if source.format == "dummy" else source.iter_weights(quantization is not None)
-        self.runner = ModelRunner(
-            hf_config, mc, cc, max_model_len, weights, dtype, device, weight_dtype=weight_dtype
-        )
-        self.kv_cache_manager = KVCacheManager(
-            self.runner.num_blocks, cc.block_size, cc.enable_prefix_caching
-        )
+        tp_size = config.parallel.tensor_parallel_size
+        num_heads = hf_config.num_attention_heads
+        check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
+        spec = RunnerSpec(mc, cc, max_model_len, quantization, dtype_name(dtype), dtype_name(weight_dtype))
+        self.executor = make_executor(spec, config.parallel, source)
+        runner = self.executor.info
+        self.kv_cache_manager = KVCacheManager(runner.num_blocks, cc.block_size, cc.enable_prefix_caching)
         self.scheduler = Scheduler(
-            self.kv_cache_manager, sc.max_num_seqs, sc.max_num_batched_tokens, max_model_len
+            self.kv_cache_manager,
+            sc.max_num_seqs,
+            sc.max_num_batched_tokens,
+            max_model_len,
+            sc.long_prefill_token_threshold,
         )
         eos = set(source.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
@@ -85,30 +92,31 @@ class LLMEngine:
             max_model_len=max_model_len,
             vocab_size=hf_config.vocab_size,
             block_size=cc.block_size,
-            num_kv_blocks=self.runner.num_blocks,
-            kv_cache_bytes=self.runner.kv_cache_bytes,
+            num_kv_blocks=runner.num_blocks,
+            kv_cache_bytes=runner.kv_cache_bytes,
             enable_prefix_caching=cc.enable_prefix_caching,
             dtype=str(dtype).replace("torch.", ""),
             weight_dtype=str(weight_dtype).replace("torch.", ""),
             device=str(device),
             eos_token_ids=sorted(eos),
-            cpu_kernels=self.runner.cpu_kernels,
+            cpu_kernels=runner.cpu_kernels,
             quantization=quantization or "",
-            weight_bytes=self.runner.weight_bytes,
-            kv_cache_dtype=str(self.runner.kv_cache_dtype).replace("torch.", ""),
+            weight_bytes=runner.weight_bytes,
+            kv_cache_dtype=runner.kv_cache_dtype,
         )
         self.requests: dict[str, RequestState] = {}
         self._seq_to_request: dict[str, RequestState] = {}
         self._listeners: list[StatsListener] = []
         self._pending_finished: list[Any] = []
-        kv_tokens = self.runner.num_blocks * cc.block_size
+        kv_tokens = runner.num_blocks * cc.block_size
         logger.info(
-            "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s max_model_len=%d "
-            "weights %.0f MiB, kv_blocks=%d (%s, %.0f MiB, %d tokens): maximum concurrency %d sequences of "
-            "max_model_len (the arithmetic of `pagedserve plan`, kv_memory.py)",
-            source.name, self.info.dtype, self.info.weight_dtype, quantization or "none", device, max_model_len,
-            self.runner.weight_bytes / 2**20, self.runner.num_blocks, self.info.kv_cache_dtype,
-            self.runner.kv_cache_bytes / 2**20, kv_tokens,
+            "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s tensor_parallel_size=%d "
+            "max_model_len=%d weights %.0f MiB, kv_blocks=%d (%s, %.0f MiB, %d tokens): maximum concurrency %d "
+            "sequences of max_model_len (the arithmetic of `pagedserve plan`, kv_memory.py)",
+            source.name, self.info.dtype, self.info.weight_dtype, quantization or "none", device, tp_size,
+            max_model_len,
+            runner.weight_bytes / 2**20, runner.num_blocks, self.info.kv_cache_dtype,
+            runner.kv_cache_bytes / 2**20, kv_tokens,
             kv_memory.max_concurrency(kv_tokens, max_model_len, cc.block_size),
         )  # fmt: skip
 
@@ -154,14 +162,14 @@ class LLMEngine:
         params.all_stop_token_ids = stops if params.ignore_eos else stops | self.eos_token_ids
         arrival = arrival_time if arrival_time is not None else time.time()
         sequences = [
-            Request(
+            Sequence(
                 request_id if params.n == 1 else f"{request_id}#{i}",
                 prompt_ids,
                 params,
                 arrival,
                 max_tokens,
                 self.eos_token_ids,
-                client_request_id=request_id,
+                request_id=request_id,
                 sample_index=i,
             )
             for i in range(params.n)
@@ -173,8 +181,8 @@ class LLMEngine:
         state = RequestState(request_id, prompt_text, prompt_ids, params, arrival, sequences, detokenizers)
         self.requests[request_id] = state
         for seq in sequences:
-            self._seq_to_request[seq.request_id] = state
-            self.scheduler.add_request(seq)
+            self._seq_to_request[seq.seq_id] = state
+            self.scheduler.add_sequence(seq)
 
     def abort_request(self, request_ids: Iterable[str]) -> None:
         if isinstance(request_ids, str):
@@ -184,9 +192,8 @@ class LLMEngine:
             state = self.requests.pop(request_id, None)
             if state is None:
                 continue
-            seq_ids = [s.request_id for s in state.sequences]
-            self.scheduler.finish_requests(seq_ids, RequestStatus.FINISHED_ABORTED)
-            self.runner.release(seq_ids)
+            seq_ids = [s.seq_id for s in state.sequences]
+            self.scheduler.finish_sequences(seq_ids, SequenceStatus.FINISHED_ABORTED)
             for i, reason in enumerate(state.finish_reasons):
                 if reason is None:
                     state.finish_reasons[i] = "abort"
@@ -211,13 +218,13 @@ class LLMEngine:
         stats.num_preemptions = sched_out.num_preemptions
         outputs: list[RequestOutput] = []
         if not sched_out.is_empty:
-            result = self.runner.execute(sched_out)
+            result = self.executor.execute(sched_out)
             progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
             stats.num_prompt_tokens = sched_out.num_prefill_tokens
             stats.num_tokens_in_step = sched_out.total_num_tokens
             outputs = self._process(sched_out, result, progressed, finished, stats)
-        prefix = self.kv_cache_manager.prefix_cache_stats.reset()
-        stats.prefix_cache_queries, stats.prefix_cache_hits = prefix.queries, prefix.hits
+        elif sched_out.finished_seq_ids:
+            self.executor.execute(sched_out)  # only drops the runner's state for them
         self._emit_stats(stats)
         return outputs
 
@@ -226,11 +233,11 @@ class LLMEngine:
         touched: dict[str, RequestState] = {}
         for seq_id, entries in result.prompt_logprobs.items():
             state = self._seq_to_request[seq_id]
-            if state.sequences[0].request_id == seq_id:
+            if state.sequences[0].seq_id == seq_id:
                 state.add_prompt_logprobs(entries, self.tokenizer)
-        finished_ids = {r.request_id for r in finished}
+        finished_ids = {r.seq_id for r in finished}
         for seq in progressed:
-            state = self._seq_to_request[seq.request_id]
+            state = self._seq_to_request[seq.seq_id]
             touched[state.request_id] = state
             index = seq.sample_index
             stats.num_generation_tokens += 1
@@ -238,18 +245,18 @@ class LLMEngine:
                 stats.time_to_first_tokens.append(now - seq.arrival_time)
             elif seq.last_inter_token_latency is not None:
                 stats.inter_token_latencies.append(seq.last_inter_token_latency)
-            if seq.request_id in result.logprobs:
-                state.add_logprobs(index, result.logprobs[seq.request_id], self.tokenizer)
+            if seq.seq_id in result.logprobs:
+                state.add_logprobs(index, result.logprobs[seq.seq_id], self.tokenizer)
             detok = state.detokenizers[index]
             if detok is not None:
                 stop = detok.update([seq.output_token_ids[-1]])
                 if stop is not None and seq.num_output_tokens >= state.params.min_tokens:
-                    if seq.request_id not in finished_ids:
-                        self.scheduler.finish(seq, RequestStatus.FINISHED_STOPPED)
-                        finished_ids.add(seq.request_id)
-                    seq.status = RequestStatus.FINISHED_STOPPED
+                    if seq.seq_id not in finished_ids:
+                        self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
+                        finished_ids.add(seq.seq_id)
+                    seq.status = SequenceStatus.FINISHED_STOPPED
                     seq.stop_reason = stop
-            if seq.request_id in finished_ids:
+            if seq.seq_id in finished_ids:
                 state.finish_reasons[index] = seq.status.finish_reason
         outputs = []
         for state in touched.values():
@@ -261,35 +268,31 @@ class LLMEngine:
 
     def _finish_state(self, state: RequestState, now: float, stats: IterationStats) -> None:
         self.requests.pop(state.request_id, None)
-        seq_ids = [s.request_id for s in state.sequences]
-        for seq_id in seq_ids:
-            self._seq_to_request.pop(seq_id, None)
-        self.runner.release(seq_ids)
+        for seq in state.sequences:
+            self._seq_to_request.pop(seq.seq_id, None)
         reasons = [r for r in state.finish_reasons if r]
         reason = "stop" if "stop" in reasons else reasons[0] if reasons else "stop"
         stats.finished_requests.append(state.finished_stats(reason, now))
 
     def _emit_stats(self, iteration: IterationStats) -> None:
+        sched = self.scheduler.make_stats()  # also when nobody listens: it resets the prefix-cache counts
+        iteration.prefix_cache_queries, iteration.prefix_cache_hits = (
+            sched.prefix_cache_queries,
+            sched.prefix_cache_hits,
+        )
         if not self._listeners:
             return
-        pool = self.kv_cache_manager.pool
-        sched = SchedulerStats(
-            num_running_reqs=len({r.client_request_id for r in self.scheduler.running}),
-            num_waiting_reqs=len({r.client_request_id for r in self.scheduler.waiting}),
-            kv_cache_usage=pool.usage(),
-            num_used_blocks=pool.num_used_blocks,
-            num_total_blocks=pool.num_blocks,
-            num_kv_tokens=self.scheduler.num_kv_token_slots_in_use(),
-        )
         stats = EngineStats(sched, iteration)
         for listener in self._listeners:
             listener(stats)
 
+    def shutdown(self) -> None:
+        """Stops the executor's worker processes (nothing to do in-process); the engine cannot step after it."""
+        self.executor.shutdown()
+
     def check_invariants(self) -> None:
         self.scheduler.check_invariants()
-        assert set(self._seq_to_request) == {
-            s.request_id for st in self.requests.values() for s in st.sequences
-        }
+        assert set(self._seq_to_request) == {s.seq_id for st in self.requests.values() for s in st.sequences}
 
 
 def _read_chat_template(value: str | None) -> str | None:

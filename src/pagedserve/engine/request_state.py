@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pagedserve.core.request import Request
+from pagedserve.core.sequence import Sequence
 from pagedserve.core.stats import FinishedRequestStats
 from pagedserve.engine.detokenizer import IncrementalDetokenizer, decode_token
 from pagedserve.outputs import CompletionOutput, Logprob, LogprobsDict, RequestMetrics, RequestOutput
@@ -20,7 +20,7 @@ class RequestState:
     prompt_token_ids: list[int]
     params: SamplingParams
     arrival_time: float
-    sequences: list[Request]
+    sequences: list[Sequence]
     detokenizers: list[IncrementalDetokenizer | None]
     logprobs: list[list[LogprobsDict]] = field(default_factory=list)
     cumulative_logprobs: list[float] = field(default_factory=list)

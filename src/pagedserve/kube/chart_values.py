@@ -34,6 +34,8 @@ class DeploymentNeeds:
     prometheus_rule: bool | None = None
     autoscaling: bool | None = None
     keda: bool | None = None
+    multi_node: bool = False
+    """multiNode.enabled: each replica is a LeaderWorkerSet group (needs the LWS controller)."""
 
     @property
     def known(self) -> bool:
@@ -100,6 +102,7 @@ def needs_from_values(values: dict[str, Any], source: str) -> DeploymentNeeds:
         ),
         autoscaling=autoscaling,
         keda=keda,
+        multi_node=_typed(values, "multiNode.enabled", False, bool),
     )
 
 

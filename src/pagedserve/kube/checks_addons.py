@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from pagedserve.kube.chart_values import DeploymentNeeds
-from pagedserve.kube.cluster import CUSTOM_METRICS_APISERVICE, KEDA_CRD, MONITORING_CRDS, ClusterSnapshot
+from pagedserve.kube.cluster import (
+    CUSTOM_METRICS_APISERVICE,
+    KEDA_CRD,
+    LWS_CRD,
+    MONITORING_CRDS,
+    ClusterSnapshot,
+)
 from pagedserve.kube.report import CheckResult, Status
 
 DEFAULT_CLASS_ANNOTATIONS = (
@@ -174,6 +180,13 @@ def _crd_established(crd: dict[str, Any] | None) -> bool:
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
+def _required_crd(snapshot: ClusterSnapshot, name: str, crd: str, value: str, fix: str) -> CheckResult:
+    """A CRD the values need (`value` is enabled): FAIL without it."""
+    present = _crd_established(snapshot.crds.get(crd))
+    seen = f"CRD {crd} {'established' if present else 'not installed'}"
+    return _optional_feature(name, True, present, seen, f"{crd} ({value})", fix)
+
+
 def check_monitoring_crds(snapshot: ClusterSnapshot, needs: DeploymentNeeds) -> list[CheckResult]:
     fix = "install the Prometheus Operator CRDs (kube-prometheus-stack or prometheus-operator-crds chart)"
     results = []
@@ -187,18 +200,13 @@ def check_monitoring_crds(snapshot: ClusterSnapshot, needs: DeploymentNeeds) -> 
             )
         )
     if needs.keda:
-        present = _crd_established(snapshot.crds.get(KEDA_CRD))
-        seen = f"CRD {KEDA_CRD} {'established' if present else 'not installed'}"
-        results.append(
-            _optional_feature(
-                "crd-keda",
-                True,
-                present,
-                seen,
-                f"{KEDA_CRD} (keda.enabled)",
-                "helm install keda kedacore/keda -n keda --create-namespace",
-            )
+        fix = "helm install keda kedacore/keda -n keda --create-namespace"
+        results.append(_required_crd(snapshot, "crd-keda", KEDA_CRD, "keda.enabled", fix))
+    if needs.multi_node:
+        fix = (
+            "install the LeaderWorkerSet controller (kubernetes-sigs/lws release manifests or its Helm chart)"
         )
+        results.append(_required_crd(snapshot, "crd-leaderworkerset", LWS_CRD, "multiNode.enabled", fix))
     return results
 
 

@@ -15,12 +15,16 @@ def check_engine_values(needs: DeploymentNeeds) -> CheckResult:
     )
     if not needs.known:
         seen = "no values file: the chart's defaults (tensorParallelSize 1, quantization from the checkpoint)"
-    required = f"tensorParallelSize 1; quantization unset or one of {', '.join(QUANTIZATION_CHOICES)}"
+    required = (
+        f"tensorParallelSize 1 with GPUs (any size in CPU mode); quantization unset or one of "
+        f"{', '.join(QUANTIZATION_CHOICES)}"
+    )
     refused = []
-    if needs.tensor_parallel_size != 1:
+    if needs.tensor_parallel_size != 1 and needs.gpu_enabled:
+        # The ranks' collectives run over gloo on CPUs (tested); the NCCL path has never run on a GPU.
         refused.append(
-            "the engine refuses tensor_parallel_size > 1 (not implemented yet): serve the model on one GPU per "
-            "replica, or use a vLLM image for this values file"
+            "this image runs tensor_parallel_size > 1 on CPUs only (gloo): its CUDA path (NCCL) has not been "
+            "verified on a GPU; serve the model on one GPU per replica, or use a vLLM image for this values file"
         )
     if needs.quantization not in ("", *QUANTIZATION_CHOICES):
         refused.append(

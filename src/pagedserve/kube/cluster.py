@@ -16,6 +16,7 @@ from pagedserve.kube.chart_values import DeploymentNeeds
 CUSTOM_METRICS_APISERVICE = "v1beta1.custom.metrics.k8s.io"
 MONITORING_CRDS = ("servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com")
 KEDA_CRD = "scaledobjects.keda.sh"
+LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 HELM_RELEASE_SELECTOR = "owner=helm"
 
 
@@ -162,7 +163,7 @@ class ClusterReader:
             name: self._get(
                 f"customresourcedefinition {name}", self.apiext.read_custom_resource_definition, name
             )
-            for name in (*MONITORING_CRDS, KEDA_CRD)
+            for name in (*MONITORING_CRDS, KEDA_CRD, LWS_CRD)
         }
         return ClusterSnapshot(
             server=self.server,

@@ -1,4 +1,9 @@
-"""Token embedding and the LM head (tied to the embedding or not)."""
+"""Token embedding and the LM head (tied to the embedding or not), vocabulary-parallel under tensor parallelism.
+
+Rank r keeps the vocabulary rows `even_range(vocab, r, size)`: the embedding looks up the ids it holds (zeros for
+the others) and an all-reduce sums the ranks' rows; the LM head computes its slice of the logits and an all-gather
+joins them, so every rank ends with the whole row.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedserve.distributed import parallel_state
+from pagedserve.distributed.partition import even_range
 from pagedserve.layers.ct_quant import ScaledTensor
 from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
 from pagedserve.layers.linear import linear
+from pagedserve.layers.shard import slice_rows
+
+
+class VocabParallel(nn.Module):
+    """The vocabulary rows this rank keeps: `vocab_slice` = (first row, rows) of the `vocab_size` rows."""
+
+    def __init__(self, vocab_size: int, hidden_size: int) -> None:
+        super().__init__()
+        tp = parallel_state.get_tp()
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.vocab_slice = even_range(vocab_size, tp.rank, tp.size)
+        self.vocab_sizes = [even_range(vocab_size, r, tp.size)[1] for r in range(tp.size)]
+        self.weight = nn.Parameter(torch.empty(self.vocab_slice[1], hidden_size), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedTensor, shard_id: str | None = None
+    ) -> None:
+        load_table(self, loaded)
 
 
 def load_table(
     module: VocabEmbedding | LMHead, loaded: torch.Tensor | QuantizedTensor | ScaledTensor
 ) -> None:
-    """A [vocab, hidden] table: GGUF blocks are kept as they are (a quantized compressed-tensors LM head is
-    repacked into them), int8 / float8 tables and float tensors copied in the module's dtype."""
+    """A [vocab, hidden] table (this rank's rows of it): GGUF blocks are kept as they are (a quantized
+    compressed-tensors LM head is repacked into them), int8 / float8 tables and float tensors copied in the
+    module's dtype."""
+    if module.vocab_slice != (0, module.vocab_size) and loaded.shape[0] == module.vocab_size:
+        loaded = slice_rows(loaded, *module.vocab_slice)
+        loaded = (
+            loaded.clone() if isinstance(loaded, torch.Tensor) else loaded
+        )  # not the whole table's storage
     if isinstance(loaded, QuantizedTensor) and loaded.shape == tuple(module.weight.shape):
         module.weight = nn.Parameter(loaded.data, requires_grad=False)
         module.weight_type = loaded.qtype
@@ -27,45 +60,35 @@ def load_table(
     module.weight.data.copy_(loaded.to(module.weight.dtype))
 
 
-class VocabEmbedding(nn.Module):
+class VocabEmbedding(VocabParallel):
     weight_type: int | None = None
     """GGML type of a table kept in GGUF blocks (gguf_quant.py): rows are dequantized as they are looked up."""
 
     def __init__(self, vocab_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+        super().__init__(vocab_size, hidden_size)
         # The activations' dtype (the default at construction): the weight may be stored narrower.
         self.output_dtype = torch.get_default_dtype()
 
-    def weight_loader(
-        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedTensor, shard_id: str | None = None
-    ) -> None:
-        load_table(self, loaded)
-
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        first, count = self.vocab_slice
+        sharded = count != self.vocab_size
+        if sharded:
+            held = (input_ids >= first) & (input_ids < first + count)
+            input_ids = torch.where(held, input_ids - first, 0)
         if self.weight_type is not None:
-            return dequantize(self.weight[input_ids], self.weight_type, self.hidden_size).to(
+            rows = dequantize(self.weight[input_ids], self.weight_type, self.hidden_size).to(
                 self.output_dtype
             )
-        return F.embedding(input_ids, self.weight).to(self.output_dtype)
+        else:
+            rows = F.embedding(input_ids, self.weight).to(self.output_dtype)
+        if sharded:
+            rows = parallel_state.all_reduce(rows * held.unsqueeze(-1).to(rows.dtype))
+        return rows
 
 
-class LMHead(nn.Module):
+class LMHead(VocabParallel):
     weight_type: int | None = None
     """GGML type of a weight kept in GGUF blocks; None for a float weight."""
-
-    def __init__(self, vocab_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
-
-    def weight_loader(
-        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedTensor, shard_id: str | None = None
-    ) -> None:
-        load_table(self, loaded)
 
     def tie_to(self, embedding: VocabEmbedding) -> None:
         """Share the embedding's table (after loading, which may have replaced it with GGUF blocks)."""
@@ -74,5 +97,9 @@ class LMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.weight_type is not None:
-            return gguf_linear(hidden, self.weight, self.weight_type, self.hidden_size, None)
-        return linear(hidden, self.weight)
+            logits = gguf_linear(hidden, self.weight, self.weight_type, self.hidden_size, None)
+        else:
+            logits = linear(hidden, self.weight)
+        if len(self.vocab_sizes) > 1:
+            logits = parallel_state.all_gather_last_dim(logits, self.vocab_sizes)
+        return logits

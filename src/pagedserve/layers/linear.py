@@ -1,30 +1,32 @@
 """Linear layers whose parameters know how to load (and later shard) themselves.
 
 Each parameter carries a `weight_loader(param, loaded_weight, shard_id)` (nano-vllm's habit): tensor parallelism
-only has to change what a loader copies, not the model definition. `tp_size` is 1 until that issue lands.
+only changes what a loader copies. A `MergedLinear` built with `part_slices` is column-parallel (each part keeps
+some of the checkpoint's rows); one built with `input_slice` is row-parallel (it keeps some input columns, and the
+ranks' partial outputs are summed by one all-reduce, the bias added once, by rank 0).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedserve.distributed import parallel_state
 from pagedserve.layers.ct_quant import ScaledTensor, scaled_linear
 from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
 from pagedserve.layers.input_perm import permute_input, take_input_perm
+from pagedserve.layers.shard import slice_columns, slice_rows
 from pagedserve.ops import cpu as cpu_ops
 
 
 class LinearBase(nn.Module):
-    def __init__(
-        self, input_size: int, output_size: int, bias: bool, tp_size: int = 1, tp_rank: int = 0
-    ) -> None:
+    def __init__(self, input_size: int, output_size: int, bias: bool) -> None:
         super().__init__()
         self.input_size = input_size
         self.output_size = output_size
-        self.tp_size = tp_size
-        self.tp_rank = tp_rank
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
         if bias:
@@ -44,6 +46,10 @@ class LinearBase(nn.Module):
         """(first row, rows) of the weight that a checkpoint tensor fills."""
         return 0, self.output_size
 
+    def tp_slice(self, loaded: Any, shard_id: str | None, is_bias: bool) -> Any:
+        """This rank's part of a checkpoint tensor (all of it without tensor parallelism)."""
+        return loaded
+
     def weight_loader(
         self,
         param: nn.Parameter,
@@ -51,6 +57,7 @@ class LinearBase(nn.Module):
         shard_id: str | None = None,
     ) -> None:
         offset, size = self.shard_rows(shard_id)
+        loaded = self.tp_slice(loaded, shard_id, param is self.bias)
         if param is self.bias:
             target = param.data.narrow(0, offset, size)
         else:
@@ -136,13 +143,42 @@ class MergedLinear(LinearBase):
     part_types: dict[str, int] | None = None
     """Shard id -> GGML type of its blocks, in output order, when the parts differ in type; else None."""
 
-    def __init__(self, input_size: int, output_sizes: dict[str, int], bias: bool) -> None:
-        super().__init__(input_size, sum(output_sizes.values()), bias)
+    def __init__(
+        self,
+        input_size: int,
+        output_sizes: dict[str, int],
+        bias: bool,
+        part_slices: dict[str, tuple[int, int]] | None = None,
+        input_slice: tuple[int, int] | None = None,
+    ) -> None:
+        """part_slices: shard id -> (first row, rows) of the checkpoint part this rank keeps (column-parallel; the
+        rows become that part's output size). input_slice: (first column, columns) of the checkpoint's input this
+        rank keeps (row-parallel); `input_size` is then the checkpoint's."""
+        self.part_slices = part_slices
+        self.input_slice = input_slice
+        if part_slices is not None:
+            output_sizes = {name: part_slices[name][1] for name in output_sizes}
+        super().__init__(
+            input_size if input_slice is None else input_slice[1], sum(output_sizes.values()), bias
+        )
         self.shard_offsets: dict[str, tuple[int, int]] = {}
         offset = 0
         for name, size in output_sizes.items():
             self.shard_offsets[name] = (offset, size)
             offset += size
+        # Row-parallel: every rank sums its partial product; rank 0 alone adds the bias.
+        self.reduce_output = input_slice is not None and parallel_state.get_tp().size > 1
+
+    def tp_slice(self, loaded: Any, shard_id: str | None, is_bias: bool) -> Any:
+        if self.part_slices is not None and shard_id is not None:
+            first, count = self.part_slices[shard_id]
+            return loaded if (first, count) == (0, loaded.shape[0]) else slice_rows(loaded, first, count)
+        if self.input_slice is not None and self.reduce_output:
+            if is_bias:
+                return loaded if parallel_state.get_tp().rank == 0 else torch.zeros_like(loaded)
+            what = f"{self.output_size}x{self.input_size} layer, part {shard_id}"
+            return slice_columns(loaded, *self.input_slice, what)
+        return loaded
 
     def shard_rows(self, shard_id: str | None) -> tuple[int, int]:
         return (0, self.output_size) if shard_id is None else self.shard_offsets[shard_id]
@@ -192,6 +228,10 @@ class MergedLinear(LinearBase):
         self.weight_type = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._local_forward(x)
+        return parallel_state.all_reduce(out) if self.reduce_output else out
+
+    def _local_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.part_types is None:
             return super().forward(x)
         x = permute_input(x, self.input_perm)

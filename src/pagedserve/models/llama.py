@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from pagedserve.attention.backend import AttentionBackend, AttentionMetadata
+from pagedserve.distributed import parallel_state
+from pagedserve.distributed.partition import even_range, head_shard
 from pagedserve.layers.activation import SiluAndMul
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.gguf_quant import TYPE_NAMES, QuantizedTensor
@@ -40,15 +42,26 @@ def rope_settings(config: Any) -> tuple[float, dict[str, Any] | None]:
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, backend: AttentionBackend, qkv_bias: bool, o_bias: bool) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        total_heads = config.num_attention_heads
+        total_kv_heads = getattr(config, "num_key_value_heads", None) or total_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // total_heads
         self.scale = self.head_dim**-0.5
+        # This rank's heads (all of them without tensor parallelism): distributed/partition.py.
+        tp = parallel_state.get_tp()
+        shard = head_shard(total_heads, total_kv_heads, tp.rank, tp.size)
+        self.num_heads, self.num_kv_heads = shard.num_q_heads, shard.num_kv_heads
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q_rows = (shard.first_q_head * self.head_dim, q_size)
+        kv_rows = (shard.first_kv_head * self.head_dim, kv_size)
         self.qkv_proj = MergedLinear(
-            config.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, bias=qkv_bias
+            config.hidden_size,
+            {"q": q_size, "k": kv_size, "v": kv_size},
+            bias=qkv_bias,
+            part_slices={"q": q_rows, "k": kv_rows, "v": kv_rows},
         )
-        self.o_proj = MergedLinear(q_size, {"o": config.hidden_size}, bias=o_bias)
+        self.o_proj = MergedLinear(
+            total_heads * self.head_dim, {"o": config.hidden_size}, bias=o_bias, input_slice=q_rows
+        )
         self.backend = backend
         self.q_size, self.kv_size = q_size, kv_size
 
@@ -71,8 +84,15 @@ class LlamaMLP(nn.Module):
         super().__init__()
         size = config.intermediate_size
         bias = getattr(config, "mlp_bias", False)
-        self.gate_up_proj = MergedLinear(config.hidden_size, {"gate": size, "up": size}, bias=bias)
-        self.down_proj = MergedLinear(size, {"down": config.hidden_size}, bias=bias)
+        tp = parallel_state.get_tp()
+        rows = even_range(size, tp.rank, tp.size)
+        self.gate_up_proj = MergedLinear(
+            config.hidden_size,
+            {"gate": size, "up": size},
+            bias=bias,
+            part_slices={"gate": rows, "up": rows},
+        )
+        self.down_proj = MergedLinear(size, {"down": config.hidden_size}, bias=bias, input_slice=rows)
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

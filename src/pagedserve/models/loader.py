@@ -4,15 +4,21 @@ Nothing here downloads, and no code shipped with a checkpoint is ever run."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import gguf
+import numpy as np
 import torch
 import transformers
 
+from pagedserve import envs
 from pagedserve.layers.ct_quant import ScaledTensor
 from pagedserve.layers.gguf_quant import QuantizedTensor
 from pagedserve.layers.input_perm import PermutedWeight
@@ -143,9 +149,23 @@ def resolve_quantization(
     )
 
 
+class _GGUFReader(gguf.GGUFReader):
+    """gguf's reader, slicing a plain ndarray view of its memmap while it parses the header: every slice of an
+    np.memmap runs memmap's Python-level __array_finalize__, and the bundled file's 49 152-token vocabulary takes
+    ~250 000 slices (10 s of the model's start-up, in every process that opens the file; ~1 s this way)."""
+
+    def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> Any:
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
+        count = int(count)
+        arr = plain[offset : offset + np.dtype(dtype).itemsize * count].view(dtype=dtype)[:count]
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+
 def open_gguf(path: pathlib.Path) -> gguf.GGUFReader:
     try:
-        return gguf.GGUFReader(path)
+        return _GGUFReader(path)
     except (ValueError, OSError, KeyError, IndexError) as error:
         raise ValueError(f"{path} is not a readable GGUF file: {error}") from error
 
@@ -248,6 +268,9 @@ def load_tokenizer(source: ModelSource, tokenizer: str | None = None) -> transfo
     if path.is_file():
         if not _is_gguf_file(path):
             raise ValueError(f"tokenizer file {path} is not a .gguf file; pass a folder or a .gguf file")
+        cached = _cached_gguf_tokenizer(path)
+        if cached is not None:
+            return cached
         folder, kwargs["gguf_file"] = path.parent, path.name
     else:
         folder = path
@@ -255,9 +278,47 @@ def load_tokenizer(source: ModelSource, tokenizer: str | None = None) -> transfo
         loaded = transformers.AutoTokenizer.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"cannot load a tokenizer from {path}: {error}") from error
-    if path.is_file() and not getattr(loaded, "chat_template", None):
-        reader = source._reader() if path == source.path else open_gguf(path)
-        template = gguf_config.field_value(reader, "tokenizer.chat_template")
-        if template:
-            loaded.chat_template = template
+    if path.is_file():
+        if not getattr(loaded, "chat_template", None):
+            reader = source._reader() if path == source.path else open_gguf(path)
+            template = gguf_config.field_value(reader, "tokenizer.chat_template")
+            if template:
+                loaded.chat_template = template
+        _cache_gguf_tokenizer(path, loaded)
     return loaded
+
+
+def _tokenizer_cache_path(path: pathlib.Path) -> pathlib.Path:
+    """Where a .gguf file's converted tokenizer is kept: keyed by the file (path, size, mtime) and transformers."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    return pathlib.Path(envs.cache_dir()) / "tokenizers" / hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _cached_gguf_tokenizer(path: pathlib.Path) -> transformers.PreTrainedTokenizerBase | None:
+    """transformers converts a GGUF vocabulary to a tokenizer in ~7 s (the bundled model; in every process that
+    starts an engine); its saved form loads in well under a second."""
+    folder = _tokenizer_cache_path(path)
+    if not (folder / "tokenizer_config.json").is_file():
+        return None
+    try:
+        return transformers.AutoTokenizer.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a damaged cache entry: convert again (and rewrite it)
+
+
+def _cache_gguf_tokenizer(path: pathlib.Path, loaded: transformers.PreTrainedTokenizerBase) -> None:
+    folder = _tokenizer_cache_path(path)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=folder.parent)
+        try:
+            loaded.save_pretrained(tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)  # whole entries only: a concurrent reader never sees half of one
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass  # a read-only cache only costs the conversion next time

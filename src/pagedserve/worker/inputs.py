@@ -29,7 +29,7 @@ def prepare_inputs(scheduled: list[ScheduledSequence], block_size: int, device: 
     last_rows: list[int] = []
     for seq in decodes:
         pos = seq.start_position
-        input_ids.append(seq.request.all_token_ids[pos])
+        input_ids.append(seq.token_ids[0])
         positions.append(pos)
         slots.append(seq.block_ids[pos // block_size] * block_size + pos % block_size)
         last_rows.append(len(input_ids) - 1)

@@ -31,9 +31,12 @@ def resolve_kv_cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> tor
     )
 
 
-def kv_bytes_per_block(hf_config: Any, block_size: int, dtype: torch.dtype) -> int:
+def kv_bytes_per_block(
+    hf_config: Any, block_size: int, dtype: torch.dtype, num_kv_heads: int | None = None
+) -> int:
+    """num_kv_heads: the heads this rank's cache holds (all of the model's without tensor parallelism)."""
     num_heads = hf_config.num_attention_heads
-    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+    num_kv_heads = num_kv_heads or getattr(hf_config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     element = torch.tensor([], dtype=dtype).element_size()
     return block_size * kv_bytes_per_token(hf_config.num_hidden_layers, num_kv_heads, head_dim, element)
@@ -57,10 +60,15 @@ def kv_cache_budget_bytes(cache: CacheConfig, device: torch.device) -> int:
 
 
 def allocate_kv_caches(
-    hf_config: Any, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+    hf_config: Any,
+    num_blocks: int,
+    block_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    num_kv_heads: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     num_heads = hf_config.num_attention_heads
-    num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+    num_kv_heads = num_kv_heads or getattr(hf_config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     # Keys transposed within a block, values as rows, both grouped by kv head: see attention/backend.py.
     key_shape = (num_blocks, num_kv_heads, head_dim, block_size)

@@ -12,8 +12,10 @@ import torch
 from pagedserve import envs
 from pagedserve.attention.backend import get_attention_backend
 from pagedserve.config import CacheConfig, ModelConfig
-from pagedserve.core.scheduler_output import SchedulerOutput
+from pagedserve.core.scheduler_output import NewSequence, ScheduledSequence, SchedulerOutput
 from pagedserve.cpu_info import cpu_info
+from pagedserve.distributed import parallel_state
+from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.linear import LinearBase
 from pagedserve.models.registry import resolve_model_class
@@ -128,12 +130,39 @@ def cast_matrix_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
             module.weight.data = module.weight.data.to(dtype)
 
 
-def _wants_prompt_logprobs(seq: Any) -> bool:
+@dataclass
+class RunnerSequence:
+    """The runner's copy of one sequence, from its first step until the scheduler reports it finished."""
+
+    new: NewSequence
+    token_ids: list[int]
+    """Every token run so far, by position (prompt first); at a sampling step, the whole sequence."""
+    generator: torch.Generator | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.new.prompt_token_ids)
+
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+
+def _reads_history(params: Any) -> bool:
+    """Whether sampling reads the generated tokens (penalties, min_tokens): a copy a row a step is spared otherwise
+    (256 rows x 1000 tokens ~ 1 ms)."""
+    return bool(
+        params.presence_penalty
+        or params.frequency_penalty
+        or params.repetition_penalty != 1.0
+        or params.min_tokens
+    )
+
+
+def _wants_prompt_logprobs(seq: ScheduledSequence, state: RunnerSequence) -> bool:
     """True when this step computes prompt positions whose next-token logprobs the request asked for."""
-    request = seq.request
     return (
-        request.sampling_params.prompt_logprobs is not None
-        and seq.start_position < request.num_prompt_tokens - 1
+        state.new.sampling_params.prompt_logprobs is not None
+        and seq.start_position < state.num_prompt_tokens - 1
     )
 
 
@@ -192,7 +221,12 @@ class ModelRunner:
         self.weight_bytes = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *stored])
         budget = kv_cache_budget_bytes(cache_config, device)
         self.kv_cache_dtype = resolve_kv_cache_dtype(cache_config.kv_cache_dtype, dtype)
-        per_block = kv_bytes_per_block(hf_config, self.block_size, self.kv_cache_dtype)
+        tp = parallel_state.get_tp()
+        num_heads = hf_config.num_attention_heads
+        num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+        # Every rank sizes its blocks for the most KV heads any rank holds, so all hold the same number of blocks.
+        room = max_kv_heads_per_rank(num_heads, num_kv_heads, tp.size)
+        per_block = kv_bytes_per_block(hf_config, self.block_size, self.kv_cache_dtype, room)
         self.num_blocks = budget // per_block
         if self.num_blocks < 1:
             raise ValueError(
@@ -200,15 +234,17 @@ class ModelRunner:
             )
         self.kv_cache_bytes = self.num_blocks * per_block
         self.kv_caches = allocate_kv_caches(
-            hf_config, self.num_blocks, self.block_size, self.kv_cache_dtype, device
-        )
+            hf_config, self.num_blocks, self.block_size, self.kv_cache_dtype, device,
+            head_shard(num_heads, num_kv_heads, tp.rank, tp.size).num_kv_heads,
+        )  # fmt: skip
         self.sampler = Sampler()
-        self.generators: dict[str, torch.Generator] = {}
+        self.sequences: dict[str, RunnerSequence] = {}
+        # Replays record C kernel calls only; a tensor-parallel step also runs collectives between them.
         self.decode_graphs = (
             DecodeGraphs(
                 self.model, self.kv_caches, hf_config.hidden_size, -(-max_model_len // self.block_size), dtype
             )
-            if DecodeGraphs.usable(device, model_config.enforce_eager)
+            if DecodeGraphs.usable(device, model_config.enforce_eager) and tp.size == 1
             else None
         )
 
@@ -222,31 +258,41 @@ class ModelRunner:
                     values = torch.randn(param.shape, generator=generator) * 0.02
                     param.copy_(values.to(param.dtype))
 
-    def release(self, request_ids: list[str]) -> None:
-        for request_id in request_ids:
-            self.generators.pop(request_id, None)
-
-    def _generator(self, request: Any) -> torch.Generator | None:
-        seed = request.sampling_params.seed
-        if seed is None:
-            return None
-        generator = self.generators.get(request.request_id)
-        if generator is None:
+    def _update_states(self, scheduler_output: SchedulerOutput) -> None:
+        for seq_id in scheduler_output.finished_seq_ids:
+            self.sequences.pop(seq_id, None)
+        for new in scheduler_output.new_sequences:
+            seed = new.sampling_params.seed
             # Siblings (n > 1) of one seeded request draw different but reproducible samples.
-            generator = make_generator(seed + request.sample_index, self.device)
-            self.generators[request.request_id] = generator
-        return generator
+            generator = None if seed is None else make_generator(seed + new.sample_index, self.device)
+            self.sequences[new.seq_id] = RunnerSequence(new, list(new.prompt_token_ids), generator)
+        for seq in scheduler_output.sequences:
+            state = self.sequences.get(seq.seq_id)
+            if state is None:
+                raise ValueError(f"step runs sequence {seq.seq_id!r} that was never sent as new")
+            if seq.start_position > len(state.token_ids):
+                raise ValueError(
+                    f"sequence {seq.seq_id!r} resumes at position {seq.start_position} but the runner has "
+                    f"{len(state.token_ids)} of its tokens"
+                )
+            # Positions before start_position never change; after a preemption they are run again.
+            state.token_ids[seq.start_position :] = seq.token_ids
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        self._update_states(scheduler_output)
+        result = ModelRunnerOutput()
+        if scheduler_output.is_empty:
+            return result
         step = prepare_inputs(scheduler_output.sequences, self.block_size, self.device)
+        states = [self.sequences[s.seq_id] for s in step.sequences]
         step_logits = None  # every row's logits, from a replayed decode graph
-        if self.decode_graphs is not None and not any(map(_wants_prompt_logprobs, step.sequences)):
+        wants_prompt_logprobs = any(map(_wants_prompt_logprobs, step.sequences, states))
+        if self.decode_graphs is not None and not wants_prompt_logprobs:
             step_logits = self.decode_graphs.logits(step.input_ids, step.positions, step.metadata)
         hidden = None
         if step_logits is None:
             hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
-        result = ModelRunnerOutput()
         sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples]
         if sampling:
             rows = [step.last_token_rows[i] for i, _ in sampling]
@@ -254,52 +300,53 @@ class ModelRunner:
                 logits = self.model.compute_logits(hidden[rows])
             else:
                 logits = step_logits if len(rows) == step_logits.shape[0] else step_logits[rows]
-            sampling_rows = [
-                SamplingRow(
-                    s.request.sampling_params,
-                    s.request.prompt_token_ids,
-                    s.request.output_token_ids,
-                    self._generator(s.request),
+            sampling_rows = []
+            for i, _ in sampling:
+                state = states[i]
+                outputs = state.output_token_ids() if _reads_history(state.new.sampling_params) else []
+                sampling_rows.append(
+                    SamplingRow(
+                        state.new.sampling_params, state.new.prompt_token_ids, outputs, state.generator
+                    )
                 )
-                for _, s in sampling
-            ]
             metadata = SamplingMetadata.build(sampling_rows, self.vocab_size, self.device)
             out = self.sampler(
                 logits, metadata
             )  # converts to float32 itself unless all rows are plain greedy
             token_ids = out.sampled_token_ids.tolist()
             for (_, seq), token_id in zip(sampling, token_ids):
-                result.sampled_token_ids[seq.request.request_id] = token_id
+                result.sampled_token_ids[seq.seq_id] = token_id
             if out.logprobs is not None:
                 ids, lps, ranks = (
                     out.logprob_token_ids.tolist(),
                     out.logprobs.tolist(),
                     out.sampled_token_ranks.tolist(),
                 )
-                for j, (_, seq) in enumerate(sampling):
-                    k = seq.request.sampling_params.logprobs
+                for j, (i, seq) in enumerate(sampling):
+                    k = states[i].new.sampling_params.logprobs
                     if k is not None:
-                        result.logprobs[seq.request.request_id] = (ids[j][: 1 + k], lps[j][: 1 + k], ranks[j])
-        if hidden is not None:
-            self._prompt_logprobs(step, hidden, result)
+                        result.logprobs[seq.seq_id] = (ids[j][: 1 + k], lps[j][: 1 + k], ranks[j])
+        if hidden is not None and wants_prompt_logprobs:
+            self._prompt_logprobs(step, states, hidden, result)
         return result
 
-    def _prompt_logprobs(self, step: Any, hidden: torch.Tensor, result: ModelRunnerOutput) -> None:
-        for seq in step.sequences:
-            if not _wants_prompt_logprobs(seq):
+    def _prompt_logprobs(
+        self, step: Any, states: list[RunnerSequence], hidden: torch.Tensor, result: ModelRunnerOutput
+    ) -> None:
+        for i, (seq, state) in enumerate(zip(step.sequences, states)):
+            if not _wants_prompt_logprobs(seq, state):
                 continue
-            request = seq.request
-            k = request.sampling_params.prompt_logprobs
-            first_row = step.last_token_rows[step.sequences.index(seq)] - seq.num_new_tokens + 1
+            k = state.new.sampling_params.prompt_logprobs
+            first_row = step.last_token_rows[i] - seq.num_new_tokens + 1
             # Positions whose next token is still a prompt token.
-            count = min(seq.num_new_tokens, request.num_prompt_tokens - 1 - seq.start_position)
+            count = min(seq.num_new_tokens, state.num_prompt_tokens - 1 - seq.start_position)
             logits = self.model.compute_logits(hidden[first_row : first_row + count]).float()
             start = seq.start_position
             targets = torch.tensor(
-                request.prompt_token_ids[start + 1 : start + 1 + count], device=self.device
+                state.new.prompt_token_ids[start + 1 : start + 1 + count], device=self.device
             )
             ids, lps, ranks = compute_prompt_logprobs(logits, targets, k)
             entries = [
                 (i[: 1 + k], lp[: 1 + k], r) for i, lp, r in zip(ids.tolist(), lps.tolist(), ranks.tolist())
             ]
-            result.prompt_logprobs[request.request_id] = entries
+            result.prompt_logprobs[seq.seq_id] = entries

@@ -8,14 +8,14 @@ import pytest
 
 from pagedserve.core.block_pool import BlockPool
 from pagedserve.core.kv_cache_manager import KVCacheManager
-from pagedserve.core.request import Request
+from pagedserve.core.sequence import Sequence
 
 
-def make_request(request_id: str, tokens: list[int], **params) -> Request:
+def make_request(request_id: str, tokens: list[int], **params) -> Sequence:
     sampling = SimpleNamespace(
         prompt_logprobs=None, min_tokens=0, ignore_eos=False, stop_token_ids=[], **params
     )
-    return Request(request_id, tokens, sampling, arrival_time=0.0, max_tokens=100, eos_token_ids={0})
+    return Sequence(request_id, tokens, sampling, arrival_time=0.0, max_tokens=100, eos_token_ids={0})
 
 
 def test_pool_allocates_in_order_and_frees_to_tail():

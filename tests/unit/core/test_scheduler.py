@@ -5,15 +5,15 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from pagedserve.core.kv_cache_manager import KVCacheManager
-from pagedserve.core.request import Request, RequestStatus
 from pagedserve.core.scheduler import Scheduler
+from pagedserve.core.sequence import Sequence, SequenceStatus
 
 
-def make_request(request_id: str, num_tokens: int, max_tokens: int = 100, **params) -> Request:
+def make_request(request_id: str, num_tokens: int, max_tokens: int = 100, **params) -> Sequence:
     defaults = dict(prompt_logprobs=None, min_tokens=0, ignore_eos=False, stop_token_ids=[])
     defaults.update(params)
     tokens = [(hash(request_id) % 1000) + 10 + i for i in range(num_tokens)]
-    return Request(request_id, tokens, SimpleNamespace(**defaults), 0.0, max_tokens, eos_token_ids={0})
+    return Sequence(request_id, tokens, SimpleNamespace(**defaults), 0.0, max_tokens, eos_token_ids={0})
 
 
 def make_scheduler(
@@ -24,16 +24,16 @@ def make_scheduler(
 
 def run_step(sched: Scheduler, token: int = 5):
     out = sched.schedule()
-    sampled = {s.request.request_id: token for s in out.sequences if s.samples}
+    sampled = {s.seq_id: token for s in out.sequences if s.samples}
     return out, sched.update_from_output(out, sampled)
 
 
 def test_prefill_then_decode_with_exact_blocks():
     sched = make_scheduler()
     a = make_request("a", 6)
-    sched.add_request(a)
+    sched.add_sequence(a)
     out, (progressed, finished) = run_step(sched)
-    assert [(s.request.request_id, s.num_new_tokens, s.block_ids, s.samples) for s in out.sequences] == [
+    assert [(s.seq_id, s.num_new_tokens, s.block_ids, s.samples) for s in out.sequences] == [
         ("a", 6, [0, 1], True)
     ]
     assert progressed == [a] and a.output_token_ids == [5]
@@ -49,21 +49,21 @@ def test_prefill_then_decode_with_exact_blocks():
 def test_chunked_prefill_respects_budget_and_running_go_first():
     sched = make_scheduler(budget=8)
     a = make_request("a", 3)
-    sched.add_request(a)
+    sched.add_sequence(a)
     run_step(sched)
     b = make_request("b", 20)
-    sched.add_request(b)
+    sched.add_sequence(b)
     out, _ = run_step(sched)
     # a decodes (1 token), b gets the remaining 7 of the budget and does not sample yet.
-    assert [(s.request.request_id, s.num_new_tokens, s.samples) for s in out.sequences] == [
+    assert [(s.seq_id, s.num_new_tokens, s.samples) for s in out.sequences] == [
         ("a", 1, True),
         ("b", 7, False),
     ]
     assert b.output_token_ids == []
     out, _ = run_step(sched)
-    assert [(s.request.request_id, s.num_new_tokens) for s in out.sequences] == [("a", 1), ("b", 7)]
+    assert [(s.seq_id, s.num_new_tokens) for s in out.sequences] == [("a", 1), ("b", 7)]
     out, _ = run_step(sched)
-    assert [(s.request.request_id, s.num_new_tokens, s.samples) for s in out.sequences] == [
+    assert [(s.seq_id, s.num_new_tokens, s.samples) for s in out.sequences] == [
         ("a", 1, True),
         ("b", 6, True),
     ]
@@ -73,29 +73,29 @@ def test_chunked_prefill_respects_budget_and_running_go_first():
 def test_max_num_seqs_caps_the_batch():
     sched = make_scheduler(max_seqs=2)
     for name in "abc":
-        sched.add_request(make_request(name, 2))
+        sched.add_sequence(make_request(name, 2))
     out, _ = run_step(sched)
-    assert [s.request.request_id for s in out.sequences] == ["a", "b"]
+    assert [s.seq_id for s in out.sequences] == ["a", "b"]
     assert sched.num_waiting == 1
 
 
 def test_preemption_of_most_recent_and_resume_keeps_tokens():
     sched = make_scheduler(num_blocks=4, block_size=2, caching=False)
     a, b = make_request("a", 3), make_request("b", 3)
-    sched.add_request(a)
-    sched.add_request(b)
+    sched.add_sequence(a)
+    sched.add_sequence(b)
     run_step(sched)  # a: blocks 0,1; b: blocks 2,3 (pool full)
     assert sched.kv.get_block_ids("a") == [0, 1] and sched.kv.get_block_ids("b") == [2, 3]
     out, _ = run_step(sched)  # both have 4 tokens: fits
     out, _ = run_step(sched)  # a needs a 3rd block -> b (most recent) is preempted
-    assert out.preempted_request_ids == ["b"] and out.num_preemptions == 1
-    assert [s.request.request_id for s in out.sequences] == ["a"]
-    assert b.status == RequestStatus.PREEMPTED and b.num_computed_tokens == 0
+    assert out.preempted_seq_ids == ["b"] and out.num_preemptions == 1
+    assert [s.seq_id for s in out.sequences] == ["a"]
+    assert b.status == SequenceStatus.PREEMPTED and b.num_computed_tokens == 0
     assert b.output_token_ids == [5, 5] and sched.waiting[0] is b
     assert sched.kv.get_block_ids("a") == [0, 1, 2]  # b's freed blocks went to the head of the queue
-    sched.finish_requests(["a"], RequestStatus.FINISHED_STOPPED)
+    sched.finish_sequences(["a"], SequenceStatus.FINISHED_STOPPED)
     out, _ = run_step(sched)  # b recomputes prompt + its 2 generated tokens
-    assert [(s.request.request_id, s.num_new_tokens, s.samples) for s in out.sequences] == [("b", 5, True)]
+    assert [(s.seq_id, s.num_new_tokens, s.samples) for s in out.sequences] == [("b", 5, True)]
     assert b.output_token_ids == [5, 5, 5] and b.num_preemptions == 1
     sched.check_invariants()
 
@@ -107,15 +107,15 @@ def test_stop_conditions():
     c = make_request("c", 2, stop_token_ids=[7])
     d = make_request("d", 2, min_tokens=2)
     for r in (a, b, c, d):
-        sched.add_request(r)
+        sched.add_sequence(r)
     out = sched.schedule()
     _, finished = sched.update_from_output(out, {"a": 5, "b": 0, "c": 7, "d": 0})
-    assert {r.request_id for r in finished} == {"b", "c"}
-    assert b.status == RequestStatus.FINISHED_STOPPED and c.stop_reason == 7
+    assert {r.seq_id for r in finished} == {"b", "c"}
+    assert b.status == SequenceStatus.FINISHED_STOPPED and c.stop_reason == 7
     out = sched.schedule()
     _, finished = sched.update_from_output(out, {"a": 5, "d": 0})
-    assert {r.request_id for r in finished} == {"a", "d"}
-    assert a.status == RequestStatus.FINISHED_LENGTH and d.status == RequestStatus.FINISHED_STOPPED
+    assert {r.seq_id for r in finished} == {"a", "d"}
+    assert a.status == SequenceStatus.FINISHED_LENGTH and d.status == SequenceStatus.FINISHED_STOPPED
     sched.check_invariants()
 
 
@@ -123,11 +123,11 @@ def test_abort_in_every_state_frees_blocks():
     sched = make_scheduler(num_blocks=6, block_size=2, budget=4)
     running, chunked, waiting = make_request("r", 2), make_request("c", 8), make_request("w", 2)
     for r in (running, chunked, waiting):
-        sched.add_request(r)
+        sched.add_sequence(r)
     run_step(sched)  # r runs, c gets a 2-token chunk, w waits for budget
-    assert chunked.status == RequestStatus.RUNNING and chunked.num_computed_tokens == 2
-    assert waiting.status == RequestStatus.WAITING
-    sched.finish_requests(["r", "c", "w", "unknown"], RequestStatus.FINISHED_ABORTED)
+    assert chunked.status == SequenceStatus.RUNNING and chunked.num_computed_tokens == 2
+    assert waiting.status == SequenceStatus.WAITING
+    sched.finish_sequences(["r", "c", "w", "unknown"], SequenceStatus.FINISHED_ABORTED)
     assert not sched.running and not sched.waiting
     assert sched.kv.num_free_blocks == 6
     sched.check_invariants()
@@ -137,11 +137,9 @@ def test_siblings_share_prompt_blocks_in_the_same_step():
     sched = make_scheduler(block_size=4)
     prompt = list(range(10, 19))  # 9 tokens -> 2 full blocks + 1
     params = SimpleNamespace(prompt_logprobs=None, min_tokens=0, ignore_eos=False, stop_token_ids=[])
-    siblings = [
-        Request(f"x-{i}", prompt, params, 0.0, 10, client_request_id="x", sample_index=i) for i in range(3)
-    ]
+    siblings = [Sequence(f"x-{i}", prompt, params, 0.0, 10, request_id="x", sample_index=i) for i in range(3)]
     for r in siblings:
-        sched.add_request(r)
+        sched.add_sequence(r)
     out, _ = run_step(sched)
     assert [(s.num_new_tokens, s.block_ids) for s in out.sequences] == [
         (9, [0, 1, 2]),
@@ -150,3 +148,48 @@ def test_siblings_share_prompt_blocks_in_the_same_step():
     ]
     assert siblings[1].num_cached_tokens == 8
     assert sched.kv.prefix_cache_stats.hits == 16
+
+
+def test_long_prefill_threshold_chunks_each_prompt_while_decodes_run():
+    sched = Scheduler(KVCacheManager(32, 4, True), 8, 64, 1000, long_prefill_token_threshold=8)
+    a = make_request("a", 3)
+    sched.add_sequence(a)
+    run_step(sched)
+    b, c = make_request("b", 20), make_request("c", 10)
+    sched.add_sequence(b)
+    sched.add_sequence(c)
+    out, _ = run_step(sched)
+    # The budget (64) would take both prompts whole; the threshold gives each at most 8 tokens a step.
+    assert [(s.seq_id, s.num_new_tokens, s.samples) for s in out.sequences] == [
+        ("a", 1, True),
+        ("b", 8, False),
+        ("c", 8, False),
+    ]
+    out, _ = run_step(sched)
+    assert [(s.seq_id, s.num_new_tokens) for s in out.sequences] == [("a", 1), ("b", 8), ("c", 2)]
+    assert [s.start_position for s in out.sequences] == [4, 8, 8]
+    sched.check_invariants()
+
+
+def test_plain_data_steps_send_each_sequence_once_and_report_finished_ones():
+    sched = make_scheduler()
+    a, b = make_request("a", 5), make_request("b", 3)
+    sched.add_sequence(a)
+    out, _ = run_step(sched)
+    assert [n.seq_id for n in out.new_sequences] == ["a"] and out.new_sequences[
+        0
+    ].prompt_token_ids == a.prompt_token_ids
+    assert out.sequences[0].token_ids == a.prompt_token_ids
+    sched.add_sequence(b)
+    out, _ = run_step(sched)
+    assert [n.seq_id for n in out.new_sequences] == ["b"]
+    assert out.sequences[0].token_ids == [5] and out.sequences[0].start_position == 5  # a's sampled token
+    sched.finish_sequences(["a", "b"], SequenceStatus.FINISHED_ABORTED)
+    never_run = make_request("c", 3)
+    sched.add_sequence(never_run)
+    sched.finish_sequences(["c"], SequenceStatus.FINISHED_ABORTED)  # the runner never heard of it
+    out = sched.schedule()
+    assert sorted(out.finished_seq_ids) == ["a", "b"] and out.is_empty
+    assert sched.schedule().finished_seq_ids == []
+    stats = sched.make_stats()
+    assert stats.num_running_reqs == 0 and stats.num_used_blocks == 0

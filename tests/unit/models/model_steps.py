@@ -8,7 +8,6 @@ import pathlib
 import torch
 
 from pagedserve.attention.backend import get_attention_backend
-from pagedserve.core.request import Request
 from pagedserve.core.scheduler_output import ScheduledSequence
 from pagedserve.models.loader import resolve_model_source
 from pagedserve.models.registry import resolve_model_class
@@ -29,14 +28,13 @@ def load_model(path: pathlib.Path, keep_quantized: bool):
 
 def logits_of(model, config, tokens: list[int], chunks: list[int]) -> torch.Tensor:
     caches = allocate_kv_caches(config, 8, BLOCK, torch.float32, torch.device("cpu"))
-    request = Request("r", tokens, None, 0.0, 10)
     blocks = list(range(-(-len(tokens) // BLOCK)))
     outputs = []
+    start = 0
     for size in chunks:
-        step = prepare_inputs(
-            [ScheduledSequence(request, size, blocks, samples=False)], BLOCK, torch.device("cpu")
-        )
+        seq = ScheduledSequence("r", start, tokens[start : start + size], blocks, samples=False)
+        step = prepare_inputs([seq], BLOCK, torch.device("cpu"))
         with torch.no_grad():
             outputs.append(model.compute_logits(model(step.input_ids, step.positions, caches, step.metadata)))
-        request.num_computed_tokens += size
+        start += size
     return torch.cat(outputs)

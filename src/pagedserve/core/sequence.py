@@ -1,7 +1,7 @@
 """One sequence the scheduler runs: token lists, progress, state. Pure Python.
 
-A user request with n > 1 becomes n sequences (`Request`s) that share a `client_request_id`; with prefix caching
-they share their full prompt blocks.
+A *request* is what the client sent; a *sequence* is one of its n samples. The n sequences of a request share its
+`request_id` (each has its own `seq_id`); with prefix caching they share their full prompt blocks.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import enum
 from typing import Any
 
 
-class RequestStatus(enum.IntEnum):
+class SequenceStatus(enum.IntEnum):
     WAITING = 0
     RUNNING = 1
     PREEMPTED = 2
@@ -21,7 +21,7 @@ class RequestStatus(enum.IntEnum):
 
     @property
     def finished(self) -> bool:
-        return self >= RequestStatus.FINISHED_STOPPED
+        return self >= SequenceStatus.FINISHED_STOPPED
 
     @property
     def finish_reason(self) -> str | None:
@@ -29,27 +29,27 @@ class RequestStatus(enum.IntEnum):
 
 
 _FINISH_REASONS = {
-    RequestStatus.FINISHED_STOPPED: "stop",
-    RequestStatus.FINISHED_LENGTH: "length",
-    RequestStatus.FINISHED_ABORTED: "abort",
-    RequestStatus.FINISHED_ERROR: "error",
+    SequenceStatus.FINISHED_STOPPED: "stop",
+    SequenceStatus.FINISHED_LENGTH: "length",
+    SequenceStatus.FINISHED_ABORTED: "abort",
+    SequenceStatus.FINISHED_ERROR: "error",
 }
 
 
-class Request:
+class Sequence:
     def __init__(
         self,
-        request_id: str,
+        seq_id: str,
         prompt_token_ids: list[int],
         sampling_params: Any,
         arrival_time: float,
         max_tokens: int,
         eos_token_ids: set[int] | frozenset[int] = frozenset(),
-        client_request_id: str | None = None,
+        request_id: str | None = None,
         sample_index: int = 0,
     ) -> None:
-        self.request_id = request_id
-        self.client_request_id = client_request_id or request_id
+        self.seq_id = seq_id
+        self.request_id = request_id or seq_id
         self.sample_index = sample_index
         self.prompt_token_ids = list(prompt_token_ids)
         self.output_token_ids: list[int] = []
@@ -58,7 +58,7 @@ class Request:
         self.arrival_time = arrival_time
         self.max_tokens = max_tokens
         self.eos_token_ids = eos_token_ids
-        self.status = RequestStatus.WAITING
+        self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
         self.num_cached_tokens = -1  # prefix-cache hit at first scheduling; -1 until then
         self.num_preemptions = 0
@@ -91,6 +91,6 @@ class Request:
 
     def __repr__(self) -> str:
         return (
-            f"Request({self.request_id!r}, status={self.status.name}, prompt={self.num_prompt_tokens}, "
+            f"Sequence({self.seq_id!r}, status={self.status.name}, prompt={self.num_prompt_tokens}, "
             f"output={self.num_output_tokens}, computed={self.num_computed_tokens})"
         )

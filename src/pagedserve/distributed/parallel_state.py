@@ -1,0 +1,81 @@
+"""This process's place in the tensor-parallel group, and the collectives the sharded layers call.
+
+Size 1 (the default, and every process that never calls `init_tensor_parallel`) makes every collective a no-op, so
+the layers have one code path. The group is a torch.distributed process group: gloo on the CPU, NCCL on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class TensorParallel:
+    rank: int = 0
+    size: int = 1
+
+
+_STATE = TensorParallel()
+
+
+def get_tp() -> TensorParallel:
+    return _STATE
+
+
+def init_tensor_parallel(
+    store: dist.Store, rank: int, size: int, backend: str = "gloo", timeout_s: float = 600.0
+) -> None:
+    """Joins the group through `store` (a TCPStore the engine or the first node hosts on a free port)."""
+    global _STATE
+    dist.init_process_group(
+        backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s)
+    )
+    _STATE = TensorParallel(rank, size)
+
+
+def destroy_tensor_parallel() -> None:
+    global _STATE
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _STATE = TensorParallel()
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (row-parallel outputs, vocabulary-parallel embeddings), in place."""
+    if _STATE.size > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def all_gather_last_dim(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenates every rank's [..., sizes[r]] slice along the last dimension (vocabulary-parallel logits).
+
+    Slices are padded to the largest size for the collective and trimmed after."""
+    if _STATE.size == 1:
+        return x
+    width = max(sizes)
+    padded = x if x.shape[-1] == width else torch.nn.functional.pad(x, (0, width - x.shape[-1]))
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[..., :n] for p, n in zip(parts, sizes)], dim=-1)
+
+
+def broadcast_bytes(payload: bytes | None, src: int = 0) -> bytes:
+    """Rank `src` sends `payload` to every rank (the engine's step, from the first rank to the others)."""
+    length = torch.tensor([0 if payload is None else len(payload)], dtype=torch.int64)
+    dist.broadcast(length, src)
+    if _STATE.rank == src:
+        data = (
+            torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+            if payload
+            else torch.empty(0, dtype=torch.uint8)
+        )
+    else:
+        data = torch.empty(int(length.item()), dtype=torch.uint8)
+    if data.numel():
+        dist.broadcast(data, src)
+    return payload if _STATE.rank == src else data.numpy().tobytes()

@@ -1,0 +1,47 @@
+"""Cutting one tensor-parallel rank's slice out of a checkpoint tensor, in whatever form the loader gives it.
+
+Rows (a column-parallel layer's output channels) slice every form directly. Columns (a row-parallel layer's input
+channels) must fall on whole GGUF blocks: 32 weights, or 256 for the K-quants; an int8 / float8 weight keeps its
+per-row scale. A GPTQ act-order weight (PermutedWeight) mixes its input channels, so it cannot be split by columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pagedserve.layers.ct_quant import ScaledTensor
+from pagedserve.layers.gguf_quant import KEPT_BLOCKS, TYPE_NAMES, QuantizedTensor
+from pagedserve.layers.input_perm import PermutedWeight
+
+
+def slice_rows(loaded: Any, first: int, count: int) -> Any:
+    if isinstance(loaded, QuantizedTensor):
+        return QuantizedTensor(loaded.data.narrow(0, first, count), loaded.qtype, (count, loaded.shape[1]))
+    if isinstance(loaded, ScaledTensor):
+        return ScaledTensor(
+            loaded.data.narrow(0, first, count), loaded.scale.narrow(0, first, count), loaded.activations
+        )
+    if isinstance(loaded, PermutedWeight):
+        return PermutedWeight(slice_rows(loaded.weight, first, count), loaded.perm)
+    return loaded.narrow(0, first, count)
+
+
+def slice_columns(loaded: Any, first: int, count: int, what: str) -> Any:
+    if isinstance(loaded, PermutedWeight):
+        raise ValueError(
+            f"{what}: a GPTQ act-order weight (desc_act) cannot be split by input channels for tensor parallelism"
+        )
+    if isinstance(loaded, QuantizedTensor):
+        weights, size = KEPT_BLOCKS[loaded.qtype]
+        if first % weights or count % weights:
+            raise ValueError(
+                f"{what}: a {TYPE_NAMES[loaded.qtype]} weight splits only on {weights}-column blocks; this rank's "
+                f"columns [{first}, {first + count}) do not (try another tensor_parallel_size)"
+            )
+        data = loaded.data[:, first // weights * size : (first + count) // weights * size]
+        return QuantizedTensor(data, loaded.qtype, (loaded.shape[0], count))
+    if isinstance(loaded, ScaledTensor):
+        return ScaledTensor(loaded.data[:, first : first + count], loaded.scale, loaded.activations)
+    return loaded[:, first : first + count] if isinstance(loaded, torch.Tensor) else loaded

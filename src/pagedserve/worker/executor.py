@@ -1,0 +1,108 @@
+"""Executors run the model for the engine: in this process (one device) or in one worker process per rank.
+
+The engine hands an executor a `SchedulerOutput` (plain data) and gets a `ModelRunnerOutput` back, whichever it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pagedserve import envs
+from pagedserve.config import CacheConfig, ModelConfig, ParallelConfig
+from pagedserve.core.scheduler_output import SchedulerOutput
+from pagedserve.worker.model_runner import ModelRunner, ModelRunnerOutput, resolve_device
+
+logger = logging.getLogger("pagedserve")
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+@dataclass
+class RunnerSpec:
+    """Everything a process needs to build its model runner, resolved once by the engine (plain, picklable)."""
+
+    model: ModelConfig
+    cache: CacheConfig
+    max_model_len: int
+    quantization: str | None
+    dtype: str
+    weight_dtype: str
+
+
+@dataclass
+class RunnerInfo:
+    """What the engine reports about the runners (summed over ranks where it is memory)."""
+
+    num_blocks: int
+    kv_cache_bytes: int
+    weight_bytes: int
+    kv_cache_dtype: str
+    cpu_kernels: str
+
+
+def build_runner(spec: RunnerSpec, source: Any = None) -> ModelRunner:
+    """source: the engine's already resolved `ModelSource` (in-process; parsing a GGUF header takes seconds)."""
+    from pagedserve.models.loader import resolve_model_source
+
+    if source is None:
+        source = resolve_model_source(spec.model.model, spec.model.load_format)
+    weights = None if source.format == "dummy" else source.iter_weights(spec.quantization is not None)
+    return ModelRunner(
+        source.hf_config,
+        spec.model,
+        spec.cache,
+        spec.max_model_len,
+        weights,
+        getattr(torch, spec.dtype),
+        resolve_device(spec.model.device),
+        weight_dtype=getattr(torch, spec.weight_dtype),
+    )
+
+
+def runner_info(runner: ModelRunner) -> RunnerInfo:
+    return RunnerInfo(
+        runner.num_blocks,
+        runner.kv_cache_bytes,
+        runner.weight_bytes,
+        str(runner.kv_cache_dtype).replace("torch.", ""),
+        runner.cpu_kernels,
+    )
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES[dtype]
+
+
+class UniProcExecutor:
+    """The runner in this process (tensor_parallel_size 1)."""
+
+    def __init__(self, spec: RunnerSpec, source: Any = None) -> None:
+        self.runner = build_runner(spec, source)
+        self.info = runner_info(self.runner)
+
+    def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self.runner.execute(scheduler_output)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def make_executor(spec: RunnerSpec, parallel: ParallelConfig, source: Any = None) -> UniProcExecutor:
+    tensor_parallel_size = parallel.tensor_parallel_size
+    if tensor_parallel_size == 1:
+        return UniProcExecutor(spec, source)
+    from pagedserve.worker.multiproc_executor import MultiprocExecutor
+
+    threads_unset = spec.model.cpu_threads is None and envs.cpu_threads() is None
+    if threads_unset and resolve_device(spec.model.device).type == "cpu":
+        # The ranks share this machine's cores: each gets its part, not all of them.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        model = dataclasses.replace(spec.model, cpu_threads=max(1, cores // parallel.ranks_per_node))
+        spec = dataclasses.replace(spec, model=model)
+    return MultiprocExecutor(spec, parallel)  # type: ignore[return-value]

@@ -1,0 +1,113 @@
+"""A tensor-parallel rank: `python -m pagedserve.worker.tp_worker --rank R --size N --store HOST:PORT ...`.
+
+Started by `MultiprocExecutor` (worker/multiproc_executor.py, which documents the protocol). Rank 0 reads the
+engine's messages from `--conn-fd` and broadcasts them; every rank runs each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+import time
+import traceback
+from datetime import timedelta
+
+from pagedserve.worker import tp_messages as msg
+
+logger = logging.getLogger("pagedserve")
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker must not outlive the engine: its parent pid changes when the engine dies, however it died."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _serve(args: argparse.Namespace, host: str, port: int, conn) -> None:  # noqa: ANN001
+    import torch
+    import torch.distributed as dist
+
+    from pagedserve.distributed import parallel_state
+    from pagedserve.worker.executor import build_runner, runner_info
+
+    if args.device == "cuda":
+        torch.cuda.set_device(args.local_rank)
+    store = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=msg.JOIN_TIMEOUT_S))
+    # CPU tensors (the engine's messages, the gloo path) over gloo; CUDA tensors over NCCL.
+    backend = "cpu:gloo,cuda:nccl" if args.device == "cuda" else "gloo"
+    parallel_state.init_tensor_parallel(store, args.rank, args.size, backend)
+
+    def receive() -> msg.Load | msg.Step | msg.Shutdown:
+        payload = None
+        if conn is not None:
+            try:
+                payload = conn.recv_bytes()
+            except (EOFError, OSError):
+                payload = msg.encode(msg.Shutdown())  # the engine is gone: stop the other ranks too
+        return msg.decode_for_worker(parallel_state.broadcast_bytes(payload))
+
+    load = receive()
+    if not isinstance(load, msg.Load):
+        return
+    runner = build_runner(load.spec)
+    info = runner_info(runner)
+    totals = torch.tensor([info.weight_bytes, info.kv_cache_bytes], dtype=torch.int64)
+    parallel_state.all_reduce(totals)
+    info.weight_bytes, info.kv_cache_bytes = (int(v) for v in totals.tolist())
+    if conn is not None:
+        conn.send_bytes(msg.encode(msg.Ready(info)))
+    while True:
+        message = receive()
+        if not isinstance(message, msg.Step):
+            break
+        output = runner.execute(message.scheduler_output)
+        if conn is not None:
+            conn.send_bytes(msg.encode(msg.Result(output)))
+    parallel_state.destroy_tensor_parallel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pagedserve.worker.tp_worker")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--store", required=True, help="HOST:PORT of the TCPStore rank 0's engine hosts")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    parser.add_argument("--conn-fd", type=int, default=None, help="rank 0: the engine's socket")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--local-rank", type=int, default=0, help="this rank's GPU on its node")
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        _exit_with_parent(args.parent_pid)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s tp{args.rank} %(levelname)s %(message)s")
+    host, _, port = args.store.rpartition(":")
+    # gloo binds the interface the host name resolves to; for a group on loopback that must be loopback.
+    if host in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    conn = None
+    if args.conn_fd is not None:
+        import multiprocessing.connection
+
+        conn = multiprocessing.connection.Connection(args.conn_fd)
+    try:
+        _serve(args, host, int(port), conn)
+    except BaseException:  # noqa: BLE001 - tell the engine why, then exit non-zero
+        error = traceback.format_exc()
+        logger.error("rank %d failed:\n%s", args.rank, error)
+        if conn is not None:
+            try:
+                conn.send_bytes(msg.encode(msg.Failed(args.rank, error)))
+            except OSError:
+                pass
+        os._exit(1)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

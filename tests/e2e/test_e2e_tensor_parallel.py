@@ -1,0 +1,152 @@
+"""Tensor parallelism behind a real server: faults and multi-node.
+
+A killed rank fails the open streams with an error event, turns /health 503 and takes every process of the
+server down; a SIGKILLed server leaves no worker behind; two `pagedserve serve` processes started separately with
+`--nnodes 2` (node 1 headless, on loopback as two "nodes") serve together and give the greedy text of TP=1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import ServerProcess, free_port, launch, watch_health
+
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
+
+TP2 = ("--tensor-parallel-size", "2")
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = (int(v) for v in line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _rank_pid(server: ServerProcess, rank: int) -> int:
+    for pid in _descendants(server.process.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"pagedserve.worker.tp_worker" in argv and argv[argv.index(b"--rank") + 1] == str(rank).encode():
+            return pid
+    raise AssertionError(f"no rank {rank} worker under the server:\n{server.log()[-2000:]}")
+
+
+def _all_gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_killed_rank_fails_streams_turns_health_503_and_ends_every_process(tmp_path: Path) -> None:
+    server = launch(tmp_path, *TP2)
+    try:
+        server.wait_ready()
+        tree = [server.process.pid, *_descendants(server.process.pid)]
+        victim = _rank_pid(server, 1)
+        first_chunk = threading.Event()
+        lines: list[str] = []
+
+        def stream() -> None:
+            body = {"prompt": "Go:", "max_tokens": 400, "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+                for line in response.iter_lines():
+                    if line:
+                        lines.append(line)
+                        first_chunk.set()
+
+        client = threading.Thread(target=stream)
+        client.start()
+        watcher, health = watch_health(server)
+        assert first_chunk.wait(60), server.log()[-2000:]
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        client.join(60)
+        assert not client.is_alive(), "the stream hung after a rank died"
+        assert lines[-1] == "data: [DONE]"
+        error = json.loads(lines[-2][6:])["error"]
+        assert error["type"] == "server_error"
+        assert server.process.wait(30) != 0
+        watcher.join(10)
+        assert health[0] == 200 and health[-1] == 503
+        assert "tensor-parallel" in server.log()
+        assert _all_gone(tree, 10), f"left behind: {[p for p in tree if Path(f'/proc/{p}').exists()]}"
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+
+
+def test_sigkilled_server_leaves_no_worker(tmp_path: Path) -> None:
+    server = launch(tmp_path, *TP2)
+    try:
+        server.wait_ready()
+        workers = _descendants(server.process.pid)
+        assert len([p for p in workers if b"tp_worker" in Path(f"/proc/{p}/cmdline").read_bytes()]) == 2
+        server.process.kill()
+        server.process.wait(10)
+        assert _all_gone(workers, 10), "a tensor-parallel worker outlived its server"
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+
+
+def _complete(server: ServerProcess, **extra: Any) -> dict[str, Any]:
+    body = {"prompt": "The three laws of robotics are", "max_tokens": 24, "temperature": 0, **extra}
+    response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]
+
+
+def test_two_nodes_serve_together_and_match_tp1(tmp_path: Path, server: ServerProcess) -> None:
+    port = str(free_port())
+    nodes = ("--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port", port)
+    first = launch(tmp_path, *TP2, *nodes, "--node-rank", "0")
+    second = launch(tmp_path, *TP2, *nodes, "--node-rank", "1", "--headless")
+    try:
+        first.wait_ready()
+        assert second.process.poll() is None
+        assert len([p for p in _descendants(first.process.pid) if b"tp_worker" in _cmdline(p)]) == 1
+        assert len([p for p in _descendants(second.process.pid) if b"tp_worker" in _cmdline(p)]) == 1
+        single = _complete(server, logprobs=2)
+        both = _complete(first)
+        tokens = single["logprobs"]["tokens"]
+        text = ""
+        for position, token in enumerate(tokens):  # equal up to a near tie of TP=1 (an all-reduce's rounding)
+            if not both["text"].startswith(text + token):
+                top = sorted(single["logprobs"]["top_logprobs"][position].values(), reverse=True)
+                assert math.isclose(top[0], top[1], abs_tol=1e-3), (single["text"], both["text"])
+                break
+            text += token
+        assert first.terminate() == 0
+        assert second.process.wait(30) == 0  # rank 0 told its ranks to stop
+    finally:
+        for process in (first, second):
+            if process.process.poll() is None:
+                process.process.kill()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
