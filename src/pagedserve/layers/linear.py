@@ -56,8 +56,11 @@ class LinearBase(nn.Module):
         loaded: torch.Tensor | QuantizedTensor | ScaledTensor,
         shard_id: str | None = None,
     ) -> None:
+        self._load_local(param, self.tp_slice(loaded, shard_id, param is self.bias), shard_id)
+
+    def _load_local(self, param: nn.Parameter, loaded: Any, shard_id: str | None) -> None:
+        """Copies this rank's part of a checkpoint tensor (already cut by `tp_slice`) into the parameter."""
         offset, size = self.shard_rows(shard_id)
-        loaded = self.tp_slice(loaded, shard_id, param is self.bias)
         if param is self.bias:
             target = param.data.narrow(0, offset, size)
         else:
@@ -189,6 +192,7 @@ class MergedLinear(LinearBase):
         loaded: torch.Tensor | QuantizedTensor | ScaledTensor,
         shard_id: str | None = None,
     ) -> None:
+        loaded = self.tp_slice(loaded, shard_id, param is self.bias)  # before the parts are told apart
         if param is not self.bias and shard_id is not None:
             mixed = self.part_types is not None or (
                 self.weight_type is not None
@@ -200,7 +204,7 @@ class MergedLinear(LinearBase):
                 return
             if self.part_types is not None:  # a float part after parts in blocks: the layer becomes float
                 self._widen_parts()
-        super().weight_loader(param, loaded, shard_id)
+        self._load_local(param, loaded, shard_id)
 
     def _load_part(self, loaded: QuantizedTensor, shard_id: str) -> None:
         if self.part_types is None:  # split what has been loaded (in one type) into per-part blocks

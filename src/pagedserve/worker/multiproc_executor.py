@@ -76,16 +76,14 @@ class MultiprocExecutor:
 
         self.size = parallel.tensor_parallel_size
         self._closed = False
-        if (
-            parallel.nnodes == 1
-        ):  # port 0: the kernel picks a free one; the workers get it on their command line
-            self.store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                                       timeout=timedelta(seconds=msg.JOIN_TIMEOUT_S))  # fmt: skip
-            address = f"127.0.0.1:{self.store.port}"
-        else:
-            self.store = dist.TCPStore(parallel.master_addr, parallel.master_port, is_master=True,
-                                       wait_for_workers=False, timeout=timedelta(seconds=msg.JOIN_TIMEOUT_S))  # fmt: skip
-            address = f"{parallel.master_addr}:{parallel.master_port}"
+        # One node: port 0, the kernel picks a free one (the workers get it on their command line). Several: the
+        # address every node was given.
+        host, port = (
+            ("127.0.0.1", 0) if parallel.nnodes == 1 else (parallel.master_addr, parallel.master_port)
+        )
+        timeout = timedelta(seconds=msg.JOIN_TIMEOUT_S)
+        self.store = dist.TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timeout)
+        address = f"{host}:{self.store.port}"
         ours, theirs = socket.socketpair()
         self.conn = multiprocessing.connection.Connection(ours.detach())
         self.workers: list[_Worker] = []
