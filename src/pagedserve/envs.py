@@ -74,3 +74,12 @@ def fault_step(name: str) -> int | None:
     if number < 1:
         raise ValueError(f"{name} must be a step number >= 1, got {value!r}")
     return number
+
+
+def engine_core_process() -> bool:
+    """PAGEDSERVE_ENABLE_ENGINE_PROCESS (default 1; vLLM's VLLM_ENABLE_V1_MULTIPROCESSING): the server runs the
+    engine core in its own process; 0 runs it on a thread of the server process (one process to debug)."""
+    value = os.environ.get("PAGEDSERVE_ENABLE_ENGINE_PROCESS", "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"PAGEDSERVE_ENABLE_ENGINE_PROCESS must be 0 or 1, got {value!r}")
+    return value == "1"

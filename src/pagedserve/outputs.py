@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 # One position's log-probabilities: token id -> Logprob (the sampled token is always included).
 LogprobsDict = dict[int, "Logprob"]
+# (token ids, logprobs, rank of the chosen token) for one position; the chosen token comes first.
+PositionLogprobs = tuple[list[int], list[float], int]
 
 
 @dataclass

@@ -42,6 +42,10 @@ def _sweep(*levels: tuple[int, float, float]) -> dict:
     return {"rows": rows, "capacity": max((r["concurrency"] for r in rows if r["meets_slo"]), default=None)}
 
 
+def _http(throughput: float, p99_ttft_ms: float) -> dict[str, float]:
+    return {"output_throughput": throughput, "p50_ttft_ms": p99_ttft_ms / 2, "p99_ttft_ms": p99_ttft_ms}
+
+
 def test_report_has_ratios_targets_and_missing_peers(render_report, tmp_path: Path) -> None:
     data = {
         "machine": "test machine",
@@ -68,8 +72,23 @@ def test_report_has_ratios_targets_and_missing_peers(render_report, tmp_path: Pa
         "skipped": [],
         "errors": [],
         "wall_s": 60.0,
+        "http_overhead": {
+            "offline": [{"output_throughput": 500.0}, {"output_throughput": 600.0}],
+            "http": {
+                "engine process": [_http(588.0, 300.0), _http(500.0, 200.0)],
+                "engine thread": [_http(540.0, 900.0), _http(550.0, 800.0)],
+            },
+            "ratio engine process": 0.98,
+            "ratio engine thread": 550.0 / 600.0,
+        },
     }
     report = render_report(data, tmp_path)
+    assert "- engine process: 588.0 tok/s (HTTP ÷ offline = 0.980), TTFT p50 150 ms, p99 300 ms" in report
+    assert "- engine thread: 550.0 tok/s (HTTP ÷ offline = 0.917), TTFT p50 400 ms, p99 800 ms" in report
+    assert (
+        "HTTP ÷ offline throughput, serve-c32 workload (32 clients, engine process): 0.98× (target ≥ 0.97×) — met"
+        in report
+    )
     assert "| offline-256x128 | output tok/s | 900.00 | 300.00 |" in report
     assert "3.00×" in report and "2.00×" in report  # offline and single-stream ratios against transformers
     assert "| pagedserve | 600.00 |" in report and "| 2.00× |" in report  # serve-c32 against vLLM

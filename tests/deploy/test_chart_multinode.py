@@ -45,5 +45,19 @@ def test_multinode_gpus_per_pod_are_the_ranks_per_node_and_bad_splits_fail() -> 
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
     with pytest.raises(HelmError, match="multiple of multiNode.nodes"):
         render([CI_VALUES_DIR / "multinode-values.yaml"], set_values=["engine.tensorParallelSize=3"])
-    with pytest.raises(HelmError, match="autoscaling"):
-        render([CI_VALUES_DIR / "multinode-values.yaml"], set_values=["autoscaling.enabled=true"])
+
+
+@pytest.mark.parametrize("scaler", ["autoscaling", "keda"])
+def test_multinode_autoscaling_scales_the_leader_worker_set(scaler: str) -> None:
+    objects = render([CI_VALUES_DIR / "multinode-values.yaml"], set_values=[f"{scaler}.enabled=true"])
+    kind = "HorizontalPodAutoscaler" if scaler == "autoscaling" else "ScaledObject"
+    target = one(objects, kind)["spec"]["scaleTargetRef"]
+    lws = one(objects, "LeaderWorkerSet")
+    assert target == {
+        "apiVersion": lws["apiVersion"],
+        "kind": "LeaderWorkerSet",
+        "name": lws["metadata"]["name"],
+    }
+    single = render([], set_values=[f"{scaler}.enabled=true"])
+    target = one(single, kind)["spec"]["scaleTargetRef"]
+    assert target["kind"] == "Deployment" and target["name"] == one(single, "Deployment")["metadata"]["name"]

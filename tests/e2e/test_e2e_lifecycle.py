@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from pagedserve.config import ServerConfig
-from pagedserve.engine.async_engine import INJECT_FAILURE_ENV, INJECT_HANG_ENV
+from pagedserve.engine.faults import INJECT_FAILURE_ENV, INJECT_HANG_ENV
 from pagedserve.server.app import create_app, route_table
 from pagedserve.server.auth import PROBE_PATHS
 

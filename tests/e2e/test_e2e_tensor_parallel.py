@@ -1,7 +1,7 @@
-"""Tensor parallelism behind a real server: faults and multi-node.
+"""The server's processes (engine core, tensor-parallel ranks) behind a real server: faults and multi-node.
 
-A killed rank fails the open streams with an error event, turns /health 503 and takes every process of the
-server down; a SIGKILLed server leaves no worker behind; two `pagedserve serve` processes started separately with
+A killed engine-core process or a killed rank fails the open streams with an error event, turns /health 503 and
+takes every process of the server down; a SIGKILLed server leaves no engine process behind; two `pagedserve serve` processes started separately with
 `--nnodes 2` (node 1 headless, on loopback as two "nodes") serve together and give the greedy text of TP=1.
 """
 
@@ -59,12 +59,23 @@ def _all_gone(pids: list[int], timeout: float) -> bool:
     return False
 
 
-def test_killed_rank_fails_streams_turns_health_503_and_ends_every_process(tmp_path: Path) -> None:
+def _core_pid(server: ServerProcess) -> int:
+    for pid in _descendants(server.process.pid):
+        if b"pagedserve.engine.core_proc" in _cmdline(pid):
+            return pid
+    raise AssertionError(f"no engine-core process under the server:\n{server.log()[-2000:]}")
+
+
+@pytest.mark.parametrize("victim", ["engine core", "rank 1"])
+def test_killed_engine_process_fails_streams_turns_health_503_and_ends_every_process(
+    tmp_path: Path, victim: str
+) -> None:
     server = launch(tmp_path, *TP2)
     try:
         server.wait_ready()
         tree = [server.process.pid, *_descendants(server.process.pid)]
-        victim = _rank_pid(server, 1)
+        assert len(tree) == 4, tree  # server -> engine core -> rank 0, rank 1
+        victim_pid = _core_pid(server) if victim == "engine core" else _rank_pid(server, 1)
         first_chunk = threading.Event()
         lines: list[str] = []
 
@@ -80,7 +91,7 @@ def test_killed_rank_fails_streams_turns_health_503_and_ends_every_process(tmp_p
         client.start()
         watcher, health = watch_health(server)
         assert first_chunk.wait(60), server.log()[-2000:]
-        subprocess.run(["kill", "-9", str(victim)], check=True)
+        subprocess.run(["kill", "-9", str(victim_pid)], check=True)
         client.join(60)
         assert not client.is_alive(), "the stream hung after a rank died"
         assert lines[-1] == "data: [DONE]"
@@ -89,22 +100,23 @@ def test_killed_rank_fails_streams_turns_health_503_and_ends_every_process(tmp_p
         assert server.process.wait(30) != 0
         watcher.join(10)
         assert health[0] == 200 and health[-1] == 503
-        assert "tensor-parallel" in server.log()
+        assert ("tensor-parallel" if victim == "rank 1" else "engine core process exited") in server.log()
         assert _all_gone(tree, 10), f"left behind: {[p for p in tree if Path(f'/proc/{p}').exists()]}"
     finally:
         if server.process.poll() is None:
             server.process.kill()
 
 
-def test_sigkilled_server_leaves_no_worker(tmp_path: Path) -> None:
+def test_sigkilled_server_leaves_no_engine_process(tmp_path: Path) -> None:
     server = launch(tmp_path, *TP2)
     try:
         server.wait_ready()
         workers = _descendants(server.process.pid)
-        assert len([p for p in workers if b"tp_worker" in Path(f"/proc/{p}/cmdline").read_bytes()]) == 2
+        assert len([p for p in workers if b"tp_worker" in _cmdline(p)]) == 2
+        assert len([p for p in workers if b"core_proc" in _cmdline(p)]) == 1
         server.process.kill()
         server.process.wait(10)
-        assert _all_gone(workers, 10), "a tensor-parallel worker outlived its server"
+        assert _all_gone(workers, 10), "an engine process outlived its server"
     finally:
         if server.process.poll() is None:
             server.process.kill()

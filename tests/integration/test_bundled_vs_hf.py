@@ -61,16 +61,16 @@ def scheduler_settings(
 ):
     """Temporarily reconfigure the shared engine (the weights stay loaded once per session)."""
     scheduler = engine.scheduler
-    saved = (scheduler.max_num_batched_tokens, scheduler.kv, engine.kv_cache_manager)
+    saved = (scheduler.max_num_batched_tokens, scheduler.kv, engine.core.kv_cache_manager)
     if budget is not None:
         scheduler.max_num_batched_tokens = budget
     if num_blocks is not None or not caching:
         manager = KVCacheManager(num_blocks or engine.info.num_kv_blocks, engine.info.block_size, caching)
-        scheduler.kv = engine.kv_cache_manager = manager
+        scheduler.kv = engine.core.kv_cache_manager = manager
     try:
         yield
     finally:
-        scheduler.max_num_batched_tokens, scheduler.kv, engine.kv_cache_manager = saved
+        scheduler.max_num_batched_tokens, scheduler.kv, engine.core.kv_cache_manager = saved
         if num_blocks is not None or not caching:
             # The temporary manager wrote other K/V into the same blocks: what the engine's own manager has
             # cached there is stale.

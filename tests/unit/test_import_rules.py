@@ -64,8 +64,23 @@ def test_no_pickle_between_processes():
 
 def test_server_only_talks_to_the_engine_client():
     forbidden = ("pagedserve.worker", "pagedserve.models", "pagedserve.layers", "pagedserve.attention",
-                 "pagedserve.sample", "pagedserve.engine.llm_engine", "pagedserve.distributed", "torch")  # fmt: skip
+                 "pagedserve.sample", "pagedserve.engine.llm_engine", "pagedserve.engine.core",
+                 "pagedserve.engine.core_proc", "pagedserve.distributed", "torch")  # fmt: skip
     assert offenders("server", forbidden) == []
+
+
+def test_the_engine_front_end_runs_no_model_code():
+    """The API server process keeps the front end only: no torch, no runner, no scheduler in these modules."""
+    front_end = ("core_client", "core_messages", "input_processor", "output_processor", "request_state",
+                 "streams", "detokenizer", "prompts", "chat", "protocol")  # fmt: skip
+    forbidden = ("torch", "pagedserve.worker", "pagedserve.core.scheduler", "pagedserve.engine.core",
+                 "pagedserve.engine.llm_engine", "pagedserve.layers", "pagedserve.distributed")  # fmt: skip
+    found = []
+    for name in front_end:
+        path = SRC / "engine" / f"{name}.py"
+        found += [f"engine/{name}.py imports {n}" for n in imports_of(path)
+                  if any(n == f or n.startswith(f + ".") for f in forbidden)]  # fmt: skip
+    assert found == []
 
 
 def test_models_depend_on_layers_and_attention_only():

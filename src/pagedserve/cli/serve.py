@@ -16,6 +16,7 @@ import sys
 from types import FrameType
 from typing import Any
 
+from pagedserve import envs
 from pagedserve.cli.args import add_config_args, config_from_args, configure_logging
 from pagedserve.config import (
     QUANTIZATION_CHOICES,
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     server_config: ServerConfig = config_from_args(ServerConfig, args)
     try:
         engine_config.parallel.validate()
+        in_process = not envs.engine_core_process()
     except ValueError as error:
         return _fail(str(error))
     configure_logging()
@@ -133,18 +135,25 @@ def run(args: argparse.Namespace) -> int:
         from pagedserve.worker.multiproc_executor import run_headless_node
 
         return run_headless_node(engine_config.parallel, resolve_device(engine_config.model.device).type)
-    return asyncio.run(_serve(engine_config, server_config))
+    return asyncio.run(_serve(engine_config, server_config, in_process))
 
 
-async def _serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
+async def _serve(engine_config: EngineConfig, server_config: ServerConfig, in_process: bool) -> int:
     import uvicorn
 
-    from pagedserve.engine.async_engine import AsyncEngine
+    from pagedserve.engine.protocol import EngineClient
     from pagedserve.server.app import create_app
 
-    def build_engine() -> AsyncEngine:
+    def build_engine() -> EngineClient:
         # A step wedged for twice the readiness window is declared dead: fail its clients, exit, restart.
-        return AsyncEngine.from_config(engine_config, stall_timeout=2 * server_config.ready_stall_seconds)
+        stall_timeout = 2 * server_config.ready_stall_seconds
+        if in_process:
+            from pagedserve.engine.async_engine import AsyncEngine
+
+            return AsyncEngine.from_config(engine_config, stall_timeout=stall_timeout)
+        from pagedserve.engine.core_client import EngineCoreClient
+
+        return EngineCoreClient(engine_config, stall_timeout=stall_timeout)
 
     app = create_app(server_config, build_engine, list(server_config.served_model_name or []))
     state = app.state.pagedserve

@@ -8,9 +8,7 @@ If a step raises, the engine is dead: every open stream gets `EngineDeadError`, 
 `on_dead` is called (the server exits non-zero). A step that stays wedged longer than `stall_timeout` seconds
 while requests wait is treated the same way, so no client waits forever.
 
-Fault injection for tests (read once at construction; unset in production):
-  PAGEDSERVE_INJECT_STEP_FAILURE=<n>  the n-th step raises RuntimeError
-  PAGEDSERVE_INJECT_STEP_HANG=<n>     the n-th step never returns
+Fault injection for tests: engine/faults.py (read once at construction).
 """
 
 from __future__ import annotations
@@ -25,17 +23,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pagedserve import envs
 from pagedserve.core.stats import EngineStats
+from pagedserve.engine.faults import StepFaults
 from pagedserve.engine.protocol import PromptInput
+from pagedserve.engine.streams import OutputQueue, RequestAbortedError, next_output
 from pagedserve.errors import EngineDeadError, InvalidRequestError
 from pagedserve.outputs import EngineInfo, RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
 logger = logging.getLogger("pagedserve")
 
-INJECT_FAILURE_ENV = "PAGEDSERVE_INJECT_STEP_FAILURE"
-INJECT_HANG_ENV = "PAGEDSERVE_INJECT_STEP_HANG"
 # How long the idle loop sleeps before refreshing last_progress_time: readiness windows must be longer.
 _IDLE_WAIT_S = 0.25
 
@@ -54,17 +51,6 @@ class _AbortCommand:
     request_ids: list[str]
 
 
-class RequestAbortedError(Exception):
-    """Ends the stream of a request that `abort()` cancelled."""
-
-
-def _env_step_number(name: str) -> int | None:
-    number = envs.fault_step(name)
-    if number is not None:
-        logger.warning("Fault injection active: %s=%d", name, number)
-    return number
-
-
 class AsyncEngine:
     """asyncio front of an `LLMEngine` (anything with add_request/abort_request/step/has_unfinished_requests)."""
 
@@ -80,7 +66,7 @@ class AsyncEngine:
         self.on_dead = on_dead
         self._commands: queue.SimpleQueue[_AddCommand | _AbortCommand | None] = queue.SimpleQueue()
         self._wakeup = threading.Event()
-        self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._streams: dict[str, OutputQueue] = {}
         self._pending_adds: dict[str, _AddCommand] = {}  # submitted, not yet accepted by the engine thread
         self._listeners: tuple[Callable[[EngineStats], None], ...] = ()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,8 +78,7 @@ class AsyncEngine:
         self._step_started: float | None = None
         self._num_steps = 0
         self._flush_stats = False  # aborts happened: run a step even if idle, to publish their stats
-        self._inject_failure_at = _env_step_number(INJECT_FAILURE_ENV)
-        self._inject_hang_at = _env_step_number(INJECT_HANG_ENV)
+        self._faults = StepFaults()
         engine.add_stats_listener(self._dispatch_stats)
 
     @classmethod
@@ -178,7 +163,7 @@ class AsyncEngine:
             raise EngineDeadError("The engine is not running.")
         if request_id in self._streams:
             raise InvalidRequestError(f"Request id {request_id!r} is already in use.", param="request_id")
-        stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        stream: OutputQueue = asyncio.Queue()
         self._streams[request_id] = stream
         finished = False
         try:
@@ -194,17 +179,12 @@ class AsyncEngine:
             finally:
                 self._pending_adds.pop(request_id, None)
             while True:
-                item = await stream.get()
-                while not stream.empty():  # cumulative outputs: only the newest matters
-                    newer = stream.get_nowait()
-                    if isinstance(item, BaseException):
-                        break
-                    item = newer
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                if item.finished:
-                    finished = True
+                try:
+                    item = await next_output(stream)
+                except BaseException as error:
+                    finished = not isinstance(error, asyncio.CancelledError)
+                    raise
+                finished = item.finished
                 yield item
                 if finished:
                     return
@@ -277,11 +257,7 @@ class AsyncEngine:
     def _step(self) -> list[RequestOutput]:
         self._num_steps += 1
         self._step_started = time.monotonic()
-        if self._num_steps == self._inject_failure_at:
-            raise RuntimeError(f"Injected failure in engine step {self._num_steps} ({INJECT_FAILURE_ENV})")
-        if self._num_steps == self._inject_hang_at:
-            logger.warning("Injected hang in engine step %d (%s)", self._num_steps, INJECT_HANG_ENV)
-            threading.Event().wait()
+        self._faults.before_step(self._num_steps)
         outputs = self.engine.step()
         self._step_started = None
         return outputs

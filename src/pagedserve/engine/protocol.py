@@ -1,7 +1,9 @@
 """The one interface the server uses to reach the engine (vLLM V1's EngineClient).
 
-The server imports this module, `outputs`, `sampling_params`, `errors` and `core.stats` only; the concrete
-implementation is `engine.async_engine.AsyncEngine`, driving `engine.llm_engine.LLMEngine` off the event loop.
+The server imports this module, `outputs`, `sampling_params`, `errors` and `core.stats` only. Implementations:
+`engine.core_client.EngineCoreClient` (the default: the front end on the event loop, the engine core in its own
+process) and `engine.async_engine.AsyncEngine` (PAGEDSERVE_ENABLE_ENGINE_PROCESS=0: an in-process `LLMEngine` on a
+thread; also what the server's unit tests drive with a fake engine).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class EngineClient(Protocol):
     def num_unfinished_requests(self) -> int: ...
 
     def add_stats_listener(self, listener: Callable[[EngineStats], None]) -> None:
-        """Called from the engine thread after every step."""
+        """Called after every engine step (on the engine thread or the event loop): must be quick."""
 
     async def start(self) -> None: ...
 

@@ -1,16 +1,48 @@
-"""Engine-side state of one client request: its n sequences, detokenizers, logprobs, and output building."""
+"""Front-end state of one client request: its n samples as the core reported them, detokenizers, logprobs, and
+output building."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from pagedserve.core.sequence import Sequence
 from pagedserve.core.stats import FinishedRequestStats
+from pagedserve.engine.core_messages import SequenceOutput
 from pagedserve.engine.detokenizer import IncrementalDetokenizer, decode_token
-from pagedserve.outputs import CompletionOutput, Logprob, LogprobsDict, RequestMetrics, RequestOutput
+from pagedserve.outputs import (
+    CompletionOutput,
+    Logprob,
+    LogprobsDict,
+    PositionLogprobs,
+    RequestMetrics,
+    RequestOutput,
+)
 from pagedserve.sampling_params import SamplingParams
-from pagedserve.worker.model_runner import PositionLogprobs
+
+
+@dataclass
+class SequenceState:
+    """One of the request's n sequences, as the core's outputs described it."""
+
+    output_token_ids: list[int] = field(default_factory=list)
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = -1
+    num_preemptions: int = 0
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finished_time: float | None = None
+
+    def update(self, output: SequenceOutput) -> None:
+        self.output_token_ids.extend(output.new_token_ids)
+        if output.stop_reason is not None:
+            self.stop_reason = output.stop_reason
+        self.num_cached_tokens = output.num_cached_tokens
+        self.num_preemptions = output.num_preemptions
+        self.first_scheduled_time = output.first_scheduled_time
+        self.first_token_time = output.first_token_time
+        self.last_token_time = output.last_token_time
+        self.finished_time = output.finished_time
 
 
 @dataclass
@@ -20,7 +52,7 @@ class RequestState:
     prompt_token_ids: list[int]
     params: SamplingParams
     arrival_time: float
-    sequences: list[Sequence]
+    sequences: list[SequenceState]
     detokenizers: list[IncrementalDetokenizer | None]
     logprobs: list[list[LogprobsDict]] = field(default_factory=list)
     cumulative_logprobs: list[float] = field(default_factory=list)

@@ -20,6 +20,7 @@ from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.linear import LinearBase
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
+from pagedserve.outputs import PositionLogprobs
 from pagedserve.sample.logprobs import compute_prompt_logprobs
 from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
 from pagedserve.sample.sampler import Sampler
@@ -35,9 +36,6 @@ from pagedserve.worker.kv_cache import (
 logger = logging.getLogger("pagedserve")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# (token ids, logprobs, rank of the chosen token) for one position; the chosen token comes first.
-PositionLogprobs = tuple[list[int], list[float], int]
 
 
 @dataclass

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from pagedserve.config import EngineConfig, ModelConfig
-from pagedserve.engine.async_engine import INJECT_FAILURE_ENV, INJECT_HANG_ENV, AsyncEngine
+from pagedserve.engine.async_engine import AsyncEngine
+from pagedserve.engine.faults import INJECT_FAILURE_ENV, INJECT_HANG_ENV
 from pagedserve.errors import ContextLengthError, EngineDeadError
 from pagedserve.sampling_params import SamplingParams
 

@@ -66,7 +66,7 @@ def test_api_key_from_environment(variable: str, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(variable, "from-env")
     captured: dict[str, Any] = {}
 
-    async def fake_serve(engine_config: Any, server_config: Any) -> int:
+    async def fake_serve(engine_config: Any, server_config: Any, in_process: bool) -> int:
         captured["engine"], captured["server"] = engine_config, server_config
         return 0
 

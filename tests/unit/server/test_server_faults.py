@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pagedserve.engine.async_engine import INJECT_FAILURE_ENV, INJECT_HANG_ENV
+from pagedserve.engine.faults import INJECT_FAILURE_ENV, INJECT_HANG_ENV
 
 from .conftest import make_client, wait_ready
 from .sse import parse_sse

@@ -117,3 +117,18 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/*
+What the HPA / KEDA scale: the Deployment, or with multiNode the LeaderWorkerSet (it has the scale subresource;
+its hpaPodSelector picks the leaders, the pods that serve the queue-depth metrics).
+*/}}
+{{- define "pagedserve.scaleTarget" -}}
+{{- if .Values.multiNode.enabled -}}
+apiVersion: leaderworkerset.x-k8s.io/v1
+kind: LeaderWorkerSet
+{{- else -}}
+apiVersion: apps/v1
+kind: Deployment
+{{- end }}
+name: {{ include "pagedserve.fullname" . }}
+{{- end }}

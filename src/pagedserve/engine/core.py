@@ -1,0 +1,232 @@
+"""The engine core: scheduler + executor. Takes requests in token ids, returns each step's new tokens as plain data.
+
+It knows nothing of text: tokenizing, detokenizing, stop strings and building `RequestOutput`s are the front end's
+(engine/input_processor.py, engine/output_processor.py). The offline `LLM` runs it in its own process and thread;
+the server runs it in an engine-core process (engine/core_proc.py) so that the event loop and the model never
+share a GIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from pagedserve import kv_memory
+from pagedserve.config import EngineConfig
+from pagedserve.core.kv_cache_manager import KVCacheManager
+from pagedserve.core.scheduler import Scheduler
+from pagedserve.core.scheduler_output import SchedulerOutput
+from pagedserve.core.sequence import Sequence, SequenceStatus
+from pagedserve.core.stats import IterationStats
+from pagedserve.distributed.partition import check_heads
+from pagedserve.engine.core_messages import CoreOutputs, EngineCoreRequest, SequenceOutput
+from pagedserve.outputs import EngineInfo
+from pagedserve.worker.executor import RunnerSpec, dtype_name, make_executor
+from pagedserve.worker.model_runner import (
+    ModelRunnerOutput,
+    has_gguf_panel_kernels,
+    resolve_device,
+    resolve_dtype,
+)
+
+if TYPE_CHECKING:
+    from pagedserve.models.loader import ModelSource
+
+logger = logging.getLogger("pagedserve")
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, source: ModelSource | None = None) -> None:
+        """`source`: the model already resolved (the in-process front end resolves it for the tokenizer)."""
+        from pagedserve.models.loader import resolve_model_source, resolve_quantization
+
+        mc, cc, sc = config.model, config.cache, config.scheduler
+        config.parallel.validate()
+        if config.parallel.headless:
+            raise ValueError(
+                "headless: this node runs workers only (pagedserve serve --headless), not an engine"
+            )
+        source = source or resolve_model_source(mc.model, mc.load_format)
+        device = resolve_device(mc.device)
+        quantization = resolve_quantization(
+            mc.quantization, source.format, has_gguf_panel_kernels(device), source.quantization_method
+        )
+        if source.format == "gguf" and mc.quantization in (None, ""):
+            logger.info(
+                "quantization: %s", "gguf (Q4_0/Q4_1/Q8_0 blocks kept, multiplied by this CPU's kernels)"
+                if quantization else "none (GGUF weights dequantized at load: no kernels here multiply the blocks "
+                "fast past a few rows; --quantization gguf keeps them)",
+            )  # fmt: skip
+        hf_config = source.hf_config
+        max_positions = int(getattr(hf_config, "max_position_embeddings", 2048))
+        max_model_len = mc.max_model_len or max_positions
+        if max_model_len < 1 or max_model_len > max_positions:
+            raise ValueError(
+                f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len}"
+            )
+        quantized_source = source.format == "gguf" or source.quantization_method is not None
+        dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, quantized_source, device, quantization)
+        tp_size = config.parallel.tensor_parallel_size
+        num_heads = hf_config.num_attention_heads
+        check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
+        spec = RunnerSpec(mc, cc, max_model_len, quantization, dtype_name(dtype), dtype_name(weight_dtype))
+        self.executor = make_executor(spec, config.parallel, source)
+        runner = self.executor.info
+        self.kv_cache_manager = KVCacheManager(runner.num_blocks, cc.block_size, cc.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.kv_cache_manager,
+            sc.max_num_seqs,
+            sc.max_num_batched_tokens,
+            max_model_len,
+            sc.long_prefill_token_threshold,
+        )
+        self.info = EngineInfo(
+            model_name=source.name,
+            max_model_len=max_model_len,
+            vocab_size=hf_config.vocab_size,
+            block_size=cc.block_size,
+            num_kv_blocks=runner.num_blocks,
+            kv_cache_bytes=runner.kv_cache_bytes,
+            enable_prefix_caching=cc.enable_prefix_caching,
+            dtype=str(dtype).replace("torch.", ""),
+            weight_dtype=str(weight_dtype).replace("torch.", ""),
+            device=str(device),
+            eos_token_ids=sorted(set(source.eos_token_ids)),  # the front end adds the tokenizer's
+            cpu_kernels=runner.cpu_kernels,
+            quantization=quantization or "",
+            weight_bytes=runner.weight_bytes,
+            kv_cache_dtype=runner.kv_cache_dtype,
+        )
+        self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
+        kv_tokens = runner.num_blocks * cc.block_size
+        logger.info(
+            "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s tensor_parallel_size=%d "
+            "max_model_len=%d weights %.0f MiB, kv_blocks=%d (%s, %.0f MiB, %d tokens): maximum concurrency %d "
+            "sequences of max_model_len (the arithmetic of `pagedserve plan`, kv_memory.py)",
+            source.name, self.info.dtype, self.info.weight_dtype, quantization or "none", device, tp_size,
+            max_model_len,
+            runner.weight_bytes / 2**20, runner.num_blocks, self.info.kv_cache_dtype,
+            runner.kv_cache_bytes / 2**20, kv_tokens,
+            kv_memory.max_concurrency(kv_tokens, max_model_len, cc.block_size),
+        )  # fmt: skip
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """This node's tensor-parallel worker processes (none in one process)."""
+        return list(getattr(self.executor, "pids", []))
+
+    # ---- requests ----------------------------------------------------------------------------------------------
+    def add_request(self, request: EngineCoreRequest) -> None:
+        params = request.sampling_params
+        n = params.n
+        eos = frozenset(request.eos_token_ids)
+        seq_ids = [request.request_id if n == 1 else f"{request.request_id}#{i}" for i in range(n)]
+        self._request_seqs[request.request_id] = seq_ids
+        for i, seq_id in enumerate(seq_ids):
+            self.scheduler.add_sequence(
+                Sequence(
+                    seq_id,
+                    request.prompt_token_ids,
+                    params,
+                    request.arrival_time,
+                    request.max_tokens,
+                    eos,
+                    request_id=request.request_id,
+                    sample_index=i,
+                )
+            )
+
+    def abort_requests(self, request_ids: Iterable[str]) -> None:
+        for request_id in request_ids:
+            seq_ids = self._request_seqs.pop(request_id, None)
+            if seq_ids:
+                self.scheduler.finish_sequences(seq_ids, SequenceStatus.FINISHED_ABORTED)
+
+    def finish_sequences(self, seq_ids: Iterable[str]) -> None:
+        """Stop sequences the front end ended (a stop string matched); their blocks return at once."""
+        for seq in self.scheduler.finish_sequences(seq_ids, SequenceStatus.FINISHED_STOPPED):
+            self._forget_if_done(seq.request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_sequences()
+
+    def _forget_if_done(self, request_id: str) -> None:
+        seq_ids = self._request_seqs.get(request_id)
+        if seq_ids is not None and not any(s in self.scheduler.sequences for s in seq_ids):
+            del self._request_seqs[request_id]
+
+    # ---- one step ----------------------------------------------------------------------------------------------
+    def step(self) -> CoreOutputs:
+        sched_out = self.scheduler.schedule()
+        iteration = IterationStats(timestamp=time.time(), num_preemptions=sched_out.num_preemptions)
+        outputs: list[SequenceOutput] = []
+        if not sched_out.is_empty:
+            result = self.executor.execute(sched_out)
+            progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
+            iteration.num_prompt_tokens = sched_out.num_prefill_tokens
+            iteration.num_tokens_in_step = sched_out.total_num_tokens
+            outputs = self._outputs(sched_out, result, progressed, iteration)
+            for seq in finished:
+                self._forget_if_done(seq.request_id)
+        elif sched_out.finished_seq_ids:
+            self.executor.execute(sched_out)  # only drops the runner's state for them
+        # Also when nobody listens: it resets the prefix-cache counts.
+        scheduler_stats = self.scheduler.make_stats()
+        iteration.prefix_cache_queries = scheduler_stats.prefix_cache_queries
+        iteration.prefix_cache_hits = scheduler_stats.prefix_cache_hits
+        return CoreOutputs(outputs, scheduler_stats, iteration)
+
+    def _outputs(
+        self,
+        sched_out: SchedulerOutput,
+        result: ModelRunnerOutput,
+        progressed: list[Sequence],
+        iteration: IterationStats,
+    ) -> list[SequenceOutput]:
+        now = time.time()
+        by_id = {seq.seq_id: seq for seq in progressed}
+        prompt_only = [
+            self.scheduler.sequences[seq_id]
+            for seq_id in result.prompt_logprobs
+            if seq_id not in by_id and seq_id in self.scheduler.sequences
+        ]
+        outputs = []
+        for seq in progressed:
+            iteration.num_generation_tokens += 1
+            if seq.num_output_tokens == 1:
+                iteration.time_to_first_tokens.append(now - seq.arrival_time)
+            elif seq.last_inter_token_latency is not None:
+                iteration.inter_token_latencies.append(seq.last_inter_token_latency)
+            outputs.append(_sequence_output(seq, [seq.output_token_ids[-1]], result))
+        outputs.extend(_sequence_output(seq, [], result) for seq in prompt_only)
+        return outputs
+
+    def shutdown(self) -> None:
+        """Stops the executor's worker processes (nothing to do in-process); the core cannot step after it."""
+        self.executor.shutdown()
+
+    def check_invariants(self) -> None:
+        self.scheduler.check_invariants()
+        assert set(self._request_seqs) == {s.request_id for s in self.scheduler.sequences.values()}
+
+
+def _sequence_output(seq: Sequence, new_token_ids: list[int], result: ModelRunnerOutput) -> SequenceOutput:
+    prompt_logprobs = result.prompt_logprobs.get(seq.seq_id) if seq.sample_index == 0 else None
+    return SequenceOutput(
+        seq_id=seq.seq_id,
+        request_id=seq.request_id,
+        sample_index=seq.sample_index,
+        new_token_ids=new_token_ids,
+        finish_reason=seq.status.finish_reason if seq.is_finished else None,
+        stop_reason=seq.stop_reason if isinstance(seq.stop_reason, int) else None,
+        logprobs=result.logprobs.get(seq.seq_id) if new_token_ids else None,
+        prompt_logprobs=prompt_logprobs,
+        num_cached_tokens=seq.num_cached_tokens,
+        num_preemptions=seq.num_preemptions,
+        first_scheduled_time=seq.first_scheduled_time,
+        first_token_time=seq.first_token_time,
+        last_token_time=seq.last_token_time,
+        finished_time=seq.finished_time,
+    )

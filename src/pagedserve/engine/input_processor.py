@@ -1,0 +1,103 @@
+"""The front end's half of admission: a client's prompt and parameters -> a validated `EngineCoreRequest` in token
+ids, and the `RequestState` that will collect its outputs. Every refusal happens here, before the core sees it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pagedserve.config import EngineConfig
+from pagedserve.engine.chat import apply_chat_template
+from pagedserve.engine.core_messages import EngineCoreRequest
+from pagedserve.engine.detokenizer import IncrementalDetokenizer
+from pagedserve.engine.prompts import PromptInput, resolve_prompt
+from pagedserve.engine.request_state import RequestState, SequenceState
+from pagedserve.errors import ContextLengthError, InvalidRequestError
+from pagedserve.outputs import EngineInfo
+from pagedserve.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from pagedserve.models.loader import ModelSource
+
+
+def load_tokenizer_for(config: EngineConfig) -> tuple[Any, ModelSource]:
+    """(tokenizer, resolved model source) for `config`, from local files, without reading the weights."""
+    from pagedserve.models.loader import load_tokenizer, resolve_model_source
+
+    source = resolve_model_source(config.model.model, config.model.load_format)
+    return load_tokenizer(source, config.model.tokenizer), source
+
+
+class InputProcessor:
+    def __init__(self, tokenizer: Any, info: EngineInfo, chat_template: str | None = None) -> None:
+        """`info` is the core's; its eos_token_ids gain the tokenizer's EOS id here."""
+        self.tokenizer = tokenizer
+        self.info = info
+        eos = set(info.eos_token_ids)
+        if tokenizer.eos_token_id is not None:
+            eos.add(int(tokenizer.eos_token_id))
+        info.eos_token_ids = sorted(eos)
+        self.eos_token_ids = frozenset(eos)
+        self.chat_template = read_chat_template(chat_template)
+
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+    ) -> list[int]:
+        return apply_chat_template(
+            self.tokenizer, messages, add_generation_prompt, chat_template or self.chat_template
+        )
+
+    def process(
+        self, request_id: str, prompt: PromptInput, params: SamplingParams, arrival_time: float
+    ) -> tuple[EngineCoreRequest, RequestState]:
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidRequestError("request_id must be a non-empty string", param="request_id")
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError("params must be a SamplingParams", param="sampling_params")
+        info = self.info
+        prompt_text, prompt_ids = resolve_prompt(self.tokenizer, prompt, info.vocab_size)
+        num_prompt = len(prompt_ids)
+        max_len = info.max_model_len
+        if num_prompt >= max_len:
+            raise ContextLengthError(
+                max_len, num_prompt + (params.max_tokens or 0), num_prompt, param="prompt"
+            )
+        max_tokens = params.max_tokens if params.max_tokens is not None else max_len - num_prompt
+        if num_prompt + max_tokens > max_len:
+            raise ContextLengthError(max_len, num_prompt + max_tokens, num_prompt, param="max_tokens")
+        if -(-(num_prompt + max_tokens) // info.block_size) > info.num_kv_blocks:
+            raise InvalidRequestError(
+                f"prompt + max_tokens = {num_prompt + max_tokens} tokens can never fit the KV cache "
+                f"({info.num_kv_blocks} blocks of {info.block_size} tokens)",
+                param="max_tokens",
+                code="kv_cache_too_small",
+            )
+        params = copy.copy(params)
+        stops = set(params.stop_token_ids or [])
+        params.all_stop_token_ids = stops if params.ignore_eos else stops | self.eos_token_ids
+        request = EngineCoreRequest(
+            request_id, prompt_ids, params, arrival_time, max_tokens, sorted(self.eos_token_ids)
+        )
+        detokenizers = [
+            IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if params.detokenize else None
+            for _ in range(params.n)
+        ]
+        sequences = [SequenceState() for _ in range(params.n)]
+        state = RequestState(
+            request_id, prompt_text, prompt_ids, params, arrival_time, sequences, detokenizers
+        )
+        return request, state
+
+
+def read_chat_template(value: str | None) -> str | None:
+    """--chat-template: a file's path or the template itself."""
+    if value is None:
+        return None
+    path = Path(value)
+    if len(value) < 4096 and path.is_file():
+        return path.read_text(encoding="utf-8")
+    return value

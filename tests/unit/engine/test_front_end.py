@@ -1,0 +1,89 @@
+"""The engine's front end without a model: admission (InputProcessor) and output building (OutputProcessor) with
+the bundled model's real tokenizer, fed the plain per-step outputs a core would send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pagedserve.engine.core_messages import SequenceOutput
+from pagedserve.engine.input_processor import InputProcessor
+from pagedserve.engine.output_processor import OutputProcessor
+from pagedserve.errors import ContextLengthError, InvalidRequestError
+from pagedserve.outputs import EngineInfo
+from pagedserve.sampling_params import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from pagedserve.models.loader import load_tokenizer, resolve_model_source
+
+    return load_tokenizer(resolve_model_source(None))
+
+
+def make_input(tokenizer: Any, num_kv_blocks: int = 64) -> InputProcessor:
+    info = EngineInfo("m", 256, tokenizer.vocab_size, 16, num_kv_blocks, 0, True, "float32", "cpu", [])
+    return InputProcessor(tokenizer, info)
+
+
+def token_output(
+    seq_id: str, request_id: str, index: int, token: int, finish: str | None = None
+) -> SequenceOutput:
+    return SequenceOutput(
+        seq_id, request_id, index, [token], finish, None, None, None, 0, 0, 1.0, 1.0, 1.0, None
+    )
+
+
+def test_admission_resolves_tokens_limits_and_eos(tokenizer: Any) -> None:
+    inputs = make_input(tokenizer)
+    request, state = inputs.process("r", "Hello there", SamplingParams(max_tokens=None, n=2), 5.0)
+    assert request.prompt_token_ids == tokenizer.encode("Hello there") == state.prompt_token_ids
+    assert request.max_tokens == 256 - len(request.prompt_token_ids)
+    assert tokenizer.eos_token_id in request.eos_token_ids
+    assert tokenizer.eos_token_id in request.sampling_params.all_stop_token_ids
+    assert len(state.sequences) == len(state.detokenizers) == 2
+    with pytest.raises(ContextLengthError):
+        inputs.process("r", [1] * 250, SamplingParams(max_tokens=10), 5.0)
+    with pytest.raises(InvalidRequestError, match="can never fit the KV cache"):
+        make_input(tokenizer, num_kv_blocks=2).process("r", [1] * 20, SamplingParams(max_tokens=20), 5.0)
+    with pytest.raises(InvalidRequestError, match="token ids"):
+        inputs.process("r", [tokenizer.vocab_size], SamplingParams(), 5.0)
+
+
+def test_a_stop_string_ends_one_sample_and_later_tokens_are_dropped(tokenizer: Any) -> None:
+    inputs, outputs = make_input(tokenizer), OutputProcessor(tokenizer)
+    params = SamplingParams(n=2, max_tokens=10, stop=[" world"], temperature=1.0)
+    request, state = inputs.process("r", [1, 2, 3], params, 1.0)
+    outputs.add_request(state)
+    hello, world, again = tokenizer.encode(" hello world again", add_special_tokens=False)[:3]
+    results, stopped, finished = outputs.process(
+        [token_output("r#0", "r", 0, hello), token_output("r#1", "r", 1, hello)]
+    )
+    assert stopped == [] and finished == [] and results[0].outputs[0].text == " hello"
+    results, stopped, finished = outputs.process(
+        [token_output("r#0", "r", 0, world), token_output("r#1", "r", 1, again)]
+    )
+    assert stopped == ["r#0"]  # the core must free it: it has not finished it
+    assert results[0].outputs[0].finish_reason == "stop" and results[0].outputs[0].stop_reason == " world"
+    assert results[0].outputs[0].text == " hello" and not results[0].finished
+    # The core ran one more step for r#0 before it heard of the stop: ignored. r#1 ends by length.
+    results, stopped, finished = outputs.process(
+        [token_output("r#0", "r", 0, again), token_output("r#1", "r", 1, again, "length")]
+    )
+    assert stopped == [] and results[0].finished
+    assert results[0].outputs[0].token_ids == [hello, world]
+    assert [o.finish_reason for o in results[0].outputs] == ["stop", "length"]
+    assert [f.finish_reason for f in finished] == ["stop"] and finished[0].num_generation_tokens == 5
+    assert outputs.requests == {}
+
+
+def test_abort_reports_stats_and_ignores_what_the_core_still_sends(tokenizer: Any) -> None:
+    inputs, outputs = make_input(tokenizer), OutputProcessor(tokenizer, stream_outputs=False)
+    _, state = inputs.process("a", [1, 2], SamplingParams(max_tokens=5), 1.0)
+    outputs.add_request(state)
+    results, _, _ = outputs.process([token_output("a", "a", 0, 42)])
+    assert results == []  # not streaming: only finished requests
+    stats = outputs.abort_requests(["a", "unknown"])
+    assert [(s.request_id, s.finish_reason, s.num_generation_tokens) for s in stats] == [("a", "abort", 1)]
+    assert outputs.process([token_output("a", "a", 0, 43, "length")]) == ([], [], [])
