@@ -15,29 +15,17 @@ import argparse
 import logging
 import multiprocessing.connection
 import os
-import threading
-import time
 import traceback
 
 from pagedserve.engine import core_messages as msg
 from pagedserve.engine.core import EngineCore
 from pagedserve.engine.faults import StepFaults
+from pagedserve.parent_watch import exit_with_parent
 
 logger = logging.getLogger("pagedserve")
 
 # An idle core's heartbeat period: the server's readiness window (--ready-stall-seconds >= 1) must be longer.
 HEARTBEAT_S = 0.25
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """The core must not outlive the server: its parent pid changes when the server dies, however it died."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def serve_core(conn: multiprocessing.connection.Connection) -> None:
@@ -100,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
-        _exit_with_parent(args.parent_pid)
+        exit_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s [pagedserve core] %(message)s")
     conn = multiprocessing.connection.Connection(args.conn_fd)
     try:

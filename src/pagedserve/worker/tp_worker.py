@@ -9,25 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import threading
-import time
 import traceback
 from datetime import timedelta
 
+from pagedserve.parent_watch import exit_with_parent
 from pagedserve.worker import tp_messages as msg
 
 logger = logging.getLogger("pagedserve")
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """A worker must not outlive the engine: its parent pid changes when the engine dies, however it died."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _serve(args: argparse.Namespace, host: str, port: int, conn) -> None:  # noqa: ANN001
@@ -84,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local-rank", type=int, default=0, help="this rank's GPU on its node")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
-        _exit_with_parent(args.parent_pid)
+        exit_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s tp{args.rank} %(levelname)s %(message)s")
     host, _, port = args.store.rpartition(":")
     # gloo binds the interface the host name resolves to; for a group on loopback that must be loopback.
