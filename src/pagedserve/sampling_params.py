@@ -18,6 +18,46 @@ def _is_number(value: object) -> bool:
 
 
 @dataclass
+class StructuredOutputsParams:
+    """Constrain the output to a grammar (vLLM's `structured_outputs`): exactly one field is set."""
+
+    json: str | dict | None = None  # a JSON schema (object or its JSON text)
+    regex: str | None = None
+    choice: list[str] | None = None  # the output is exactly one of these strings
+    grammar: str | None = None  # EBNF: GBNF (llama.cpp's) or Lark
+    json_object: bool | None = None  # any JSON object
+    structural_tag: str | dict | None = None  # vLLM's structural_tag object (or its JSON text)
+
+    KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+    def __post_init__(self) -> None:
+        given = [kind for kind in self.KINDS if getattr(self, kind) not in (None, False)]
+        if len(given) != 1:
+            raise SamplingParams._bad(
+                "structured_outputs",
+                f"must set exactly one of {', '.join(self.KINDS)}; got {', '.join(given) or 'none'}.",
+            )
+        kind = given[0]
+        value = getattr(self, kind)
+        valid = {
+            "json": isinstance(value, (str, dict)),
+            "regex": isinstance(value, str) and bool(value),
+            "choice": isinstance(value, list) and bool(value) and all(isinstance(c, str) for c in value),
+            "grammar": isinstance(value, str) and bool(value.strip()),
+            "json_object": value is True,
+            "structural_tag": isinstance(value, (str, dict)),
+        }[kind]
+        if not valid:
+            raise SamplingParams._bad(
+                f"structured_outputs.{kind}", f"is not a valid value for {kind}: {str(value)[:80]!r}."
+            )
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in self.KINDS if getattr(self, kind) not in (None, False))
+
+
+@dataclass
 class SamplingParams:
     n: int = 1
     temperature: float = 1.0
@@ -39,8 +79,11 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     detokenize: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
     # Filled by the engine from the tokenizer / generation config; not user-facing.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+    # The model's EOS ids: min_tokens forbids them even with ignore_eos (as vLLM does).
+    eos_token_ids: set[int] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -108,6 +151,9 @@ class SamplingParams:
         for s in self.stop:  # type: ignore[union-attr]
             if not isinstance(s, str) or not s:
                 raise bad("stop", "must be a non-empty string or a list of non-empty strings.")
+        so = self.structured_outputs
+        if so is not None and not isinstance(so, StructuredOutputsParams):
+            raise bad("structured_outputs", "must be a StructuredOutputsParams.")
         for t in self.stop_token_ids:
             if not _is_int(t) or t < 0:
                 raise bad("stop_token_ids", f"must be non-negative integers, got {t!r}.")

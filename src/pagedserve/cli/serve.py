@@ -26,6 +26,7 @@ from pagedserve.config import (
     ParallelConfig,
     SchedulerConfig,
     ServerConfig,
+    StructuredOutputsConfig,
 )
 
 API_KEY_ENV_VARS = ("VLLM_API_KEY", "PAGEDSERVE_API_KEY")
@@ -38,6 +39,9 @@ UNSUPPORTED_FLAGS = {
     "--data-parallel-size": "run more replicas instead (the Helm chart scales them)",
     "--ssl-keyfile": "terminate TLS at the ingress",
     "--ssl-certfile": "terminate TLS at the ingress",
+    "--enable-auto-tool-choice": "tool calling is not implemented yet (structured outputs are: response_format, "
+    "structured_outputs)",
+    "--tool-call-parser": "tool calling is not implemented yet",
 }
 # uvicorn's own drain after ours; in-flight requests are already done or past --shutdown-timeout by then.
 UVICORN_GRACEFUL_TIMEOUT_S = 3
@@ -57,6 +61,15 @@ def add_parser(subparsers: Any) -> None:
     add_config_args(parser, SchedulerConfig)
     add_config_args(parser, ParallelConfig)
     add_config_args(parser, ServerConfig)
+    parser.add_argument(
+        "--structured-outputs-config",
+        dest="structured_outputs_config",
+        type=_structured_outputs_config,
+        default=StructuredOutputsConfig(),
+        metavar="JSON",
+        help=StructuredOutputsConfig.__doc__ + " Keys: backend (auto, guidance), disable_any_whitespace, "
+        "compile_timeout_s.",
+    )
     unsupported = parser.add_argument_group("vLLM flags not supported (each fails with the reason)")
     for flag, reason in UNSUPPORTED_FLAGS.items():
         unsupported.add_argument(
@@ -73,6 +86,13 @@ def add_parser(subparsers: Any) -> None:
 
 def _unsupported_dest(flag: str) -> str:
     return "unsupported_" + flag[2:].replace("-", "_")
+
+
+def _structured_outputs_config(text: str) -> StructuredOutputsConfig:
+    try:
+        return StructuredOutputsConfig.from_json(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _fail(message: str) -> int:
@@ -122,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         cache=config_from_args(CacheConfig, args),
         scheduler=config_from_args(SchedulerConfig, args),
         parallel=config_from_args(ParallelConfig, args),
+        structured_outputs=args.structured_outputs_config,
     )
     server_config: ServerConfig = config_from_args(ServerConfig, args)
     try:

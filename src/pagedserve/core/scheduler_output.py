@@ -37,6 +37,15 @@ class ScheduledSequence:
 
 
 @dataclass
+class GrammarBitmask:
+    """Which tokens each grammar-constrained sampling row may take: bit t of row i (little-endian int32 words)."""
+
+    seq_ids: list[str]  # the constrained sequences that sample this step, in the order of the rows
+    words_per_row: int  # ceil(vocab_size / 32)
+    data: bytes  # len(seq_ids) * words_per_row int32 words
+
+
+@dataclass
 class SchedulerOutput:
     sequences: list[ScheduledSequence] = field(default_factory=list)
     new_sequences: list[NewSequence] = field(default_factory=list)
@@ -47,6 +56,8 @@ class SchedulerOutput:
     # Prompt tokens this step computes (not prefix-cache hits) and decode tokens.
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
+    # Filled by the engine core when some sampling sequence follows a grammar (structured outputs).
+    grammar_bitmask: GrammarBitmask | None = None
 
     @property
     def total_num_tokens(self) -> int:

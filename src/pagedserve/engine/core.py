@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pagedserve import kv_memory
 from pagedserve.config import EngineConfig
@@ -23,6 +23,7 @@ from pagedserve.core.stats import IterationStats
 from pagedserve.distributed.partition import check_heads
 from pagedserve.engine.core_messages import CoreOutputs, EngineCoreRequest, SequenceOutput
 from pagedserve.outputs import EngineInfo
+from pagedserve.structured_output.manager import StructuredOutputManager
 from pagedserve.worker.executor import RunnerSpec, dtype_name, make_executor
 from pagedserve.worker.model_runner import (
     ModelRunnerOutput,
@@ -100,6 +101,8 @@ class EngineCore:
             kv_cache_dtype=runner.kv_cache_dtype,
         )
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
+        self.structured = StructuredOutputManager(hf_config.vocab_size)
+        self._waiting_for_grammar: dict[str, EngineCoreRequest] = {}
         kv_tokens = runner.num_blocks * cc.block_size
         logger.info(
             "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s tensor_parallel_size=%d "
@@ -118,13 +121,26 @@ class EngineCore:
         return list(getattr(self.executor, "pids", []))
 
     # ---- requests ----------------------------------------------------------------------------------------------
+    def set_grammar_tokenizer(self, definition: str, eos_token_ids: list[int]) -> None:
+        self.structured.set_tokenizer(definition, eos_token_ids)
+
     def add_request(self, request: EngineCoreRequest) -> None:
+        if request.grammar is not None:
+            # Its sequences enter the scheduler once their matcher is built (off this thread).
+            self.structured.submit(request.request_id, request.grammar)
+            self._waiting_for_grammar[request.request_id] = request
+            return
+        self._add_sequences(request)
+
+    def _add_sequences(self, request: EngineCoreRequest, matcher: Any = None) -> None:
         params = request.sampling_params
         n = params.n
         eos = frozenset(request.eos_token_ids)
         seq_ids = [request.request_id if n == 1 else f"{request.request_id}#{i}" for i in range(n)]
         self._request_seqs[request.request_id] = seq_ids
         for i, seq_id in enumerate(seq_ids):
+            if matcher is not None:
+                self.structured.add_sequence(seq_id, matcher if i == 0 else matcher.deep_copy())
             self.scheduler.add_sequence(
                 Sequence(
                     seq_id,
@@ -138,19 +154,57 @@ class EngineCore:
                 )
             )
 
+    def _admit_compiled(self) -> list[SequenceOutput]:
+        """Requests whose grammar is built join the scheduler; those whose build failed end as aborted."""
+        if not self._waiting_for_grammar:
+            return []
+        if not self.scheduler.has_unfinished_sequences():
+            self.structured.wait_for_pending(0.02)  # nothing else to run: don't spin against the build
+        ready, failed = self.structured.take_compiled()
+        for request_id, matcher in ready:
+            self._add_sequences(self._waiting_for_grammar.pop(request_id), matcher)
+        outputs = []
+        for request_id, _error in failed:
+            request = self._waiting_for_grammar.pop(request_id)
+            for i in range(request.sampling_params.n):
+                seq_id = request_id if request.sampling_params.n == 1 else f"{request_id}#{i}"
+                outputs.append(
+                    SequenceOutput(
+                        seq_id,
+                        request_id,
+                        i,
+                        [],
+                        "abort",
+                        None,
+                        None,
+                        None,
+                        0,
+                        0,
+                        None,
+                        None,
+                        None,
+                        time.time(),
+                    )
+                )
+        return outputs
+
     def abort_requests(self, request_ids: Iterable[str]) -> None:
         for request_id in request_ids:
+            if self.structured.cancel(request_id):
+                del self._waiting_for_grammar[request_id]
             seq_ids = self._request_seqs.pop(request_id, None)
             if seq_ids:
                 self.scheduler.finish_sequences(seq_ids, SequenceStatus.FINISHED_ABORTED)
+                self.structured.free(seq_ids)
 
     def finish_sequences(self, seq_ids: Iterable[str]) -> None:
         """Stop sequences the front end ended (a stop string matched); their blocks return at once."""
         for seq in self.scheduler.finish_sequences(seq_ids, SequenceStatus.FINISHED_STOPPED):
+            self.structured.free([seq.seq_id])
             self._forget_if_done(seq.request_id)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_sequences()
+        return self.scheduler.has_unfinished_sequences() or bool(self._waiting_for_grammar)
 
     def _forget_if_done(self, request_id: str) -> None:
         seq_ids = self._request_seqs.get(request_id)
@@ -159,16 +213,23 @@ class EngineCore:
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def step(self) -> CoreOutputs:
+        failed = self._admit_compiled()
         sched_out = self.scheduler.schedule()
         iteration = IterationStats(timestamp=time.time(), num_preemptions=sched_out.num_preemptions)
         outputs: list[SequenceOutput] = []
         if not sched_out.is_empty:
+            sched_out.grammar_bitmask = self.structured.bitmask(
+                [s.seq_id for s in sched_out.sequences if s.samples]
+            )
             result = self.executor.execute(sched_out)
             progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
+            if sched_out.grammar_bitmask is not None:
+                finished += self._advance_grammars(progressed)
             iteration.num_prompt_tokens = sched_out.num_prefill_tokens
             iteration.num_tokens_in_step = sched_out.total_num_tokens
             outputs = self._outputs(sched_out, result, progressed, iteration)
             for seq in finished:
+                self.structured.free([seq.seq_id])
                 self._forget_if_done(seq.request_id)
         elif sched_out.finished_seq_ids:
             self.executor.execute(sched_out)  # only drops the runner's state for them
@@ -176,7 +237,16 @@ class EngineCore:
         scheduler_stats = self.scheduler.make_stats()
         iteration.prefix_cache_queries = scheduler_stats.prefix_cache_queries
         iteration.prefix_cache_hits = scheduler_stats.prefix_cache_hits
-        return CoreOutputs(outputs, scheduler_stats, iteration)
+        return CoreOutputs(failed + outputs, scheduler_stats, iteration)
+
+    def _advance_grammars(self, progressed: list[Sequence]) -> list[Sequence]:
+        """Each constrained sequence's matcher takes its new token; a completed grammar finishes the sequence."""
+        done = []
+        for seq in progressed:
+            if self.structured.accept(seq.seq_id, seq.output_token_ids[-1]) and not seq.is_finished:
+                self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
+                done.append(seq)
+        return done
 
     def _outputs(
         self,
@@ -206,10 +276,15 @@ class EngineCore:
     def shutdown(self) -> None:
         """Stops the executor's worker processes (nothing to do in-process); the core cannot step after it."""
         self.executor.shutdown()
+        self.structured.shutdown()
 
     def check_invariants(self) -> None:
         self.scheduler.check_invariants()
         assert set(self._request_seqs) == {s.request_id for s in self.scheduler.sequences.values()}
+        assert self.structured.live_seq_ids <= set(self.scheduler.sequences), (
+            "grammar state outlived its sequence"
+        )
+        assert self.structured.num_pending == len(self._waiting_for_grammar)
 
 
 def _sequence_output(seq: Sequence, new_token_ids: list[int], result: ModelRunnerOutput) -> SequenceOutput:

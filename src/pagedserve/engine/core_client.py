@@ -84,7 +84,10 @@ class EngineCoreClient:
         self.info: EngineInfo = ready.info
         self.pid = self._process.pid
         self.worker_pids = list(ready.worker_pids)
-        self._input = InputProcessor(tokenizer, self.info, config.model.chat_template)
+        self._input = InputProcessor(
+            tokenizer, self.info, config.model.chat_template, config.structured_outputs
+        )
+        self._grammar_tokenizer_sent = False
         self._output = OutputProcessor(tokenizer)
         self._streams: dict[str, OutputQueue] = {}
         self._listeners: tuple[Callable[[EngineStats], None], ...] = ()
@@ -192,8 +195,9 @@ class EngineCoreClient:
         if request_id in self._streams or request_id in self._output.requests:
             raise InvalidRequestError(f"Request id {request_id!r} is already in use.", param="request_id")
         arrival = time.time()
-        if isinstance(prompt, str) or (isinstance(prompt, dict) and "prompt" in prompt):
-            # Text: tokenize off the event loop (the server itself always sends token ids).
+        text = isinstance(prompt, str) or (isinstance(prompt, dict) and "prompt" in prompt)
+        if text or params.structured_outputs is not None:
+            # Text, or a grammar to compile: off the event loop (the server itself always sends token ids).
             request, state = await asyncio.to_thread(self._input.process, request_id, prompt, params, arrival)
             if not self.is_running:
                 raise EngineDeadError("The engine is not running.")
@@ -202,6 +206,11 @@ class EngineCoreClient:
         stream: OutputQueue = asyncio.Queue()
         self._streams[request_id] = stream
         self._output.add_request(state)
+        if request.grammar is not None and not self._grammar_tokenizer_sent:
+            self._grammar_tokenizer_sent = True
+            self._send(
+                msg.GrammarTokenizer(self._input.grammars.tokenizer_definition, self.info.eos_token_ids)
+            )
         self._send(request)
         finished = False
         try:

@@ -24,6 +24,7 @@ class EngineCoreRequest(msgspec.Struct, tag=True):
     arrival_time: float  # time.time() when the front end received it
     max_tokens: int  # resolved: never None here
     eos_token_ids: list[int]
+    grammar: str | None = None  # llguidance grammar text, validated by the front end (structured outputs)
 
 
 class SequenceOutput(msgspec.Struct, array_like=True):
@@ -71,6 +72,14 @@ class FinishSequences(msgspec.Struct, tag=True):
     seq_ids: list[str]
 
 
+class GrammarTokenizer(msgspec.Struct, tag=True):
+    """The tokenizer's definition (tokenizer.json), sent once before the first request with a grammar: the core
+    loads no tokenizer otherwise."""
+
+    definition: str
+    eos_token_ids: list[int]
+
+
 class Shutdown(msgspec.Struct, tag=True):
     pass
 
@@ -90,7 +99,7 @@ class CoreFailed(msgspec.Struct, tag=True):
     traceback: str
 
 
-ToCore = StartCore | EngineCoreRequest | Abort | FinishSequences | Shutdown
+ToCore = StartCore | EngineCoreRequest | Abort | FinishSequences | GrammarTokenizer | Shutdown
 FromCore = CoreReady | CoreOutputs | Heartbeat | CoreFailed
 
 _encoder = msgspec.msgpack.Encoder()

@@ -67,6 +67,8 @@ def _loop(conn: multiprocessing.connection.Connection, core: EngineCore, faults:
                     flush_stats = True
                 elif isinstance(message, msg.FinishSequences):
                     core.finish_sequences(message.seq_ids)
+                elif isinstance(message, msg.GrammarTokenizer):
+                    core.set_grammar_tokenizer(message.definition, message.eos_token_ids)
                 elif isinstance(message, msg.Shutdown):
                     return
                 if not conn.poll(0):

@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pagedserve.config import EngineConfig
+from pagedserve.config import EngineConfig, StructuredOutputsConfig
 from pagedserve.engine.chat import apply_chat_template
 from pagedserve.engine.core_messages import EngineCoreRequest
 from pagedserve.engine.detokenizer import IncrementalDetokenizer
@@ -16,6 +16,7 @@ from pagedserve.engine.request_state import RequestState, SequenceState
 from pagedserve.errors import ContextLengthError, InvalidRequestError
 from pagedserve.outputs import EngineInfo
 from pagedserve.sampling_params import SamplingParams
+from pagedserve.structured_output.grammar import GrammarCompiler
 
 if TYPE_CHECKING:
     from pagedserve.models.loader import ModelSource
@@ -30,7 +31,13 @@ def load_tokenizer_for(config: EngineConfig) -> tuple[Any, ModelSource]:
 
 
 class InputProcessor:
-    def __init__(self, tokenizer: Any, info: EngineInfo, chat_template: str | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        info: EngineInfo,
+        chat_template: str | None = None,
+        structured_outputs: StructuredOutputsConfig | None = None,
+    ) -> None:
         """`info` is the core's; its eos_token_ids gain the tokenizer's EOS id here."""
         self.tokenizer = tokenizer
         self.info = info
@@ -40,6 +47,9 @@ class InputProcessor:
         info.eos_token_ids = sorted(eos)
         self.eos_token_ids = frozenset(eos)
         self.chat_template = read_chat_template(chat_template)
+        self.grammars = GrammarCompiler(
+            tokenizer, info.vocab_size, sorted(eos), structured_outputs or StructuredOutputsConfig()
+        )
 
     def apply_chat_template(
         self,
@@ -76,11 +86,15 @@ class InputProcessor:
                 param="max_tokens",
                 code="kv_cache_too_small",
             )
+        grammar = None
+        if params.structured_outputs is not None:
+            grammar = self.grammars.compile(params.structured_outputs)
         params = copy.copy(params)
         stops = set(params.stop_token_ids or [])
         params.all_stop_token_ids = stops if params.ignore_eos else stops | self.eos_token_ids
+        params.eos_token_ids = set(self.eos_token_ids)
         request = EngineCoreRequest(
-            request_id, prompt_ids, params, arrival_time, max_tokens, sorted(self.eos_token_ids)
+            request_id, prompt_ids, params, arrival_time, max_tokens, sorted(self.eos_token_ids), grammar
         )
         detokenizers = [
             IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if params.detokenize else None

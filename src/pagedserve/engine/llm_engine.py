@@ -30,7 +30,9 @@ class LLMEngine:
         tokenizer, source = load_tokenizer_for(config)
         self.core = EngineCore(config, source)
         self.tokenizer = tokenizer
-        self.input_processor = InputProcessor(tokenizer, self.core.info, config.model.chat_template)
+        self.input_processor = InputProcessor(
+            tokenizer, self.core.info, config.model.chat_template, config.structured_outputs
+        )
         self.output_processor = OutputProcessor(tokenizer, stream_outputs)
         self.info = self.core.info
         self._listeners: list[StatsListener] = []
@@ -79,6 +81,9 @@ class LLMEngine:
         arrival = arrival_time if arrival_time is not None else time.time()
         request, state = self.input_processor.process(request_id, prompt, params, arrival)
         self.output_processor.add_request(state)
+        if request.grammar is not None:  # the core builds its grammar tokenizer once, off the engine thread
+            grammars = self.input_processor.grammars
+            self.core.set_grammar_tokenizer(grammars.tokenizer_definition, self.info.eos_token_ids)
         self.core.add_request(request)
 
     def abort_request(self, request_ids: Iterable[str]) -> None:

@@ -12,6 +12,7 @@ from pagedserve.config import (
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
+    StructuredOutputsConfig,
     config_fields,
 )
 from pagedserve.engine.llm_engine import LLMEngine
@@ -24,6 +25,13 @@ _SECTIONS = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig)
 
 def build_engine_config(**kwargs: Any) -> EngineConfig:
     """Route vLLM-style keyword arguments to the config dataclasses; unknown ones raise TypeError."""
+    structured = kwargs.pop("structured_outputs_config", None)
+    if isinstance(structured, dict):
+        structured = StructuredOutputsConfig(**structured)
+    if structured is not None and not isinstance(structured, StructuredOutputsConfig):
+        raise TypeError("structured_outputs_config must be a dict or a StructuredOutputsConfig")
+    if structured is not None:
+        structured.validate()
     values: dict[type, dict[str, Any]] = {cls: {} for cls in _SECTIONS}
     names = {f.name: cls for cls in _SECTIONS for f in config_fields(cls)}
     for key, value in kwargs.items():
@@ -35,6 +43,7 @@ def build_engine_config(**kwargs: Any) -> EngineConfig:
         cache=CacheConfig(**values[CacheConfig]),
         scheduler=SchedulerConfig(**values[SchedulerConfig]),
         parallel=ParallelConfig(**values[ParallelConfig]),
+        structured_outputs=structured or StructuredOutputsConfig(),
     )
 
 

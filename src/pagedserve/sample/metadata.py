@@ -57,11 +57,13 @@ class SamplingMetadata:
     max_num_logprobs: int | None  # largest `logprobs` asked by any row; None when none asks
     logprob_rows: torch.Tensor | None  # [L] batch indices of the rows that ask; None when all do (or none)
     batch_size: int = field(default=0)
+    # Some rows' logits hold a grammar's -inf mask (structured outputs): not for the bf16 C argmax.
+    grammar_masked: bool = False
 
     @property
     def no_logit_processing(self) -> bool:
         """Nothing changes the logits before the argmax: the all-greedy hot path."""
-        return self.penalties is None and self.min_tokens_mask is None
+        return self.penalties is None and self.min_tokens_mask is None and not self.grammar_masked
 
     @classmethod
     def build(cls, rows: list[SamplingRow], vocab_size: int, device: torch.device | str) -> SamplingMetadata:
@@ -124,7 +126,8 @@ def _build_min_tokens_mask(
     for index, row in enumerate(rows):
         if len(row.output_token_ids) >= row.params.min_tokens:
             continue
-        for token_id in sorted(row.params.all_stop_token_ids):
+        # EOS too under ignore_eos: min_tokens means that many tokens before any EOS (vLLM's rule).
+        for token_id in sorted(row.params.all_stop_token_ids | row.params.eos_token_ids):
             if 0 <= token_id < vocab_size:  # a stop id past the model's vocabulary can never be sampled
                 row_indices.append(index)
                 token_ids.append(token_id)

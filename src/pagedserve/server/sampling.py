@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pagedserve.sampling_params import MAX_LOGPROBS, SamplingParams
+from pagedserve.sampling_params import MAX_LOGPROBS, SamplingParams, StructuredOutputsParams
 from pagedserve.server.errors import APIError, invalid_request
 from pagedserve.server.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from pagedserve.server.unsupported import refuse_unsupported_fields
 
 # Request field -> SamplingParams field, copied when the client set them (None keeps SamplingParams' default).
 _COPIED = (
@@ -20,8 +21,45 @@ _COPIED = (
 MAX_TEMPERATURE = 2.0
 
 
-def _common(request: SamplingFields, max_n: int) -> dict[str, Any]:
+def structured_outputs(request: SamplingFields) -> StructuredOutputsParams | None:
+    """response_format (OpenAI's) or structured_outputs (vLLM's) -> the constraint; both at once is refused."""
+    fmt, so = request.response_format, request.structured_outputs
+    if so is not None:
+        if fmt is not None and fmt.type != "text":
+            raise APIError(
+                400, "Set response_format or structured_outputs, not both.", param="structured_outputs"
+            )
+        values = so.model_dump(by_alias=True, exclude_none=True)
+        try:
+            return StructuredOutputsParams(**values)
+        except ValueError as error:
+            raise invalid_request(error) from None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if fmt.type == "json_schema":
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise APIError(
+                400,
+                "response_format json_schema needs json_schema.schema.",
+                param="response_format.json_schema",
+            )
+        return StructuredOutputsParams(json=fmt.json_schema.schema_)
+    tag = {"structures": fmt.structures, "triggers": fmt.triggers}
+    if not fmt.structures or not fmt.triggers:
+        raise APIError(
+            400, "response_format structural_tag needs structures and triggers.", param="response_format"
+        )
+    return StructuredOutputsParams(structural_tag=tag)
+
+
+def _common(request: SamplingFields, max_n: int, endpoint: str) -> dict[str, Any]:
+    refuse_unsupported_fields(request, endpoint)
     values = {name: getattr(request, name) for name in _COPIED if getattr(request, name) is not None}
+    constraint = structured_outputs(request)
+    if constraint is not None:
+        values["structured_outputs"] = constraint
     n = values.get("n", 1)
     if isinstance(n, int) and n > max_n:
         raise APIError(400, f"n must be at most {max_n} on this server.", param="n")
@@ -39,7 +77,7 @@ def _build(values: dict[str, Any]) -> SamplingParams:
 
 
 def chat_sampling_params(request: ChatCompletionRequest, max_n: int) -> SamplingParams:
-    values = _common(request, max_n)
+    values = _common(request, max_n, "chat")
     # max_completion_tokens is the newer spelling; vLLM's benchmark sends it. null: the rest of the context.
     values["max_tokens"] = (
         request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
@@ -55,7 +93,7 @@ def chat_sampling_params(request: ChatCompletionRequest, max_n: int) -> Sampling
 
 
 def completion_sampling_params(request: CompletionRequest, max_n: int) -> SamplingParams:
-    values = _common(request, max_n)
+    values = _common(request, max_n, "completions")
     if "max_tokens" in request.model_fields_set:
         values["max_tokens"] = request.max_tokens
     if request.best_of is not None and request.best_of != (request.n or 1):

@@ -21,6 +21,7 @@ from pagedserve.layers.linear import LinearBase
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
 from pagedserve.outputs import PositionLogprobs
+from pagedserve.sample.grammar_mask import apply_grammar_bitmask
 from pagedserve.sample.logprobs import compute_prompt_logprobs
 from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
 from pagedserve.sample.sampler import Sampler
@@ -308,6 +309,10 @@ class ModelRunner:
                     )
                 )
             metadata = SamplingMetadata.build(sampling_rows, self.vocab_size, self.device)
+            if scheduler_output.grammar_bitmask is not None:
+                seq_rows = {seq.seq_id: j for j, (_, seq) in enumerate(sampling)}
+                logits = apply_grammar_bitmask(logits, scheduler_output.grammar_bitmask, seq_rows)
+                metadata.grammar_masked = True
             out = self.sampler(
                 logits, metadata
             )  # converts to float32 itself unless all rows are plain greedy

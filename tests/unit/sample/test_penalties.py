@@ -124,6 +124,11 @@ def test_min_tokens_with_random_sampling_never_emits_a_stop_token() -> None:
     assert set(tokens.tolist()) <= {1, 2}
 
 
-def test_ignore_eos_leaves_nothing_to_mask() -> None:
-    params = SamplingParams(min_tokens=4, ignore_eos=True)  # the engine leaves all_stop_token_ids empty
-    assert SamplingMetadata.build([make_row(params)], 10, "cpu").min_tokens_mask is None
+def test_min_tokens_masks_eos_even_with_ignore_eos() -> None:
+    """vLLM's rule: min_tokens means that many tokens before any EOS, ignore_eos or not."""
+    params = SamplingParams(min_tokens=4, ignore_eos=True)
+    params.eos_token_ids = {2}  # the engine fills it; all_stop_token_ids stays empty under ignore_eos
+    mask = SamplingMetadata.build([make_row(params)], 10, "cpu").min_tokens_mask
+    assert mask is not None and mask[1].tolist() == [2]
+    done = SamplingMetadata.build([make_row(params, [0], [1] * 4)], 10, "cpu").min_tokens_mask
+    assert done is None

@@ -1,13 +1,14 @@
 """Request bodies of the OpenAI-compatible endpoints, as pydantic models (they also make the OpenAPI schema).
 
 Types are strict so that `"10"` or `1.5` for an integer, or `"1"` for a number, are refused (400) rather than
-coerced. Ranges are checked by `SamplingParams`, which names the offending field. Unknown fields are ignored, as
-vLLM and OpenAI do.
+coerced. Ranges are checked by `SamplingParams`, which names the offending field. Fields of the OpenAI / vLLM
+request models that pagedserve does not implement are refused by name when set (`server/unsupported.py`); other
+unknown fields are accepted with a logged warning, as vLLM does.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr
 
@@ -20,13 +21,48 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class _Strict(BaseModel):
+    """Nested objects whose every key matters: an unknown key is a 400 naming it."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class JsonSchemaFormat(_Strict):
+    name: StrictStr | None = None
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
+    json_schema: JsonSchemaFormat | None = None
+    # type structural_tag (vLLM): the same object as structured_outputs.structural_tag
+    structures: list[dict[str, Any]] | None = None
+    triggers: list[StrictStr] | None = None
+
+
+class StructuredOutputsField(_Strict):
+    """vLLM's `structured_outputs` request field: exactly one constraint."""
+
+    json_: Union[StrictStr, dict[str, Any], None] = Field(default=None, alias="json")
+    regex: StrictStr | None = None
+    choice: list[StrictStr] | None = None
+    grammar: StrictStr | None = None
+    json_object: StrictBool | None = None
+    structural_tag: Union[StrictStr, dict[str, Any], None] = None
+
+
 class StreamOptions(_Lenient):
     include_usage: StrictBool | None = False
     continuous_usage_stats: StrictBool | None = False
 
 
-class SamplingFields(_Lenient):
-    """Fields shared by chat and completions (vLLM's extensions included)."""
+class SamplingFields(BaseModel):
+    """Fields shared by chat and completions (vLLM's extensions included). Unknown fields are kept in
+    `model_extra` so the endpoint can refuse the ones it knows but does not implement."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: StrictStr | None = None
     n: StrictInt | None = 1
@@ -48,6 +84,8 @@ class SamplingFields(_Lenient):
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsField | None = None
 
 
 class TextContentPart(_Lenient):

@@ -1,0 +1,1 @@
+"""Structured outputs (grammar-constrained decoding) on llguidance: the front end compiles, the core masks."""

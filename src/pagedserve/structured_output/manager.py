@@ -1,0 +1,135 @@
+"""The engine core's grammar state (vLLM V1's StructuredOutputManager, on llguidance).
+
+A request with a grammar waits here, not in the scheduler, until its matcher is built on a worker thread (the
+front end has already validated the grammar, so this is quick, but it never runs on the engine thread). Each of
+its sequences then gets its own matcher: before a step, the rows that sample get their allowed-token bitmask;
+after it, each matcher consumes the sampled token. A sequence whose grammar is complete is finished ("stop").
+Matchers are dropped with their sequence, whatever ends it (finish, stop string, abort).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+import numpy as np
+from llguidance import LLMatcher, LLTokenizer
+
+from pagedserve.core.scheduler_output import GrammarBitmask
+from pagedserve.structured_output.grammar import build_ll_tokenizer
+
+logger = logging.getLogger("pagedserve")
+
+# Matchers in their start state, by grammar text; a new sequence takes a deep copy (~5 us) instead of a build.
+TEMPLATE_CACHE_SIZE = 64
+
+
+class StructuredOutputManager:
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.words_per_row = (vocab_size + 31) // 32
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-core")
+        self._tokenizer: Future[LLTokenizer] | None = None
+        self._templates: OrderedDict[str, LLMatcher] = OrderedDict()
+        self._pending: dict[str, Future[LLMatcher]] = {}  # request id -> its matcher being built
+        self._matchers: dict[str, LLMatcher] = {}  # seq id -> its matcher
+
+    # ---- set-up ------------------------------------------------------------------------------------------------
+    def set_tokenizer(self, definition: str, eos_token_ids: list[int]) -> None:
+        """The tokenizer's definition, sent once by the front end before its first grammar request."""
+        if self._tokenizer is None:
+            self._tokenizer = self._pool.submit(
+                build_ll_tokenizer, definition, self.vocab_size, eos_token_ids
+            )
+
+    def submit(self, request_id: str, grammar: str) -> None:
+        if self._tokenizer is None:
+            raise RuntimeError("a grammar request arrived before the tokenizer definition")
+        self._pending[request_id] = self._pool.submit(self._build, grammar)
+
+    def _build(self, grammar: str) -> LLMatcher:
+        template = self._templates.get(grammar)
+        if template is None:
+            assert self._tokenizer is not None
+            template = LLMatcher(self._tokenizer.result(), grammar, log_level=0)
+            if template.is_error():
+                raise ValueError(template.get_error())
+            self._templates[grammar] = template
+            while len(self._templates) > TEMPLATE_CACHE_SIZE:
+                self._templates.popitem(last=False)
+        return template.deep_copy()
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    def is_pending(self, request_id: str) -> bool:
+        return request_id in self._pending
+
+    def wait_for_pending(self, timeout: float) -> None:
+        """Block up to `timeout` s for a build to finish (the core has nothing else to run)."""
+        if self._pending:
+            wait(list(self._pending.values()), timeout=timeout, return_when=FIRST_COMPLETED)
+
+    def take_compiled(self) -> tuple[list[tuple[str, LLMatcher]], list[tuple[str, str]]]:
+        """(request id, matcher) of the builds that finished, and (request id, error) of those that failed."""
+        ready, failed = [], []
+        for request_id, future in list(self._pending.items()):
+            if not future.done():
+                continue
+            del self._pending[request_id]
+            try:
+                ready.append((request_id, future.result()))
+            except Exception as error:  # a grammar llguidance rejects: that request fails, not the core
+                logger.warning("grammar of request %s failed to build: %s", request_id, error)
+                failed.append((request_id, str(error)))
+        return ready, failed
+
+    def cancel(self, request_id: str) -> bool:
+        """Forget a request still waiting for its matcher; True if it was waiting."""
+        future = self._pending.pop(request_id, None)
+        if future is not None:
+            future.cancel()
+        return future is not None
+
+    # ---- per sequence ------------------------------------------------------------------------------------------
+    def add_sequence(self, seq_id: str, matcher: LLMatcher) -> None:
+        self._matchers[seq_id] = matcher
+
+    def has(self, seq_id: str) -> bool:
+        return seq_id in self._matchers
+
+    def bitmask(self, seq_ids: list[str]) -> GrammarBitmask | None:
+        """Allowed tokens of the constrained ones among `seq_ids` (the rows that sample this step)."""
+        rows = [seq_id for seq_id in seq_ids if seq_id in self._matchers]
+        if not rows:
+            return None
+        words = self.words_per_row
+        masks = np.empty((len(rows), words), dtype=np.int32)
+        address = masks.ctypes.data
+        for i, seq_id in enumerate(rows):
+            self._matchers[seq_id].unsafe_compute_mask_ptr(address + i * words * 4, words * 4)
+        return GrammarBitmask(rows, words, masks.tobytes())
+
+    def accept(self, seq_id: str, token_id: int) -> bool:
+        """Advance a sequence's matcher by its sampled token; True when its grammar is complete (or broken)."""
+        matcher = self._matchers.get(seq_id)
+        if matcher is None:
+            return False
+        if not matcher.consume_token(token_id):
+            # Only when something outside the mask forced a token (min_tokens against a finished grammar).
+            logger.warning("sequence %s left its grammar: %s", seq_id, matcher.get_error())
+            return True
+        return matcher.is_stopped()
+
+    def free(self, seq_ids: list[str]) -> None:
+        for seq_id in seq_ids:
+            self._matchers.pop(seq_id, None)
+
+    @property
+    def live_seq_ids(self) -> set[str]:
+        return set(self._matchers)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,197 @@
+"""Structured outputs through the official `openai` SDK against a real server with the bundled model: every
+constrained answer validates (jsonschema), bad grammars are 400s that leave the server healthy, and a
+cancellation storm of constrained streams returns every KV block."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from openai import OpenAI
+
+from .conftest import ServerProcess
+from .test_e2e_metrics_and_load import metric_value
+
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
+MODEL = "SmolLM2-135M-Instruct"
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 18},
+        "role": {"enum": ["admin", "user", "guest"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 1, "maxItems": 3},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 20},
+                "zip": {"type": "integer", "minimum": 0},
+            },
+            "required": ["city", "zip"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "age", "role", "tags", "address"],
+    "additionalProperties": False,
+}
+ASK = [{"role": "user", "content": "Invent a user of a web shop and describe them."}]
+
+
+@pytest.fixture(scope="module")
+def sdk(server: ServerProcess) -> OpenAI:
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=180)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_chat_json_schema_validates(sdk: OpenAI, temperature: float) -> None:
+    response = sdk.chat.completions.create(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        max_tokens=200,
+        temperature=temperature,
+        seed=7,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    jsonschema.validate(json.loads(choice.message.content or ""), PERSON)
+
+
+def test_chat_json_object_parses(sdk: OpenAI) -> None:
+    response = sdk.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        max_tokens=200,
+        temperature=0,
+        response_format={"type": "json_object"},  # type: ignore[arg-type]
+    )
+    assert isinstance(json.loads(response.choices[0].message.content or ""), dict)
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_choice_and_regex_on_both_endpoints(sdk: OpenAI, endpoint: str) -> None:
+    choices = ["positive", "negative", "neutral"]
+    pattern = r"[A-Z][a-z]{2,8} [0-9]{2}"
+    for constraint, check in (
+        ({"choice": choices}, lambda text: text in choices),
+        ({"regex": pattern}, lambda text: re.fullmatch(pattern, text) is not None),
+    ):
+        body = {"structured_outputs": constraint}
+        if endpoint == "chat":
+            messages = [{"role": "user", "content": "Is 'I love it' positive? Answer."}]
+            out = sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=20, extra_body=body)  # type: ignore[arg-type]
+            text = out.choices[0].message.content or ""
+        else:
+            completion = sdk.completions.create(
+                model=MODEL, prompt="Review: great. Label:", max_tokens=20, extra_body=body
+            )
+            text = completion.choices[0].text
+        assert check(text), (constraint, text)
+
+
+def test_streamed_json_equals_plain(sdk: OpenAI) -> None:
+    kwargs: dict[str, Any] = {
+        "model": MODEL,
+        "messages": ASK,
+        "max_tokens": 200,
+        "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+    }
+    plain = sdk.chat.completions.create(**kwargs).choices[0].message.content
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in sdk.chat.completions.create(stream=True, **kwargs)
+        if c.choices
+    )
+    assert streamed == plain
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "fancy"}},
+                }
+            },
+            "structured_outputs",
+        ),
+        ({"structured_outputs": {"regex": "[a-z"}}, "structured_outputs"),
+        ({"structured_outputs": {"grammar": "root ::= undefined_rule"}}, "structured_outputs"),
+        ({"structured_outputs": {"choice": ["a"], "regex": "a"}}, "structured_outputs"),
+        ({"structured_outputs": {"jsonn": {}}}, "structured_outputs.jsonn"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"guided_json": {"type": "object"}}, "guided_json"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ],
+)
+def test_bad_constraints_are_400_and_the_server_stays_healthy(
+    server: ServerProcess, extra: dict[str, Any], param: str
+) -> None:
+    body = {"model": MODEL, "messages": ASK, "max_tokens": 5, **extra}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"], error
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    ok = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_sdk_raises_bad_request_for_an_invalid_schema(sdk: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        sdk.completions.create(
+            model=MODEL, prompt="x", max_tokens=4, extra_body={"structured_outputs": {"json": {"type": 5}}}
+        )
+
+
+def test_cancellation_storm_of_constrained_streams_returns_every_block(server: ServerProcess) -> None:
+    aborts_before = metric_value(server, "vllm:request_success_total", finished_reason="abort")
+    body = {
+        "model": MODEL,
+        "messages": ASK,
+        "max_tokens": 1000,
+        "stream": True,
+        "temperature": 1.0,
+        "ignore_eos": True,
+        # Free text inside a JSON string: the grammar never completes before the client gives up.
+        "structured_outputs": {"regex": "[a-z ]{1,2000}"},
+    }
+
+    async def cut(client: httpx.AsyncClient) -> None:
+        async def consume() -> None:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                async for _ in response.aiter_lines():
+                    pass
+
+        try:
+            await asyncio.wait_for(consume(), 3.0)
+        except asyncio.TimeoutError:
+            return
+        raise AssertionError("a constrained request finished before the client cut it")
+
+    async def storm() -> None:
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=40)
+        ) as c:
+            await asyncio.gather(*(cut(c) for _ in range(20)))
+
+    asyncio.run(storm())
+    deadline = time.monotonic() + 10
+    while metric_value(server, "vllm:kv_cache_usage_perc") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric_value(server, "vllm:kv_cache_usage_perc") == 0
+    assert metric_value(server, "vllm:num_requests_running") == 0
+    assert metric_value(server, "vllm:request_success_total", finished_reason="abort") - aborts_before == 20
