@@ -258,6 +258,14 @@ class ServerConfig:
     ready_stall_seconds: float = 30.0
     """/ready turns 503 when the engine has work but made no step for this long (wedged engine)."""
 
+    enable_auto_tool_choice: bool = False
+    """Allow tool_choice "auto" (also the default when a request has tools): the model decides, and
+    --tool-call-parser reads its calls out of the text. "required" and named choices work without it (a grammar)."""
+
+    tool_call_parser: str | None = None
+    """How the model writes tool calls, for tool_choice "auto": hermes (<tool_call>{...}</tool_call>: Hermes,
+    Qwen) or llama3_json ({"name": ..., "parameters": ...}: Llama 3.x)."""
+
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:

@@ -132,7 +132,6 @@ def test_streamed_json_equals_plain(sdk: OpenAI) -> None:
         ({"structured_outputs": {"jsonn": {}}}, "structured_outputs.jsonn"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"guided_json": {"type": "object"}}, "guided_json"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"logit_bias": {"5": 10}}, "logit_bias"),
     ],
 )

@@ -39,9 +39,6 @@ UNSUPPORTED_FLAGS = {
     "--data-parallel-size": "run more replicas instead (the Helm chart scales them)",
     "--ssl-keyfile": "terminate TLS at the ingress",
     "--ssl-certfile": "terminate TLS at the ingress",
-    "--enable-auto-tool-choice": "tool calling is not implemented yet (structured outputs are: response_format, "
-    "structured_outputs)",
-    "--tool-call-parser": "tool calling is not implemented yet",
 }
 # uvicorn's own drain after ours; in-flight requests are already done or past --shutdown-timeout by then.
 UVICORN_GRACEFUL_TIMEOUT_S = 3
@@ -114,6 +111,13 @@ def _check_supported(args: argparse.Namespace) -> str | None:
         )
     if args.max_num_queued_reqs < 1:
         return "--max-num-queued-reqs must be >= 1."
+    if args.tool_call_parser is not None:
+        from pagedserve.server.tool_parsers import TOOL_PARSERS
+
+        if args.tool_call_parser not in TOOL_PARSERS:
+            return f"--tool-call-parser must be one of: {', '.join(sorted(TOOL_PARSERS))}."
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        return "--enable-auto-tool-choice needs --tool-call-parser (hermes or llama3_json)."
     if args.max_request_body_bytes < 1:
         return "--max-request-body-bytes must be >= 1."
     if args.shutdown_timeout < 0:

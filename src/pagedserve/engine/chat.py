@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pagedserve.errors import InvalidRequestError
@@ -9,8 +10,9 @@ from pagedserve.errors import InvalidRequestError
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 
 
-def normalize_messages(messages: Any) -> list[dict[str, str]]:
-    """Validate OpenAI-style messages and flatten content parts to plain text."""
+def normalize_messages(messages: Any) -> list[dict[str, Any]]:
+    """Validate OpenAI-style messages and flatten content parts to plain text; an assistant's tool_calls and a
+    tool message's tool_call_id / name go to the template too (call arguments as objects, as templates expect)."""
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages must be a non-empty list", param="messages")
     result = []
@@ -43,12 +45,40 @@ def normalize_messages(messages: Any) -> list[dict[str, str]]:
             raise InvalidRequestError(
                 f"messages[{i}].content must be a string or text parts", param="messages"
             )
-        result.append({"role": role, "content": content})
+        entry: dict[str, Any] = {"role": role, "content": content}
+        if role == "assistant" and message.get("tool_calls"):
+            entry["tool_calls"] = [_template_tool_call(call, i) for call in message["tool_calls"]]
+        if role == "tool" and message.get("tool_call_id") is not None:
+            entry["tool_call_id"] = message["tool_call_id"]
+        if message.get("name") is not None:
+            entry["name"] = message["name"]
+        result.append(entry)
     return result
 
 
+def _template_tool_call(call: Any, i: int) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequestError(f"messages[{i}].tool_calls entries need function.name", param="messages")
+    arguments = function.get("arguments", "{}")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass  # left as text: some templates print it as is
+    return {
+        "id": call.get("id"),
+        "type": "function",
+        "function": {"name": function["name"], "arguments": arguments},
+    }
+
+
 def apply_chat_template(
-    tokenizer: Any, messages: Any, add_generation_prompt: bool = True, chat_template: str | None = None
+    tokenizer: Any,
+    messages: Any,
+    add_generation_prompt: bool = True,
+    chat_template: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
     normalized = normalize_messages(messages)
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
@@ -59,6 +89,7 @@ def apply_chat_template(
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             chat_template=chat_template,
+            tools=tools or None,
         )
     except Exception as error:  # a template may raise on odd role orders (jinja2 raise_exception)
         raise InvalidRequestError(f"chat template failed: {str(error)[:200]}", param="messages") from None

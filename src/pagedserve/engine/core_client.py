@@ -148,8 +148,9 @@ class EngineCoreClient:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
-        return self._input.apply_chat_template(messages, add_generation_prompt, chat_template)
+        return self._input.apply_chat_template(messages, add_generation_prompt, chat_template, tools)
 
     def add_stats_listener(self, listener: Callable[[EngineStats], None]) -> None:
         self._listeners = (*self._listeners, listener)

@@ -56,9 +56,10 @@ class InputProcessor:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         return apply_chat_template(
-            self.tokenizer, messages, add_generation_prompt, chat_template or self.chat_template
+            self.tokenizer, messages, add_generation_prompt, chat_template or self.chat_template, tools
         )
 
     def process(

@@ -70,8 +70,9 @@ class LLMEngine:
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
-        return self.input_processor.apply_chat_template(messages, add_generation_prompt, chat_template)
+        return self.input_processor.apply_chat_template(messages, add_generation_prompt, chat_template, tools)
 
     def add_request(
         self, request_id: str, prompt: PromptInput, params: SamplingParams, arrival_time: float | None = None

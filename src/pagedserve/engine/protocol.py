@@ -29,6 +29,7 @@ class EngineClient(Protocol):
         messages: list[dict[str, Any]],
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[int]:
         """Token ids of a chat. Raises InvalidRequestError on malformed messages."""
 

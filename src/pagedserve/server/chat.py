@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from pagedserve.outputs import CompletionOutput, RequestOutput
 from pagedserve.server.chat_messages import plain_messages, render_chat
+from pagedserve.server.chat_tools import ToolPlan, ToolStream, message_and_reason, plan_tools
 from pagedserve.server.generation import (
     Generation,
     guarded_stream,
@@ -33,6 +34,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     model = state.check_model(body.model)
     engine = state.require_engine()
     params = chat_sampling_params(body, state.config.max_n)
+    plan = plan_tools(body, state.config.enable_auto_tool_choice, state.config.tool_call_parser)
+    if plan.constraint is not None:
+        params.structured_outputs = plan.constraint
     messages = plain_messages(body.messages)
     response_id, engine_id = new_request_ids("chatcmpl", client_request_id(request))
     generation = Generation(state, engine, engine_id, [[]], params)  # prompt filled in once rendered
@@ -40,17 +44,22 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 
     async def build() -> Any:
         prompt = await until_disconnect(
-            request, state.off_loop(render_chat, engine, messages, body.add_generation_prompt is not False)
+            request,
+            state.off_loop(
+                render_chat, engine, messages, body.add_generation_prompt is not False, plan.tools
+            ),
         )
         generation.prompts = [prompt]
         await until_disconnect(request, generation.start())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            stream = _stream(generation, response_id, model, int(time.time()), include_usage, body, engine)
+            stream = _stream(
+                generation, response_id, model, int(time.time()), include_usage, body, engine, plan
+            )
             return SSEResponse(guarded_stream(generation, stream), on_close=generation.close)
         outputs = await until_disconnect(request, generation.collect())
         await generation.close()
-        return JSONResponse(_response(outputs[0], response_id, model, body, engine))
+        return JSONResponse(_response(outputs[0], response_id, model, body, engine, plan))
 
     return await respond(generation, build)
 
@@ -66,18 +75,28 @@ def _choice_logprobs(
 
 
 def _response(
-    output: RequestOutput, response_id: str, model: str, body: ChatCompletionRequest, engine: Any
+    output: RequestOutput,
+    response_id: str,
+    model: str,
+    body: ChatCompletionRequest,
+    engine: Any,
+    plan: ToolPlan,
 ) -> dict[str, Any]:
-    choices = [
-        {
-            "index": c.index,
-            "message": {"role": "assistant", "content": c.text},
-            "logprobs": _choice_logprobs(c, 0, body, engine),
-            "finish_reason": c.finish_reason,
-            "stop_reason": c.stop_reason,
-        }
-        for c in sorted(output.outputs, key=lambda c: c.index)
-    ]
+    choices = []
+    for c in sorted(output.outputs, key=lambda c: c.index):
+        message: dict[str, Any] = {"role": "assistant", "content": c.text}
+        finish_reason = c.finish_reason
+        if plan.mode != "none":
+            message, finish_reason = message_and_reason(plan, c.text, c.finish_reason)
+        choices.append(
+            {
+                "index": c.index,
+                "message": message,
+                "logprobs": _choice_logprobs(c, 0, body, engine),
+                "finish_reason": finish_reason,
+                "stop_reason": c.stop_reason,
+            }
+        )
     return {
         "id": response_id,
         "object": "chat.completion",
@@ -96,17 +115,23 @@ async def _stream(
     include_usage: bool,
     body: ChatCompletionRequest,
     engine: Any,
+    plan: ToolPlan,
 ) -> AsyncIterator[str]:
     head = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    tool_streams: dict[int, ToolStream] = {}
 
     def chunk(
-        index: int, delta: dict[str, Any], logprobs: Any = None, finish: CompletionOutput | None = None
+        index: int,
+        delta: dict[str, Any],
+        logprobs: Any = None,
+        finish: CompletionOutput | None = None,
+        finish_reason: str | None = None,
     ) -> str:
         choice = {
             "index": index,
             "delta": delta,
             "logprobs": logprobs,
-            "finish_reason": finish.finish_reason if finish else None,
+            "finish_reason": (finish_reason or finish.finish_reason) if finish else None,
         }
         if finish is not None:
             choice["stop_reason"] = finish.stop_reason
@@ -128,10 +153,33 @@ async def _stream(
             delta_text = completion.text[sent_chars[index] :]
             logprobs = _choice_logprobs(completion, sent_tokens[index], body, engine)
             sent_chars[index], sent_tokens[index] = len(completion.text), len(completion.token_ids)
-            if completion.finish_reason is not None:
+            if plan.mode != "none":
+                tools = tool_streams.setdefault(index, ToolStream(plan))
+                delta = tools.delta(delta_text)
+                if completion.finish_reason is not None:
+                    done.add(index)
+                    last_delta, reason = tools.finish(completion.finish_reason)
+                    merged = _merge(delta, last_delta)
+                    yield chunk(index, merged, logprobs, completion, reason)
+                elif delta is not None or (logprobs and logprobs["content"]):
+                    yield chunk(index, delta or {}, logprobs)
+            elif completion.finish_reason is not None:
                 done.add(index)
                 yield chunk(index, {"content": delta_text} if delta_text else {}, logprobs, completion)
             elif delta_text or (logprobs and logprobs["content"]):
                 yield chunk(index, {"content": delta_text}, logprobs)
     if include_usage and last is not None:
         yield sse({**head, "choices": [], "usage": usage([last])})
+
+
+def _merge(first: dict[str, Any] | None, second: dict[str, Any] | None) -> dict[str, Any]:
+    """One chunk delta from two: content joined, tool-call pieces in order."""
+    merged: dict[str, Any] = {}
+    for part in (first, second):
+        if not part:
+            continue
+        if part.get("content"):
+            merged["content"] = merged.get("content", "") + part["content"]
+        if part.get("tool_calls"):
+            merged["tool_calls"] = merged.get("tool_calls", []) + part["tool_calls"]
+    return merged

@@ -60,8 +60,6 @@ _REFUSED_ANYWHERE: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 _REFUSED_CHAT: dict[str, tuple[tuple[Any, ...], str]] = {
-    "tools": (_NOT_SET, "tool calling is not implemented yet (response_format / structured_outputs are)"),
-    "tool_choice": ((None, "none"), "tool calling is not implemented yet"),
     "functions": (_NOT_SET, "functions is deprecated by OpenAI and not supported: use tools"),
     "function_call": (
         (None, "none"),
@@ -92,7 +90,7 @@ _REFUSED_COMPLETIONS: dict[str, tuple[tuple[Any, ...], str]] = {
 
 # Bookkeeping fields that cannot change the output.
 _ACCEPTED = {"store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier", "include_reasoning",
-             "request_id", "parallel_tool_calls"}  # fmt: skip
+             "request_id"}  # fmt: skip
 
 _warned: set[str] = set()
 

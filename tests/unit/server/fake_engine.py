@@ -100,7 +100,11 @@ class FakeLLMEngine:
     # ---- contract ------------------------------------------------------------------------------------------
 
     def apply_chat_template(
-        self, messages: list[dict], add_generation_prompt: bool = True, chat_template: str | None = None
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+        tools: list[dict] | None = None,
     ) -> list[int]:
         if not isinstance(messages, list) or not messages:
             raise InvalidRequestError("messages must be a non-empty list.", param="messages")
@@ -110,7 +114,11 @@ class FakeLLMEngine:
             if not isinstance(message.get("content", ""), str):
                 raise InvalidRequestError(f"messages[{i}].content must be a string.", param="messages")
         text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tokenize=False, chat_template=chat_template
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+            chat_template=chat_template,
+            tools=tools,
         )
         return self.tokenizer.encode(text, add_special_tokens=False)
 

@@ -93,10 +93,46 @@ class TextContentPart(_Lenient):
     text: StrictStr
 
 
+class FunctionCall(_Lenient):
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as OpenAI sends it
+
+
+class ToolCallMessage(_Lenient):
+    """A tool call in an assistant message sent back by the client."""
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: Union[StrictStr, list[TextContentPart], None] = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCallMessage] | None = None  # assistant messages
+    tool_call_id: StrictStr | None = None  # tool messages
+
+
+class FunctionDefinition(_Strict):
+    name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ChatTool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: StrictStr
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -106,6 +142,9 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: StrictBool | None = False
     top_logprobs: StrictInt | None = None
     add_generation_prompt: StrictBool | None = True
+    tools: list[ChatTool] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: StrictBool | None = True
 
 
 # str | list[str] | list[int] | list[list[int]]

@@ -1,0 +1,35 @@
+"""Tool-call output parsers selected by ``--tool-call-parser`` (vLLM-compatible names)."""
+
+from __future__ import annotations
+
+from .base import DeltaMessage, ExtractedToolCalls, ToolCall, ToolCallDelta, ToolParser
+from .hermes import HermesToolParser
+from .llama3_json import Llama3JsonToolParser
+
+TOOL_PARSERS: dict[str, type[ToolParser]] = {
+    HermesToolParser.name: HermesToolParser,
+    Llama3JsonToolParser.name: Llama3JsonToolParser,
+}
+
+
+def get_tool_parser(name: str) -> type[ToolParser]:
+    """The parser class for a ``--tool-call-parser`` name; ValueError for an unknown one."""
+    try:
+        return TOOL_PARSERS[name]
+    except KeyError:
+        raise ValueError(
+            f"--tool-call-parser {name!r} is not one of: {', '.join(sorted(TOOL_PARSERS))}"
+        ) from None
+
+
+__all__ = [
+    "TOOL_PARSERS",
+    "DeltaMessage",
+    "ExtractedToolCalls",
+    "HermesToolParser",
+    "Llama3JsonToolParser",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolParser",
+    "get_tool_parser",
+]

@@ -1,0 +1,87 @@
+"""Tool-choice planning and the assistant message / stream deltas built from model text (no model needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pagedserve.server.chat_tools import ToolStream, message_and_reason, plan_tools
+from pagedserve.server.errors import APIError
+from pagedserve.server.openai.protocol import ChatCompletionRequest
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}},
+        },
+    },
+    {"type": "function", "function": {"name": "now"}},
+]
+
+
+def _body(**fields) -> ChatCompletionRequest:
+    return ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], tools=TOOLS, **fields)
+
+
+def test_required_schema_lists_every_tool_and_honours_parallel_tool_calls() -> None:
+    plan = plan_tools(_body(tool_choice="required", parallel_tool_calls=False), False, None)
+    schema = plan.constraint.json  # type: ignore[union-attr]
+    assert [item["properties"]["name"]["const"] for item in schema["items"]["anyOf"]] == ["add", "now"]
+    assert schema["maxItems"] == 1 and schema["minItems"] == 1
+    assert schema["items"]["anyOf"][1]["properties"]["parameters"] == {"type": "object"}
+
+
+def test_required_answer_becomes_tool_calls() -> None:
+    plan = plan_tools(_body(tool_choice="required"), False, None)
+    text = json.dumps([{"name": "add", "parameters": {"a": 1}}, {"name": "now", "parameters": {}}])
+    message, reason = message_and_reason(plan, text, "stop")
+    assert reason == "tool_calls" and message["content"] is None
+    assert [
+        (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]
+    ] == [
+        ("add", {"a": 1}),
+        ("now", {}),
+    ]
+    cut, reason = message_and_reason(plan, text[:10], "length")  # cut short: the text stays content
+    assert cut == {"role": "assistant", "content": text[:10]} and reason == "length"
+
+
+def test_auto_parses_hermes_calls_and_streams_the_same() -> None:
+    plan = plan_tools(_body(), True, "hermes")
+    text = 'Let me check.<tool_call>\n{"name": "add", "arguments": {"a": 2}}\n</tool_call>'
+    message, reason = message_and_reason(plan, text, "stop")
+    assert reason == "tool_calls" and message["content"] == "Let me check."
+    assert message["tool_calls"][0]["function"] == {"name": "add", "arguments": '{"a": 2}'}
+    stream = ToolStream(plan)
+    deltas = [stream.delta(text[i : i + 3]) for i in range(0, len(text), 3)]
+    last, final_reason = stream.finish("stop")
+    content = "".join(d.get("content", "") for d in [*deltas, last] if d)
+    arguments = "".join(
+        p["function"].get("arguments", "") for d in [*deltas, last] if d for p in d.get("tool_calls", [])
+    )
+    assert content == "Let me check." and arguments == '{"a": 2}' and final_reason == "tool_calls"
+
+
+def test_auto_without_a_call_is_plain_content() -> None:
+    plan = plan_tools(_body(tool_choice="auto"), True, "llama3_json")
+    assert message_and_reason(plan, "Hello there", "stop") == (
+        {"role": "assistant", "content": "Hello there"},
+        "stop",
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "auto", "fragment"),
+    [
+        ({"tool_choice": "auto"}, False, "--enable-auto-tool-choice"),
+        ({"tool_choice": {"type": "function", "function": {"name": "sub"}}}, True, "'sub'"),
+        ({"tool_choice": "required", "structured_outputs": {"regex": "a"}}, True, "structured_outputs"),
+    ],
+)
+def test_plan_refusals_name_tool_choice(fields, auto, fragment) -> None:
+    with pytest.raises(APIError, match=fragment) as caught:
+        plan_tools(_body(**fields), auto, "hermes" if auto else None)
+    assert caught.value.param == "tool_choice"

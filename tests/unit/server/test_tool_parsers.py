@@ -1,0 +1,209 @@
+"""Tool-call output parsers (--tool-call-parser hermes / llama3_json): whole-text parsing, and streaming
+that, reassembled from arbitrary splits, agrees with it."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from pagedserve.server.tool_parsers import (
+    TOOL_PARSERS,
+    HermesToolParser,
+    Llama3JsonToolParser,
+    ToolParser,
+    get_tool_parser,
+)
+
+ID_RE = re.compile(r"chatcmpl-tool-[0-9a-f]{32}")
+Calls = list[tuple[str, str]]
+
+
+def hermes_call(name: str, args: object) -> str:
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': args}, ensure_ascii=False)}\n</tool_call>"
+
+
+def args_text(args: object) -> str:
+    return json.dumps(args, ensure_ascii=False)
+
+
+WEATHER = {"city": "東京", "unit": "celsius", "note": "☀️ «ok»"}
+NESTED = {"filter": {"tags": ["a", {"b": [1, 2.5, None, True]}], "s": "}{;</tool_call"}, "n": -3}
+
+HERMES_TEXTS = [
+    "",
+    "   \n",
+    "Hello, world!",
+    "a < b and <tool_ but not <tool_call",
+    "ends with a partial marker <tool_c",
+    hermes_call("get_weather", WEATHER),
+    "\n\n" + hermes_call("get_weather", WEATHER),
+    "Let me check.\n" + hermes_call("f", {"x": 1}) + "\n" + hermes_call("g", NESTED),
+    hermes_call("f", {}) + " dropped text " + hermes_call("g", {"s": "<tool_call>"}) + " tail",
+    '<tool_call>\n{"name": "f", "arguments": {"x": [1, 2]}}',
+    'Sure <tool_call>\n{"name": "f", "arguments": {bad}}\n</tool_call> and more',
+    'Hi <tool_call>{"arguments": {}}</tool_call>',
+    '<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>',
+    '<tool_call>{"name": "f"}</tool_call>',
+    "<tool_call>\n",
+    '<tool_call>\n{"name": "f", "arguments": {"x"',
+]
+
+LLAMA_TEXTS = [
+    "",
+    "  ",
+    "The answer is 42.",
+    '{"name": "get_weather", "parameters": ' + args_text(WEATHER) + "}",
+    '<|python_tag|>{"name": "f", "parameters": {"a": 1}}',
+    '  <|python_tag|> {"name": "f", "arguments": '
+    + args_text(NESTED)
+    + '};  {"name": "g", "parameters": {}}',
+    '{"name": "f", "parameters": {}}; {"name": "g", "parameters": {"s": "}{;"}};',
+    'Here you go: {"name": "f", "parameters": {}}',
+    '{"name": "f", "parameters": {}} trailing',
+    '{"name": "f", "parameters": {',
+    '{"answer": 42}',
+    "<|python",
+    "<|python_tag|>",
+    "<|python_tag|>hello",
+    '{"name": "f"}',
+    '{"name": "f", "parameters": {}}\n<|eom_id|>',
+]
+
+CASES = [(HermesToolParser, t) for t in HERMES_TEXTS] + [(Llama3JsonToolParser, t) for t in LLAMA_TEXTS]
+
+
+def run_stream(cls: type[ToolParser], chunks: list[str]) -> tuple[str | None, Calls]:
+    """Feed chunks, reassemble content and calls, and check the delta invariants on the way."""
+    parser = cls()
+    messages = [parser.extract_tool_calls_streaming(c) for c in chunks] + [parser.finish()]
+    content = ""
+    calls: list[dict[str, str]] = []
+    for msg in messages:
+        if msg is None:
+            continue
+        assert msg.content or msg.tool_calls, "empty DeltaMessage instead of None"
+        content += msg.content or ""
+        for delta in msg.tool_calls:
+            if delta.index == len(calls):
+                assert delta.id and ID_RE.fullmatch(delta.id) and delta.name
+                assert not delta.arguments
+                calls.append({"id": delta.id, "name": delta.name, "args": ""})
+            else:
+                assert delta.index == len(calls) - 1 and delta.id is None and delta.name is None
+                calls[delta.index]["args"] += delta.arguments or ""
+    assert [c.id for c in parser.tool_calls] == [c["id"] for c in calls]
+    assert parser.finish() is None
+    return content or None, [(c["name"], c["args"]) for c in calls]
+
+
+def whole(cls: type[ToolParser], text: str) -> tuple[str | None, Calls]:
+    result = cls().extract_tool_calls(text)
+    assert result.tools_called == bool(result.tool_calls)
+    assert all(ID_RE.fullmatch(c.id) for c in result.tool_calls)
+    return result.content or None, [(c.name, c.arguments) for c in result.tool_calls]
+
+
+def test_registry() -> None:
+    assert set(TOOL_PARSERS) == {"hermes", "llama3_json"}
+    assert get_tool_parser("hermes") is HermesToolParser
+    assert get_tool_parser("llama3_json") is Llama3JsonToolParser
+    with pytest.raises(ValueError, match=r"--tool-call-parser 'nope' is not one of: hermes, llama3_json"):
+        get_tool_parser("nope")
+
+
+def test_hermes_single_call() -> None:
+    result = HermesToolParser().extract_tool_calls(hermes_call("get_weather", {"city": "Paris"}))
+    assert result.tools_called and result.content is None
+    [call] = result.tool_calls
+    assert (call.name, call.arguments) == ("get_weather", '{"city": "Paris"}')
+
+
+def test_hermes_several_calls_with_content() -> None:
+    text = HERMES_TEXTS[7]
+    result = HermesToolParser().extract_tool_calls(text)
+    assert result.content == "Let me check.\n"
+    assert [(c.name, json.loads(c.arguments)) for c in result.tool_calls] == [("f", {"x": 1}), ("g", NESTED)]
+    assert len({c.id for c in result.tool_calls}) == 2
+
+
+def test_hermes_blank_content_is_none_and_unicode_kept() -> None:
+    result = HermesToolParser().extract_tool_calls(HERMES_TEXTS[6])
+    assert result.content is None
+    assert result.tool_calls[0].arguments == args_text(WEATHER)
+    assert "東京" in result.tool_calls[0].arguments
+
+
+@pytest.mark.parametrize("text", [HERMES_TEXTS[10], HERMES_TEXTS[11], HERMES_TEXTS[15]])
+def test_hermes_invalid_is_content(text: str) -> None:
+    result = HermesToolParser().extract_tool_calls(text)
+    assert (result.tools_called, result.tool_calls, result.content) == (False, [], text)
+
+
+def test_llama3_calls() -> None:
+    result = Llama3JsonToolParser().extract_tool_calls(LLAMA_TEXTS[5])
+    assert result.tools_called and result.content is None
+    assert [(c.name, c.arguments) for c in result.tool_calls] == [("f", args_text(NESTED)), ("g", "{}")]
+    [call] = Llama3JsonToolParser().extract_tool_calls(LLAMA_TEXTS[3]).tool_calls
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", WEATHER)
+
+
+@pytest.mark.parametrize("text", [LLAMA_TEXTS[i] for i in (2, 7, 8, 9, 10, 11, 12, 13, 15)])
+def test_llama3_not_calls_is_content(text: str) -> None:
+    result = Llama3JsonToolParser().extract_tool_calls(text)
+    assert (result.tools_called, result.tool_calls, result.content) == (False, [], text)
+
+
+def test_streaming_emits_content_early() -> None:
+    parser = HermesToolParser()
+    msg = parser.extract_tool_calls_streaming("Hello <tool_")
+    assert msg is not None and msg.content == "Hello " and not msg.tool_calls
+    assert parser.extract_tool_calls_streaming('call>{"name": "f", "arguments": {}}') is None
+    msg = parser.extract_tool_calls_streaming("</tool_call>")
+    assert msg is not None and msg.content is None
+    assert [(d.index, d.name, d.arguments) for d in msg.tool_calls] == [(0, "f", ""), (0, None, "{}")]
+
+
+def test_missing_arguments_mean_empty_object() -> None:
+    for cls, text in [(HermesToolParser, HERMES_TEXTS[13]), (Llama3JsonToolParser, LLAMA_TEXTS[14])]:
+        assert whole(cls, text) == (None, [("f", "{}")])
+
+
+def test_streaming_invalid_call_after_a_sent_call() -> None:
+    """The only case where streaming can't match: a call already sent can't be taken back, so the calls
+    before the invalid one stay and the rest streams as content (non-streaming: all content)."""
+    text = hermes_call("f", {}) + "<tool_call>{oops}</tool_call>!"
+    assert whole(HermesToolParser, text) == (text, [])
+    assert run_stream(HermesToolParser, [text]) == ("<tool_call>{oops}</tool_call>!", [("f", "{}")])
+    text = '{"name": "f", "parameters": {}}; [1]'
+    assert whole(Llama3JsonToolParser, text) == (text, [])
+    assert run_stream(Llama3JsonToolParser, [text]) == ("[1]", [("f", "{}")])
+
+
+def test_llama3_streaming_waits_for_separator_or_end() -> None:
+    parser = Llama3JsonToolParser()
+    assert parser.extract_tool_calls_streaming('<|python_tag|>{"name": "f", "parameters": {"a": 1}}') is None
+    msg = parser.extract_tool_calls_streaming(" ;")
+    assert msg is not None and [(d.index, d.name, d.arguments) for d in msg.tool_calls] == [
+        (0, "f", ""),
+        (0, None, '{"a": 1}'),
+    ]
+    assert parser.extract_tool_calls_streaming(' {"name": "g", "parameters": {}}') is None
+    msg = parser.finish()
+    assert msg is not None and msg.content is None and [d.name for d in msg.tool_calls] == ["g", None]
+
+
+@pytest.mark.parametrize(("cls", "text"), CASES)
+def test_streaming_matches_whole(cls: type[ToolParser], text: str) -> None:
+    expected = whole(cls, text)
+    assert run_stream(cls, [text]) == expected
+    assert run_stream(cls, list(text)) == expected
+    for i in range(len(text) + 1):
+        assert run_stream(cls, [text[:i], text[i:]]) == expected, i
+    rng = random.Random(text)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(len(text) + 1), min(4, len(text) + 1)))
+        chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        assert run_stream(cls, chunks) == expected, cuts
