@@ -54,7 +54,9 @@ class ModelConfig:
     """Seed for random weights (dummy) and for sampling of requests that give no seed."""
 
     generation_config: str = "auto"
-    """Where default sampling parameters come from: auto (the model's generation_config.json) or vllm (none)."""
+    """Where default sampling parameters come from (vLLM's flag): auto (the model's generation_config.json, or a
+    GGUF's general.sampling.*), vllm (none: vLLM's defaults), or a folder holding a generation_config.json. They
+    apply to fields a request leaves unset; max_new_tokens caps max_tokens."""
 
     chat_template: str | None = None
     """Jinja chat template file or inline string overriding the tokenizer's."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # One position's log-probabilities: token id -> Logprob (the sampled token is always included).
 LogprobsDict = dict[int, "Logprob"]
@@ -73,3 +74,5 @@ class EngineInfo:
     quantization: str = ""  # "gguf" when GGUF blocks are kept, "" for float weights
     weight_bytes: int = 0  # bytes of the model's parameters as held in memory
     kv_cache_dtype: str = ""  # the KV cache's storage dtype ("float8_e4m3fn" with --kv-cache-dtype fp8)
+    # The model's generation_config defaults (--generation-config), as SamplingParams fields; filled by the front end.
+    default_sampling_params: dict[str, Any] = field(default_factory=dict)

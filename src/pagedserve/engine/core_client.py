@@ -31,7 +31,7 @@ from typing import Any
 from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats
 from pagedserve.engine import core_messages as msg
-from pagedserve.engine.input_processor import InputProcessor, load_tokenizer_for
+from pagedserve.engine.input_processor import InputProcessor, generation_defaults_for, load_tokenizer_for
 from pagedserve.engine.output_processor import OutputProcessor
 from pagedserve.engine.prompts import PromptInput
 from pagedserve.engine.streams import OutputQueue, RequestAbortedError, next_output
@@ -72,7 +72,8 @@ class EngineCoreClient:
             try:
                 conn.send_bytes(msg.encode(msg.StartCore(config)))
                 # The core loads the weights while this process loads the tokenizer.
-                tokenizer, _source = load_tokenizer_for(config)
+                tokenizer, source = load_tokenizer_for(config)
+                generation_defaults = generation_defaults_for(config, source)
                 ready = self._wait_ready(conn)
             finally:
                 conn.close()
@@ -85,7 +86,7 @@ class EngineCoreClient:
         self.pid = self._process.pid
         self.worker_pids = list(ready.worker_pids)
         self._input = InputProcessor(
-            tokenizer, self.info, config.model.chat_template, config.structured_outputs
+            tokenizer, self.info, config.model.chat_template, config.structured_outputs, generation_defaults
         )
         self._grammar_tokenizer_sent = False
         self._output = OutputProcessor(tokenizer)

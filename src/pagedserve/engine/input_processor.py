@@ -4,6 +4,7 @@ ids, and the `RequestState` that will collect its outputs. Every refusal happens
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ from pagedserve.structured_output.grammar import GrammarCompiler
 if TYPE_CHECKING:
     from pagedserve.models.loader import ModelSource
 
+logger = logging.getLogger("pagedserve")
+
 
 def load_tokenizer_for(config: EngineConfig) -> tuple[Any, ModelSource]:
     """(tokenizer, resolved model source) for `config`, from local files, without reading the weights."""
@@ -30,6 +33,33 @@ def load_tokenizer_for(config: EngineConfig) -> tuple[Any, ModelSource]:
     return load_tokenizer(source, config.model.tokenizer), source
 
 
+def generation_defaults_for(config: EngineConfig, source: ModelSource) -> dict[str, Any]:
+    """--generation-config: the default sampling parameters, as SamplingParams fields (vLLM's rules).
+
+    auto: the model's generation_config.json (or a GGUF's general.sampling.*); vllm: none; else a folder holding a
+    generation_config.json. max_new_tokens becomes max_tokens, which the server uses as a cap."""
+    from pagedserve.models.hf_folder import read_generation_config
+
+    choice = config.model.generation_config
+    if choice == "vllm":
+        return {}
+    if choice == "auto":
+        raw = dict(source.generation_defaults)
+    else:
+        folder = Path(choice)
+        if not (folder / "generation_config.json").is_file():
+            raise ValueError(
+                f"generation_config must be auto, vllm or a folder holding generation_config.json; got {choice!r}"
+            )
+        raw = read_generation_config(folder)[0]
+    defaults = {("max_tokens" if key == "max_new_tokens" else key): value for key, value in raw.items()}
+    try:
+        SamplingParams(**defaults)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"generation_config: {error}") from None
+    return defaults
+
+
 class InputProcessor:
     def __init__(
         self,
@@ -37,8 +67,10 @@ class InputProcessor:
         info: EngineInfo,
         chat_template: str | None = None,
         structured_outputs: StructuredOutputsConfig | None = None,
+        generation_defaults: dict[str, Any] | None = None,
     ) -> None:
-        """`info` is the core's; its eos_token_ids gain the tokenizer's EOS id here."""
+        """`info` is the core's; its eos_token_ids gain the tokenizer's EOS id here, and its
+        default_sampling_params the model's generation defaults."""
         self.tokenizer = tokenizer
         self.info = info
         eos = set(info.eos_token_ids)
@@ -47,6 +79,12 @@ class InputProcessor:
         info.eos_token_ids = sorted(eos)
         self.eos_token_ids = frozenset(eos)
         self.chat_template = read_chat_template(chat_template)
+        info.default_sampling_params = dict(generation_defaults or {})
+        if info.default_sampling_params:
+            logger.info(
+                "Default sampling parameters from the model's generation config (--generation-config vllm to "
+                "ignore them): %s", info.default_sampling_params,
+            )  # fmt: skip
         self.grammars = GrammarCompiler(
             tokenizer, info.vocab_size, sorted(eos), structured_outputs or StructuredOutputsConfig()
         )

@@ -13,7 +13,7 @@ from typing import Any
 from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats
 from pagedserve.engine.core import EngineCore
-from pagedserve.engine.input_processor import InputProcessor, load_tokenizer_for
+from pagedserve.engine.input_processor import InputProcessor, generation_defaults_for, load_tokenizer_for
 from pagedserve.engine.output_processor import OutputProcessor
 from pagedserve.engine.prompts import PromptInput
 from pagedserve.errors import InvalidRequestError
@@ -28,10 +28,15 @@ class LLMEngine:
         """stream_outputs=False: step() returns only finished requests' outputs (offline use, saves copies)."""
         self.config = config
         tokenizer, source = load_tokenizer_for(config)
+        generation_defaults = generation_defaults_for(config, source)  # a bad --generation-config fails first
         self.core = EngineCore(config, source)
         self.tokenizer = tokenizer
         self.input_processor = InputProcessor(
-            tokenizer, self.core.info, config.model.chat_template, config.structured_outputs
+            tokenizer,
+            self.core.info,
+            config.model.chat_template,
+            config.structured_outputs,
+            generation_defaults,
         )
         self.output_processor = OutputProcessor(tokenizer, stream_outputs)
         self.info = self.core.info

@@ -54,6 +54,10 @@ class LLM:
         self.llm_engine = LLMEngine(build_engine_config(model=model, **kwargs), stream_outputs=False)
         self._counter = itertools.count()
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams with the model's generation defaults (--generation-config), as vLLM's LLM."""
+        return SamplingParams(**self.llm_engine.info.default_sampling_params)
+
     def get_tokenizer(self) -> Any:
         return self.llm_engine.tokenizer
 
@@ -93,7 +97,7 @@ class LLM:
 
     def _params_for(self, sampling_params: Any, count: int) -> list[SamplingParams]:
         if sampling_params is None:
-            return [SamplingParams() for _ in range(count)]
+            return [self.get_default_sampling_params() for _ in range(count)]
         if isinstance(sampling_params, SamplingParams):
             return [sampling_params] * count
         params = list(sampling_params)

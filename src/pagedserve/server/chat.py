@@ -33,7 +33,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state = server_state(request)
     model = state.check_model(body.model)
     engine = state.require_engine()
-    params = chat_sampling_params(body, state.config.max_n)
+    params = chat_sampling_params(body, state.config.max_n, engine.info.default_sampling_params)
     plan = plan_tools(body, state.config.enable_auto_tool_choice, state.config.tool_call_parser)
     if plan.constraint is not None:
         params.structured_outputs = plan.constraint

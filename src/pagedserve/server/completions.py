@@ -57,7 +57,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
     state = server_state(request)
     model = state.check_model(body.model)
     engine = state.require_engine()
-    params = completion_sampling_params(body, state.config.max_n)
+    params = completion_sampling_params(body, state.config.max_n, engine.info.default_sampling_params)
     prompts = _prompt_list(body.prompt)
     response_id, engine_id = new_request_ids("cmpl", client_request_id(request))
     generation = Generation(state, engine, engine_id, prompts, params)  # type: ignore[arg-type]

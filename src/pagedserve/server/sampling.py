@@ -76,12 +76,27 @@ def _build(values: dict[str, Any]) -> SamplingParams:
         raise invalid_request(error) from None
 
 
-def chat_sampling_params(request: ChatCompletionRequest, max_n: int) -> SamplingParams:
+def _apply_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """The model's generation defaults (--generation-config) for the fields the client left unset; its
+    max_tokens caps the request's, as vLLM's (None: the rest of the context)."""
+    for name, value in defaults.items():
+        if name != "max_tokens":
+            values.setdefault(name, value)
+    cap = defaults.get("max_tokens")
+    if cap is not None:
+        asked = values.get("max_tokens")
+        values["max_tokens"] = cap if asked is None else min(asked, cap)
+
+
+def chat_sampling_params(
+    request: ChatCompletionRequest, max_n: int, defaults: dict[str, Any] | None = None
+) -> SamplingParams:
     values = _common(request, max_n, "chat")
     # max_completion_tokens is the newer spelling; vLLM's benchmark sends it. null: the rest of the context.
     values["max_tokens"] = (
         request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
     )
+    _apply_defaults(values, defaults or {})
     if request.top_logprobs is not None:
         if not 0 <= request.top_logprobs <= MAX_LOGPROBS:
             raise APIError(400, f"top_logprobs must be in [0, {MAX_LOGPROBS}].", param="top_logprobs")
@@ -92,10 +107,13 @@ def chat_sampling_params(request: ChatCompletionRequest, max_n: int) -> Sampling
     return _build(values)
 
 
-def completion_sampling_params(request: CompletionRequest, max_n: int) -> SamplingParams:
+def completion_sampling_params(
+    request: CompletionRequest, max_n: int, defaults: dict[str, Any] | None = None
+) -> SamplingParams:
     values = _common(request, max_n, "completions")
-    if "max_tokens" in request.model_fields_set:
-        values["max_tokens"] = request.max_tokens
+    # Unset: OpenAI's 16. null: the rest of the context.
+    values["max_tokens"] = request.max_tokens if "max_tokens" in request.model_fields_set else 16
+    _apply_defaults(values, defaults or {})
     if request.best_of is not None and request.best_of != (request.n or 1):
         raise APIError(400, "best_of other than n is not supported.", param="best_of")
     if request.suffix:
