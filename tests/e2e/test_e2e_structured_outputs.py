@@ -16,8 +16,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from .conftest import ServerProcess
-from .test_e2e_metrics_and_load import metric_value
+from .conftest import ServerProcess, metric_value
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
 MODEL = "SmolLM2-135M-Instruct"
@@ -197,3 +196,17 @@ def test_cancellation_storm_of_constrained_streams_returns_every_block(server: S
     assert metric_value(server, "vllm:kv_cache_usage_perc") == 0
     assert metric_value(server, "vllm:num_requests_running") == 0
     assert metric_value(server, "vllm:request_success_total", finished_reason="abort") - aborts_before == 20
+
+
+def test_structured_requests_and_compile_times_are_counted(sdk: OpenAI, server: ServerProcess) -> None:
+    before = metric_value(server, "vllm:structured_output_requests_total", kind="regex")
+    compiles = metric_value(server, "vllm:structured_output_compile_seconds_count")
+    pattern = f"[0-9]{{{3 + int(time.time()) % 1000}}}"  # new to this server: a real compile, not a cache hit
+    sdk.completions.create(
+        model=MODEL, prompt="Digits:", max_tokens=2, extra_body={"structured_outputs": {"regex": pattern}}
+    )
+    deadline = time.monotonic() + 5
+    while metric_value(server, "vllm:structured_output_requests_total", kind="regex") == before:
+        assert time.monotonic() < deadline, "the finished request was not counted"
+        time.sleep(0.05)
+    assert metric_value(server, "vllm:structured_output_compile_seconds_count") == compiles + 1

@@ -20,6 +20,8 @@ class FinishedRequestStats:
     finished_time: float
     num_preemptions: int
     max_tokens: int | None
+    structured_output: str | None = None  # the constraint's kind (json, regex, ...), None when unconstrained
+    grammar_compile_time: float | None = None  # seconds its grammar took to compile; None when cached
 
     @property
     def e2e_latency(self) -> float:

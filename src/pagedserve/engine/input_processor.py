@@ -125,9 +125,9 @@ class InputProcessor:
                 param="max_tokens",
                 code="kv_cache_too_small",
             )
-        grammar = None
+        grammar = compile_time = None
         if params.structured_outputs is not None:
-            grammar = self.grammars.compile(params.structured_outputs)
+            grammar, compile_time = self.grammars.compile(params.structured_outputs)
         params = copy.copy(params)
         stops = set(params.stop_token_ids or [])
         params.all_stop_token_ids = stops if params.ignore_eos else stops | self.eos_token_ids
@@ -143,6 +143,7 @@ class InputProcessor:
         state = RequestState(
             request_id, prompt_text, prompt_ids, params, arrival_time, sequences, detokenizers
         )
+        state.grammar_compile_time = compile_time
         return request, state
 
 

@@ -58,6 +58,7 @@ class RequestState:
     cumulative_logprobs: list[float] = field(default_factory=list)
     prompt_logprobs: list[LogprobsDict | None] | None = None
     finish_reasons: list[str | None] = field(default_factory=list)
+    grammar_compile_time: float | None = None  # seconds the front end spent compiling (None: cached or none)
 
     def __post_init__(self) -> None:
         n = len(self.sequences)
@@ -139,6 +140,8 @@ class RequestState:
             finished_time=metrics.finished_time or now,
             num_preemptions=metrics.num_preemptions,
             max_tokens=self.params.max_tokens,
+            structured_output=so.kind if (so := self.params.structured_outputs) is not None else None,
+            grammar_compile_time=self.grammar_compile_time,
         )
 
 

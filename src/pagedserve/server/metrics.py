@@ -44,6 +44,8 @@ METRIC_FAMILIES: dict[str, str] = {
     "vllm:iteration_tokens_total": "histogram",
     "vllm:request_params_n": "histogram",
     "vllm:request_num_preemptions": "histogram",
+    "vllm:structured_output_requests": "counter",
+    "vllm:structured_output_compile_seconds": "histogram",
     "http_requests": "counter",
     "http_request_duration_seconds": "histogram",
 }
@@ -62,6 +64,9 @@ REQUEST_LATENCY_BUCKETS = (
 ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 PARAMS_N_BUCKETS = (1, 2, 5, 10, 20)
 PREEMPTION_BUCKETS = (1, 2, 3, 4, 5, 10, 20)
+# Grammar compiles: ~1-5 ms for a JSON schema, up to compile_timeout_s (10 s) for pathological grammars.
+COMPILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
 HTTP_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 FINISH_REASONS = ("stop", "length", "abort", "error")
 
@@ -195,6 +200,17 @@ class ServerMetrics:
         self.req_preemptions = histogram(
             "vllm:request_num_preemptions", "Preemptions per finished request.", PREEMPTION_BUCKETS
         )
+        self.structured_requests = Counter(
+            "vllm:structured_output_requests", "Finished requests with a structured-output constraint, by kind.",
+            (*names, "kind"), registry=r,
+        )  # fmt: skip
+        for kind in STRUCTURED_KINDS:  # every series exists from the start, at 0
+            self.structured_requests.labels(**labels, kind=kind)
+        self.compile_time = histogram(
+            "vllm:structured_output_compile_seconds",
+            "Time to compile and validate a request's grammar (cache misses only).",
+            COMPILE_BUCKETS,
+        )
         self.engine_bound = True
 
     def observe(self, stats: EngineStats) -> None:
@@ -225,6 +241,10 @@ class ServerMetrics:
             self.req_generation.observe(finished.num_generation_tokens)
             self.params_n.observe(finished.n)
             self.req_preemptions.observe(finished.num_preemptions)
+            if finished.structured_output is not None:
+                self.structured_requests.labels(**self.labels, kind=finished.structured_output).inc()
+            if finished.grammar_compile_time is not None:
+                self.compile_time.observe(finished.grammar_compile_time)
             tpot = finished.time_per_output_token
             if tpot is not None:
                 self.tpot.observe(tpot)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -114,14 +115,18 @@ class GrammarCompiler:
             self._definition = tokenizer_json(self._hf_tokenizer)
         return self._definition
 
-    def compile(self, spec: StructuredOutputsParams, field: str = "structured_outputs") -> str:
-        """llguidance grammar text for `spec`, validated; InvalidRequestError (param=`field`) otherwise."""
+    def compile(
+        self, spec: StructuredOutputsParams, field: str = "structured_outputs"
+    ) -> tuple[str, float | None]:
+        """(llguidance grammar text for `spec`, validated; seconds the compile took, None when cached);
+        InvalidRequestError (param=`field`) otherwise."""
         key = _cache_key(spec)
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-                return cached
+                return cached, None
+        started = time.perf_counter()
         future = self._pool.submit(self._validate, spec)
         try:
             grammar = future.result(timeout=self.config.compile_timeout_s)
@@ -137,7 +142,7 @@ class GrammarCompiler:
             self._cache[key] = grammar
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return grammar
+        return grammar, time.perf_counter() - started
 
     def _validate(self, spec: StructuredOutputsParams) -> str:
         if self._ll_tokenizer is None:

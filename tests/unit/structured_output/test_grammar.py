@@ -54,7 +54,7 @@ def _manager_with(hf_tokenizer, spec: StructuredOutputsParams, seq_id: str = "s"
     compiler = _compiler(hf_tokenizer)
     manager = StructuredOutputManager(MODEL_VOCAB)
     manager.set_tokenizer(compiler.tokenizer_definition, [0])
-    manager.submit("r", compiler.compile(spec))
+    manager.submit("r", compiler.compile(spec)[0])
     deadline = time.monotonic() + 30
     while manager.num_pending and time.monotonic() < deadline:
         manager.wait_for_pending(0.1)
@@ -105,11 +105,15 @@ def test_bad_grammars_are_invalid_requests_naming_the_field(hf_tokenizer, spec, 
 def test_compiles_are_cached_and_time_bounded(hf_tokenizer, monkeypatch) -> None:
     compiler = _compiler(hf_tokenizer, compile_timeout_s=0.2)
     spec = StructuredOutputsParams(regex="[a-z]+")
-    grammar = compiler.compile(spec)
+    grammar, seconds = compiler.compile(spec)
+    assert seconds is not None and seconds > 0
     monkeypatch.setattr(
         compiler, "_validate", lambda spec: time.sleep(2)
     )  # a compile that never ends in time
-    assert compiler.compile(StructuredOutputsParams(regex="[a-z]+")) == grammar  # served from the cache
+    assert compiler.compile(StructuredOutputsParams(regex="[a-z]+")) == (
+        grammar,
+        None,
+    )  # served from the cache
     with pytest.raises(InvalidRequestError, match="did not compile within 0.2 s"):
         compiler.compile(StructuredOutputsParams(regex="[0-9]+"))
 
