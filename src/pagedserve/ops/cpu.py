@@ -37,6 +37,18 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def apply_token_bitmask(logits: torch.Tensor, rows: torch.Tensor, masks: torch.Tensor) -> bool:
+    """Set the tokens each constrained row's grammar forbids to -inf, in place (csrc/token_bitmask.c).
+    logits [B, V] float32 contiguous, rows [R] int64, masks [R, words] int32. False: no kernel here."""
+    if logits.dtype != torch.float32 or not logits.is_contiguous() or not available(logits):
+        return False
+    library = build.load()
+    library.apply_token_bitmask_f32(
+        logits.data_ptr(), logits.shape[1], rows.data_ptr(), rows.shape[0], masks.data_ptr(), masks.shape[1]
+    )
+    return True
+
+
 GEMV_MAX_ROWS = 4  # csrc/gemv.c
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from pagedserve.core.scheduler_output import GrammarBitmask
+from pagedserve.ops import cpu as cpu_ops
 
 
 def allowed_tokens(bitmask: GrammarBitmask, vocab_size: int, device: torch.device | str) -> torch.Tensor:
@@ -22,10 +23,12 @@ def apply_grammar_bitmask(
 ) -> torch.Tensor:
     """float32 logits [B, V] with the tokens each constrained row's grammar forbids at -inf (as vLLM, before the
     sampler, so logprobs see the constraint too). `seq_rows`: seq id -> row. Never writes the caller's tensor."""
-    rows = torch.tensor(
-        [seq_rows[seq_id] for seq_id in bitmask.seq_ids], dtype=torch.int64, device=logits.device
-    )
+    masked = (logits.float() if logits.dtype != torch.float32 else logits.clone()).contiguous()
+    rows = torch.tensor([seq_rows[seq_id] for seq_id in bitmask.seq_ids], dtype=torch.int64)
+    words = torch.frombuffer(bytearray(bitmask.data), dtype=torch.int32).view(len(bitmask.seq_ids), -1)
+    if masked.device.type == "cpu" and cpu_ops.apply_token_bitmask(masked, rows, words):
+        return masked
+    rows = rows.to(logits.device)
     allowed = allowed_tokens(bitmask, logits.shape[1], logits.device)
-    masked = logits.float() if logits.dtype != torch.float32 else logits.clone()
     masked[rows] = masked[rows].masked_fill_(~allowed, float("-inf"))
     return masked

@@ -51,9 +51,11 @@ def test_a_kernel_failing_on_replay_names_itself() -> None:
 
 
 def test_every_kernel_is_replayable() -> None:
-    """Each function build.SIGNATURES declares is either a query or one csrc/replay.c runs."""
+    """Each function build.SIGNATURES declares is a query, one csrc/replay.c runs, or one the sampler calls after
+    the (replayed) forward pass, never while recording."""
     queries = {"gguf_has_panels", "compiled_level", "replay_calls"}
-    assert set(build.SIGNATURES) - queries == set(REPLAY_KERNELS)
+    sampler_only = {"apply_token_bitmask_f32"}
+    assert set(build.SIGNATURES) - queries - sampler_only == set(REPLAY_KERNELS)
 
 
 def test_an_empty_program_runs() -> None:

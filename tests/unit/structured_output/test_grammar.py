@@ -167,3 +167,24 @@ def test_structured_outputs_config_refuses_by_name(text, message) -> None:
     with pytest.raises(ValueError, match=message):
         StructuredOutputsConfig.from_json(text)
     assert StructuredOutputsConfig.from_json('{"backend": "guidance"}').backend == "guidance"
+
+
+def test_c_kernel_and_torch_path_mask_alike(monkeypatch) -> None:
+    import numpy as np
+
+    from pagedserve.ops import cpu as cpu_ops
+
+    vocab, words = 100, 3  # 4 logit columns past the 96 tokens the mask covers: never allowed
+    data = (
+        np.random.default_rng(0)
+        .integers(-(2**31), 2**31 - 1, size=(2, words), dtype=np.int64)
+        .astype(np.int32)
+    )
+    data[1, 0] = -1  # a word with all 32 tokens allowed
+    bitmask = GrammarBitmask(["x", "y"], words, data.tobytes())
+    logits = torch.randn(3, vocab)
+    fast = apply_grammar_bitmask(logits, bitmask, {"x": 2, "y": 0})
+    monkeypatch.setattr(cpu_ops, "apply_token_bitmask", lambda *args: False)
+    slow = apply_grammar_bitmask(logits, bitmask, {"x": 2, "y": 0})
+    assert torch.equal(fast, slow) and torch.equal(fast[1], logits[1])
+    assert torch.isinf(fast[0, 96:]).all() and torch.isfinite(fast[0, :32]).all()
