@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -138,6 +139,26 @@ def metric_value(server: ServerProcess, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def assert_aborted_and_idle(server: ServerProcess, aborts_before: float, aborted: int) -> None:
+    """After a storm of cut streams: every KV block returns within 10 s, nothing runs, each cut is one abort."""
+    deadline = time.monotonic() + 10
+    while metric_value(server, "vllm:kv_cache_usage_perc") != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric_value(server, "vllm:kv_cache_usage_perc") == 0
+    assert metric_value(server, "vllm:num_requests_running") == 0
+    assert (
+        metric_value(server, "vllm:request_success_total", finished_reason="abort") - aborts_before == aborted
+    )
+
+
+@pytest.fixture(scope="module")
+def sdk(server: ServerProcess) -> Any:
+    """The official openai SDK client on the session's server (no retries: a failure shows)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def watch_health(server: ServerProcess) -> tuple[threading.Thread, list[int]]:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pagedserve.server.metrics import METRIC_FAMILIES
 
-from .conftest import BASE_ARGS, MAX_MODEL_LEN, ServerProcess, metric_value
+from .conftest import BASE_ARGS, MAX_MODEL_LEN, ServerProcess, assert_aborted_and_idle, metric_value
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
 CLIENT_TIMEOUT_S = 3.0
@@ -99,12 +99,7 @@ def test_cancellation_storm(server: ServerProcess) -> None:
             await asyncio.gather(*(cut(client, i) for i in range(50)))
 
     asyncio.run(storm())
-    deadline = time.monotonic() + 10
-    while metric_value(server, "vllm:kv_cache_usage_perc") != 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert metric_value(server, "vllm:kv_cache_usage_perc") == 0
-    assert metric_value(server, "vllm:num_requests_running") == 0
-    assert metric_value(server, "vllm:request_success_total", finished_reason="abort") - aborts_before == 50
+    assert_aborted_and_idle(server, aborts_before, 50)
     started = time.monotonic()
     response = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 4}, timeout=30)
     assert response.status_code == 200 and time.monotonic() - started < 5

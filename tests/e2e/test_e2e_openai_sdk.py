@@ -15,11 +15,6 @@ MODEL = "SmolLM2-135M-Instruct"
 HELLO = [{"role": "user", "content": "Say hello in three words."}]
 
 
-@pytest.fixture(scope="module")
-def sdk(server: ServerProcess) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-
 def test_models_list(sdk: OpenAI) -> None:
     models = sdk.models.list().data
     assert [m.id for m in models] == [MODEL]

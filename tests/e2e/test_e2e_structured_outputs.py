@@ -16,7 +16,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from .conftest import ServerProcess, metric_value
+from .conftest import ServerProcess, assert_aborted_and_idle, metric_value
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
 MODEL = "SmolLM2-135M-Instruct"
@@ -44,11 +44,6 @@ PERSON = {
 ASK = [{"role": "user", "content": "Invent a user of a web shop and describe them."}]
 
 
-@pytest.fixture(scope="module")
-def sdk(server: ServerProcess) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=180)
-
-
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_chat_json_schema_validates(sdk: OpenAI, temperature: float) -> None:
     response = sdk.chat.completions.create(
@@ -65,9 +60,12 @@ def test_chat_json_schema_validates(sdk: OpenAI, temperature: float) -> None:
 
 
 def test_chat_json_object_parses(sdk: OpenAI) -> None:
+    # json_object bounds nothing: ask for a small object, or a 135M model may write one string until max_tokens
+    # (it did after other modules had filled the prefix cache, which changes greedy near-ties).
+    small = [{"role": "user", "content": 'Reply with a JSON object with one key "ok" set to true.'}]
     response = sdk.chat.completions.create(
         model=MODEL,
-        messages=ASK,
+        messages=small,  # type: ignore[arg-type]
         max_tokens=200,
         temperature=0,
         response_format={"type": "json_object"},  # type: ignore[arg-type]
@@ -190,12 +188,7 @@ def test_cancellation_storm_of_constrained_streams_returns_every_block(server: S
             await asyncio.gather(*(cut(c) for _ in range(20)))
 
     asyncio.run(storm())
-    deadline = time.monotonic() + 10
-    while metric_value(server, "vllm:kv_cache_usage_perc") != 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert metric_value(server, "vllm:kv_cache_usage_perc") == 0
-    assert metric_value(server, "vllm:num_requests_running") == 0
-    assert metric_value(server, "vllm:request_success_total", finished_reason="abort") - aborts_before == 20
+    assert_aborted_and_idle(server, aborts_before, 20)
 
 
 def test_structured_requests_and_compile_times_are_counted(sdk: OpenAI, server: ServerProcess) -> None:

@@ -44,11 +44,6 @@ SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 ASK: list[Any] = [{"role": "user", "content": "What will the weather be in Paris for the next 3 days?"}]
 
 
-@pytest.fixture(scope="module")
-def sdk(server: ServerProcess) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=180)
-
-
 def _check_calls(calls: Any) -> None:
     assert calls
     for call in calls:

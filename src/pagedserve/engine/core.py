@@ -218,9 +218,9 @@ class EngineCore:
         iteration = IterationStats(timestamp=time.time(), num_preemptions=sched_out.num_preemptions)
         outputs: list[SequenceOutput] = []
         if not sched_out.is_empty:
-            sched_out.grammar_bitmask = self.structured.bitmask(
-                [s.seq_id for s in sched_out.sequences if s.samples]
-            )
+            if self.structured.live_seq_ids:  # no per-step work when nothing is constrained
+                sampling = [s.seq_id for s in sched_out.sequences if s.samples]
+                sched_out.grammar_bitmask = self.structured.bitmask(sampling)
             result = self.executor.execute(sched_out)
             progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
             if sched_out.grammar_bitmask is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import KeysView
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import numpy as np
@@ -128,8 +129,9 @@ class StructuredOutputManager:
             self._matchers.pop(seq_id, None)
 
     @property
-    def live_seq_ids(self) -> set[str]:
-        return set(self._matchers)
+    def live_seq_ids(self) -> KeysView[str]:
+        """The constrained sequences (a view: truthy when any)."""
+        return self._matchers.keys()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
