@@ -62,11 +62,13 @@ class ModelConfig:
     """Jinja chat template file or inline string overriding the tokenizer's."""
 
     enforce_eager: bool = False
-    """Run every step eagerly: no decode graphs (on the CPU: decode steps of 1-8 sequences replayed as recorded C
-    kernel calls, worker/cpu_graph.py), as vLLM's flag turns off CUDA graphs."""
+    """Run every step eagerly, as vLLM's flag: no decode graphs (CUDA graphs per batch-size bucket on a GPU,
+    worker/cuda_graph.py; on the CPU, decode steps of 1-8 sequences replayed as recorded C kernel calls,
+    worker/cpu_graph.py)."""
 
     device: DeviceName = "auto"
-    """Device for the model runner: auto picks cuda when available, else cpu."""
+    """Device for the model runner: auto picks cuda when torch sees one, else cpu. The device picks the attention
+    backend (Triton kernels on cuda, C kernels on cpu; PAGEDSERVE_ATTENTION_BACKEND overrides)."""
 
     cpu_threads: int | None = None
     """CPU threads for the model's math (torch/OpenMP). Default: PAGEDSERVE_CPU_THREADS, else every core the process may use."""

@@ -38,6 +38,12 @@ def cache_dir() -> str:
     )
 
 
+def prebuilt_kernel_dir() -> str | None:
+    """PAGEDSERVE_KERNEL_DIR: a folder of kernels built ahead of time (`python -m pagedserve.ops.build --out DIR`,
+    as the images do), used before building any; it may be read-only, and no compiler is needed to use it."""
+    return os.environ.get("PAGEDSERVE_KERNEL_DIR", "").strip() or None
+
+
 def c_compiler() -> str | None:
     """CC: the C compiler for the kernels (default: cc or gcc on PATH)."""
     return os.environ.get("CC") or None
@@ -83,3 +89,19 @@ def engine_core_process() -> bool:
     if value not in ("0", "1"):
         raise ValueError(f"PAGEDSERVE_ENABLE_ENGINE_PROCESS must be 0 or 1, got {value!r}")
     return value == "1"
+
+
+ATTENTION_BACKENDS = ("cpu", "cpu_torch", "torch_ref", "triton")
+
+
+def attention_backend() -> str | None:
+    """PAGEDSERVE_ATTENTION_BACKEND (vLLM's VLLM_ATTENTION_BACKEND): cpu, cpu_torch, torch_ref or triton instead of
+    the device's default (cpu on the CPU, triton on CUDA); triton on the CPU needs TRITON_INTERPRET=1 (tests)."""
+    value = os.environ.get("PAGEDSERVE_ATTENTION_BACKEND", "").strip().lower()
+    if not value:
+        return None
+    if value not in ATTENTION_BACKENDS:
+        raise ValueError(
+            f"PAGEDSERVE_ATTENTION_BACKEND must be one of {', '.join(ATTENTION_BACKENDS)}; got {value!r}"
+        )
+    return value

@@ -4,6 +4,7 @@ block size, and the maximum concurrency the engine logs is the planner's formula
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pagedserve import kv_memory
@@ -28,3 +29,17 @@ def test_max_concurrency_counts_whole_blocks() -> None:
     assert kv_memory.max_concurrency(4128, 2049, 16) == 2
     assert kv_memory.max_concurrency(4127, 2049, 16) == 1
     assert kv_memory.max_concurrency(100, 2048, 16) == 0
+
+
+def test_gpu_kv_budget_is_utilization_less_weights_activations_and_others() -> None:
+    gib = kv_memory.GIB
+    budget = kv_memory.gpu_kv_cache_bytes(80 * gib, 0.9, 16 * gib, 2 * gib, gib)
+    assert budget == int(80 * gib * 0.9) - 19 * gib
+
+
+def test_gpu_kv_budget_refuses_to_start_with_nothing_left() -> None:
+    gib = kv_memory.GIB
+    with pytest.raises(ValueError, match=r"no GPU memory left for the KV cache.*weights take 70\.00 GiB"):
+        kv_memory.gpu_kv_cache_bytes(80 * gib, 0.9, 70 * gib, 2 * gib, gib)
+    with pytest.raises(ValueError, match="gpu_memory_utilization must be in"):
+        kv_memory.gpu_kv_cache_bytes(80 * gib, 1.5, gib, gib, 0)

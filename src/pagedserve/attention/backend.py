@@ -35,6 +35,12 @@ class AttentionMetadata:
     decode_seq_lens: torch.Tensor | None = None  # [B_decode] int64: tokens in cache incl. the new one
     decode_max_seq_len: int = 0
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # The prefills again as a packed batch, for kernels that take them all in one launch (the Triton backend).
+    prefill_query_starts: torch.Tensor | None = None  # [P] int64: each chunk's token_start
+    prefill_query_lens: torch.Tensor | None = None  # [P] int64: each chunk's num_tokens
+    prefill_context_lens: torch.Tensor | None = None  # [P] int64: each chunk's context_len
+    prefill_block_tables: torch.Tensor | None = None  # [P, max_blocks] int64, padded with 0
+    prefill_max_query_len: int = 0
 
 
 class AttentionBackend(Protocol):
@@ -107,8 +113,17 @@ def get_attention_backend(name: str) -> AttentionBackend:
         from pagedserve.attention.backends.cpu import CpuBackend
 
         return CpuBackend()
+    if name == "triton":
+        from pagedserve.attention.backends.triton_attn import TritonBackend
+
+        return TritonBackend()
     if name == "cpu_torch":  # the fast backend without its C kernel (what runs where no compiler exists)
         from pagedserve.attention.backends.cpu import CpuBackend
 
         return CpuBackend(use_kernel=False)
-    raise ValueError(f"unknown attention backend {name!r} (torch_ref, cpu, cpu_torch)")
+    raise ValueError(f"unknown attention backend {name!r} (torch_ref, cpu, cpu_torch, triton)")
+
+
+def default_attention_backend(device: torch.device) -> str:
+    """The backend a device runs: the C/PyTorch one on the CPU, the Triton kernels on CUDA."""
+    return "triton" if device.type == "cuda" else "cpu"

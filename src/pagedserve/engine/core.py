@@ -72,7 +72,10 @@ class EngineCore:
         tp_size = config.parallel.tensor_parallel_size
         num_heads = hf_config.num_attention_heads
         check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
-        spec = RunnerSpec(mc, cc, max_model_len, quantization, dtype_name(dtype), dtype_name(weight_dtype))
+        spec = RunnerSpec(
+            mc, cc, max_model_len, quantization, dtype_name(dtype), dtype_name(weight_dtype),
+            sc.max_num_seqs, sc.max_num_batched_tokens,
+        )  # fmt: skip
         self.executor = make_executor(spec, config.parallel, source)
         runner = self.executor.info
         self.kv_cache_manager = KVCacheManager(runner.num_blocks, cc.block_size, cc.enable_prefix_caching)

@@ -5,7 +5,8 @@ Each level (cpu_info.ISA_LEVELS: portable, avx2, avx512, avx512_bf16) is compile
 image's prebuilt folder) serves every host, and each host loads the highest level it supports. The C sources pick
 their intrinsics from the compiler's macros (__AVX512BF16__, __AVX2__, ...), so a level's library holds exactly
 that level's paths. Built on first use with the system C compiler into `envs.cache_dir()/kernels` (~1 s a level);
-`python -m pagedserve.ops.build` builds every level ahead of time (images). If no compiler works, `load()` returns
+`python -m pagedserve.ops.build --out DIR` builds every level ahead of time into DIR, which PAGEDSERVE_KERNEL_DIR
+names at run time (the images: their runtime stage has no compiler). If no compiler works, `load()` returns
 None and callers use their PyTorch path (logged once); `PAGEDSERVE_DISABLE_C_KERNEL=1` forces that path and
 `PAGEDSERVE_CPU_ISA` lowers the level.
 """
@@ -116,15 +117,33 @@ def _flags(level: str) -> list[str]:
     return [*_COMPILE_FLAGS, *level_flags(level), f"-DPAGEDSERVE_LEVEL={ISA_LEVELS.index(level)}"]
 
 
-def library_path(level: str, compiler: str) -> Path:
-    """Where `level`'s library lives: named by the level and a hash of sources, flags and compiler."""
+def _digest(level: str, compiler: str) -> str:
+    """A hash of the sources, the flags, the machine and (for builds on this host) the compiler."""
     digest = hashlib.sha256()
     for source in sorted(_CSRC.glob("*.[ch]")):
         digest.update(source.name.encode() + source.read_bytes())
     digest.update(
         " ".join(_flags(level) + _LINK_FLAGS).encode() + compiler.encode() + platform.machine().encode()
     )
-    return cache_dir() / f"pagedserve_ops_{level}_{digest.hexdigest()[:16]}.so"
+    return digest.hexdigest()[:16]
+
+
+def library_path(level: str, compiler: str) -> Path:
+    """Where `level`'s library lives: named by the level and a hash of sources, flags and compiler."""
+    return cache_dir() / f"pagedserve_ops_{level}_{_digest(level, compiler)}.so"
+
+
+def prebuilt_name(level: str) -> str:
+    """A prebuilt library's file name: the compiler is left out of its hash, since the host that loads it may
+    have none (an image's runtime stage)."""
+    return f"pagedserve_ops_{level}_{_digest(level, '')}.so"
+
+
+def prebuilt_path(level: str) -> Path | None:
+    """`level`'s library in PAGEDSERVE_KERNEL_DIR, when that folder holds one built from these sources."""
+    folder = envs.prebuilt_kernel_dir()
+    path = Path(folder) / prebuilt_name(level) if folder else None
+    return path if path is not None and path.is_file() else None
 
 
 def build_level(level: str) -> Path:
@@ -177,7 +196,7 @@ def load_level(level: str) -> ctypes.CDLL | None:
                 logger.warning("C kernels for %s cannot run on this CPU (%s)", level, cpu_info().describe())
             else:
                 try:
-                    library = _open(build_level(level))
+                    library = _open(prebuilt_path(level) or build_level(level))
                 except (
                     OSError,
                     RuntimeError,
@@ -238,12 +257,23 @@ def use_level(level: str | None) -> ctypes.CDLL | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the C kernels for every ISA level ahead of time.")
     parser.add_argument("--levels", default=",".join(ISA_LEVELS), help="comma-separated ISA levels")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="copy the libraries here under their prebuilt names (PAGEDSERVE_KERNEL_DIR)",
+    )
     args = parser.parse_args(argv)
     levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
     if platform.machine() not in ("x86_64", "AMD64"):
         levels = ["portable"]
     for level in levels:
-        print(f"{level}: {build_level(level)}")
+        built = build_level(level)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            target = Path(args.out) / prebuilt_name(level)
+            shutil.copyfile(built, target)
+            built = target
+        print(f"{level}: {built}")
     return 0
 
 

@@ -33,6 +33,9 @@ class RunnerSpec:
     quantization: str | None
     dtype: str
     weight_dtype: str
+    max_num_seqs: int = 256
+    """The scheduler's limits: the largest CUDA graph bucket and the step the GPU memory profile runs."""
+    max_num_batched_tokens: int = 4096
 
 
 @dataclass
@@ -62,6 +65,8 @@ def build_runner(spec: RunnerSpec, source: Any = None) -> ModelRunner:
         getattr(torch, spec.dtype),
         resolve_device(spec.model.device),
         weight_dtype=getattr(torch, spec.weight_dtype),
+        max_num_seqs=spec.max_num_seqs,
+        max_num_batched_tokens=spec.max_num_batched_tokens,
     )
 
 

@@ -50,6 +50,19 @@ def prepare_inputs(scheduled: list[ScheduledSequence], block_size: int, device: 
     metadata = AttentionMetadata(
         slot_mapping=torch.tensor(slots, dtype=torch.long, device=device), prefills=chunks
     )
+    if prefills:
+        long = torch.long
+        metadata.prefill_query_starts = torch.tensor(
+            [c.token_start for c in chunks], dtype=long, device=device
+        )
+        metadata.prefill_query_lens = torch.tensor([c.num_tokens for c in chunks], dtype=long, device=device)
+        metadata.prefill_context_lens = torch.tensor(
+            [c.context_len for c in chunks], dtype=long, device=device
+        )
+        width = max(len(s.block_ids) for s in prefills)
+        tables = [s.block_ids + [0] * (width - len(s.block_ids)) for s in prefills]
+        metadata.prefill_block_tables = torch.tensor(tables, dtype=long, device=device)
+        metadata.prefill_max_query_len = max(c.num_tokens for c in chunks)
     if decodes:
         max_blocks = max(len(s.block_ids) for s in decodes)
         tables = [s.block_ids + [0] * (max_blocks - len(s.block_ids)) for s in decodes]

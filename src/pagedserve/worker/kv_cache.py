@@ -43,18 +43,15 @@ def kv_bytes_per_block(
 
 
 def kv_cache_budget_bytes(cache: CacheConfig, device: torch.device) -> int:
+    """kv_cache_memory_bytes when given; on the CPU VLLM_CPU_KVCACHE_SPACE, else 4 GiB."""
     if cache.kv_cache_memory_bytes is not None:
         if cache.kv_cache_memory_bytes <= 0:
             raise ValueError("kv_cache_memory_bytes must be > 0")
         return cache.kv_cache_memory_bytes
     if device.type == "cuda":
-        if not 0 < cache.gpu_memory_utilization <= 1:
-            raise ValueError("gpu_memory_utilization must be in (0, 1]")
-        free, total = torch.cuda.mem_get_info(device)
-        used = total - free
-        # Keep a fixed reserve for activations of the largest step on top of what the weights already use.
-        reserve = 1024**3
-        return max(int(total * cache.gpu_memory_utilization) - used - reserve, 0)
+        raise ValueError(
+            "on CUDA the KV budget comes from profiling (worker/gpu_memory.py), not this function"
+        )
     from_env = envs.cpu_kv_cache_bytes()
     return DEFAULT_CPU_KV_BYTES if from_env is None else from_env
 

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 
 from pagedserve import envs
-from pagedserve.attention.backend import get_attention_backend
+from pagedserve.attention.backend import default_attention_backend, get_attention_backend
 from pagedserve.config import CacheConfig, ModelConfig
 from pagedserve.core.scheduler_output import NewSequence, ScheduledSequence, SchedulerOutput
 from pagedserve.cpu_info import cpu_info
@@ -26,6 +26,8 @@ from pagedserve.sample.logprobs import compute_prompt_logprobs
 from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
 from pagedserve.sample.sampler import Sampler
 from pagedserve.worker.cpu_graph import DecodeGraphs
+from pagedserve.worker.cuda_graph import CudaDecodeGraphs
+from pagedserve.worker.gpu_memory import gpu_kv_budget
 from pagedserve.worker.inputs import prepare_inputs
 from pagedserve.worker.kv_cache import (
     allocate_kv_caches,
@@ -175,8 +177,10 @@ class ModelRunner:
         weights: Any | None,
         dtype: torch.dtype,
         device: torch.device,
-        attention_backend: str = "cpu",
+        attention_backend: str | None = None,
         weight_dtype: torch.dtype | None = None,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 4096,
     ) -> None:
         self.hf_config = hf_config
         self.device = device
@@ -194,7 +198,10 @@ class ModelRunner:
                 self.cpu_kernels or "none (PyTorch paths)", self.cpu_threads,
             )  # fmt: skip
         model_class = resolve_model_class(hf_config)
-        backend = get_attention_backend(attention_backend)
+        self.attention_backend = (
+            attention_backend or envs.attention_backend() or default_attention_backend(device)
+        )
+        backend = get_attention_backend(self.attention_backend)
         torch.manual_seed(model_config.seed)
         with torch.device(device):
             previous = torch.get_default_dtype()
@@ -218,11 +225,18 @@ class ModelRunner:
         # Scales of int8 / float8 weights and the blocks of merged layers kept per part count as weights.
         stored = [b for name, b in self.model.named_buffers() if ".weight_" in name]
         self.weight_bytes = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *stored])
-        budget = kv_cache_budget_bytes(cache_config, device)
         self.kv_cache_dtype = resolve_kv_cache_dtype(cache_config.kv_cache_dtype, dtype)
         tp = parallel_state.get_tp()
         num_heads = hf_config.num_attention_heads
         num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
+        rank_kv_heads = head_shard(num_heads, num_kv_heads, tp.rank, tp.size).num_kv_heads
+        if device.type == "cuda" and cache_config.kv_cache_memory_bytes is None:
+            budget = gpu_kv_budget(
+                self.model, hf_config, cache_config.gpu_memory_utilization, max_num_batched_tokens, max_num_seqs,
+                self.block_size, self.kv_cache_dtype, rank_kv_heads, device,
+            )  # fmt: skip
+        else:
+            budget = kv_cache_budget_bytes(cache_config, device)
         # Every rank sizes its blocks for the most KV heads any rank holds, so all hold the same number of blocks.
         room = max_kv_heads_per_rank(num_heads, num_kv_heads, tp.size)
         per_block = kv_bytes_per_block(hf_config, self.block_size, self.kv_cache_dtype, room)
@@ -233,21 +247,40 @@ class ModelRunner:
             )
         self.kv_cache_bytes = self.num_blocks * per_block
         self.kv_caches = allocate_kv_caches(
-            hf_config, self.num_blocks, self.block_size, self.kv_cache_dtype, device,
-            head_shard(num_heads, num_kv_heads, tp.rank, tp.size).num_kv_heads,
-        )  # fmt: skip
+            hf_config, self.num_blocks, self.block_size, self.kv_cache_dtype, device, rank_kv_heads
+        )
         self.sampler = Sampler()
         self.sequences: dict[str, RunnerSequence] = {}
-        # Replays record C kernel calls only; a tensor-parallel step also runs collectives between them.
-        self.decode_graphs = (
-            DecodeGraphs(
-                self.model, self.kv_caches, hf_config.hidden_size, -(-max_model_len // self.block_size), dtype
+        self.decode_graphs = None
+        if not model_config.enforce_eager and tp.size == 1:
+            self.decode_graphs = self._make_decode_graphs(max_num_seqs, max_model_len)
+
+    def _make_decode_graphs(
+        self, max_num_seqs: int, max_model_len: int
+    ) -> DecodeGraphs | CudaDecodeGraphs | None:
+        """Recorded decode steps for this device and backend (never around a tensor-parallel step's collectives:
+        CPU replays record C kernel calls only, and CUDA graphs of NCCL calls are untested)."""
+        if self.device.type == "cuda" and self.attention_backend == "triton":
+            graphs = CudaDecodeGraphs(
+                self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size, self.device
             )
-            if DecodeGraphs.usable(device, model_config.enforce_eager) and tp.size == 1
-            else None
-        )
+            graphs.capture()
+            return graphs
+        if DecodeGraphs.usable(self.device, False) and self.attention_backend == "cpu":
+            max_blocks = -(-max_model_len // self.block_size)
+            return DecodeGraphs(
+                self.model, self.kv_caches, self.hf_config.hidden_size, max_blocks, self.dtype
+            )
+        return None
 
     def _init_dummy_weights(self, seed: int) -> None:
+        if self.device.type != "cpu":
+            # Drawn on the device: the CPU's one generator draws ~150 M values/s, a minute for an 8B model.
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            with torch.no_grad():
+                for name, param in self.model.named_parameters():
+                    param.fill_(1.0) if "norm" in name else param.normal_(0.0, 0.02, generator=generator)
+            return
         generator = torch.Generator(device="cpu").manual_seed(seed)
         with torch.no_grad():
             for name, param in self.model.named_parameters():

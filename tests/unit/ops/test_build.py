@@ -43,3 +43,33 @@ def test_every_level_builds_into_one_folder_and_stale_builds_go(tmp_path):
     built = sorted(p.name for p in folder.glob("pagedserve_ops_*.so"))
     assert len(built) == len(ISA_LEVELS) and all(any(f"_{lv}_" in n for n in built) for lv in ISA_LEVELS)
     assert not stale_same_level.exists() and not stale_pre_level.exists() and other_file.exists()
+
+
+def test_prebuilt_folder_serves_a_host_without_a_compiler(tmp_path):
+    """An image builds every level into a folder (--out) in its build stage; its runtime stage has no compiler and
+    loads from PAGEDSERVE_KERNEL_DIR, writing nothing to its cache."""
+    prebuilt = tmp_path / "prebuilt"
+    env = {"PAGEDSERVE_CACHE_DIR": str(tmp_path / "build-cache"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pagedserve.ops.build", "--levels", "portable", "--out", str(prebuilt)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    [library] = prebuilt.glob("pagedserve_ops_portable_*.so")
+    probe = (
+        "from pagedserve.ops import build; lib = build.use_level('portable'); "
+        "print('loaded' if lib is not None else 'none')"
+    )
+    run_cache = tmp_path / "run-cache"
+    env = {"PAGEDSERVE_CACHE_DIR": str(run_cache), "PAGEDSERVE_KERNEL_DIR": str(prebuilt), "CC": "/nonexistent/cc",
+           "PATH": "/nonexistent"}  # fmt: skip
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert loaded.stdout.strip() == "loaded", loaded.stderr[-2000:]
+    assert not list(run_cache.rglob("*.so")), "nothing is compiled when the prebuilt folder holds the level"
+    env.pop("PAGEDSERVE_KERNEL_DIR")
+    missing = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert missing.stdout.strip() == "none", "without the folder and without a compiler there are no kernels"

@@ -99,6 +99,6 @@ def _prefill_sdpa(q, k, v, context_len: int, scale: float, num_kv_heads: int) ->
     if context_len == 0:
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
     else:
-        mask = torch.ones(n, context_len + n, dtype=torch.bool).tril(diagonal=context_len)
+        mask = torch.ones(n, context_len + n, dtype=torch.bool, device=q.device).tril(diagonal=context_len)
         out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
     return out.squeeze(0).transpose(0, 1)

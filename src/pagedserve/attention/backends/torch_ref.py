@@ -23,7 +23,7 @@ def _attend(
     v = v.repeat_interleave(group, dim=1).float()
     scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
     total = k.shape[0]
-    allowed = torch.ones(n, total, dtype=torch.bool).tril(diagonal=context_len)
+    allowed = torch.ones(n, total, dtype=torch.bool, device=q.device).tril(diagonal=context_len)
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = scores.softmax(dim=-1)
     return torch.einsum("hqk,khd->qhd", probs, v).to(q.dtype)
