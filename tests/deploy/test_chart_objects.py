@@ -13,6 +13,7 @@ from tests.deploy.chart import CI_VALUES_DIR, DASHBOARD_FILE, HelmError, by_kind
 pytestmark = pytest.mark.helm
 
 SERVER_PORT = 8000
+COMPONENT = "app.kubernetes.io/component"
 
 
 def _pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,7 +364,11 @@ def test_rendered_server_args_are_real_pagedserve_serve_flags(values_file: Path)
         group = one(objects, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]
         pods = [(group["leaderTemplate"], "0"), (group["workerTemplate"], "1")]
     else:
-        pods = [(one(objects, "Deployment")["spec"]["template"], "0")]
+        # The server's Deployment (the endpoint picker of inferenceExtension is another one).
+        [server] = [
+            d for d in by_kind(objects, "Deployment") if d["metadata"]["labels"].get(COMPONENT) == "server"
+        ]
+        pods = [(server["spec"]["template"], "0")]
     for template, index in pods:
         [container] = template["spec"]["containers"]
         assert container["command"] == ["pagedserve", "serve"]
