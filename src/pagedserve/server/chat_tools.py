@@ -28,6 +28,9 @@ class ToolPlan:
     constraint: StructuredOutputsParams | None = None  # required / named
     parser_name: str | None = None  # auto
     function_name: str | None = None  # named
+    single_call: bool = (
+        False  # parallel_tool_calls false: auto keeps only the first call (vLLM drops the rest)
+    )
 
 
 def plan_tools(body: ChatCompletionRequest, enable_auto: bool, parser_name: str | None) -> ToolPlan:
@@ -53,7 +56,7 @@ def plan_tools(body: ChatCompletionRequest, enable_auto: bool, parser_name: str 
                 400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set '
                 '(or send tool_choice "required", "none" or a named function).', param="tool_choice",
             )  # fmt: skip
-        return ToolPlan("auto", tools, parser_name=parser_name)
+        return ToolPlan("auto", tools, parser_name=parser_name, single_call=body.parallel_tool_calls is False)
     by_name = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"} for t in tools}
     if isinstance(choice, NamedToolChoice):
         name = choice.function.name
@@ -109,6 +112,8 @@ def message_and_reason(
         extracted = get_tool_parser(plan.parser_name)().extract_tool_calls(text)
         if extracted.tools_called:
             calls, content = extracted.tool_calls, extracted.content
+            if plan.single_call:
+                calls = calls[:1]
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if not calls:
         return message, finish_reason
@@ -173,9 +178,10 @@ class ToolStream:
         delta: dict[str, Any] = {}
         if message.content:
             delta["content"] = message.content
-        if message.tool_calls:
+        pieces = [d for d in message.tool_calls or [] if not (self.plan.single_call and d.index > 0)]
+        if pieces:
             self.called = True
-            delta["tool_calls"] = [_call_delta(d) for d in message.tool_calls]
+            delta["tool_calls"] = [_call_delta(d) for d in pieces]
         return delta or None
 
 

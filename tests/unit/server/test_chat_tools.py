@@ -65,6 +65,24 @@ def test_auto_parses_hermes_calls_and_streams_the_same() -> None:
     assert content == "Let me check." and arguments == '{"a": 2}' and final_reason == "tool_calls"
 
 
+@pytest.mark.parametrize("parallel", [True, False])
+def test_auto_keeps_only_the_first_call_when_parallel_tool_calls_is_false(parallel: bool) -> None:
+    """vLLM's rule: with parallel_tool_calls false the calls after the first are dropped, streamed or not."""
+    plan = plan_tools(_body(parallel_tool_calls=parallel), True, "hermes")
+    text = (
+        '<tool_call>\n{"name": "add", "arguments": {"a": 2}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'
+    )
+    message, reason = message_and_reason(plan, text, "stop")
+    names = [c["function"]["name"] for c in message["tool_calls"]]
+    assert names == (["add", "now"] if parallel else ["add"]) and reason == "tool_calls"
+    stream = ToolStream(plan)
+    deltas = [stream.delta(text[i : i + 5]) for i in range(0, len(text), 5)]
+    last, _ = stream.finish("stop")
+    streamed = [p for d in [*deltas, last] if d for p in d.get("tool_calls", []) if "name" in p["function"]]
+    assert [p["function"]["name"] for p in streamed] == names
+
+
 def test_auto_without_a_call_is_plain_content() -> None:
     plan = plan_tools(_body(tool_choice="auto"), True, "llama3_json")
     assert message_and_reason(plan, "Hello there", "stop") == (
