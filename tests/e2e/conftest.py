@@ -176,3 +176,28 @@ def watch_health(server: ServerProcess) -> tuple[threading.Thread, list[int]]:
     thread = threading.Thread(target=watch)
     thread.start()
     return thread, codes
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under `pid` (children, grandchildren...), from one `ps` snapshot."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = (int(v) for v in line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def all_gone(pids: list[int], timeout: float) -> bool:
+    """Whether every pid has left /proc within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False

@@ -11,36 +11,21 @@ import json
 import math
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import ServerProcess, free_port, launch, watch_health
+from .conftest import ServerProcess, all_gone, descendants, free_port, launch, watch_health
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
 
 TP2 = ("--tensor-parallel-size", "2")
 
 
-def _descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        child, parent = (int(v) for v in line.split())
-        children.setdefault(parent, []).append(child)
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _rank_pid(server: ServerProcess, rank: int) -> int:
-    for pid in _descendants(server.process.pid):
+    for pid in descendants(server.process.pid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except FileNotFoundError:
@@ -50,17 +35,8 @@ def _rank_pid(server: ServerProcess, rank: int) -> int:
     raise AssertionError(f"no rank {rank} worker under the server:\n{server.log()[-2000:]}")
 
 
-def _all_gone(pids: list[int], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _core_pid(server: ServerProcess) -> int:
-    for pid in _descendants(server.process.pid):
+    for pid in descendants(server.process.pid):
         if b"pagedserve.engine.core_proc" in _cmdline(pid):
             return pid
     raise AssertionError(f"no engine-core process under the server:\n{server.log()[-2000:]}")
@@ -73,7 +49,7 @@ def test_killed_engine_process_fails_streams_turns_health_503_and_ends_every_pro
     server = launch(tmp_path, *TP2)
     try:
         server.wait_ready()
-        tree = [server.process.pid, *_descendants(server.process.pid)]
+        tree = [server.process.pid, *descendants(server.process.pid)]
         assert len(tree) == 4, tree  # server -> engine core -> rank 0, rank 1
         victim_pid = _core_pid(server) if victim == "engine core" else _rank_pid(server, 1)
         first_chunk = threading.Event()
@@ -101,7 +77,7 @@ def test_killed_engine_process_fails_streams_turns_health_503_and_ends_every_pro
         watcher.join(10)
         assert health[0] == 200 and health[-1] == 503
         assert ("tensor-parallel" if victim == "rank 1" else "engine core process exited") in server.log()
-        assert _all_gone(tree, 10), f"left behind: {[p for p in tree if Path(f'/proc/{p}').exists()]}"
+        assert all_gone(tree, 10), f"left behind: {[p for p in tree if Path(f'/proc/{p}').exists()]}"
     finally:
         if server.process.poll() is None:
             server.process.kill()
@@ -111,12 +87,12 @@ def test_sigkilled_server_leaves_no_engine_process(tmp_path: Path) -> None:
     server = launch(tmp_path, *TP2)
     try:
         server.wait_ready()
-        workers = _descendants(server.process.pid)
+        workers = descendants(server.process.pid)
         assert len([p for p in workers if b"tp_worker" in _cmdline(p)]) == 2
         assert len([p for p in workers if b"core_proc" in _cmdline(p)]) == 1
         server.process.kill()
         server.process.wait(10)
-        assert _all_gone(workers, 10), "an engine process outlived its server"
+        assert all_gone(workers, 10), "an engine process outlived its server"
     finally:
         if server.process.poll() is None:
             server.process.kill()
@@ -137,8 +113,8 @@ def test_two_nodes_serve_together_and_match_tp1(tmp_path: Path, server: ServerPr
     try:
         first.wait_ready()
         assert second.process.poll() is None
-        assert len([p for p in _descendants(first.process.pid) if b"tp_worker" in _cmdline(p)]) == 1
-        assert len([p for p in _descendants(second.process.pid) if b"tp_worker" in _cmdline(p)]) == 1
+        assert len([p for p in descendants(first.process.pid) if b"tp_worker" in _cmdline(p)]) == 1
+        assert len([p for p in descendants(second.process.pid) if b"tp_worker" in _cmdline(p)]) == 1
         single = _complete(server, logprobs=2)
         both = _complete(first)
         tokens = single["logprobs"]["tokens"]
