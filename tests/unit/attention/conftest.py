@@ -1,5 +1,5 @@
-"""The Triton kernels run on PAGEDSERVE_TEST_DEVICE (default cpu, under Triton's interpreter; cuda on a GPU
-machine: benchmarks/gpu_check.sh). TRITON_INTERPRET must be set before a kernel is decorated, hence at import."""
+"""The Triton kernels run on PAGEDSERVE_TEST_DEVICE (default cpu, under Triton's interpreter, which tests/conftest.py
+turns on before anything imports triton; cuda on a GPU machine: benchmarks/gpu_check.sh)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import pytest
 import torch
 
 TEST_DEVICE = os.environ.get("PAGEDSERVE_TEST_DEVICE", "cpu")
-if TEST_DEVICE == "cpu":
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture()
