@@ -10,7 +10,9 @@ import pytest
 # The Triton kernels run under Triton's interpreter on the CPU. TRITON_INTERPRET must be set before anything imports
 # triton (torch and transformers may, in any test): triton decorates its own library (tl.zeros, ...) at import.
 if os.environ.get("PAGEDSERVE_TEST_DEVICE", "cpu") == "cpu":
-    assert "triton" not in sys.modules, "triton was imported before tests/conftest.py could set TRITON_INTERPRET"
+    assert "triton" not in sys.modules, (
+        "triton was imported before tests/conftest.py could set TRITON_INTERPRET"
+    )
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
