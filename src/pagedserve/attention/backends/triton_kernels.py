@@ -73,6 +73,38 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _attend_keys(
+    q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head, n0, end, last_visible, d, d_mask, scale,
+    block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so, vc_sd,
+    BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """One online-softmax step over keys [n0, n0 + BLOCK_N) below `end`, row r seeing keys <= last_visible[r]: the
+    tile body decode and prefill share. Returns the updated (row_max, row_sum, acc)."""
+    compute_dtype = q.dtype
+    tok = n0 + tl.arange(0, BLOCK_N)
+    t_mask = tok < end
+    block = tl.load(table_ptr + tok // block_size, mask=t_mask, other=0).to(tl.int64)
+    offset = tok % block_size
+    k = tl.load(
+        k_cache_ptr + block[None, :] * kc_sb + kv_head * kc_sh + d[:, None] * kc_sd + offset[None, :] * kc_so,
+        mask=d_mask[:, None] & t_mask[None, :], other=0.0,
+    ).to(compute_dtype)  # fmt: skip
+    scores = _dot(q, k, IEEE) * scale  # [rows, BLOCK_N]
+    visible = (tok[None, :] <= last_visible[:, None]) & t_mask[None, :]
+    scores = tl.where(visible, scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, 1))
+    p = tl.exp(scores - new_max[:, None])
+    alpha = tl.exp(row_max - new_max)
+    row_sum = row_sum * alpha + tl.sum(p, 1)
+    v = tl.load(
+        v_cache_ptr + block[:, None] * vc_sb + kv_head * vc_sh + offset[:, None] * vc_so + d[None, :] * vc_sd,
+        mask=t_mask[:, None] & d_mask[None, :], other=0.0,
+    ).to(compute_dtype)  # fmt: skip
+    acc = acc * alpha[:, None] + _dot(p.to(compute_dtype), v, IEEE)
+    return new_max, row_sum, acc
+
+
+@triton.jit
 def _decode_partial_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, tables_ptr, seq_lens_ptr,
     part_out_ptr, part_max_ptr, part_sum_ptr,
@@ -96,33 +128,18 @@ def _decode_partial_kernel(
         q_ptr + b * stride_qt + heads[:, None] * stride_qh + d[None, :],
         mask=g_mask[:, None] & d_mask[None, :], other=0.0,
     )  # fmt: skip
-    compute_dtype = q.dtype
     row_max = tl.full([BLOCK_G], float("-inf"), tl.float32)
     row_sum = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     start = split * PARTITION
     end = tl.minimum(seq_len, start + PARTITION)
+    last_visible = tl.zeros([BLOCK_G], tl.int32) + (seq_len - 1)
     for n0 in range(start, end, BLOCK_N):
-        tok = n0 + tl.arange(0, BLOCK_N)
-        t_mask = tok < end
-        block = tl.load(tables_ptr + b * stride_tb + tok // block_size, mask=t_mask, other=0).to(tl.int64)
-        offset = tok % block_size
-        k = tl.load(
-            k_cache_ptr + block[None, :] * kc_sb + kv_head * kc_sh + d[:, None] * kc_sd + offset[None, :] * kc_so,
-            mask=d_mask[:, None] & t_mask[None, :], other=0.0,
-        ).to(compute_dtype)  # fmt: skip
-        scores = _dot(q, k, IEEE) * scale  # [G, N]
-        scores = tl.where(t_mask[None, :], scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, 1))
-        p = tl.exp(scores - new_max[:, None])
-        alpha = tl.exp(row_max - new_max)
-        row_sum = row_sum * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_cache_ptr + block[:, None] * vc_sb + kv_head * vc_sh + offset[:, None] * vc_so + d[None, :] * vc_sd,
-            mask=t_mask[:, None] & d_mask[None, :], other=0.0,
-        ).to(compute_dtype)  # fmt: skip
-        acc = acc * alpha[:, None] + _dot(p.to(compute_dtype), v, IEEE)
-        row_max = new_max
+        row_max, row_sum, acc = _attend_keys(
+            q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, tables_ptr + b * stride_tb, kv_head, n0, end,
+            last_visible, d, d_mask, scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so, vc_sd,
+            BLOCK_N, IEEE,
+        )  # fmt: skip
     # Partials are [B, Hq, splits(, D)] float32.
     slot = (b * num_q_heads + heads) * num_splits + split
     tl.store(part_max_ptr + slot, row_max, mask=g_mask)
@@ -185,38 +202,19 @@ def _prefill_kernel(
             q_ptr + (q_start + rows)[:, None] * stride_qt + head * stride_qh + d[None, :],
             mask=r_mask[:, None] & d_mask[None, :], other=0.0,
         )  # fmt: skip
-        compute_dtype = q.dtype
         positions = context + rows  # absolute position of each query row
         row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
         row_sum = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         # Keys up to the tile's last row (causal), never past the chunk.
         end = tl.minimum(context + q_len, context + (tile + 1) * BLOCK_M)
+        # Key 0 is visible to every row, so each row's max is finite after the first tile.
         for n0 in range(0, end, BLOCK_N):
-            tok = n0 + tl.arange(0, BLOCK_N)
-            t_mask = tok < end
-            block = tl.load(tables_ptr + chunk * stride_tb + tok // block_size, mask=t_mask, other=0).to(
-                tl.int64
-            )
-            offset = tok % block_size
-            k = tl.load(
-                k_cache_ptr + block[None, :] * kc_sb + kv_head * kc_sh + d[:, None] * kc_sd + offset[None, :] * kc_so,
-                mask=d_mask[:, None] & t_mask[None, :], other=0.0,
-            ).to(compute_dtype)  # fmt: skip
-            scores = _dot(q, k, IEEE) * scale  # [M, N]
-            # Key 0 is visible to every row, so each row's max is finite after the first tile.
-            visible = (tok[None, :] <= positions[:, None]) & t_mask[None, :]
-            scores = tl.where(visible, scores, float("-inf"))
-            new_max = tl.maximum(row_max, tl.max(scores, 1))
-            p = tl.exp(scores - new_max[:, None])
-            alpha = tl.exp(row_max - new_max)
-            row_sum = row_sum * alpha + tl.sum(p, 1)
-            v = tl.load(
-                v_cache_ptr + block[:, None] * vc_sb + kv_head * vc_sh + offset[:, None] * vc_so + d[None, :] * vc_sd,
-                mask=t_mask[:, None] & d_mask[None, :], other=0.0,
-            ).to(compute_dtype)  # fmt: skip
-            acc = acc * alpha[:, None] + _dot(p.to(compute_dtype), v, IEEE)
-            row_max = new_max
+            row_max, row_sum, acc = _attend_keys(
+                q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, tables_ptr + chunk * stride_tb, kv_head, n0,
+                end, positions, d, d_mask, scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so, vc_sd,
+                BLOCK_N, IEEE,
+            )  # fmt: skip
         out = acc / row_sum[:, None]
         tl.store(
             out_ptr + (q_start + rows)[:, None] * stride_ot + head * stride_oh + d[None, :],
