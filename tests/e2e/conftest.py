@@ -40,6 +40,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_http_ready(
+    process: subprocess.Popen[bytes],
+    url: str,
+    log: Callable[[], str],
+    name: str,
+    timeout: float = READY_TIMEOUT_S,
+) -> None:
+    """Polls `url` until it answers 200; fails with `log()` if the process exits first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{log()}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{name} not ready after {timeout} s:\n{log()}")
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen[bytes]
@@ -54,17 +75,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"server not ready after {timeout} s:\n{self.log()[-3000:]}")
+        wait_http_ready(self.process, f"{self.url}/ready", lambda: self.log()[-3000:], "server", timeout)
 
     def terminate(self, timeout: float = 60) -> int:
         if self.process.poll() is None:

@@ -23,7 +23,6 @@ import os
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from openai import OpenAI
 from pagedserve.models.bundled import BUNDLED_MODEL_NAME
 from tests.tool_venv import tool_venv
 
-from .conftest import READY_TIMEOUT_S, ServerProcess, all_gone, descendants, free_port, launch, metric_value
+from .conftest import ServerProcess, all_gone, descendants, free_port, launch, metric_value, wait_http_ready
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
 
@@ -88,20 +87,6 @@ def _start_proxy(
     return proxy, port
 
 
-def _wait_proxy_ready(fleet: Fleet, timeout: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fleet.proxy.poll() is not None:
-            raise AssertionError(f"litellm exited with {fleet.proxy.returncode}:\n{fleet.log()}")
-        try:
-            if httpx.get(f"{fleet.proxy_url}/health/readiness", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"litellm not ready after {timeout} s:\n{fleet.log()}")
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("litellm")
@@ -114,7 +99,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         master_key = "sk-" + secrets.token_hex(16)
         proxy, port = _start_proxy(tmp, replicas, master_key)
         started = Fleet(replicas, proxy, f"http://127.0.0.1:{port}", tmp / "litellm.log", master_key, [])
-        _wait_proxy_ready(started)
+        wait_http_ready(proxy, f"{started.proxy_url}/health/readiness", started.log, "litellm")
         for process in (proxy, *(r.process for r in replicas)):
             started.tree += [process.pid, *descendants(process.pid)]
         yield started

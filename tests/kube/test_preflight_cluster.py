@@ -294,7 +294,7 @@ def test_cli_healthy_cluster_table_exits_0(tmp_path: Path) -> None:
         )
     assert done.returncode == 0, done.stderr
     assert "PASS  kubernetes-version" in done.stdout
-    assert "15 passed, 0 warnings, 0 failed" in done.stdout
+    assert "17 passed, 0 warnings, 0 failed" in done.stdout
 
 
 def test_cli_no_gpu_operator_exits_1(tmp_path: Path) -> None:

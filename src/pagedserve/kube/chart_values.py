@@ -36,6 +36,12 @@ class DeploymentNeeds:
     keda: bool | None = None
     multi_node: bool = False
     """multiNode.enabled: each replica is a LeaderWorkerSet group (needs the LWS controller)."""
+    http_route: bool | None = None
+    """The chart renders an HTTPRoute: gateway.httpRoute.enabled with parentRefs (needs the Gateway API CRDs)."""
+    inference_pool: bool | None = None
+    """inferenceExtension.enabled: an InferencePool and its endpoint picker (needs the InferencePool CRD)."""
+    objective_api_version: str = ""
+    """API version of the InferenceObjectives the chart renders; "" when it renders none."""
 
     @property
     def known(self) -> bool:
@@ -80,6 +86,7 @@ def needs_from_values(values: dict[str, Any], source: str) -> DeploymentNeeds:
     if tp < 1 or replicas < 0:
         raise ValueError(f"{source}: engine.tensorParallelSize must be >= 1 and replicaCount >= 0")
     access_modes = _typed(values, "model.pvc.accessModes", ["ReadWriteOnce"], list)
+    inference_pool = _typed(values, "inferenceExtension.enabled", False, bool)
     return DeploymentNeeds(
         source=source,
         replicas=replicas,
@@ -103,6 +110,14 @@ def needs_from_values(values: dict[str, Any], source: str) -> DeploymentNeeds:
         autoscaling=autoscaling,
         keda=keda,
         multi_node=_typed(values, "multiNode.enabled", False, bool),
+        http_route=_typed(values, "gateway.httpRoute.enabled", True, bool)
+        and bool(_typed(values, "gateway.httpRoute.parentRefs", [], list)),
+        inference_pool=inference_pool,
+        objective_api_version=_typed(
+            values, "inferenceExtension.objectiveApiVersion", "llm-d.ai/v1alpha2", str
+        )
+        if inference_pool and _typed(values, "inferenceExtension.objectives", [], list)
+        else "",
     )
 
 

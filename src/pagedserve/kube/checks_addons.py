@@ -1,4 +1,5 @@
-"""Checks on cluster add-ons: storage, metrics adapter, monitoring CRDs, ingress, runtime class, namespace."""
+"""Checks on cluster add-ons: storage, metrics adapter, monitoring and Gateway API CRDs, ingress, runtime class,
+namespace."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from typing import Any
 from pagedserve.kube.chart_values import DeploymentNeeds
 from pagedserve.kube.cluster import (
     CUSTOM_METRICS_APISERVICE,
+    HTTPROUTE_CRD,
+    INFERENCE_OBJECTIVE_CRDS,
+    INFERENCE_POOL_CRD,
     KEDA_CRD,
     LWS_CRD,
     MONITORING_CRDS,
@@ -207,6 +211,65 @@ def check_monitoring_crds(snapshot: ClusterSnapshot, needs: DeploymentNeeds) -> 
             "install the LeaderWorkerSet controller (kubernetes-sigs/lws release manifests or its Helm chart)"
         )
         results.append(_required_crd(snapshot, "crd-leaderworkerset", LWS_CRD, "multiNode.enabled", fix))
+    return results
+
+
+def _served_versions(crd: dict[str, Any] | None) -> list[str]:
+    versions = (crd or {}).get("spec", {}).get("versions") or []
+    return [str(v.get("name")) for v in versions if v.get("served")]
+
+
+def _crd_serving(
+    snapshot: ClusterSnapshot, name: str, crd: tuple[str, str], enabled: bool | None, needed_by: str, fix: str
+) -> CheckResult:
+    """The CRD is established and serves the version the chart renders; missing FAILs when `enabled`."""
+    crd_name, version = crd
+    found = snapshot.crds.get(crd_name)
+    served = _served_versions(found)
+    required = f"CRD {crd_name} serving {version} when {needed_by}"
+    if not _crd_established(found):
+        return _optional_feature(name, enabled, False, f"CRD {crd_name} not installed", required, fix)
+    if version not in served:
+        seen = f"CRD {crd_name} serves {', '.join(served) or 'no version'}, not {version}"
+        return _optional_feature(name, enabled, False, seen, required, fix)
+    return CheckResult(name, Status.PASS, f"CRD {crd_name} established, serves {version}", required)
+
+
+def check_gateway_crds(snapshot: ClusterSnapshot, needs: DeploymentNeeds) -> list[CheckResult]:
+    """Gateway API HTTPRoute, InferencePool and InferenceObjective CRDs, when the values render those objects."""
+    gateway_fix = (
+        "install the Gateway API standard CRDs (kubectl apply -f "
+        "https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml) "
+        "and a Gateway implementation; or leave gateway.httpRoute.parentRefs empty"
+    )
+    pool_fix = (
+        "install the Inference Extension CRDs (kubectl apply -f https://github.com/kubernetes-sigs/"
+        "gateway-api-inference-extension/releases/download/v1.6.0/v1-manifests.yaml); "
+        "or inferenceExtension.enabled=false"
+    )
+    results = [
+        _crd_serving(snapshot, "crd-httproutes", HTTPROUTE_CRD, needs.http_route, "the chart renders an HTTPRoute",
+                     gateway_fix),
+        _crd_serving(snapshot, "crd-inferencepools", INFERENCE_POOL_CRD, needs.inference_pool,
+                     "inferenceExtension.enabled", pool_fix),
+    ]  # fmt: skip
+    version = needs.objective_api_version
+    if version:
+        crd = INFERENCE_OBJECTIVE_CRDS.get(version)
+        fix = (
+            "kubectl apply -f https://github.com/llm-d/llm-d-router/releases/download/v0.10.0/manifests.yaml"
+            if version.startswith("llm-d.ai/")
+            else "install the Inference Extension v1.5 CRDs"
+        ) + ", or set inferenceExtension.objectiveApiVersion to the InferenceObjective CRD the cluster has"
+        if crd is None:
+            known = ", ".join(INFERENCE_OBJECTIVE_CRDS)
+            results.append(
+                CheckResult("crd-inferenceobjectives", Status.FAIL, f"objectiveApiVersion {version}",
+                            f"inferenceExtension.objectiveApiVersion one of {known}", "use one of these")
+            )  # fmt: skip
+        else:
+            needed_by = "inferenceExtension.objectives are set"
+            results.append(_crd_serving(snapshot, "crd-inferenceobjectives", crd, True, needed_by, fix))
     return results
 
 

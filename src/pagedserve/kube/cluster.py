@@ -17,6 +17,22 @@ CUSTOM_METRICS_APISERVICE = "v1beta1.custom.metrics.k8s.io"
 MONITORING_CRDS = ("servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com")
 KEDA_CRD = "scaledobjects.keda.sh"
 LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+# Gateway API and Inference Extension CRDs the chart's HTTPRoute, InferencePool and InferenceObjectives need, each
+# with the API version the chart renders (a CRD that does not serve it fails the install as "no matches for kind").
+HTTPROUTE_CRD = ("httproutes.gateway.networking.k8s.io", "v1")
+INFERENCE_POOL_CRD = ("inferencepools.inference.networking.k8s.io", "v1")
+INFERENCE_OBJECTIVE_CRDS = {
+    "llm-d.ai/v1alpha2": ("inferenceobjectives.llm-d.ai", "v1alpha2"),
+    "inference.networking.x-k8s.io/v1alpha2": (
+        "inferenceobjectives.inference.networking.x-k8s.io",
+        "v1alpha2",
+    ),
+}
+GATEWAY_CRDS = (
+    HTTPROUTE_CRD[0],
+    INFERENCE_POOL_CRD[0],
+    *(crd for crd, _ in INFERENCE_OBJECTIVE_CRDS.values()),
+)
 HELM_RELEASE_SELECTOR = "owner=helm"
 
 
@@ -163,7 +179,7 @@ class ClusterReader:
             name: self._get(
                 f"customresourcedefinition {name}", self.apiext.read_custom_resource_definition, name
             )
-            for name in (*MONITORING_CRDS, KEDA_CRD, LWS_CRD)
+            for name in (*MONITORING_CRDS, KEDA_CRD, LWS_CRD, *GATEWAY_CRDS)
         }
         return ClusterSnapshot(
             server=self.server,

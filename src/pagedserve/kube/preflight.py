@@ -61,6 +61,7 @@ def run_checks(
         checks_addons.check_storage(snapshot, needs),
         checks_addons.check_custom_metrics(snapshot, needs),
         *checks_addons.check_monitoring_crds(snapshot, needs),
+        *checks_addons.check_gateway_crds(snapshot, needs),
         checks_addons.check_ingress_class(snapshot, needs),
         checks_addons.check_runtime_class(snapshot, needs),
     ]
