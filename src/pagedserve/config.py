@@ -71,7 +71,8 @@ class ModelConfig:
     backend (Triton kernels on cuda, C kernels on cpu; PAGEDSERVE_ATTENTION_BACKEND overrides)."""
 
     cpu_threads: int | None = None
-    """CPU threads for the model's math (torch/OpenMP). Default: PAGEDSERVE_CPU_THREADS, else every core the process may use."""
+    """CPU threads for the model's math (torch/OpenMP). Default: PAGEDSERVE_CPU_THREADS, else the CPUs the process
+    may use: its affinity mask capped by its cgroup CPU quota (Kubernetes' limits.cpu), rounded down."""
 
 
 @dataclass

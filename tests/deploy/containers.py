@@ -1,9 +1,9 @@
 """A private Docker engine and a locally made base image, for tests that build and run the real images.
 
 No image registry is reachable here, so the base image is made with Debian's debootstrap (bookworm, the
-python3 the images need) and imported; its root filesystem tarball is cached under `<repo>/.tools/` across
-sessions. dockerd (Debian's docker.io) runs per test session with its own data and exec roots and socket, without
-iptables or a bridge (containers use the host network), and is stopped with everything it started when the
+python3 the images need) and imported; its root filesystem tarball is cached in TOOLS_DIR
+(tests/deploy/tools.py) across runs and clones. dockerd (Debian's docker.io) runs per test session with its own
+data and exec roots and socket, without iptables or a bridge (containers use the host network), and is stopped with everything it started when the
 session ends. Installs go through `tools._ensure_debian_binary` (apt-get; a failure fails the test).
 """
 
@@ -110,7 +110,7 @@ def _ignore_missing() -> Iterator[None]:
 
 
 def base_rootfs_tarball() -> Path:
-    """The base image's root filesystem as a tarball, made once with debootstrap and cached in .tools/."""
+    """The base image's root filesystem as a tarball, made once with debootstrap and cached in TOOLS_DIR."""
     name = f"debootstrap-{DEBIAN_SUITE}-{'-'.join(BASE_PACKAGES)}.tar"
     tarball = TOOLS_DIR / name
     with _install_lock("debootstrap-base"):

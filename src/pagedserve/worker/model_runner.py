@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -14,6 +13,7 @@ from pagedserve.attention.backend import default_attention_backend, get_attentio
 from pagedserve.config import CacheConfig, ModelConfig
 from pagedserve.core.scheduler_output import NewSequence, ScheduledSequence, SchedulerOutput
 from pagedserve.cpu_info import cpu_info
+from pagedserve.cpu_quota import usable_cpus
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
@@ -57,13 +57,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_cpu_threads(requested: int | None) -> int:
-    """Set torch's intra-op threads; returns the number used."""
+    """Set torch's intra-op threads (default: the CPUs this process may use, cgroup quota included); returns the
+    number used."""
     if requested is None:
         requested = envs.cpu_threads()
     if requested is None:
-        requested = (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        )
+        requested = usable_cpus()
     if requested < 1:
         raise ValueError(f"cpu_threads must be >= 1, got {requested}")
     torch.set_num_threads(requested)
