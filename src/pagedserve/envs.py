@@ -105,3 +105,21 @@ def attention_backend() -> str | None:
             f"PAGEDSERVE_ATTENTION_BACKEND must be one of {', '.join(ATTENTION_BACKENDS)}; got {value!r}"
         )
     return value
+
+
+# Spins of a waiting libgomp thread before it sleeps. libgomp's own default, 300 000, holds a core for milliseconds
+# while a thread of the same team waits to be scheduled; libgomp drops to 1 000 itself when it sees more threads
+# than CPUs, but not when another process (the API server, a neighbour pod, CI) takes a core. With one of 2 cores
+# busy, 1 000 decoded 1.5x (single stream) to 1.9x (16 streams) faster than the default, and within noise of it
+# on an idle machine (benchmarks/omp_contention.py, AVX2 EPYC, 2026-12-04; docs/architecture.md).
+ENGINE_GOMP_SPINCOUNT = "1000"
+
+
+def engine_process_env() -> dict[str, str]:
+    """The environment of the engine-core and tensor-parallel worker processes: this one, plus
+    GOMP_SPINCOUNT=ENGINE_GOMP_SPINCOUNT unless GOMP_SPINCOUNT or OMP_WAIT_POLICY is set (the user's choice wins;
+    libgomp reads them once, when torch loads it, so they are set for the child, not here)."""
+    env = dict(os.environ)
+    if "GOMP_SPINCOUNT" not in env and "OMP_WAIT_POLICY" not in env:
+        env["GOMP_SPINCOUNT"] = ENGINE_GOMP_SPINCOUNT
+    return env

@@ -90,6 +90,11 @@ def test_sigkilled_server_leaves_no_engine_process(tmp_path: Path) -> None:
         workers = descendants(server.process.pid)
         assert len([p for p in workers if b"tp_worker" in _cmdline(p)]) == 2
         assert len([p for p in workers if b"core_proc" in _cmdline(p)]) == 1
+        # Every engine process spins briefly at OpenMP barriers (envs.engine_process_env), unless the user chose.
+        engines = [p for p in workers if b"tp_worker" in _cmdline(p) or b"core_proc" in _cmdline(p)]
+        assert all(
+            b"GOMP_SPINCOUNT=1000" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0") for p in engines
+        )
         server.process.kill()
         server.process.wait(10)
         assert all_gone(workers, 10), "an engine process outlived its server"

@@ -28,6 +28,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from pagedserve import envs
 from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats
 from pagedserve.engine import core_messages as msg
@@ -63,7 +64,7 @@ class EngineCoreClient:
         ours, theirs = socket.socketpair()
         command = [sys.executable, "-m", "pagedserve.engine.core_proc",
                    "--conn-fd", str(theirs.fileno()), "--parent-pid", str(os.getpid())]  # fmt: skip
-        self._process = subprocess.Popen(command, pass_fds=(theirs.fileno(),))
+        self._process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), env=envs.engine_process_env())
         theirs.close()
         # If this object goes away without shutdown() (a failed start, an exception), the core goes with it.
         self._finalizer = weakref.finalize(self, _kill, self._process)

@@ -26,6 +26,7 @@ import weakref
 from datetime import timedelta
 from typing import Any
 
+from pagedserve import envs
 from pagedserve.config import ParallelConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.worker import tp_messages as msg
@@ -65,7 +66,10 @@ def start_worker(
     ]  # fmt: skip
     if conn_fd is not None:
         command += ["--conn-fd", str(conn_fd)]
-    return _Worker(rank, subprocess.Popen(command, pass_fds=() if conn_fd is None else (conn_fd,)))
+    process = subprocess.Popen(
+        command, pass_fds=() if conn_fd is None else (conn_fd,), env=envs.engine_process_env()
+    )
+    return _Worker(rank, process)
 
 
 class MultiprocExecutor:
