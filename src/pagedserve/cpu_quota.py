@@ -12,9 +12,12 @@ the process's cgroup path and every ancestor (the tightest limit wins), as /proc
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
+
+logger = logging.getLogger("pagedserve")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -79,6 +82,10 @@ def usable_cpus() -> int:
     """CPUs in this process's affinity mask, capped by the cgroup quota rounded down; at least 1."""
     visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota = cgroup_cpu_quota(_read(Path("/proc/self/cgroup")) or "")
-    if quota is None:
+    if quota is None or quota >= visible:
         return visible
-    return max(1, min(visible, math.floor(quota)))
+    usable = max(1, math.floor(quota))
+    logger.info(
+        "%d of the %d CPUs in the affinity mask usable: cgroup CPU quota %.2f", usable, visible, quota
+    )
+    return usable
