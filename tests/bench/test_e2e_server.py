@@ -7,14 +7,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.bench.bench_stub import VLLM_RESULT_KEYS, assert_png_drawn
+from tests.http_ready import wait_http_ready
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
 
@@ -41,23 +40,8 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"pagedserve serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(url + "/v1/models", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"pagedserve serve not up after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}"
-                )
-            time.sleep(1)
+        wait_http_ready(process, url + "/v1/models", lambda: log_path.read_text()[-3000:], "pagedserve serve",
+                        STARTUP_TIMEOUT_S)  # fmt: skip
         yield url
     finally:
         process.terminate()

@@ -23,25 +23,12 @@ import httpx
 import yaml
 
 from tests.deploy.nginx_proxy import free_port
+from tests.http_ready import wait_http_ready
 
 PAGEDSERVE = Path(sys.executable).with_name("pagedserve")
 SCRAPE_INTERVAL = "1s"
 # Labels the chart's ServiceMonitor puts on every series of a pod; the alerts and the adapter select on them.
 TARGET_LABELS = {"namespace": "llm", "service": "pagedserve", "pod": "pagedserve-0", "job": "pagedserve"}
-
-
-def wait_until_ready(url: str, timeout: float, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -63,7 +50,13 @@ def running_server(workdir: Path, extra_args: list[str]) -> Iterator[int]:
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        wait_until_ready(f"http://127.0.0.1:{port}/ready", 300, process, log)
+        wait_http_ready(
+            process,
+            f"http://127.0.0.1:{port}/ready",
+            lambda: log.read_text()[-4000:],
+            "pagedserve serve",
+            300,
+        )
         yield port
     finally:
         stop(process)
@@ -130,7 +123,9 @@ def running_prometheus(
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        wait_until_ready(f"http://127.0.0.1:{port}/-/ready", 60, process, log)
+        wait_http_ready(
+            process, f"http://127.0.0.1:{port}/-/ready", lambda: log.read_text()[-4000:], "prometheus", 60
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)

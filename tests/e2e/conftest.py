@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.http_ready import wait_http_ready
+
 MAX_MODEL_LEN = 2048
 # Small enough to start fast on a CPU: ~23 KiB of bf16 KV per token, so 256 MiB hold ~11k tokens.
 BASE_ARGS = [
@@ -38,27 +40,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_http_ready(
-    process: subprocess.Popen[bytes],
-    url: str,
-    log: Callable[[], str],
-    name: str,
-    timeout: float = READY_TIMEOUT_S,
-) -> None:
-    """Polls `url` until it answers 200; fails with `log()` if the process exits first or the time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{name} exited with {process.returncode}:\n{log()}")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"{name} not ready after {timeout} s:\n{log()}")
 
 
 @dataclass

@@ -34,9 +34,10 @@ import yaml
 from openai import OpenAI
 
 from pagedserve.models.bundled import BUNDLED_MODEL_NAME
+from tests.http_ready import wait_http_ready
 from tests.tool_venv import tool_venv
 
-from .conftest import ServerProcess, all_gone, descendants, free_port, launch, metric_value, wait_http_ready
+from .conftest import READY_TIMEOUT_S, ServerProcess, all_gone, descendants, free_port, launch, metric_value
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
 
@@ -99,7 +100,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         master_key = "sk-" + secrets.token_hex(16)
         proxy, port = _start_proxy(tmp, replicas, master_key)
         started = Fleet(replicas, proxy, f"http://127.0.0.1:{port}", tmp / "litellm.log", master_key, [])
-        wait_http_ready(proxy, f"{started.proxy_url}/health/readiness", started.log, "litellm")
+        wait_http_ready(
+            proxy, f"{started.proxy_url}/health/readiness", started.log, "litellm", READY_TIMEOUT_S
+        )
         for process in (proxy, *(r.process for r in replicas)):
             started.tree += [process.pid, *descendants(process.pid)]
         yield started
