@@ -60,6 +60,28 @@ def cpu_threads() -> int | None:
         raise ValueError(f"PAGEDSERVE_CPU_THREADS must be an integer, got {value!r}") from None
 
 
+def cpu_omp_threads_bind() -> str:
+    """VLLM_CPU_OMP_THREADS_BIND (vLLM's variable): the CPUs each rank's math threads run on. "auto" (default)
+    and "nobind" (or vLLM 0.9's "all") pin nothing; otherwise a CPU list per rank of this node, separated by "|",
+    e.g. "0-15|16-31" (cpu_placement.py parses and checks it)."""
+    return os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "").strip() or "auto"
+
+
+def cpu_reserved() -> int | None:
+    """VLLM_CPU_NUM_OF_RESERVED_CPU (vLLM's variable): CPUs the engine leaves to other work (the API server, the
+    scheduler) when it sizes its thread count itself; unused when --cpu-threads or a CPU list says."""
+    value = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "").strip()
+    if not value:
+        return None
+    try:
+        reserved = int(value)
+    except ValueError:
+        raise ValueError(f"VLLM_CPU_NUM_OF_RESERVED_CPU must be an integer, got {value!r}") from None
+    if reserved < 0:
+        raise ValueError(f"VLLM_CPU_NUM_OF_RESERVED_CPU must be >= 0, got {reserved}")
+    return reserved
+
+
 def cpu_kv_cache_bytes() -> int | None:
     """VLLM_CPU_KVCACHE_SPACE (GiB, vLLM's variable): the CPU KV cache budget when none is given."""
     value = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()

@@ -82,3 +82,60 @@ def _assert_server_args_parse(objects: list[dict[str, Any]]) -> None:
         config_from_args(ParallelConfig, parsed).validate()
         if not parsed.headless:
             assert parsed.port == SERVER_PORT and parsed.host == "0.0.0.0"
+
+
+def _server_args(values: dict[str, Any]) -> list[str]:
+    objects = render(values=values)
+    if by_kind(objects, "LeaderWorkerSet"):
+        template = one(objects, "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+    else:
+        [server] = [
+            d for d in by_kind(objects, "Deployment") if d["metadata"]["labels"].get(COMPONENT) == "server"
+        ]
+        template = server["spec"]["template"]
+    return template["spec"]["containers"][0]["args"]
+
+
+def _cpu_threads(values: dict[str, Any]) -> str | None:
+    args = _server_args(values)
+    flags = [args[i + 1] for i, a in enumerate(args) if a == "--cpu-threads"]
+    assert len(flags) <= 1, args
+    return flags[0] if flags else None
+
+
+CPU = {"gpu": {"enabled": False}}
+MULTI = {"enabled": True, "nodes": 2}
+
+
+@pytest.mark.parametrize(
+    "values,threads",
+    [
+        ({**CPU}, "4"),  # the default request, 4 CPUs, no limit
+        ({**CPU, "resources": {"requests": {"cpu": "3500m", "memory": "8Gi"}}}, "3"),
+        ({**CPU, "resources": {"requests": {"cpu": 6}}, "engine": {"tensorParallelSize": 2}}, "3"),
+        ({**CPU, "resources": {"requests": {"cpu": "500m"}}}, "1"),  # never zero
+        # Multi-node: 4 ranks over 2 pods, 8 CPUs a pod: 4 per rank.
+        (
+            {
+                **CPU,
+                "resources": {"requests": {"cpu": "8"}},
+                "engine": {"tensorParallelSize": 4},
+                "multiNode": MULTI,
+            },
+            "4",
+        ),
+        ({**CPU, "engine": {"cpuThreads": 7}}, "7"),
+        # A CPU limit: the engine follows its quota. GPU mode: no CPU threads.
+        ({**CPU, "resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "4"}}}, None),
+        ({}, None),
+        # The user chose: their flag or variable is not contradicted.
+        ({**CPU, "engine": {"extraArgs": ["--cpu-threads=2"]}}, None),
+        ({**CPU, "extraEnv": [{"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "0-3"}]}, None),
+        ({**CPU, "extraEnv": [{"name": "PAGEDSERVE_CPU_THREADS", "value": "2"}]}, None),
+    ],
+)
+def test_cpu_mode_threads_follow_the_cpu_request_without_a_limit(
+    values: dict[str, Any], threads: str | None
+) -> None:
+    assert _cpu_threads(values) == threads
+    _assert_server_args_parse(render(values=values))

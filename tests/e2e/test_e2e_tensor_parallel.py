@@ -1,7 +1,8 @@
 """The server's processes (engine core, tensor-parallel ranks) behind a real server: faults and multi-node.
 
 A killed engine-core process or a killed rank fails the open streams with an error event, turns /health 503 and
-takes every process of the server down; a SIGKILLed server leaves no engine process behind; two `pagedserve serve` processes started separately with
+takes every process of the server down; a SIGKILLed server leaves no engine process behind (whose ranks were
+pinned to CPUs by VLLM_CPU_OMP_THREADS_BIND, as in vLLM); two `pagedserve serve` processes started separately with
 `--nnodes 2` (node 1 headless, on loopback as two "nodes") serve together and give the greedy text of TP=1.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -83,8 +85,21 @@ def test_killed_engine_process_fails_streams_turns_health_503_and_ends_every_pro
             server.process.kill()
 
 
-def test_sigkilled_server_leaves_no_engine_process(tmp_path: Path) -> None:
-    server = launch(tmp_path, *TP2)
+def _thread_masks(pid: int) -> set[str]:
+    masks = set()
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        masks |= {
+            line.split()[1]
+            for line in status.read_text().splitlines()
+            if line.startswith("Cpus_allowed_list")
+        }
+    return masks
+
+
+def test_engine_processes_carry_their_cpu_settings_and_die_with_a_sigkilled_server(tmp_path: Path) -> None:
+    # vLLM's CPU binding, one list per rank: rank 0 on the last CPU, rank 1 on the first (both the same on 1 CPU).
+    cpus = sorted(os.sched_getaffinity(0))
+    server = launch(tmp_path, *TP2, env={"VLLM_CPU_OMP_THREADS_BIND": f"{cpus[-1]}|{cpus[0]}"})
     try:
         server.wait_ready()
         workers = descendants(server.process.pid)
@@ -95,6 +110,10 @@ def test_sigkilled_server_leaves_no_engine_process(tmp_path: Path) -> None:
         assert all(
             b"GOMP_SPINCOUNT=1000" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0") for p in engines
         )
+        assert _complete(server)["text"]  # the ranks' OpenMP teams exist now
+        assert _thread_masks(_rank_pid(server, 0)) == {str(cpus[-1])}
+        assert _thread_masks(_rank_pid(server, 1)) == {str(cpus[0])}
+        assert server.log().count("; 1 threads") == 2, server.log()[-3000:]
         server.process.kill()
         server.process.wait(10)
         assert all_gone(workers, 10), "an engine process outlived its server"

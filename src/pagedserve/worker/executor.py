@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 
-from pagedserve import envs
+from pagedserve import cpu_placement, envs
 from pagedserve.config import CacheConfig, ModelConfig, ParallelConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
-from pagedserve.cpu_quota import usable_cpus
 from pagedserve.worker.model_runner import ModelRunner, ModelRunnerOutput, resolve_device
 
 logger = logging.getLogger("pagedserve")
@@ -99,14 +98,19 @@ class UniProcExecutor:
 
 
 def make_executor(spec: RunnerSpec, parallel: ParallelConfig, source: Any = None) -> UniProcExecutor:
-    tensor_parallel_size = parallel.tensor_parallel_size
-    if tensor_parallel_size == 1:
+    on_cpu = resolve_device(spec.model.device).type == "cpu"
+    if on_cpu:
+        cpu_placement.check_binding(parallel.ranks_per_node)
+    if parallel.tensor_parallel_size == 1:
+        if on_cpu:
+            cpu_placement.bind_rank(0)
         return UniProcExecutor(spec, source)
     from pagedserve.worker.multiproc_executor import MultiprocExecutor
 
     threads_unset = spec.model.cpu_threads is None and envs.cpu_threads() is None
-    if threads_unset and resolve_device(spec.model.device).type == "cpu":
-        # The ranks share this machine's cores: each gets its part, not all of them.
-        model = dataclasses.replace(spec.model, cpu_threads=max(1, usable_cpus() // parallel.ranks_per_node))
-        spec = dataclasses.replace(spec, model=model)
+    if threads_unset and on_cpu and not cpu_placement.pinned():
+        # The ranks share this machine's cores: each gets its part, not all of them. (A pinned rank counts the
+        # CPUs of its own list, in its own process.)
+        threads = cpu_placement.default_cpu_threads(parallel.ranks_per_node)
+        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, cpu_threads=threads))
     return MultiprocExecutor(spec, parallel)  # type: ignore[return-value]

@@ -13,7 +13,7 @@ from pagedserve.attention.backend import default_attention_backend, get_attentio
 from pagedserve.config import CacheConfig, ModelConfig
 from pagedserve.core.scheduler_output import NewSequence, ScheduledSequence, SchedulerOutput
 from pagedserve.cpu_info import cpu_info
-from pagedserve.cpu_quota import usable_cpus
+from pagedserve.cpu_placement import default_cpu_threads
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
@@ -57,12 +57,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_cpu_threads(requested: int | None) -> int:
-    """Set torch's intra-op threads (default: the CPUs this process may use, cgroup quota included); returns the
-    number used."""
+    """Set torch's intra-op threads (default: cpu_placement.default_cpu_threads, this process being one rank);
+    returns the number used."""
     if requested is None:
         requested = envs.cpu_threads()
     if requested is None:
-        requested = usable_cpus()
+        requested = default_cpu_threads(ranks_per_node=1)
     if requested < 1:
         raise ValueError(f"cpu_threads must be >= 1, got {requested}")
     torch.set_num_threads(requested)

@@ -26,7 +26,7 @@ import weakref
 from datetime import timedelta
 from typing import Any
 
-from pagedserve import envs
+from pagedserve import cpu_placement, envs
 from pagedserve.config import ParallelConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.worker import tp_messages as msg
@@ -169,6 +169,8 @@ def run_headless_node(parallel: ParallelConfig, device: str) -> int:
     """A node other than 0: runs its ranks until they exit (the engine on node 0 stops them); non-zero if any
     failed. The ranks get the model from rank 0's broadcast, so this node needs no model flags beyond the files."""
     per_node = parallel.ranks_per_node
+    if device == "cpu":
+        cpu_placement.check_binding(per_node)
     first = parallel.node_rank * per_node
     address = f"{parallel.master_addr}:{parallel.master_port}"
     workers = [

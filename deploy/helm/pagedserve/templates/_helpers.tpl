@@ -132,3 +132,36 @@ kind: Deployment
 {{- end }}
 name: {{ include "pagedserve.fullname" . }}
 {{- end }}
+
+{{/*
+CPU mode: --cpu-threads per rank, or "" to let the engine decide. engine.cpuThreads when set; else, without a CPU
+limit (no cgroup quota for the engine to follow), the CPU request rounded down ("3500m" -> 3) over the pod's ranks,
+unless the user already chose: --cpu-threads in extraArgs, PAGEDSERVE_CPU_THREADS or VLLM_CPU_OMP_THREADS_BIND in
+extraEnv.
+*/}}
+{{- define "pagedserve.cpuThreads" -}}
+{{- $userChose := false }}
+{{- range .Values.engine.extraArgs }}
+{{- if hasPrefix "--cpu-threads" (toString .) }}{{ $userChose = true }}{{ end }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if has .name (list "PAGEDSERVE_CPU_THREADS" "VLLM_CPU_OMP_THREADS_BIND") }}{{ $userChose = true }}{{ end }}
+{{- end }}
+{{- if and (not .Values.gpu.enabled) (not $userChose) }}
+{{- $nodes := ternary (int .Values.multiNode.nodes) 1 .Values.multiNode.enabled }}
+{{- $ranks := max 1 (div (int .Values.engine.tensorParallelSize) $nodes) }}
+{{- $resources := default dict .Values.resources }}
+{{- if not (kindIs "invalid" .Values.engine.cpuThreads) }}
+{{- .Values.engine.cpuThreads | int }}
+{{- else if and (not (hasKey (default dict $resources.limits) "cpu")) (hasKey (default dict $resources.requests) "cpu") }}
+{{- $cpu := toString $resources.requests.cpu }}
+{{- $millis := 0 }}
+{{- if hasSuffix "m" $cpu }}
+{{- $millis = trimSuffix "m" $cpu | int }}
+{{- else }}
+{{- $millis = mulf (float64 $cpu) 1000 | int }}
+{{- end }}
+{{- max 1 (div $millis (mul 1000 $ranks)) }}
+{{- end }}
+{{- end }}
+{{- end }}

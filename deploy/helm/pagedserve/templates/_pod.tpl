@@ -190,6 +190,10 @@ spec:
         - {{ .Values.server.maxRequestBodyBytes | int64 | quote }}
         - --max-num-queued-reqs
         - {{ .Values.server.maxNumQueuedReqs | int64 | quote }}
+        {{- with (include "pagedserve.cpuThreads" .) }}
+        - --cpu-threads
+        - {{ . | quote }}
+        {{- end }}
         {{- range $engine.extraArgs }}
         - {{ . | quote }}
         {{- end }}
