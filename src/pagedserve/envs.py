@@ -82,6 +82,18 @@ def cpu_reserved() -> int | None:
     return reserved
 
 
+LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def logging_level() -> str:
+    """VLLM_LOGGING_LEVEL (vLLM's variable, default INFO): the level of pagedserve's log lines in every process
+    (server, engine core, tensor-parallel ranks). uvicorn's access log keeps --uvicorn-log-level."""
+    value = os.environ.get("VLLM_LOGGING_LEVEL", "").strip().upper() or "INFO"
+    if value not in LOGGING_LEVELS:
+        raise ValueError(f"VLLM_LOGGING_LEVEL must be one of {', '.join(LOGGING_LEVELS)}; got {value!r}")
+    return value
+
+
 def cpu_kv_cache_bytes() -> int | None:
     """VLLM_CPU_KVCACHE_SPACE (GiB, vLLM's variable): the CPU KV cache budget when none is given."""
     value = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()

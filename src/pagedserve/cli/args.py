@@ -10,6 +10,7 @@ import sys
 import typing
 from typing import Any, Literal, get_args, get_origin
 
+from pagedserve import envs
 from pagedserve.config import config_fields, field_docs
 
 _BYTE_UNITS = {
@@ -85,5 +86,5 @@ def configure_logging() -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [pagedserve] %(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(envs.logging_level())
     logger.propagate = False

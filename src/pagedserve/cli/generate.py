@@ -33,14 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from pagedserve import LLM, SamplingParams
     from pagedserve.config import config_fields
 
-    configure_logging()
-
     engine_kwargs = {
         f.name: getattr(args, f.name)
         for cls in (ModelConfig, CacheConfig, SchedulerConfig)
         for f in config_fields(cls)
     }
     try:
+        configure_logging()
         params = SamplingParams(
             n=args.n,
             temperature=args.temperature,

@@ -152,9 +152,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         engine_config.parallel.validate()
         in_process = not envs.engine_core_process()
+        configure_logging()
     except ValueError as error:
         return _fail(str(error))
-    configure_logging()
     if engine_config.parallel.headless or engine_config.parallel.node_rank > 0:
         from pagedserve.worker.model_runner import resolve_device
         from pagedserve.worker.multiproc_executor import run_headless_node

@@ -17,6 +17,7 @@ import multiprocessing.connection
 import os
 import traceback
 
+from pagedserve import envs
 from pagedserve.engine import core_messages as msg
 from pagedserve.engine.core import EngineCore
 from pagedserve.engine.faults import StepFaults
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         exit_with_parent(args.parent_pid)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s [pagedserve core] %(message)s")
+    logging.basicConfig(
+        level=envs.logging_level(), format="%(levelname)s %(asctime)s [pagedserve core] %(message)s"
+    )
     conn = multiprocessing.connection.Connection(args.conn_fd)
     try:
         serve_core(conn)

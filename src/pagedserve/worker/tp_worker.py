@@ -12,7 +12,7 @@ import os
 import traceback
 from datetime import timedelta
 
-from pagedserve import cpu_placement
+from pagedserve import cpu_placement, envs
 from pagedserve.parent_watch import exit_with_parent
 from pagedserve.worker import tp_messages as msg
 
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         exit_with_parent(args.parent_pid)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s tp{args.rank} %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=envs.logging_level(), format=f"%(asctime)s tp{args.rank} %(levelname)s %(message)s"
+    )
     if args.device == "cpu":  # before this rank's OpenMP team starts: its threads take the mask then
         cpu_placement.bind_rank(args.local_rank)
     host, _, port = args.store.rpartition(":")
