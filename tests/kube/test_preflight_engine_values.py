@@ -34,7 +34,7 @@ def test_values_the_engine_would_refuse_fail_before_the_install(tmp_path: Path, 
 LWS_CRD = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/leaderworkersets.leaderworkerset.x-k8s.io"
 
 
-def _lws_crd() -> dict:
+def _lws_crd(version: str = "v1") -> dict:
     return {
         "kind": "CustomResourceDefinition",
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -43,7 +43,7 @@ def _lws_crd() -> dict:
             "group": "leaderworkerset.x-k8s.io",
             "names": {"plural": "leaderworkersets", "kind": "LeaderWorkerSet"},
             "scope": "Namespaced",
-            "versions": [{"name": "v1", "served": True, "storage": True}],
+            "versions": [{"name": version, "served": True, "storage": True}],
         },
         "status": {"conditions": [{"type": "Established", "status": "True"}]},
     }
@@ -64,3 +64,9 @@ def test_multi_node_values_need_the_leader_worker_set_crd_and_cpu_mode(tmp_path:
     (tmp_path / "with-lws").mkdir()
     code, report = run_preflight(tmp_path / "with-lws", cluster, values)
     assert check(report, "crd-leaderworkerset")["status"] == "PASS"
+    # An LWS release older than the v1 API the chart renders: the install would fail with "no matches for kind".
+    (tmp_path / "old-lws").mkdir()
+    cluster = {**healthy_cluster(), LWS_CRD: _lws_crd("v1alpha1")}
+    code, report = run_preflight(tmp_path / "old-lws", cluster, values)
+    lws = check(report, "crd-leaderworkerset")
+    assert lws["status"] == "FAIL" and "serves v1alpha1, not v1" in lws["observed"] and code == 1

@@ -184,33 +184,20 @@ def _crd_established(crd: dict[str, Any] | None) -> bool:
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
-def _required_crd(snapshot: ClusterSnapshot, name: str, crd: str, value: str, fix: str) -> CheckResult:
-    """A CRD the values need (`value` is enabled): FAIL without it."""
-    present = _crd_established(snapshot.crds.get(crd))
-    seen = f"CRD {crd} {'established' if present else 'not installed'}"
-    return _optional_feature(name, True, present, seen, f"{crd} ({value})", fix)
-
-
 def check_monitoring_crds(snapshot: ClusterSnapshot, needs: DeploymentNeeds) -> list[CheckResult]:
     fix = "install the Prometheus Operator CRDs (kube-prometheus-stack or prometheus-operator-crds chart)"
     results = []
-    for crd_name, enabled in zip(MONITORING_CRDS, (needs.service_monitor, needs.prometheus_rule)):
-        kind = crd_name.split(".", 1)[0]
-        present = _crd_established(snapshot.crds.get(crd_name))
-        seen = f"CRD {crd_name} {'established' if present else 'not installed'}"
-        results.append(
-            _optional_feature(
-                f"crd-{kind}", enabled, present, seen, f"{crd_name} when the chart creates {kind}", fix
-            )
-        )
+    for crd, enabled in zip(MONITORING_CRDS, (needs.service_monitor, needs.prometheus_rule)):
+        kind = crd[0].split(".", 1)[0]
+        results.append(_crd_serving(snapshot, f"crd-{kind}", crd, enabled, f"the chart creates {kind}", fix))
     if needs.keda:
         fix = "helm install keda kedacore/keda -n keda --create-namespace"
-        results.append(_required_crd(snapshot, "crd-keda", KEDA_CRD, "keda.enabled", fix))
+        results.append(_crd_serving(snapshot, "crd-keda", KEDA_CRD, True, "keda.enabled", fix))
     if needs.multi_node:
         fix = (
             "install the LeaderWorkerSet controller (kubernetes-sigs/lws release manifests or its Helm chart)"
         )
-        results.append(_required_crd(snapshot, "crd-leaderworkerset", LWS_CRD, "multiNode.enabled", fix))
+        results.append(_crd_serving(snapshot, "crd-leaderworkerset", LWS_CRD, True, "multiNode.enabled", fix))
     return results
 
 

@@ -14,11 +14,14 @@ from typing import Any
 from pagedserve.kube.chart_values import DeploymentNeeds
 
 CUSTOM_METRICS_APISERVICE = "v1beta1.custom.metrics.k8s.io"
-MONITORING_CRDS = ("servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com")
-KEDA_CRD = "scaledobjects.keda.sh"
-LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
-# Gateway API and Inference Extension CRDs the chart's HTTPRoute, InferencePool and InferenceObjectives need, each
-# with the API version the chart renders (a CRD that does not serve it fails the install as "no matches for kind").
+# The CRDs of the custom kinds the chart renders, each with the API version it renders (a CRD that does not serve
+# it fails the install as "no matches for kind").
+MONITORING_CRDS = (
+    ("servicemonitors.monitoring.coreos.com", "v1"),
+    ("prometheusrules.monitoring.coreos.com", "v1"),
+)
+KEDA_CRD = ("scaledobjects.keda.sh", "v1alpha1")
+LWS_CRD = ("leaderworkersets.leaderworkerset.x-k8s.io", "v1")
 HTTPROUTE_CRD = ("httproutes.gateway.networking.k8s.io", "v1")
 INFERENCE_POOL_CRD = ("inferencepools.inference.networking.k8s.io", "v1")
 INFERENCE_OBJECTIVE_CRDS = {
@@ -179,7 +182,7 @@ class ClusterReader:
             name: self._get(
                 f"customresourcedefinition {name}", self.apiext.read_custom_resource_definition, name
             )
-            for name in (*MONITORING_CRDS, KEDA_CRD, LWS_CRD, *GATEWAY_CRDS)
+            for name in (*(crd for crd, _ in (*MONITORING_CRDS, KEDA_CRD, LWS_CRD)), *GATEWAY_CRDS)
         }
         return ClusterSnapshot(
             server=self.server,
