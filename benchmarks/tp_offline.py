@@ -1,8 +1,9 @@
-"""Tensor parallelism on this machine's CPU cores: offline-32x64 at TP=1 and TP=2, side by side (issue 12).
+"""Tensor parallelism on this machine's CPU cores: TP=1 against TP=2, with the ranks' all-reduce over gloo and
+through shared memory (issue 12; distributed/shm_all_reduce.py).
 
-On a 2-core machine TP=2 is a correctness setup (one core a rank, a gloo all-reduce twice a layer), not a speed-up:
-this reports what it costs, honestly. Each run is its own process (the ranks are processes too); TP=1 and TP=2
-alternate for `--rounds` rounds and the best of each is kept, so drift hits both.
+Two workloads per run: offline-32x64 (32 prompts, 64 tokens each, batched) and one stream of 128 tokens, where
+the all-reduce's latency shows most. Each configuration runs in its own process (the ranks are processes too);
+the configurations alternate for `--rounds` rounds and the best of each is kept, so drift hits all of them.
 
     .venv/bin/python benchmarks/tp_offline.py [--rounds 2] [--json out.json]
 """
@@ -11,10 +12,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
 import time
+
+# name -> (tensor-parallel size, environment)
+CONFIGS: dict[str, tuple[int, dict[str, str]]] = {
+    "TP=1": (1, {}),
+    "TP=2 gloo": (2, {"PAGEDSERVE_DISABLE_SHM_ALL_REDUCE": "1"}),
+    "TP=2 shm": (2, {}),
+}
+
+
+def _throughput(llm, prompts, max_tokens: int) -> float:  # noqa: ANN001
+    from pagedserve import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    started = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - started
+    return sum(len(o.outputs[0].token_ids) for o in outputs) / elapsed
 
 
 def run_once(tp: int) -> dict[str, float]:
@@ -31,14 +50,11 @@ def run_once(tp: int) -> dict[str, float]:
         {"prompt_token_ids": llm.llm_engine.apply_chat_template(m)}
         for m in topic_messages(preset.num_prompts)
     ]
-    params = SamplingParams(temperature=0.0, max_tokens=preset.output_len, ignore_eos=True)
     llm.generate(prompts[:1], SamplingParams(max_tokens=4), use_tqdm=False)  # untimed warm-up
-    started = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    elapsed = time.perf_counter() - started
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    batch = _throughput(llm, prompts, preset.output_len)
+    single = _throughput(llm, prompts[:1], 128)
     llm.llm_engine.shutdown()
-    return {"tp": tp, "load_s": load_s, "output_tokens": tokens, "output_throughput": tokens / elapsed}
+    return {"tp": tp, "load_s": load_s, "offline_32x64": batch, "single_stream": single}
 
 
 def main() -> None:
@@ -50,26 +66,34 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(run_once(args.child)))
         return
-    best: dict[int, dict[str, float]] = {}
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     for _ in range(args.rounds):
-        for tp in (1, 2):
+        for name, (tp, env) in CONFIGS.items():
             out = subprocess.run(
-                [sys.executable, __file__, "--child", str(tp)], capture_output=True, text=True, check=True
-            )
+                [sys.executable, __file__, "--child", str(tp)], capture_output=True, text=True, check=True,
+                env={**os.environ, **env},
+            )  # fmt: skip
             result = json.loads(out.stdout.strip().splitlines()[-1])
+            rounds[name].append(result)
             print(
-                f"TP={tp}: {result['output_throughput']:.1f} tok/s (load {result['load_s']:.1f} s)",
+                f"{name}: offline-32x64 {result['offline_32x64']:.1f} tok/s, single stream "
+                f"{result['single_stream']:.1f} tok/s (load {result['load_s']:.1f} s)",
                 flush=True,
             )
-            if tp not in best or result["output_throughput"] > best[tp]["output_throughput"]:
-                best[tp] = result
-    ratio = best[2]["output_throughput"] / best[1]["output_throughput"]
-    print(
-        f"best: TP=1 {best[1]['output_throughput']:.1f} tok/s, TP=2 {best[2]['output_throughput']:.1f} tok/s, TP=2 / TP=1 = {ratio:.2f}"
-    )
+    best = {
+        name: {key: max(r[key] for r in results) for key in ("offline_32x64", "single_stream")}
+        for name, results in rounds.items()
+    }
+    base = best["TP=1"]
+    for name, numbers in best.items():
+        print(
+            f"best {name}: offline-32x64 {numbers['offline_32x64']:.1f} tok/s "
+            f"({numbers['offline_32x64'] / base['offline_32x64']:.2f}x TP=1), single stream "
+            f"{numbers['single_stream']:.1f} tok/s ({numbers['single_stream'] / base['single_stream']:.2f}x TP=1)"
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": platform.processor(), "best": best, "ratio": ratio}, f, indent=2)
+            json.dump({"machine": platform.processor(), "rounds": rounds, "best": best}, f, indent=2)
 
 
 if __name__ == "__main__":

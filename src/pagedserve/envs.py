@@ -20,6 +20,12 @@ def disable_c_kernels() -> bool:
     return _flag("PAGEDSERVE_DISABLE_C_KERNEL")
 
 
+def disable_shm_all_reduce() -> bool:
+    """PAGEDSERVE_DISABLE_SHM_ALL_REDUCE=1: CPU tensor-parallel ranks on one machine all-reduce over gloo, not
+    through shared memory (distributed/shm_all_reduce.py)."""
+    return _flag("PAGEDSERVE_DISABLE_SHM_ALL_REDUCE")
+
+
 def cpu_isa_cap() -> str | None:
     """PAGEDSERVE_CPU_ISA: the highest kernel ISA level to use (portable, avx2, avx512, avx512_bf16), below what
     the CPU has — to run an older CPU's kernels on a newer one (tests, benchmarks). Never raises the level."""

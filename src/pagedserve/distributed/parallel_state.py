@@ -1,7 +1,9 @@
 """This process's place in the tensor-parallel group, and the collectives the sharded layers call.
 
 Size 1 (the default, and every process that never calls `init_tensor_parallel`) makes every collective a no-op, so
-the layers have one code path. The group is a torch.distributed process group: gloo on the CPU, NCCL on CUDA.
+the layers have one code path. The group is a torch.distributed process group: gloo on the CPU, NCCL on CUDA. On
+the CPU, ranks that share a machine all-reduce through shared memory instead (shm_all_reduce.py, ~100x faster for
+a decode step's rows than gloo).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from pagedserve.distributed.shm_all_reduce import ShmAllReduce, setup_shm_all_reduce
+
 
 @dataclass(frozen=True)
 class TensorParallel:
@@ -20,6 +24,7 @@ class TensorParallel:
 
 
 _STATE = TensorParallel()
+_SHM: ShmAllReduce | None = None
 
 
 def get_tp() -> TensorParallel:
@@ -31,14 +36,20 @@ def init_tensor_parallel(
 ) -> None:
     """Joins the group through `store` (a TCPStore the engine or the first node hosts on a free port)."""
     global _STATE
+    global _SHM
     dist.init_process_group(
         backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s)
     )
     _STATE = TensorParallel(rank, size)
+    if backend == "gloo":  # a CPU group (a CUDA group's tensors go over NCCL)
+        _SHM = setup_shm_all_reduce(store, rank, size, timeout_s)
 
 
 def destroy_tensor_parallel() -> None:
-    global _STATE
+    global _STATE, _SHM
+    if _SHM is not None:
+        _SHM.close()
+        _SHM = None
     if dist.is_initialized():
         dist.destroy_process_group()
     _STATE = TensorParallel()
@@ -47,7 +58,10 @@ def destroy_tensor_parallel() -> None:
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (row-parallel outputs, vocabulary-parallel embeddings), in place."""
     if _STATE.size > 1:
-        dist.all_reduce(x)
+        if _SHM is not None and _SHM.handles(x):
+            _SHM.all_reduce(x)
+        else:
+            dist.all_reduce(x)
     return x
 
 

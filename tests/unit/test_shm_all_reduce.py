@@ -1,0 +1,109 @@
+"""The shared-memory all-reduce of CPU tensor-parallel ranks (distributed/shm_all_reduce.py), run by real rank
+processes that joined a real gloo group: sums in rank order (the same bits on every rank, float32 and bfloat16),
+tensors larger than a slot in chunks, many calls in a row (the two slot sets reused), the fallback to gloo, no file
+left in /dev/shm, and a clear error when a rank never arrives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from pagedserve.ops import build
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(build.load() is None, reason="needs the C kernels (a C compiler)"),
+]
+
+RANK = """
+import json, sys
+from datetime import timedelta
+import torch
+import torch.distributed as dist
+from pagedserve.distributed import shm_all_reduce as shm
+
+rank, world, port, capacity, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=60))
+dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
+comm = shm.setup_shm_all_reduce(store, rank, world, timeout_s=2.0, capacity=capacity)
+result = {"shm": comm is not None, "mismatches": [], "calls": 0}
+if mode == "absent" and rank == world - 1:
+    print(json.dumps(result)); sys.exit(0)  # never takes part: the others time out
+if mode == "absent":
+    try:
+        comm.all_reduce(torch.ones(8))
+    except RuntimeError as error:
+        result["error"] = str(error)
+    print(json.dumps(result)); sys.exit(0)
+
+
+def part(r, call, n, dtype):
+    return torch.randn(n, generator=torch.Generator().manual_seed(1000 * call + r)).mul(3).to(dtype)
+
+
+for call, n in enumerate([1, capacity - 1, capacity, capacity + 1, 3 * capacity + 7, 5] * 8):
+    for dtype in (torch.float32, torch.bfloat16):
+        x = part(rank, call, n, dtype)
+        (comm.all_reduce(x) if comm is not None else dist.all_reduce(x))
+        expected = part(0, call, n, dtype).float()
+        for r in range(1, world):
+            expected = expected + part(r, call, n, dtype).float()
+        if not torch.equal(x, expected.to(dtype)):
+            result["mismatches"].append([call, n, str(dtype), (x.float() - expected).abs().max().item()])
+        result["calls"] += 1
+print(json.dumps(result))
+"""
+
+
+def _run_group(world: int, capacity: int, mode: str = "sum", env: dict[str, str] | None = None) -> list[dict]:
+    store = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60)
+    )
+    environment = {**os.environ, **(env or {})}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK, str(r), str(world), str(store.port), str(capacity), mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )  # fmt: skip
+        for r in range(world)
+    ]
+    results = []
+    for process in ranks:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def _tp_files() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("pagedserve-tp-*")}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_rank_gets_the_rank_order_sum_in_chunks_and_in_a_row(world: int) -> None:
+    before = _tp_files()
+    results = _run_group(world, capacity=1000)
+    assert all(r["shm"] for r in results)
+    assert all(r["calls"] == 96 and r["mismatches"] == [] for r in results), results
+    assert _tp_files() == before  # rank 0 unlinked the region once every rank had mapped it
+
+
+def test_disabled_falls_back_to_gloo() -> None:
+    results = _run_group(2, capacity=1000, env={"PAGEDSERVE_DISABLE_SHM_ALL_REDUCE": "1"})
+    assert [r["shm"] for r in results] == [False, False]
+    assert all(r["calls"] == 96 for r in results)
+
+
+def test_a_rank_that_never_arrives_is_an_error_not_a_hang() -> None:
+    results = _run_group(2, capacity=1000, mode="absent")
+    assert "a rank did not arrive within 2 s" in results[0]["error"]
