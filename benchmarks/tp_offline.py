@@ -1,5 +1,5 @@
-"""Tensor parallelism on this machine's CPU cores: TP=1 against TP=2, with the ranks' all-reduce over gloo and
-through shared memory (issue 12; distributed/shm_all_reduce.py).
+"""Tensor parallelism on this machine's CPU cores: TP=1 against TP=2, with the ranks' collectives over gloo and
+through shared memory (issue 12; distributed/shm_collectives.py).
 
 Two workloads per run: offline-32x64 (32 prompts, 64 tokens each, batched) and one stream of 128 tokens, where
 the all-reduce's latency shows most. Each configuration runs in its own process (the ranks are processes too);
@@ -21,7 +21,7 @@ import time
 # name -> (tensor-parallel size, environment)
 CONFIGS: dict[str, tuple[int, dict[str, str]]] = {
     "TP=1": (1, {}),
-    "TP=2 gloo": (2, {"PAGEDSERVE_DISABLE_SHM_ALL_REDUCE": "1"}),
+    "TP=2 gloo": (2, {"PAGEDSERVE_DISABLE_SHM_COLLECTIVES": "1"}),
     "TP=2 shm": (2, {}),
 }
 

@@ -20,10 +20,10 @@ def disable_c_kernels() -> bool:
     return _flag("PAGEDSERVE_DISABLE_C_KERNEL")
 
 
-def disable_shm_all_reduce() -> bool:
-    """PAGEDSERVE_DISABLE_SHM_ALL_REDUCE=1: CPU tensor-parallel ranks on one machine all-reduce over gloo, not
-    through shared memory (distributed/shm_all_reduce.py)."""
-    return _flag("PAGEDSERVE_DISABLE_SHM_ALL_REDUCE")
+def disable_shm_collectives() -> bool:
+    """PAGEDSERVE_DISABLE_SHM_COLLECTIVES=1: CPU tensor-parallel ranks on one machine all-reduce and all-gather
+    over gloo, not through shared memory (distributed/shm_collectives.py)."""
+    return _flag("PAGEDSERVE_DISABLE_SHM_COLLECTIVES")
 
 
 def cpu_isa_cap() -> str | None:

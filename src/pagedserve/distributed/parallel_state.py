@@ -2,8 +2,7 @@
 
 Size 1 (the default, and every process that never calls `init_tensor_parallel`) makes every collective a no-op, so
 the layers have one code path. The group is a torch.distributed process group: gloo on the CPU, NCCL on CUDA. On
-the CPU, ranks that share a machine all-reduce through shared memory instead (shm_all_reduce.py, ~100x faster for
-a decode step's rows than gloo).
+the CPU, ranks that share a machine all-reduce and all-gather through shared memory instead (shm_collectives.py).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from pagedserve.distributed.shm_all_reduce import ShmAllReduce, setup_shm_all_reduce
+from pagedserve.distributed.shm_collectives import ShmCollectives, setup_shm_collectives
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class TensorParallel:
 
 
 _STATE = TensorParallel()
-_SHM: ShmAllReduce | None = None
+_SHM: ShmCollectives | None = None
 
 
 def get_tp() -> TensorParallel:
@@ -42,7 +41,7 @@ def init_tensor_parallel(
     )
     _STATE = TensorParallel(rank, size)
     if backend == "gloo":  # a CPU group (a CUDA group's tensors go over NCCL)
-        _SHM = setup_shm_all_reduce(store, rank, size, timeout_s)
+        _SHM = setup_shm_collectives(store, rank, size, timeout_s)
 
 
 def destroy_tensor_parallel() -> None:
@@ -58,7 +57,7 @@ def destroy_tensor_parallel() -> None:
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (row-parallel outputs, vocabulary-parallel embeddings), in place."""
     if _STATE.size > 1:
-        if _SHM is not None and _SHM.handles(x):
+        if _SHM is not None and _SHM.can_sum(x):
             _SHM.all_reduce(x)
         else:
             dist.all_reduce(x)
@@ -73,8 +72,12 @@ def all_gather_last_dim(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         return x
     width = max(sizes)
     padded = x if x.shape[-1] == width else torch.nn.functional.pad(x, (0, width - x.shape[-1]))
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded.contiguous())
+    padded = padded.contiguous()
+    if _SHM is not None and _SHM.can_gather(padded):
+        parts = list(_SHM.all_gather(padded).unbind(0))
+    else:
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
     return torch.cat([p[..., :n] for p, n in zip(parts, sizes)], dim=-1)
 
 

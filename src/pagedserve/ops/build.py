@@ -81,6 +81,8 @@ SIGNATURES: dict[str, list] = {
     "int8_epilogue": [_P] * 5 + [ctypes.c_int, _I, _I, ctypes.c_int],
     # region, x, n, slot capacity, dtype, rank, world, &seq (int64), timeout_s -> 0, 1 (timeout), 2 (arguments)
     "shm_all_reduce": [_P, _P, _I, _I, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _F],
+    # region, x, nbytes, out [world, nbytes], slot capacity, rank, world, &seq (int64), timeout_s -> as above
+    "shm_all_gather": [_P, _P, _I, _P, _I, ctypes.c_int, ctypes.c_int, _P, _F],
     # calls [count] (recording.ReplayCall), count -> 0, or 1 + the index of the first call that failed
     "replay_calls": [_P, _I],
     # () -> 1 where gguf_gemm takes any number of rows (AVX2 panels), else 0

@@ -1,9 +1,11 @@
-"""The CPU tensor-parallel all-reduce through shared memory (ops/csrc/shm_all_reduce.c), for a group whose ranks
-share one machine; gloo stays for everything else.
+"""The CPU tensor-parallel all-reduce and all-gather through shared memory (ops/csrc/shm_collectives.c), for a
+group whose ranks share one machine; gloo stays for everything else.
 
 A gloo all-reduce of one 576-float row between two processes took ~1.2 ms on a 2-vCPU VM, ~60 of them a decode
 step of the bundled model (BENCHMARKS.md, "Tensor parallelism on two CPU cores"). Here each call is a copy into
 this rank's slot, a flag, a wait for the others' flags and a sum in rank order (every rank gets the same bits).
+The step's broadcast stays on gloo: between steps a rank waits there for as long as the server is idle, which a
+spinning wait must not do.
 
 Set-up is collective: rank 0 makes the region in /dev/shm and names it in the group's store, every rank maps it,
 and one gloo all-reduce tells whether all of them could (ranks on other nodes, a missing /dev/shm, no C kernels:
@@ -27,44 +29,64 @@ from pagedserve.ops import build
 logger = logging.getLogger("pagedserve")
 
 SHM_DIR = "/dev/shm"
-STORE_KEY = "pagedserve/shm_all_reduce"
-# Elements per rank slot: 256 Ki (1 MiB of float32). A larger tensor (a long prefill's hidden states) goes through
-# in chunks; the region stays 2 MiB a rank, so 8 ranks fit Docker's default 64 MiB /dev/shm.
+STORE_KEY = "pagedserve/shm_collectives"
+# Float32 elements per rank slot: 256 Ki (1 MiB). A larger tensor (a long prefill's hidden states, a batch's
+# logits) goes through in chunks; the region stays 2 MiB a rank, so 8 ranks fit Docker's default 64 MiB /dev/shm.
 SLOT_ELEMENTS = 256 * 1024
-_DATA_OFFSET = 4096  # the flags' page (ops/csrc/shm_all_reduce.c)
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_DATA_OFFSET = 4096  # the flags' page (ops/csrc/shm_collectives.c)
+_SUM_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
-class ShmAllReduce:
-    """A mapped region shared by the `world` ranks of one group; `all_reduce(x)` sums x over them in place."""
+class ShmCollectives:
+    """A region mapped by the `world` ranks of one group, and the collectives that go through it."""
 
     def __init__(self, region: mmap.mmap, rank: int, world: int, capacity: int, timeout_s: float) -> None:
         self._region = region
         self._view = torch.frombuffer(region, dtype=torch.uint8)  # keeps the mapping's address valid
         self.rank, self.world, self.capacity, self.timeout_s = rank, world, capacity, timeout_s
-        self._seq = ctypes.c_int64(0)
+        self._seq = ctypes.c_int64(0)  # the last call number, the same on every rank
         self._library = build.load()
 
     @staticmethod
     def region_bytes(world: int, capacity: int) -> int:
         return _DATA_OFFSET + 2 * world * capacity * 4
 
-    def handles(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype in _DTYPES and x.is_contiguous()
+    @staticmethod
+    def can_sum(x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and x.dtype in _SUM_DTYPES and x.is_contiguous()
+
+    @staticmethod
+    def can_gather(x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and x.is_contiguous()
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """x summed over the ranks, in place."""
         assert self._library is not None
         status = self._library.shm_all_reduce(
-            self._view.data_ptr(), x.data_ptr(), x.numel(), self.capacity, _DTYPES[x.dtype], self.rank,
+            self._view.data_ptr(), x.data_ptr(), x.numel(), self.capacity, _SUM_DTYPES[x.dtype], self.rank,
             self.world, ctypes.addressof(self._seq), self.timeout_s,
         )  # fmt: skip
+        self._check(status, "all-reduce")
+        return x
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's x (same shape and dtype on each), stacked in rank order: [world, *x.shape]."""
+        assert self._library is not None
+        out = torch.empty((self.world, *x.shape), dtype=x.dtype)
+        status = self._library.shm_all_gather(
+            self._view.data_ptr(), x.data_ptr(), x.numel() * x.element_size(), out.data_ptr(), self.capacity,
+            self.rank, self.world, ctypes.addressof(self._seq), self.timeout_s,
+        )  # fmt: skip
+        self._check(status, "all-gather")
+        return out
+
+    def _check(self, status: int, name: str) -> None:
         if status == 1:
             raise RuntimeError(
-                f"tensor-parallel all-reduce: a rank did not arrive within {self.timeout_s:.0f} s (did one die?)"
+                f"tensor-parallel {name}: a rank did not arrive within {self.timeout_s:.0f} s (did one die?)"
             )
         if status != 0:
-            raise RuntimeError(f"shm_all_reduce refused its arguments (status {status})")
-        return x
+            raise RuntimeError(f"shared-memory {name} refused its arguments (status {status})")
 
     def close(self) -> None:
         del self._view
@@ -72,26 +94,25 @@ class ShmAllReduce:
 
 
 def _map(path: str, size: int, create: bool) -> mmap.mmap:
-    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-    fd = os.open(path, flags, 0o600)
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
     try:
         if create:
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, size)  # zero-filled: every flag starts at call 0
         return mmap.mmap(fd, size)
     finally:
         os.close(fd)
 
 
-def setup_shm_all_reduce(
+def setup_shm_collectives(
     store: dist.Store, rank: int, world: int, timeout_s: float, capacity: int = SLOT_ELEMENTS
-) -> ShmAllReduce | None:
+) -> ShmCollectives | None:
     """Called by every rank of a gloo group right after it joined; the same answer on every rank."""
-    size = ShmAllReduce.region_bytes(world, capacity)
+    size = ShmCollectives.region_bytes(world, capacity)
     region: mmap.mmap | None = None
     path = ""
     reason = ""
-    if envs.disable_shm_all_reduce():
-        reason = "PAGEDSERVE_DISABLE_SHM_ALL_REDUCE"
+    if envs.disable_shm_collectives():
+        reason = "PAGEDSERVE_DISABLE_SHM_COLLECTIVES"
     elif build.load() is None:
         reason = "no C kernels"
     try:
@@ -118,13 +139,11 @@ def setup_shm_all_reduce(
             region.close()
         if rank == 0 or reason:
             logger.info(
-                "tensor parallel: all-reduce over gloo (shared memory unused: %s)",
+                "tensor parallel: collectives over gloo (shared memory unused: %s)",
                 reason or "a rank could not map it",
             )
         return None
     assert region is not None
     if rank == 0:
-        logger.info(
-            "tensor parallel: all-reduce through shared memory (%d ranks, %d KiB)", world, size // 1024
-        )
-    return ShmAllReduce(region, rank, world, capacity, timeout_s)
+        logger.info("tensor parallel: all-reduce and all-gather through shared memory (%d KiB)", size // 1024)
+    return ShmCollectives(region, rank, world, capacity, timeout_s)

@@ -1,7 +1,7 @@
-"""The shared-memory all-reduce of CPU tensor-parallel ranks (distributed/shm_all_reduce.py), run by real rank
-processes that joined a real gloo group: sums in rank order (the same bits on every rank, float32 and bfloat16),
-tensors larger than a slot in chunks, many calls in a row (the two slot sets reused), the fallback to gloo, no file
-left in /dev/shm, and a clear error when a rank never arrives."""
+"""The shared-memory collectives of CPU tensor-parallel ranks (distributed/shm_collectives.py), run by real rank
+processes that joined a real gloo group: all-reduce sums in rank order (the same bits on every rank, float32 and
+bfloat16), all-gathers in rank order, tensors larger than a slot in chunks, many calls of both in a row (the two
+slot sets reused), the fallback to gloo, no file left in /dev/shm, and a clear error when a rank never arrives."""
 
 from __future__ import annotations
 
@@ -27,12 +27,12 @@ import json, sys
 from datetime import timedelta
 import torch
 import torch.distributed as dist
-from pagedserve.distributed import shm_all_reduce as shm
+from pagedserve.distributed import shm_collectives as shm
 
 rank, world, port, capacity, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=60))
 dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
-comm = shm.setup_shm_all_reduce(store, rank, world, timeout_s=2.0, capacity=capacity)
+comm = shm.setup_shm_collectives(store, rank, world, timeout_s=2.0, capacity=capacity)
 result = {"shm": comm is not None, "mismatches": [], "calls": 0}
 if mode == "absent" and rank == world - 1:
     print(json.dumps(result)); sys.exit(0)  # never takes part: the others time out
@@ -58,6 +58,18 @@ for call, n in enumerate([1, capacity - 1, capacity, capacity + 1, 3 * capacity 
         if not torch.equal(x, expected.to(dtype)):
             result["mismatches"].append([call, n, str(dtype), (x.float() - expected).abs().max().item()])
         result["calls"] += 1
+    # Interleaved with the sums: a gather of a 2-D tensor (the logits' shape), bytes as they are.
+    x = part(rank, call, 2 * n, torch.float32).view(2, n)
+    if comm is not None:
+        gathered = comm.all_gather(x)
+    else:
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        gathered = torch.stack(parts)
+    expected = torch.stack([part(r, call, 2 * n, torch.float32).view(2, n) for r in range(world)])
+    if not torch.equal(gathered, expected):
+        result["mismatches"].append([call, n, "gather"])
+    result["calls"] += 1
 print(json.dumps(result))
 """
 
@@ -94,14 +106,14 @@ def test_every_rank_gets_the_rank_order_sum_in_chunks_and_in_a_row(world: int) -
     before = _tp_files()
     results = _run_group(world, capacity=1000)
     assert all(r["shm"] for r in results)
-    assert all(r["calls"] == 96 and r["mismatches"] == [] for r in results), results
+    assert all(r["calls"] == 144 and r["mismatches"] == [] for r in results), results
     assert _tp_files() == before  # rank 0 unlinked the region once every rank had mapped it
 
 
 def test_disabled_falls_back_to_gloo() -> None:
-    results = _run_group(2, capacity=1000, env={"PAGEDSERVE_DISABLE_SHM_ALL_REDUCE": "1"})
+    results = _run_group(2, capacity=1000, env={"PAGEDSERVE_DISABLE_SHM_COLLECTIVES": "1"})
     assert [r["shm"] for r in results] == [False, False]
-    assert all(r["calls"] == 96 for r in results)
+    assert all(r["calls"] == 144 for r in results)
 
 
 def test_a_rank_that_never_arrives_is_an_error_not_a_hang() -> None:

@@ -1,15 +1,18 @@
-/* Tensor-parallel all-reduce through shared memory, for ranks on one machine (vLLM's CPU backend has one too).
+/* Tensor-parallel all-reduce and all-gather through shared memory, for ranks on one machine (vLLM's CPU backend
+ * has them too).
  *
  * A gloo all-reduce of one 576-float row between two processes on one VM took ~1.2 ms, and a decode step of the
  * bundled model makes ~60 of them; this path is a copy, a flag and a sum.
  *
- * Region layout (distributed/shm_all_reduce.py maps it in every rank): one int64 flag per rank, each on its own
+ * Region layout (distributed/shm_collectives.py maps it in every rank): one int64 flag per rank, each on its own
  * 64-byte line, then two sets ("parities") of one slot per rank, `capacity` elements each. Call number `seq`
  * (1, 2, ... the same on every rank) uses parity seq & 1: each rank copies its chunk into its slot, publishes
  * `seq` in its flag (release), waits for every flag to reach `seq` (acquire) and sums the slots in rank order,
  * so every rank computes the same bits. A rank reuses a parity's slot at call seq + 2 only after every rank has
  * published seq + 1, which each does only after it finished reading call seq: two parities need no second
  * barrier. Tensors larger than a slot go through in chunks, one call number each.
+ *
+ * The all-gather uses the same slots and flags (its bytes as they are): each rank reads every slot out.
  *
  * The sum runs one pass per rank over blocks of BLOCK elements (acc = slot 0; acc += slot r), each pass an
  * elementwise a + b that -ffast-math cannot reassociate. bfloat16 is summed in float32 and rounded once.
@@ -122,6 +125,31 @@ int shm_all_reduce(void *region, void *x, int64_t n, int64_t capacity, int dtype
             sum_f32((float *)(values + done * elem), slots, world, count);
         } else {
             sum_bf16((uint16_t *)(values + done * elem), slots, world, count);
+        }
+        *seq = call;
+    }
+    return 0;
+}
+
+/* Concatenates every rank's `nbytes` bytes of x into out [world, nbytes], in rank order. *seq as above; `capacity`
+ * is the slot size in float32 elements (4 * capacity bytes). Returns 0, 1 on timeout, 2 on bad arguments. */
+int shm_all_gather(void *region, const void *x, int64_t nbytes, void *out, int64_t capacity, int rank, int world,
+                   int64_t *seq, float timeout_s) {
+    if (world < 1 || world * FLAG_STRIDE * 8 > DATA_OFFSET || rank < 0 || rank >= world || capacity < 1) {
+        return 2;
+    }
+    const int64_t slot_bytes = capacity * 4;
+    int64_t *flags = (int64_t *)region;
+    char *data = (char *)region + DATA_OFFSET;
+    for (int64_t done = 0; done < nbytes; done += slot_bytes) {
+        const int64_t count = nbytes - done < slot_bytes ? nbytes - done : slot_bytes;
+        const int64_t call = *seq + 1;
+        const int64_t parity = call & 1;
+        memcpy(data + (parity * world + rank) * slot_bytes, (const char *)x + done, (size_t)count);
+        __atomic_store_n(&flags[rank * FLAG_STRIDE], call, __ATOMIC_RELEASE);
+        if (wait_for_ranks(flags, world, call, timeout_s) != 0) return 1;
+        for (int r = 0; r < world; r++) {
+            memcpy((char *)out + r * nbytes + done, data + (parity * world + r) * slot_bytes, (size_t)count);
         }
         *seq = call;
     }
