@@ -1,4 +1,5 @@
-"""Tensor parallelism over gloo on the CPU: two real worker processes, real collectives.
+"""Tensor parallelism on the CPU: two real worker processes, real collectives (all-reduce and all-gather through
+shared memory, the step's broadcast over gloo).
 
 The bundled model at TP=2 (attention split unevenly by KV-head groups: 6 + 3 query heads) must give the greedy
 float32 output of TP=1; tokens may differ only at a near tie (transformers' top-2 log-probabilities within 1e-3: an
@@ -29,6 +30,10 @@ def test_tp2_runs_one_worker_process_a_rank_and_counts_every_ranks_weights(tp2_e
     assert info.weight_bytes > 80 * 1024**2
     pids = tp2_engine.executor.pids
     assert len(pids) == 2 and all(pathlib.Path(f"/proc/{pid}").exists() for pid in pids)
+    # Both ranks map the shared-memory region of their collectives, whose name rank 0 already unlinked.
+    for pid in pids:
+        maps = pathlib.Path(f"/proc/{pid}/maps").read_text()
+        assert "/dev/shm/pagedserve-tp-" in maps and "(deleted)" in maps, maps[-2000:]
 
 
 def test_tp2_greedy_equals_tp1_and_transformers(tp2_engine, engine_fp32, chat_prompts, reference):
