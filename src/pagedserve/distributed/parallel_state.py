@@ -34,8 +34,7 @@ def init_tensor_parallel(
     store: dist.Store, rank: int, size: int, backend: str = "gloo", timeout_s: float = 600.0
 ) -> None:
     """Joins the group through `store` (a TCPStore the engine or the first node hosts on a free port)."""
-    global _STATE
-    global _SHM
+    global _STATE, _SHM
     dist.init_process_group(
         backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s)
     )
