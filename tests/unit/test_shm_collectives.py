@@ -23,7 +23,7 @@ pytestmark = [
 ]
 
 RANK = """
-import json, sys
+import json, os, sys
 from datetime import timedelta
 import torch
 import torch.distributed as dist
@@ -35,14 +35,23 @@ dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeou
 # 2 s where a rank is meant to be missing; elsewhere room for a loaded machine to deschedule a rank.
 comm = shm.setup_shm_collectives(store, rank, world, timeout_s=2.0 if mode == "absent" else 120.0, capacity=capacity)
 result = {"shm": comm is not None, "mismatches": [], "calls": 0}
+
+
+def finish():
+    # As the TP worker does: os._exit, not interpreter teardown, which can abort in gloo's threads
+    # ("terminate called without an active exception").
+    print(json.dumps(result), flush=True)
+    os._exit(0)
+
+
 if mode == "absent" and rank == world - 1:
-    print(json.dumps(result)); sys.exit(0)  # never takes part: the others time out
+    finish()  # never takes part: the others time out
 if mode == "absent":
     try:
         comm.all_reduce(torch.ones(8))
     except RuntimeError as error:
         result["error"] = str(error)
-    print(json.dumps(result)); sys.exit(0)
+    finish()
 
 
 def part(r, call, n, dtype):
@@ -71,7 +80,7 @@ for call, n in enumerate([1, capacity - 1, capacity, capacity + 1, 3 * capacity 
     if not torch.equal(gathered, expected):
         result["mismatches"].append([call, n, "gather"])
     result["calls"] += 1
-print(json.dumps(result))
+finish()
 """
 
 
