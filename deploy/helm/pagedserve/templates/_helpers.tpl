@@ -148,8 +148,7 @@ extraEnv.
 {{- if has .name (list "PAGEDSERVE_CPU_THREADS" "VLLM_CPU_OMP_THREADS_BIND") }}{{ $userChose = true }}{{ end }}
 {{- end }}
 {{- if and (not .Values.gpu.enabled) (not $userChose) }}
-{{- $nodes := ternary (int .Values.multiNode.nodes) 1 .Values.multiNode.enabled }}
-{{- $ranks := max 1 (div (int .Values.engine.tensorParallelSize) $nodes) }}
+{{- $ranks := max 1 (include "pagedserve.ranksPerPod" . | int) }}
 {{- $resources := default dict .Values.resources }}
 {{- if not (kindIs "invalid" .Values.engine.cpuThreads) }}
 {{- .Values.engine.cpuThreads | int }}
@@ -164,4 +163,10 @@ extraEnv.
 {{- max 1 (div $millis (mul 1000 $ranks)) }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* Tensor-parallel ranks in one pod: the whole size, or its share per node of a multi-node group. */}}
+{{- define "pagedserve.ranksPerPod" -}}
+{{- $nodes := ternary (int .Values.multiNode.nodes) 1 .Values.multiNode.enabled }}
+{{- div (int .Values.engine.tensorParallelSize) $nodes }}
 {{- end }}

@@ -11,7 +11,7 @@ Call with (dict "root" $ "role" "server").
 {{- $modelPath := include "pagedserve.modelPath" . }}
 {{- $engine := .Values.engine }}
 {{- $nodes := ternary (int .Values.multiNode.nodes) 1 .Values.multiNode.enabled }}
-{{- $gpusPerPod := div (int $engine.tensorParallelSize) $nodes -}}
+{{- $gpusPerPod := include "pagedserve.ranksPerPod" . | int -}}
 metadata:
   labels:
     {{- include "pagedserve.selectorLabels" . | nindent 4 }}
