@@ -116,3 +116,21 @@ def test_preemption_and_prefix_hits_under_graphs(tiny_q4_1) -> None:
     expected = [o.outputs[0].token_ids for o in eager.generate(prompts, params, use_tqdm=False)]
     assert got == expected
     assert graphs.llm_engine.scheduler.total_preemptions > 0
+
+
+def test_tensor_parallel_ranks_replay_their_collectives(tiny_q4_1, capfd) -> None:
+    """TP=2 on the CPU: each rank records its decode steps with the shared-memory all-reduces in them and replays
+    them; tokens and logprobs equal the same group's eager steps exactly."""
+    graphs, eager = _engines(tiny_q4_1, quantization="gguf", tensor_parallel_size=2)
+    try:
+        expected = _run(eager)
+        assert _run(graphs) == expected
+        assert _run(graphs) == expected  # every size replayed this time
+    finally:
+        graphs.llm_engine.shutdown()
+        eager.llm_engine.shutdown()
+    logs = capfd.readouterr().err
+    for rank in (0, 1):
+        captured = {b for b in range(1, 7) if f"tp{rank} INFO decode graphs: batch {b} captured" in logs}
+        assert captured == {1, 2, 3, 4, 5, 6}, logs[-3000:]
+    assert "stays eager" not in logs

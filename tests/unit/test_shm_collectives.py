@@ -1,7 +1,7 @@
 """The shared-memory collectives of CPU tensor-parallel ranks (distributed/shm_collectives.py), run by real rank
 processes that joined a real gloo group: all-reduce sums in rank order (the same bits on every rank, float32 and
 bfloat16), all-gathers in rank order, tensors larger than a slot in chunks, many calls of both in a row (the two
-slot sets reused), the fallback to gloo, no file left in /dev/shm, and a clear error when a rank never arrives."""
+slot sets reused), recorded calls replayed between eager ones, the fallback to gloo, no file left in /dev/shm, and a clear error when a rank never arrives."""
 
 from __future__ import annotations
 
@@ -56,6 +56,40 @@ if mode == "absent":
 
 def part(r, call, n, dtype):
     return torch.randn(n, generator=torch.Generator().manual_seed(1000 * call + r)).mul(3).to(dtype)
+
+
+def rank_order_sum(call, n):
+    expected = part(0, call, n, torch.float32)
+    for r in range(1, world):
+        expected = expected + part(r, call, n, torch.float32)
+    return expected
+
+
+if mode == "replay":
+    # As a decode graph does (worker/cpu_graph.py): record the calls once, then replay them on new contents of the
+    # same tensors, with eager calls in between that advance the call numbers too.
+    from pagedserve.ops.recording import KernelRecording
+
+    n = capacity + 3  # two chunks
+    x, y, recording = torch.zeros(n), torch.zeros(2, 5), KernelRecording()
+    with recording.active():
+        comm.all_reduce(x)
+        gathered = comm.all_gather(y)
+    result["replayed"] = recording.program().names
+    program = recording.program()
+    for call in range(1, 21):
+        x.copy_(part(rank, call, n, torch.float32))
+        y.copy_(part(rank, call, 10, torch.float32).view(2, 5))
+        program.run()
+        gathers = torch.stack([part(r, call, 10, torch.float32).view(2, 5) for r in range(world)])
+        if not (torch.equal(x, rank_order_sum(call, n)) and torch.equal(gathered, gathers)):
+            result["mismatches"].append(call)
+        if call % 3 == 0:
+            z = part(rank, 100 + call, 7, torch.float32)
+            if not torch.equal(comm.all_reduce(z), rank_order_sum(100 + call, 7)):
+                result["mismatches"].append(-call)
+        result["calls"] += 1
+    finish()
 
 
 for call, n in enumerate([1, capacity - 1, capacity, capacity + 1, 3 * capacity + 7, 5] * 8):
@@ -118,6 +152,13 @@ def test_every_rank_gets_the_rank_order_sum_in_chunks_and_in_a_row(world: int) -
     assert all(r["shm"] for r in results)
     assert all(r["calls"] == 144 and r["mismatches"] == [] for r in results), results
     assert _tp_files() == before  # rank 0 unlinked the region once every rank had mapped it
+
+
+def test_recorded_calls_replay_between_eager_ones() -> None:
+    """A decode graph under tensor parallelism replays the collectives it recorded (ops/csrc/replay.c)."""
+    results = _run_group(2, capacity=1000, mode="replay")
+    assert all(r["replayed"] == ["shm_all_reduce", "shm_all_gather"] for r in results), results
+    assert all(r["calls"] == 20 and r["mismatches"] == [] for r in results), results
 
 
 def test_disabled_falls_back_to_gloo() -> None:

@@ -53,6 +53,12 @@ def destroy_tensor_parallel() -> None:
     _STATE = TensorParallel()
 
 
+def collectives_replayable() -> bool:
+    """True when the group's all-reduces and all-gathers are C kernel calls (shared memory), which a CPU decode
+    graph can record and replay (worker/cpu_graph.py); always at size 1, where they are no-ops."""
+    return _STATE.size == 1 or _SHM is not None
+
+
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (row-parallel outputs, vocabulary-parallel embeddings), in place."""
     if _STATE.size > 1:

@@ -19,6 +19,7 @@ import logging
 import mmap
 import os
 import uuid
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,7 +46,6 @@ class ShmCollectives:
         self._view = torch.frombuffer(region, dtype=torch.uint8)  # keeps the mapping's address valid
         self.rank, self.world, self.capacity, self.timeout_s = rank, world, capacity, timeout_s
         self._seq = ctypes.c_int64(0)  # the last call number, the same on every rank
-        self._library = build.load()
 
     @staticmethod
     def region_bytes(world: int, capacity: int) -> int:
@@ -61,8 +61,7 @@ class ShmCollectives:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """x summed over the ranks, in place."""
-        assert self._library is not None
-        status = self._library.shm_all_reduce(
+        status = _library().shm_all_reduce(
             self._view.data_ptr(), x.data_ptr(), x.numel(), self.capacity, _SUM_DTYPES[x.dtype], self.rank,
             self.world, ctypes.addressof(self._seq), self.timeout_s,
         )  # fmt: skip
@@ -71,9 +70,8 @@ class ShmCollectives:
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         """Every rank's x (same shape and dtype on each), stacked in rank order: [world, *x.shape]."""
-        assert self._library is not None
         out = torch.empty((self.world, *x.shape), dtype=x.dtype)
-        status = self._library.shm_all_gather(
+        status = _library().shm_all_gather(
             self._view.data_ptr(), x.data_ptr(), x.numel() * x.element_size(), out.data_ptr(), self.capacity,
             self.rank, self.world, ctypes.addressof(self._seq), self.timeout_s,
         )  # fmt: skip
@@ -91,6 +89,14 @@ class ShmCollectives:
     def close(self) -> None:
         del self._view
         self._region.close()
+
+
+def _library() -> Any:
+    """Looked up at each call, not kept: inside a decode graph's capture (worker/cpu_graph.py) `build.load()`
+    hands out the recording library, so the collective is replayed with the step's other kernels."""
+    library = build.load()
+    assert library is not None  # setup_shm_collectives made no region without kernels
+    return library
 
 
 def _map(path: str, size: int, create: bool) -> mmap.mmap:

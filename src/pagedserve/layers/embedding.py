@@ -96,10 +96,16 @@ class LMHead(VocabParallel):
         self.weight_type = embedding.weight_type
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.gather(self.local_logits(hidden))
+
+    def local_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of the logits (all of them at tensor_parallel_size 1)."""
         if self.weight_type is not None:
-            logits = gguf_linear(hidden, self.weight, self.weight_type, self.hidden_size, None)
-        else:
-            logits = linear(hidden, self.weight)
+            return gguf_linear(hidden, self.weight, self.weight_type, self.hidden_size, None)
+        return linear(hidden, self.weight)
+
+    def gather(self, logits: torch.Tensor) -> torch.Tensor:
+        """Every rank's slice joined: the whole row on every rank."""
         if len(self.vocab_sizes) > 1:
             logits = parallel_state.all_gather_last_dim(logits, self.vocab_sizes)
         return logits

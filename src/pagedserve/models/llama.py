@@ -175,6 +175,13 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
 
+    def compute_local_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """This rank's vocabulary slice of the logits; `gather_logits` joins the slices (compute_logits = both)."""
+        return self.lm_head.local_logits(hidden)
+
+    def gather_logits(self, local_logits: torch.Tensor) -> torch.Tensor:
+        return self.lm_head.gather(local_logits)
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors into parameters; returns the parameter names that were loaded."""
         params = dict(self.named_parameters())

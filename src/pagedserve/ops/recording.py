@@ -23,7 +23,7 @@ _QUERIES = frozenset({"gguf_has_panels", "compiled_level", "replay_calls"})
 # The kernels csrc/replay.c can run, in the order of its enum.
 REPLAY_KERNELS = (
     "paged_decode_attention", "rms_norm", "silu_and_mul", "rotary_neox", "argmax_bf16", "gemv", "gemm_f32_bf16w",
-    "gguf_gemm", "gguf_dequantize", "write_kv_cache", "int8_epilogue",
+    "gguf_gemm", "gguf_dequantize", "write_kv_cache", "int8_epilogue", "shm_all_reduce", "shm_all_gather",
 )  # fmt: skip
 _REPLAY_INTS, _REPLAY_FLOATS = 18, 2  # csrc/replay.c
 
@@ -133,4 +133,10 @@ class ReplayProgram:
             return
         failed = self.library.replay_calls(ctypes.addressof(self.records), len(self.names))
         if failed:
-            raise RuntimeError(f"C kernel {self.names[failed - 1]} (call {failed - 1}) failed on replay")
+            name = self.names[failed - 1]
+            why = (
+                " (a tensor-parallel rank did not arrive in time: did one die?)"
+                if name.startswith("shm_")
+                else ""
+            )
+            raise RuntimeError(f"C kernel {name} (call {failed - 1}) failed on replay{why}")

@@ -14,6 +14,11 @@ buffer of the graph, a tensor it keeps, or a model weight / KV cache that lives 
 
 Like vLLM's CUDA graphs: decode-only steps, one graph per batch size up to `MAX_GRAPH_BATCH`, `--enforce-eager`
 turns them off.
+
+Under tensor parallelism (CPU ranks on one machine) the shared-memory all-reduces are C calls too and are replayed
+with the rest: every rank captures and replays at the same steps (they all run every step), and a rank whose step
+stays eager makes the same collectives in the same order, so the ranks' call numbers always agree. Over gloo (no
+shared-memory region) there is nothing to replay and the runner keeps steps eager.
 """
 
 from __future__ import annotations
@@ -82,6 +87,10 @@ class DecodeGraph:
         )
         self.program: ReplayProgram | None = None
         self.kept: list[Any] = []
+        # Under tensor parallelism the recorded step ends at this rank's slice of the logits: joining the slices
+        # concatenates with PyTorch, which a replay cannot hold, so it runs after each replay (one collective).
+        self.local_logits: torch.Tensor | None = None
+        self._gather: Any = None
         self.logits: torch.Tensor | None = None
 
     def load_inputs(
@@ -103,7 +112,9 @@ class DecodeGraph:
         guard = _CaptureGuard()
         with guard, recording.active():
             hidden = model(None, self.positions, kv_caches, self.metadata, inputs_embeds=self.inputs_embeds)
-            self.logits = model.compute_logits(hidden)
+            self.local_logits = model.compute_local_logits(hidden)
+        self._gather = model.gather_logits
+        self.logits = self._gather(self.local_logits)
         if guard.computed:
             logger.info(
                 "decode graphs: batch %d stays eager (PyTorch operations in the step: %s)",
@@ -111,12 +122,13 @@ class DecodeGraph:
             )  # fmt: skip
             return False
         self.program, self.kept = recording.program(), guard.kept
+        logger.info("decode graphs: batch %d captured (%d kernel calls)", self.batch, len(self.program))
         return True
 
     def replay(self) -> torch.Tensor:
-        assert self.program is not None and self.logits is not None
+        assert self.program is not None and self.local_logits is not None
         self.program.run()
-        return self.logits
+        return self._gather(self.local_logits)
 
 
 class DecodeGraphs:

@@ -251,14 +251,17 @@ class ModelRunner:
         self.sampler = Sampler()
         self.sequences: dict[str, RunnerSequence] = {}
         self.decode_graphs = None
-        if not model_config.enforce_eager and tp.size == 1:
-            self.decode_graphs = self._make_decode_graphs(max_num_seqs, max_model_len)
+        if not model_config.enforce_eager:
+            self.decode_graphs = self._make_decode_graphs(max_num_seqs, max_model_len, tp.size)
 
     def _make_decode_graphs(
-        self, max_num_seqs: int, max_model_len: int
+        self, max_num_seqs: int, max_model_len: int, tp_size: int
     ) -> DecodeGraphs | CudaDecodeGraphs | None:
-        """Recorded decode steps for this device and backend (never around a tensor-parallel step's collectives:
-        CPU replays record C kernel calls only, and CUDA graphs of NCCL calls are untested)."""
+        """Recorded decode steps for this device and backend. Under tensor parallelism only on the CPU with the
+        shared-memory collectives (C calls, replayed with the step); gloo's are not, and CUDA graphs of NCCL calls
+        are untested."""
+        if tp_size > 1 and (self.device.type != "cpu" or not parallel_state.collectives_replayable()):
+            return None
         if self.device.type == "cuda" and self.attention_backend == "triton":
             graphs = CudaDecodeGraphs(
                 self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size, self.device

@@ -51,13 +51,11 @@ def test_a_kernel_failing_on_replay_names_itself() -> None:
 
 
 def test_every_kernel_is_replayable() -> None:
-    """Each function build.SIGNATURES declares is a query, one csrc/replay.c runs, one the sampler calls after
-    the (replayed) forward pass, or a tensor-parallel collective (decode graphs are off under TP), never while
-    recording."""
+    """Each function build.SIGNATURES declares is a query, one csrc/replay.c runs (the tensor-parallel
+    collectives included), or one the sampler calls after the (replayed) forward pass, never while recording."""
     queries = {"gguf_has_panels", "compiled_level", "replay_calls"}
     sampler_only = {"apply_token_bitmask_f32"}
-    tensor_parallel_only = {"shm_all_reduce", "shm_all_gather"}
-    assert set(build.SIGNATURES) - queries - sampler_only - tensor_parallel_only == set(REPLAY_KERNELS)
+    assert set(build.SIGNATURES) - queries - sampler_only == set(REPLAY_KERNELS)
 
 
 def test_an_empty_program_runs() -> None:
