@@ -1,5 +1,5 @@
 """Tensor parallelism on this machine's CPU cores: TP=1 against TP=2, with the ranks' collectives over gloo and
-through shared memory (issue 12; distributed/shm_collectives.py).
+through shared memory (issue 12; distributed/shm_collectives.py), eager and with decode steps replayed.
 
 Two workloads per run: offline-32x64 (32 prompts, 64 tokens each, batched) and one stream of 128 tokens, where
 the all-reduce's latency shows most. Each configuration runs in its own process (the ranks are processes too);
@@ -18,11 +18,13 @@ import subprocess
 import sys
 import time
 
-# name -> (tensor-parallel size, environment)
-CONFIGS: dict[str, tuple[int, dict[str, str]]] = {
-    "TP=1": (1, {}),
-    "TP=2 gloo": (2, {"PAGEDSERVE_DISABLE_SHM_COLLECTIVES": "1"}),
-    "TP=2 shm": (2, {}),
+# name -> (tensor-parallel size, enforce_eager, environment). Over gloo a TP step is always eager; through shared
+# memory the ranks replay decode steps as recorded C calls (worker/cpu_graph.py) unless --enforce-eager.
+CONFIGS: dict[str, tuple[int, bool, dict[str, str]]] = {
+    "TP=1": (1, False, {}),
+    "TP=2 gloo": (2, False, {"PAGEDSERVE_DISABLE_SHM_COLLECTIVES": "1"}),
+    "TP=2 shm eager": (2, True, {}),
+    "TP=2 shm": (2, False, {}),
 }
 
 
@@ -36,14 +38,18 @@ def _throughput(llm, prompts, max_tokens: int) -> float:  # noqa: ANN001
     return sum(len(o.outputs[0].token_ids) for o in outputs) / elapsed
 
 
-def run_once(tp: int) -> dict[str, float]:
+def run_once(tp: int, enforce_eager: bool) -> dict[str, float]:
     from pagedserve import LLM, SamplingParams
     from pagedserve.benchmark.presets import OFFLINE_PRESETS, topic_messages
 
     preset = OFFLINE_PRESETS["offline-32x64"]
     started = time.perf_counter()
     llm = LLM(
-        dtype="float32", tensor_parallel_size=tp, kv_cache_memory_bytes=512 * 1024**2, max_model_len=2048
+        dtype="float32",
+        tensor_parallel_size=tp,
+        kv_cache_memory_bytes=512 * 1024**2,
+        max_model_len=2048,
+        enforce_eager=enforce_eager,
     )
     load_s = time.perf_counter() - started
     prompts = [
@@ -54,7 +60,13 @@ def run_once(tp: int) -> dict[str, float]:
     batch = _throughput(llm, prompts, preset.output_len)
     single = _throughput(llm, prompts[:1], 128)
     llm.llm_engine.shutdown()
-    return {"tp": tp, "load_s": load_s, "offline_32x64": batch, "single_stream": single}
+    return {
+        "tp": tp,
+        "enforce_eager": enforce_eager,
+        "load_s": load_s,
+        "offline_32x64": batch,
+        "single_stream": single,
+    }
 
 
 def main() -> None:
@@ -62,15 +74,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(run_once(args.child)))
+        print(json.dumps(run_once(args.child, args.eager)))
         return
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     for _ in range(args.rounds):
-        for name, (tp, env) in CONFIGS.items():
+        for name, (tp, eager, env) in CONFIGS.items():
             out = subprocess.run(
-                [sys.executable, __file__, "--child", str(tp)], capture_output=True, text=True, check=True,
+                [sys.executable, __file__, "--child", str(tp), *(["--eager"] if eager else [])],
+                capture_output=True, text=True, check=True,
                 env={**os.environ, **env},
             )  # fmt: skip
             result = json.loads(out.stdout.strip().splitlines()[-1])
