@@ -67,7 +67,9 @@ def scaled_linear(
     if data.dtype == torch.int8 and activations is not None:
         x_scale = _per_row_scales(x32, activations, INT8_MAX)
         xq = torch.round(x32 / x_scale).clamp_(-128, 127).to(torch.int8)
-        acc = torch._int_mm(xq, data.t())
+        acc = cpu_ops.int8_gemm(xq, data)
+        if acc is None:
+            acc = torch._int_mm(xq, data.t())
         bias32 = None if bias is None else bias.float().contiguous()
         x_scales = x_scale.reshape(-1).expand(acc.shape[0]).contiguous()
         out = cpu_ops.int8_epilogue(acc, x_scales, scale, bias32, x.dtype)

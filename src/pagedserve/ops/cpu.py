@@ -278,6 +278,26 @@ def gguf_gemm(
     return out
 
 
+# Levels where torch._int_mm (oneDNN) stays the W8A8 product: measured fast on an AVX-512 BF16 host (VNNI),
+# 2026-12-02. Below them it ran 20-50x slower than float32 (csrc/int8_rows.c).
+_TORCH_INT8_LEVELS = frozenset({"avx512", "avx512_bf16"})
+
+
+def int8_gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
+    """x int8 [m, k] @ w int8 [n, k]^T as int32 [m, n], exact; None where torch._int_mm is the faster product
+    (AVX-512 levels) or the kernels are not built."""
+    library = build.load()
+    if library is None or not (x.is_contiguous() and w.is_contiguous()):
+        return None
+    if build.ISA_LEVELS[library.compiled_level()] in _TORCH_INT8_LEVELS:
+        return None
+    (m, k), n = x.shape, w.shape[0]
+    acc = torch.empty(m, n, dtype=torch.int32)
+    if library.int8_gemm(x.data_ptr(), w.data_ptr(), acc.data_ptr(), m, n, k, torch.get_num_threads()):
+        raise MemoryError(f"int8_gemm: no scratch memory for {m} x {k} activations")
+    return acc
+
+
 def int8_epilogue(
     acc: torch.Tensor,
     x_scale: torch.Tensor,

@@ -1,4 +1,5 @@
-"""The W8A8 epilogue kernel (csrc/int8_rows.c), on each ISA level this machine runs, against PyTorch."""
+"""The W8A8 kernels (csrc/int8_rows.c), the int8 product and its epilogue, on each ISA level this machine runs,
+against PyTorch."""
 
 from __future__ import annotations
 
@@ -24,3 +25,28 @@ def test_epilogue_equals_pytorch(isa_level, dtype, with_bias) -> None:
     # float32: one rounding per product (the kernel may associate the two scalings either way); bfloat16: once more
     tolerance = 1e-6 if dtype == torch.float32 else 2**-8
     torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=1e-6)
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 45, 576), (7, 33, 100), (4, 8, 16), (17, 5, 1537)])
+def test_int8_gemm_is_exact(isa_level, m, n, k) -> None:
+    """The int8 product in int32, every element exact: odd shapes (a k tail past the 16-wide loop, a partial tile
+    of rows) and the extremes -128 and 127, whose pair sums vpmaddwd must not saturate."""
+    from pagedserve.ops import build
+
+    gen = torch.Generator().manual_seed(m * n + k)
+    x = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=gen, dtype=torch.int8)
+    x[0, :] = -128
+    w[0, :] = -128
+    w[-1, :] = 127
+    acc = torch.empty(m, n, dtype=torch.int32)
+    library = build.load()
+    assert library.int8_gemm(x.data_ptr(), w.data_ptr(), acc.data_ptr(), m, n, k, 2) == 0
+    expected = x.long() @ w.long().t()
+    assert torch.equal(acc.long(), expected)
+    # The layer's choice: this kernel below the AVX-512 levels, torch._int_mm (oneDNN) on them.
+    chosen = cpu_ops.int8_gemm(x, w)
+    if isa_level in ("avx512", "avx512_bf16"):
+        assert chosen is None
+    else:
+        assert chosen is not None and torch.equal(chosen.long(), expected)
