@@ -279,7 +279,7 @@ def gguf_gemm(
 
 
 # Levels where torch._int_mm (oneDNN) stays the W8A8 product: measured fast on an AVX-512 BF16 host (VNNI),
-# 2026-12-02. Below them it ran 20-50x slower than float32 (csrc/int8_rows.c).
+# 2026-12-02. Below them it ran 8-50x slower than float32 (csrc/int8_rows.c).
 _TORCH_INT8_LEVELS = frozenset({"avx512", "avx512_bf16"})
 
 

@@ -2,7 +2,7 @@
  * out [m, n] = acc * x_scale[row] * w_scale[column] (+ bias[column]) in float32 (dtype 0) or bfloat16 (1, rounded
  * once).
  *
- * int8_gemm: torch._int_mm on an AVX2 host without VNNI ran 20-50x slower than a float32 matmul of the same shape
+ * int8_gemm: torch._int_mm on an AVX2 host without VNNI ran 8-50x slower than a float32 matmul of the same shape
  * (576 x 3072 weights: 14.8 ms for one row against 0.29 ms; 2026-12-04, AMD EPYC), so there the product is ours:
  * int8 widened to int16 and multiplied in pairs into int32 lanes (vpmaddwd), exact. Each weight row is widened
  * once per tile of 4 activation rows, which are widened once per call.
