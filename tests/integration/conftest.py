@@ -20,12 +20,11 @@ def chat_prompts(bundled_llm_fp32) -> list[list[int]]:
 def reference(chat_prompts) -> list[tuple[list[int], torch.Tensor]]:
     """transformers' greedy tokens and per-step top-2 log-probabilities, one prompt at a time (no padding)."""
     import transformers
+    from tests.ct_writer import bundled_float_folder
 
-    from pagedserve.models.bundled import bundled_model_path
-
-    path = bundled_model_path()
+    # transformers' own dequantization of the bundled GGUF, read once per session (tests/ct_writer.py).
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
+        str(bundled_float_folder()), dtype=torch.float32
     ).eval()
     # Never stop on EOS and never suppress it (min_new_tokens would mask it and skew the comparison).
     model.generation_config.eos_token_id = None
