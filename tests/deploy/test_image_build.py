@@ -25,7 +25,7 @@ from tests.deploy.containers import Docker, import_base_image, private_dockerd
 from tests.deploy.tools import REPO_ROOT
 
 # The first test's setup builds the image: debootstrap on a machine's first run (~2 min), apt's gcc, a 190 MB torch
-# wheel unpacked, every ISA level's kernels, layer commits (3.6 min here, quiet, base cached; loaded runs take ~2x),
+# wheel unpacked, every ISA level's kernels, layer commits (3.6 min here, quiet, base cached),
 # not a path of ours that could be faster, hence a limit above the suite's 900 s.
 pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.timeout(1800)]
 
