@@ -13,6 +13,8 @@ import sys
 
 import gguf
 import pytest
+import tokenizers
+import transformers
 
 from pagedserve import LLM, SamplingParams
 from pagedserve.worker.cpu_graph import MAX_GRAPH_BATCH
@@ -134,3 +136,39 @@ def test_tensor_parallel_ranks_replay_their_collectives(tiny_q4_1, capfd) -> Non
         captured = {b for b in range(1, 7) if f"tp{rank} INFO decode graphs: batch {b} captured" in logs}
         assert captured == {1, 2, 3, 4, 5, 6}, logs[-3000:]
     assert "stays eager" not in logs
+
+
+def test_w8a8_steps_are_replayed(tmp_path) -> None:
+    """A compressed-tensors W8A8 checkpoint: each layer's activation quantization, int8 product and epilogue are C
+    calls (ops/csrc/int8_rows.c), so its decode steps are captured and replay what eager steps compute, exactly.
+    (On the AVX-512 levels the product is torch._int_mm and those steps stay eager.)"""
+    from tests.ct_writer import write_tiny_ct
+
+    from pagedserve.ops import build
+
+    folder = write_tiny_ct(tmp_path / "w8a8", "W8A8")
+    # The tiny model's 256 ids as a word-level vocabulary: the prompts go in as ids.
+    words = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({f"w{i}": i for i in range(256)}, unk_token="w0")
+    )
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token="w0", eos_token="w1"
+    ).save_pretrained(folder)
+    common = dict(dtype="float32", max_model_len=128, kv_cache_memory_bytes=8 * 1024**2, seed=0)
+    graphs, eager = LLM(str(folder), **common), LLM(str(folder), enforce_eager=True, **common)
+    prompts = [
+        {"prompt_token_ids": [(7 * i + j) % 256 for j in range(3 + 4 * i)]} for i in range(len(PROMPTS))
+    ]
+
+    def run(llm: LLM) -> list[tuple[list[int], list]]:
+        outputs = llm.generate(prompts, _params(), use_tqdm=False)
+        return [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outputs]
+
+    assert run(graphs) == run(eager)
+    captured = graphs.llm_engine.executor.runner.decode_graphs.graphs
+    assert sorted(captured) == [1, 2, 3, 4, 5, 6]
+    level = build.ISA_LEVELS[build.load().compiled_level()]
+    if level not in ("avx512", "avx512_bf16"):
+        # 5 and 6 rows stay eager for the float32 LM head (left unquantized, as llm-compressor does), whose C GEMV
+        # takes up to 4 rows (test_batch_sizes_without_kernels_stay_eager).
+        assert {size for size, graph in captured.items() if graph is not None} == {1, 2, 3, 4}

@@ -63,20 +63,27 @@ def scaled_linear(
 ) -> torch.Tensor:
     """x [tokens, cols] @ (data * scale)^T (+ bias), activations quantized as the checkpoint's scheme says;
     float32 arithmetic, returned in x's dtype."""
-    x32 = x.float()
     if data.dtype == torch.int8 and activations is not None:
-        x_scale = _per_row_scales(x32, activations, INT8_MAX)
-        xq = torch.round(x32 / x_scale).clamp_(-128, 127).to(torch.int8)
+        # With the kernels a decode step's W8A8 product is three C calls (quantize, product, epilogue), which a
+        # decode graph replays (worker/cpu_graph.py).
+        quantized = cpu_ops.int8_quantize(x, per_tensor=activations == "tensor")
+        if quantized is not None:
+            xq, x_scales = quantized
+        else:
+            x32 = x.float()
+            x_scale = _per_row_scales(x32, activations, INT8_MAX)
+            xq = torch.round(x32 / x_scale).clamp_(-128, 127).to(torch.int8)
+            x_scales = x_scale.reshape(-1).expand(xq.shape[0]).contiguous()
         acc = cpu_ops.int8_gemm(xq, data)
         if acc is None:
             acc = torch._int_mm(xq, data.t())
         bias32 = None if bias is None else bias.float().contiguous()
-        x_scales = x_scale.reshape(-1).expand(acc.shape[0]).contiguous()
         out = cpu_ops.int8_epilogue(acc, x_scales, scale, bias32, x.dtype)
         if out is not None:
             return out
-        out = acc.float().mul_(x_scale).mul_(scale)  # no kernels: in place, int8_rows.c says why
+        out = acc.float().mul_(x_scales[:, None]).mul_(scale)  # no kernels: in place, int8_rows.c says why
     else:
+        x32 = x.float()
         if activations is not None:  # float8 activations: the values the checkpoint was calibrated with
             x_scale = _per_row_scales(x32, activations, FP8_MAX)
             x32 = (x32 / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * x_scale

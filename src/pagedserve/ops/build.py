@@ -82,6 +82,8 @@ SIGNATURES: dict[str, list] = {
     "int8_epilogue": [_P] * 5 + [ctypes.c_int, _I, _I, ctypes.c_int],
     # x [m, k] int8, w [n, k] int8, acc [m, n] int32, m, n, k, threads
     "int8_gemm": [_P] * 3 + [_I] * 3 + [ctypes.c_int],
+    # x [m, k] (dtype), q [m, k] int8, scales [m] float32, m, k, per_tensor, dtype, threads
+    "int8_quantize": [_P] * 3 + [_I] * 2 + [ctypes.c_int] * 3,
     # region, x, n, slot capacity, dtype, rank, world, &seq (int64), timeout_s -> 0, 1 (timeout), 2 (arguments)
     "shm_all_reduce": [_P, _P, _I, _I, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _F],
     # region, x, nbytes, out [world, nbytes], slot capacity, rank, world, &seq (int64), timeout_s -> as above

@@ -298,6 +298,23 @@ def int8_gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
     return acc
 
 
+def int8_quantize(x: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """W8A8's dynamic activation quantization of x [m, k] (float32 or bfloat16): int8 [m, k] and float32 scales [m]
+    (per_tensor: one scale, repeated), bit-identical to layers/ct_quant.py's PyTorch path; None where the kernels
+    are not built."""
+    library = build.load()
+    if library is None or x.dtype not in _DTYPE_CODES or x.dim() != 2 or not x.is_contiguous():
+        return None
+    m, k = x.shape
+    q = torch.empty(m, k, dtype=torch.int8)
+    scales = torch.empty(m, dtype=torch.float32)
+    library.int8_quantize(
+        x.data_ptr(), q.data_ptr(), scales.data_ptr(), m, k, int(per_tensor), _DTYPE_CODES[x.dtype],
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return q, scales
+
+
 def int8_epilogue(
     acc: torch.Tensor,
     x_scale: torch.Tensor,

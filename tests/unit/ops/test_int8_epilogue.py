@@ -50,3 +50,34 @@ def test_int8_gemm_is_exact(isa_level, m, n, k) -> None:
         assert chosen is None
     else:
         assert chosen is not None and torch.equal(chosen.long(), expected)
+
+
+def _pytorch_quantize(x: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """layers/ct_quant.py's PyTorch path (compressed-tensors' arithmetic)."""
+    from pagedserve.layers.ct_quant import INT8_MAX, _per_row_scales
+
+    x32 = x.float()
+    scale = _per_row_scales(x32, "tensor" if per_tensor else "token", INT8_MAX)
+    q = torch.round(x32 / scale).clamp_(-128, 127).to(torch.int8)
+    return q, scale.reshape(-1).expand(x.shape[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_int8_quantize_is_bit_identical_to_pytorch(isa_level, dtype, per_tensor) -> None:
+    """Every int8 value and scale equal PyTorch's. Row 0 has absmax 382.5 (scale 3.0) and values 3n + 1.5, whose
+    quotients are exactly n + 0.5: round-half-even must give the even neighbour, which a multiplication by a rounded
+    reciprocal of 3 would miss. A zero row takes the 1e-12 floor."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 1000, generator=gen) * torch.tensor([1.0, 1e-3, 30.0, 0.0, 7.0, 1.0])[:, None]
+    x[0, :200] = torch.arange(-100, 100) * 3.0 + 1.5
+    x[0, 200] = 382.5
+    x = x.to(dtype)
+    got = cpu_ops.int8_quantize(x, per_tensor)
+    assert got is not None
+    q, scales = got
+    expected_q, expected_scales = _pytorch_quantize(x, per_tensor)
+    assert torch.equal(scales, expected_scales)
+    assert torch.equal(q, expected_q)
+    if dtype == torch.float32 and not per_tensor:
+        assert scales[0] == 3.0 and q[0, 100].item() == 0 and q[0, 101].item() == 2  # 0.5 -> 0, 1.5 -> 2

@@ -10,6 +10,7 @@
  * int8_epilogue: in PyTorch this is four passes over [m, n] (float copy, two scalings, the dtype cast), and at 256
  * rows x 3072 columns they cost half as much as the int8 product itself (AVX-512 BF16 host, 2026-12-02).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -79,6 +80,63 @@ int int8_epilogue(const int32_t *acc, const float *x_scale, const float *w_scale
             for (int64_t c = 0; c < n; ++c)
                 o[c] = f32_to_bf16((float)row[c] * xs * w_scale[c] + (bias != NULL ? bias[c] : 0.0f));
         }
+    }
+    return 0;
+}
+
+/* W8A8's dynamic activation quantization, as compressed-tensors computes it and layers/ct_quant.py did in PyTorch:
+ * scale = max(absmax / 127.5, 1e-12) per row (per_tensor: one absmax over every row, the scale repeated), q =
+ * round-half-even(x / scale) clamped to [-128, 127]. In C so that a decode step of W8A8 layers is kernel calls only
+ * (worker/cpu_graph.py replays it) instead of eight PyTorch operations a layer.
+ *
+ * The scale and the division are compiled without -ffast-math: it would multiply by a reciprocal, and the quotient
+ * could then round to the other integer at a .5 boundary; the test compares every element with PyTorch's. */
+static float absmax_row(const void *x, int dtype, int64_t k) {
+    float m = 0.0f;
+    if (dtype == 0) {
+        const float *v = x;
+        for (int64_t i = 0; i < k; ++i) m = fabsf(v[i]) > m ? fabsf(v[i]) : m;
+    } else {
+        const uint16_t *v = x;
+        for (int64_t i = 0; i < k; ++i) m = fabsf(bf16_to_f32(v[i])) > m ? fabsf(bf16_to_f32(v[i])) : m;
+    }
+    return m;
+}
+
+__attribute__((optimize("no-fast-math"))) static float int8_scale(float absmax) {
+    const float scale = absmax / 127.5f;
+    return scale < 1e-12f ? 1e-12f : scale;
+}
+
+__attribute__((optimize("no-fast-math"))) static void quantize_row(const void *x, int dtype, int64_t k, float scale,
+                                                                    int8_t *q) {
+    for (int64_t i = 0; i < k; ++i) {
+        const float v = dtype == 0 ? ((const float *)x)[i] : bf16_to_f32(((const uint16_t *)x)[i]);
+        float r = nearbyintf(v / scale);
+        r = r < -128.0f ? -128.0f : (r > 127.0f ? 127.0f : r);
+        q[i] = (int8_t)r;
+    }
+}
+
+/* x [m, k] float32 (dtype 0) or bfloat16 (1) -> q int8 [m, k], scales float32 [m]. 0, or 1 for a bad dtype. */
+int int8_quantize(const void *x, int8_t *q, float *scales, int64_t m, int64_t k, int per_tensor, int dtype,
+                  int threads) {
+    if (dtype != 0 && dtype != 1) return 1;
+    const size_t row_bytes = (size_t)k * (dtype == 0 ? 4 : 2);
+    if (per_tensor) {
+        float amax = 0.0f;
+        for (int64_t r = 0; r < m; ++r) {
+            const float a = absmax_row((const char *)x + r * row_bytes, dtype, k);
+            amax = a > amax ? a : amax;
+        }
+        const float scale = int8_scale(amax);
+        for (int64_t r = 0; r < m; ++r) scales[r] = scale;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads) if (m > 8)
+    for (int64_t r = 0; r < m; ++r) {
+        const void *row = (const char *)x + r * row_bytes;
+        if (!per_tensor) scales[r] = int8_scale(absmax_row(row, dtype, k));
+        quantize_row(row, dtype, k, scales[r], q + r * k);
     }
     return 0;
 }
