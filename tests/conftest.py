@@ -15,6 +15,14 @@ if os.environ.get("PAGEDSERVE_TEST_DEVICE", "cpu") == "cpu":
     )
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The test process runs models too (the LLM class, transformers' references): it waits for its OpenMP threads the
+# way the engine processes do (pagedserve/envs.py says why). libgomp reads this once, when torch loads it. With the
+# other core busy, the W8A8 greedy check took 85-86 s with it against 115-139 s without (2026-12-05).
+if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+    from pagedserve.envs import ENGINE_GOMP_SPINCOUNT
+
+    os.environ.setdefault("GOMP_SPINCOUNT", ENGINE_GOMP_SPINCOUNT)
+
 
 @pytest.fixture(scope="session")
 def bundled_llm_fp32():

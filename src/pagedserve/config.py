@@ -21,7 +21,7 @@ KVCacheDType = Literal["auto", "fp8", "fp8_e4m3"]
 
 
 # --quantization values the engine runs (ModelConfig.quantization).
-QUANTIZATION_CHOICES = ("gguf", "compressed-tensors", "awq", "gptq", "none")
+QUANTIZATION_CHOICES = ("gguf", "compressed-tensors", "awq", "gptq", "fp8", "none")
 
 
 @dataclass
@@ -46,7 +46,10 @@ class ModelConfig:
     their blocks (other types are dequantized at load; other files are refused); "compressed-tensors": a checkpoint
     with a compressed-tensors quantization_config (W4A16, W8A16, W8A8, FP8) keeps its quantized layers; "awq" /
     "gptq": an AutoAWQ (4-bit GEMM) or GPTQ (4-bit, symmetric 8-bit) checkpoint's layers are repacked into GGUF
-    blocks and kept; "none": every quantized tensor is dequantized at load. Unset: the checkpoint's quantization_config, or "gguf" for a
+    blocks and kept; "fp8": a checkpoint whose quantization_config says fp8 (per-tensor float8 e4m3 weights,
+    dynamic activations) keeps its layers, and a float checkpoint's linear layers (not the LM head) are quantized
+    to float8 e4m3 at load, one scale a layer, activations quantized per tensor at run time (vLLM's online FP8);
+    "none": every quantized tensor is dequantized at load. Unset: the checkpoint's quantization_config, or "gguf" for a
     .gguf file where this CPU's kernels multiply blocks at every batch size (AVX2), else "none". A value that
     contradicts the checkpoint, and other schemes, are refused by name."""
 

@@ -171,7 +171,7 @@ def test_engine_values_become_vllm_flags() -> None:
         assert _flag_value(args, flag) == value
     assert "--no-enable-prefix-caching" in args and "--enable-prefix-caching" not in args
     # Values the engine would refuse at startup fail the install instead (the schema lists what it runs).
-    for refused in ("engine.quantization=fp8", "engine.kvCacheDtype=fp8_e5m2"):
+    for refused in ("engine.quantization=bitsandbytes", "engine.kvCacheDtype=fp8_e5m2"):
         with pytest.raises(HelmError, match="quantization|kvCacheDtype"):
             render(set_values=[refused])
 

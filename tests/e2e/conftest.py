@@ -6,6 +6,7 @@ overload a server start their own short-lived one with `start_server`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import pytest
 from tests.http_ready import wait_http_ready
 
 MAX_MODEL_LEN = 2048
+PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 # Small enough to start fast on a CPU: ~23 KiB of bf16 KV per token, so 256 MiB hold ~11k tokens.
 BASE_ARGS = [
     "--max-model-len",
@@ -69,6 +71,12 @@ class ServerProcess:
             raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.log()[-3000:]}") from None
 
 
+def _terminate_with_pytest() -> None:
+    """In the server's process before it runs: SIGTERM to it when pytest dies, however pytest dies (a test run
+    killed by hand or by CI's timeout left its servers and their engine cores running)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def launch(tmp_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
     port = free_port()
     log_path = tmp_dir / f"server-{port}.log"
@@ -86,7 +94,11 @@ def launch(tmp_dir: Path, *args: str, env: dict[str, str] | None = None) -> Serv
     environment.update(env or {})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*command, *BASE_ARGS, *args], stdout=log, stderr=subprocess.STDOUT, env=environment
+            [*command, *BASE_ARGS, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            preexec_fn=_terminate_with_pytest,
         )
     return ServerProcess(process, port, log_path)
 

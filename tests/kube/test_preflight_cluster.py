@@ -37,7 +37,9 @@ STORAGECLASSES = "/apis/storage.k8s.io/v1/storageclasses"
 
 FULL_VALUES = {
     "replicaCount": 2,
-    "engine": {"tensorParallelSize": 1},  # what this image's engine runs (engine-values refuses TP > 1, fp8)
+    "engine": {
+        "tensorParallelSize": 1
+    },  # what this image's engine runs (engine-values refuses TP > 1 on GPUs)
     "gpu": {"enabled": True, "product": "NVIDIA-H100-80GB-HBM3", "runtimeClassName": "nvidia"},
     "model": {"source": "pvc", "existingClaim": "llama-weights"},
     "ingress": {"enabled": True, "className": "nginx"},
@@ -205,7 +207,7 @@ def test_old_cuda_with_fp8_on_h100_fails_the_hard_rule(tmp_path: Path) -> None:
     assert code == 1
     assert check(report, "version-matrix")["status"] == "FAIL"
     assert "fp8" in check(report, "version-matrix")["observed"]
-    assert check(report, "engine-values")["status"] == "FAIL"  # and this image's engine has no FP8 path yet
+    assert check(report, "engine-values")["status"] == "PASS"  # this image's engine runs --quantization fp8
     assert check(report, "cuda-driver")["status"] == "WARN"  # 12.1 meets the minimum, below 12.4
     code, report = run_preflight(tmp_path, objects, FULL_VALUES)
     assert check(report, "version-matrix")["status"] == "WARN"  # legacy level, but no FP8 kernels

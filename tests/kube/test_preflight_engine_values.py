@@ -14,7 +14,8 @@ from tests.kube.test_preflight_cluster import FULL_VALUES, check, run_preflight
     "engine,refused",
     [
         ({"tensorParallelSize": 2}, "runs tensor_parallel_size > 1 on CPUs only"),
-        ({"quantization": "fp8"}, "refuses quantization 'fp8'"),
+        ({"quantization": "bitsandbytes"}, "refuses quantization 'bitsandbytes'"),
+        ({"quantization": "fp8"}, None),
         ({"quantization": "gguf"}, None),
         ({"quantization": "awq"}, None),
         ({"quantization": "gptq"}, None),

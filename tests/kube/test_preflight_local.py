@@ -174,7 +174,7 @@ def test_local_old_cuda_fp8_on_h100_fails_hard_rule(tmp_path: Path) -> None:
     assert code == 1
     assert checks["version-matrix"]["status"] == "FAIL"
     assert checks["gpus"]["status"] == "FAIL"  # 2 GPUs, tensor-parallel 4
-    assert checks["engine-values"]["status"] == "FAIL"  # neither TP 4 nor fp8 runs on this image's engine
+    assert checks["engine-values"]["status"] == "FAIL"  # TP 4 on GPUs does not run on this image's engine
     assert checks["nvidia-driver"]["status"] == "WARN"
 
 

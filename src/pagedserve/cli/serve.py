@@ -107,7 +107,8 @@ def _check_supported(args: argparse.Namespace) -> str | None:
         return (
             f"--quantization {args.quantization} is not supported yet; supported: gguf (a .gguf file's blocks "
             "kept), compressed-tensors (W4A16, W8A16, W8A8, FP8 checkpoints), awq and gptq (AutoAWQ GEMM and GPTQ "
-            "checkpoints), none (weights dequantized at load)."
+            "checkpoints), fp8 (fp8 checkpoints, or a float one quantized at load), none (weights dequantized at "
+            "load)."
         )
     if args.max_num_queued_reqs < 1:
         return "--max-num-queued-reqs must be >= 1."

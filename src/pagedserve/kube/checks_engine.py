@@ -29,7 +29,8 @@ def check_engine_values(needs: DeploymentNeeds) -> CheckResult:
     if needs.quantization not in ("", *QUANTIZATION_CHOICES):
         refused.append(
             f"the engine refuses quantization {needs.quantization!r} (not supported yet; it runs GGUF files from "
-            "their blocks, compressed-tensors, AWQ and GPTQ checkpoints and unquantized ones)"
+            "their blocks, compressed-tensors, AWQ, GPTQ and fp8 checkpoints, float ones quantized to fp8 at load, "
+            "and unquantized ones)"
         )
     if refused:
         return CheckResult("engine-values", Status.FAIL, seen + ": " + "; ".join(refused), required,

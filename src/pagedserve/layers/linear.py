@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pagedserve.distributed import parallel_state
-from pagedserve.layers.ct_quant import ScaledTensor, scaled_linear
+from pagedserve.layers.ct_quant import FP8_MAX, ScaledTensor, scaled_linear
 from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
 from pagedserve.layers.input_perm import permute_input, take_input_perm
 from pagedserve.layers.shard import slice_columns, slice_rows
@@ -122,6 +122,24 @@ class LinearBase(nn.Module):
             f"the parts of one merged layer ({self.output_size}x{self.input_size}) are stored in different "
             "quantization schemes; give them one compressed-tensors config group"
         )
+
+    def quantize_fp8(self) -> bool:
+        """vLLM's online FP8 (--quantization fp8 on a float checkpoint): the float weight becomes float8 e4m3 with
+        one scale, its absmax / 448 (over every part of a merged layer, as vLLM's), and activations are quantized
+        per tensor at run time. False, unchanged, for a weight kept in blocks or already scaled."""
+        if (
+            self.weight_type is not None
+            or self.activation_scheme is not None
+            or not self.weight.is_floating_point()
+        ):
+            return False
+        weight = self.weight.data.float()
+        scale = (weight.abs().amax() / FP8_MAX).clamp(min=1e-12)
+        data = (weight / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        self.weight = nn.Parameter(data, requires_grad=False)
+        self.register_buffer("weight_scale", scale.expand(self.output_size).contiguous())
+        self.activation_scheme = "tensor"
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = permute_input(x, self.input_perm)
@@ -272,3 +290,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             return cpu_ops.mixed_gemm(x, weight, bias)
         return F.linear(x, weight.to(x.dtype), bias)
     return F.linear(x, weight, bias)
+
+
+def quantize_linears_fp8(model: nn.Module) -> int:
+    """LinearBase.quantize_fp8 on every linear layer of `model` (the LM head is not one); how many changed."""
+    return sum(module.quantize_fp8() for module in model.modules() if isinstance(module, LinearBase))

@@ -26,6 +26,7 @@ from pagedserve.models import awq_gptq, ct_weights, gguf_config, gguf_weights, h
 from pagedserve.models.awq_gptq_config import AwqGptqConfig, parse_awq_gptq_config
 from pagedserve.models.bundled import BUNDLED_MODEL_NAME, bundled_model_path
 from pagedserve.models.ct_scheme import CompressedTensorsConfig, parse_compressed_tensors_config
+from pagedserve.models.fp8_config import parse_fp8_config
 from pagedserve.models.weight_progress import with_progress
 
 SourceFormat = Literal["safetensors", "gguf", "dummy"]
@@ -47,7 +48,8 @@ class ModelSource:
     quantization_method: str | None = None
     """The checkpoint's quantization_config.quant_method (config.json), e.g. "compressed-tensors"; None if unset."""
     compressed_tensors: CompressedTensorsConfig | None = None
-    """The validated quantization_config of a compressed-tensors checkpoint."""
+    """The validated quantization_config of a compressed-tensors checkpoint, or of an fp8 one as the
+    compressed-tensors scheme it is (models/fp8_config.py)."""
     awq_gptq: AwqGptqConfig | None = None
     """The validated quantization_config of an AWQ or GPTQ checkpoint."""
     _gguf_reader: gguf.GGUFReader | None = field(default=None, repr=False, compare=False)
@@ -102,7 +104,7 @@ class ModelSource:
 
 
 # quantization_config quant_methods whose checkpoints the engine loads (kept quantized, or dequantized).
-CHECKPOINT_METHODS = ("compressed-tensors", "awq", "gptq")
+CHECKPOINT_METHODS = ("compressed-tensors", "awq", "gptq", "fp8")
 
 
 def resolve_quantization(
@@ -133,6 +135,13 @@ def resolve_quantization(
         )
     if requested in (None, ""):
         return "gguf" if source_format == "gguf" and fast_gguf_kernels else None
+    if requested == "fp8":  # vLLM's online FP8: a float checkpoint's linear layers quantized at load
+        if source_format == "gguf":
+            raise ValueError(
+                "quantization 'fp8' quantizes a float checkpoint at load; a .gguf file's matrices are already "
+                "quantized (keep them with 'gguf', or dequantize them with 'none')"
+            )
+        return "fp8"
     if requested == "gguf":
         if source_format != "gguf":
             raise ValueError("quantization 'gguf' needs a .gguf model file")
@@ -145,7 +154,8 @@ def resolve_quantization(
     raise ValueError(
         f"quantization {requested!r} is not supported yet; supported: gguf (a .gguf file's Q4_0/Q4_1/Q8_0/Q4_K/Q6_K "
         "blocks kept as they are), compressed-tensors (W4A16, W8A16, W8A8, FP8 checkpoints), awq and gptq "
-        "(4-bit AutoAWQ GEMM, 4- and 8-bit GPTQ checkpoints), none (weights dequantized at load)"
+        "(4-bit AutoAWQ GEMM, 4- and 8-bit GPTQ checkpoints), fp8 (fp8 checkpoints, or a float checkpoint "
+        "quantized at load), none (weights dequantized at load)"
     )
 
 
@@ -258,6 +268,8 @@ def _checkpoint_quantization(
         return method, parse_compressed_tensors_config(raw), None
     if method in ("awq", "gptq"):
         return method, None, parse_awq_gptq_config(raw)
+    if method == "fp8":
+        return method, parse_fp8_config(raw), None
     return method, None, None
 
 

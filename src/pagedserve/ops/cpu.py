@@ -335,3 +335,52 @@ def int8_epilogue(
         out.data_ptr(), _DTYPE_CODES[dtype], m, n, torch.get_num_threads(),
     )  # fmt: skip
     return out
+
+
+def fp8_quantize(x: torch.Tensor, per_tensor: bool) -> torch.Tensor | None:
+    """FP8's dynamic activation quantization of x [m, k] (float32 or bfloat16): float32 [m, k] holding the float8
+    e4m3 values times their scale (per row, or per_tensor: one), bit-identical to layers/ct_quant.py's PyTorch
+    path; None where the kernels are not built."""
+    library = build.load()
+    if library is None or x.dtype not in _DTYPE_CODES or x.dim() != 2 or not x.is_contiguous():
+        return None
+    if x.device.type != "cpu":
+        return None
+    m, k = x.shape
+    out = torch.empty(m, k, dtype=torch.float32)
+    library.fp8_quantize(
+        x.data_ptr(), out.data_ptr(), m, k, int(per_tensor), _DTYPE_CODES[x.dtype], torch.get_num_threads()
+    )
+    return out
+
+
+def gemm_e4m3w(
+    x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """x [m, k] (float32 or bfloat16) @ (w float8_e4m3fn [n, k] * w_scale float32 [n])^T (+ float32 bias), in
+    `dtype` (float32 or bfloat16); None where the kernels are not built."""
+    library = build.load()
+    tensors = [x, w, w_scale] + ([bias] if bias is not None else [])
+    if library is None or x.dtype not in _DTYPE_CODES or dtype not in _DTYPE_CODES:
+        return None
+    if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
+        return None
+    (m, k), n = x.shape, w.shape[0]
+    out = torch.empty(m, n, dtype=dtype)
+    failed = library.gemm_e4m3w(
+        x.data_ptr(), w.data_ptr(), w_scale.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
+        m, n, k, _DTYPE_CODES[x.dtype], _DTYPE_CODES[dtype], torch.get_num_threads(),
+    )  # fmt: skip
+    if failed:
+        raise MemoryError(f"gemm_e4m3w: no scratch memory for {m} x {k} activations")
+    return out
+
+
+def e4m3_dequantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+    """w float8_e4m3fn [n, k] * scale float32 [n] (per row) as float32 [n, k]; None where the kernels are not built."""
+    library = build.load()
+    if library is None or not all(t.is_contiguous() and t.device.type == "cpu" for t in (w, scale)):
+        return None
+    out = torch.empty(w.shape, dtype=torch.float32)
+    library.e4m3_dequantize(w.data_ptr(), scale.data_ptr(), out.data_ptr(), *w.shape, torch.get_num_threads())
+    return out

@@ -66,6 +66,7 @@ def build_runner(spec: RunnerSpec, source: Any = None) -> ModelRunner:
         weight_dtype=getattr(torch, spec.weight_dtype),
         max_num_seqs=spec.max_num_seqs,
         max_num_batched_tokens=spec.max_num_batched_tokens,
+        quantize_fp8=spec.quantization == "fp8" and source.quantization_method is None,
     )
 
 

@@ -17,7 +17,7 @@ from pagedserve.cpu_placement import default_cpu_threads
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
-from pagedserve.layers.linear import LinearBase
+from pagedserve.layers.linear import LinearBase, quantize_linears_fp8
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
 from pagedserve.outputs import PositionLogprobs
@@ -180,7 +180,10 @@ class ModelRunner:
         weight_dtype: torch.dtype | None = None,
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 4096,
+        quantize_fp8: bool = False,
     ) -> None:
+        """quantize_fp8: quantize the float linear layers to float8 once loaded (--quantization fp8 on a float
+        checkpoint, layers/linear.py's quantize_fp8)."""
         self.hf_config = hf_config
         self.device = device
         self.dtype = dtype
@@ -220,6 +223,12 @@ class ModelRunner:
             missing = {n for n, _ in self.model.named_parameters()} - loaded
             if missing:
                 raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        if quantize_fp8:
+            count = quantize_linears_fp8(self.model)
+            logger.info(
+                "quantization fp8: %d linear layers quantized to float8 e4m3 at load (one scale a layer, "
+                "activations quantized per tensor at run time)", count,
+            )  # fmt: skip
         self.model.eval()
         # Scales of int8 / float8 weights and the blocks of merged layers kept per part count as weights.
         stored = [b for name, b in self.model.named_buffers() if ".weight_" in name]

@@ -157,8 +157,8 @@ def test_quantization_is_detected_from_the_file_or_refused_by_name() -> None:
     assert resolve_quantization("none", "gguf", True) is None
     with pytest.raises(ValueError, match="'gguf' needs a .gguf model file"):
         resolve_quantization("gguf", "safetensors", True)
-    with pytest.raises(ValueError, match="quantization 'fp8' is not supported yet"):
-        resolve_quantization("fp8", "safetensors", True)
+    with pytest.raises(ValueError, match="quantization 'bitsandbytes' is not supported yet"):
+        resolve_quantization("bitsandbytes", "safetensors", True)
 
 
 def test_the_avx2_level_has_the_panel_kernels(isa_level) -> None:

@@ -39,7 +39,7 @@ def test_model_is_optional() -> None:
     ("argv", "fragment"),
     [
         (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size"),
-        (["--quantization", "fp8"], "--quantization fp8"),
+        (["--quantization", "bitsandbytes"], "--quantization bitsandbytes"),
         (["--trust-remote-code"], "--trust-remote-code"),
         (["--enable-lora"], "LoRA"),
         (["--max-num-queued-reqs", "0"], "--max-num-queued-reqs"),

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "e4m3.h"
 #include "simd.h"
 
 #define GEMV_MAX_ROWS 4
@@ -135,6 +136,7 @@ static void gemv_dpbf16(const uint16_t *x, const uint16_t *w, const uint16_t *bi
 #define LOAD_F32(v) (v)
 DEFINE_COLUMNS_FMA_ALL(columns_fma_f32, float, VF_LOAD_F32, LOAD_F32)
 DEFINE_COLUMNS_FMA_ALL(columns_fma_bf16, uint16_t, VF_LOAD_BF16, bf16_to_f32)
+DEFINE_COLUMNS_FMA_ALL(columns_fma_e4m3, uint8_t, vf_load_e4m3, e4m3_to_f32)
 #endif
 
 /* One output column for every row of x (x float32, w float32 or bfloat16): tails, and the portable path. */
@@ -157,6 +159,16 @@ static void column_plain_bf16(const float *x, const uint16_t *w, float *sums, in
         float total = 0.0f;
 #pragma omp simd reduction(+ : total)
         for (int64_t i = 0; i < k; ++i) total += xr[i] * bf16_to_f32(wn[i]);
+        sums[r] = total;
+    }
+}
+
+static void column_plain_e4m3(const float *x, const uint8_t *w, float *sums, int64_t rows, int64_t k, int64_t n) {
+    const uint8_t *wn = w + n * k;
+    for (int r = 0; r < rows; ++r) {
+        const float *xr = x + r * k;
+        float total = 0.0f;
+        for (int64_t i = 0; i < k; ++i) total += xr[i] * e4m3_to_f32(wn[i]);
         sums[r] = total;
     }
 }
@@ -269,5 +281,56 @@ int gemm_f32_bf16w(const float *x, const uint16_t *w, const float *bias, float *
             }
         }
     }
+    return 0;
+}
+
+/* float8 e4m3 weights w [n, k] with one float32 scale a row (FP8 checkpoints, --quantization fp8): out [m, n] =
+ * (x . w^T) * w_scale[column] (+ float32 bias); x and out each float32 (dtype 0) or bfloat16 (1). Each weight vector
+ * is widened as it is read (simd.h's vf_load_e4m3) for MIXED_ROWS rows of x at a time, the same tile as
+ * gemm_f32_bf16w: for the few rows of a decode step it streams 1 byte a weight, where widening the whole weight
+ * to float32 first (layers/ct_quant.py's path past FP8_GEMM_MAX_ROWS) writes and reads 8 more. 0, or 2 when the
+ * scratch for a bfloat16 x could not be had. */
+int gemm_e4m3w(const void *x, const uint8_t *w, const float *w_scale, const float *bias, void *out, int64_t m,
+               int64_t n, int64_t k, int x_dtype, int out_dtype, int threads) {
+    const int bf16 = x_dtype == 1, bf16_out = out_dtype == 1;
+    float *xf = NULL;
+    if (bf16) {
+        xf = malloc(sizeof(float) * (size_t)(m * k));
+        if (xf == NULL) return 2;
+        for (int64_t i = 0; i < m * k; ++i) xf[i] = bf16_to_f32(((const uint16_t *)x)[i]);
+    }
+    const float *x32 = bf16 ? xf : (const float *)x;
+    const int64_t groups = n / GEMV_COLUMNS_PER_ITER + (n % GEMV_COLUMNS_PER_ITER != 0);
+#pragma omp parallel num_threads(threads)
+    {
+        float sums[GEMV_COLUMNS_PER_ITER * GEMV_MAX_ROWS];
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < groups; ++g) {
+            const int64_t n0 = g * GEMV_COLUMNS_PER_ITER;
+            const int64_t count = n - n0 < GEMV_COLUMNS_PER_ITER ? n - n0 : GEMV_COLUMNS_PER_ITER;
+            for (int64_t r0 = 0; r0 < m; r0 += MIXED_ROWS) {
+                const int64_t rows = m - r0 < MIXED_ROWS ? m - r0 : MIXED_ROWS;
+                const float *xr = x32 + r0 * k;
+#ifdef PAGEDSERVE_SIMD
+                if (count == GEMV_COLUMNS_PER_ITER)
+                    columns_fma_e4m3(xr, w, sums, rows, k, n0);
+                else
+#endif
+                    for (int64_t c = 0; c < count; ++c)
+                        column_plain_e4m3(xr, w, sums + c * GEMV_MAX_ROWS, rows, k, n0 + c);
+                for (int64_t c = 0; c < count; ++c)
+                    for (int64_t r = 0; r < rows; ++r) {
+                        const float value = sums[c * GEMV_MAX_ROWS + r] * w_scale[n0 + c] +
+                                            (bias != NULL ? bias[n0 + c] : 0.0f);
+                        const int64_t at = (r0 + r) * n + n0 + c;
+                        if (bf16_out)
+                            ((uint16_t *)out)[at] = f32_to_bf16(value);
+                        else
+                            ((float *)out)[at] = value;
+                    }
+            }
+        }
+    }
+    free(xf);
     return 0;
 }

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "e4m3.h"
 
 /* Rows below this run on the calling thread only (no parallel region, so no barrier). */
 #define PARALLEL_MIN_ROWS 64
@@ -152,29 +153,6 @@ int rotary_neox(void *x, const int64_t *positions, const float *cos_cache, const
 
 DEFINE_WRITE_KV(write_kv_f32, float)
 DEFINE_WRITE_KV(write_kv_bf16, uint16_t)
-
-/* float32 to float8 e4m3 (fn: no infinities) as PyTorch casts after clamping to +-448: round half to even,
- * saturating at 448; subnormals in steps of 2^-9; NaN stays NaN (0x7f). */
-static inline uint8_t f32_to_e4m3(float x) {
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    const uint8_t sign = (uint8_t)((bits >> 24) & 0x80u);
-    uint32_t magnitude = bits & 0x7fffffffu;
-    if (magnitude > 0x7f800000u) return sign | 0x7fu;
-    if (magnitude >= 0x43e00000u) return sign | 0x7eu; /* >= 448 */
-    if (magnitude < 0x3c800000u) {                      /* < 2^-6: subnormal, m * 2^-9 */
-        float value;
-        memcpy(&value, &magnitude, sizeof value);
-        const float scaled = value * 512.0f; /* exact */
-        uint32_t q = (uint32_t)scaled;
-        const float fraction = scaled - (float)q;
-        if (fraction > 0.5f || (fraction == 0.5f && (q & 1u))) q += 1u; /* 8 is the smallest normal, 0x08 */
-        return sign | (uint8_t)q;
-    }
-    magnitude += 0x7ffffu + ((magnitude >> 20) & 1u); /* 3 mantissa bits, half to even */
-    const uint32_t code = (((magnitude >> 23) - 120u) << 3) | ((magnitude >> 20) & 7u);
-    return sign | (uint8_t)(code > 0x7eu ? 0x7eu : code);
-}
 
 /* The same scatter into float8 e4m3 caches (--kv-cache-dtype fp8, scale 1), from T converted by LOAD. */
 #define DEFINE_WRITE_KV_E4M3(NAME, T, LOAD)                                                                       \

@@ -21,21 +21,8 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "e4m3.h"
 #include "simd.h"
-
-/* float8 e4m3 (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities) to float32, exactly. 0x7f/0xff
- * (NaN) is never written to the cache (writes saturate). */
-static inline float e4m3_to_f32(uint8_t b) {
-    const uint32_t exponent = (b >> 3) & 15u, mantissa = b & 7u;
-    float magnitude;
-    if (exponent == 0) {
-        magnitude = (float)mantissa * 0.001953125f; /* subnormal: m * 2^-9 */
-    } else {
-        const uint32_t bits = ((exponent + 120u) << 23) | (mantissa << 20);
-        memcpy(&magnitude, &bits, sizeof bits);
-    }
-    return (b & 0x80u) ? -magnitude : magnitude;
-}
 
 /* In place, each of `rows` rows of `len` scores (row stride `stride`). */
 static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t stride) {

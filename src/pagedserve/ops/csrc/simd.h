@@ -2,7 +2,8 @@
  * AVX-512 (16 lanes) or AVX2 + FMA (8 lanes). Without either, PAGEDSERVE_SIMD is undefined and the kernels use
  * their plain loops (which the compiler vectorises for the baseline, SSE2 or NEON).
  *
- *   vf_zero() vf_set1(x) vf_load(p) vf_store(p, v) vf_fma(a, b, acc) = a * b + acc, vf_sum(v) = horizontal sum
+ *   vf_zero() vf_set1(x) vf_load(p) vf_store(p, v) vf_mul(a, b) vf_fma(a, b, acc) = a * b + acc,
+ *   vf_sum(v) = horizontal sum
  *   vf_load_bf16(p): VF_LANES bfloat16 values (uint16_t) widened to float32 (exact: a 16-bit shift)
  *   vf_load_e4m3(p): VF_LANES float8 e4m3 bytes widened to float32 (exact: the bits placed in a float16 whose
  *                    exponent is 8 too small, converted by F16C, which handles subnormals whatever MXCSR's DAZ
@@ -31,6 +32,7 @@ typedef __m512 vf;
 #define vf_load(p) _mm512_loadu_ps(p)
 #define vf_store(p, v) _mm512_storeu_ps((p), (v))
 #define vf_fma(a, b, acc) _mm512_fmadd_ps((a), (b), (acc))
+#define vf_mul(a, b) _mm512_mul_ps((a), (b))
 #define vf_sum(v) _mm512_reduce_add_ps(v)
 static inline vf vf_load_bf16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
@@ -50,6 +52,7 @@ typedef __m256 vf;
 #define vf_load(p) _mm256_loadu_ps(p)
 #define vf_store(p, v) _mm256_storeu_ps((p), (v))
 #define vf_fma(a, b, acc) _mm256_fmadd_ps((a), (b), (acc))
+#define vf_mul(a, b) _mm256_mul_ps((a), (b))
 static inline float vf_sum(vf v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
