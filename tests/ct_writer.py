@@ -33,6 +33,7 @@ FORMATS = {
     "W8A16": "pack-quantized",
     "W8A8": "int-quantized",
     "FP8_DYNAMIC": "float-quantized",
+    "FP8": "float-quantized",
 }
 
 
@@ -68,6 +69,32 @@ def _min_max_scales(module: torch.nn.Module) -> None:
     module.quantization_status = QuantizationStatus.FROZEN
 
 
+def _input_ranges(model: transformers.PreTrainedModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each linear layer's smallest and largest input value over a calibration pass (64 random token ids): what
+    llm-compressor's min-max observer sees for static activation scales, on a stand-in for a calibration set."""
+    ranges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def observe(name: str):
+        def hook(_module, inputs):
+            x = inputs[0].detach().float()
+            low, high = ranges.get(name, (x.min(), x.max()))
+            ranges[name] = (torch.minimum(low, x.min()), torch.maximum(high, x.max()))
+
+        return hook
+
+    handles = [
+        module.register_forward_pre_hook(observe(name))
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    ids = torch.randint(3, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(ids)
+    for handle in handles:
+        handle.remove()
+    return ranges
+
+
 def compress_and_save(
     model: transformers.PreTrainedModel,
     folder: pathlib.Path,
@@ -75,22 +102,35 @@ def compress_and_save(
     group_size: int = 32,
     strategy: str | None = None,
     ignore: tuple[str, ...] = ("lm_head",),
+    static_activations: bool = False,
 ) -> pathlib.Path:
     """`model` quantized with `preset` (a compressed-tensors preset name) and saved to `folder` (config.json with
     the quantization_config, model.safetensors); group schemes use `group_size`, `strategy` overrides the
-    weights' strategy."""
+    weights' strategy, `static_activations` makes the activations' scale one static value a layer (as the FP8
+    preset has it)."""
     scheme = preset_name_to_scheme(preset, ["Linear"])
+    if static_activations:
+        scheme.input_activations.dynamic = False
+        scheme.input_activations.strategy = "tensor"
     if strategy:
         scheme.weights.strategy = strategy
         scheme.weights.group_size = group_size if strategy == "group" else None
     elif scheme.weights.group_size:
         scheme.weights.group_size = group_size
+    static = scheme.input_activations is not None and not scheme.input_activations.dynamic
+    ranges = _input_ranges(model) if static else {}
     apply_quantization_config(
         model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=list(ignore))
     )
-    for module in model.modules():
+    for name, module in model.named_modules():
         if hasattr(module, "quantization_scheme") and hasattr(module, "weight_scale"):
             _min_max_scales(module)
+        if hasattr(module, "quantization_scheme") and hasattr(module, "input_scale"):
+            low, high = ranges[name]
+            scale, _ = calculate_qparams(low.reshape(1), high.reshape(1), scheme.input_activations)
+            module.input_scale.data.copy_(
+                scale.to(module.input_scale.dtype).reshape(module.input_scale.shape)
+            )
     compressor = ModelCompressor.from_pretrained_model(model, quantization_format=FORMATS[preset])
     compressor.compress_model(model)
     model.save_pretrained(folder)

@@ -138,10 +138,10 @@ def test_tensor_parallel_ranks_replay_their_collectives(tiny_q4_1, capfd) -> Non
     assert "stays eager" not in logs
 
 
-@pytest.mark.parametrize("scheme", ["W8A8", "fp8"])
+@pytest.mark.parametrize("scheme", ["W8A8", "FP8", "fp8"])
 def test_int8_and_float8_steps_are_replayed(tmp_path, scheme) -> None:
-    """A compressed-tensors W8A8 checkpoint, and a float checkpoint quantized to float8 at load (--quantization
-    fp8): each layer's activation quantization and product are C calls (ops/csrc/int8_rows.c; e4m3_rows.c and
+    """compressed-tensors W8A8 and FP8 (static activation scales) checkpoints, and a float checkpoint quantized to
+    float8 at load (--quantization fp8): each layer's activation quantization and product are C calls (ops/csrc/int8_rows.c; e4m3_rows.c and
     gemv.c's gemm_e4m3w), so their decode steps are captured and replay what eager steps compute, exactly. (On the
     AVX-512 levels the W8A8 product is torch._int_mm and those steps stay eager.)"""
     from tests.ct_writer import tiny_llama, write_tiny_ct
@@ -149,8 +149,8 @@ def test_int8_and_float8_steps_are_replayed(tmp_path, scheme) -> None:
     from pagedserve.ops import build
 
     folder = tmp_path / scheme
-    if scheme == "W8A8":
-        write_tiny_ct(folder, "W8A8")
+    if scheme != "fp8":
+        write_tiny_ct(folder, scheme)
         quantization = {}
     else:
         tiny_llama().save_pretrained(folder)
@@ -166,7 +166,7 @@ def test_int8_and_float8_steps_are_replayed(tmp_path, scheme) -> None:
         dtype="float32", max_model_len=128, kv_cache_memory_bytes=8 * 1024**2, seed=0, **quantization
     )
     graphs, eager = LLM(str(folder), **common), LLM(str(folder), enforce_eager=True, **common)
-    assert graphs.llm_engine.info.quantization == ("compressed-tensors" if scheme == "W8A8" else "fp8")
+    assert graphs.llm_engine.info.quantization == ("fp8" if scheme == "fp8" else "compressed-tensors")
     prompts = [
         {"prompt_token_ids": [(7 * i + j) % 256 for j in range(3 + 4 * i)]} for i in range(len(PROMPTS))
     ]
@@ -179,7 +179,7 @@ def test_int8_and_float8_steps_are_replayed(tmp_path, scheme) -> None:
     captured = graphs.llm_engine.executor.runner.decode_graphs.graphs
     assert sorted(captured) == [1, 2, 3, 4, 5, 6]
     level = build.ISA_LEVELS[build.load().compiled_level()]
-    if scheme == "fp8" or level not in ("avx512", "avx512_bf16"):
+    if scheme != "W8A8" or level not in ("avx512", "avx512_bf16"):
         # 5 and 6 rows stay eager for the float32 LM head (left unquantized, as llm-compressor and vLLM's online
         # FP8 do), whose C GEMV takes up to 4 rows (test_batch_sizes_without_kernels_stay_eager).
         assert {size for size, graph in captured.items() if graph is not None} == {1, 2, 3, 4}

@@ -41,7 +41,10 @@ class ScaledTensor:
     scale: torch.Tensor
     """float32 [rows] (a per-tensor scale repeated on every row)."""
     activations: str | None
-    """Dynamic activation quantization: "token", "tensor", or None (activations stay in float)."""
+    """Activation quantization: "token" or "tensor" (dynamic: a scale from each row's or the whole input's
+    absmax), "static" (the checkpoint's input_scale), or None (activations stay in float)."""
+    input_scale: float | None = None
+    """For "static": the activations' scale."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -51,7 +54,11 @@ class ScaledTensor:
         return self.data.float() * self.scale[:, None]
 
 
-def _per_row_scales(values: torch.Tensor, strategy: str, maximum: float) -> torch.Tensor:
+def _per_row_scales(
+    values: torch.Tensor, strategy: str, maximum: float, static: float | None = None
+) -> torch.Tensor:
+    if strategy == "static":
+        return torch.tensor(static, dtype=torch.float32).reshape(1, 1)
     if strategy == "token":
         amax = values.abs().amax(dim=-1, keepdim=True)
     else:
@@ -65,18 +72,19 @@ def scaled_linear(
     scale: torch.Tensor,
     activations: str | None,
     bias: torch.Tensor | None,
+    input_scale: float | None = None,
 ) -> torch.Tensor:
-    """x [tokens, cols] @ (data * scale)^T (+ bias), activations quantized as the checkpoint's scheme says;
-    float32 arithmetic, returned in x's dtype."""
+    """x [tokens, cols] @ (data * scale)^T (+ bias), activations quantized as the checkpoint's scheme says (with
+    `input_scale` for "static"); float32 arithmetic, returned in x's dtype."""
     if data.dtype == torch.int8 and activations is not None:
         # With the kernels a decode step's W8A8 product is three C calls (quantize, product, epilogue), which a
         # decode graph replays (worker/cpu_graph.py).
-        quantized = cpu_ops.int8_quantize(x, per_tensor=activations == "tensor")
+        quantized = cpu_ops.int8_quantize(x, activations == "tensor", input_scale)
         if quantized is not None:
             xq, x_scales = quantized
         else:
             x32 = x.float()
-            x_scale = _per_row_scales(x32, activations, INT8_MAX)
+            x_scale = _per_row_scales(x32, activations, INT8_MAX, input_scale)
             xq = torch.round(x32 / x_scale).clamp_(-128, 127).to(torch.int8)
             x_scales = x_scale.reshape(-1).expand(xq.shape[0]).contiguous()
         acc = cpu_ops.int8_gemm(xq, data)
@@ -90,10 +98,10 @@ def scaled_linear(
     else:
         x32 = None
         if activations is not None:  # float8 activations: the values the checkpoint was calibrated with
-            x32 = cpu_ops.fp8_quantize(x, per_tensor=activations == "tensor")
+            x32 = cpu_ops.fp8_quantize(x, activations == "tensor", input_scale)
             if x32 is None:
                 x32 = x.float()
-                x_scale = _per_row_scales(x32, activations, FP8_MAX)
+                x_scale = _per_row_scales(x32, activations, FP8_MAX, input_scale)
                 x32 = (x32 / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * x_scale
         if data.dtype == torch.float8_e4m3fn and x.shape[0] <= FP8_GEMM_MAX_ROWS:
             bias32 = None if bias is None else bias.float().contiguous()

@@ -41,6 +41,9 @@ class LinearBase(nn.Module):
     """GGML type of a weight kept in GGUF blocks (gguf_quant.py); None for a float weight."""
     activation_scheme: str | None = None
     """For an int8 / float8 weight (ScaledTensor, with the `weight_scale` buffer): how activations are quantized."""
+    input_scale: float | None = None
+    """For activation_scheme "static": the activations' scale (a merged layer's: the largest of its parts', as
+    vLLM takes it: one input, one scale)."""
 
     def shard_rows(self, shard_id: str | None) -> tuple[int, int]:
         """(first row, rows) of the weight that a checkpoint tensor fills."""
@@ -109,6 +112,7 @@ class LinearBase(nn.Module):
             self.weight = nn.Parameter(data, requires_grad=False)
             self.register_buffer("weight_scale", torch.empty(self.output_size, dtype=torch.float32))
             self.activation_scheme = loaded.activations or ""
+            self.input_scale = loaded.input_scale
             return loaded
         if (
             isinstance(loaded, ScaledTensor)
@@ -116,6 +120,8 @@ class LinearBase(nn.Module):
             and loaded.data.dtype == self.weight.dtype
             and (loaded.activations or "") == self.activation_scheme
         ):
+            if loaded.input_scale is not None and self.input_scale is not None:
+                self.input_scale = max(self.input_scale, loaded.input_scale)
             return loaded
         # Parts of one merged layer (q|k|v, gate|up) saved in different schemes: rare enough to refuse.
         raise ValueError(
@@ -146,7 +152,9 @@ class LinearBase(nn.Module):
         if self.weight_type is not None:
             return gguf_linear(x, self.weight, self.weight_type, self.input_size, self.bias)
         if self.activation_scheme is not None:
-            return scaled_linear(x, self.weight, self.weight_scale, self.activation_scheme or None, self.bias)
+            return scaled_linear(
+                x, self.weight, self.weight_scale, self.activation_scheme or None, self.bias, self.input_scale
+            )
         return linear(x, self.weight, self.bias)
 
 

@@ -7,6 +7,7 @@ per-row scale. A GPTQ act-order weight (PermutedWeight) mixes its input channels
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,8 +21,8 @@ def slice_rows(loaded: Any, first: int, count: int) -> Any:
     if isinstance(loaded, QuantizedTensor):
         return QuantizedTensor(loaded.data.narrow(0, first, count), loaded.qtype, (count, loaded.shape[1]))
     if isinstance(loaded, ScaledTensor):
-        return ScaledTensor(
-            loaded.data.narrow(0, first, count), loaded.scale.narrow(0, first, count), loaded.activations
+        return replace(
+            loaded, data=loaded.data.narrow(0, first, count), scale=loaded.scale.narrow(0, first, count)
         )
     if isinstance(loaded, PermutedWeight):
         return PermutedWeight(slice_rows(loaded.weight, first, count), loaded.perm)
@@ -43,5 +44,5 @@ def slice_columns(loaded: Any, first: int, count: int, what: str) -> Any:
         data = loaded.data[:, first // weights * size : (first + count) // weights * size]
         return QuantizedTensor(data, loaded.qtype, (loaded.shape[0], count))
     if isinstance(loaded, ScaledTensor):
-        return ScaledTensor(loaded.data[:, first : first + count], loaded.scale, loaded.activations)
+        return replace(loaded, data=loaded.data[:, first : first + count])
     return loaded[:, first : first + count] if isinstance(loaded, torch.Tensor) else loaded

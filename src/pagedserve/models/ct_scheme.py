@@ -4,7 +4,7 @@ each linear layer was saved in, validated against what the engine runs. Plain da
 The schemes run (vLLM's names): weight-only int4 / int8 with group or channel scales ("pack-quantized", W4A16
 symmetric or not, W8A16), int8 weights with per-channel scales and dynamic int8 activations ("int-quantized",
 W8A8), float8 e4m3 weights with per-tensor or per-channel scales and dynamic activations ("float-quantized",
-FP8_DYNAMIC). Anything else is refused naming the layer and what it asks for.
+FP8_DYNAMIC); for both, activations may instead have one static scale a layer (input_scale: FP8). Anything else is refused naming the layer and what it asks for.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class ActivationScheme:
     type: str
     """"int" (int8) or "float" (float8 e4m3)."""
     strategy: str
-    """"token" (one scale per row of the activations) or "tensor"."""
+    """"token" (one scale per row of the activations), "tensor" (one for all, both computed at run time) or
+    "static" (the checkpoint's input_scale, one per layer)."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _parse_scheme(name: str, group: dict[str, Any], default_format: str | None) 
         if activations is None:
             ok = bits in (4, 8) and strategy in ("group", "channel") and (bits == 4 or symmetric)
         else:
-            ok = bits == 8 and strategy == "channel" and symmetric and activations.type == "int"
+            ok = bits == 8 and strategy in ("channel", "tensor") and symmetric and activations.type == "int"
     elif kind == "float" and fmt == "float-quantized":
         ok = bits == 8 and strategy in ("tensor", "channel") and symmetric
         ok = ok and (activations is None or activations.type == "float")
@@ -142,8 +143,9 @@ def _parse_scheme(name: str, group: dict[str, Any], default_format: str | None) 
     if not ok:
         raise ValueError(
             f"{where}: weights {scheme.describe()} are not supported; supported: W4A16 (int4, group or channel, "
-            "symmetric or not), W8A16 (int8, group or channel, symmetric), W8A8 (int8 channel weights, dynamic "
-            "int8 activations), FP8 (float8 e4m3 tensor or channel weights, dynamic float8 activations)"
+            "symmetric or not), W8A16 (int8, group or channel, symmetric), W8A8 (int8 channel or tensor weights, "
+            "int8 activations), FP8 (float8 e4m3 tensor or channel weights, float8 activations); activations "
+            "dynamic or with one static scale"
         )
     return scheme
 
@@ -153,10 +155,13 @@ def _parse_activations(where: str, activations: dict[str, Any] | None) -> Activa
         return None
     kind, strategy = activations.get("type", "int"), activations.get("strategy")
     if not activations.get("dynamic"):
-        raise ValueError(
-            f"{where}: static input_activations scales are not supported yet (only dynamic activations)"
-        )
-    if int(activations.get("num_bits", 8)) != 8 or strategy not in ("token", "tensor"):
+        if strategy != "tensor":
+            raise ValueError(
+                f"{where}: static input_activations with strategy {strategy!r} are not supported (only one "
+                "static scale per tensor, or dynamic activations)"
+            )
+        strategy = "static"
+    if int(activations.get("num_bits", 8)) != 8 or strategy not in ("token", "tensor", "static"):
         raise ValueError(
             f"{where}: input_activations {kind}{activations.get('num_bits')} {strategy} are not supported "
             "(only 8-bit, per token or per tensor)"

@@ -8,8 +8,9 @@ Byte layout read (compressed-tensors' compressors, the library's own writer in t
     bits * (i + 1)) with an offset of 2^(bits - 1); weight_scale [rows, cols / group_size] (or [rows, 1] per
     channel); weight_shape int64 [2] = (rows, cols); asymmetric: weight_zero_point int32 packed the same way along
     the rows, [ceil(rows * bits / 32), groups]. weight = (q - zero_point) * scale.
-  int-quantized / naive-quantized: weight int8 [rows, cols], weight_scale [rows, 1].
+  int-quantized / naive-quantized: weight int8 [rows, cols], weight_scale [rows, 1] or [1].
   float-quantized: weight float8_e4m3fn [rows, cols], weight_scale [rows, 1] or [1].
+  Static activation schemes add input_scale [1] (one scale for the layer's input).
 """
 
 from __future__ import annotations
@@ -23,18 +24,23 @@ from pagedserve.layers.gguf_quant import QuantizedTensor
 from pagedserve.models.ct_scheme import CompressedTensorsConfig, WeightScheme
 
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
-PART_NAMES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight")
-# Parts of schemes the engine refuses (ct_scheme.py), should a checkpoint carry them anyway.
-REFUSED_PARTS = ("input_scale", "input_zero_point", "weight_g_idx", "output_scale", "weight_global_scale")
+PART_NAMES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight", "input_scale")
+# Parts of schemes the engine refuses (ct_scheme.py), should a checkpoint carry them anyway; input_scale belongs to
+# static activation schemes only.
+REFUSED_PARTS = ("input_zero_point", "weight_g_idx", "output_scale", "weight_global_scale")
 
 Weight = torch.Tensor | QuantizedTensor | ScaledTensor
+
+
+def _static(scheme: WeightScheme | None) -> bool:
+    return scheme is not None and scheme.activations is not None and scheme.activations.strategy == "static"
 
 
 def _required(scheme: WeightScheme) -> set[str]:
     if scheme.format == "pack-quantized":
         parts = {"weight_packed", "weight_scale", "weight_shape"}
         return parts if scheme.symmetric else parts | {"weight_zero_point"}
-    return {"weight", "weight_scale"}
+    return {"weight", "weight_scale", "input_scale"} if _static(scheme) else {"weight", "weight_scale"}
 
 
 def iter_compressed_weights(
@@ -44,7 +50,7 @@ def iter_compressed_weights(
     for name, tensor in stream:
         module, _, part = name.rpartition(".")
         scheme = config.scheme_for(module) if module.rpartition(".")[2] in LINEAR_NAMES else None
-        if part in REFUSED_PARTS:
+        if part in REFUSED_PARTS or (part == "input_scale" and not _static(scheme)):
             raise ValueError(
                 f"{module}: checkpoint tensor {part} belongs to a scheme the engine does not run"
             )
@@ -98,6 +104,14 @@ def build_weight(
     if scale.numel() not in (1, rows):
         raise ValueError(f"{module}: weight_scale {tuple(scale.shape)} is neither per tensor nor per channel")
     activations = scheme.activations.strategy if scheme.activations else None
+    input_scale = None
+    if _static(scheme):
+        if parts["input_scale"].numel() != 1:
+            raise ValueError(
+                f"{module}: input_scale {tuple(parts['input_scale'].shape)} is not one per tensor"
+            )
+        input_scale = float(parts["input_scale"].float().reshape(()))
     if not keep_quantized:
         return data.float() * scale.reshape(-1, 1)
-    return ScaledTensor(data.contiguous(), scale.reshape(-1).expand(rows).contiguous(), activations)
+    scales = scale.reshape(-1).expand(rows).contiguous()
+    return ScaledTensor(data.contiguous(), scales, activations, input_scale)

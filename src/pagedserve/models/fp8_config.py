@@ -1,15 +1,16 @@
 """An fp8 checkpoint's `quantization_config` (quant_method "fp8", as vLLM and AutoFP8 save them), validated and
 expressed as the compressed-tensors scheme it is: float8 e4m3 weights with one scale a tensor (`weight_scale`),
-activations quantized per tensor at run time. The weights then load as compressed-tensors FP8 ones do
-(ct_weights.py). Plain data; no torch.
+activations quantized per tensor with a scale computed at run time or stored (static). The weights then load as
+compressed-tensors FP8 ones do (ct_weights.py). Plain data; no torch.
 
-Read fields (vLLM's Fp8Config): activation_scheme ("dynamic" runs; "static", with an `input_scale` a layer, is
-refused), ignored_layers (or transformers' modules_to_not_convert: module names kept in float), weight_block_size
+Read fields (vLLM's Fp8Config): activation_scheme ("dynamic", or "static": an `input_scale` a layer),
+ignored_layers (or transformers' modules_to_not_convert: module names kept in float), weight_block_size
 (block-wise scales, `weight_scale_inv`: refused), fmt ("e4m3" or unset).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pagedserve.models.ct_scheme import ActivationScheme, CompressedTensorsConfig, WeightScheme
@@ -24,15 +25,16 @@ FP8_PER_TENSOR = WeightScheme(
     symmetric=True,
     activations=ActivationScheme("float", "tensor"),
 )
+# activation_scheme "static": each layer's input_scale.
+FP8_STATIC = replace(FP8_PER_TENSOR, activations=ActivationScheme("float", "static"))
 
 
 def parse_fp8_config(config: dict[str, Any]) -> CompressedTensorsConfig:
     """ValueError naming the field for what the engine does not run."""
     scheme = config.get("activation_scheme", "dynamic")
-    if scheme != "dynamic":
+    if scheme not in ("dynamic", "static"):
         raise ValueError(
-            f"fp8 quantization_config activation_scheme {scheme!r} is not supported yet (only 'dynamic': "
-            "activation scales computed at run time, not a checkpoint's input_scale)"
+            f"fp8 quantization_config activation_scheme {scheme!r} is not supported (dynamic or static)"
         )
     if config.get("weight_block_size"):
         raise ValueError(
@@ -45,5 +47,6 @@ def parse_fp8_config(config: dict[str, Any]) -> CompressedTensorsConfig:
     ignored = config.get("ignored_layers") or config.get("modules_to_not_convert") or []
     if not isinstance(ignored, list) or not all(isinstance(name, str) for name in ignored):
         raise ValueError("fp8 quantization_config ignored_layers must be a list of module names")
+    weights = FP8_PER_TENSOR if scheme == "dynamic" else FP8_STATIC
     # The LM head is never an fp8 layer (vLLM quantizes linear layers only).
-    return CompressedTensorsConfig(groups=((("Linear",), FP8_PER_TENSOR),), ignore=(*ignored, "lm_head"))
+    return CompressedTensorsConfig(groups=((("Linear",), weights),), ignore=(*ignored, "lm_head"))

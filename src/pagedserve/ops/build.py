@@ -82,13 +82,13 @@ SIGNATURES: dict[str, list] = {
     "int8_epilogue": [_P] * 5 + [ctypes.c_int, _I, _I, ctypes.c_int],
     # x [m, k] int8, w [n, k] int8, acc [m, n] int32, m, n, k, threads
     "int8_gemm": [_P] * 3 + [_I] * 3 + [ctypes.c_int],
-    # x [m, k] (dtype), q [m, k] int8, scales [m] float32, m, k, per_tensor, dtype, threads
-    "int8_quantize": [_P] * 3 + [_I] * 2 + [ctypes.c_int] * 3,
+    # x [m, k] (dtype), q [m, k] int8, scales [m] float32, m, k, per_tensor, dtype, threads, static scale (or 0)
+    "int8_quantize": [_P] * 3 + [_I] * 2 + [ctypes.c_int] * 3 + [_F],
     # x [m, k] (x_dtype), w [n, k] float8 e4m3, w_scale [n], bias (or NULL) float32, out [m, n] (out_dtype), m, n, k,
     # x_dtype, out_dtype, threads
     "gemm_e4m3w": [_P] * 5 + [_I] * 3 + [ctypes.c_int] * 3,
-    # x [m, k] (dtype), out [m, k] float32, m, k, per_tensor, dtype, threads
-    "fp8_quantize": [_P] * 2 + [_I] * 2 + [ctypes.c_int] * 3,
+    # x [m, k] (dtype), out [m, k] float32, m, k, per_tensor, dtype, threads, static scale (or 0)
+    "fp8_quantize": [_P] * 2 + [_I] * 2 + [ctypes.c_int] * 3 + [_F],
     # w [n, k] float8 e4m3, scale [n] float32, out [n, k] float32, n, k, threads
     "e4m3_dequantize": [_P] * 3 + [_I] * 2 + [ctypes.c_int],
     # region, x, n, slot capacity, dtype, rank, world, &seq (int64), timeout_s -> 0, 1 (timeout), 2 (arguments)

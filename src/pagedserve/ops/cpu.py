@@ -298,10 +298,12 @@ def int8_gemm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
     return acc
 
 
-def int8_quantize(x: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """W8A8's dynamic activation quantization of x [m, k] (float32 or bfloat16): int8 [m, k] and float32 scales [m]
-    (per_tensor: one scale, repeated), bit-identical to layers/ct_quant.py's PyTorch path; None where the kernels
-    are not built."""
+def int8_quantize(
+    x: torch.Tensor, per_tensor: bool, static_scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """W8A8's activation quantization of x [m, k] (float32 or bfloat16): int8 [m, k] and float32 scales [m]
+    (per_tensor: one scale, repeated; static_scale: that one, a checkpoint's input_scale), bit-identical to
+    layers/ct_quant.py's PyTorch path; None where the kernels are not built."""
     library = build.load()
     if library is None or x.dtype not in _DTYPE_CODES or x.dim() != 2 or not x.is_contiguous():
         return None
@@ -310,7 +312,7 @@ def int8_quantize(x: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torc
     scales = torch.empty(m, dtype=torch.float32)
     library.int8_quantize(
         x.data_ptr(), q.data_ptr(), scales.data_ptr(), m, k, int(per_tensor), _DTYPE_CODES[x.dtype],
-        torch.get_num_threads(),
+        torch.get_num_threads(), static_scale or 0.0,
     )  # fmt: skip
     return q, scales
 
@@ -337,10 +339,10 @@ def int8_epilogue(
     return out
 
 
-def fp8_quantize(x: torch.Tensor, per_tensor: bool) -> torch.Tensor | None:
-    """FP8's dynamic activation quantization of x [m, k] (float32 or bfloat16): float32 [m, k] holding the float8
-    e4m3 values times their scale (per row, or per_tensor: one), bit-identical to layers/ct_quant.py's PyTorch
-    path; None where the kernels are not built."""
+def fp8_quantize(x: torch.Tensor, per_tensor: bool, static_scale: float | None = None) -> torch.Tensor | None:
+    """FP8's activation quantization of x [m, k] (float32 or bfloat16): float32 [m, k] holding the float8 e4m3
+    values times their scale (per row, or per_tensor: one; static_scale: that one, a checkpoint's input_scale),
+    bit-identical to layers/ct_quant.py's PyTorch path; None where the kernels are not built."""
     library = build.load()
     if library is None or x.dtype not in _DTYPE_CODES or x.dim() != 2 or not x.is_contiguous():
         return None
@@ -349,8 +351,9 @@ def fp8_quantize(x: torch.Tensor, per_tensor: bool) -> torch.Tensor | None:
     m, k = x.shape
     out = torch.empty(m, k, dtype=torch.float32)
     library.fp8_quantize(
-        x.data_ptr(), out.data_ptr(), m, k, int(per_tensor), _DTYPE_CODES[x.dtype], torch.get_num_threads()
-    )
+        x.data_ptr(), out.data_ptr(), m, k, int(per_tensor), _DTYPE_CODES[x.dtype], torch.get_num_threads(),
+        static_scale or 0.0,
+    )  # fmt: skip
     return out
 
 

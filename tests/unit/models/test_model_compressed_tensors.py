@@ -29,6 +29,9 @@ SCHEMES = [
     # 0.4 % of its row's largest, float8 e4m3 by up to 6 % of itself; measured 5.3e-3 (W8A8) and 1.75e-2 (FP8).
     ("W8A8", None, "int8", 0.35, 1e-2),
     ("FP8_DYNAMIC", None, "float8", 0.35, 5e-2),
+    # Static activation scales (one input_scale a layer, from a calibration pass): the FP8 preset, and W8A8 so.
+    ("FP8", None, "float8", 0.35, 5e-2),
+    ("W8A8_STATIC", None, "int8", 0.35, 1e-2),
 ]
 
 
@@ -42,7 +45,13 @@ def kept_kind(module: torch.nn.Module) -> str:
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ct")
     return {
-        preset: write_tiny_ct(root / preset, preset, group_size=group or 32) for preset, group, *_ in SCHEMES
+        preset: write_tiny_ct(
+            root / preset,
+            preset.removesuffix("_STATIC"),
+            group_size=group or 32,
+            static_activations="STATIC" in preset,
+        )
+        for preset, group, *_ in SCHEMES
     }
 
 
@@ -94,13 +103,14 @@ def test_scheme_is_kept_quantized_and_follows_its_dequantized_reference(
 # Zen 4 (AVX-512 BF16), 1.4e-3 on an Intel AMX host (2026-12-02; the same on the commit before this change).
 # Weight-only schemes kept in GGUF blocks: the decode GEMVs quantize activations to 16 bits (ops/csrc/gguf_q16.h),
 # measured 1.2e-5 (W4A16) and 1.5e-5 (W8A16) from transformers, 2026-12-03.
-FOLLOW_TOLERANCE = {"W8A8": 3e-3, "W4A16": 5e-5, "W8A16": 5e-5}
+FOLLOW_TOLERANCE = {"W8A8": 3e-3, "W8A8_STATIC": 3e-3, "W4A16": 5e-5, "W8A16": 5e-5}
 
 
-@pytest.mark.parametrize("preset", ["W4A16", "W8A16", "W8A8", "FP8_DYNAMIC"])
+@pytest.mark.parametrize("preset", ["W4A16", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8", "W8A8_STATIC"])
 def test_kept_logits_follow_transformers_running_the_checkpoint(checkpoints, preset) -> None:
     """transformers runs compressed-tensors checkpoints itself (decompressing, and quantizing activations as the
-    scheme says): measured within 2e-7 of ours for each scheme, 2026-12-02, except W8A8 on some CPUs and the
+    scheme says): measured within 2e-7 of ours for each scheme, 2026-12-02 (the static-activation FP8 and W8A8:
+    1.2e-7 and 1.5e-7, 2026-12-05), except W8A8 on some CPUs and the
     weight-only schemes since their GEMVs quantize activations to 16 bits (FOLLOW_TOLERANCE says why). (It cannot load the asymmetric W4A16 file the library writes: it expects
     unpacked zero points, a transformers/compressed-tensors mismatch.)"""
     folder = checkpoints[preset]
@@ -185,12 +195,12 @@ def config_with(group: dict, **extra) -> dict:
                     "input_activations": {
                         "num_bits": 8,
                         "type": "float",
-                        "strategy": "tensor",
+                        "strategy": "token",
                         "dynamic": False,
                     },
                 }
             ),
-            "static input_activations scales are not supported yet",
+            "static input_activations with strategy 'token' are not supported",
         ),  # fmt: skip
         (config_with({"format": "nvfp4-pack-quantized", "weights": W4}), "format 'nvfp4-pack-quantized'"),
         (config_with({"weights": {**W4, "actorder": "group"}}), "actorder 'group' is not supported yet"),

@@ -11,6 +11,7 @@ import pathlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 from model_steps import load_model, logits_of
 from safetensors.torch import load_file, save_file
 from tests.ct_writer import tiny_llama
@@ -32,9 +33,13 @@ def float_folder(tmp_path_factory) -> pathlib.Path:
     return folder
 
 
-def write_fp8_checkpoint(float_folder: pathlib.Path, folder: pathlib.Path, **config: object) -> pathlib.Path:
+def write_fp8_checkpoint(
+    float_folder: pathlib.Path, folder: pathlib.Path, input_scales: bool = False, **config: object
+) -> pathlib.Path:
     """The float checkpoint saved as an fp8 one: each merged group (q|k|v, gate|up) and each other layer with one
-    scale, its absmax / 448 (the scales online quantization computes), `ignored_layers` left in float."""
+    scale, its absmax / 448 (the scales online quantization computes), `ignored_layers` left in float.
+    input_scales: activation_scheme "static", each layer's input_scale 0.01 times its place in its group (q 0.01,
+    k 0.02, v 0.03; gate 0.01, up 0.02; o and down 0.01)."""
     folder.mkdir()
     tensors = load_file(float_folder / "model.safetensors")
     ignored = set(config.get("ignored_layers", []))  # type: ignore[arg-type]
@@ -47,13 +52,16 @@ def write_fp8_checkpoint(float_folder: pathlib.Path, folder: pathlib.Path, **con
                     continue
                 weights = [tensors[f"{module}.weight"].float() for module in modules]
                 scale = (max(w.abs().amax() for w in weights) / FP8_MAX).clamp(min=1e-12)
-                for module, weight in zip(modules, weights):
+                for place, (module, weight) in enumerate(zip(modules, weights), start=1):
                     fp8 = (weight / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
                     tensors[f"{module}.weight"] = fp8
                     tensors[f"{module}.weight_scale"] = scale.reshape(()).clone()
+                    if input_scales:
+                        tensors[f"{module}.input_scale"] = torch.tensor(0.01 * place)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     settings = json.loads((float_folder / "config.json").read_text())
-    settings["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic", **config}
+    scheme = "static" if input_scales else "dynamic"
+    settings["quantization_config"] = {"quant_method": "fp8", "activation_scheme": scheme, **config}
     (folder / "config.json").write_text(json.dumps(settings))
     return folder
 
@@ -118,10 +126,35 @@ def test_fp8_checkpoint_ignored_layers_and_none(float_folder, tmp_path) -> None:
     assert torch.equal(linears(dense)["model.layers.0.mlp.down_proj"].weight, expected)
 
 
+def test_static_fp8_checkpoint_takes_the_largest_input_scale_of_a_merged_layer(
+    float_folder, tmp_path
+) -> None:
+    """activation_scheme "static": each layer quantizes its input with its stored input_scale; a merged layer
+    (q|k|v) takes its parts' largest, as vLLM does (one input, one scale). A layer's output against the same
+    arithmetic in PyTorch, and logits near the float model's."""
+    checkpoint = write_fp8_checkpoint(float_folder, tmp_path / "static", input_scales=True)
+    config, kept = load_model(checkpoint, keep_quantized=True)
+    layers = linears(kept)
+    qkv, o_proj = layers["model.layers.0.self_attn.qkv_proj"], layers["model.layers.0.self_attn.o_proj"]
+    assert qkv.activation_scheme == o_proj.activation_scheme == "static"
+    assert qkv.input_scale == torch.tensor(0.03).item() and o_proj.input_scale == torch.tensor(0.01).item()
+    x = torch.randn(3, config.hidden_size, generator=torch.Generator().manual_seed(4))
+    scale = torch.tensor(0.03)
+    activations = (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * scale
+    expected = F.linear(activations.double(), (qkv.weight.float() * qkv.weight_scale[:, None]).double())
+    with torch.no_grad():
+        torch.testing.assert_close(qkv(x).double(), expected, rtol=1e-5, atol=1e-5)
+    _, dense = load_model(float_folder, keep_quantized=False)
+    tokens, chunks = [5, 9, 14, 3, 22, 7, 100, 42, 8], [5, 2, 1, 1]
+    torch.testing.assert_close(
+        logits_of(kept, config, tokens, chunks), logits_of(dense, config, tokens, chunks), atol=5e-2, rtol=0
+    )
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"activation_scheme": "static"}, "activation_scheme 'static' is not supported yet"),
+        ({"activation_scheme": "per-token"}, "activation_scheme 'per-token' is not supported"),
         ({"weight_block_size": [128, 128]}, r"weight_block_size \[128, 128\] .* not supported yet"),
         ({"fmt": "e5m2"}, "fmt 'e5m2' is not supported"),
         ({"ignored_layers": "lm_head"}, "ignored_layers must be a list of module names"),
@@ -132,13 +165,17 @@ def test_unsupported_fp8_configs_are_refused_by_name(config, message) -> None:
         parse_fp8_config({"quant_method": "fp8", **config})
 
 
-def test_fp8_flag_is_refused_where_it_cannot_apply(tmp_path) -> None:
+def test_fp8_flag_is_refused_where_it_cannot_apply(float_folder, tmp_path) -> None:
     with pytest.raises(ValueError, match="a .gguf file's matrices are already quantized"):
         resolve_quantization("fp8", "gguf", True, None)
     with pytest.raises(ValueError, match="quantization 'fp8' does not match the checkpoint"):
         resolve_quantization("fp8", "safetensors", False, "awq")
     with pytest.raises(ValueError, match="quantization 'awq' does not match the checkpoint"):
         resolve_quantization("awq", "safetensors", False, "fp8")
-    # A static checkpoint's input_scale never loads silently.
-    with pytest.raises(ValueError, match="activation_scheme 'static'"):
-        parse_fp8_config({"quant_method": "fp8", "activation_scheme": "static"})
+    # An input_scale in a dynamic checkpoint is not silently dropped.
+    checkpoint = write_fp8_checkpoint(float_folder, tmp_path / "fp8", input_scales=True)
+    settings = json.loads((checkpoint / "config.json").read_text())
+    settings["quantization_config"]["activation_scheme"] = "dynamic"
+    (checkpoint / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="input_scale belongs to a scheme the engine does not run"):
+        load_model(checkpoint, keep_quantized=True)

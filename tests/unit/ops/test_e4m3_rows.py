@@ -86,3 +86,22 @@ def test_fp8_layer_matches_its_pytorch_arithmetic(isa_level, activations, m) -> 
     x32 = x if activations is None else _pytorch_fp8_activations(x, activations == "tensor")
     expected = F.linear(x32.double(), (w.float() * scale[:, None]).double(), bias.double())
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_static_scales_are_used_as_given(isa_level, dtype) -> None:
+    """A checkpoint's input_scale (static activations): float8 and int8 values from that scale, not the input's
+    absmax, bit-identical to PyTorch's; values past the scale's range saturate (float8 at 448, int8 at -128/127)."""
+    gen = torch.Generator().manual_seed(11)
+    x = (torch.randn(5, 300, generator=gen) * 3).to(dtype)
+    scale = 0.0123
+    got = cpu_ops.fp8_quantize(x, False, static_scale=scale)
+    s = torch.tensor(scale)
+    expected = (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * s
+    assert got is not None and torch.equal(got, expected)
+    quantized = cpu_ops.int8_quantize(x, False, static_scale=scale)
+    assert quantized is not None
+    q, scales = quantized
+    assert torch.equal(scales, s.expand(5))
+    assert torch.equal(q, torch.round(x.float() / s).clamp(-128, 127).to(torch.int8))
+    assert q.min().item() == -128 and q.max().item() == 127

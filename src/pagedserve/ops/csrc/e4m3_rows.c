@@ -2,8 +2,8 @@
  *
  * fp8_quantize: FP8's dynamic activation quantization. x [m, k] float32 (dtype 0) or bfloat16 (1) ->
  * out float32 [m, k] holding the float8 e4m3 values the checkpoint was calibrated for, already scaled back:
- * scale = max(absmax / 448, 1e-12) per row (per_tensor: one absmax over every row), out = e4m3(clamp(x / scale,
- * +-448)) * scale, bit-identical to the PyTorch expression it replaces, so that a decode step of FP8 layers is
+ * scale = max(absmax / 448, 1e-12) per row (per_tensor: one absmax over every row; static_scale > 0: that one, a
+ * checkpoint's input_scale), out = e4m3(clamp(x / scale, +-448)) * scale, bit-identical to the PyTorch expression it replaces, so that a decode step of FP8 layers is
  * kernel calls only (quantize, then gemv.c's gemm_e4m3w) and decode graphs replay it.
  *
  * The scale and the division are compiled without -ffast-math (int8_rows.c says why: a reciprocal rounds some
@@ -44,10 +44,13 @@ __attribute__((optimize("no-fast-math"))) static void quantize_row(const void *x
     }
 }
 
-int fp8_quantize(const void *x, float *out, int64_t m, int64_t k, int per_tensor, int dtype, int threads) {
+int fp8_quantize(const void *x, float *out, int64_t m, int64_t k, int per_tensor, int dtype, int threads,
+                 float static_scale) {
     if (dtype != 0 && dtype != 1) return 1;
     const int64_t item = dtype == 0 ? 4 : 2;
-    const float tensor_scale = per_tensor ? fp8_scale(absmax_of(x, dtype, m * k)) : 0.0f;
+    if (static_scale > 0.0f) per_tensor = 1;
+    const float tensor_scale =
+        static_scale > 0.0f ? static_scale : (per_tensor ? fp8_scale(absmax_of(x, dtype, m * k)) : 0.0f);
 #pragma omp parallel for schedule(static) num_threads(threads) if (m > 8)
     for (int64_t r = 0; r < m; ++r) {
         const void *row = (const char *)x + r * k * item;

@@ -118,12 +118,16 @@ __attribute__((optimize("no-fast-math"))) static void quantize_row(const void *x
     }
 }
 
-/* x [m, k] float32 (dtype 0) or bfloat16 (1) -> q int8 [m, k], scales float32 [m]. 0, or 1 for a bad dtype. */
+/* x [m, k] float32 (dtype 0) or bfloat16 (1) -> q int8 [m, k], scales float32 [m]. static_scale > 0: that scale
+ * for every row (a checkpoint's input_scale), no absmax. 0, or 1 for a bad dtype. */
 int int8_quantize(const void *x, int8_t *q, float *scales, int64_t m, int64_t k, int per_tensor, int dtype,
-                  int threads) {
+                  int threads, float static_scale) {
     if (dtype != 0 && dtype != 1) return 1;
     const size_t row_bytes = (size_t)k * (dtype == 0 ? 4 : 2);
-    if (per_tensor) {
+    if (static_scale > 0.0f) {
+        per_tensor = 1;
+        for (int64_t r = 0; r < m; ++r) scales[r] = static_scale;
+    } else if (per_tensor) {
         float amax = 0.0f;
         for (int64_t r = 0; r < m; ++r) {
             const float a = absmax_row((const char *)x + r * row_bytes, dtype, k);
