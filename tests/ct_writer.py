@@ -34,6 +34,7 @@ FORMATS = {
     "W8A8": "int-quantized",
     "FP8_DYNAMIC": "float-quantized",
     "FP8": "float-quantized",
+    "FP8_BLOCK": "float-quantized",
 }
 
 
@@ -60,6 +61,10 @@ def _min_max_scales(module: torch.nn.Module) -> None:
         low, high = grouped.amin(-1), grouped.amax(-1)
     elif args.strategy == "channel":
         low, high = weight.amin(1, keepdim=True), weight.amax(1, keepdim=True)
+    elif args.strategy == "block":
+        rows, cols = args.block_structure
+        blocks = weight.reshape(weight.shape[0] // rows, rows, weight.shape[1] // cols, cols)
+        low, high = blocks.amin(dim=(1, 3)), blocks.amax(dim=(1, 3))
     else:
         low, high = weight.amin().reshape(1), weight.amax().reshape(1)
     scale, zero_point = calculate_qparams(low, high, args)
@@ -103,12 +108,17 @@ def compress_and_save(
     strategy: str | None = None,
     ignore: tuple[str, ...] = ("lm_head",),
     static_activations: bool = False,
+    block: int | None = None,
 ) -> pathlib.Path:
     """`model` quantized with `preset` (a compressed-tensors preset name) and saved to `folder` (config.json with
     the quantization_config, model.safetensors); group schemes use `group_size`, `strategy` overrides the
     weights' strategy, `static_activations` makes the activations' scale one static value a layer (as the FP8
-    preset has it)."""
+    preset has it), `block` sets a block scheme's block size (rows, columns and the activations' group: the tiny
+    model is narrower than the presets' 128)."""
     scheme = preset_name_to_scheme(preset, ["Linear"])
+    if block:
+        scheme.weights.block_structure = [block, block]
+        scheme.input_activations.group_size = block
     if static_activations:
         scheme.input_activations.dynamic = False
         scheme.input_activations.strategy = "tensor"

@@ -138,9 +138,9 @@ def test_tensor_parallel_ranks_replay_their_collectives(tiny_q4_1, capfd) -> Non
     assert "stays eager" not in logs
 
 
-@pytest.mark.parametrize("scheme", ["W8A8", "FP8", "fp8"])
+@pytest.mark.parametrize("scheme", ["W8A8", "FP8", "FP8_BLOCK", "fp8"])
 def test_int8_and_float8_steps_are_replayed(tmp_path, scheme) -> None:
-    """compressed-tensors W8A8 and FP8 (static activation scales) checkpoints, and a float checkpoint quantized to
+    """compressed-tensors W8A8, FP8 (static activation scales) and FP8_BLOCK checkpoints, and a float checkpoint quantized to
     float8 at load (--quantization fp8): each layer's activation quantization and product are C calls (ops/csrc/int8_rows.c; e4m3_rows.c and
     gemv.c's gemm_e4m3w), so their decode steps are captured and replay what eager steps compute, exactly. (On the
     AVX-512 levels the W8A8 product is torch._int_mm and those steps stay eager.)"""
@@ -150,7 +150,7 @@ def test_int8_and_float8_steps_are_replayed(tmp_path, scheme) -> None:
 
     folder = tmp_path / scheme
     if scheme != "fp8":
-        write_tiny_ct(folder, scheme)
+        write_tiny_ct(folder, scheme, block=32 if scheme == "FP8_BLOCK" else None)
         quantization = {}
     else:
         tiny_llama().save_pretrained(folder)

@@ -8,11 +8,11 @@ convert exactly (their 8 mantissa bits fit in float16's 11) inside float16's ran
 rounded once to float16 (relative error <= 2^-11).
 
 W8A8 (int8 weights, per-channel scales, dynamic int8 activations) and FP8 (float8 e4m3 weights, dynamic float8
-activations) stay as `ScaledTensor`: int8 rows multiplied by torch._int_mm after quantizing each row of the
-activations per token (scale = absmax / 127.5, compressed-tensors' own definition: transformers running the
-checkpoint then matched our logits within 2e-7, against 7e-3 with vLLM's absmax / 127); float8 weights multiplied
-by a C kernel that widens each weight as it reads it (a decode step's few rows), or widened once and multiplied by
-the GEMM (prefill).
+activations) stay as `ScaledTensor`: int8 rows multiplied in int32 (int8_gemm, or torch._int_mm on AVX-512) after
+quantizing each row of the activations per token (scale = absmax / 127.5, compressed-tensors' own definition:
+transformers running the checkpoint then matched our logits within 2e-7, against 7e-3 with vLLM's absmax / 127) or
+with a checkpoint's static input_scale; float8 weights, with a scale a row or a block, multiplied by a C kernel that
+widens each weight as it reads it (a decode step's few rows), or widened once and multiplied by the GEMM (prefill).
 """
 
 from __future__ import annotations
@@ -35,28 +35,43 @@ FP8_GEMM_MAX_ROWS = 8
 
 @dataclass
 class ScaledTensor:
-    """int8 or float8_e4m3fn weights [rows, cols] with one float32 scale per row; weight = data * scale."""
+    """int8 or float8_e4m3fn weights [rows, cols] with float32 scales, one a row or one a block; weight = data *
+    its scale."""
 
     data: torch.Tensor
     scale: torch.Tensor
-    """float32 [rows] (a per-tensor scale repeated on every row)."""
+    """float32 [rows] (a per-tensor scale repeated on every row), or with `block` [ceil(rows / block rows),
+    ceil(cols / block columns)]."""
     activations: str | None
-    """Activation quantization: "token" or "tensor" (dynamic: a scale from each row's or the whole input's
-    absmax), "static" (the checkpoint's input_scale), or None (activations stay in float)."""
+    """Activation quantization: "token", "tensor" or "group" (dynamic: a scale from the absmax of each row, of the
+    whole input, or of each block-columns-wide group of a row: block FP8), "static" (the checkpoint's
+    input_scale), or None (activations stay in float)."""
     input_scale: float | None = None
     """For "static": the activations' scale."""
+    block: tuple[int, int] | None = None
+    """(rows, columns) a weight scale covers (DeepSeek-style block FP8: 128 x 128); None: one scale a row."""
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.data.shape)  # type: ignore[return-value]
 
     def dequantize(self) -> torch.Tensor:
-        return self.data.float() * self.scale[:, None]
+        return self.data.float() * expand_scales(self.scale, self.block, self.shape)
+
+
+def expand_scales(scale: torch.Tensor, block: tuple[int, int] | None, shape: tuple[int, int]) -> torch.Tensor:
+    """The scale of every weight of a [rows, cols] weight (broadcastable): [rows, 1], or a block's over its rows x
+    columns."""
+    if block is None:
+        return scale[:, None]
+    rows, cols = shape
+    return scale.repeat_interleave(block[0], dim=0)[:rows].repeat_interleave(block[1], dim=1)[:, :cols]
 
 
 def _per_row_scales(
     values: torch.Tensor, strategy: str, maximum: float, static: float | None = None
 ) -> torch.Tensor:
+    """Scales [rows, 1] (or [1, 1]); groups: _fp8_activations."""
     if strategy == "static":
         return torch.tensor(static, dtype=torch.float32).reshape(1, 1)
     if strategy == "token":
@@ -66,6 +81,17 @@ def _per_row_scales(
     return (amax / maximum).clamp(min=1e-12)
 
 
+def _fp8_activations(x32: torch.Tensor, strategy: str, static: float | None, group: int) -> torch.Tensor:
+    """x rounded to float8 e4m3 with its scale and scaled back (the kernels' fp8_quantize, in PyTorch)."""
+    if group:
+        grouped = x32.reshape(x32.shape[0], -1, group)
+        scale = (grouped.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+        rounded = (grouped / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * scale
+        return rounded.reshape(x32.shape)
+    scale = _per_row_scales(x32, strategy, FP8_MAX, static)
+    return (x32 / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * scale
+
+
 def scaled_linear(
     x: torch.Tensor,
     data: torch.Tensor,
@@ -73,9 +99,10 @@ def scaled_linear(
     activations: str | None,
     bias: torch.Tensor | None,
     input_scale: float | None = None,
+    block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """x [tokens, cols] @ (data * scale)^T (+ bias), activations quantized as the checkpoint's scheme says (with
-    `input_scale` for "static"); float32 arithmetic, returned in x's dtype."""
+    `input_scale` for "static", in groups of block[1] for "group"); float32 arithmetic, returned in x's dtype."""
     if data.dtype == torch.int8 and activations is not None:
         # With the kernels a decode step's W8A8 product is three C calls (quantize, product, epilogue), which a
         # decode graph replays (worker/cpu_graph.py).
@@ -98,19 +125,18 @@ def scaled_linear(
     else:
         x32 = None
         if activations is not None:  # float8 activations: the values the checkpoint was calibrated with
-            x32 = cpu_ops.fp8_quantize(x, activations == "tensor", input_scale)
+            group = block[1] if activations == "group" and block else 0
+            x32 = cpu_ops.fp8_quantize(x, activations == "tensor", input_scale, group)
             if x32 is None:
-                x32 = x.float()
-                x_scale = _per_row_scales(x32, activations, FP8_MAX, input_scale)
-                x32 = (x32 / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * x_scale
+                x32 = _fp8_activations(x.float(), activations, input_scale, group)
         if data.dtype == torch.float8_e4m3fn and x.shape[0] <= FP8_GEMM_MAX_ROWS:
             bias32 = None if bias is None else bias.float().contiguous()
-            out = cpu_ops.gemm_e4m3w(x if x32 is None else x32, data, scale, bias32, x.dtype)
+            out = cpu_ops.gemm_e4m3w(x if x32 is None else x32, data, scale, bias32, x.dtype, block)
             if out is not None:
                 return out
-        weight = cpu_ops.e4m3_dequantize(data, scale) if data.dtype == torch.float8_e4m3fn else None
+        weight = cpu_ops.e4m3_dequantize(data, scale, block) if data.dtype == torch.float8_e4m3fn else None
         if weight is None:
-            weight = data.float() * scale[:, None]
+            weight = data.float() * expand_scales(scale, block, tuple(data.shape))
         out = F.linear(x.float() if x32 is None else x32, weight)
     if bias is not None:
         out.add_(bias.float())

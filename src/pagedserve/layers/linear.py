@@ -41,6 +41,9 @@ class LinearBase(nn.Module):
     """GGML type of a weight kept in GGUF blocks (gguf_quant.py); None for a float weight."""
     activation_scheme: str | None = None
     """For an int8 / float8 weight (ScaledTensor, with the `weight_scale` buffer): how activations are quantized."""
+    weight_block: tuple[int, int] | None = None
+    """For a ScaledTensor weight with block scales: (rows, columns) one scale covers; `weight_scale` is then
+    [ceil(rows / block rows), ceil(cols / block columns)]."""
     input_scale: float | None = None
     """For activation_scheme "static": the activations' scale (a merged layer's: the largest of its parts', as
     vLLM takes it: one input, one scale)."""
@@ -71,10 +74,22 @@ class LinearBase(nn.Module):
             loaded = self._prepare_weight(take_input_perm(self, loaded, shard_id))
             target = self.weight.data.narrow(0, offset, size)
             if isinstance(loaded, ScaledTensor):
-                self.weight_scale.narrow(0, offset, size).copy_(_checked(loaded.scale, (size,), shard_id))
+                self._load_scales(loaded, offset, size, shard_id)
             if isinstance(loaded, QuantizedTensor | ScaledTensor):
                 loaded = loaded.data
         target.copy_(_checked(loaded, tuple(target.shape), shard_id))
+
+    def _load_scales(self, loaded: ScaledTensor, offset: int, size: int, shard_id: str | None) -> None:
+        if self.weight_block is None:
+            self.weight_scale.narrow(0, offset, size).copy_(_checked(loaded.scale, (size,), shard_id))
+            return
+        rows, cols = self.weight_block
+        if offset % rows:
+            raise ValueError(
+                f"{shard_id or 'weight'}: rows from {offset} do not start a {rows}-row block of weight scales"
+            )
+        target = self.weight_scale.narrow(0, offset // rows, -(-size // rows))
+        target.copy_(_checked(loaded.scale, tuple(target.shape), shard_id))
 
     def _prepare_weight(
         self, loaded: torch.Tensor | QuantizedTensor | ScaledTensor
@@ -110,7 +125,13 @@ class LinearBase(nn.Module):
         if first and isinstance(loaded, ScaledTensor) and loaded.shape[1] == self.input_size:
             data = torch.empty(self.output_size, self.input_size, dtype=loaded.data.dtype)
             self.weight = nn.Parameter(data, requires_grad=False)
-            self.register_buffer("weight_scale", torch.empty(self.output_size, dtype=torch.float32))
+            self.weight_block = loaded.block
+            if loaded.block is None:
+                scales = torch.empty(self.output_size, dtype=torch.float32)
+            else:
+                rows, cols = loaded.block
+                scales = torch.empty(-(-self.output_size // rows), -(-self.input_size // cols))
+            self.register_buffer("weight_scale", scales)
             self.activation_scheme = loaded.activations or ""
             self.input_scale = loaded.input_scale
             return loaded
@@ -119,6 +140,7 @@ class LinearBase(nn.Module):
             and self.activation_scheme is not None
             and loaded.data.dtype == self.weight.dtype
             and (loaded.activations or "") == self.activation_scheme
+            and loaded.block == self.weight_block
         ):
             if loaded.input_scale is not None and self.input_scale is not None:
                 self.input_scale = max(self.input_scale, loaded.input_scale)
@@ -153,8 +175,9 @@ class LinearBase(nn.Module):
             return gguf_linear(x, self.weight, self.weight_type, self.input_size, self.bias)
         if self.activation_scheme is not None:
             return scaled_linear(
-                x, self.weight, self.weight_scale, self.activation_scheme or None, self.bias, self.input_scale
-            )
+                x, self.weight, self.weight_scale, self.activation_scheme or None, self.bias, self.input_scale,
+                self.weight_block,
+            )  # fmt: skip
         return linear(x, self.weight, self.bias)
 
 

@@ -4,7 +4,9 @@ each linear layer was saved in, validated against what the engine runs. Plain da
 The schemes run (vLLM's names): weight-only int4 / int8 with group or channel scales ("pack-quantized", W4A16
 symmetric or not, W8A16), int8 weights with per-channel scales and dynamic int8 activations ("int-quantized",
 W8A8), float8 e4m3 weights with per-tensor or per-channel scales and dynamic activations ("float-quantized",
-FP8_DYNAMIC); for both, activations may instead have one static scale a layer (input_scale: FP8). Anything else is refused naming the layer and what it asks for.
+FP8_DYNAMIC), or scales per block of 128 x 128 weights and per 128-value group of activations (FP8_BLOCK); for
+int8 and per-tensor / per-channel float8, activations may instead have one static scale a layer (input_scale: FP8).
+Anything else is refused naming the layer and what it asks for.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ class ActivationScheme:
     type: str
     """"int" (int8) or "float" (float8 e4m3)."""
     strategy: str
-    """"token" (one scale per row of the activations), "tensor" (one for all, both computed at run time) or
-    "static" (the checkpoint's input_scale, one per layer)."""
+    """"token" (one scale per row of the activations), "tensor" (one for all), "group" (one per `group_size` values
+    of a row; with block weights), all computed at run time, or "static" (the checkpoint's input_scale, one per
+    layer)."""
+    group_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -36,17 +40,22 @@ class WeightScheme:
     """"int" or "float"."""
     num_bits: int
     strategy: str
-    """"channel", "group" or "tensor": one scale per output row, per `group_size` weights of a row, or one."""
+    """"channel", "group", "tensor" or "block": one scale per output row, per `group_size` weights of a row, one,
+    or one per `block` of rows x columns."""
     group_size: int | None
     symmetric: bool
     """False: a zero point per scale (weight_zero_point)."""
     activations: ActivationScheme | None
     """Dynamic activation quantization; None for weight-only (A16) schemes."""
+    block: tuple[int, int] | None = None
+    """For strategy "block": (rows, columns) one weight scale covers."""
 
     def describe(self) -> str:
         what = f"{self.format} {self.type}{self.num_bits} {self.strategy}"
         if self.group_size:
             what += f" {self.group_size}"
+        if self.block:
+            what += f" {self.block[0]}x{self.block[1]}"
         if not self.symmetric:
             what += " asymmetric"
         if self.activations:
@@ -129,14 +138,30 @@ def _parse_scheme(name: str, group: dict[str, Any], default_format: str | None) 
     if strategy == "group" and (not group_size or group_size % GROUP_MULTIPLE):
         raise ValueError(f"{where}: group_size {group_size} must be a multiple of {GROUP_MULTIPLE}")
     activations = _parse_activations(where, group.get("input_activations"))
-    scheme = WeightScheme(fmt, kind, bits, strategy, group_size, symmetric, activations)
+    block = None
+    if strategy == "block":
+        structure = weights.get("block_structure")
+        if not (isinstance(structure, list) and len(structure) == 2 and all(int(v) > 0 for v in structure)):
+            raise ValueError(
+                f"{where}: block weights need a block_structure [rows, columns], got {structure!r}"
+            )
+        block = (int(structure[0]), int(structure[1]))
+        group_size = None
+        if activations is not None and activations.strategy == "group" and activations.group_size != block[1]:
+            raise ValueError(
+                f"{where}: input_activations group_size {activations.group_size} must equal the weight blocks' "
+                f"{block[1]} columns"
+            )
+    elif activations is not None and activations.strategy == "group":
+        raise ValueError(f"{where}: group input_activations are supported with block weights only")
+    scheme = WeightScheme(fmt, kind, bits, strategy, group_size, symmetric, activations, block)
     if kind == "int" and fmt != "float-quantized":
         if activations is None:
             ok = bits in (4, 8) and strategy in ("group", "channel") and (bits == 4 or symmetric)
         else:
             ok = bits == 8 and strategy in ("channel", "tensor") and symmetric and activations.type == "int"
     elif kind == "float" and fmt == "float-quantized":
-        ok = bits == 8 and strategy in ("tensor", "channel") and symmetric
+        ok = bits == 8 and strategy in ("tensor", "channel", "block") and symmetric
         ok = ok and (activations is None or activations.type == "float")
     else:
         ok = False
@@ -144,8 +169,8 @@ def _parse_scheme(name: str, group: dict[str, Any], default_format: str | None) 
         raise ValueError(
             f"{where}: weights {scheme.describe()} are not supported; supported: W4A16 (int4, group or channel, "
             "symmetric or not), W8A16 (int8, group or channel, symmetric), W8A8 (int8 channel or tensor weights, "
-            "int8 activations), FP8 (float8 e4m3 tensor or channel weights, float8 activations); activations "
-            "dynamic or with one static scale"
+            "int8 activations), FP8 (float8 e4m3 tensor, channel or block weights, float8 activations); "
+            "activations dynamic or with one static scale"
         )
     return scheme
 
@@ -161,11 +186,13 @@ def _parse_activations(where: str, activations: dict[str, Any] | None) -> Activa
                 "static scale per tensor, or dynamic activations)"
             )
         strategy = "static"
-    if int(activations.get("num_bits", 8)) != 8 or strategy not in ("token", "tensor", "static"):
+    if int(activations.get("num_bits", 8)) != 8 or strategy not in ("token", "tensor", "static", "group"):
         raise ValueError(
             f"{where}: input_activations {kind}{activations.get('num_bits')} {strategy} are not supported "
             "(only 8-bit, per token or per tensor)"
         )
     if not activations.get("symmetric", True):
         raise ValueError(f"{where}: asymmetric input_activations are not supported")
+    if strategy == "group":
+        return ActivationScheme(kind, strategy, int(activations.get("group_size") or 0))
     return ActivationScheme(kind, strategy)

@@ -49,6 +49,10 @@ def iter_compressed_weights(
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in stream:
         module, _, part = name.rpartition(".")
+        if (
+            part == "weight_scale_inv"
+        ):  # block FP8 as vLLM's fp8 method saves it: the multiplier, as weight_scale
+            part = "weight_scale"
         scheme = config.scheme_for(module) if module.rpartition(".")[2] in LINEAR_NAMES else None
         if part in REFUSED_PARTS or (part == "input_scale" and not _static(scheme)):
             raise ValueError(
@@ -100,7 +104,25 @@ def build_weight(
         raise ValueError(
             f"{module}: weight is {data.dtype} {tuple(data.shape)}, {scheme.describe()} stores {expected}"
         )
-    rows = data.shape[0]
+    rows, cols = data.shape
+    if scheme.block is not None:
+        blocks = (-(-rows // scheme.block[0]), -(-cols // scheme.block[1]))
+        if tuple(scale.shape) != blocks:
+            raise ValueError(
+                f"{module}: weight_scale {tuple(scale.shape)} is not one a {scheme.block[0]}x{scheme.block[1]} "
+                f"block of {rows}x{cols} weights {blocks}"
+            )
+        if (
+            scheme.activations is not None
+            and scheme.activations.strategy == "group"
+            and cols % scheme.block[1]
+        ):
+            raise ValueError(
+                f"{module}: {cols} columns do not split into activation groups of {scheme.block[1]}"
+            )
+        weight = ScaledTensor(data.contiguous(), scale.contiguous(), scheme.activations.strategy
+                              if scheme.activations else None, block=scheme.block)  # fmt: skip
+        return weight if keep_quantized else weight.dequantize()
     if scale.numel() not in (1, rows):
         raise ValueError(f"{module}: weight_scale {tuple(scale.shape)} is neither per tensor nor per channel")
     activations = scheme.activations.strategy if scheme.activations else None

@@ -84,13 +84,14 @@ SIGNATURES: dict[str, list] = {
     "int8_gemm": [_P] * 3 + [_I] * 3 + [ctypes.c_int],
     # x [m, k] (dtype), q [m, k] int8, scales [m] float32, m, k, per_tensor, dtype, threads, static scale (or 0)
     "int8_quantize": [_P] * 3 + [_I] * 2 + [ctypes.c_int] * 3 + [_F],
-    # x [m, k] (x_dtype), w [n, k] float8 e4m3, w_scale [n], bias (or NULL) float32, out [m, n] (out_dtype), m, n, k,
-    # x_dtype, out_dtype, threads
-    "gemm_e4m3w": [_P] * 5 + [_I] * 3 + [ctypes.c_int] * 3,
-    # x [m, k] (dtype), out [m, k] float32, m, k, per_tensor, dtype, threads, static scale (or 0)
-    "fp8_quantize": [_P] * 2 + [_I] * 2 + [ctypes.c_int] * 3 + [_F],
-    # w [n, k] float8 e4m3, scale [n] float32, out [n, k] float32, n, k, threads
-    "e4m3_dequantize": [_P] * 3 + [_I] * 2 + [ctypes.c_int],
+    # x [m, k] (x_dtype), w [n, k] float8 e4m3, w_scale [ceil(n / block_n), ceil(k / block_k)] float32, block_n,
+    # block_k, bias (or NULL) float32, out [m, n] (out_dtype), m, n, k, x_dtype, out_dtype, threads
+    "gemm_e4m3w": [_P] * 3 + [_I] * 2 + [_P] * 2 + [_I] * 3 + [ctypes.c_int] * 3,
+    # x [m, k] (dtype), out [m, k] float32, m, k, group (0: the row), per_tensor, dtype, threads, static scale (or 0)
+    "fp8_quantize": [_P] * 2 + [_I] * 3 + [ctypes.c_int] * 3 + [_F],
+    # w [n, k] float8 e4m3, scale [ceil(n / block_n), ceil(k / block_k)] float32, block_n, block_k, out [n, k]
+    # float32, n, k, threads
+    "e4m3_dequantize": [_P] * 2 + [_I] * 2 + [_P] + [_I] * 2 + [ctypes.c_int],
     # region, x, n, slot capacity, dtype, rank, world, &seq (int64), timeout_s -> 0, 1 (timeout), 2 (arguments)
     "shm_all_reduce": [_P, _P, _I, _I, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _F],
     # region, x, nbytes, out [world, nbytes], slot capacity, rank, world, &seq (int64), timeout_s -> as above

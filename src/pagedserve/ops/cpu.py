@@ -339,10 +339,13 @@ def int8_epilogue(
     return out
 
 
-def fp8_quantize(x: torch.Tensor, per_tensor: bool, static_scale: float | None = None) -> torch.Tensor | None:
+def fp8_quantize(
+    x: torch.Tensor, per_tensor: bool, static_scale: float | None = None, group: int = 0
+) -> torch.Tensor | None:
     """FP8's activation quantization of x [m, k] (float32 or bfloat16): float32 [m, k] holding the float8 e4m3
-    values times their scale (per row, or per_tensor: one; static_scale: that one, a checkpoint's input_scale),
-    bit-identical to layers/ct_quant.py's PyTorch path; None where the kernels are not built."""
+    values times their scale (per row, per `group` values of a row, or per_tensor: one; static_scale: that one, a
+    checkpoint's input_scale), bit-identical to layers/ct_quant.py's PyTorch path; None where the kernels are not
+    built."""
     library = build.load()
     if library is None or x.dtype not in _DTYPE_CODES or x.dim() != 2 or not x.is_contiguous():
         return None
@@ -351,17 +354,23 @@ def fp8_quantize(x: torch.Tensor, per_tensor: bool, static_scale: float | None =
     m, k = x.shape
     out = torch.empty(m, k, dtype=torch.float32)
     library.fp8_quantize(
-        x.data_ptr(), out.data_ptr(), m, k, int(per_tensor), _DTYPE_CODES[x.dtype], torch.get_num_threads(),
+        x.data_ptr(), out.data_ptr(), m, k, group, int(per_tensor), _DTYPE_CODES[x.dtype], torch.get_num_threads(),
         static_scale or 0.0,
     )  # fmt: skip
     return out
 
 
 def gemm_e4m3w(
-    x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    x: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+    block: tuple[int, int] | None = None,
 ) -> torch.Tensor | None:
-    """x [m, k] (float32 or bfloat16) @ (w float8_e4m3fn [n, k] * w_scale float32 [n])^T (+ float32 bias), in
-    `dtype` (float32 or bfloat16); None where the kernels are not built."""
+    """x [m, k] (float32 or bfloat16) @ (w float8_e4m3fn [n, k] * its scales)^T (+ float32 bias), in `dtype`
+    (float32 or bfloat16): w_scale float32 [n] (one a row), or with `block` (rows, columns) [ceil(n / rows),
+    ceil(k / columns)]; None where the kernels are not built."""
     library = build.load()
     tensors = [x, w, w_scale] + ([bias] if bias is not None else [])
     if library is None or x.dtype not in _DTYPE_CODES or dtype not in _DTYPE_CODES:
@@ -369,21 +378,29 @@ def gemm_e4m3w(
     if not all(t.is_contiguous() and t.device.type == "cpu" for t in tensors):
         return None
     (m, k), n = x.shape, w.shape[0]
+    block_n, block_k = block or (1, k)
     out = torch.empty(m, n, dtype=dtype)
     failed = library.gemm_e4m3w(
-        x.data_ptr(), w.data_ptr(), w_scale.data_ptr(), None if bias is None else bias.data_ptr(), out.data_ptr(),
-        m, n, k, _DTYPE_CODES[x.dtype], _DTYPE_CODES[dtype], torch.get_num_threads(),
+        x.data_ptr(), w.data_ptr(), w_scale.data_ptr(), block_n, block_k, None if bias is None else bias.data_ptr(),
+        out.data_ptr(), m, n, k, _DTYPE_CODES[x.dtype], _DTYPE_CODES[dtype], torch.get_num_threads(),
     )  # fmt: skip
     if failed:
         raise MemoryError(f"gemm_e4m3w: no scratch memory for {m} x {k} activations")
     return out
 
 
-def e4m3_dequantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
-    """w float8_e4m3fn [n, k] * scale float32 [n] (per row) as float32 [n, k]; None where the kernels are not built."""
+def e4m3_dequantize(
+    w: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None = None
+) -> torch.Tensor | None:
+    """w float8_e4m3fn [n, k] times its scales (gemm_e4m3w's `w_scale` and `block`) as float32 [n, k]; None where the
+    kernels are not built."""
     library = build.load()
     if library is None or not all(t.is_contiguous() and t.device.type == "cpu" for t in (w, scale)):
         return None
-    out = torch.empty(w.shape, dtype=torch.float32)
-    library.e4m3_dequantize(w.data_ptr(), scale.data_ptr(), out.data_ptr(), *w.shape, torch.get_num_threads())
+    n, k = w.shape
+    block_n, block_k = block or (1, k)
+    out = torch.empty(n, k, dtype=torch.float32)
+    library.e4m3_dequantize(
+        w.data_ptr(), scale.data_ptr(), block_n, block_k, out.data_ptr(), n, k, torch.get_num_threads()
+    )
     return out

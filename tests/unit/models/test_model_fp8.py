@@ -155,7 +155,11 @@ def test_static_fp8_checkpoint_takes_the_largest_input_scale_of_a_merged_layer(
     ("config", "message"),
     [
         ({"activation_scheme": "per-token"}, "activation_scheme 'per-token' is not supported"),
-        ({"weight_block_size": [128, 128]}, r"weight_block_size \[128, 128\] .* not supported yet"),
+        ({"weight_block_size": [128]}, r"weight_block_size must be \[rows, columns\], got \[128\]"),
+        (
+            {"weight_block_size": [128, 128], "activation_scheme": "static"},
+            "weight_block_size needs activation_scheme 'dynamic'",
+        ),
         ({"fmt": "e5m2"}, "fmt 'e5m2' is not supported"),
         ({"ignored_layers": "lm_head"}, "ignored_layers must be a list of module names"),
     ],
@@ -179,3 +183,84 @@ def test_fp8_flag_is_refused_where_it_cannot_apply(float_folder, tmp_path) -> No
     (checkpoint / "config.json").write_text(json.dumps(settings))
     with pytest.raises(ValueError, match="input_scale belongs to a scheme the engine does not run"):
         load_model(checkpoint, keep_quantized=True)
+
+
+BLOCK = (32, 32)
+
+
+def write_block_fp8_checkpoint(float_folder: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+    """The float checkpoint as DeepSeek / Qwen block FP8 checkpoints are saved (quant_method "fp8",
+    weight_block_size): each linear weight float8 with `weight_scale_inv` [ceil(rows / 32), ceil(cols / 32)], one
+    scale (the block's absmax / 448) a 32 x 32 block (128 x 128 in the real ones; the tiny model is 64 wide)."""
+    from pagedserve.layers.ct_quant import expand_scales
+
+    folder.mkdir()
+    tensors = load_file(float_folder / "model.safetensors")
+    for name in [n for n in tensors if n.startswith("model.layers.") and n.endswith("_proj.weight")]:
+        weight = tensors[name].float()
+        rows, cols = weight.shape
+        blocks = weight.reshape(rows // BLOCK[0], BLOCK[0], cols // BLOCK[1], BLOCK[1])
+        scale = (blocks.abs().amax(dim=(1, 3)) / FP8_MAX).clamp(min=1e-12)
+        quantized = (weight / expand_scales(scale, BLOCK, (rows, cols))).clamp(-FP8_MAX, FP8_MAX)
+        tensors[name] = quantized.to(torch.float8_e4m3fn)
+        tensors[name.removesuffix("weight") + "weight_scale_inv"] = scale
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    settings = json.loads((float_folder / "config.json").read_text())
+    settings["quantization_config"] = {
+        "quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3", "weight_block_size": list(BLOCK),
+    }  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(settings))
+    return folder
+
+
+def test_block_fp8_checkpoint_reads_as_transformers_reads_it(float_folder, tmp_path) -> None:
+    """A block FP8 checkpoint: every layer kept float8 with its block scales (q|k|v's stacked), dequantized at load
+    exactly to the weights transformers' own fp8 reader gives (it dequantizes on a CPU); a layer's output against
+    the same arithmetic in PyTorch (activations quantized per token in groups of 32); logits near transformers'
+    (float activations there: within float8's rounding, measured 1.7e-2)."""
+    import transformers
+
+    from pagedserve.layers.ct_quant import _fp8_activations, expand_scales
+
+    checkpoint = write_block_fp8_checkpoint(float_folder, tmp_path / "block")
+    config, kept = load_model(checkpoint, keep_quantized=True)
+    _, dense = load_model(checkpoint, keep_quantized=False)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+    theirs = dict(reference.named_parameters())
+    ours = dict(dense.named_parameters())
+    for index in range(config.num_hidden_layers):
+        prefix = f"model.layers.{index}"
+        q, k, v = (theirs[f"{prefix}.self_attn.{p}_proj.weight"] for p in "qkv")
+        assert torch.equal(ours[f"{prefix}.self_attn.qkv_proj.weight"], torch.cat((q, k, v)))
+        down = theirs[f"{prefix}.mlp.down_proj.weight"]
+        assert torch.equal(ours[f"{prefix}.mlp.down_proj.weight"], down)
+
+    qkv = linears(kept)["model.layers.0.self_attn.qkv_proj"]
+    assert qkv.weight.dtype == torch.float8_e4m3fn and qkv.weight_block == BLOCK
+    assert qkv.activation_scheme == "group" and tuple(qkv.weight_scale.shape) == (4, 2)  # (64 + 32 + 32) / 32
+    x = torch.randn(3, config.hidden_size, generator=torch.Generator().manual_seed(6))
+    widened = qkv.weight.float() * expand_scales(qkv.weight_scale, BLOCK, tuple(qkv.weight.shape))
+    expected = F.linear(_fp8_activations(x, "group", None, BLOCK[1]).double(), widened.double())
+    with torch.no_grad():
+        torch.testing.assert_close(qkv(x).double(), expected, rtol=1e-5, atol=1e-5)
+
+    tokens, chunks = [5, 9, 14, 3, 22, 7, 100, 42, 8], [5, 2, 1, 1]
+    with torch.no_grad():
+        their_logits = reference(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(logits_of(kept, config, tokens, chunks), their_logits, atol=5e-2, rtol=0)
+    torch.testing.assert_close(logits_of(dense, config, tokens, chunks), their_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_block_scales_cut_for_tensor_parallelism_only_on_blocks() -> None:
+    from pagedserve.layers.ct_quant import ScaledTensor
+    from pagedserve.layers.shard import slice_columns, slice_rows
+
+    weight = ScaledTensor(
+        torch.zeros(96, 64, dtype=torch.float8_e4m3fn), torch.rand(3, 2), "group", block=BLOCK
+    )
+    assert tuple(slice_rows(weight, 32, 64).scale.shape) == (2, 2)
+    assert tuple(slice_columns(weight, 32, 32, "down_proj").scale.shape) == (3, 1)
+    with pytest.raises(ValueError, match=r"rows \[16, 48\) do not fall on whole 32-wide scale blocks"):
+        slice_rows(weight, 16, 32)
+    with pytest.raises(ValueError, match="down_proj columns"):
+        slice_columns(weight, 0, 48, "down_proj")

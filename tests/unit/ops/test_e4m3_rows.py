@@ -105,3 +105,42 @@ def test_static_scales_are_used_as_given(isa_level, dtype) -> None:
     assert torch.equal(scales, s.expand(5))
     assert torch.equal(q, torch.round(x.float() / s).clamp(-128, 127).to(torch.int8))
     assert q.min().item() == -128 and q.max().item() == 127
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_quantize_in_groups_is_bit_identical_to_pytorch(isa_level, dtype) -> None:
+    """Block FP8's activations: one scale per 32 values of a row (vLLM's per-token-group quantization), groups of
+    very different magnitudes and an all-zero group (the 1e-12 floor)."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(3, 128, generator=gen) * torch.logspace(-6, 2, 4).repeat_interleave(32)
+    x[1, 32:64] = 0.0
+    x = x.to(dtype)
+    got = cpu_ops.fp8_quantize(x, False, group=32)
+    grouped = x.float().reshape(3, 4, 32)
+    scale = (grouped.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+    expected = ((grouped / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * scale).reshape(
+        3, 128
+    )
+    assert got is not None and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("m", "n", "k", "block"), [(1, 64, 96, (32, 32)), (3, 40, 100, (16, 32)), (8, 45, 64, (8, 64))]
+)
+def test_block_scaled_weights_equal_pytorch(isa_level, m, n, k, block) -> None:
+    """Scales per block of rows x columns (DeepSeek-style FP8; partial blocks at the edges): the widened weight is
+    exact, and the product matches F.linear on it."""
+    from pagedserve.layers.ct_quant import expand_scales
+
+    gen = torch.Generator().manual_seed(m + n + k)
+    w = torch.randn(n, k, generator=gen).to(torch.float8_e4m3fn)
+    scale = torch.rand(-(-n // block[0]), -(-k // block[1]), generator=gen) + 0.1
+    widened = w.float() * expand_scales(scale, block, (n, k))
+    got = cpu_ops.e4m3_dequantize(w, scale, block)
+    assert got is not None and torch.equal(got, widened)
+    x = torch.randn(m, k, generator=gen)
+    bias = torch.randn(n, generator=gen)
+    out = cpu_ops.gemm_e4m3w(x, w, scale, bias, torch.float32, block)
+    assert out is not None
+    expected = F.linear(x.double(), widened.double(), bias.double())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)

@@ -97,26 +97,27 @@ static void gemv_dpbf16(const uint16_t *x, const uint16_t *w, const uint16_t *bi
 
 #ifdef PAGEDSERVE_SIMD
 /* Four output columns n0..n0+3 for every row of x; x already float32, w of storage type T (LOADV widens one
- * vector, LOAD one element). The k tail past the last full vector is added in plain C. */
+ * vector, LOAD one element). k elements of rows `ld` apart (ld > k: a block of the columns, for block scales). The
+ * k tail past the last full vector is added in plain C. */
 #define DEFINE_COLUMNS_FMA(NAME, T, LOADV, LOAD, ROWS)                                                           \
-    static void NAME##_##ROWS(const float *x, const T *w, float *sums, int64_t k, int64_t n0) {                  \
+    static void NAME##_##ROWS(const float *x, const T *w, float *sums, int64_t k, int64_t ld, int64_t n0) {                \
         vf acc[GEMV_COLUMNS_PER_ITER][ROWS];                                                                      \
         for (int c = 0; c < GEMV_COLUMNS_PER_ITER; ++c)                                                           \
             for (int r = 0; r < ROWS; ++r) acc[c][r] = vf_zero();                                                \
         int64_t i = 0;                                                                                            \
         for (; i + VF_LANES <= k; i += VF_LANES) {                                                                \
             vf xs[ROWS];                                                                                          \
-            for (int r = 0; r < ROWS; ++r) xs[r] = vf_load(x + r * k + i);                                        \
+            for (int r = 0; r < ROWS; ++r) xs[r] = vf_load(x + r * ld + i);                                        \
             for (int c = 0; c < GEMV_COLUMNS_PER_ITER; ++c) {                                                     \
-                const vf wv = LOADV(w + (n0 + c) * k + i);                                                        \
-                prefetch_t0(w + (n0 + GEMV_COLUMNS_PER_ITER + c) * k + i);                                        \
+                const vf wv = LOADV(w + (n0 + c) * ld + i);                                                        \
+                prefetch_t0(w + (n0 + GEMV_COLUMNS_PER_ITER + c) * ld + i);                                        \
                 for (int r = 0; r < ROWS; ++r) acc[c][r] = vf_fma(xs[r], wv, acc[c][r]);                         \
             }                                                                                                     \
         }                                                                                                         \
         for (int c = 0; c < GEMV_COLUMNS_PER_ITER; ++c)                                                           \
             for (int r = 0; r < ROWS; ++r) {                                                                      \
                 float total = vf_sum(acc[c][r]);                                                                  \
-                for (int64_t j = i; j < k; ++j) total += x[r * k + j] * LOAD(w[(n0 + c) * k + j]);                \
+                for (int64_t j = i; j < k; ++j) total += x[r * ld + j] * LOAD(w[(n0 + c) * ld + j]);                \
                 sums[c * GEMV_MAX_ROWS + r] = total;                                                              \
             }                                                                                                     \
     }
@@ -125,12 +126,12 @@ static void gemv_dpbf16(const uint16_t *x, const uint16_t *w, const uint16_t *bi
     DEFINE_COLUMNS_FMA(NAME, T, LOADV, LOAD, 2)                                                                   \
     DEFINE_COLUMNS_FMA(NAME, T, LOADV, LOAD, 3)                                                                   \
     DEFINE_COLUMNS_FMA(NAME, T, LOADV, LOAD, 4)                                                                   \
-    static void NAME(const float *x, const T *w, float *sums, int64_t rows, int64_t k, int64_t n0) {             \
+    static void NAME(const float *x, const T *w, float *sums, int64_t rows, int64_t k, int64_t ld, int64_t n0) {\
         switch (rows) {                                                                                           \
-        case 1: NAME##_1(x, w, sums, k, n0); break;                                                               \
-        case 2: NAME##_2(x, w, sums, k, n0); break;                                                               \
-        case 3: NAME##_3(x, w, sums, k, n0); break;                                                               \
-        default: NAME##_4(x, w, sums, k, n0); break;                                                              \
+        case 1: NAME##_1(x, w, sums, k, ld, n0); break;                                                               \
+        case 2: NAME##_2(x, w, sums, k, ld, n0); break;                                                               \
+        case 3: NAME##_3(x, w, sums, k, ld, n0); break;                                                               \
+        default: NAME##_4(x, w, sums, k, ld, n0); break;                                                              \
         }                                                                                                         \
     }
 #define LOAD_F32(v) (v)
@@ -163,10 +164,11 @@ static void column_plain_bf16(const float *x, const uint16_t *w, float *sums, in
     }
 }
 
-static void column_plain_e4m3(const float *x, const uint8_t *w, float *sums, int64_t rows, int64_t k, int64_t n) {
-    const uint8_t *wn = w + n * k;
+static void column_plain_e4m3(const float *x, const uint8_t *w, float *sums, int64_t rows, int64_t k, int64_t ld,
+                              int64_t n) {
+    const uint8_t *wn = w + n * ld;
     for (int r = 0; r < rows; ++r) {
-        const float *xr = x + r * k;
+        const float *xr = x + r * ld;
         float total = 0.0f;
         for (int64_t i = 0; i < k; ++i) total += xr[i] * e4m3_to_f32(wn[i]);
         sums[r] = total;
@@ -202,9 +204,9 @@ int gemv(const void *x, const void *w, const void *bias, void *out, int64_t rows
 #ifdef PAGEDSERVE_SIMD
             if (count == GEMV_COLUMNS_PER_ITER) {
                 if (bf16)
-                    columns_fma_bf16(x32, w, sums, rows, k, n0);
+                    columns_fma_bf16(x32, w, sums, rows, k, k, n0);
                 else
-                    columns_fma_f32(x32, w, sums, rows, k, n0);
+                    columns_fma_f32(x32, w, sums, rows, k, k, n0);
             } else
 #endif
             {
@@ -269,7 +271,7 @@ int gemm_f32_bf16w(const float *x, const uint16_t *w, const float *bias, float *
                 const float *xr = x + r0 * k;
 #ifdef PAGEDSERVE_SIMD
                 if (count == GEMV_COLUMNS_PER_ITER)
-                    columns_fma_bf16(xr, w, sums, rows, k, n0);
+                    columns_fma_bf16(xr, w, sums, rows, k, k, n0);
                 else
 #endif
                     for (int64_t c = 0; c < count; ++c)
@@ -284,15 +286,19 @@ int gemm_f32_bf16w(const float *x, const uint16_t *w, const float *bias, float *
     return 0;
 }
 
-/* float8 e4m3 weights w [n, k] with one float32 scale a row (FP8 checkpoints, --quantization fp8): out [m, n] =
- * (x . w^T) * w_scale[column] (+ float32 bias); x and out each float32 (dtype 0) or bfloat16 (1). Each weight vector
- * is widened as it is read (simd.h's vf_load_e4m3) for MIXED_ROWS rows of x at a time, the same tile as
- * gemm_f32_bf16w: for the few rows of a decode step it streams 1 byte a weight, where widening the whole weight
- * to float32 first (layers/ct_quant.py's path past FP8_GEMM_MAX_ROWS) writes and reads 8 more. 0, or 2 when the
- * scratch for a bfloat16 x could not be had. */
-int gemm_e4m3w(const void *x, const uint8_t *w, const float *w_scale, const float *bias, void *out, int64_t m,
-               int64_t n, int64_t k, int x_dtype, int out_dtype, int threads) {
+/* float8 e4m3 weights w [n, k] with float32 scales over blocks of block_n rows x block_k columns, w_scale
+ * [ceil(n / block_n), ceil(k / block_k)] (one scale a row: block_n 1, block_k k; DeepSeek-style block FP8: 128 x
+ * 128): out [m, n] = sum over column blocks of (x . w^T over the block) * its scale (+ float32 bias); x and out each
+ * float32 (dtype 0) or bfloat16 (1). Each weight vector is widened as it is read (simd.h's vf_load_e4m3) for
+ * MIXED_ROWS rows of x at a time, the same tile as gemm_f32_bf16w: for the few rows of a decode step it streams 1
+ * byte a weight, where widening the whole weight to float32 first (layers/ct_quant.py's path past
+ * FP8_GEMM_MAX_ROWS) writes and reads 8 more. 0, 1 for bad blocks, or 2 when the scratch for a bfloat16 x could not
+ * be had. */
+int gemm_e4m3w(const void *x, const uint8_t *w, const float *w_scale, int64_t block_n, int64_t block_k,
+               const float *bias, void *out, int64_t m, int64_t n, int64_t k, int x_dtype, int out_dtype, int threads) {
+    if (block_n < 1 || block_k < 1) return 1;
     const int bf16 = x_dtype == 1, bf16_out = out_dtype == 1;
+    const int64_t k_blocks = (k + block_k - 1) / block_k;
     float *xf = NULL;
     if (bf16) {
         xf = malloc(sizeof(float) * (size_t)(m * k));
@@ -303,25 +309,33 @@ int gemm_e4m3w(const void *x, const uint8_t *w, const float *w_scale, const floa
     const int64_t groups = n / GEMV_COLUMNS_PER_ITER + (n % GEMV_COLUMNS_PER_ITER != 0);
 #pragma omp parallel num_threads(threads)
     {
-        float sums[GEMV_COLUMNS_PER_ITER * GEMV_MAX_ROWS];
+        float sums[GEMV_COLUMNS_PER_ITER * GEMV_MAX_ROWS], part[GEMV_COLUMNS_PER_ITER * GEMV_MAX_ROWS];
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < groups; ++g) {
             const int64_t n0 = g * GEMV_COLUMNS_PER_ITER;
             const int64_t count = n - n0 < GEMV_COLUMNS_PER_ITER ? n - n0 : GEMV_COLUMNS_PER_ITER;
             for (int64_t r0 = 0; r0 < m; r0 += MIXED_ROWS) {
                 const int64_t rows = m - r0 < MIXED_ROWS ? m - r0 : MIXED_ROWS;
-                const float *xr = x32 + r0 * k;
+                for (int64_t i = 0; i < GEMV_COLUMNS_PER_ITER * GEMV_MAX_ROWS; ++i) sums[i] = 0.0f;
+                for (int64_t kb = 0; kb < k_blocks; ++kb) {
+                    const int64_t k0 = kb * block_k, len = k - k0 < block_k ? k - k0 : block_k;
+                    const float *xr = x32 + r0 * k + k0;
 #ifdef PAGEDSERVE_SIMD
-                if (count == GEMV_COLUMNS_PER_ITER)
-                    columns_fma_e4m3(xr, w, sums, rows, k, n0);
-                else
+                    if (count == GEMV_COLUMNS_PER_ITER)
+                        columns_fma_e4m3(xr, w + k0, part, rows, len, k, n0);
+                    else
 #endif
-                    for (int64_t c = 0; c < count; ++c)
-                        column_plain_e4m3(xr, w, sums + c * GEMV_MAX_ROWS, rows, k, n0 + c);
+                        for (int64_t c = 0; c < count; ++c)
+                            column_plain_e4m3(xr, w + k0, part + c * GEMV_MAX_ROWS, rows, len, k, n0 + c);
+                    for (int64_t c = 0; c < count; ++c) {
+                        const float scale = w_scale[(n0 + c) / block_n * k_blocks + kb];
+                        for (int64_t r = 0; r < rows; ++r)
+                            sums[c * GEMV_MAX_ROWS + r] += part[c * GEMV_MAX_ROWS + r] * scale;
+                    }
+                }
                 for (int64_t c = 0; c < count; ++c)
                     for (int64_t r = 0; r < rows; ++r) {
-                        const float value = sums[c * GEMV_MAX_ROWS + r] * w_scale[n0 + c] +
-                                            (bias != NULL ? bias[n0 + c] : 0.0f);
+                        const float value = sums[c * GEMV_MAX_ROWS + r] + (bias != NULL ? bias[n0 + c] : 0.0f);
                         const int64_t at = (r0 + r) * n + n0 + c;
                         if (bf16_out)
                             ((uint16_t *)out)[at] = f32_to_bf16(value);

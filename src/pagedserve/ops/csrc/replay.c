@@ -63,11 +63,12 @@ int int8_epilogue(const int32_t *acc, const float *x_scale, const float *w_scale
 int int8_gemm(const int8_t *x, const int8_t *w, int32_t *acc, int64_t m, int64_t n, int64_t k, int threads);
 int int8_quantize(const void *x, int8_t *q, float *scales, int64_t m, int64_t k, int per_tensor, int dtype,
                   int threads, float static_scale);
-int gemm_e4m3w(const void *x, const uint8_t *w, const float *w_scale, const float *bias, void *out, int64_t m,
-               int64_t n, int64_t k, int x_dtype, int out_dtype, int threads);
-int fp8_quantize(const void *x, float *out, int64_t m, int64_t k, int per_tensor, int dtype, int threads,
-                 float static_scale);
-int e4m3_dequantize(const uint8_t *w, const float *scale, float *out, int64_t n, int64_t k, int threads);
+int gemm_e4m3w(const void *x, const uint8_t *w, const float *w_scale, int64_t block_n, int64_t block_k,
+               const float *bias, void *out, int64_t m, int64_t n, int64_t k, int x_dtype, int out_dtype, int threads);
+int fp8_quantize(const void *x, float *out, int64_t m, int64_t k, int64_t group, int per_tensor, int dtype,
+                 int threads, float static_scale);
+int e4m3_dequantize(const uint8_t *w, const float *scale, int64_t block_n, int64_t block_k, float *out, int64_t n,
+                    int64_t k, int threads);
 int shm_all_reduce(void *region, void *x, int64_t n, int64_t capacity, int dtype, int rank, int world,
                    int64_t *seq, float timeout_s);
 int shm_all_gather(void *region, const void *x, int64_t nbytes, void *out, int64_t capacity, int rank, int world,
@@ -98,9 +99,11 @@ static int run_one(const replay_call *c) {
     case K_INT8_QUANTIZE:
         return int8_quantize(P(0), P(1), P(2), i[3], i[4], (int)i[5], (int)i[6], (int)i[7], c->f[0]);
     case K_GEMM_E4M3W:
-        return gemm_e4m3w(P(0), P(1), P(2), P(3), P(4), i[5], i[6], i[7], (int)i[8], (int)i[9], (int)i[10]);
-    case K_FP8_QUANTIZE: return fp8_quantize(P(0), P(1), i[2], i[3], (int)i[4], (int)i[5], (int)i[6], c->f[0]);
-    case K_E4M3_DEQUANTIZE: return e4m3_dequantize(P(0), P(1), P(2), i[3], i[4], (int)i[5]);
+        return gemm_e4m3w(P(0), P(1), P(2), i[3], i[4], P(5), P(6), i[7], i[8], i[9], (int)i[10], (int)i[11],
+                          (int)i[12]);
+    case K_FP8_QUANTIZE:
+        return fp8_quantize(P(0), P(1), i[2], i[3], i[4], (int)i[5], (int)i[6], (int)i[7], c->f[0]);
+    case K_E4M3_DEQUANTIZE: return e4m3_dequantize(P(0), P(1), i[2], i[3], P(4), i[5], i[6], (int)i[7]);
     /* Tensor parallelism: every rank replays the same calls in the same order, so the call numbers agree. */
     case K_SHM_ALL_REDUCE:
         return shm_all_reduce(P(0), P(1), i[2], i[3], (int)i[4], (int)i[5], (int)i[6], P(7), c->f[0]);
