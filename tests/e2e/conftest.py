@@ -103,6 +103,17 @@ def launch(tmp_dir: Path, *args: str, env: dict[str, str] | None = None) -> Serv
     return ServerProcess(process, port, log_path)
 
 
+def served_chat(server: ServerProcess, content: str, max_tokens: int = 16):
+    """One greedy chat completion of the served model (its name from /v1/models) through the openai SDK."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    [model] = client.models.list().data
+    return client.chat.completions.create(
+        model=model.id, messages=[{"role": "user", "content": content}], temperature=0, max_tokens=max_tokens
+    )
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The shared server: 4 sequences per step so that 'waiting' moves under a modest load."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 from tests.ct_writer import write_bundled_ct
-from tests.e2e.conftest import launch
+from tests.e2e.conftest import launch, served_chat
 from tests.integration.bundled_prompts import PROMPTS
 
 from pagedserve import LLM, SamplingParams
@@ -76,20 +76,11 @@ def test_greedy_text_follows_transformers_on_the_checkpoint(checkpoint) -> None:
 
 
 def test_checkpoint_is_served_to_the_openai_sdk(checkpoint, tmp_path) -> None:
-    import openai
-
     preset, folder = checkpoint
     server = launch(tmp_path, "--model", str(folder), "--dtype", "float32")
     try:
         server.wait_ready()
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
-        [model] = client.models.list().data
-        chat = client.chat.completions.create(
-            model=model.id,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
-            temperature=0,
-            max_tokens=16,
-        )
+        chat = served_chat(server, "What is the capital of France?")
         assert chat.choices[0].message.content and chat.usage.completion_tokens > 0
         assert "quantization=compressed-tensors" in server.log()
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from tests.ct_writer import bundled_float_folder
-from tests.e2e.conftest import launch
+from tests.e2e.conftest import launch, served_chat
 from tests.integration.bundled_prompts import PROMPTS
 
 from pagedserve import LLM, SamplingParams
@@ -55,19 +55,10 @@ def test_fp8_greedy_text_follows_the_float_model() -> None:
 
 
 def test_fp8_flag_is_served_to_the_openai_sdk(tmp_path) -> None:
-    import openai
-
     server = launch(tmp_path, "--model", str(bundled_float_folder()), "--quantization", "fp8")
     try:
         server.wait_ready()
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
-        [model] = client.models.list().data
-        chat = client.chat.completions.create(
-            model=model.id,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
-            temperature=0,
-            max_tokens=16,
-        )
+        chat = served_chat(server, "What is the capital of France?")
         assert "Paris" in chat.choices[0].message.content
         log = server.log()
         assert "quantization=fp8" in log and "quantization fp8: 120 linear layers quantized" in log

@@ -175,6 +175,14 @@ static void column_plain_e4m3(const float *x, const uint8_t *w, float *sums, int
     }
 }
 
+/* A bfloat16 x widened to float32 in new memory (the caller frees it); NULL when none could be had. */
+static float *widen_bf16(const void *x, int64_t count) {
+    float *out = malloc(sizeof(float) * (size_t)count);
+    if (out != NULL)
+        for (int64_t i = 0; i < count; ++i) out[i] = bf16_to_f32(((const uint16_t *)x)[i]);
+    return out;
+}
+
 int gemv(const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t n, int64_t k, int dtype,
          int threads) {
     if (rows < 1 || rows > GEMV_MAX_ROWS) return 1;
@@ -187,12 +195,8 @@ int gemv(const void *x, const void *w, const void *bias, void *out, int64_t rows
 #endif
     const int64_t groups = n / GEMV_COLUMNS_PER_ITER + (n % GEMV_COLUMNS_PER_ITER != 0);
     /* The other paths multiply float32 x: widen a bfloat16 x once here (rows * k, a few KB). */
-    float *xf = NULL;
-    if (bf16) {
-        xf = malloc(sizeof(float) * (size_t)(rows * k));
-        if (xf == NULL) return 2;
-        for (int64_t i = 0; i < rows * k; ++i) xf[i] = bf16_to_f32(((const uint16_t *)x)[i]);
-    }
+    float *xf = bf16 ? widen_bf16(x, rows * k) : NULL;
+    if (bf16 && xf == NULL) return 2;
     const float *x32 = bf16 ? xf : (const float *)x;
 #pragma omp parallel num_threads(threads)
     {
@@ -299,12 +303,8 @@ int gemm_e4m3w(const void *x, const uint8_t *w, const float *w_scale, int64_t bl
     if (block_n < 1 || block_k < 1) return 1;
     const int bf16 = x_dtype == 1, bf16_out = out_dtype == 1;
     const int64_t k_blocks = (k + block_k - 1) / block_k;
-    float *xf = NULL;
-    if (bf16) {
-        xf = malloc(sizeof(float) * (size_t)(m * k));
-        if (xf == NULL) return 2;
-        for (int64_t i = 0; i < m * k; ++i) xf[i] = bf16_to_f32(((const uint16_t *)x)[i]);
-    }
+    float *xf = bf16 ? widen_bf16(x, m * k) : NULL;
+    if (bf16 && xf == NULL) return 2;
     const float *x32 = bf16 ? xf : (const float *)x;
     const int64_t groups = n / GEMV_COLUMNS_PER_ITER + (n % GEMV_COLUMNS_PER_ITER != 0);
 #pragma omp parallel num_threads(threads)
