@@ -100,6 +100,22 @@ def logging_level() -> str:
     return value
 
 
+def tp_timeout_s() -> float:
+    """PAGEDSERVE_TP_TIMEOUT_S: seconds a tensor-parallel rank waits for the others in a collective before it fails
+    (default 600). gloo fails a step broadcast that waits longer, so while the engine is idle rank 0 broadcasts a
+    keep-alive every tenth of it (worker/tp_worker.py)."""
+    value = os.environ.get("PAGEDSERVE_TP_TIMEOUT_S", "").strip()
+    if not value:
+        return 600.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"PAGEDSERVE_TP_TIMEOUT_S must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
 def cpu_kv_cache_bytes() -> int | None:
     """VLLM_CPU_KVCACHE_SPACE (GiB, vLLM's variable): the CPU KV cache budget when none is given."""
     value = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()

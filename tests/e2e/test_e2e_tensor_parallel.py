@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,30 @@ def test_engine_processes_carry_their_cpu_settings_and_die_with_a_sigkilled_serv
     finally:
         if server.process.poll() is None:
             server.process.kill()
+
+
+def test_an_idle_server_outlives_its_ranks_collective_timeout(tmp_path: Path) -> None:
+    """Between steps ranks 1.. wait in the step's broadcast, and gloo fails a collective that waits longer than the
+    group's timeout (PAGEDSERVE_TP_TIMEOUT_S, 600 s by default: a server idle for 10 minutes lost its ranks and
+    died). Rank 0 broadcasts a keep-alive every tenth of the timeout while the engine is idle, so a server idle for
+    three times its (here 5 s) timeout still serves, with the greedy text it gave before. A rank that dies while
+    the server is idle turns /health 503 by itself (the idle engine checks its workers), not at the next request."""
+    server = launch(tmp_path, *TP2, env={"PAGEDSERVE_TP_TIMEOUT_S": "5"})
+    try:
+        server.wait_ready()
+        before = _complete(server)["text"]
+        time.sleep(15)
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+        assert _complete(server)["text"] == before
+        assert "Timed out" not in server.log()
+        os.kill(_rank_pid(server, 1), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/health", timeout=10).status_code == 200:
+            assert time.monotonic() < deadline, "a rank died while idle and /health still says 200"
+            time.sleep(0.2)
+        assert "rank 1" in server.log() or "tensor-parallel worker failure" in server.log()
+    finally:
+        server.terminate()
 
 
 def _complete(server: ServerProcess, **extra: Any) -> dict[str, Any]:

@@ -276,6 +276,10 @@ class EngineCore:
         outputs.extend(_sequence_output(seq, [], result) for seq in prompt_only)
         return outputs
 
+    def check_health(self) -> None:
+        """Raises when the executor's workers can no longer run a step (a rank died while the engine was idle)."""
+        self.executor.check_health()
+
     def shutdown(self) -> None:
         """Stops the executor's worker processes (nothing to do in-process); the core cannot step after it."""
         self.executor.shutdown()

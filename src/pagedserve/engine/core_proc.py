@@ -3,8 +3,8 @@
 Started by `EngineCoreClient` (engine/core_client.py). It reads `StartCore` (the engine config) from its socket,
 builds the `EngineCore` (and so the tensor-parallel workers, its children), answers `CoreReady`, then loops: apply
 every message that has arrived (new requests, aborts, stop-string finishes), run one step when there is work, send
-its `CoreOutputs`. An idle core sends a `Heartbeat` four times a second so that the front end can tell idle from
-wedged. A failing step sends `CoreFailed` with the traceback and exits 1; the process exits when its parent does.
+its `CoreOutputs`. An idle core checks its workers (a dead tensor-parallel rank fails it at once) and sends a
+`Heartbeat` four times a second so that the front end can tell idle from wedged. A failing step sends `CoreFailed` with the traceback and exits 1; the process exits when its parent does.
 
 Fault injection for tests: engine/faults.py (read once at start).
 """
@@ -75,6 +75,7 @@ def _loop(conn: multiprocessing.connection.Connection, core: EngineCore, faults:
                 if not conn.poll(0):
                     break
         elif not busy:
+            core.check_health()  # a rank that died while idle fails the core now, not at the next request
             conn.send_bytes(msg.encode(msg.Heartbeat()))
             continue
         if not core.has_unfinished_requests() and not flush_stats:

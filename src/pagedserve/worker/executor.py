@@ -94,6 +94,9 @@ class UniProcExecutor:
     def execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute(scheduler_output)
 
+    def check_health(self) -> None:
+        """Nothing to check: the runner is this process."""
+
     def shutdown(self) -> None:
         pass
 

@@ -125,6 +125,15 @@ class MultiprocExecutor:
             raise self._died(f"rank 0 sent {type(message).__name__} instead of a step result")
         return message.output
 
+    def check_health(self) -> None:
+        """Between steps: WorkerDiedError when a rank has died or reported a failure since the last step (the idle
+        engine asks four times a second, so /health turns 503 without waiting for a request)."""
+        if self._closed:
+            raise WorkerDiedError("the tensor-parallel workers were shut down")
+        if multiprocessing.connection.wait([self.conn, *self.workers], timeout=0):
+            message = self._receive()
+            raise self._died(f"rank 0 sent {type(message).__name__} between steps")
+
     def _receive(self) -> Any:
         while True:
             ready = multiprocessing.connection.wait([self.conn, *self.workers], timeout=_POLL_S)

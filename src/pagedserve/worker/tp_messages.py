@@ -25,6 +25,10 @@ class Shutdown(msgspec.Struct, tag=True):
     pass
 
 
+class KeepAlive(msgspec.Struct, tag=True):
+    """Rank 0 to the other ranks while the engine is idle (tp_worker.py says why); never from the engine."""
+
+
 class Ready(msgspec.Struct, tag=True):
     info: RunnerInfo
 
@@ -39,7 +43,7 @@ class Failed(msgspec.Struct, tag=True):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_for_worker = msgspec.msgpack.Decoder(Load | Step | Shutdown)
+_for_worker = msgspec.msgpack.Decoder(Load | Step | Shutdown | KeepAlive)
 _for_engine = msgspec.msgpack.Decoder(Ready | Result | Failed)
 
 
@@ -47,7 +51,7 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
-def decode_for_worker(data: bytes) -> Load | Step | Shutdown:
+def decode_for_worker(data: bytes) -> Load | Step | Shutdown | KeepAlive:
     return _for_worker.decode(data)
 
 

@@ -31,16 +31,24 @@ def _serve(args: argparse.Namespace, host: str, port: int, conn) -> None:  # noq
     store = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=msg.JOIN_TIMEOUT_S))
     # CPU tensors (the engine's messages, the gloo path) over gloo; CUDA tensors over NCCL.
     backend = "cpu:gloo,cuda:nccl" if args.device == "cuda" else "gloo"
-    parallel_state.init_tensor_parallel(store, args.rank, args.size, backend)
+    timeout_s = envs.tp_timeout_s()
+    parallel_state.init_tensor_parallel(store, args.rank, args.size, backend, timeout_s)
+    # The other ranks wait for each step in a broadcast, which gloo fails after the group's timeout: an idle server
+    # would lose its ranks after 10 minutes. Rank 0 sends them a keep-alive every tenth of it instead.
+    keep_alive_s = timeout_s / 10
+    keep_alive = msg.encode(msg.KeepAlive())
 
     def receive() -> msg.Load | msg.Step | msg.Shutdown:
-        payload = None
-        if conn is not None:
-            try:
-                payload = conn.recv_bytes()
-            except (EOFError, OSError):
-                payload = msg.encode(msg.Shutdown())  # the engine is gone: stop the other ranks too
-        return msg.decode_for_worker(parallel_state.broadcast_bytes(payload))
+        while True:
+            payload = None
+            if conn is not None:
+                try:
+                    payload = conn.recv_bytes() if conn.poll(keep_alive_s) else keep_alive
+                except (EOFError, OSError):
+                    payload = msg.encode(msg.Shutdown())  # the engine is gone: stop the other ranks too
+            message = msg.decode_for_worker(parallel_state.broadcast_bytes(payload))
+            if not isinstance(message, msg.KeepAlive):
+                return message
 
     load = receive()
     if not isinstance(load, msg.Load):
