@@ -1,7 +1,8 @@
 """The shared-memory collectives of CPU tensor-parallel ranks (distributed/shm_collectives.py), run by real rank
 processes that joined a real gloo group: all-reduce sums in rank order (the same bits on every rank, float32 and
 bfloat16), all-gathers in rank order, tensors larger than a slot in chunks, many calls of both in a row (the two
-slot sets reused), recorded calls replayed between eager ones, the fallback to gloo, no file left in /dev/shm, and a clear error when a rank never arrives."""
+slot sets reused), recorded calls replayed between eager ones, the step's broadcast (every size; sleeping while it
+waits), the fallback to gloo, no file left in /dev/shm, and a clear error when a rank never arrives or rank 0 dies."""
 
 from __future__ import annotations
 
@@ -63,6 +64,46 @@ def rank_order_sum(call, n):
     for r in range(1, world):
         expected = expected + part(r, call, n, torch.float32)
     return expected
+
+
+if mode == "broadcast":
+    # The step broadcast: payloads of every size (empty, a buffer's worth, past it: announced here, sent over gloo),
+    # interleaved with all-reduces; once rank 0 waits 2 s first, and the others must sleep, not spin, meanwhile.
+    import resource
+
+    def cpu_s():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def payload(call, n):
+        return bytes((call * 7 + i) % 251 for i in range(n))
+
+    sizes = [0, 1, 100, shm.BROADCAST_BYTES, shm.BROADCAST_BYTES + 1, 5, 3000] * 3
+    for call, n in enumerate(sizes):
+        if call == 4 and rank == 0:
+            import time
+
+            time.sleep(2.0)
+        before = cpu_s()
+        got = comm.broadcast_bytes(payload(call, n) if rank == 0 else None)
+        if call == 4 and rank != 0:
+            result["waited_cpu_s"] = cpu_s() - before
+        if got != payload(call, n):
+            result["mismatches"].append([call, n])
+        if not torch.equal(comm.all_reduce(torch.ones(3)), torch.full((3,), float(world))):
+            result["mismatches"].append([call, "sum"])
+        result["calls"] += 1
+    finish()
+
+
+if mode == "sender_dies":
+    if rank == 0:
+        finish()  # exits without broadcasting: the others must not wait forever
+    try:
+        comm.broadcast_bytes(None)
+    except RuntimeError as error:
+        result["error"] = str(error)
+    finish()
 
 
 if mode == "replay":
@@ -159,6 +200,20 @@ def test_recorded_calls_replay_between_eager_ones() -> None:
     results = _run_group(2, capacity=1000, mode="replay")
     assert all(r["replayed"] == ["shm_all_reduce", "shm_all_gather"] for r in results), results
     assert all(r["calls"] == 20 and r["mismatches"] == [] for r in results), results
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_step_broadcast_carries_every_size_and_sleeps_while_waiting(world: int) -> None:
+    """Every rank gets rank 0's bytes, the ones past the buffer too (over gloo); a rank waiting 2 s for rank 0 used
+    well under a second of CPU (it sleeps on a futex after a short spin; a spinning wait would use ~2 s)."""
+    results = _run_group(world, capacity=1000, mode="broadcast")
+    assert all(r["calls"] == 21 and r["mismatches"] == [] for r in results), results
+    assert all(r["waited_cpu_s"] < 0.5 for r in results[1:]), results
+
+
+def test_a_broadcast_from_a_dead_rank_0_is_an_error_not_a_hang() -> None:
+    results = _run_group(2, capacity=1000, mode="sender_dies")
+    assert results[1]["error"] == "tensor-parallel step broadcast: rank 0 is gone"
 
 
 def test_disabled_falls_back_to_gloo() -> None:

@@ -88,6 +88,8 @@ def all_gather_last_dim(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 def broadcast_bytes(payload: bytes | None, src: int = 0) -> bytes:
     """Rank `src` sends `payload` to every rank (the engine's step, from the first rank to the others)."""
+    if _SHM is not None and src == 0:
+        return _SHM.broadcast_bytes(payload)
     length = torch.tensor([0 if payload is None else len(payload)], dtype=torch.int64)
     dist.broadcast(length, src)
     if _STATE.rank == src:

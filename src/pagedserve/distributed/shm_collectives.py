@@ -4,8 +4,10 @@ group whose ranks share one machine; gloo stays for everything else.
 A gloo all-reduce of one 576-float row between two processes took ~1.2 ms on a 2-vCPU VM, ~60 of them a decode
 step of the bundled model (BENCHMARKS.md, "Tensor parallelism on two CPU cores"). Here each call is a copy into
 this rank's slot, a flag, a wait for the others' flags and a sum in rank order (every rank gets the same bits).
-The step's broadcast stays on gloo: between steps a rank waits there for as long as the server is idle, which a
-spinning wait must not do.
+The step's broadcast (rank 0 to the others, two a step: its length and its bytes over gloo, ~1.2 ms each) goes
+through the region too: between steps a rank waits there for as long as the server is idle, so after a short spin
+it sleeps on a futex that rank 0 wakes (ops/csrc/shm_collectives.c), checking each second that rank 0 still
+exists. A step message longer than the broadcast buffer is announced there and sent over gloo.
 
 Set-up is collective: rank 0 makes the region in /dev/shm and names it in the group's store, every rank maps it,
 and one gloo all-reduce tells whether all of them could (ranks on other nodes, a missing /dev/shm, no C kernels:
@@ -18,6 +20,7 @@ import ctypes
 import logging
 import mmap
 import os
+import struct
 import uuid
 from typing import Any
 
@@ -34,7 +37,13 @@ STORE_KEY = "pagedserve/shm_collectives"
 # Float32 elements per rank slot: 256 Ki (1 MiB). A larger tensor (a long prefill's hidden states, a batch's
 # logits) goes through in chunks; the region stays 2 MiB a rank, so 8 ranks fit Docker's default 64 MiB /dev/shm.
 SLOT_ELEMENTS = 256 * 1024
+# Bytes of a step message the broadcast carries itself (two buffers): a decode step of 256 sequences is ~10 KB, a
+# step admitting long prompts carries their token ids (~3 bytes each); longer ones go over gloo.
+BROADCAST_BYTES = 512 * 1024
 _DATA_OFFSET = 4096  # the flags' page (ops/csrc/shm_collectives.c)
+_BROADCAST_HEADER = 8192  # its control line and acks (BCAST_HEADER there)
+_SENDER_PID = struct.Struct("<q")  # rank 0's pid, in the broadcast's control line after its other fields
+_SENDER_PID_AT = 32
 _SUM_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
@@ -46,10 +55,41 @@ class ShmCollectives:
         self._view = torch.frombuffer(region, dtype=torch.uint8)  # keeps the mapping's address valid
         self.rank, self.world, self.capacity, self.timeout_s = rank, world, capacity, timeout_s
         self._seq = ctypes.c_int64(0)  # the last call number, the same on every rank
+        self._broadcast_seq = ctypes.c_int64(0)
+        self._broadcast_area = self._view.data_ptr() + _broadcast_offset(world, capacity)
+        self._received = ctypes.create_string_buffer(BROADCAST_BYTES)
+        (self._sender_pid,) = _SENDER_PID.unpack_from(
+            region, _broadcast_offset(world, capacity) + _SENDER_PID_AT
+        )
 
     @staticmethod
     def region_bytes(world: int, capacity: int) -> int:
-        return _DATA_OFFSET + 2 * world * capacity * 4
+        return _broadcast_offset(world, capacity) + _BROADCAST_HEADER + 2 * BROADCAST_BYTES
+
+    def broadcast_bytes(self, payload: bytes | None) -> bytes:
+        """Rank 0's `payload` on every rank (rank 0 passes it, the others None)."""
+        length = ctypes.c_int64(0)
+        if self.rank == 0:
+            assert payload is not None
+            status = _library().shm_broadcast_send(
+                self._broadcast_area, payload, len(payload), BROADCAST_BYTES, self.world,
+                ctypes.addressof(self._broadcast_seq), self.timeout_s,
+            )  # fmt: skip
+            self._check(status, "step broadcast")
+            if len(payload) > BROADCAST_BYTES:
+                dist.broadcast(torch.frombuffer(bytearray(payload), dtype=torch.uint8), 0)
+            return payload
+        status = _library().shm_broadcast_recv(
+            self._broadcast_area, self._received, BROADCAST_BYTES, self.rank, ctypes.addressof(self._broadcast_seq),
+            ctypes.addressof(length), self._sender_pid,
+        )  # fmt: skip
+        if status:
+            raise RuntimeError("tensor-parallel step broadcast: rank 0 is gone")
+        if length.value > BROADCAST_BYTES:
+            data = torch.empty(length.value, dtype=torch.uint8)
+            dist.broadcast(data, 0)
+            return data.numpy().tobytes()
+        return self._received.raw[: length.value]
 
     @staticmethod
     def can_sum(x: torch.Tensor) -> bool:
@@ -91,6 +131,11 @@ class ShmCollectives:
         self._region.close()
 
 
+def _broadcast_offset(world: int, capacity: int) -> int:
+    """Where the step broadcast's area starts: after the flags page and the two sets of slots."""
+    return _DATA_OFFSET + 2 * world * capacity * 4
+
+
 def _library() -> Any:
     """Looked up at each call, not kept: inside a decode graph's capture (worker/cpu_graph.py) `build.load()`
     hands out the recording library, so the collective is replayed with the step's other kernels."""
@@ -126,6 +171,9 @@ def setup_shm_collectives(
             if not reason:
                 path = os.path.join(SHM_DIR, f"pagedserve-tp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
                 region = _map(path, size, create=True)
+                _SENDER_PID.pack_into(
+                    region, _broadcast_offset(world, capacity) + _SENDER_PID_AT, os.getpid()
+                )
             store.set(STORE_KEY, path)
         else:
             path = store.get(STORE_KEY).decode()
@@ -151,5 +199,8 @@ def setup_shm_collectives(
         return None
     assert region is not None
     if rank == 0:
-        logger.info("tensor parallel: all-reduce and all-gather through shared memory (%d KiB)", size // 1024)
+        logger.info(
+            "tensor parallel: all-reduce, all-gather and the step broadcast through shared memory (%d KiB)",
+            size // 1024,
+        )
     return ShmCollectives(region, rank, world, capacity, timeout_s)

@@ -96,6 +96,10 @@ SIGNATURES: dict[str, list] = {
     "shm_all_reduce": [_P, _P, _I, _I, ctypes.c_int, ctypes.c_int, ctypes.c_int, _P, _F],
     # region, x, nbytes, out [world, nbytes], slot capacity, rank, world, &seq (int64), timeout_s -> as above
     "shm_all_gather": [_P, _P, _I, _P, _I, ctypes.c_int, ctypes.c_int, _P, _F],
+    # area, data, len, capacity (bytes), world, &seq (int64), timeout_s -> 0, 1 (a rank did not ack), 2 (arguments)
+    "shm_broadcast_send": [_P, _P, _I, _I, ctypes.c_int, _P, _F],
+    # area, out, capacity (bytes), rank, &seq (int64), &len (int64), sender pid -> 0, 1 (the sender is gone)
+    "shm_broadcast_recv": [_P, _P, _I, ctypes.c_int, _P, _P, _I],
     # calls [count] (recording.ReplayCall), count -> 0, or 1 + the index of the first call that failed
     "replay_calls": [_P, _I],
     # () -> 1 where gguf_gemm takes any number of rows (AVX2 panels), else 0

@@ -17,10 +17,18 @@
  * The sum runs one pass per rank over blocks of BLOCK elements (acc = slot 0; acc += slot r), each pass an
  * elementwise a + b that -ffast-math cannot reassociate. bfloat16 is summed in float32 and rounded once.
  */
+#include <errno.h>
+#include <limits.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
 
 #include "bf16.h"
 
@@ -153,5 +161,91 @@ int shm_all_gather(void *region, const void *x, int64_t nbytes, void *out, int64
         }
         *seq = call;
     }
+    return 0;
+}
+
+/* The step's broadcast (rank 0 to the others, distributed/shm_collectives.py's broadcast_bytes), in its own area of
+ * the region: a control line (the call number as a 32-bit futex word, the count of sleeping receivers, the length
+ * of each parity's payload), one ack line per rank, then two payload buffers of `capacity` bytes. Between steps a
+ * receiver waits here for as long as the server is idle: it spins briefly (the next step of a busy server comes
+ * within microseconds to milliseconds), then sleeps on the futex, which rank 0 wakes when it publishes, so an idle
+ * rank takes no CPU. It wakes each second to check that rank 0 (sender_pid) still exists. A payload longer than
+ * `capacity` is announced here (its length) and sent over gloo by the caller. */
+#define BCAST_HEADER 8192 /* control line, then one ack line per rank (up to 64 ranks) */
+#define BCAST_SPINS 20000  /* ~0.1-0.5 ms of pause before sleeping */
+
+typedef struct {
+    uint32_t word;      /* the last published call number (low 32 bits) */
+    int32_t sleepers;   /* receivers in (or about to enter) futex_wait */
+    int64_t len[2];     /* payload length of each parity's call */
+    int64_t unused;
+    int64_t sender_pid; /* written by distributed/shm_collectives.py at set-up (offset 32) */
+} bcast_control;
+
+#if defined(__linux__)
+static long futex(uint32_t *word, int op, uint32_t value, const struct timespec *timeout) {
+    return syscall(SYS_futex, word, op, value, timeout, NULL, 0);
+}
+#else /* no futex: the caller keeps the step's broadcast on gloo (status 2) */
+#define FUTEX_WAIT 0
+#define FUTEX_WAKE 1
+static long futex(uint32_t *word, int op, uint32_t value, const struct timespec *timeout) {
+    (void)word, (void)op, (void)value, (void)timeout;
+    errno = ENOSYS;
+    return -1;
+}
+#endif
+
+/* Rank 0: publishes call *seq + 1 with `len` bytes of data (copied when len <= capacity). 0, 1 when a receiver did
+ * not take call *seq - 1 within timeout_s (its buffer is about to be reused), 2 on bad arguments. */
+int shm_broadcast_send(void *area, const void *data, int64_t len, int64_t capacity, int world, int64_t *seq,
+                       float timeout_s) {
+#if !defined(__linux__)
+    return 2;
+#endif
+    if (world < 1 || world > 64 || len < 0 || capacity < 1) return 2;
+    bcast_control *control = (bcast_control *)area;
+    int64_t *acks = (int64_t *)((char *)area + 64);
+    const int64_t call = *seq + 1;
+    if (wait_for_ranks(acks, world, call - 2, timeout_s) != 0) return 1; /* rank 0's own ack is always current */
+    const int parity = (int)(call & 1);
+    if (len <= capacity) memcpy((char *)area + BCAST_HEADER + parity * capacity, data, (size_t)len);
+    control->len[parity] = len;
+    __atomic_store_n(&acks[0], call, __ATOMIC_RELEASE);
+    __atomic_store_n(&control->word, (uint32_t)call, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&control->sleepers, __ATOMIC_SEQ_CST) > 0) futex(&control->word, FUTEX_WAKE, INT_MAX, NULL);
+    *seq = call;
+    return 0;
+}
+
+/* Ranks 1..: waits for call *seq + 1 (without limit: the server may be idle for days), copies its payload into out
+ * when it fits `capacity` and sets *len_out. 0, or 1 when rank 0 (sender_pid) no longer exists. */
+int shm_broadcast_recv(void *area, void *out, int64_t capacity, int rank, int64_t *seq, int64_t *len_out,
+                       int64_t sender_pid) {
+    bcast_control *control = (bcast_control *)area;
+    int64_t *acks = (int64_t *)((char *)area + 64);
+    const int64_t call = *seq + 1;
+    const uint32_t expected = (uint32_t)call;
+    for (int64_t spins = 0; __atomic_load_n(&control->word, __ATOMIC_ACQUIRE) != expected;) {
+        if (++spins < BCAST_SPINS) {
+            CPU_RELAX();
+            continue;
+        }
+        __atomic_add_fetch(&control->sleepers, 1, __ATOMIC_SEQ_CST);
+        const uint32_t seen = __atomic_load_n(&control->word, __ATOMIC_SEQ_CST);
+        long slept = 0;
+        if (seen != expected) {
+            const struct timespec second = {1, 0};
+            slept = futex(&control->word, FUTEX_WAIT, seen, &second);
+        }
+        __atomic_sub_fetch(&control->sleepers, 1, __ATOMIC_SEQ_CST);
+        if (slept == -1 && errno == ETIMEDOUT && kill((pid_t)sender_pid, 0) == -1 && errno == ESRCH) return 1;
+    }
+    const int parity = (int)(call & 1);
+    const int64_t len = control->len[parity];
+    if (len <= capacity) memcpy(out, (char *)area + BCAST_HEADER + parity * capacity, (size_t)len);
+    __atomic_store_n(&acks[rank * FLAG_STRIDE], call, __ATOMIC_RELEASE);
+    *len_out = len;
+    *seq = call;
     return 0;
 }
