@@ -89,7 +89,7 @@ class ShmCollectives:
             data = torch.empty(length.value, dtype=torch.uint8)
             dist.broadcast(data, 0)
             return data.numpy().tobytes()
-        return self._received.raw[: length.value]
+        return ctypes.string_at(self._received, length.value)  # .raw would copy the whole buffer
 
     @staticmethod
     def can_sum(x: torch.Tensor) -> bool:
