@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedserve.layers.gguf_quant import GGUF_BLOCK, Q4_0, Q4_1, Q8_0, QuantizedTensor
-from pagedserve.ops import cpu as cpu_ops
+from pagedserve.ops import cpu_scaled as cpu_ops
 
 FP8_MAX = 448.0  # largest float8 e4m3fn value
 INT8_MAX = 127.5  # half of int8's range of 255 steps, as compressed-tensors computes symmetric scales

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedserve.layers.ct_quant import FP8_MAX, scaled_linear
-from pagedserve.ops import cpu as cpu_ops
+from pagedserve.ops import cpu_scaled as cpu_ops
 
 
 def _pytorch_fp8_activations(x: torch.Tensor, per_tensor: bool) -> torch.Tensor:

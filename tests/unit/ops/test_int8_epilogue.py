@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pagedserve.ops import cpu as cpu_ops
+from pagedserve.ops import cpu_scaled as cpu_ops
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
