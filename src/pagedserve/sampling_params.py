@@ -80,10 +80,15 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     detokenize: bool = True
     structured_outputs: StructuredOutputsParams | None = None
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling
+    allowed_token_ids: list[int] | None = None  # only these tokens may be sampled
+    bad_words: list[str] | None = None  # words never generated (their last token is banned after the rest)
     # Filled by the engine from the tokenizer / generation config; not user-facing.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     # The model's EOS ids: min_tokens forbids them even with ignore_eos (as vLLM does).
     eos_token_ids: set[int] = field(default_factory=set, repr=False)
+    # bad_words as token ids, with and without a leading space (filled with the tokenizer, as vLLM does).
+    bad_words_token_ids: list[list[int]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -157,3 +162,31 @@ class SamplingParams:
         for t in self.stop_token_ids:
             if not _is_int(t) or t < 0:
                 raise bad("stop_token_ids", f"must be non-negative integers, got {t!r}.")
+        self._validate_token_controls()
+
+    def _validate_token_controls(self) -> None:
+        bad = self._bad
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise bad("logit_bias", "must map token ids to numbers.")
+            for token, value in self.logit_bias.items():
+                if not _is_int(token) or token < 0:
+                    raise bad("logit_bias", f"keys must be non-negative token ids, got {token!r}.")
+                if not _is_number(value) or not math.isfinite(value):
+                    raise bad(
+                        "logit_bias", f"values must be finite numbers, got {value!r} for token {token}."
+                    )
+        if self.allowed_token_ids is not None:
+            ids = self.allowed_token_ids
+            if not isinstance(ids, (list, tuple)) or not ids:
+                raise bad("allowed_token_ids", "must be a non-empty list of token ids.")
+            if any(not _is_int(t) or t < 0 for t in ids):
+                raise bad("allowed_token_ids", "must hold non-negative integer token ids.")
+            self.allowed_token_ids = list(ids)
+        if self.bad_words is not None:
+            words = self.bad_words
+            if not isinstance(words, (list, tuple)) or any(
+                not isinstance(w, str) or not w.strip() for w in words
+            ):
+                raise bad("bad_words", "must be a list of non-empty strings.")
+            self.bad_words = list(words)

@@ -129,6 +129,7 @@ class InputProcessor:
         if params.structured_outputs is not None:
             grammar, compile_time = self.grammars.compile(params.structured_outputs)
         params = copy.copy(params)
+        check_token_controls(self.tokenizer, params, info.vocab_size)
         stops = set(params.stop_token_ids or [])
         params.all_stop_token_ids = stops if params.ignore_eos else stops | self.eos_token_ids
         params.eos_token_ids = set(self.eos_token_ids)
@@ -145,6 +146,31 @@ class InputProcessor:
         )
         state.grammar_compile_time = compile_time
         return request, state
+
+
+def check_token_controls(tokenizer: Any, params: SamplingParams, vocab_size: int) -> None:
+    """logit_bias / allowed_token_ids must name tokens of the model; bad_words become token ids (vLLM's rule: each
+    word as written and, when that makes a different word of as many tokens, with a leading space)."""
+    for name, ids in (("logit_bias", params.logit_bias), ("allowed_token_ids", params.allowed_token_ids)):
+        outside = sorted(t for t in ids or () if t >= vocab_size)
+        if outside:
+            raise InvalidRequestError(
+                f"{name} holds token ids outside the model's vocabulary of {vocab_size}: {outside[:10]}",
+                param=name,
+            )
+    params.bad_words_token_ids = []
+    for word in params.bad_words or ():
+        plain = tokenizer.encode(word.lstrip(), add_special_tokens=False)
+        spaced = tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
+        params.bad_words_token_ids.append(plain)
+        if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):
+            params.bad_words_token_ids.append(spaced)
+    outside = sorted({t for ids in params.bad_words_token_ids for t in ids if t >= vocab_size})
+    if outside:
+        raise InvalidRequestError(
+            f"bad_words tokenize to ids outside the model's vocabulary of {vocab_size}: {outside[:10]}",
+            param="bad_words",
+        )
 
 
 def read_chat_template(value: str | None) -> str | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pagedserve.sample.penalties import PenaltyTensors
+from pagedserve.sample.token_controls import TokenControls
 from pagedserve.sampling_params import SamplingParams
 
 # Below this temperature a row is sampled greedily (same threshold as SamplingParams.greedy and vLLM).
@@ -54,6 +55,7 @@ class SamplingMetadata:
     penalties: PenaltyTensors | None
     # (batch row indices, token ids) to set to -inf: stop tokens of rows still short of min_tokens.
     min_tokens_mask: tuple[torch.Tensor, torch.Tensor] | None
+    token_controls: TokenControls | None  # allowed_token_ids, bad_words, logit_bias
     max_num_logprobs: int | None  # largest `logprobs` asked by any row; None when none asks
     logprob_rows: torch.Tensor | None  # [L] batch indices of the rows that ask; None when all do (or none)
     batch_size: int = field(default=0)
@@ -63,7 +65,12 @@ class SamplingMetadata:
     @property
     def no_logit_processing(self) -> bool:
         """Nothing changes the logits before the argmax: the all-greedy hot path."""
-        return self.penalties is None and self.min_tokens_mask is None and not self.grammar_masked
+        return (
+            self.penalties is None
+            and self.min_tokens_mask is None
+            and self.token_controls is None
+            and not self.grammar_masked
+        )
 
     @classmethod
     def build(cls, rows: list[SamplingRow], vocab_size: int, device: torch.device | str) -> SamplingMetadata:
@@ -110,6 +117,7 @@ class SamplingMetadata:
             },
             penalties=PenaltyTensors.build(rows, vocab_size, device),
             min_tokens_mask=_build_min_tokens_mask(rows, vocab_size, device),
+            token_controls=TokenControls.build(rows, vocab_size, device),
             max_num_logprobs=max(logprob_counts) if logprob_counts else None,
             logprob_rows=(
                 tensor(logprob_rows, torch.int64) if logprob_rows and len(logprob_rows) < len(rows) else None

@@ -1,6 +1,6 @@
 """Batched next-token sampling, vLLM V1 semantics.
 
-Order: min_tokens mask -> penalties -> greedy argmax -> temperature -> min_p -> top_k / top_p -> random draw;
+Order: allowed_token_ids / bad_words / logit_bias -> min_tokens mask -> penalties -> greedy argmax -> temperature -> min_p -> top_k / top_p -> random draw;
 logprobs come from the raw logits. Each optional stage runs only when some row of the batch needs it.
 """
 
@@ -73,8 +73,11 @@ class Sampler(torch.nn.Module):
     def _sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
         """Sample from logits without modifying them: the first change works on a float32 copy."""
         processed, owned = logits, False
-        if metadata.min_tokens_mask is not None or metadata.penalties is not None:
+        controls = metadata.token_controls
+        if metadata.min_tokens_mask is not None or metadata.penalties is not None or controls is not None:
             processed, owned = self._scratch_like(logits, logits.shape[0]).copy_(logits), True
+            if controls is not None:
+                processed = controls.apply(processed)
             if metadata.min_tokens_mask is not None:
                 processed = apply_min_tokens(processed, metadata.min_tokens_mask)
             if metadata.penalties is not None:

@@ -13,12 +13,30 @@ from pagedserve.server.unsupported import refuse_unsupported_fields
 _COPIED = (
     "n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "min_tokens", "ignore_eos", "skip_special_tokens",
-    "spaces_between_special_tokens", "include_stop_str_in_output",
+    "spaces_between_special_tokens", "include_stop_str_in_output", "allowed_token_ids", "bad_words",
 )  # fmt: skip
 
 
 # OpenAI's range; SamplingParams itself only requires >= 0.
 MAX_TEMPERATURE = 2.0
+# OpenAI's range for a logit bias; larger values are clamped to it, as vLLM does.
+MAX_LOGIT_BIAS = 100.0
+
+
+def logit_bias(request: SamplingFields) -> dict[int, float] | None:
+    """OpenAI's logit_bias (token ids as JSON keys) -> {token id: bias clamped to [-100, 100]}."""
+    if request.logit_bias is None:
+        return None
+    bias = {}
+    for key, value in request.logit_bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise APIError(
+                400, f"logit_bias keys must be token ids, got {key[:40]!r}.", param="logit_bias"
+            ) from None
+        bias[token] = min(MAX_LOGIT_BIAS, max(-MAX_LOGIT_BIAS, value))
+    return bias
 
 
 def structured_outputs(request: SamplingFields) -> StructuredOutputsParams | None:
@@ -57,6 +75,8 @@ def structured_outputs(request: SamplingFields) -> StructuredOutputsParams | Non
 def _common(request: SamplingFields, max_n: int, endpoint: str) -> dict[str, Any]:
     refuse_unsupported_fields(request, endpoint)
     values = {name: getattr(request, name) for name in _COPIED if getattr(request, name) is not None}
+    if request.logit_bias:
+        values["logit_bias"] = logit_bias(request)
     constraint = structured_outputs(request)
     if constraint is not None:
         values["structured_outputs"] = constraint

@@ -19,17 +19,11 @@ _NOT_SET: tuple[Any, ...] = (None, False, 0, "", [], {})
 
 # field -> (values that mean "not used", why / what to use instead)
 _REFUSED_ANYWHERE: dict[str, tuple[tuple[Any, ...], str]] = {
-    "logit_bias": (_NOT_SET, "logit_bias is not implemented"),
     "use_beam_search": (_NOT_SET, "beam search is not implemented"),
     "length_penalty": (
         (None, 1, 1.0),
         "length_penalty only applies to beam search, which is not implemented",
     ),
-    "allowed_token_ids": (
-        _NOT_SET,
-        "allowed_token_ids is not implemented; structured_outputs.choice or regex constrain the output",
-    ),
-    "bad_words": (_NOT_SET, "bad_words is not implemented"),
     "truncate_prompt_tokens": ((None,), "truncate_prompt_tokens is not implemented"),
     "logits_processors": (_NOT_SET, "custom logits processors are not supported"),
     "return_tokens_as_token_ids": (_NOT_SET, "return_tokens_as_token_ids is not implemented"),

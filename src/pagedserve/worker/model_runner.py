@@ -148,13 +148,14 @@ class RunnerSequence:
 
 
 def _reads_history(params: Any) -> bool:
-    """Whether sampling reads the generated tokens (penalties, min_tokens): a copy a row a step is spared otherwise
+    """Whether sampling reads the generated tokens (penalties, min_tokens, bad_words): a copy a row a step is spared otherwise
     (256 rows x 1000 tokens ~ 1 ms)."""
     return bool(
         params.presence_penalty
         or params.frequency_penalty
         or params.repetition_penalty != 1.0
         or params.min_tokens
+        or params.bad_words_token_ids
     )
 
 

@@ -87,3 +87,21 @@ def test_abort_reports_stats_and_ignores_what_the_core_still_sends(tokenizer: An
     stats = outputs.abort_requests(["a", "unknown"])
     assert [(s.request_id, s.finish_reason, s.num_generation_tokens) for s in stats] == [("a", "abort", 1)]
     assert outputs.process([token_output("a", "a", 0, 43, "length")]) == ([], [], [])
+
+
+def test_admission_tokenizes_bad_words_and_checks_token_ids_against_the_vocabulary(tokenizer: Any) -> None:
+    inputs = make_input(tokenizer)
+    request, _ = inputs.process("r", "Hi", SamplingParams(bad_words=["hello", " world peace"]), 1.0)
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    # Each word as written and with a leading space (a different word of as many tokens: byte-level BPE).
+    assert request.sampling_params.bad_words_token_ids == [
+        encode("hello"), encode(" hello"), encode("world peace"), encode(" world peace")
+    ]  # fmt: skip
+    vocab = tokenizer.vocab_size
+    for field, params in (
+        ("logit_bias", SamplingParams(logit_bias={vocab: 1.0})),
+        ("allowed_token_ids", SamplingParams(allowed_token_ids=[0, vocab + 5])),
+    ):
+        with pytest.raises(InvalidRequestError, match="outside the model's vocabulary") as caught:
+            inputs.process("r", "Hi", params, 1.0)
+        assert caught.value.param == field

@@ -17,7 +17,7 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"logit_bias": {"5": 10}}, "logit_bias"),
+        ({"logits_processors": ["my.module:Processor"]}, "logits_processors"),
         ({"guided_json": {"type": "object"}}, "guided_json"),
         ({"use_beam_search": True}, "use_beam_search"),
         ({"functions": [{"name": "f"}]}, "functions"),

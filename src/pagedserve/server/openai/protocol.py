@@ -86,6 +86,9 @@ class SamplingFields(BaseModel):
     user: StrictStr | None = None
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputsField | None = None
+    logit_bias: dict[StrictStr, Number] | None = None  # OpenAI's: token id (as a JSON key) -> bias
+    allowed_token_ids: list[StrictInt] | None = None
+    bad_words: list[StrictStr] | None = None
 
 
 class TextContentPart(_Lenient):

@@ -1,0 +1,86 @@
+"""logit_bias (OpenAI's), allowed_token_ids and bad_words (vLLM's) on a real server through the openai SDK."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from .conftest import ServerProcess
+
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
+MODEL = "SmolLM2-135M-Instruct"
+PROMPT = "The capital of France is"
+
+
+def token_ids(server: ServerProcess, text: str) -> list[int]:
+    body = {"model": MODEL, "prompt": text, "add_special_tokens": False}
+    return httpx.post(f"{server.url}/tokenize", json=body, timeout=30).json()["tokens"]
+
+
+def greedy(sdk: OpenAI, max_tokens: int = 6, **extra: object) -> tuple[str, list[str]]:
+    """(text, the tokens as strings) of a greedy completion of PROMPT."""
+    response = sdk.completions.create(
+        model=MODEL,
+        prompt=PROMPT,
+        max_tokens=max_tokens,
+        temperature=0,
+        logprobs=0,
+        **extra,  # type: ignore[arg-type]
+    )
+    choice = response.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.tokens is not None
+    return choice.text, choice.logprobs.tokens
+
+
+def test_logit_bias_forces_and_forbids_tokens(sdk: OpenAI, server: ServerProcess) -> None:
+    text, tokens = greedy(sdk, max_tokens=1)
+    [london] = token_ids(server, " London")
+    forced, _ = greedy(sdk, max_tokens=1, logit_bias={str(london): 100})
+    assert forced == " London" != text
+    [first] = token_ids(server, tokens[0])
+    avoided, _ = greedy(sdk, max_tokens=1, logit_bias={str(first): -100})
+    assert avoided != text
+    # Out of OpenAI's range: clamped to +-100, as vLLM does.
+    assert greedy(sdk, max_tokens=1, logit_bias={str(london): 1000})[0] == " London"
+
+
+def test_allowed_token_ids_limit_every_generated_token(sdk: OpenAI, server: ServerProcess) -> None:
+    allowed = {" yes": token_ids(server, " yes")[0], " no": token_ids(server, " no")[0]}
+    _, tokens = greedy(sdk, max_tokens=5, extra_body={"allowed_token_ids": list(allowed.values())})
+    assert len(tokens) == 5 and set(tokens) <= set(allowed), tokens
+    sampled = sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Is water wet?"}], max_tokens=4, temperature=1.0,
+        seed=3, n=3, extra_body={"allowed_token_ids": list(allowed.values())},
+    )  # fmt: skip
+    for choice in sampled.choices:
+        assert choice.message.content and set(choice.message.content.split()) <= {"yes", "no"}, choice
+
+
+def test_bad_words_are_never_generated(sdk: OpenAI) -> None:
+    text, _ = greedy(sdk, max_tokens=8)
+    word = text.split()[0].strip(".,")  # greedy's first word (" Paris" for the bundled model)
+    assert word
+    avoided, _ = greedy(sdk, max_tokens=8, extra_body={"bad_words": [word]})
+    assert word not in avoided.split(), (word, avoided)
+    streamed = sdk.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=8, temperature=0, stream=True, extra_body={"bad_words": [word]}
+    )
+    assert "".join(chunk.choices[0].text for chunk in streamed) == avoided
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logit_bias": {"the": 5}}, "logit_bias"),
+        ({"allowed_token_ids": []}, "allowed_token_ids"),
+        ({"allowed_token_ids": [1, 99999999]}, "allowed_token_ids"),
+        ({"bad_words": [""]}, "bad_words"),
+    ],
+)
+def test_bad_token_controls_are_400_naming_the_field(sdk: OpenAI, extra: dict, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=extra)
+    error = caught.value.body
+    assert isinstance(error, dict) and error.get("param") == param, error
