@@ -38,6 +38,25 @@ def test_chat_applies_the_template(bundled_llm_fp32, engine_fp32):
     assert outputs[0].metrics.first_token_time >= outputs[0].metrics.arrival_time
 
 
+def test_chat_continues_the_final_message_and_takes_token_controls(bundled_llm_fp32, engine_fp32):
+    chat = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is"},
+    ]
+    params = SamplingParams(temperature=0, max_tokens=4)
+    [out] = bundled_llm_fp32.chat(
+        chat, params, use_tqdm=False, add_generation_prompt=False, continue_final_message=True
+    )
+    tokenizer = bundled_llm_fp32.get_tokenizer()
+    assert tokenizer.decode(out.prompt_token_ids).endswith("assistant\nThe capital of France is")
+    assert out.outputs[0].text.split()[0].strip(".") == "Paris"
+    banned = SamplingParams(temperature=0, max_tokens=4, bad_words=["Paris"])
+    [other] = bundled_llm_fp32.chat(
+        chat, banned, use_tqdm=False, add_generation_prompt=False, continue_final_message=True
+    )
+    assert "Paris" not in other.outputs[0].text
+
+
 def test_unknown_keyword_is_a_clear_error():
     with pytest.raises(TypeError, match="max_num_seq"):
         LLM(max_num_seq=3)

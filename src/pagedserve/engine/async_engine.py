@@ -116,9 +116,18 @@ class AsyncEngine:
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
         tools: list[dict[str, Any]] | None = None,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         # Only reads the tokenizer; safe to call from a worker thread while the engine thread steps.
-        return self.engine.apply_chat_template(messages, add_generation_prompt, chat_template, tools)
+        return self.engine.apply_chat_template(
+            messages,
+            add_generation_prompt,
+            chat_template,
+            tools,
+            continue_final_message,
+            chat_template_kwargs,
+        )
 
     def add_stats_listener(self, listener: Callable[[EngineStats], None]) -> None:
         # Copy-on-write: the engine thread iterates the tuple without a lock.

@@ -8,6 +8,13 @@ from typing import Any
 from pagedserve.errors import InvalidRequestError
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
+# Arguments of transformers' apply_chat_template that the request sets through its own fields (or that would change
+# what comes back): a chat_template_kwargs key may not override them. Any other key is a template variable.
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "tokenizer_kwargs",
+})  # fmt: skip
 
 
 def normalize_messages(messages: Any) -> list[dict[str, Any]]:
@@ -79,19 +86,46 @@ def apply_chat_template(
     add_generation_prompt: bool = True,
     chat_template: str | None = None,
     tools: list[dict[str, Any]] | None = None,
+    continue_final_message: bool = False,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[int]:
+    """Token ids of a chat. continue_final_message: the last message (an assistant's, usually) is left open for
+    the model to continue; chat_template_kwargs: extra template variables (e.g. enable_thinking), as vLLM's."""
     normalized = normalize_messages(messages)
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise InvalidRequestError("this model has no chat template; pass --chat-template", param="messages")
+    if continue_final_message and add_generation_prompt:
+        raise InvalidRequestError(
+            "continue_final_message and add_generation_prompt cannot both be true",
+            param="continue_final_message",
+        )
+    template_kwargs = check_template_kwargs(chat_template_kwargs)
     try:
         text = tokenizer.apply_chat_template(
             normalized,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
             chat_template=chat_template,
             tools=tools or None,
+            **template_kwargs,
         )
     except Exception as error:  # a template may raise on odd role orders (jinja2 raise_exception)
         raise InvalidRequestError(f"chat template failed: {str(error)[:200]}", param="messages") from None
     # The template already holds the BOS text; don't add special tokens twice.
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+def check_template_kwargs(kwargs: Any) -> dict[str, Any]:
+    """chat_template_kwargs as template variables: an object whose keys are names the request does not set."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+        raise InvalidRequestError("chat_template_kwargs must be an object", param="chat_template_kwargs")
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS.intersection(kwargs))
+    if reserved:
+        raise InvalidRequestError(
+            f"chat_template_kwargs may not set {', '.join(reserved)}: use the request's own fields",
+            param="chat_template_kwargs",
+        )
+    return kwargs

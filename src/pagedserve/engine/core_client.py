@@ -151,8 +151,17 @@ class EngineCoreClient:
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
         tools: list[dict[str, Any]] | None = None,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        return self._input.apply_chat_template(messages, add_generation_prompt, chat_template, tools)
+        return self._input.apply_chat_template(
+            messages,
+            add_generation_prompt,
+            chat_template,
+            tools,
+            continue_final_message,
+            chat_template_kwargs,
+        )
 
     def add_stats_listener(self, listener: Callable[[EngineStats], None]) -> None:
         self._listeners = (*self._listeners, listener)

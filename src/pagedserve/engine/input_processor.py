@@ -95,9 +95,17 @@ class InputProcessor:
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
         tools: list[dict[str, Any]] | None = None,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         return apply_chat_template(
-            self.tokenizer, messages, add_generation_prompt, chat_template or self.chat_template, tools
+            self.tokenizer,
+            messages,
+            add_generation_prompt,
+            chat_template or self.chat_template,
+            tools,
+            continue_final_message,
+            chat_template_kwargs,
         )
 
     def process(

@@ -76,8 +76,17 @@ class LLMEngine:
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
         tools: list[dict[str, Any]] | None = None,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        return self.input_processor.apply_chat_template(messages, add_generation_prompt, chat_template, tools)
+        return self.input_processor.apply_chat_template(
+            messages,
+            add_generation_prompt,
+            chat_template,
+            tools,
+            continue_final_message,
+            chat_template_kwargs,
+        )
 
     def add_request(
         self, request_id: str, prompt: PromptInput, params: SamplingParams, arrival_time: float | None = None

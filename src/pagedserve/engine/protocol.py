@@ -30,6 +30,8 @@ class EngineClient(Protocol):
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
         tools: list[dict[str, Any]] | None = None,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         """Token ids of a chat. Raises InvalidRequestError on malformed messages."""
 

@@ -87,10 +87,23 @@ class LLM:
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        render = self.llm_engine.apply_chat_template
         prompts = [
-            {"prompt_token_ids": self.llm_engine.apply_chat_template(c, add_generation_prompt, chat_template)}
+            {
+                "prompt_token_ids": render(
+                    c,
+                    add_generation_prompt,
+                    chat_template,
+                    tools,
+                    continue_final_message,
+                    chat_template_kwargs,
+                )
+            }
             for c in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm)  # type: ignore[arg-type]

@@ -46,7 +46,13 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         prompt = await until_disconnect(
             request,
             state.off_loop(
-                render_chat, engine, messages, body.add_generation_prompt is not False, plan.tools
+                render_chat,
+                engine,
+                messages,
+                body.add_generation_prompt is not False,
+                plan.tools,
+                bool(body.continue_final_message),
+                body.chat_template_kwargs,
             ),
         )
         generation.prompts = [prompt]

@@ -32,9 +32,13 @@ def render_chat(
     messages: list[dict[str, Any]],
     add_generation_prompt: bool,
     tools: list[dict[str, Any]] | None = None,
+    continue_final_message: bool = False,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> list[int]:
     try:
-        return engine.apply_chat_template(messages, add_generation_prompt, None, tools)
+        return engine.apply_chat_template(
+            messages, add_generation_prompt, None, tools, continue_final_message, chat_template_kwargs
+        )
     except InvalidRequestError:
         raise
     except Exception:  # noqa: BLE001 - a template that rejects these messages (e.g. role order) is bad input

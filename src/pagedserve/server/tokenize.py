@@ -25,7 +25,15 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
         if not body.messages:
             raise APIError(400, "messages must not be empty.", param="messages")
         messages = plain_messages(body.messages)
-        tokens = await state.off_loop(render_chat, engine, messages, body.add_generation_prompt is not False)
+        tokens = await state.off_loop(
+            render_chat,
+            engine,
+            messages,
+            body.add_generation_prompt is not False,
+            None,
+            bool(body.continue_final_message),
+            body.chat_template_kwargs,
+        )
     else:
         tokens = await state.off_loop(
             lambda: engine.tokenizer.encode(

@@ -66,12 +66,10 @@ _REFUSED_CHAT: dict[str, tuple[tuple[Any, ...], str]] = {
     "reasoning_effort": ((None,), "reasoning_effort is not supported (no reasoning models or parser)"),
     "verbosity": ((None,), "verbosity is not supported"),
     "echo": (_NOT_SET, "echo is not implemented for chat"),
-    "continue_final_message": (_NOT_SET, "continue_final_message is not implemented"),
     "chat_template": (
         (None,),
         "a request's own chat_template is not accepted: start the server with --chat-template",
     ),
-    "chat_template_kwargs": (_NOT_SET, "chat_template_kwargs is not implemented"),
     "documents": (_NOT_SET, "documents is not implemented"),
     "mm_processor_kwargs": (_NOT_SET, "multimodal inputs are not supported"),
     "add_special_tokens": ((None, False), "add_special_tokens is not implemented for chat"),

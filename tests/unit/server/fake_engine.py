@@ -21,6 +21,7 @@ from typing import Any
 
 from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats, IterationStats, SchedulerStats
+from pagedserve.engine.chat import check_template_kwargs
 from pagedserve.errors import ContextLengthError, InvalidRequestError
 from pagedserve.outputs import CompletionOutput, EngineInfo, Logprob, RequestMetrics, RequestOutput
 from pagedserve.sampling_params import SamplingParams
@@ -105,6 +106,8 @@ class FakeLLMEngine:
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
         tools: list[dict] | None = None,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict | None = None,
     ) -> list[int]:
         if not isinstance(messages, list) or not messages:
             raise InvalidRequestError("messages must be a non-empty list.", param="messages")
@@ -119,6 +122,8 @@ class FakeLLMEngine:
             tokenize=False,
             chat_template=chat_template,
             tools=tools,
+            continue_final_message=continue_final_message,
+            **check_template_kwargs(chat_template_kwargs),
         )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
