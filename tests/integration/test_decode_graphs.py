@@ -71,8 +71,18 @@ def tiny_f32(tmp_path_factory) -> pathlib.Path:
     ).path
 
 
-def test_gguf_blocks_replayed_equal_eager(tiny_q4_1) -> None:
-    graphs, eager = _engines(tiny_q4_1, quantization="gguf")
+@pytest.fixture(scope="module")
+def tiny_qwen3_q4_1(tmp_path_factory) -> pathlib.Path:
+    return write_tiny_gguf(
+        tmp_path_factory.mktemp("graphs") / "qwen3.gguf", "qwen3", gguf.GGMLQuantizationType.Q4_1
+    ).path
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen3"])
+def test_gguf_blocks_replayed_equal_eager(architecture, request) -> None:
+    """Qwen3 too: its q/k head norms are one in-place C call (csrc/layer_ops.c rms_norm_heads), so replayable."""
+    path = request.getfixturevalue("tiny_q4_1" if architecture == "llama" else "tiny_qwen3_q4_1")
+    graphs, eager = _engines(path, quantization="gguf")
     assert eager.llm_engine.executor.runner.decode_graphs is None
     assert _run(graphs) == _run(eager)
     captured = graphs.llm_engine.executor.runner.decode_graphs.graphs

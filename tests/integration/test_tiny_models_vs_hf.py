@@ -1,4 +1,4 @@
-"""Tiny random-weight Llama and Qwen2 models: our paged forward equals transformers' logits (float32, 1e-4).
+"""Tiny random-weight Llama, Qwen2 and Qwen3 models: our paged forward equals transformers' logits (float32, 1e-4).
 
 Covers a whole-prompt prefill, a prefill split into chunks (the second chunk reads the paged cache), and decode
 steps, with both attention backends (the plain reference oracle and the fast CPU one).
@@ -35,9 +35,12 @@ def tiny_config(arch: str) -> transformers.PretrainedConfig:
             },
         )  # fmt: skip
         config.architectures = ["LlamaForCausalLM"]
-    else:
+    elif arch == "qwen2":
         config = transformers.Qwen2Config(**common, rope_theta=1e6, tie_word_embeddings=True)
         config.architectures = ["Qwen2ForCausalLM"]
+    else:  # Qwen3: q/k norms, and a head_dim of its own (32, not hidden / heads = 16), as Qwen3's 128
+        config = transformers.Qwen3Config(**common, head_dim=32, rope_theta=1e6, tie_word_embeddings=False)
+        config.architectures = ["Qwen3ForCausalLM"]
     return config
 
 
@@ -45,10 +48,12 @@ def build_pair(arch: str, backend: str):
     torch.manual_seed(0)
     config = tiny_config(arch)
     reference = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
-    with torch.no_grad():  # random biases too (Qwen2's are zero-initialised)
+    with torch.no_grad():  # random biases and q/k norms too (zeros and ones when initialised)
         for name, param in reference.named_parameters():
             if "bias" in name:
                 param.normal_(0, 0.1)
+            if "q_norm" in name or "k_norm" in name:
+                param.uniform_(0.5, 1.5)
     ours = resolve_model_class(config)(config, get_attention_backend(backend)).float().eval()
     ours.load_weights(reference.state_dict().items())
     return config, reference, ours
@@ -69,7 +74,7 @@ def run_chunks(ours, config, tokens: list[int], chunks: list[int], caches) -> li
     return outputs
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("backend", ["torch_ref", "cpu", "cpu_torch"])
 @pytest.mark.parametrize("chunks", [[13], [5, 6, 2], [12, 1]])
 def test_logits_match_transformers(arch: str, backend: str, chunks: list[int]) -> None:
@@ -111,7 +116,7 @@ def test_batched_decode_of_different_lengths(backend: str) -> None:
             torch.testing.assert_close(logits[row], expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_bfloat16_weights_under_float32_compute(arch: str) -> None:
     """dtype auto on CPUs without bfloat16 instructions: matrices stored in bfloat16, everything computed in
     float32. Equals transformers in float32 on the same bf16-rounded weights (widening is exact)."""

@@ -52,6 +52,8 @@ def test_llama3_8b_kv_bytes_per_token_matches_hand_computation() -> None:
         ("mistral-7b", 7.25),
         ("qwen2.5-7b", 7.62),
         ("qwen2.5-72b", 72.71),
+        ("qwen3-8b", 8.2),  # head_dim 128 with 64 heads over a 5120-wide model (32b): q is wider than hidden
+        ("qwen3-32b", 32.8),
     ],
 )
 def test_parameter_count_matches_published_size(model: str, published_billions: float) -> None:
@@ -332,3 +334,13 @@ def test_kube_package_imports_no_engine_code() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_qwen3_gguf_file_gives_its_own_head_size(tmp_path) -> None:
+    """qwen3 GGUF files carry attention.key_length (128), which is not hidden / heads: the KV size follows it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "models"))
+    from tiny_gguf_writer import QWEN3_HEAD_DIM, TINY_HEADS, TINY_KV_HEADS, TINY_LAYERS, write_tiny_gguf
+
+    spec = spec_from_gguf(write_tiny_gguf(tmp_path / "qwen3.gguf", "qwen3").path)
+    assert spec.head_dim == QWEN3_HEAD_DIM != spec.hidden_size // TINY_HEADS
+    assert kv_bytes_per_token(spec, 2) == 2 * TINY_LAYERS * TINY_KV_HEADS * QWEN3_HEAD_DIM * 2

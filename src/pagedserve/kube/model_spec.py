@@ -127,6 +127,7 @@ def spec_from_gguf(path: Path) -> ModelSpec:
     vocab_field = reader.fields.get(f"{arch}.vocab_size")
     vocab = int(vocab_field.contents()) if vocab_field is not None else len(field("tokenizer.ggml.tokens"))
     tensor_names = {t.name for t in reader.tensors}
+    key_length = reader.fields.get(f"{arch}.attention.key_length")  # qwen3: its own head size
     return ModelSpec(
         name=path.stem,
         hidden_size=hidden,
@@ -134,7 +135,7 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         num_layers=int(field(f"{arch}.block_count")),
         num_attention_heads=heads,
         num_kv_heads=int(field(f"{arch}.attention.head_count_kv")),
-        head_dim=hidden // heads,
+        head_dim=int(key_length.contents()) if key_length is not None else hidden // heads,
         vocab_size=vocab,
         max_position_embeddings=int(field(f"{arch}.context_length")),
         tie_word_embeddings="output.weight" not in tensor_names,

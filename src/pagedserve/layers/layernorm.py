@@ -44,3 +44,14 @@ class RMSNorm(nn.Module):
             return self._norm(x)
         residual = x + residual
         return self._norm(residual), residual
+
+
+def norm_q_k_heads(qk: torch.Tensor, q_norm: RMSNorm, k_norm: RMSNorm, num_q_heads: int) -> torch.Tensor:
+    """qk: [T, Hq + Hkv, D] (q heads then k heads; rows may be strided) -> each q head through q_norm and each k
+    head through k_norm (Qwen3). With the C kernels: in place, one call; elsewhere a new tensor."""
+    weights = (q_norm.weight, k_norm.weight)
+    if cpu_ops.usable_rows(qk) and weights[0].dtype == qk.dtype and cpu_ops.available(qk, *weights):
+        return cpu_ops.rms_norm_heads_(qk, *weights, num_q_heads, q_norm.eps)
+    q = F.rms_norm(qk[:, :num_q_heads], weights[0].shape, weights[0], q_norm.eps)
+    k = F.rms_norm(qk[:, num_q_heads:], weights[1].shape, weights[1], k_norm.eps)
+    return torch.cat((q, k), dim=1)

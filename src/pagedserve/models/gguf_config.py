@@ -15,8 +15,8 @@ import transformers
 
 from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2")
-_SUPPORTED_HINT = "supported: llama (Llama 2/3, Mistral, SmolLM2) and qwen2"
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+_SUPPORTED_HINT = "supported: llama (Llama 2/3, Mistral, SmolLM2), qwen2 and qwen3"
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
 _SAMPLING_KEYS = {
@@ -131,7 +131,7 @@ def _rope_scaling(
 
 
 def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transformers.PretrainedConfig:
-    """A LlamaConfig / MistralConfig / Qwen2Config equal to what the original checkpoint's config.json says, as
+    """A LlamaConfig / MistralConfig / Qwen2Config / Qwen3Config equal to what the original checkpoint's config.json says, as
     far as GGUF metadata records it."""
     arch = gguf_architecture(reader, path)
     if field_value(reader, f"{arch}.expert_count", 0):
@@ -175,7 +175,7 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
     rope_theta = field_value(reader, f"{arch}.rope.freq_base")
     if rope_theta is not None:
         kwargs["rope_theta"] = float(rope_theta)
-    default_theta = 1_000_000.0 if arch == "qwen2" else 10_000.0
+    default_theta = 1_000_000.0 if arch in ("qwen2", "qwen3") else 10_000.0
     rope_scaling = _rope_scaling(reader, arch, path, kwargs.get("rope_theta", default_theta), head_dim)
     if rope_scaling is not None:
         kwargs["rope_scaling"] = rope_scaling
@@ -187,6 +187,8 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
             )
         return transformers.Qwen2Config(architectures=["Qwen2ForCausalLM"], **kwargs)
     kwargs["head_dim"] = head_dim
+    if arch == "qwen3":
+        return transformers.Qwen3Config(architectures=["Qwen3ForCausalLM"], **kwargs)
     # llama.cpp files Mistral under the llama architecture; the model name is the only trace left.
     if "mistral" in str(field_value(reader, "general.name", "")).lower():
         # llama.cpp runs these without a sliding window, so pagedserve does too.

@@ -1,4 +1,5 @@
-"""One Llama-family decoder: Llama 2/3 (llama3 rope scaling), Mistral, Qwen2 (q/k/v bias), SmolLM2.
+"""One Llama-family decoder: Llama 2/3 (llama3 rope scaling), Mistral, Qwen2 (q/k/v bias), Qwen3 (per-head q/k
+RMSNorm before the rotation), SmolLM2.
 
 Depends on layers/ and the attention interface only. Parameter names follow Hugging Face after merging q|k|v and
 gate|up, so `load_weights` maps checkpoint names onto shards.
@@ -7,7 +8,7 @@ gate|up, so `load_weights` maps checkpoint names onto shards.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from pagedserve.distributed.partition import even_range, head_shard
 from pagedserve.layers.activation import SiluAndMul
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.gguf_quant import TYPE_NAMES, QuantizedTensor
-from pagedserve.layers.layernorm import RMSNorm
+from pagedserve.layers.layernorm import RMSNorm, norm_q_k_heads
 from pagedserve.layers.linear import MergedLinear
 from pagedserve.layers.rotary import RotaryEmbedding, StepRotary
 
@@ -39,8 +40,16 @@ def rope_settings(config: Any) -> tuple[float, dict[str, Any] | None]:
     return float(theta), params or None
 
 
+class AttentionShape(NamedTuple):
+    """What differs between the family's attention blocks."""
+
+    qkv_bias: bool
+    o_bias: bool
+    qk_norm: bool = False  # Qwen3: RMSNorm over each q and k head (weights of head_dim) before the rotation
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, backend: AttentionBackend, qkv_bias: bool, o_bias: bool) -> None:
+    def __init__(self, config: Any, backend: AttentionBackend, shape: AttentionShape) -> None:
         super().__init__()
         total_heads = config.num_attention_heads
         total_kv_heads = getattr(config, "num_key_value_heads", None) or total_heads
@@ -56,12 +65,16 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = MergedLinear(
             config.hidden_size,
             {"q": q_size, "k": kv_size, "v": kv_size},
-            bias=qkv_bias,
+            bias=shape.qkv_bias,
             part_slices={"q": q_rows, "k": kv_rows, "v": kv_rows},
         )
         self.o_proj = MergedLinear(
-            total_heads * self.head_dim, {"o": config.hidden_size}, bias=o_bias, input_slice=q_rows
+            total_heads * self.head_dim, {"o": config.hidden_size}, bias=shape.o_bias, input_slice=q_rows
         )
+        self.q_norm = self.k_norm = None
+        if shape.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.backend = backend
         self.q_size, self.kv_size = q_size, kv_size
 
@@ -72,6 +85,8 @@ class LlamaAttention(nn.Module):
         qk = qkv[:, : self.q_size + self.kv_size].view(
             tokens, self.num_heads + self.num_kv_heads, self.head_dim
         )
+        if self.q_norm is not None:
+            qk = norm_q_k_heads(qk, self.q_norm, self.k_norm, self.num_heads)
         qk = rope.rotate(qk)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, self.q_size + self.kv_size :].reshape(tokens, self.num_kv_heads, self.head_dim)
@@ -100,9 +115,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: Any, backend: AttentionBackend, biases: tuple[bool, bool]) -> None:
+    def __init__(self, config: Any, backend: AttentionBackend, shape: AttentionShape) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, backend, *biases)
+        self.self_attn = LlamaAttention(config, backend, shape)
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -119,11 +134,11 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: Any, backend: AttentionBackend, biases: tuple[bool, bool]) -> None:
+    def __init__(self, config: Any, backend: AttentionBackend, shape: AttentionShape) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, backend, biases) for _ in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, backend, shape) for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         num_heads = config.num_attention_heads
@@ -144,15 +159,14 @@ class LlamaModel(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     @staticmethod
-    def attention_biases(config: Any) -> tuple[bool, bool]:
-        """(q/k/v bias, o_proj bias)."""
+    def attention_shape(config: Any) -> AttentionShape:
         bias = bool(getattr(config, "attention_bias", False))
-        return bias, bias
+        return AttentionShape(bias, bias)
 
     def __init__(self, config: Any, backend: AttentionBackend) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, backend, self.attention_biases(config))
+        self.model = LlamaModel(config, backend, self.attention_shape(config))
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = LMHead(config.vocab_size, config.hidden_size)
         if self.tie_word_embeddings:
@@ -218,8 +232,15 @@ class LlamaForCausalLM(nn.Module):
 
 class Qwen2ForCausalLM(LlamaForCausalLM):
     @staticmethod
-    def attention_biases(config: Any) -> tuple[bool, bool]:
-        return True, False
+    def attention_shape(config: Any) -> AttentionShape:
+        return AttentionShape(qkv_bias=True, o_bias=False)
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    @staticmethod
+    def attention_shape(config: Any) -> AttentionShape:
+        bias = bool(getattr(config, "attention_bias", False))
+        return AttentionShape(bias, bias, qk_norm=True)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

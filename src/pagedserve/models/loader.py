@@ -41,7 +41,7 @@ class ModelSource:
     """Model folder or .gguf file."""
     format: SourceFormat
     hf_config: transformers.PretrainedConfig
-    """LlamaConfig / MistralConfig / Qwen2Config with `architectures` set."""
+    """LlamaConfig / MistralConfig / Qwen2Config / Qwen3Config with `architectures` set."""
     generation_defaults: dict[str, Any]
     """Default sampling parameters from generation_config.json (or GGUF general.sampling.*); {} if none."""
     eos_token_ids: list[int]

@@ -59,6 +59,9 @@ SIGNATURES: dict[str, list] = {
     "paged_decode_attention": [_P] * 6 + [_I] * 7 + [_F, ctypes.c_int, ctypes.c_int, ctypes.c_int],
     # x, residual (or NULL), weight, out, rows, hidden, eps, dtype, threads
     "rms_norm": [_P] * 4 + [_I] * 2 + [_F, ctypes.c_int, ctypes.c_int],
+    # x (in place), weight_a, weight_b, rows, row_stride, heads, split (heads before it take weight_a), head_dim,
+    # eps, dtype, threads
+    "rms_norm_heads": [_P] * 3 + [_I] * 5 + [_F, ctypes.c_int, ctypes.c_int],
     # x [rows, 2 * inter], out [rows, inter], rows, inter, dtype, threads
     "silu_and_mul": [_P] * 2 + [_I] * 2 + [ctypes.c_int, ctypes.c_int],
     # x, positions, cos_cache, sin_cache, rows, heads, head_dim, row_stride, max_position, dtype, threads

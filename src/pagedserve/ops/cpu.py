@@ -132,6 +132,26 @@ def rms_norm(
     return out
 
 
+def rms_norm_heads_(
+    x: torch.Tensor, weight_a: torch.Tensor, weight_b: torch.Tensor, split: int, eps: float
+) -> torch.Tensor:
+    """RMSNorm of each head of x: [rows, heads, head_dim] in place (rows may be strided): heads before `split`
+    with weight_a, the rest with weight_b. Returns x."""
+    library = build.load()
+    rows, heads, head_dim = x.shape
+    assert library is not None and usable_rows(x) and weight_a.dtype == weight_b.dtype == x.dtype
+    assert (
+        weight_a.shape == weight_b.shape == (head_dim,)
+        and weight_a.is_contiguous()
+        and weight_b.is_contiguous()
+    )
+    library.rms_norm_heads(
+        x.data_ptr(), weight_a.data_ptr(), weight_b.data_ptr(), rows, x.stride(0), heads, split, head_dim, eps,
+        _code(x), torch.get_num_threads(),
+    )  # fmt: skip
+    return x
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [rows, 2 * inter] (gate | up), contiguous -> silu(gate) * up."""
     library = build.load()

@@ -45,7 +45,7 @@ def tiny_gguf_factory(tmp_path: pathlib.Path) -> Callable[..., TinyGGUF]:
     return make
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("tensor_type", TENSOR_TYPES, ids=lambda t: t.name)
 def test_weights_equal_dequantized_originals(tiny_gguf_factory, architecture, tensor_type) -> None:
     tiny = tiny_gguf_factory(architecture=architecture, tensor_type=tensor_type, tied=architecture == "llama")
@@ -78,7 +78,9 @@ def test_llama_q_and_k_rows_are_unpermuted_to_hf_order(tiny_gguf_factory) -> Non
     )
 
 
-@pytest.mark.parametrize(("architecture", "tensor_type"), [("llama", Q.Q4_1), ("qwen2", Q.Q8_0)])
+@pytest.mark.parametrize(
+    ("architecture", "tensor_type"), [("llama", Q.Q4_1), ("qwen2", Q.Q8_0), ("qwen3", Q.Q8_0)]
+)
 def test_weights_and_config_match_transformers_gguf_loader(
     tiny_gguf_factory, architecture, tensor_type
 ) -> None:
@@ -128,6 +130,34 @@ def test_qwen2_config_has_untied_head_and_biases(tiny_gguf_factory) -> None:
     assert source.hf_config.tie_word_embeddings is False
     names = {name for name, _ in source.iter_weights()}
     assert {"lm_head.weight", "model.layers.1.self_attn.k_proj.bias"} <= names
+
+
+def test_qwen3_file_runs_like_transformers_reading_it(tiny_gguf_factory) -> None:
+    """Config (its own head size, q/k norms) and the whole forward, against transformers' GGUF reader."""
+    from pagedserve.attention.backend import get_attention_backend
+    from pagedserve.core.scheduler_output import ScheduledSequence
+    from pagedserve.models.registry import resolve_model_class
+    from pagedserve.worker.inputs import prepare_inputs
+    from pagedserve.worker.kv_cache import allocate_kv_caches
+
+    tiny = tiny_gguf_factory(architecture="qwen3", tensor_type=Q.Q8_0, tied=False)
+    source = resolve_model_source(str(tiny.path))
+    config = source.hf_config
+    assert isinstance(config, transformers.Qwen3Config) and config.architectures == ["Qwen3ForCausalLM"]
+    assert (config.head_dim, config.hidden_size, config.num_attention_heads) == (128, TINY_HIDDEN, TINY_HEADS)
+    ours = resolve_model_class(config)(config, get_attention_backend("cpu")).float().eval()
+    loaded = ours.load_weights(source.iter_weights())
+    assert "model.layers.1.self_attn.q_norm.weight" in loaded
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tiny.path.parent, gguf_file=tiny.path.name, dtype=torch.float32
+    ).eval()
+    tokens = torch.randint(3, TINY_VOCAB, (11,), generator=torch.Generator().manual_seed(0)).tolist()
+    caches = allocate_kv_caches(config, 4, 4, torch.float32, torch.device("cpu"))
+    step = prepare_inputs([ScheduledSequence("r", 0, tokens, [0, 1, 2], True)], 4, torch.device("cpu"))
+    with torch.no_grad():
+        got = ours.compute_logits(ours(step.input_ids, step.positions, caches, step.metadata))
+        expected = reference(torch.tensor([tokens])).logits[0, -1]
+    torch.testing.assert_close(got[-1], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_mistral_named_llama_file_gets_mistral_config(tiny_gguf_factory) -> None:

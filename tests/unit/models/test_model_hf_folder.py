@@ -91,6 +91,33 @@ def test_tied_qwen2_omits_lm_head(tmp_path) -> None:
         assert torch.equal(tensor, reference[name]), name
 
 
+def qwen3_config(**overrides) -> transformers.Qwen3Config:
+    values = dict(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+    )  # fmt: skip
+    return transformers.Qwen3Config(**(values | overrides))
+
+
+def test_qwen3_folder_gives_its_config_and_q_k_norms(tmp_path) -> None:
+    torch.manual_seed(2)
+    reference = save_model(tmp_path, transformers.Qwen3ForCausalLM(qwen3_config()))
+    source = resolve_model_source(str(tmp_path))
+    assert isinstance(source.hf_config, transformers.Qwen3Config)
+    assert source.hf_config.architectures == ["Qwen3ForCausalLM"] and source.hf_config.head_dim == 16
+    loaded = dict(source.iter_weights())
+    assert set(loaded) == set(reference) - {"lm_head.weight"}
+    assert {"model.layers.0.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight"} <= set(loaded)
+
+
+def test_sliding_window_attention_is_refused_by_name(tmp_path) -> None:
+    save_model(
+        tmp_path, transformers.Qwen3ForCausalLM(qwen3_config(use_sliding_window=True, sliding_window=8))
+    )
+    with pytest.raises(ValueError, match="use_sliding_window"):
+        resolve_model_source(str(tmp_path))
+
+
 def test_generation_config_gives_sampling_defaults_and_eos_ids(tmp_path) -> None:
     model = transformers.LlamaForCausalLM(tiny_llama_config())
     model.generation_config = transformers.GenerationConfig(

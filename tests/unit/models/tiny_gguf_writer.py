@@ -16,6 +16,9 @@ TINY_HIDDEN = 64  # a multiple of 32: every quantized row holds whole blocks
 TINY_HEADS = 4
 TINY_KV_HEADS = 2
 TINY_HEAD_DIM = TINY_HIDDEN // TINY_HEADS
+# Qwen3 files carry a head size of their own (attention.key_length); every released Qwen3 uses 128, and so does
+# transformers' GGUF loader (it does not read key_length), so the tiny qwen3 does too.
+QWEN3_HEAD_DIM = 128
 TINY_LAYERS = 2
 TINY_FFN = 128
 TINY_CHAT_TEMPLATE = (
@@ -85,7 +88,8 @@ def _hf_weights(
     }
     if not tied:
         weights["lm_head.weight"] = normal(TINY_VOCAB, hidden)
-    q_rows, kv_rows = hidden, TINY_KV_HEADS * (hidden // TINY_HEADS)
+    head_dim = QWEN3_HEAD_DIM if architecture == "qwen3" else hidden // TINY_HEADS
+    q_rows, kv_rows = TINY_HEADS * head_dim, TINY_KV_HEADS * head_dim
     for layer in range(TINY_LAYERS):
         prefix = f"model.layers.{layer}"
         weights |= {
@@ -99,6 +103,11 @@ def _hf_weights(
             f"{prefix}.mlp.up_proj.weight": normal(ffn, hidden),
             f"{prefix}.mlp.down_proj.weight": normal(hidden, ffn),
         }
+        if architecture == "qwen3":
+            weights |= {
+                f"{prefix}.self_attn.q_norm.weight": normal(head_dim) + 1,
+                f"{prefix}.self_attn.k_norm.weight": normal(head_dim) + 1,
+            }
         if architecture == "qwen2":
             weights |= {
                 f"{prefix}.self_attn.q_proj.bias": normal(q_rows),
@@ -119,6 +128,8 @@ _HF_TO_GGUF = {
     "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
@@ -161,6 +172,9 @@ def write_tiny_gguf(
     writer.add_layer_norm_rms_eps(1e-5)
     if architecture == "llama":
         writer.add_rope_dimension_count(hidden // TINY_HEADS)
+    if architecture == "qwen3":
+        writer.add_key_length(QWEN3_HEAD_DIM)
+        writer.add_value_length(QWEN3_HEAD_DIM)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(TINY_TOKENS)

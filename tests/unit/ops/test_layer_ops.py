@@ -48,6 +48,26 @@ def test_rms_norm_with_and_without_residual(dtype, atol, rows):
 
 @pytest.mark.parametrize("dtype,atol", DTYPES)
 @pytest.mark.parametrize("rows", ROWS)
+def test_rms_norm_heads_in_place_on_a_strided_view(dtype, atol, rows):
+    """Qwen3's q/k norms on the q|k heads of a merged projection (rows strided by the v columns too)."""
+    gen = torch.Generator().manual_seed(rows)
+    q_heads, kv_heads, head_dim = 16, 8, 128
+    qkv = torch.randn(rows, (q_heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
+    q_weight, k_weight = (torch.rand(head_dim, generator=gen).to(dtype) + 0.5 for _ in range(2))
+    qk = qkv[:, : (q_heads + kv_heads) * head_dim].view(rows, q_heads + kv_heads, head_dim)
+    v_before = qkv[:, (q_heads + kv_heads) * head_dim :].clone()
+    expected_q = F.rms_norm(qk[:, :q_heads], (head_dim,), q_weight, 1e-6)
+    expected_k = F.rms_norm(qk[:, q_heads:], (head_dim,), k_weight, 1e-6)
+    tolerance = dict(atol=atol, rtol=2e-6) if dtype == torch.float32 else dict(atol=0, rtol=2**-7)
+    out = cpu_ops.rms_norm_heads_(qk, q_weight, k_weight, q_heads, 1e-6)
+    assert out.data_ptr() == qkv.data_ptr()  # in place
+    torch.testing.assert_close(qk[:, :q_heads], expected_q, **tolerance)
+    torch.testing.assert_close(qk[:, q_heads:], expected_k, **tolerance)
+    assert torch.equal(qkv[:, (q_heads + kv_heads) * head_dim :], v_before)  # v untouched
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
 def test_silu_and_mul(dtype, atol, rows):
     x = torch.randn(rows, 2 * 1536, generator=torch.Generator().manual_seed(rows)).to(dtype) * 4
     gate, up = x.chunk(2, dim=-1)

@@ -62,6 +62,27 @@ int rms_norm(void *x, void *residual, const void *weight, void *out, int64_t row
     return 0;
 }
 
+/* In place: `rows` rows `row_stride` elements apart, each `heads` heads of `head_dim` (contiguous); heads [0, split)
+ * normalised with weight_a, the others with weight_b. Qwen3's q_norm and k_norm over the q|k heads of the merged
+ * projection, without copying them out (a copy and a concatenation are PyTorch operations a decode graph cannot
+ * replay). */
+int rms_norm_heads(void *x, const void *weight_a, const void *weight_b, int64_t rows, int64_t row_stride,
+                   int64_t heads, int64_t split, int64_t head_dim, float eps, int dtype, int threads) {
+    _Pragma("omp parallel for num_threads(threads) if (rows * heads >= PARALLEL_MIN_ROWS) schedule(static)")
+    for (int64_t n = 0; n < rows * heads; ++n) {
+        const int64_t offset = (n / heads) * row_stride + (n % heads) * head_dim;
+        const void *weight = n % heads < split ? weight_a : weight_b;
+        if (dtype == 0) {
+            float *head = (float *)x + offset;
+            rms_norm_f32(head, NULL, weight, head, 1, head_dim, eps, 1);
+        } else {
+            uint16_t *head = (uint16_t *)x + offset;
+            rms_norm_bf16(head, NULL, weight, head, 1, head_dim, eps, 1);
+        }
+    }
+    return 0;
+}
+
 /* out[r, i] = silu(x[r, i]) * x[r, inter + i]  (gate | up merged in one projection). */
 #define DEFINE_SILU_AND_MUL(NAME, T, LOAD, STORE, ROUND)                                                                 \
     static void NAME(const T *x, T *out, int64_t rows, int64_t inter, int threads) {                             \

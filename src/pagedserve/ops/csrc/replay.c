@@ -35,6 +35,7 @@ enum {
     K_E4M3_DEQUANTIZE,
     K_SHM_ALL_REDUCE,
     K_SHM_ALL_GATHER,
+    K_RMS_NORM_HEADS,
     K_COUNT
 };
 
@@ -44,6 +45,8 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                            int64_t q_row_stride, float scale, int dtype, int cache_dtype, int num_threads);
 int rms_norm(void *x, void *residual, const void *weight, void *out, int64_t rows, int64_t hidden, float eps,
              int dtype, int threads);
+int rms_norm_heads(void *x, const void *weight_a, const void *weight_b, int64_t rows, int64_t row_stride,
+                   int64_t heads, int64_t split, int64_t head_dim, float eps, int dtype, int threads);
 int silu_and_mul(const void *x, void *out, int64_t rows, int64_t inter, int dtype, int threads);
 int rotary_neox(void *x, const int64_t *positions, const float *cos_cache, const float *sin_cache, int64_t rows,
                 int64_t heads, int64_t head_dim, int64_t row_stride, int64_t max_position, int dtype, int threads);
@@ -109,6 +112,8 @@ static int run_one(const replay_call *c) {
         return shm_all_reduce(P(0), P(1), i[2], i[3], (int)i[4], (int)i[5], (int)i[6], P(7), c->f[0]);
     case K_SHM_ALL_GATHER:
         return shm_all_gather(P(0), P(1), i[2], P(3), i[4], (int)i[5], (int)i[6], P(7), c->f[0]);
+    case K_RMS_NORM_HEADS:
+        return rms_norm_heads(P(0), P(1), P(2), i[3], i[4], i[5], i[6], i[7], c->f[0], (int)i[8], (int)i[9]);
     default: return -1;
     }
 }
