@@ -15,21 +15,30 @@ from pagedserve import LLM, SamplingParams
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def tiny_folder(tmp_path_factory, request):
     from pagedserve.models.bundled import bundled_model_path
 
     path = bundled_model_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    config = transformers.Qwen2Config(
+    common = dict(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )  # fmt: skip
-    config.architectures = ["Qwen2ForCausalLM"]
+    if request.param == "qwen2":
+        config = transformers.Qwen2Config(**common)
+        config.architectures = ["Qwen2ForCausalLM"]
+    else:  # its own head size (32, not 64 / 4) and q/k norms
+        config = transformers.Qwen3Config(**common, head_dim=32)
+        config.architectures = ["Qwen3ForCausalLM"]
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    with torch.no_grad():  # the norms start at ones: make them matter
+        for name, param in model.named_parameters():
+            if name.endswith("_norm.weight"):
+                param.uniform_(0.5, 1.5)
+    folder = tmp_path_factory.mktemp(f"tiny-{request.param}")
     model.save_pretrained(folder, max_shard_size="2MB")
     tokenizer.save_pretrained(folder)
     assert (folder / "model.safetensors.index.json").exists()
