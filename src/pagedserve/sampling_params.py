@@ -83,6 +83,7 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling
     allowed_token_ids: list[int] | None = None  # only these tokens may be sampled
     bad_words: list[str] | None = None  # words never generated (their last token is banned after the rest)
+    truncate_prompt_tokens: int | None = None  # keep only the prompt's last k tokens (-1: max_model_len)
     # Filled by the engine from the tokenizer / generation config; not user-facing.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     # The model's EOS ids: min_tokens forbids them even with ignore_eos (as vLLM does).
@@ -163,6 +164,9 @@ class SamplingParams:
             if not _is_int(t) or t < 0:
                 raise bad("stop_token_ids", f"must be non-negative integers, got {t!r}.")
         self._validate_token_controls()
+        k = self.truncate_prompt_tokens
+        if k is not None and (not _is_int(k) or not (k >= 1 or k == -1)):
+            raise bad("truncate_prompt_tokens", f"must be an integer >= 1, or -1 (max_model_len); got {k!r}.")
 
     def _validate_token_controls(self) -> None:
         bad = self._bad

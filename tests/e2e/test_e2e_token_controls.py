@@ -84,3 +84,25 @@ def test_bad_token_controls_are_400_naming_the_field(sdk: OpenAI, extra: dict, p
         sdk.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body=extra)
     error = caught.value.body
     assert isinstance(error, dict) and error.get("param") == param, error
+
+
+def test_truncate_prompt_tokens_keeps_the_prompts_end(sdk: OpenAI, server: ServerProcess) -> None:
+    ids = token_ids(server, PROMPT)
+    cut = sdk.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0, echo=True,
+        extra_body={"truncate_prompt_tokens": 3},
+    )  # fmt: skip
+    same = sdk.completions.create(model=MODEL, prompt=ids[-3:], max_tokens=4, temperature=0)
+    assert cut.usage is not None and cut.usage.prompt_tokens == 3 < len(ids)
+    tail = httpx.post(f"{server.url}/detokenize", json={"model": MODEL, "tokens": ids[-3:]}, timeout=30)
+    assert cut.choices[0].text == tail.json()["prompt"] + same.choices[0].text  # echo: what the model saw
+    chat = sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
+        extra_body={"truncate_prompt_tokens": 5},
+    )  # fmt: skip
+    assert chat.usage is not None and chat.usage.prompt_tokens == 5
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.completions.create(
+            model=MODEL, prompt=PROMPT, max_tokens=2, extra_body={"truncate_prompt_tokens": 99999}
+        )
+    assert isinstance(caught.value.body, dict) and caught.value.body.get("param") == "truncate_prompt_tokens"

@@ -117,8 +117,20 @@ class InputProcessor:
             raise InvalidRequestError("params must be a SamplingParams", param="sampling_params")
         info = self.info
         prompt_text, prompt_ids = resolve_prompt(self.tokenizer, prompt, info.vocab_size)
-        num_prompt = len(prompt_ids)
         max_len = info.max_model_len
+        keep = params.truncate_prompt_tokens
+        if keep is not None:
+            if keep > max_len:
+                raise InvalidRequestError(
+                    f"truncate_prompt_tokens ({keep}) is greater than max_model_len ({max_len})",
+                    param="truncate_prompt_tokens",
+                )
+            keep = max_len if keep == -1 else keep
+            if len(prompt_ids) > keep:
+                # The last tokens, as vLLM: the text is what the model sees (echo returns it).
+                prompt_ids = prompt_ids[-keep:]
+                prompt_text = self.tokenizer.decode(prompt_ids) if prompt_text is not None else None
+        num_prompt = len(prompt_ids)
         if num_prompt >= max_len:
             raise ContextLengthError(
                 max_len, num_prompt + (params.max_tokens or 0), num_prompt, param="prompt"

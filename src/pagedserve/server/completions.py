@@ -68,7 +68,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
             request, state.off_loop(_tokenize_all, engine.tokenizer, prompts, engine.info.vocab_size)
         )
         await until_disconnect(request, generation.start())
-        echo_texts = [p if isinstance(p, str) else None for p in prompts] if body.echo else None
+        # A truncated prompt echoes what the model saw: decoded from its (kept) token ids.
+        whole = params.truncate_prompt_tokens is None
+        echo_texts = [p if isinstance(p, str) and whole else None for p in prompts] if body.echo else None
         view = _View(
             response_id, model, int(time.time()), params.n, echo_texts, body.logprobs, engine.tokenizer
         )

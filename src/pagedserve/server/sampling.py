@@ -14,6 +14,7 @@ _COPIED = (
     "n", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "min_tokens", "ignore_eos", "skip_special_tokens",
     "spaces_between_special_tokens", "include_stop_str_in_output", "allowed_token_ids", "bad_words",
+    "truncate_prompt_tokens",
 )  # fmt: skip
 
 

@@ -24,7 +24,6 @@ _REFUSED_ANYWHERE: dict[str, tuple[tuple[Any, ...], str]] = {
         (None, 1, 1.0),
         "length_penalty only applies to beam search, which is not implemented",
     ),
-    "truncate_prompt_tokens": ((None,), "truncate_prompt_tokens is not implemented"),
     "logits_processors": (_NOT_SET, "custom logits processors are not supported"),
     "return_tokens_as_token_ids": (_NOT_SET, "return_tokens_as_token_ids is not implemented"),
     "return_token_ids": (_NOT_SET, "return_token_ids is not implemented"),

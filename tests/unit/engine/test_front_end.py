@@ -105,3 +105,26 @@ def test_admission_tokenizes_bad_words_and_checks_token_ids_against_the_vocabula
         with pytest.raises(InvalidRequestError, match="outside the model's vocabulary") as caught:
             inputs.process("r", "Hi", params, 1.0)
         assert caught.value.param == field
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(tokenizer: Any) -> None:
+    inputs = make_input(tokenizer)
+    ids = tokenizer.encode("one two three four five six seven")
+    request, state = inputs.process(
+        "r", "one two three four five six seven", SamplingParams(truncate_prompt_tokens=3), 1.0
+    )
+    assert request.prompt_token_ids == ids[-3:] == state.prompt_token_ids
+    assert state.prompt == tokenizer.decode(ids[-3:])  # what the model saw, for echo
+    short, _ = inputs.process("r", [5, 6], SamplingParams(truncate_prompt_tokens=3), 1.0)
+    assert short.prompt_token_ids == [5, 6]
+    # -1: max_model_len (256) tokens; this 300-token prompt then leaves no room, which is the usual error.
+    with pytest.raises(ContextLengthError):
+        inputs.process("r", [7] * 300, SamplingParams(truncate_prompt_tokens=-1), 1.0)
+    cut, _ = inputs.process("r", [7] * 300, SamplingParams(truncate_prompt_tokens=250, max_tokens=6), 1.0)
+    assert len(cut.prompt_token_ids) == 250
+    with pytest.raises(InvalidRequestError, match="greater than max_model_len") as caught:
+        inputs.process("r", [7] * 10, SamplingParams(truncate_prompt_tokens=257), 1.0)
+    assert caught.value.param == "truncate_prompt_tokens"
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError, match="truncate_prompt_tokens"):
+            SamplingParams(truncate_prompt_tokens=bad)

@@ -89,6 +89,7 @@ class SamplingFields(BaseModel):
     logit_bias: dict[StrictStr, Number] | None = None  # OpenAI's: token id (as a JSON key) -> bias
     allowed_token_ids: list[StrictInt] | None = None
     bad_words: list[StrictStr] | None = None
+    truncate_prompt_tokens: StrictInt | None = None
 
 
 class TextContentPart(_Lenient):
