@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import httpx
 import openai
 import pytest
@@ -106,3 +109,30 @@ def test_truncate_prompt_tokens_keeps_the_prompts_end(sdk: OpenAI, server: Serve
             model=MODEL, prompt=PROMPT, max_tokens=2, extra_body={"truncate_prompt_tokens": 99999}
         )
     assert isinstance(caught.value.body, dict) and caught.value.body.get("param") == "truncate_prompt_tokens"
+
+
+def test_cache_salt_isolates_prefix_cache_hits(sdk: OpenAI, server: ServerProcess) -> None:
+    from .conftest import metric_value
+
+    # A prompt no other test sends, several blocks long.
+    prompt = f"{uuid.uuid4()} " + "Kubernetes schedules pods onto nodes. " * 12
+
+    def hits_of(**extra: object) -> float:
+        """Prefix-cache hits of one request, read once its stats are in (they reach /metrics after the reply)."""
+        done = metric_value(server, "vllm:request_success_total", finished_reason="length")
+        before = metric_value(server, "vllm:prefix_cache_hits_total")
+        sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=1, extra_body=extra)
+        deadline = time.monotonic() + 10
+        while metric_value(server, "vllm:request_success_total", finished_reason="length") <= done:
+            assert time.monotonic() < deadline, "the request's stats never reached /metrics"
+            time.sleep(0.05)
+        return metric_value(server, "vllm:prefix_cache_hits_total") - before
+
+    assert hits_of(cache_salt="tenant-a") == 0  # first time: nothing cached
+    assert hits_of(cache_salt="tenant-a") > 0  # same salt: the prefix is shared
+    assert hits_of(cache_salt="tenant-b") == 0  # another tenant cannot hit (or time) tenant a's blocks
+    assert hits_of() == 0  # nor can a request without a salt
+    assert hits_of() > 0
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.completions.create(model=MODEL, prompt=prompt, max_tokens=1, extra_body={"cache_salt": ""})
+    assert isinstance(caught.value.body, dict) and caught.value.body.get("param") == "cache_salt"

@@ -24,8 +24,13 @@ class KVCacheBlock:
         return f"KVCacheBlock({self.block_id}, ref={self.ref_cnt}, hash={self.block_hash})"
 
 
-def hash_block_tokens(parent_hash: BlockHash | None, token_ids: Iterable[int]) -> BlockHash:
-    """Chained hash: a block's hash covers every token before it, so equal hashes mean equal prefixes."""
+def hash_block_tokens(
+    parent_hash: BlockHash | None, token_ids: Iterable[int], salt: str | None = None
+) -> BlockHash:
+    """Chained hash: a block's hash covers every token before it, so equal hashes mean equal prefixes. A salt (the
+    request's cache_salt, given for the first block only) carries into every later block through the chain."""
+    if salt is not None:
+        return hash((parent_hash, tuple(token_ids), salt))
     return hash((parent_hash, tuple(token_ids)))
 
 

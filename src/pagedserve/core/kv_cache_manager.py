@@ -53,7 +53,8 @@ class KVCacheManager:
         while len(hashes) < num_full:
             i = len(hashes)
             parent = hashes[-1] if hashes else None
-            hashes.append(hash_block_tokens(parent, tokens[i * bs : (i + 1) * bs]))
+            salt = seq.cache_salt if i == 0 else None
+            hashes.append(hash_block_tokens(parent, tokens[i * bs : (i + 1) * bs], salt))
         return hashes
 
     def get_computed_blocks(self, seq: Sequence) -> tuple[list[KVCacheBlock], int]:

@@ -154,6 +154,7 @@ class EngineCore:
                     eos,
                     request_id=request.request_id,
                     sample_index=i,
+                    cache_salt=request.cache_salt,
                 )
             )
 

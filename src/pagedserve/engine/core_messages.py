@@ -25,6 +25,7 @@ class EngineCoreRequest(msgspec.Struct, tag=True):
     max_tokens: int  # resolved: never None here
     eos_token_ids: list[int]
     grammar: str | None = None  # llguidance grammar text, validated by the front end (structured outputs)
+    cache_salt: str | None = None  # folded into the first block's hash: prefix hits only within one salt
 
 
 class SequenceOutput(msgspec.Struct, array_like=True):

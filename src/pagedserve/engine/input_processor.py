@@ -12,7 +12,7 @@ from pagedserve.config import EngineConfig, StructuredOutputsConfig
 from pagedserve.engine.chat import apply_chat_template
 from pagedserve.engine.core_messages import EngineCoreRequest
 from pagedserve.engine.detokenizer import IncrementalDetokenizer
-from pagedserve.engine.prompts import PromptInput, resolve_prompt
+from pagedserve.engine.prompts import PromptInput, prompt_cache_salt, resolve_prompt
 from pagedserve.engine.request_state import RequestState, SequenceState
 from pagedserve.errors import ContextLengthError, InvalidRequestError
 from pagedserve.outputs import EngineInfo
@@ -154,7 +154,14 @@ class InputProcessor:
         params.all_stop_token_ids = stops if params.ignore_eos else stops | self.eos_token_ids
         params.eos_token_ids = set(self.eos_token_ids)
         request = EngineCoreRequest(
-            request_id, prompt_ids, params, arrival_time, max_tokens, sorted(self.eos_token_ids), grammar
+            request_id,
+            prompt_ids,
+            params,
+            arrival_time,
+            max_tokens,
+            sorted(self.eos_token_ids),
+            grammar,
+            prompt_cache_salt(prompt),
         )
         detokenizers = [
             IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if params.detokenize else None

@@ -7,15 +7,25 @@ from typing import Any, TypedDict, Union
 from pagedserve.errors import InvalidRequestError
 
 
-class TokensPrompt(TypedDict):
-    prompt_token_ids: list[int]
+class TokensPrompt(TypedDict, total=False):
+    prompt_token_ids: list[int]  # required
+    cache_salt: str  # vLLM's: prefix-cache hits only between requests with the same salt
 
 
-class TextPrompt(TypedDict):
-    prompt: str
+class TextPrompt(TypedDict, total=False):
+    prompt: str  # required
+    cache_salt: str
 
 
 PromptInput = Union[str, list[int], TokensPrompt, TextPrompt]
+
+
+def prompt_cache_salt(prompt: PromptInput) -> str | None:
+    """A prompt dict's cache_salt (a non-empty string), or None."""
+    salt = prompt.get("cache_salt") if isinstance(prompt, dict) else None
+    if salt is not None and (not isinstance(salt, str) or not salt):
+        raise InvalidRequestError("cache_salt must be a non-empty string", param="cache_salt")
+    return salt
 
 
 def resolve_prompt(tokenizer: Any, prompt: PromptInput, vocab_size: int) -> tuple[str | None, list[int]]:

@@ -14,6 +14,7 @@ from typing import TypeVar
 from fastapi import Request
 from starlette.responses import JSONResponse, Response
 
+from pagedserve.engine.prompts import TokensPrompt
 from pagedserve.engine.protocol import EngineClient
 from pagedserve.errors import EngineDeadError
 from pagedserve.outputs import RequestOutput
@@ -70,6 +71,7 @@ class Generation:
     base_id: str
     prompts: list[list[int]]
     params: SamplingParams
+    cache_salt: str | None = None  # vLLM's prefix-cache isolation, passed with every prompt
     started_at: float = field(default_factory=time.monotonic)
     tracked: list[_Tracked] = field(default_factory=list)
     admitted: int = 0
@@ -85,7 +87,10 @@ class Generation:
         become a 400 before any byte of the response is sent."""
         for index, token_ids in enumerate(self.prompts):
             request_id = self.base_id if len(self.prompts) == 1 else f"{self.base_id}-{index}"
-            generator = self.engine.generate({"prompt_token_ids": token_ids}, self.params, request_id)
+            prompt: TokensPrompt = {"prompt_token_ids": token_ids}
+            if self.cache_salt is not None:
+                prompt["cache_salt"] = self.cache_salt
+            generator = self.engine.generate(prompt, self.params, request_id)
             self.tracked.append(_Tracked(request_id, token_ids, generator))
         firsts = await asyncio.gather(*(anext(t.generator) for t in self.tracked), return_exceptions=True)
         for tracked, first in zip(self.tracked, firsts):

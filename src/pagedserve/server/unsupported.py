@@ -31,7 +31,6 @@ _REFUSED_ANYWHERE: dict[str, tuple[tuple[Any, ...], str]] = {
         (None,),
         "prompt_logprobs is not implemented on this endpoint (completions: echo with logprobs)",
     ),
-    "cache_salt": ((None,), "cache_salt (prefix-cache isolation) is not implemented"),
     "kv_transfer_params": (_NOT_SET, "disaggregated prefill (kv_transfer_params) is not supported"),
     "vllm_xargs": (_NOT_SET, "vllm_xargs is not supported"),
     "priority": ((None, 0), "priority scheduling is not implemented (first come, first served)"),

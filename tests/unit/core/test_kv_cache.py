@@ -11,11 +11,19 @@ from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.sequence import Sequence
 
 
-def make_request(request_id: str, tokens: list[int], **params) -> Sequence:
+def make_request(request_id: str, tokens: list[int], cache_salt: str | None = None, **params) -> Sequence:
     sampling = SimpleNamespace(
         prompt_logprobs=None, min_tokens=0, ignore_eos=False, stop_token_ids=[], **params
     )
-    return Sequence(request_id, tokens, sampling, arrival_time=0.0, max_tokens=100, eos_token_ids={0})
+    return Sequence(
+        request_id,
+        tokens,
+        sampling,
+        arrival_time=0.0,
+        max_tokens=100,
+        eos_token_ids={0},
+        cache_salt=cache_salt,
+    )
 
 
 def test_pool_allocates_in_order_and_frees_to_tail():
@@ -73,6 +81,19 @@ def test_prefix_cache_hit_shares_blocks_and_keeps_last_token():
     kv.free(b)
     kv.check_invariants()
     assert kv.num_free_blocks == 8
+
+
+def test_cache_salt_limits_prefix_hits_to_requests_with_the_same_salt():
+    kv = KVCacheManager(num_blocks=16, block_size=4)
+    prompt = list(range(1, 13))
+    kv.allocate_slots(make_request("a", prompt, cache_salt="tenant-a"), 12)
+    assert kv.get_computed_blocks(make_request("b", prompt + [9], cache_salt="tenant-a"))[1] == 12
+    # Another salt, or none, misses every block (the salt is in the first block's hash, and the chain carries it).
+    assert kv.get_computed_blocks(make_request("c", prompt + [9], cache_salt="tenant-b"))[1] == 0
+    assert kv.get_computed_blocks(make_request("d", prompt + [9]))[1] == 0
+    kv.allocate_slots(make_request("e", prompt), 12)
+    assert kv.get_computed_blocks(make_request("f", prompt + [9]))[1] == 12
+    assert kv.get_computed_blocks(make_request("g", prompt + [9], cache_salt="tenant-b"))[1] == 0
 
 
 def test_free_cached_blocks_are_revived_then_evicted_lru():

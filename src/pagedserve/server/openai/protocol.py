@@ -90,6 +90,7 @@ class SamplingFields(BaseModel):
     allowed_token_ids: list[StrictInt] | None = None
     bad_words: list[StrictStr] | None = None
     truncate_prompt_tokens: StrictInt | None = None
+    cache_salt: StrictStr | None = None
 
 
 class TextContentPart(_Lenient):
