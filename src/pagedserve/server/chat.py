@@ -103,7 +103,9 @@ def _response(
                 "stop_reason": c.stop_reason,
             }
         )
-    return {
+        if body.return_token_ids:
+            choices[-1]["token_ids"] = list(c.token_ids)
+    response = {
         "id": response_id,
         "object": "chat.completion",
         "created": int(time.time()),
@@ -111,6 +113,9 @@ def _response(
         "choices": choices,
         "usage": usage([output]),
     }
+    if body.return_token_ids:
+        response["prompt_token_ids"] = list(output.prompt_token_ids)
+    return response
 
 
 async def _stream(
@@ -125,6 +130,11 @@ async def _stream(
 ) -> AsyncIterator[str]:
     head = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model}
     tool_streams: dict[int, ToolStream] = {}
+    # return_token_ids (vLLM's): each chunk carries the ids it adds; the prompt's come with the first chunk.
+    want_ids = bool(body.return_token_ids)
+    sent_ids: dict[int, int] = {}
+    current: CompletionOutput | None = None
+    prompt_ids_sent = False
 
     def chunk(
         index: int,
@@ -132,6 +142,7 @@ async def _stream(
         logprobs: Any = None,
         finish: CompletionOutput | None = None,
         finish_reason: str | None = None,
+        token_ids: bool = True,
     ) -> str:
         choice = {
             "index": index,
@@ -141,21 +152,35 @@ async def _stream(
         }
         if finish is not None:
             choice["stop_reason"] = finish.stop_reason
-        return sse({**head, "choices": [choice]})
+        nonlocal prompt_ids_sent
+        extra: dict[str, Any] = {}
+        if want_ids:
+            assert current is not None, "set before each choice's chunks"
+            if token_ids:  # not on the role chunk: ids come with the text they make
+                choice["token_ids"] = list(current.token_ids[sent_ids.get(index, 0) :])
+                sent_ids[index] = len(current.token_ids)
+            if not prompt_ids_sent:
+                prompt_ids_sent = True
+                extra["prompt_token_ids"] = list(prompt_token_ids)
+        return sse({**head, **extra, "choices": [choice]})
 
     sent_chars: dict[int, int] = {}
     sent_tokens: dict[int, int] = {}
     done: set[int] = set()
     last: RequestOutput | None = None
+    prompt_token_ids: list[int] = []
     async for _, output in generation.stream():
         last = output
+        prompt_token_ids = output.prompt_token_ids
         for completion in output.outputs:
             index = completion.index
             if index in done:
                 continue
+            current = completion
+            new_ids = want_ids and len(completion.token_ids) > sent_ids.get(index, 0)
             if index not in sent_chars:
                 sent_chars[index] = sent_tokens[index] = 0
-                yield chunk(index, {"role": "assistant", "content": ""})
+                yield chunk(index, {"role": "assistant", "content": ""}, token_ids=False)
             delta_text = completion.text[sent_chars[index] :]
             logprobs = _choice_logprobs(completion, sent_tokens[index], body, engine)
             sent_chars[index], sent_tokens[index] = len(completion.text), len(completion.token_ids)
@@ -167,12 +192,12 @@ async def _stream(
                     last_delta, reason = tools.finish(completion.finish_reason)
                     merged = _merge(delta, last_delta)
                     yield chunk(index, merged, logprobs, completion, reason)
-                elif delta is not None or (logprobs and logprobs["content"]):
+                elif delta is not None or (logprobs and logprobs["content"]) or new_ids:
                     yield chunk(index, delta or {}, logprobs)
             elif completion.finish_reason is not None:
                 done.add(index)
                 yield chunk(index, {"content": delta_text} if delta_text else {}, logprobs, completion)
-            elif delta_text or (logprobs and logprobs["content"]):
+            elif delta_text or (logprobs and logprobs["content"]) or new_ids:
                 yield chunk(index, {"content": delta_text}, logprobs)
     if include_usage and last is not None:
         yield sse({**head, "choices": [], "usage": usage([last])})

@@ -72,8 +72,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         whole = params.truncate_prompt_tokens is None
         echo_texts = [p if isinstance(p, str) and whole else None for p in prompts] if body.echo else None
         view = _View(
-            response_id, model, int(time.time()), params.n, echo_texts, body.logprobs, engine.tokenizer
-        )
+            response_id, model, int(time.time()), params.n, echo_texts, body.logprobs, engine.tokenizer,
+            bool(body.return_token_ids),
+        )  # fmt: skip
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return SSEResponse(
@@ -99,12 +100,16 @@ class _View:
         echo_texts: list[str | None] | None,
         logprobs: int | None,
         tokenizer: Any,
+        return_token_ids: bool = False,
     ) -> None:
         self.head = {"id": response_id, "object": "text_completion", "created": created, "model": model}
         self.n = n
         self.echo_texts = echo_texts
         self.logprobs = logprobs
         self.tokenizer = tokenizer
+        self.return_token_ids = (
+            return_token_ids  # vLLM's: the ids with the text (the prompt's in the first chunk)
+        )
         self.sent_chars: dict[int, int] = {}
         self.sent_tokens: dict[int, int] = {}
         self.offsets: dict[int, int] = {}
@@ -138,15 +143,20 @@ class _View:
                 self.offsets[index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
         if first and self.echo_texts is not None:
             text = self._echo(prompt_index, output) + text
-        self.sent_chars[index] = len(completion.text)
-        self.sent_tokens[index] = len(completion.token_ids)
-        return {
+        choice = {
             "index": index,
             "text": text,
             "logprobs": logprobs,
             "finish_reason": completion.finish_reason,
             "stop_reason": completion.stop_reason,
         }
+        if self.return_token_ids:
+            choice["token_ids"] = list(completion.token_ids[self.sent_tokens[index] :])
+            if first:
+                choice["prompt_token_ids"] = list(output.prompt_token_ids)
+        self.sent_chars[index] = len(completion.text)
+        self.sent_tokens[index] = len(completion.token_ids)
+        return choice
 
     def response(self, outputs: list[RequestOutput]) -> dict[str, Any]:
         choices = [
@@ -169,7 +179,12 @@ async def _stream(generation: Generation, view: _View, include_usage: bool) -> A
             choice = view.choice(prompt_index, output, completion)
             if completion.finish_reason is not None:
                 finished.add(key)
-            elif not choice["text"] and not (choice["logprobs"] and choice["logprobs"]["tokens"]):
+            elif (
+                not choice["text"]
+                and not (choice["logprobs"] and choice["logprobs"]["tokens"])
+                and not choice.get("token_ids")
+                and "prompt_token_ids" not in choice
+            ):
                 continue
             yield sse({**view.head, "choices": [choice]})
     if include_usage:

@@ -91,6 +91,7 @@ class SamplingFields(BaseModel):
     bad_words: list[StrictStr] | None = None
     truncate_prompt_tokens: StrictInt | None = None
     cache_salt: StrictStr | None = None
+    return_token_ids: StrictBool | None = None
 
 
 class TextContentPart(_Lenient):

@@ -1,0 +1,71 @@
+"""vLLM's return_token_ids on a real server: the generated ids with each choice (each chunk's own ids when
+streaming) and the prompt's ids once, on chat and completions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import ServerProcess
+
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.model]
+MODEL = "SmolLM2-135M-Instruct"
+CHAT = [{"role": "user", "content": "Count to five."}]
+IDS = {"return_token_ids": True}
+
+
+def post(server: ServerProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(f"{server.url}{path}", json={"model": MODEL, **body}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def stream(server: ServerProcess, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    chunks = []
+    with httpx.stream(
+        "POST", f"{server.url}{path}", json={"model": MODEL, "stream": True, **body}, timeout=60
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[len("data: ") :]))
+    return chunks
+
+
+def detokenize(server: ServerProcess, tokens: list[int]) -> str:
+    return post(server, "/detokenize", {"tokens": tokens})["prompt"]
+
+
+def test_completions_return_prompt_and_generated_ids(server: ServerProcess) -> None:
+    body = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0, "n": 2, **IDS}
+    plain = post(server, "/v1/completions", body)
+    prompt_ids = post(server, "/tokenize", {"prompt": body["prompt"]})["tokens"]
+    for choice in plain["choices"]:
+        assert choice["prompt_token_ids"] == prompt_ids
+        assert len(choice["token_ids"]) == 8 and detokenize(server, choice["token_ids"]) == choice["text"]
+    streamed = stream(server, "/v1/completions", body)
+    for index in (0, 1):
+        parts = [c["choices"][0] for c in streamed if c["choices"] and c["choices"][0]["index"] == index]
+        assert [p["prompt_token_ids"] for p in parts if "prompt_token_ids" in p] == [prompt_ids]  # once
+        assert sum((p["token_ids"] for p in parts), []) == plain["choices"][index]["token_ids"]
+    assert (
+        "token_ids" not in post(server, "/v1/completions", {**body, "return_token_ids": False})["choices"][0]
+    )
+
+
+def test_chat_returns_prompt_and_generated_ids(server: ServerProcess) -> None:
+    body = {"messages": CHAT, "max_tokens": 10, "temperature": 0, **IDS}
+    plain = post(server, "/v1/chat/completions", body)
+    assert plain["prompt_token_ids"] == post(server, "/tokenize", {"messages": CHAT})["tokens"]
+    [choice] = plain["choices"]
+    assert len(choice["token_ids"]) == plain["usage"]["completion_tokens"]
+    assert detokenize(server, choice["token_ids"]).startswith(choice["message"]["content"])
+    streamed = stream(server, "/v1/chat/completions", body)
+    assert [c["prompt_token_ids"] for c in streamed if "prompt_token_ids" in c] == [plain["prompt_token_ids"]]
+    assert "token_ids" not in streamed[0]["choices"][0]  # the role chunk holds no token
+    ids = sum((c["choices"][0].get("token_ids", []) for c in streamed if c["choices"]), [])
+    assert ids == choice["token_ids"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in streamed if c["choices"])
+    assert text == choice["message"]["content"]
