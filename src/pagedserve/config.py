@@ -108,6 +108,10 @@ class SchedulerConfig:
     """Most tokens one sequence computes in a step (vLLM's flag); 0: only the step's budget limits it. A lower value
     chunks long prompts into several steps, so the sequences decoding beside them keep a short step time."""
 
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    """fcfs: requests in arrival order. priority (vLLM's): waiting requests by their `priority` (lower first, then
+    arrival), and when KV blocks run out the running request with the largest priority value is preempted first."""
+
 
 @dataclass
 class ParallelConfig:

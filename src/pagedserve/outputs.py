@@ -76,3 +76,4 @@ class EngineInfo:
     kv_cache_dtype: str = ""  # the KV cache's storage dtype ("float8_e4m3fn" with --kv-cache-dtype fp8)
     # The model's generation_config defaults (--generation-config), as SamplingParams fields; filled by the front end.
     default_sampling_params: dict[str, Any] = field(default_factory=dict)
+    scheduling_policy: str = "fcfs"  # --scheduling-policy: a request's priority counts only under "priority"

@@ -4,10 +4,16 @@ Running sequences are served first (decode: 1 token; an unfinished chunked prefi
 then waiting ones in arrival order, prefills chunked to what is left of the budget. When blocks run out, the most
 recently admitted running sequence is preempted by recompute: its blocks are freed, its generated tokens kept, and
 it goes back to the front of the waiting queue.
+
+Under the priority policy (vLLM's `--scheduling-policy priority`) the waiting queue is kept in (priority, arrival)
+order, a preempted sequence returns to its place in that order, and the running sequence preempted first is the
+one with the largest (priority, arrival). As in vLLM, a better waiting request does not preempt running ones: it
+is admitted first as soon as there is room.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -26,6 +32,7 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         long_prefill_token_threshold: int = 0,
+        policy: str = "fcfs",
     ) -> None:
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
@@ -33,7 +40,10 @@ class Scheduler:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {max_num_batched_tokens}")
         if long_prefill_token_threshold < 0:
             raise ValueError(f"long_prefill_token_threshold must be >= 0, got {long_prefill_token_threshold}")
+        if policy not in ("fcfs", "priority"):
+            raise ValueError(f"scheduling policy must be fcfs or priority, got {policy!r}")
         self.long_prefill_token_threshold = long_prefill_token_threshold
+        self.policy = policy
         self.kv = kv_cache_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -55,7 +65,10 @@ class Scheduler:
         if seq.seq_id in self.sequences:
             raise ValueError(f"duplicate sequence id {seq.seq_id!r}")
         self.sequences[seq.seq_id] = seq
-        self.waiting.append(seq)
+        if self.policy == "priority":
+            self._insert_by_priority(seq)
+        else:
+            self.waiting.append(seq)
 
     @property
     def num_waiting(self) -> int:
@@ -76,6 +89,7 @@ class Scheduler:
         # A sequence's tokens in one step: the threshold (vLLM's long_prefill_token_threshold), or the whole budget.
         per_sequence = self.long_prefill_token_threshold or budget
         now = time.time()
+        scheduled: dict[str, int] = {}  # running sequences scheduled so far this step -> their tokens
         i = 0
         while i < len(self.running) and budget > 0:
             sequence = self.running[i]
@@ -83,13 +97,19 @@ class Scheduler:
             while True:
                 if self.kv.allocate_slots(sequence, num_new) is not None:
                     break
-                victim = self.running.pop()  # most recently admitted
+                victim = self._pick_victim()
+                position = self.running.index(victim)
+                del self.running[position]
                 self._preempt(victim, out)
+                if position < i:  # already scheduled this step (priority policy): its tokens come back
+                    i -= 1
+                    budget += scheduled.pop(victim.seq_id)
                 if victim is sequence:
                     break
             if sequence.status != SequenceStatus.RUNNING:
-                break  # preempted itself: nothing later in the list remains
+                continue  # preempted itself; the sequence now at position i (if any) is next
             self._add_scheduled(out, sequence, num_new)
+            scheduled[sequence.seq_id] = num_new
             budget -= num_new
             i += 1
 
@@ -158,9 +178,24 @@ class Scheduler:
         self.total_preemptions += 1
         out.num_preemptions += 1
         out.preempted_seq_ids.append(sequence.seq_id)
-        self.waiting.appendleft(sequence)
+        if self.policy == "priority":
+            self._insert_by_priority(sequence)
+        else:
+            self.waiting.appendleft(sequence)
         # Drop it from this step if it was already scheduled earlier in the loop.
         out.sequences = [s for s in out.sequences if s.seq_id != sequence.seq_id]
+
+    def _pick_victim(self) -> Sequence:
+        """The running sequence to preempt: the most recently admitted (fcfs), or the largest (priority, arrival)."""
+        if self.policy == "priority":
+            return max(reversed(self.running), key=_priority_key)
+        return self.running[-1]
+
+    def _insert_by_priority(self, sequence: Sequence) -> None:
+        """Into the waiting queue at its (priority, arrival) place, after equal keys (O(waiting), bounded by the
+        server's queue cap)."""
+        keys = [_priority_key(s) for s in self.waiting]
+        self.waiting.insert(bisect.bisect_right(keys, _priority_key(sequence)), sequence)
 
     # ---- after the model ran ---------------------------------------------------------------------------------
     def update_from_output(
@@ -254,3 +289,7 @@ class Scheduler:
         assert self._in_runner <= set(self.sequences), "runner state for a sequence the scheduler forgot"
         if not self.sequences:
             assert self.kv.pool.num_used_blocks == 0, "blocks leaked with no requests"
+
+
+def _priority_key(sequence: Sequence) -> tuple[int, float]:
+    return sequence.priority, sequence.arrival_time

@@ -48,11 +48,13 @@ class Sequence:
         request_id: str | None = None,
         sample_index: int = 0,
         cache_salt: str | None = None,
+        priority: int = 0,
     ) -> None:
         self.seq_id = seq_id
         self.request_id = request_id or seq_id
         self.sample_index = sample_index
         self.cache_salt = cache_salt  # prefix-cache isolation: part of the first block's hash
+        self.priority = priority  # lower is served first under the priority policy
         self.prompt_token_ids = list(prompt_token_ids)
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)

@@ -43,6 +43,7 @@ class _AddCommand:
     prompt: PromptInput
     params: SamplingParams
     arrival_time: float
+    priority: int = 0
     accepted: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 
@@ -163,7 +164,7 @@ class AsyncEngine:
     # ---- requests ------------------------------------------------------------------------------------------
 
     async def generate(
-        self, prompt: PromptInput, params: SamplingParams, request_id: str
+        self, prompt: PromptInput, params: SamplingParams, request_id: str, priority: int = 0
     ) -> AsyncIterator[RequestOutput]:
         """Submit a request and yield its cumulative outputs; the last has finished=True.
 
@@ -177,7 +178,7 @@ class AsyncEngine:
         self._streams[request_id] = stream
         finished = False
         try:
-            command = _AddCommand(request_id, prompt, params, time.time())
+            command = _AddCommand(request_id, prompt, params, time.time(), priority)
             self._pending_adds[request_id] = command
             self._commands.put(command)
             self._wakeup.set()
@@ -253,7 +254,7 @@ class AsyncEngine:
                 aborts = []
             try:
                 self.engine.add_request(
-                    command.request_id, command.prompt, command.params, command.arrival_time
+                    command.request_id, command.prompt, command.params, command.arrival_time, command.priority
                 )
             except Exception as error:  # noqa: BLE001 - bad input: hand the error to the caller
                 _settle(command.accepted, error)

@@ -85,6 +85,7 @@ class EngineCore:
             sc.max_num_batched_tokens,
             max_model_len,
             sc.long_prefill_token_threshold,
+            sc.scheduling_policy,
         )
         self.info = EngineInfo(
             model_name=source.name,
@@ -102,6 +103,7 @@ class EngineCore:
             quantization=quantization or "",
             weight_bytes=runner.weight_bytes,
             kv_cache_dtype=runner.kv_cache_dtype,
+            scheduling_policy=sc.scheduling_policy,
         )
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
         self.structured = StructuredOutputManager(hf_config.vocab_size)
@@ -155,6 +157,7 @@ class EngineCore:
                     request_id=request.request_id,
                     sample_index=i,
                     cache_salt=request.cache_salt,
+                    priority=request.priority,
                 )
             )
 

@@ -198,7 +198,7 @@ class EngineCoreClient:
     # ---- requests ------------------------------------------------------------------------------------------
 
     async def generate(
-        self, prompt: PromptInput, params: SamplingParams, request_id: str
+        self, prompt: PromptInput, params: SamplingParams, request_id: str, priority: int = 0
     ) -> AsyncIterator[RequestOutput]:
         """Submit a request and yield its cumulative outputs; the last has finished=True. Refusals raise before
         the first output; leaving early (aclose, cancellation) aborts it."""
@@ -210,11 +210,13 @@ class EngineCoreClient:
         text = isinstance(prompt, str) or (isinstance(prompt, dict) and "prompt" in prompt)
         if text or params.structured_outputs is not None:
             # Text, or a grammar to compile: off the event loop (the server itself always sends token ids).
-            request, state = await asyncio.to_thread(self._input.process, request_id, prompt, params, arrival)
+            request, state = await asyncio.to_thread(
+                self._input.process, request_id, prompt, params, arrival, priority
+            )
             if not self.is_running:
                 raise EngineDeadError("The engine is not running.")
         else:
-            request, state = self._input.process(request_id, prompt, params, arrival)
+            request, state = self._input.process(request_id, prompt, params, arrival, priority)
         stream: OutputQueue = asyncio.Queue()
         self._streams[request_id] = stream
         self._output.add_request(state)

@@ -26,6 +26,7 @@ class EngineCoreRequest(msgspec.Struct, tag=True):
     eos_token_ids: list[int]
     grammar: str | None = None  # llguidance grammar text, validated by the front end (structured outputs)
     cache_salt: str | None = None  # folded into the first block's hash: prefix hits only within one salt
+    priority: int = 0  # lower first, under --scheduling-policy priority
 
 
 class SequenceOutput(msgspec.Struct, array_like=True):

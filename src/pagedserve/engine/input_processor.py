@@ -109,13 +109,25 @@ class InputProcessor:
         )
 
     def process(
-        self, request_id: str, prompt: PromptInput, params: SamplingParams, arrival_time: float
+        self,
+        request_id: str,
+        prompt: PromptInput,
+        params: SamplingParams,
+        arrival_time: float,
+        priority: int = 0,
     ) -> tuple[EngineCoreRequest, RequestState]:
         if not isinstance(request_id, str) or not request_id:
             raise InvalidRequestError("request_id must be a non-empty string", param="request_id")
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("params must be a SamplingParams", param="sampling_params")
         info = self.info
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidRequestError(f"priority must be an integer, got {priority!r}", param="priority")
+        if priority != 0 and info.scheduling_policy != "priority":
+            raise InvalidRequestError(
+                "priority scheduling is not enabled: start the server with --scheduling-policy priority",
+                param="priority",
+            )
         prompt_text, prompt_ids = resolve_prompt(self.tokenizer, prompt, info.vocab_size)
         max_len = info.max_model_len
         keep = params.truncate_prompt_tokens
@@ -162,6 +174,7 @@ class InputProcessor:
             sorted(self.eos_token_ids),
             grammar,
             prompt_cache_salt(prompt),
+            priority,
         )
         detokenizers = [
             IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if params.detokenize else None

@@ -89,12 +89,17 @@ class LLMEngine:
         )
 
     def add_request(
-        self, request_id: str, prompt: PromptInput, params: SamplingParams, arrival_time: float | None = None
+        self,
+        request_id: str,
+        prompt: PromptInput,
+        params: SamplingParams,
+        arrival_time: float | None = None,
+        priority: int = 0,
     ) -> None:
         if isinstance(request_id, str) and request_id in self.requests:
             raise InvalidRequestError(f"duplicate request id {request_id!r}", param="request_id")
         arrival = arrival_time if arrival_time is not None else time.time()
-        request, state = self.input_processor.process(request_id, prompt, params, arrival)
+        request, state = self.input_processor.process(request_id, prompt, params, arrival, priority)
         self.output_processor.add_request(state)
         if request.grammar is not None:  # the core builds its grammar tokenizer once, off the engine thread
             grammars = self.input_processor.grammars

@@ -36,9 +36,10 @@ class EngineClient(Protocol):
         """Token ids of a chat. Raises InvalidRequestError on malformed messages."""
 
     def generate(
-        self, prompt: PromptInput, params: SamplingParams, request_id: str
+        self, prompt: PromptInput, params: SamplingParams, request_id: str, priority: int = 0
     ) -> AsyncIterator[RequestOutput]:
-        """Submit a request and stream its cumulative outputs; the last has finished=True.
+        """Submit a request and stream its cumulative outputs; the last has finished=True. `priority` (lower first)
+        counts under --scheduling-policy priority; elsewhere anything but 0 is refused.
 
         Raises InvalidRequestError / ContextLengthError before streaming when the request is refused, and
         EngineDeadError if the engine stopped. Closing the iterator (client disconnect) aborts the request.

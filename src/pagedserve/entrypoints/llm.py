@@ -66,17 +66,22 @@ class LLM:
         prompts: PromptInput | Sequence[PromptInput],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
+        """vLLM's: `priority` (one per prompt, lower first) counts with scheduling_policy="priority"."""
         if isinstance(prompts, (str, dict)) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
             prompts = [prompts]  # type: ignore[list-item]
         prompts = list(prompts)  # type: ignore[arg-type]
         params_list = self._params_for(sampling_params, len(prompts))
+        priorities = list(priority) if priority is not None else [0] * len(prompts)
+        if len(priorities) != len(prompts):
+            raise ValueError(f"priority must hold one value per prompt ({len(prompts)}), got {len(priorities)}")
         ids = []
-        for prompt, params in zip(prompts, params_list):
+        for prompt, params, request_priority in zip(prompts, params_list, priorities):
             request_id = str(next(self._counter))
-            self.llm_engine.add_request(request_id, prompt, params)
+            self.llm_engine.add_request(request_id, prompt, params, priority=request_priority)
             ids.append(request_id)
         return self._run(ids, use_tqdm)
 

@@ -39,7 +39,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         params.structured_outputs = plan.constraint
     messages = plain_messages(body.messages)
     response_id, engine_id = new_request_ids("chatcmpl", client_request_id(request))
-    generation = Generation(state, engine, engine_id, [[]], params, body.cache_salt)  # prompt: once rendered
+    # The prompt is filled in once rendered.
+    generation = Generation(state, engine, engine_id, [[]], params, body.cache_salt, body.priority or 0)
     generation.admit()
 
     async def build() -> Any:

@@ -60,7 +60,15 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
     params = completion_sampling_params(body, state.config.max_n, engine.info.default_sampling_params)
     prompts = _prompt_list(body.prompt)
     response_id, engine_id = new_request_ids("cmpl", client_request_id(request))
-    generation = Generation(state, engine, engine_id, prompts, params, body.cache_salt)  # type: ignore[arg-type]
+    generation = Generation(
+        state,
+        engine,
+        engine_id,
+        prompts,
+        params,
+        body.cache_salt,
+        body.priority or 0,  # type: ignore[arg-type]
+    )
     generation.admit()
 
     async def build() -> Any:

@@ -72,6 +72,7 @@ class Generation:
     prompts: list[list[int]]
     params: SamplingParams
     cache_salt: str | None = None  # vLLM's prefix-cache isolation, passed with every prompt
+    priority: int = 0  # vLLM's: lower first under --scheduling-policy priority
     started_at: float = field(default_factory=time.monotonic)
     tracked: list[_Tracked] = field(default_factory=list)
     admitted: int = 0
@@ -90,7 +91,7 @@ class Generation:
             prompt: TokensPrompt = {"prompt_token_ids": token_ids}
             if self.cache_salt is not None:
                 prompt["cache_salt"] = self.cache_salt
-            generator = self.engine.generate(prompt, self.params, request_id)
+            generator = self.engine.generate(prompt, self.params, request_id, self.priority)
             self.tracked.append(_Tracked(request_id, token_ids, generator))
         firsts = await asyncio.gather(*(anext(t.generator) for t in self.tracked), return_exceptions=True)
         for tracked, first in zip(self.tracked, firsts):

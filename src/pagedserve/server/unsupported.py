@@ -32,7 +32,6 @@ _REFUSED_ANYWHERE: dict[str, tuple[tuple[Any, ...], str]] = {
     ),
     "kv_transfer_params": (_NOT_SET, "disaggregated prefill (kv_transfer_params) is not supported"),
     "vllm_xargs": (_NOT_SET, "vllm_xargs is not supported"),
-    "priority": ((None, 0), "priority scheduling is not implemented (first come, first served)"),
     "thinking_token_budget": ((None,), "thinking_token_budget is not implemented (no reasoning parser)"),
     "guided_json": (
         (None,),

@@ -193,3 +193,51 @@ def test_plain_data_steps_send_each_sequence_once_and_report_finished_ones():
     assert sched.schedule().finished_seq_ids == []
     stats = sched.make_stats()
     assert stats.num_running_reqs == 0 and stats.num_used_blocks == 0
+
+
+def prioritized(request_id: str, num_tokens: int, priority: int, arrival: float) -> Sequence:
+    sequence = make_request(request_id, num_tokens)
+    sequence.priority, sequence.arrival_time = priority, arrival
+    return sequence
+
+
+def test_priority_policy_admits_by_priority_then_arrival():
+    sched = Scheduler(KVCacheManager(16, 4), 1, 64, 1000, policy="priority")
+    for seq in (
+        prioritized("late-low", 3, 5, 0.0),
+        prioritized("urgent", 3, -1, 2.0),
+        prioritized("low", 3, 5, 1.0),
+    ):
+        sched.add_sequence(seq)
+    assert [s.seq_id for s in sched.waiting] == ["urgent", "late-low", "low"]
+    out, _ = run_step(sched)
+    assert [s.seq_id for s in out.sequences] == ["urgent"]
+    fcfs = make_scheduler(max_seqs=1)
+    for seq in (prioritized("a", 3, 5, 0.0), prioritized("b", 3, -1, 1.0)):
+        fcfs.add_sequence(seq)
+    assert [s.seq_id for s in run_step(fcfs)[0].sequences] == ["a"]  # fcfs ignores priority
+
+
+def test_priority_policy_preempts_the_least_urgent_even_if_already_scheduled():
+    sched = Scheduler(KVCacheManager(5, 2, False), 8, 64, 1000, policy="priority")
+    low, high, mid = (
+        prioritized("low", 2, 10, 0.0),
+        prioritized("high", 3, 0, 1.0),
+        prioritized("mid", 1, 5, 2.0),
+    )
+    for sequence in (low, high, mid):
+        sched.add_sequence(sequence)
+    assert [s.seq_id for s in sched.waiting] == ["high", "mid", "low"]
+    run_step(sched)  # high: blocks 0,1; mid: 2; low: 3
+    sched.running[:] = [low, high, mid]  # low first in the list: scheduled before high in a step
+    out, _ = run_step(sched)  # every sequence fits (low and mid open their 2nd block: the pool is full)
+    assert [s.seq_id for s in out.sequences] == ["low", "high", "mid"]
+    out, _ = run_step(sched)  # low fits and is scheduled; then high needs a 3rd block: low is preempted
+    assert out.preempted_seq_ids == ["low"]
+    assert [s.seq_id for s in out.sequences] == ["high", "mid"]  # mid still runs this step
+    assert low.status == SequenceStatus.PREEMPTED and sched.waiting[0] is low
+    assert high.status == SequenceStatus.RUNNING and len(sched.kv.get_block_ids("high")) == 3
+    sched.check_invariants()
+    # A newcomer more urgent than the preempted one goes before it in the queue.
+    sched.add_sequence(prioritized("newer", 1, 3, 5.0))
+    assert [s.seq_id for s in sched.waiting] == ["newer", "low"]

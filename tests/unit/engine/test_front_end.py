@@ -128,3 +128,13 @@ def test_truncate_prompt_tokens_keeps_the_last_tokens(tokenizer: Any) -> None:
     for bad in (0, -2, 1.5):
         with pytest.raises(ValueError, match="truncate_prompt_tokens"):
             SamplingParams(truncate_prompt_tokens=bad)
+
+
+def test_priority_needs_the_priority_policy(tokenizer: Any) -> None:
+    inputs = make_input(tokenizer)
+    assert inputs.process("r", [5], SamplingParams(), 1.0, priority=0)[0].priority == 0
+    with pytest.raises(InvalidRequestError, match="--scheduling-policy priority") as caught:
+        inputs.process("r", [5], SamplingParams(), 1.0, priority=3)
+    assert caught.value.param == "priority"
+    inputs.info.scheduling_policy = "priority"
+    assert inputs.process("r", [5], SamplingParams(), 1.0, priority=-7)[0].priority == -7

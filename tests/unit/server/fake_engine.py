@@ -128,8 +128,15 @@ class FakeLLMEngine:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def add_request(
-        self, request_id: str, prompt: Any, params: SamplingParams, arrival_time: float | None = None
+        self,
+        request_id: str,
+        prompt: Any,
+        params: SamplingParams,
+        arrival_time: float | None = None,
+        priority: int = 0,
     ) -> None:
+        if priority != 0 and self.info.scheduling_policy != "priority":
+            raise InvalidRequestError("priority scheduling is not enabled.", param="priority")
         if request_id in self.requests:
             raise InvalidRequestError(f"Duplicate request id {request_id!r}.", param="request_id")
         text, token_ids = self._resolve_prompt(prompt)

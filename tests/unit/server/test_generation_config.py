@@ -58,9 +58,11 @@ def test_server_applies_defaults_to_unset_fields_only() -> None:
         seen: list[Any] = []
         add_request = fake.add_request
 
-        def recording(request_id: str, prompt: Any, params: Any, arrival_time: float | None = None) -> None:
+        def recording(
+            request_id: str, prompt: Any, params: Any, arrival_time: float | None = None, priority: int = 0
+        ) -> None:
             seen.append(params)
-            add_request(request_id, prompt, params, arrival_time)
+            add_request(request_id, prompt, params, arrival_time, priority)
 
         fake.add_request = recording
         chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}

@@ -22,7 +22,7 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
         ({"use_beam_search": True}, "use_beam_search"),
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"chat_template": "{{ messages }}"}, "chat_template"),
-        ({"priority": 3}, "priority"),
+        ({"vllm_xargs": {"x": 1}}, "vllm_xargs"),
         (
             {"stream": True, "stream_options": {"continuous_usage_stats": True}},
             "stream_options.continuous_usage_stats",

@@ -92,6 +92,7 @@ class SamplingFields(BaseModel):
     truncate_prompt_tokens: StrictInt | None = None
     cache_salt: StrictStr | None = None
     return_token_ids: StrictBool | None = None
+    priority: StrictInt | None = None
 
 
 class TextContentPart(_Lenient):
