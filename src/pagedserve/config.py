@@ -274,6 +274,10 @@ class ServerConfig:
     """Allow tool_choice "auto" (also the default when a request has tools): the model decides, and
     --tool-call-parser reads its calls out of the text. "required" and named choices work without it (a grammar)."""
 
+    return_tokens_as_token_ids: bool = False
+    """Name logprobs' tokens "token_id:N" rather than by their text (vLLM's flag; a request can also ask), so tokens
+    that are not valid UTF-8 on their own stay identifiable."""
+
     tool_call_parser: str | None = None
     """How the model writes tool calls, for tool_choice "auto": hermes (<tool_call>{...}</tool_call>: Hermes,
     Qwen) or llama3_json ({"name": ..., "parameters": ...}: Llama 3.x)."""

@@ -69,3 +69,20 @@ def test_chat_returns_prompt_and_generated_ids(server: ServerProcess) -> None:
     assert ids == choice["token_ids"]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in streamed if c["choices"])
     assert text == choice["message"]["content"]
+
+
+def test_logprobs_name_tokens_by_id_on_request(server: ServerProcess) -> None:
+    body = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 2}
+    plain = post(server, "/v1/completions", {**body, "return_token_ids": True})["choices"][0]
+    named = post(server, "/v1/completions", {**body, "return_tokens_as_token_ids": True})["choices"][0]
+    assert named["logprobs"]["tokens"] == [f"token_id:{t}" for t in plain["token_ids"]]
+    assert all(key.startswith("token_id:") for top in named["logprobs"]["top_logprobs"] for key in top)
+    chat = post(
+        server,
+        "/v1/chat/completions",
+        {"messages": CHAT, "max_tokens": 3, "temperature": 0, "logprobs": True, "top_logprobs": 2,
+         "return_tokens_as_token_ids": True, "return_token_ids": True},
+    )  # fmt: skip
+    content = chat["choices"][0]["logprobs"]["content"]
+    assert [entry["token"] for entry in content] == [f"token_id:{t}" for t in chat["choices"][0]["token_ids"]]
+    assert all(alt["token"].startswith("token_id:") for entry in content for alt in entry["top_logprobs"])

@@ -77,7 +77,9 @@ class LLM:
         params_list = self._params_for(sampling_params, len(prompts))
         priorities = list(priority) if priority is not None else [0] * len(prompts)
         if len(priorities) != len(prompts):
-            raise ValueError(f"priority must hold one value per prompt ({len(prompts)}), got {len(priorities)}")
+            raise ValueError(
+                f"priority must hold one value per prompt ({len(prompts)}), got {len(priorities)}"
+            )
         ids = []
         for prompt, params, request_priority in zip(prompts, params_list, priorities):
             request_id = str(next(self._counter))

@@ -34,6 +34,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     model = state.check_model(body.model)
     engine = state.require_engine()
     params = chat_sampling_params(body, state.config.max_n, engine.info.default_sampling_params)
+    if state.config.return_tokens_as_token_ids:  # the server's flag: every request's default
+        body.return_tokens_as_token_ids = body.return_tokens_as_token_ids is not False
     plan = plan_tools(body, state.config.enable_auto_tool_choice, state.config.tool_call_parser)
     if plan.constraint is not None:
         params.structured_outputs = plan.constraint
@@ -77,7 +79,11 @@ def _choice_logprobs(
     if not body.logprobs or completion.logprobs is None:
         return None
     return chat_logprobs(
-        completion.logprobs[start:], completion.token_ids[start:], body.top_logprobs or 0, engine.tokenizer
+        completion.logprobs[start:],
+        completion.token_ids[start:],
+        body.top_logprobs or 0,
+        engine.tokenizer,
+        bool(body.return_tokens_as_token_ids),
     )
 
 

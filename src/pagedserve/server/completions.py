@@ -79,9 +79,12 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         # A truncated prompt echoes what the model saw: decoded from its (kept) token ids.
         whole = params.truncate_prompt_tokens is None
         echo_texts = [p if isinstance(p, str) and whole else None for p in prompts] if body.echo else None
+        as_ids = body.return_tokens_as_token_ids
+        if as_ids is None:  # the server's flag is every request's default
+            as_ids = state.config.return_tokens_as_token_ids
         view = _View(
             response_id, model, int(time.time()), params.n, echo_texts, body.logprobs, engine.tokenizer,
-            bool(body.return_token_ids),
+            bool(body.return_token_ids), as_ids,
         )  # fmt: skip
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -109,12 +112,14 @@ class _View:
         logprobs: int | None,
         tokenizer: Any,
         return_token_ids: bool = False,
+        tokens_as_ids: bool = False,
     ) -> None:
         self.head = {"id": response_id, "object": "text_completion", "created": created, "model": model}
         self.n = n
         self.echo_texts = echo_texts
         self.logprobs = logprobs
         self.tokenizer = tokenizer
+        self.tokens_as_ids = tokens_as_ids  # return_tokens_as_token_ids: logprobs name tokens "token_id:N"
         self.return_token_ids = (
             return_token_ids  # vLLM's: the ids with the text (the prompt's in the first chunk)
         )
@@ -145,7 +150,7 @@ class _View:
                 entries = list(output.prompt_logprobs) + entries
                 token_ids = list(output.prompt_token_ids) + token_ids
             logprobs = completion_logprobs(
-                entries, token_ids, self.logprobs, self.tokenizer, self.offsets[index]
+                entries, token_ids, self.logprobs, self.tokenizer, self.offsets[index], self.tokens_as_ids
             )
             if logprobs["tokens"]:
                 self.offsets[index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])

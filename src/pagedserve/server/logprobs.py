@@ -7,7 +7,10 @@ from typing import Any
 from pagedserve.outputs import Logprob, LogprobsDict
 
 
-def token_text(token_id: int, logprob: Logprob | None, tokenizer: Any) -> str:
+def token_text(token_id: int, logprob: Logprob | None, tokenizer: Any, as_id: bool = False) -> str:
+    """A token as logprobs show it: its text, or "token_id:N" (return_tokens_as_token_ids)."""
+    if as_id:
+        return f"token_id:{token_id}"
     if logprob is not None and logprob.decoded_token is not None:
         return logprob.decoded_token
     return tokenizer.decode([token_id])
@@ -19,16 +22,16 @@ def _ranked(entry: LogprobsDict, top: int) -> list[tuple[int, Logprob]]:
 
 
 def chat_logprobs(
-    entries: list[LogprobsDict], token_ids: list[int], top: int, tokenizer: Any
+    entries: list[LogprobsDict], token_ids: list[int], top: int, tokenizer: Any, as_ids: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
     """`choices[i].logprobs` of a chat completion for the given generated positions."""
     content = []
     for token_id, entry in zip(token_ids, entries):
         sampled = entry.get(token_id)
-        text = token_text(token_id, sampled, tokenizer)
+        text = token_text(token_id, sampled, tokenizer, as_ids)
         alternatives = []
         for alt_id, alt in _ranked(entry, top):
-            alt_text = token_text(alt_id, alt, tokenizer)
+            alt_text = token_text(alt_id, alt, tokenizer, as_ids)
             alternatives.append(
                 {"token": alt_text, "logprob": _finite(alt.logprob), "bytes": list(alt_text.encode())}
             )
@@ -44,7 +47,12 @@ def chat_logprobs(
 
 
 def completion_logprobs(
-    entries: list[LogprobsDict | None], token_ids: list[int], top: int, tokenizer: Any, text_offset: int
+    entries: list[LogprobsDict | None],
+    token_ids: list[int],
+    top: int,
+    tokenizer: Any,
+    text_offset: int,
+    as_ids: bool = False,
 ) -> dict[str, list[Any]]:
     """`choices[i].logprobs` of a text completion. A None entry (the first prompt token when echoing) has
     no log-probability."""
@@ -54,7 +62,7 @@ def completion_logprobs(
     offsets: list[int] = []
     for token_id, entry in zip(token_ids, entries):
         sampled = entry.get(token_id) if entry else None
-        text = token_text(token_id, sampled, tokenizer)
+        text = token_text(token_id, sampled, tokenizer, as_ids)
         tokens.append(text)
         offsets.append(text_offset)
         text_offset += len(text)
@@ -63,7 +71,7 @@ def completion_logprobs(
             top_logprobs.append(None)
             continue
         token_logprobs.append(_finite(sampled.logprob) if sampled else -9999.0)
-        ranked = {token_text(i, lp, tokenizer): _finite(lp.logprob) for i, lp in _ranked(entry, top)}
+        ranked = {token_text(i, lp, tokenizer, as_ids): _finite(lp.logprob) for i, lp in _ranked(entry, top)}
         if sampled is not None:
             ranked.setdefault(text, _finite(sampled.logprob))
         top_logprobs.append(ranked)

@@ -25,7 +25,6 @@ _REFUSED_ANYWHERE: dict[str, tuple[tuple[Any, ...], str]] = {
         "length_penalty only applies to beam search, which is not implemented",
     ),
     "logits_processors": (_NOT_SET, "custom logits processors are not supported"),
-    "return_tokens_as_token_ids": (_NOT_SET, "return_tokens_as_token_ids is not implemented"),
     "prompt_logprobs": (
         (None,),
         "prompt_logprobs is not implemented on this endpoint (completions: echo with logprobs)",

@@ -132,3 +132,21 @@ def test_stop_string_cuts_text(client: TestClient) -> None:
 
 def test_unknown_fields_ignored(client: TestClient) -> None:
     assert chat(client, max_tokens=2, tools_whatever={"x": 1}, repetition_penalty=1.0).status_code == 200
+
+
+def test_server_flag_names_logprob_tokens_by_id_unless_a_request_says_no(client_factory: Any) -> None:
+    flagged = client_factory({"return_tokens_as_token_ids": True})
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        "logprobs": True,
+    }
+    content = flagged.post("/v1/chat/completions", json=body).json()["choices"][0]["logprobs"]["content"]
+    assert content and all(entry["token"].startswith("token_id:") for entry in content)
+    mine = flagged.post("/v1/chat/completions", json={**body, "return_tokens_as_token_ids": False}).json()
+    assert not any(e["token"].startswith("token_id:") for e in mine["choices"][0]["logprobs"]["content"])
+    text = flagged.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3, "logprobs": 1}
+    )
+    assert all(token.startswith("token_id:") for token in text.json()["choices"][0]["logprobs"]["tokens"])

@@ -93,6 +93,7 @@ class SamplingFields(BaseModel):
     cache_salt: StrictStr | None = None
     return_token_ids: StrictBool | None = None
     priority: StrictInt | None = None
+    return_tokens_as_token_ids: StrictBool | None = None
 
 
 class TextContentPart(_Lenient):
