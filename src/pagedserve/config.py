@@ -278,6 +278,10 @@ class ServerConfig:
     """Name logprobs' tokens "token_id:N" rather than by their text (vLLM's flag; a request can also ask), so tokens
     that are not valid UTF-8 on their own stay identifiable."""
 
+    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = None
+    """Split a thinking model's <think>...</think> text into the chat message's `reasoning` field (vLLM's flag):
+    deepseek_r1 (DeepSeek-R1, QwQ: the block may open in the prompt) or qwen3 (Qwen3: the model opens it)."""
+
     tool_call_parser: str | None = None
     """How the model writes tool calls, for tool_choice "auto": hermes (<tool_call>{...}</tool_call>: Hermes,
     Qwen) or llama3_json ({"name": ..., "parameters": ...}: Llama 3.x)."""

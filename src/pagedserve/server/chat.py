@@ -21,6 +21,7 @@ from pagedserve.server.generation import (
 )
 from pagedserve.server.logprobs import chat_logprobs
 from pagedserve.server.openai.protocol import ChatCompletionRequest
+from pagedserve.server.reasoning import ReasoningStream, split_reasoning
 from pagedserve.server.request_context import client_request_id, server_state
 from pagedserve.server.sampling import chat_sampling_params
 from pagedserve.server.streaming import SSEResponse, sse, usage
@@ -63,12 +64,15 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             stream = _stream(
-                generation, response_id, model, int(time.time()), include_usage, body, engine, plan
-            )
+                generation, response_id, model, int(time.time()), include_usage, body, engine, plan,
+                state.config.reasoning_parser,
+            )  # fmt: skip
             return SSEResponse(guarded_stream(generation, stream), on_close=generation.close)
         outputs = await until_disconnect(request, generation.collect())
         await generation.close()
-        return JSONResponse(_response(outputs[0], response_id, model, body, engine, plan))
+        return JSONResponse(
+            _response(outputs[0], response_id, model, body, engine, plan, state.config.reasoning_parser)
+        )
 
     return await respond(generation, build)
 
@@ -94,13 +98,18 @@ def _response(
     body: ChatCompletionRequest,
     engine: Any,
     plan: ToolPlan,
+    reasoning_parser: str | None = None,
 ) -> dict[str, Any]:
     choices = []
     for c in sorted(output.outputs, key=lambda c: c.index):
-        message: dict[str, Any] = {"role": "assistant", "content": c.text}
+        reasoning, text = split_reasoning(reasoning_parser, c.text) if reasoning_parser else ("", c.text)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
         finish_reason = c.finish_reason
-        if plan.mode != "none":
-            message, finish_reason = message_and_reason(plan, c.text, c.finish_reason)
+        if plan.mode != "none":  # tool calls are read from the answer, after any reasoning
+            message, finish_reason = message_and_reason(plan, text, c.finish_reason)
+        if reasoning_parser:
+            message["content"] = message.get("content") or None
+            message["reasoning"] = (reasoning or None) if body.include_reasoning is not False else None
         choices.append(
             {
                 "index": c.index,
@@ -134,6 +143,7 @@ async def _stream(
     body: ChatCompletionRequest,
     engine: Any,
     plan: ToolPlan,
+    reasoning_parser: str | None = None,
 ) -> AsyncIterator[str]:
     head = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model}
     tool_streams: dict[int, ToolStream] = {}
@@ -142,6 +152,8 @@ async def _stream(
     sent_ids: dict[int, int] = {}
     current: CompletionOutput | None = None
     prompt_ids_sent = False
+    reasoning_streams: dict[int, ReasoningStream] = {}
+    show_reasoning = body.include_reasoning is not False
 
     def chunk(
         index: int,
@@ -189,6 +201,12 @@ async def _stream(
                 sent_chars[index] = sent_tokens[index] = 0
                 yield chunk(index, {"role": "assistant", "content": ""}, token_ids=False)
             delta_text = completion.text[sent_chars[index] :]
+            thought = ""  # new reasoning text (--reasoning-parser)
+            if reasoning_parser:
+                splitter = reasoning_streams.setdefault(index, ReasoningStream(reasoning_parser))
+                thought, delta_text = splitter.delta(completion.text, completion.finish_reason is not None)
+                thought = thought if show_reasoning else ""
+            reasoning = {"reasoning": thought} if thought else {}
             logprobs = _choice_logprobs(completion, sent_tokens[index], body, engine)
             sent_chars[index], sent_tokens[index] = len(completion.text), len(completion.token_ids)
             if plan.mode != "none":
@@ -198,14 +216,16 @@ async def _stream(
                     done.add(index)
                     last_delta, reason = tools.finish(completion.finish_reason)
                     merged = _merge(delta, last_delta)
-                    yield chunk(index, merged, logprobs, completion, reason)
-                elif delta is not None or (logprobs and logprobs["content"]) or new_ids:
-                    yield chunk(index, delta or {}, logprobs)
+                    yield chunk(index, {**reasoning, **merged}, logprobs, completion, reason)
+                elif delta is not None or reasoning or (logprobs and logprobs["content"]) or new_ids:
+                    yield chunk(index, {**reasoning, **(delta or {})}, logprobs)
             elif completion.finish_reason is not None:
                 done.add(index)
-                yield chunk(index, {"content": delta_text} if delta_text else {}, logprobs, completion)
-            elif delta_text or (logprobs and logprobs["content"]) or new_ids:
-                yield chunk(index, {"content": delta_text}, logprobs)
+                content = {"content": delta_text} if delta_text else {}
+                yield chunk(index, {**reasoning, **content}, logprobs, completion)
+            elif delta_text or reasoning or (logprobs and logprobs["content"]) or new_ids:
+                content = {"content": delta_text} if delta_text or not reasoning else {}
+                yield chunk(index, {**reasoning, **content}, logprobs)
     if include_usage and last is not None:
         yield sse({**head, "choices": [], "usage": usage([last])})
 

@@ -76,8 +76,7 @@ _REFUSED_COMPLETIONS: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 # Bookkeeping fields that cannot change the output.
-_ACCEPTED = {"store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier", "include_reasoning",
-             "request_id"}  # fmt: skip
+_ACCEPTED = {"store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier", "request_id"}  # fmt: skip
 
 _warned: set[str] = set()
 

@@ -152,6 +152,7 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: StrictBool | None = True
     continue_final_message: StrictBool | None = False
     chat_template_kwargs: dict[str, Any] | None = None
+    include_reasoning: StrictBool | None = True  # with --reasoning-parser: false drops the reasoning field
     tools: list[ChatTool] | None = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: StrictBool | None = True
