@@ -40,10 +40,17 @@ def _prompt_list(prompt: Any) -> list[str | list[int]]:
     return prompts
 
 
-def _tokenize_all(tokenizer: Any, prompts: list[str | list[int]], vocab_size: int) -> list[list[int]]:
+def _tokenize_all(
+    tokenizer: Any, prompts: list[str | list[int]], vocab_size: int, add_special_tokens: bool = True
+) -> list[list[int]]:
+    """Text prompts to ids (with the tokenizer's BOS etc. unless add_special_tokens is false); ids checked."""
     token_lists = []
     for prompt in prompts:
-        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+        ids = (
+            tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+            if isinstance(prompt, str)
+            else prompt
+        )
         if not ids:
             raise APIError(400, "The prompt must not be empty.", param="prompt")
         if any(not 0 <= t < vocab_size for t in ids):
@@ -73,7 +80,14 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
 
     async def build() -> Any:
         generation.prompts = await until_disconnect(
-            request, state.off_loop(_tokenize_all, engine.tokenizer, prompts, engine.info.vocab_size)
+            request,
+            state.off_loop(
+                _tokenize_all,
+                engine.tokenizer,
+                prompts,
+                engine.info.vocab_size,
+                body.add_special_tokens is not False,
+            ),
         )
         await until_disconnect(request, generation.start())
         # A truncated prompt echoes what the model saw: decoded from its (kept) token ids.

@@ -71,7 +71,6 @@ _REFUSED_CHAT: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 _REFUSED_COMPLETIONS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "add_special_tokens": ((None, True), "add_special_tokens=false is not implemented"),
     "prompt_embeds": ((None,), "prompt_embeds is not supported"),
 }
 

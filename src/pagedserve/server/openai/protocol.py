@@ -167,6 +167,7 @@ class CompletionRequest(SamplingFields):
     max_tokens: StrictInt | None = 16
     logprobs: StrictInt | None = None
     echo: StrictBool | None = False
+    add_special_tokens: StrictBool | None = True
     best_of: StrictInt | None = None
     suffix: StrictStr | None = None
 
