@@ -26,6 +26,12 @@ def disable_shm_collectives() -> bool:
     return _flag("PAGEDSERVE_DISABLE_SHM_COLLECTIVES")
 
 
+def allow_long_max_model_len() -> bool:
+    """VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (vLLM's variable): accept a --max-model-len past the model's
+    max_position_embeddings (positions it was never trained on: the output may degrade)."""
+    return os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "").strip().lower() in ("1", "true")
+
+
 def cpu_isa_cap() -> str | None:
     """PAGEDSERVE_CPU_ISA: the highest kernel ISA level to use (portable, avx2, avx512, avx512_bf16), below what
     the CPU has — to run an older CPU's kernels on a newer one (tests, benchmarks). Never raises the level."""

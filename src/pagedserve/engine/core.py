@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from pagedserve import kv_memory
+from pagedserve import envs, kv_memory
 from pagedserve.config import EngineConfig
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.scheduler import Scheduler
@@ -63,9 +63,16 @@ class EngineCore:
         hf_config = source.hf_config
         max_positions = int(getattr(hf_config, "max_position_embeddings", 2048))
         max_model_len = mc.max_model_len or max_positions
-        if max_model_len < 1 or max_model_len > max_positions:
+        if max_model_len > max_positions and max_model_len >= 1 and envs.allow_long_max_model_len():
+            logger.warning(
+                "max_model_len %d is past the model's max_position_embeddings %d (VLLM_ALLOW_LONG_MAX_MODEL_LEN): "
+                "positions the model was not trained on may give degraded or wrong output", max_model_len,
+                max_positions,
+            )  # fmt: skip
+        elif max_model_len < 1 or max_model_len > max_positions:
             raise ValueError(
-                f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len}"
+                f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len} "
+                "(VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 accepts more)"
             )
         quantized_source = source.format == "gguf" or source.quantization_method is not None
         dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, quantized_source, device, quantization)

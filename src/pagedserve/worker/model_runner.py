@@ -201,6 +201,9 @@ class ModelRunner:
                 self.cpu_kernels or "none (PyTorch paths)", self.cpu_threads,
             )  # fmt: skip
         model_class = resolve_model_class(hf_config)
+        if max_model_len > getattr(hf_config, "max_position_embeddings", max_model_len):
+            # VLLM_ALLOW_LONG_MAX_MODEL_LEN: the rotary table must cover every position a sequence can reach.
+            hf_config.max_position_embeddings = max_model_len
         self.attention_backend = (
             attention_backend or envs.attention_backend() or default_attention_backend(device)
         )
