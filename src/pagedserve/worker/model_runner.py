@@ -123,10 +123,18 @@ def has_gguf_panel_kernels(device: torch.device) -> bool:
     return library is not None and bool(library.gguf_has_panels())
 
 
+_FLOAT_MATRIX_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def cast_matrix_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Stores the model's matrices (not norms or biases) in `dtype`; tied matrices are one parameter."""
+    """Stores the model's float matrices (not norms or biases, nor quantized ones) in `dtype`; tied matrices are
+    one parameter."""
     for module in model.modules():
-        if isinstance(module, (LinearBase, VocabEmbedding, LMHead)) and module.weight.dtype != dtype:
+        if (
+            isinstance(module, (LinearBase, VocabEmbedding, LMHead))
+            and module.weight.dtype in _FLOAT_MATRIX_DTYPES
+            and module.weight.dtype != dtype
+        ):
             module.weight.data = module.weight.data.to(dtype)
 
 
@@ -216,10 +224,11 @@ class ModelRunner:
                 self.model = model_class(hf_config, backend)
             finally:
                 torch.set_default_dtype(previous)
-        if self.weight_dtype != dtype:
-            cast_matrix_weights(
-                self.model, self.weight_dtype
-            )  # before loading: no float32 copy of the weights
+        # Matrices take their storage dtype before loading (no float32 copy of the weights), except when they are
+        # quantized to float8 at load: from the checkpoint's values, not rounded to bfloat16 first.
+        cast_first = self.weight_dtype != dtype and not quantize_fp8
+        if cast_first:
+            cast_matrix_weights(self.model, self.weight_dtype)
         if weights is None:
             self._init_dummy_weights(model_config.seed)
         else:
@@ -233,6 +242,8 @@ class ModelRunner:
                 "quantization fp8: %d linear layers quantized to float8 e4m3 at load (one scale a layer, "
                 "activations quantized per tensor at run time)", count,
             )  # fmt: skip
+            if self.weight_dtype != dtype:  # the embedding and LM head, left float
+                cast_matrix_weights(self.model, self.weight_dtype)
         self.model.eval()
         # Scales of int8 / float8 weights and the blocks of merged layers kept per part count as weights.
         stored = [b for name, b in self.model.named_buffers() if ".weight_" in name]

@@ -264,3 +264,34 @@ def test_block_scales_cut_for_tensor_parallelism_only_on_blocks() -> None:
         slice_rows(weight, 16, 32)
     with pytest.raises(ValueError, match="down_proj columns"):
         slice_columns(weight, 0, 48, "down_proj")
+
+
+def test_online_fp8_quantizes_the_checkpoints_values_under_bfloat16_storage(tmp_path) -> None:
+    """On CPUs without bfloat16 instructions a 16-bit checkpoint runs float32 compute with bfloat16 matrices; with
+    --quantization fp8 the linear layers must be quantized from the checkpoint's own values (float16 here), not
+    from their bfloat16 rounding (a second rounding: it moves some float8 codes). The embedding and LM head, left
+    float, still take bfloat16 storage."""
+    from pagedserve.config import CacheConfig, ModelConfig
+    from pagedserve.worker.model_runner import ModelRunner
+
+    folder = tmp_path / "f16"
+    model = tiny_llama().float()
+    with torch.no_grad():  # values that use float16's mantissa (bfloat16 keeps 7 of its 10 bits)
+        for param in model.parameters():
+            param.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    model.to(torch.float16).save_pretrained(folder)
+    source = resolve_model_source(str(folder))
+    runner = ModelRunner(
+        source.hf_config, ModelConfig(), CacheConfig(), 64, source.iter_weights(), torch.float32,
+        torch.device("cpu"), attention_backend="cpu", weight_dtype=torch.bfloat16, quantize_fp8=True,
+    )  # fmt: skip
+    raw = load_file(folder / "model.safetensors")
+    layer = runner.model.model.layers[0].mlp.down_proj
+    original = raw["model.layers.0.mlp.down_proj.weight"].float()
+    scale = original.abs().amax() / FP8_MAX
+    expected = (original / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    assert torch.equal(layer.weight.view(torch.uint8), expected.view(torch.uint8))
+    rounded = original.bfloat16().float()  # what the layer held before: its scale and codes move
+    via_bf16 = (rounded / (rounded.abs().amax() / FP8_MAX)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    assert not torch.equal(expected.view(torch.uint8), via_bf16.view(torch.uint8))  # the case is a real one
+    assert runner.model.lm_head.weight.dtype == runner.model.model.embed_tokens.weight.dtype == torch.bfloat16
