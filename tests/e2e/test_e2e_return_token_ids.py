@@ -86,3 +86,30 @@ def test_logprobs_name_tokens_by_id_on_request(server: ServerProcess) -> None:
     content = chat["choices"][0]["logprobs"]["content"]
     assert [entry["token"] for entry in content] == [f"token_id:{t}" for t in chat["choices"][0]["token_ids"]]
     assert all(alt["token"].startswith("token_id:") for entry in content for alt in entry["top_logprobs"])
+
+
+def test_prompt_logprobs_field(server: ServerProcess) -> None:
+    prompt = "The capital of France is"
+    ids = post(server, "/tokenize", {"prompt": prompt})["tokens"]
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 2}
+    choice = post(server, "/v1/completions", body)["choices"][0]
+    entries = choice["prompt_logprobs"]
+    assert len(entries) == len(ids) and entries[0] is None
+    for token_id, entry in zip(ids[1:], entries[1:]):
+        assert str(token_id) in entry and 1 <= len(entry) <= 3  # the prompt's token and the top 2
+        assert all(
+            value["rank"] >= 1 and value["logprob"] <= 0 and "decoded_token" in value
+            for value in entry.values()
+        )
+    # The same numbers as echo's logprobs for the prompt (one engine, one forward).
+    echo = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0, "echo": True,
+                                            "logprobs": 0})["choices"][0]["logprobs"]["token_logprobs"]  # fmt: skip
+    assert [e[str(t)]["logprob"] for t, e in zip(ids[1:], entries[1:])] == pytest.approx(echo[1 : len(ids)])
+    chat = post(server, "/v1/chat/completions", {"messages": CHAT, "max_tokens": 1, "prompt_logprobs": 0})
+    assert (
+        len(chat["prompt_logprobs"]) == chat["usage"]["prompt_tokens"] and chat["prompt_logprobs"][0] is None
+    )
+    streamed = httpx.post(
+        f"{server.url}/v1/completions", json={"model": MODEL, **body, "stream": True}, timeout=60
+    )
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] == "prompt_logprobs"

@@ -19,7 +19,7 @@ from pagedserve.server.generation import (
     respond,
     until_disconnect,
 )
-from pagedserve.server.logprobs import chat_logprobs
+from pagedserve.server.logprobs import chat_logprobs, prompt_logprobs_field
 from pagedserve.server.openai.protocol import ChatCompletionRequest
 from pagedserve.server.reasoning import ReasoningStream, split_reasoning
 from pagedserve.server.request_context import client_request_id, server_state
@@ -131,6 +131,10 @@ def _response(
     }
     if body.return_token_ids:
         response["prompt_token_ids"] = list(output.prompt_token_ids)
+    if body.prompt_logprobs is not None:
+        response["prompt_logprobs"] = prompt_logprobs_field(
+            output.prompt_logprobs, output.prompt_token_ids, body.prompt_logprobs, engine.tokenizer
+        )
     return response
 
 

@@ -18,7 +18,7 @@ from pagedserve.server.generation import (
     respond,
     until_disconnect,
 )
-from pagedserve.server.logprobs import completion_logprobs
+from pagedserve.server.logprobs import completion_logprobs, prompt_logprobs_field
 from pagedserve.server.openai.protocol import CompletionRequest
 from pagedserve.server.request_context import client_request_id, server_state
 from pagedserve.server.sampling import completion_sampling_params
@@ -98,7 +98,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
             as_ids = state.config.return_tokens_as_token_ids
         view = _View(
             response_id, model, int(time.time()), params.n, echo_texts, body.logprobs, engine.tokenizer,
-            bool(body.return_token_ids), as_ids,
+            bool(body.return_token_ids), as_ids, body.prompt_logprobs,
         )  # fmt: skip
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -127,12 +127,14 @@ class _View:
         tokenizer: Any,
         return_token_ids: bool = False,
         tokens_as_ids: bool = False,
+        prompt_logprobs: int | None = None,
     ) -> None:
         self.head = {"id": response_id, "object": "text_completion", "created": created, "model": model}
         self.n = n
         self.echo_texts = echo_texts
         self.logprobs = logprobs
         self.tokenizer = tokenizer
+        self.prompt_logprobs = prompt_logprobs  # vLLM's prompt_logprobs field: top-k a prompt token
         self.tokens_as_ids = tokens_as_ids  # return_tokens_as_token_ids: logprobs name tokens "token_id:N"
         self.return_token_ids = (
             return_token_ids  # vLLM's: the ids with the text (the prompt's in the first chunk)
@@ -177,6 +179,10 @@ class _View:
             "finish_reason": completion.finish_reason,
             "stop_reason": completion.stop_reason,
         }
+        if first and self.prompt_logprobs is not None:
+            choice["prompt_logprobs"] = prompt_logprobs_field(
+                output.prompt_logprobs, output.prompt_token_ids, self.prompt_logprobs, self.tokenizer
+            )
         if self.return_token_ids:
             choice["token_ids"] = list(completion.token_ids[self.sent_tokens[index] :])
             if first:

@@ -83,6 +83,33 @@ def completion_logprobs(
     }
 
 
+def prompt_logprobs_field(
+    entries: list[LogprobsDict | None] | None, prompt_token_ids: list[int], top: int, tokenizer: Any
+) -> list[Any] | None:
+    """vLLM's `prompt_logprobs`: per prompt token None (the first: no context) or {token id: {logprob, rank,
+    decoded_token}} holding the prompt's own token and the `top` most likely ones."""
+    if entries is None:
+        return None
+    result: list[Any] = []
+    for token_id, entry in zip(prompt_token_ids, entries):
+        if entry is None:
+            result.append(None)
+            continue
+        keep = {alt_id for alt_id, _ in _ranked(entry, top)} | {token_id}
+        result.append(
+            {
+                str(alt_id): {
+                    "logprob": _finite(lp.logprob),
+                    "rank": lp.rank,
+                    "decoded_token": token_text(alt_id, lp, tokenizer),
+                }
+                for alt_id, lp in entry.items()
+                if alt_id in keep
+            }
+        )
+    return result
+
+
 def _finite(value: float) -> float:
     # -inf is not valid JSON; OpenAI clients expect a number.
     return max(value, -9999.0) if value == value else -9999.0

@@ -78,6 +78,10 @@ def _common(request: SamplingFields, max_n: int, endpoint: str) -> dict[str, Any
     values = {name: getattr(request, name) for name in _COPIED if getattr(request, name) is not None}
     if request.logit_bias:
         values["logit_bias"] = logit_bias(request)
+    if request.prompt_logprobs is not None:
+        if request.stream:
+            raise APIError(400, "prompt_logprobs is not available when streaming.", param="prompt_logprobs")
+        values["prompt_logprobs"] = request.prompt_logprobs
     constraint = structured_outputs(request)
     if constraint is not None:
         values["structured_outputs"] = constraint
@@ -143,6 +147,6 @@ def completion_sampling_params(
         if not 0 <= request.logprobs <= MAX_LOGPROBS:
             raise APIError(400, f"logprobs must be in [0, {MAX_LOGPROBS}].", param="logprobs")
         values["logprobs"] = request.logprobs
-        if request.echo:
-            values["prompt_logprobs"] = request.logprobs
+        if request.echo:  # the echoed prompt's logprobs; prompt_logprobs asked as well: the larger
+            values["prompt_logprobs"] = max(request.logprobs, values.get("prompt_logprobs") or 0)
     return _build(values)

@@ -25,10 +25,6 @@ _REFUSED_ANYWHERE: dict[str, tuple[tuple[Any, ...], str]] = {
         "length_penalty only applies to beam search, which is not implemented",
     ),
     "logits_processors": (_NOT_SET, "custom logits processors are not supported"),
-    "prompt_logprobs": (
-        (None,),
-        "prompt_logprobs is not implemented on this endpoint (completions: echo with logprobs)",
-    ),
     "kv_transfer_params": (_NOT_SET, "disaggregated prefill (kv_transfer_params) is not supported"),
     "vllm_xargs": (_NOT_SET, "vllm_xargs is not supported"),
     "thinking_token_budget": ((None,), "thinking_token_budget is not implemented (no reasoning parser)"),

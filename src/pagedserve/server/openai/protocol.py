@@ -94,6 +94,7 @@ class SamplingFields(BaseModel):
     return_token_ids: StrictBool | None = None
     priority: StrictInt | None = None
     return_tokens_as_token_ids: StrictBool | None = None
+    prompt_logprobs: StrictInt | None = None  # vLLM's: each prompt token's logprob and the top-k others
 
 
 class TextContentPart(_Lenient):
