@@ -27,7 +27,7 @@ _REFUSED_ANYWHERE: dict[str, tuple[tuple[Any, ...], str]] = {
     "logits_processors": (_NOT_SET, "custom logits processors are not supported"),
     "kv_transfer_params": (_NOT_SET, "disaggregated prefill (kv_transfer_params) is not supported"),
     "vllm_xargs": (_NOT_SET, "vllm_xargs is not supported"),
-    "thinking_token_budget": ((None,), "thinking_token_budget is not implemented (no reasoning parser)"),
+    "thinking_token_budget": ((None,), "thinking_token_budget is not implemented"),
     "guided_json": (
         (None,),
         "guided_json was removed in vLLM: use structured_outputs.json or response_format",
@@ -54,7 +54,7 @@ _REFUSED_CHAT: dict[str, tuple[tuple[Any, ...], str]] = {
     "modalities": ((None, ["text"]), "only text output is supported"),
     "prediction": ((None,), "predicted outputs are not supported"),
     "web_search_options": ((None,), "web search is not supported"),
-    "reasoning_effort": ((None,), "reasoning_effort is not supported (no reasoning models or parser)"),
+    "reasoning_effort": ((None,), "reasoning_effort is not implemented (no template for it)"),
     "verbosity": ((None,), "verbosity is not supported"),
     "echo": (_NOT_SET, "echo is not implemented for chat"),
     "chat_template": (
