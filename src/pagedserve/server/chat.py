@@ -24,7 +24,7 @@ from pagedserve.server.openai.protocol import ChatCompletionRequest
 from pagedserve.server.reasoning import ReasoningStream, split_reasoning
 from pagedserve.server.request_context import client_request_id, server_state
 from pagedserve.server.sampling import chat_sampling_params
-from pagedserve.server.streaming import SSEResponse, sse, usage
+from pagedserve.server.streaming import SSEResponse, continuous_usage, running_usage, sse, usage
 
 router = APIRouter()
 
@@ -158,6 +158,7 @@ async def _stream(
     prompt_ids_sent = False
     reasoning_streams: dict[int, ReasoningStream] = {}
     show_reasoning = body.include_reasoning is not False
+    per_chunk_usage = continuous_usage(body.stream_options)
 
     def chunk(
         index: int,
@@ -185,6 +186,8 @@ async def _stream(
             if not prompt_ids_sent:
                 prompt_ids_sent = True
                 extra["prompt_token_ids"] = list(prompt_token_ids)
+        if per_chunk_usage:  # the choice's tokens sent so far (vLLM's continuous_usage_stats)
+            extra["usage"] = running_usage(len(prompt_token_ids), sent_tokens.get(index, 0))
         return sse({**head, **extra, "choices": [choice]})
 
     sent_chars: dict[int, int] = {}

@@ -22,7 +22,7 @@ from pagedserve.server.logprobs import completion_logprobs, prompt_logprobs_fiel
 from pagedserve.server.openai.protocol import CompletionRequest
 from pagedserve.server.request_context import client_request_id, server_state
 from pagedserve.server.sampling import completion_sampling_params
-from pagedserve.server.streaming import SSEResponse, sse, usage
+from pagedserve.server.streaming import SSEResponse, continuous_usage, running_usage, sse, usage
 
 router = APIRouter()
 
@@ -103,7 +103,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return SSEResponse(
-                guarded_stream(generation, _stream(generation, view, include_usage)),
+                guarded_stream(
+                    generation,
+                    _stream(generation, view, include_usage, continuous_usage(body.stream_options)),
+                ),
                 on_close=generation.close,
             )
         outputs = await until_disconnect(request, generation.collect())
@@ -200,7 +203,9 @@ class _View:
         return {**self.head, "choices": choices, "usage": usage(outputs)}
 
 
-async def _stream(generation: Generation, view: _View, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(
+    generation: Generation, view: _View, include_usage: bool, per_chunk_usage: bool = False
+) -> AsyncIterator[str]:
     finished: set[tuple[int, int]] = set()
     last: dict[int, RequestOutput] = {}
     async for prompt_index, output in generation.stream():
@@ -219,6 +224,10 @@ async def _stream(generation: Generation, view: _View, include_usage: bool) -> A
                 and "prompt_token_ids" not in choice
             ):
                 continue
-            yield sse({**view.head, "choices": [choice]})
+            chunk = {**view.head, "choices": [choice]}
+            if per_chunk_usage:  # the choice's tokens sent so far (vLLM's continuous_usage_stats)
+                index = choice["index"]
+                chunk["usage"] = running_usage(len(output.prompt_token_ids), view.sent_tokens[index])
+            yield sse(chunk)
     if include_usage:
         yield sse({**view.head, "choices": [], "usage": usage(list(last.values()))})

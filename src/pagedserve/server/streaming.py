@@ -29,6 +29,19 @@ def usage(outputs: list[RequestOutput]) -> dict[str, int]:
     }
 
 
+def continuous_usage(options: Any) -> bool:
+    """stream_options.continuous_usage_stats with include_usage (vLLM's): every chunk carries the usage so far."""
+    return bool(options and options.include_usage and options.continuous_usage_stats)
+
+
+def running_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 class SSEResponse(StreamingResponse):
     """A text/event-stream response that runs `on_close` however it ends: finished, failed, or cancelled
     before the body was iterated (client gone), so admission and engine requests are always released."""

@@ -78,12 +78,6 @@ _warned: set[str] = set()
 
 def refuse_unsupported_fields(body: BaseModel, endpoint: str) -> None:
     """400 for a set field we do not implement; warn once about other unknown fields (`endpoint`: chat|completions)."""
-    options = getattr(body, "stream_options", None)
-    if options is not None and options.continuous_usage_stats:
-        raise APIError(
-            400, "stream_options.continuous_usage_stats is not implemented (include_usage is).",
-            param="stream_options.continuous_usage_stats",
-        )  # fmt: skip
     refused = {**_REFUSED_ANYWHERE, **(_REFUSED_CHAT if endpoint == "chat" else _REFUSED_COMPLETIONS)}
     for name, value in (body.model_extra or {}).items():
         rule = refused.get(name)

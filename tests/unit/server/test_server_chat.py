@@ -150,3 +150,28 @@ def test_server_flag_names_logprob_tokens_by_id_unless_a_request_says_no(client_
         "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 3, "logprobs": 1}
     )
     assert all(token.startswith("token_id:") for token in text.json()["choices"][0]["logprobs"]["tokens"])
+
+
+def test_continuous_usage_stats_put_the_running_usage_in_every_chunk(client: TestClient) -> None:
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    events = parse_sse(chat(client, max_tokens=5, stream=True, stream_options=options).text)
+    *chunks, final = events
+    assert final["choices"] == [] and final["usage"]["completion_tokens"] == 5
+    counts = [event["usage"]["completion_tokens"] for event in chunks]
+    assert counts[0] == 0 and counts == sorted(counts) and counts[-1] == 5  # the role chunk, then growing
+    assert all(
+        e["usage"]["total_tokens"] == e["usage"]["prompt_tokens"] + e["usage"]["completion_tokens"]
+        for e in chunks
+    )
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": True, "stream_options": options}
+    *text_chunks, text_final = parse_sse(client.post("/v1/completions", json=body).text)
+    assert (
+        [e["usage"]["completion_tokens"] for e in text_chunks][-1]
+        == text_final["usage"]["completion_tokens"]
+        == 4
+    )
+    # Without include_usage, continuous_usage_stats adds nothing (vLLM's rule).
+    plain = parse_sse(
+        chat(client, max_tokens=3, stream=True, stream_options={"continuous_usage_stats": True}).text
+    )
+    assert all("usage" not in event for event in plain)

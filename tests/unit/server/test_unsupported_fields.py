@@ -23,10 +23,6 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"chat_template": "{{ messages }}"}, "chat_template"),
         ({"vllm_xargs": {"x": 1}}, "vllm_xargs"),
-        (
-            {"stream": True, "stream_options": {"continuous_usage_stats": True}},
-            "stream_options.continuous_usage_stats",
-        ),
     ],
 )
 def test_set_unsupported_fields_are_refused_by_name(fields: dict, param: str) -> None:
