@@ -16,8 +16,9 @@ ASK = [{"role": "user", "content": "What is two plus two?"}]
 THINKING = {"structured_outputs": {"regex": "<think>[a-z ]{8,30}</think>The answer is [0-9]+[.]"}}
 
 
-def test_think_block_goes_to_reasoning(start_server: Callable[..., ServerProcess]) -> None:
-    server = start_server("--reasoning-parser", "qwen3")
+@pytest.mark.parametrize("parser", ["qwen3", "deepseek_r1"])
+def test_think_block_goes_to_reasoning(start_server: Callable[..., ServerProcess], parser: str) -> None:
+    server = start_server("--reasoning-parser", parser)
     sdk = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
     reply = sdk.chat.completions.create(
         model=MODEL,
@@ -50,9 +51,15 @@ def test_think_block_goes_to_reasoning(start_server: Callable[..., ServerProcess
     )  # fmt: skip
     assert (hidden.choices[0].message.model_extra or {}).get("reasoning") is None
     assert hidden.choices[0].message.content == message.content
-    # Without a think block (thinking off), qwen3's parser leaves everything in content.
-    plain = sdk.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0)  # type: ignore[arg-type]
-    assert (
-        plain.choices[0].message.content
-        and (plain.choices[0].message.model_extra or {}).get("reasoning") is None
-    )
+    # A JSON answer (its grammar opens no think block) is all content, whichever parser (deepseek_r1's "reasoning
+    # until </think>" would file it all as reasoning).
+    json_reply = sdk.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=30, temperature=0,  # type: ignore[arg-type]
+        response_format={"type": "json_object"},
+    )  # fmt: skip
+    assert (json_reply.choices[0].message.content or "").lstrip().startswith("{")
+    assert (json_reply.choices[0].message.model_extra or {}).get("reasoning") is None
+    if parser == "qwen3":  # without a think block (thinking off), qwen3's parser leaves everything in content
+        plain = sdk.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+        assert plain.choices[0].message.content
+        assert (plain.choices[0].message.model_extra or {}).get("reasoning") is None

@@ -40,6 +40,11 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     plan = plan_tools(body, state.config.enable_auto_tool_choice, state.config.tool_call_parser)
     if plan.constraint is not None:
         params.structured_outputs = plan.constraint
+    reasoning_parser = state.config.reasoning_parser
+    if reasoning_parser is not None and params.structured_outputs is not None:
+        # A grammar writes the whole answer from its first token: reasoning only where the grammar itself opens a
+        # <think> block (qwen3's rule), never "all reasoning until </think>" (deepseek_r1's) for plain JSON.
+        reasoning_parser = "qwen3"
     messages = plain_messages(body.messages)
     response_id, engine_id = new_request_ids("chatcmpl", client_request_id(request))
     # The prompt is filled in once rendered.
@@ -65,14 +70,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             stream = _stream(
                 generation, response_id, model, int(time.time()), include_usage, body, engine, plan,
-                state.config.reasoning_parser,
+                reasoning_parser,
             )  # fmt: skip
             return SSEResponse(guarded_stream(generation, stream), on_close=generation.close)
         outputs = await until_disconnect(request, generation.collect())
         await generation.close()
-        return JSONResponse(
-            _response(outputs[0], response_id, model, body, engine, plan, state.config.reasoning_parser)
-        )
+        return JSONResponse(_response(outputs[0], response_id, model, body, engine, plan, reasoning_parser))
 
     return await respond(generation, build)
 
