@@ -1,0 +1,58 @@
+"""Limits of --max-model-len: past the model's max_position_embeddings only with VLLM_ALLOW_LONG_MAX_MODEL_LEN (then
+positions past it run: the rotary table covers them), and never past a sliding window (not supported: within the
+window it equals full attention, so a Mistral-style model stops there, as vLLM's --disable-sliding-window)."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+import tokenizers
+import transformers
+
+from pagedserve import LLM, SamplingParams
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "unit" / "models"))
+from tiny_gguf_writer import write_tiny_gguf  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_long_max_model_len_needs_the_variable(tmp_path, monkeypatch) -> None:
+    path = write_tiny_gguf(tmp_path / "tiny.gguf").path  # context_length 256
+    common = dict(max_model_len=320, kv_cache_memory_bytes=8 * 1024**2, dtype="float32")
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    with pytest.raises(ValueError, match="VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        LLM(str(path), **common)
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+    llm = LLM(str(path), **common)
+    assert llm.llm_engine.info.max_model_len == 320
+    prompt = {"prompt_token_ids": [5 + i % 50 for i in range(290)]}
+    [out] = llm.generate(
+        prompt, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False
+    )
+    assert len(out.outputs[0].token_ids) == 20  # positions 290..309: past the 256 the model declares
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen3"])
+def test_a_sliding_window_caps_max_model_len(tmp_path, arch) -> None:
+    common = dict(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, sliding_window=48,
+    )  # fmt: skip
+    if arch == "mistral":
+        config = transformers.MistralConfig(**common)
+    else:  # Qwen configs carry a sliding_window that means nothing while use_sliding_window is false
+        config = transformers.Qwen3Config(**common, head_dim=8, use_sliding_window=False)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token="w0", eos_token="w1"
+    ).save_pretrained(tmp_path)
+    kwargs = dict(load_format="dummy", kv_cache_memory_bytes=4 * 1024**2)
+    llm = LLM(str(tmp_path), **kwargs)
+    assert llm.llm_engine.info.max_model_len == (48 if arch == "mistral" else 128)
+    if arch == "mistral":
+        with pytest.raises(ValueError, match="sliding window"):
+            LLM(str(tmp_path), max_model_len=64, **kwargs)
