@@ -267,6 +267,9 @@ class ServerConfig:
     metrics_require_auth: bool = False
     """Also require the API key on /metrics (open by default so Prometheus can scrape)."""
 
+    enable_server_load_tracking: bool = False
+    """GET /load reports the requests in flight (vLLM's flag; without it /load says 0, as vLLM's)."""
+
     ready_stall_seconds: float = 30.0
     """/ready turns 503 when the engine has work but made no step for this long (wedged engine)."""
 

@@ -71,7 +71,9 @@ class EngineCore:
                     f"max_model_len {mc.max_model_len} is past this model's sliding window ({window} tokens), "
                     "and sliding-window attention is not supported: at most the window"
                 )
-            logger.info("max_model_len at most %d: the model's sliding window (not supported past it)", window)
+            logger.info(
+                "max_model_len at most %d: the model's sliding window (not supported past it)", window
+            )
             max_positions = window
         max_model_len = mc.max_model_len or max_positions
         if max_model_len > max_positions and max_model_len >= 1 and envs.allow_long_max_model_len():

@@ -1,4 +1,4 @@
-"""Probes and info: /health and /ping (liveness, vLLM's), /ready (readiness, ours), /version, /metrics."""
+"""Probes and info: /health and /ping (liveness, vLLM's), /ready (readiness, ours), /version, /load, /metrics."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ async def version(request: Request) -> dict[str, object]:
     if engine is not None:
         cpu["kernel_isa"] = engine.info.cpu_kernels or None
     return {"version": __version__, "cpu": cpu}
+
+
+@router.get("/load")
+async def load(request: Request) -> dict[str, int]:
+    """vLLM's {"server_load"}: engine requests in flight, with --enable-server-load-tracking (0 without)."""
+    state = server_state(request)
+    return {"server_load": state.in_flight if state.config.enable_server_load_tracking else 0}
 
 
 @router.get("/metrics")

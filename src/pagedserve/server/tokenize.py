@@ -40,7 +40,14 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
                 body.prompt, add_special_tokens=body.add_special_tokens is not False
             )
         )
-    return {"count": len(tokens), "max_model_len": engine.info.max_model_len, "tokens": tokens}
+    result: dict[str, Any] = {
+        "count": len(tokens),
+        "max_model_len": engine.info.max_model_len,
+        "tokens": tokens,
+    }
+    if body.return_token_strs:  # vLLM's: each token as the tokenizer spells it
+        result["token_strs"] = engine.tokenizer.convert_ids_to_tokens(tokens)
+    return result
 
 
 @router.post("/detokenize")

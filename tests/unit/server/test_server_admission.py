@@ -133,3 +133,23 @@ def test_version_reports_the_cpu_and_its_kernels(client: TestClient) -> None:
     cpu = body["cpu"]
     assert cpu["arch"] == cpu_info().arch and cpu["features"] == cpu_info().features
     assert cpu["kernel_isa"] in (None, *ISA_LEVELS) and isinstance(cpu["bf16_hardware"], bool)
+
+
+def test_load_counts_requests_in_flight_when_tracking(client_factory: Callable[..., TestClient]) -> None:
+    """vLLM's GET /load: {"server_load": requests in flight} with --enable-server-load-tracking, 0 without."""
+    tracked = client_factory({"enable_server_load_tracking": True}, engine_kwargs=SLOW)
+    untracked = client_factory({}, engine_kwargs=SLOW)
+    for client, counts in ((tracked, True), (untracked, False)):
+        assert client.get("/load").json() == {"server_load": 0}
+        results: list[Any] = []
+        body = {"prompt": "hi", "max_tokens": 30, "ignore_eos": True}
+        threads = [post_in_thread(client, results, body) for _ in range(2)]
+        if counts:
+            wait_for(lambda c=client: c.get("/load").json()["server_load"] == 2)
+        else:
+            time.sleep(0.2)
+            assert client.get("/load").json() == {"server_load": 0}
+        for thread in threads:
+            thread.join()
+        assert [r.status_code for r in results] == [200, 200]
+        assert client.get("/load").json() == {"server_load": 0}

@@ -97,3 +97,13 @@ def test_stop_token_ids_end_generation(client: TestClient, tokenizer: Any) -> No
     stop_id = tokenizer.encode(first, add_special_tokens=False)[1]
     choice = complete(client, prompt="Hi", max_tokens=5, stop_token_ids=[stop_id]).json()["choices"][0]
     assert choice["finish_reason"] == "stop" and choice["stop_reason"] == stop_id
+
+
+def test_tokenize_returns_token_strings_on_request(client: TestClient, tokenizer: Any) -> None:
+    body = {"model": MODEL, "prompt": "The sky is blue"}
+    plain = client.post("/tokenize", json=body).json()
+    assert "token_strs" not in plain
+    spelled = client.post("/tokenize", json={**body, "return_token_strs": True}).json()
+    assert spelled["tokens"] == plain["tokens"]
+    assert spelled["token_strs"] == tokenizer.convert_ids_to_tokens(plain["tokens"])
+    assert "".join(spelled["token_strs"]).replace("Ġ", " ") == "The sky is blue"

@@ -181,6 +181,7 @@ class TokenizeRequest(_Lenient):
     add_generation_prompt: StrictBool | None = True
     continue_final_message: StrictBool | None = False
     chat_template_kwargs: dict[str, Any] | None = None
+    return_token_strs: StrictBool | None = False
 
 
 class DetokenizeRequest(_Lenient):
