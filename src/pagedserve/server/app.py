@@ -19,7 +19,7 @@ from pagedserve import __version__
 from pagedserve.config import ServerConfig
 from pagedserve.engine.protocol import EngineClient
 from pagedserve.sampling_params import SamplingParams
-from pagedserve.server import chat, completions, health, models, tokenize
+from pagedserve.server import chat, completions, health, models, responses, tokenize
 from pagedserve.server.auth import APIKeyMiddleware, open_paths
 from pagedserve.server.body_limit import BodyLimitMiddleware
 from pagedserve.server.errors import install_error_handlers
@@ -133,7 +133,7 @@ def create_app(config: ServerConfig, engine_factory: EngineFactory, served_model
 
     app = FastAPI(title="pagedserve", version=__version__, lifespan=lifespan)
     app.state.pagedserve = state
-    for module in (chat, completions, models, tokenize, health):
+    for module in (chat, completions, responses, models, tokenize, health):
         app.include_router(module.router)
     install_error_handlers(app)
     # add_middleware wraps: the last added runs first. Order of execution: request id → HTTP metrics →

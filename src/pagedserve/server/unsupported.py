@@ -70,6 +70,25 @@ _REFUSED_COMPLETIONS: dict[str, tuple[tuple[Any, ...], str]] = {
     "prompt_embeds": ((None,), "prompt_embeds is not supported"),
 }
 
+# /v1/responses (its own fields; the vLLM extensions above are not part of its request model).
+_REFUSED_RESPONSES: dict[str, tuple[tuple[Any, ...], str]] = {
+    "tools": ((None, []), "tools on /v1/responses are not implemented: use /v1/chat/completions"),
+    "tool_choice": ((None, "none", "auto"), "tool_choice needs tools, not implemented on /v1/responses"),
+    "previous_response_id": (
+        (None,),
+        "previous_response_id needs a response store, which this server has not",
+    ),
+    "conversation": ((None,), "conversations need a response store, which this server has not"),
+    "background": ((None, False), "background responses are not implemented"),
+    "reasoning": ((None, {}, {"effort": None}), "reasoning effort is not implemented"),
+    "include": ((None, []), "include is not implemented"),
+    "top_logprobs": ((None, 0), "top_logprobs is not implemented on /v1/responses"),
+    "truncation": ((None, "disabled"), "truncation other than disabled is not implemented"),
+    "prompt": ((None,), "stored prompts are not implemented"),
+    "max_tool_calls": ((None,), "tools on /v1/responses are not implemented"),
+}
+
+
 # Bookkeeping fields that cannot change the output.
 _ACCEPTED = {"store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier", "request_id"}  # fmt: skip
 
@@ -77,8 +96,12 @@ _warned: set[str] = set()
 
 
 def refuse_unsupported_fields(body: BaseModel, endpoint: str) -> None:
-    """400 for a set field we do not implement; warn once about other unknown fields (`endpoint`: chat|completions)."""
-    refused = {**_REFUSED_ANYWHERE, **(_REFUSED_CHAT if endpoint == "chat" else _REFUSED_COMPLETIONS)}
+    """400 for a set field we do not implement; warn once about other unknown fields (`endpoint`: chat,
+    completions or responses)."""
+    if endpoint == "responses":
+        refused = _REFUSED_RESPONSES
+    else:
+        refused = {**_REFUSED_ANYWHERE, **(_REFUSED_CHAT if endpoint == "chat" else _REFUSED_COMPLETIONS)}
     for name, value in (body.model_extra or {}).items():
         rule = refused.get(name)
         if rule is not None:

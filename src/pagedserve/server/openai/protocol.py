@@ -187,3 +187,51 @@ class TokenizeRequest(_Lenient):
 class DetokenizeRequest(_Lenient):
     model: StrictStr | None = None
     tokens: list[StrictInt]
+
+
+# ---- /v1/responses -------------------------------------------------------------------------------------------
+
+
+class InputText(_Strict):
+    type: Literal["input_text", "output_text"]
+    text: StrictStr
+    annotations: list[Any] | None = None  # output_text parts sent back carry these
+
+
+class InputMessage(_Strict):
+    type: Literal["message"] | None = None
+    role: Literal["user", "system", "developer", "assistant"]
+    content: Union[StrictStr, list[InputText]]
+    id: StrictStr | None = None  # an earlier output item sent back
+    status: StrictStr | None = None
+
+
+class TextFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: StrictStr | None = None
+    strict: StrictBool | None = None
+
+
+class TextOptions(_Strict):
+    format: TextFormat | None = None
+    verbosity: StrictStr | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """/v1/responses (text): unknown fields kept in model_extra, where the endpoint refuses those it knows."""
+
+    model_config = ConfigDict(extra="allow")
+    model: StrictStr | None = None
+    input: Union[StrictStr, list[InputMessage]]
+    instructions: StrictStr | None = None
+    max_output_tokens: StrictInt | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    stream: StrictBool | None = False
+    text: TextOptions | None = None
+    store: StrictBool | None = None  # accepted: nothing is stored here (reported as false)
+    metadata: dict[str, Any] | None = None
+    user: StrictStr | None = None
+    parallel_tool_calls: StrictBool | None = None
