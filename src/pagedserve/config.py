@@ -176,6 +176,10 @@ class StructuredOutputsConfig:
     compile_timeout_s: float = 10.0
     """pagedserve's own: a request whose grammar takes longer to compile gets a 400 (vLLM has no bound)."""
 
+    reasoning_parser: str = ""
+    """deepseek_r1 or qwen3 (set by --reasoning-parser, as vLLM's): a constrained answer's grammar starts once the
+    model's <think> block is closed, so a reasoning model thinks freely before its JSON."""
+
     _OTHER_BACKENDS = ("xgrammar", "outlines", "lm-format-enforcer")
 
     @classmethod
@@ -208,6 +212,10 @@ class StructuredOutputsConfig:
         if self.backend not in ("auto", "guidance"):
             raise ValueError(
                 f"structured_outputs_config.backend must be auto or guidance, got {self.backend!r}"
+            )
+        if self.reasoning_parser not in ("", "deepseek_r1", "qwen3"):
+            raise ValueError(
+                f"structured_outputs_config.reasoning_parser must be deepseek_r1 or qwen3, got {self.reasoning_parser!r}"
             )
         if not isinstance(self.disable_any_whitespace, bool):
             raise ValueError("structured_outputs_config.disable_any_whitespace must be true or false")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -150,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
         structured_outputs=args.structured_outputs_config,
     )
     server_config: ServerConfig = config_from_args(ServerConfig, args)
+    if server_config.reasoning_parser:  # the grammar of a constrained answer waits for the reasoning to end
+        engine_config.structured_outputs = dataclasses.replace(
+            engine_config.structured_outputs, reasoning_parser=server_config.reasoning_parser
+        )
     try:
         engine_config.parallel.validate()
         in_process = not envs.engine_core_process()

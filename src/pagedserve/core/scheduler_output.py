@@ -37,6 +37,17 @@ class ScheduledSequence:
 
 
 @dataclass
+class ReasoningGate:
+    """A constrained request of a reasoning model: its grammar waits until the model closed its <think> block."""
+
+    end_token_ids: list[int]  # "</think>" as token ids
+    # One token that opens the block, while the first output token may still be it (qwen3's models open it
+    # themselves): that token or the grammar's first decides.
+    start_token_id: int | None = None
+    thinking: bool = True  # inside the block from the start (the prompt opened it: deepseek_r1's template)
+
+
+@dataclass
 class GrammarBitmask:
     """Which tokens each grammar-constrained sampling row may take: bit t of row i (little-endian int32 words)."""
 

@@ -165,7 +165,9 @@ class EngineCore:
         self._request_seqs[request.request_id] = seq_ids
         for i, seq_id in enumerate(seq_ids):
             if matcher is not None:
-                self.structured.add_sequence(seq_id, matcher if i == 0 else matcher.deep_copy())
+                self.structured.add_sequence(
+                    seq_id, matcher if i == 0 else matcher.deep_copy(), request.reasoning_gate
+                )
             self.scheduler.add_sequence(
                 Sequence(
                     seq_id,
@@ -250,7 +252,7 @@ class EngineCore:
                 sched_out.grammar_bitmask = self.structured.bitmask(sampling)
             result = self.executor.execute(sched_out)
             progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
-            if sched_out.grammar_bitmask is not None:
+            if self.structured.live_seq_ids:  # also while reasoning: the gate watches for its end
                 finished += self._advance_grammars(progressed)
             iteration.num_prompt_tokens = sched_out.num_prefill_tokens
             iteration.num_tokens_in_step = sched_out.total_num_tokens

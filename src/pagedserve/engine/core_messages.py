@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from pagedserve.config import EngineConfig
+from pagedserve.core.scheduler_output import ReasoningGate
 from pagedserve.core.stats import IterationStats, SchedulerStats
 from pagedserve.outputs import EngineInfo, PositionLogprobs
 from pagedserve.sampling_params import SamplingParams
@@ -27,6 +28,7 @@ class EngineCoreRequest(msgspec.Struct, tag=True):
     grammar: str | None = None  # llguidance grammar text, validated by the front end (structured outputs)
     cache_salt: str | None = None  # folded into the first block's hash: prefix hits only within one salt
     priority: int = 0  # lower first, under --scheduling-policy priority
+    reasoning_gate: ReasoningGate | None = None  # with a grammar and --reasoning-parser
 
 
 class SequenceOutput(msgspec.Struct, array_like=True):

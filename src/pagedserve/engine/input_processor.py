@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pagedserve.config import EngineConfig, StructuredOutputsConfig
+from pagedserve.core.scheduler_output import ReasoningGate
 from pagedserve.engine.chat import apply_chat_template
 from pagedserve.engine.core_messages import EngineCoreRequest
 from pagedserve.engine.detokenizer import IncrementalDetokenizer
@@ -88,6 +89,12 @@ class InputProcessor:
         self.grammars = GrammarCompiler(
             tokenizer, info.vocab_size, sorted(eos), structured_outputs or StructuredOutputsConfig()
         )
+        parser = (structured_outputs or StructuredOutputsConfig()).reasoning_parser
+        # "<think>" and "</think>" as token ids, when constrained answers wait for the reasoning (--reasoning-parser).
+        self.think_tags: tuple[str, list[int], list[int]] | None = None
+        if parser:
+            encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+            self.think_tags = (parser, encode("<think>"), encode("</think>"))
 
     def apply_chat_template(
         self,
@@ -157,9 +164,10 @@ class InputProcessor:
                 param="max_tokens",
                 code="kv_cache_too_small",
             )
-        grammar = compile_time = None
+        grammar = compile_time = gate = None
         if params.structured_outputs is not None:
             grammar, compile_time = self.grammars.compile(params.structured_outputs)
+            gate = reasoning_gate(self.think_tags, prompt_ids)
         params = copy.copy(params)
         check_token_controls(self.tokenizer, params, info.vocab_size)
         stops = set(params.stop_token_ids or [])
@@ -175,6 +183,7 @@ class InputProcessor:
             grammar,
             prompt_cache_salt(prompt),
             priority,
+            gate,
         )
         detokenizers = [
             IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if params.detokenize else None
@@ -186,6 +195,36 @@ class InputProcessor:
         )
         state.grammar_compile_time = compile_time
         return request, state
+
+
+def reasoning_gate(
+    think_tags: tuple[str, list[int], list[int]] | None, prompt_ids: list[int]
+) -> ReasoningGate | None:
+    """How a constrained answer's grammar waits for the reasoning (vLLM's structured outputs with a reasoning
+    parser): not at all when the prompt already closed a <think> block (Qwen3 with enable_thinking false);
+    deepseek_r1: the answer starts inside the block (its template opens it); qwen3: its first token may open the
+    block, when "<think>" is one token (else the grammar starts at once)."""
+    if think_tags is None:
+        return None
+    parser, start, end = think_tags
+    if _last_index(prompt_ids, end) > _last_index(prompt_ids, start):
+        return None
+    if parser == "deepseek_r1" or _last_index(prompt_ids, start) >= 0:  # inside a block the prompt opened
+        return ReasoningGate(end)
+    if len(start) == 1:
+        return ReasoningGate(end, start_token_id=start[0], thinking=False)
+    return None
+
+
+def _last_index(ids: list[int], pattern: list[int]) -> int:
+    """Start of the last occurrence of `pattern` in `ids`, or -1."""
+    size = len(pattern)
+    if not size:
+        return -1
+    for start in range(len(ids) - size, -1, -1):
+        if ids[start : start + size] == pattern:
+            return start
+    return -1
 
 
 def check_token_controls(tokenizer: Any, params: SamplingParams, vocab_size: int) -> None:

@@ -41,10 +41,6 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     if plan.constraint is not None:
         params.structured_outputs = plan.constraint
     reasoning_parser = state.config.reasoning_parser
-    if reasoning_parser is not None and params.structured_outputs is not None:
-        # A grammar writes the whole answer from its first token: reasoning only where the grammar itself opens a
-        # <think> block (qwen3's rule), never "all reasoning until </think>" (deepseek_r1's) for plain JSON.
-        reasoning_parser = "qwen3"
     messages = plain_messages(body.messages)
     response_id, engine_id = new_request_ids("chatcmpl", client_request_id(request))
     # The prompt is filled in once rendered.

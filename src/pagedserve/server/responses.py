@@ -86,10 +86,6 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
     params = _sampling_params(body, engine.info.default_sampling_params)
     messages = _messages(body)
     reasoning_parser = state.config.reasoning_parser
-    if reasoning_parser is not None and params.structured_outputs is not None:
-        reasoning_parser = (
-            "qwen3"  # as on chat: a grammar-written answer has reasoning only where it opens it
-        )
     response_id, engine_id = new_request_ids("resp", client_request_id(request))
     generation = Generation(state, engine, engine_id, [[]], params)
     generation.admit()

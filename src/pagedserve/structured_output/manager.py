@@ -5,6 +5,11 @@ front end has already validated the grammar, so this is quick, but it never runs
 its sequences then gets its own matcher: before a step, the rows that sample get their allowed-token bitmask;
 after it, each matcher consumes the sampled token. A sequence whose grammar is complete is finished ("stop").
 Matchers are dropped with their sequence, whatever ends it (finish, stop string, abort).
+
+With a reasoning parser a sequence may first pass a gate (vLLM's structured outputs after reasoning): while the
+model is inside its <think> block nothing is masked and the matcher consumes nothing; the grammar starts with the
+token after "</think>". A gate that has not decided yet (qwen3: the model may or may not open the block) lets the
+first token be the grammar's or the one that opens the block.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import logging
 from collections import OrderedDict
 from collections.abc import KeysView
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 
 import numpy as np
 from llguidance import LLMatcher, LLTokenizer
 
-from pagedserve.core.scheduler_output import GrammarBitmask
+from pagedserve.core.scheduler_output import GrammarBitmask, ReasoningGate
 from pagedserve.structured_output.grammar import build_ll_tokenizer
 
 logger = logging.getLogger("pagedserve")
@@ -35,6 +41,7 @@ class StructuredOutputManager:
         self._templates: OrderedDict[str, LLMatcher] = OrderedDict()
         self._pending: dict[str, Future[LLMatcher]] = {}  # request id -> its matcher being built
         self._matchers: dict[str, LLMatcher] = {}  # seq id -> its matcher
+        self._gates: dict[str, _Gate] = {}  # seq id -> its reasoning gate, until the reasoning is over
 
     # ---- set-up ------------------------------------------------------------------------------------------------
     def set_tokenizer(self, definition: str, eos_token_ids: list[int]) -> None:
@@ -95,15 +102,22 @@ class StructuredOutputManager:
         return future is not None
 
     # ---- per sequence ------------------------------------------------------------------------------------------
-    def add_sequence(self, seq_id: str, matcher: LLMatcher) -> None:
+    def add_sequence(self, seq_id: str, matcher: LLMatcher, gate: ReasoningGate | None = None) -> None:
         self._matchers[seq_id] = matcher
+        if gate is not None:
+            self._gates[seq_id] = _Gate(list(gate.end_token_ids), gate.start_token_id, gate.thinking)
+
+    def is_thinking(self, seq_id: str) -> bool:
+        """Inside its reasoning: no mask yet."""
+        gate = self._gates.get(seq_id)
+        return gate is not None and gate.thinking
 
     def has(self, seq_id: str) -> bool:
         return seq_id in self._matchers
 
     def bitmask(self, seq_ids: list[str]) -> GrammarBitmask | None:
         """Allowed tokens of the constrained ones among `seq_ids` (the rows that sample this step)."""
-        rows = [seq_id for seq_id in seq_ids if seq_id in self._matchers]
+        rows = [seq_id for seq_id in seq_ids if seq_id in self._matchers and not self.is_thinking(seq_id)]
         if not rows:
             return None
         words = self.words_per_row
@@ -111,6 +125,12 @@ class StructuredOutputManager:
         address = masks.ctypes.data
         for i, seq_id in enumerate(rows):
             self._matchers[seq_id].unsafe_compute_mask_ptr(address + i * words * 4, words * 4)
+            gate = self._gates.get(seq_id)
+            if (
+                gate is not None and gate.start_token_id is not None
+            ):  # undecided: opening the block is allowed too
+                word, bit = divmod(gate.start_token_id, 32)
+                masks[i, word] |= np.int32(np.uint32(1 << bit).view(np.int32))
         return GrammarBitmask(rows, words, masks.tobytes())
 
     def accept(self, seq_id: str, token_id: int) -> bool:
@@ -118,6 +138,19 @@ class StructuredOutputManager:
         matcher = self._matchers.get(seq_id)
         if matcher is None:
             return False
+        gate = self._gates.get(seq_id)
+        if gate is not None:
+            if gate.thinking:
+                gate.seen.append(token_id)
+                if gate.seen[-len(gate.end_token_ids) :] == gate.end_token_ids:
+                    del self._gates[seq_id]  # the reasoning is over: the grammar starts with the next token
+                else:
+                    del gate.seen[: -len(gate.end_token_ids)]  # only the tail can still end it
+                return False
+            del self._gates[seq_id]  # the first token decided
+            if token_id == gate.start_token_id:
+                self._gates[seq_id] = _Gate(gate.end_token_ids, None, True)
+                return False
         if not matcher.consume_token(token_id):
             # Only when something outside the mask forced a token (min_tokens against a finished grammar).
             logger.warning("sequence %s left its grammar: %s", seq_id, matcher.get_error())
@@ -127,6 +160,7 @@ class StructuredOutputManager:
     def free(self, seq_ids: list[str]) -> None:
         for seq_id in seq_ids:
             self._matchers.pop(seq_id, None)
+            self._gates.pop(seq_id, None)
 
     @property
     def live_seq_ids(self) -> KeysView[str]:
@@ -135,3 +169,11 @@ class StructuredOutputManager:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Gate:
+    end_token_ids: list[int]
+    start_token_id: int | None  # set while undecided: the first token may open the block
+    thinking: bool
+    seen: list[int] = field(default_factory=list)  # the last tokens, to find the end sequence

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from pagedserve.config import StructuredOutputsConfig
-from pagedserve.core.scheduler_output import GrammarBitmask
+from pagedserve.core.scheduler_output import GrammarBitmask, ReasoningGate
 from pagedserve.errors import InvalidRequestError
 from pagedserve.sample.grammar_mask import allowed_tokens, apply_grammar_bitmask
 from pagedserve.sampling_params import SamplingParams, StructuredOutputsParams
@@ -50,7 +50,9 @@ def _spell(manager: StructuredOutputManager, seq_id: str, text: str) -> bool:
     return done
 
 
-def _manager_with(hf_tokenizer, spec: StructuredOutputsParams, seq_id: str = "s") -> StructuredOutputManager:
+def _manager_with(
+    hf_tokenizer, spec: StructuredOutputsParams, seq_id: str = "s", gate: ReasoningGate | None = None
+) -> StructuredOutputManager:
     compiler = _compiler(hf_tokenizer)
     manager = StructuredOutputManager(MODEL_VOCAB)
     manager.set_tokenizer(compiler.tokenizer_definition, [0])
@@ -61,7 +63,7 @@ def _manager_with(hf_tokenizer, spec: StructuredOutputsParams, seq_id: str = "s"
         ready, failed = manager.take_compiled()
         assert not failed
         for _, matcher in ready:
-            manager.add_sequence(seq_id, matcher)
+            manager.add_sequence(seq_id, matcher, gate)
     return manager
 
 
