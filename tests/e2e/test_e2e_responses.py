@@ -77,7 +77,11 @@ def test_json_schema_output_and_length_as_incomplete(sdk: OpenAI) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, "tools"),
+        (
+            {"tools": [{"type": "function", "name": "f"}], "tool_choice": "auto"},
+            "tool_choice",
+        ),  # no auto parser
+        ({"text": {"verbosity": "low"}}, "text.verbosity"),
         ({"previous_response_id": "resp_123"}, "previous_response_id"),
         ({"background": True}, "background"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input"),
@@ -92,3 +96,49 @@ def test_what_is_not_implemented_is_refused_by_name(server: ServerProcess, extra
     assert response.json()["error"]["param"].startswith(param)
     with pytest.raises(openai.BadRequestError):
         OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0).responses.create(**body)
+
+
+WEATHER = {
+    "type": "function", "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+                   "additionalProperties": False},
+}  # fmt: skip
+
+
+def test_function_calls_and_their_outputs_round_trip(sdk: OpenAI) -> None:
+    ask = "What is the weather in Paris?"
+    response = sdk.responses.create(
+        model=MODEL,
+        input=ask,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_output_tokens=60,
+        temperature=0,  # type: ignore[list-item]
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert calls and all(call.name == "get_weather" for call in calls)
+    assert isinstance(json.loads(calls[0].arguments)["city"], str) and calls[0].call_id
+    named = sdk.responses.create(
+        model=MODEL, input=ask, tools=[WEATHER], max_output_tokens=120, temperature=0,  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "get_weather"},
+    )  # fmt: skip
+    [call] = named.output
+    assert call.type == "function_call" and set(json.loads(call.arguments)) == {"city"}  # type: ignore[union-attr]
+    streamed = list(
+        sdk.responses.create(
+            model=MODEL, input=ask, tools=[WEATHER], max_output_tokens=120, temperature=0, stream=True,  # type: ignore[list-item]
+            tool_choice={"type": "function", "name": "get_weather"},
+        )
+    )  # fmt: skip
+    arguments = "".join(e.delta for e in streamed if e.type == "response.function_call_arguments.delta")
+    assert arguments == call.arguments  # type: ignore[union-attr]
+    # The call and its output sent back: the model answers from the tool's result (tool_choice none).
+    follow = sdk.responses.create(
+        model=MODEL, tools=[WEATHER], tool_choice="none", max_output_tokens=30, temperature=0,  # type: ignore[list-item]
+        input=[
+            {"role": "user", "content": ask},
+            {"type": "function_call", "call_id": call.call_id, "name": "get_weather", "arguments": call.arguments},  # type: ignore[union-attr]
+            {"type": "function_call_output", "call_id": call.call_id, "output": '{"sky": "sunny", "celsius": 21}'},  # type: ignore[union-attr]
+        ],
+    )  # fmt: skip
+    assert [item.type for item in follow.output] == ["message"] and follow.output_text

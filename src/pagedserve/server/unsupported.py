@@ -72,8 +72,6 @@ _REFUSED_COMPLETIONS: dict[str, tuple[tuple[Any, ...], str]] = {
 
 # /v1/responses (its own fields; the vLLM extensions above are not part of its request model).
 _REFUSED_RESPONSES: dict[str, tuple[tuple[Any, ...], str]] = {
-    "tools": ((None, []), "tools on /v1/responses are not implemented: use /v1/chat/completions"),
-    "tool_choice": ((None, "none", "auto"), "tool_choice needs tools, not implemented on /v1/responses"),
     "previous_response_id": (
         (None,),
         "previous_response_id needs a response store, which this server has not",
@@ -85,7 +83,7 @@ _REFUSED_RESPONSES: dict[str, tuple[tuple[Any, ...], str]] = {
     "top_logprobs": ((None, 0), "top_logprobs is not implemented on /v1/responses"),
     "truncation": ((None, "disabled"), "truncation other than disabled is not implemented"),
     "prompt": ((None,), "stored prompts are not implemented"),
-    "max_tool_calls": ((None,), "tools on /v1/responses are not implemented"),
+    "max_tool_calls": ((None,), "max_tool_calls is not implemented"),
 }
 
 

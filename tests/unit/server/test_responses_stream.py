@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from pagedserve.outputs import CompletionOutput, RequestOutput
-from pagedserve.server.responses import _stream
+from pagedserve.server.chat_tools import ToolPlan
+from pagedserve.server.responses_output import stream_events
 
 
 class StandIn:
@@ -35,7 +36,8 @@ def events_of(text: str, step: int, parser: str | None, finish: str = "stop") ->
     head = {"id": "resp-1", "object": "response", "status": "in_progress", "output": []}
 
     async def run() -> list[str]:
-        return [chunk async for chunk in _stream(StandIn(text, step, finish), head, parser)]  # type: ignore[arg-type]
+        events = stream_events(StandIn(text, step, finish), head, ToolPlan("none"), parser)  # type: ignore[arg-type]
+        return [chunk async for chunk in events]
 
     events = []
     for chunk in asyncio.run(run()):
@@ -60,6 +62,8 @@ def test_reasoning_then_message_items(step: int) -> None:
     # The reasoning item closes before the message item opens.
     assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
     final = events[-1]["response"]
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert done == final["output"]  # each item as sent is the item in the final response
     assert [item["type"] for item in final["output"]] == ["reasoning", "message"]
     assert (
         final["output"][1]["content"][0]["text"] == "It is four."
@@ -78,3 +82,30 @@ def test_plain_text_and_a_cut_answer() -> None:
     final = events[-1]
     assert final["type"] == "response.incomplete" and final["response"]["status"] == "incomplete"
     assert final["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["response"]["output"][0]["status"] == "incomplete"
+    [done] = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert done["status"] == "incomplete"
+
+
+def test_with_tools_the_answer_is_sent_at_its_end_as_calls() -> None:
+    from pagedserve.server.chat_tools import ToolPlan as Plan
+
+    plan = Plan(
+        "named", [{"type": "function", "function": {"name": "get_weather"}}], function_name="get_weather"
+    )
+    head = {"id": "resp-1", "object": "response", "status": "in_progress", "output": []}
+
+    async def run() -> list[str]:
+        events = stream_events(StandIn('{"city": "Paris"}', 3), head, plan, None)  # type: ignore[arg-type]
+        return [chunk async for chunk in events]
+
+    events = [json.loads(chunk.strip().split("\n")[1][len("data: ") :]) for chunk in asyncio.run(run())]
+    kinds = [e["type"] for e in events]
+    assert "response.output_text.delta" not in kinds
+    assert kinds[2:] == [
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done", "response.completed",
+    ]  # fmt: skip
+    [call] = events[-1]["response"]["output"]
+    assert call["type"] == "function_call" and call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"city": "Paris"} and call["call_id"]

@@ -206,6 +206,40 @@ class InputMessage(_Strict):
     status: StrictStr | None = None
 
 
+class FunctionCallItem(_Strict):
+    """An earlier answer's function call, sent back with its output (the next item)."""
+
+    type: Literal["function_call"]
+    call_id: StrictStr
+    name: StrictStr
+    arguments: StrictStr
+    id: StrictStr | None = None
+    status: StrictStr | None = None
+
+
+class FunctionCallOutputItem(_Strict):
+    type: Literal["function_call_output"]
+    call_id: StrictStr
+    output: StrictStr
+    id: StrictStr | None = None
+    status: StrictStr | None = None
+
+
+class ResponsesTool(_Strict):
+    """A function tool, as the Responses API spells it (flat: no "function" object)."""
+
+    type: Literal["function"]
+    name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ResponsesNamedTool(_Strict):
+    type: Literal["function"]
+    name: StrictStr
+
+
 class TextFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
     name: StrictStr | None = None
@@ -224,7 +258,7 @@ class ResponsesRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: StrictStr | None = None
-    input: Union[StrictStr, list[InputMessage]]
+    input: Union[StrictStr, list[Union[InputMessage, FunctionCallItem, FunctionCallOutputItem]]]
     instructions: StrictStr | None = None
     max_output_tokens: StrictInt | None = None
     temperature: Number | None = None
@@ -235,3 +269,5 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     user: StrictStr | None = None
     parallel_tool_calls: StrictBool | None = None
+    tools: list[ResponsesTool] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], ResponsesNamedTool, None] = None
