@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pagedserve.core.stats import EngineStats
+from pagedserve.engine.chat import ChatOptions
 from pagedserve.engine.faults import StepFaults
 from pagedserve.engine.protocol import PromptInput
 from pagedserve.engine.streams import OutputQueue, RequestAbortedError, next_output
@@ -114,21 +115,11 @@ class AsyncEngine:
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]],
-        add_generation_prompt: bool = True,
+        options: ChatOptions | None = None,
         chat_template: str | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        continue_final_message: bool = False,
-        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         # Only reads the tokenizer; safe to call from a worker thread while the engine thread steps.
-        return self.engine.apply_chat_template(
-            messages,
-            add_generation_prompt,
-            chat_template,
-            tools,
-            continue_final_message,
-            chat_template_kwargs,
-        )
+        return self.engine.apply_chat_template(messages, options, chat_template)
 
     def add_stats_listener(self, listener: Callable[[EngineStats], None]) -> None:
         # Copy-on-write: the engine thread iterates the tuple without a lock.

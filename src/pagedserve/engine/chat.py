@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pagedserve.errors import InvalidRequestError
@@ -80,40 +81,45 @@ def _template_tool_call(call: Any, i: int) -> dict[str, Any]:
     }
 
 
+@dataclass
+class ChatOptions:
+    """How a chat is rendered: vLLM's request fields for it."""
+
+    add_generation_prompt: bool = True  # open the assistant's turn
+    continue_final_message: bool = False  # leave the last message (an assistant's prefix) open instead
+    chat_template_kwargs: dict[str, Any] | None = None  # extra template variables (e.g. enable_thinking)
+    tools: list[dict[str, Any]] | None = None  # what the template shows the model
+    add_special_tokens: bool = False  # also the tokenizer's own special tokens (BOS) around the rendered text
+
+
 def apply_chat_template(
-    tokenizer: Any,
-    messages: Any,
-    add_generation_prompt: bool = True,
-    chat_template: str | None = None,
-    tools: list[dict[str, Any]] | None = None,
-    continue_final_message: bool = False,
-    chat_template_kwargs: dict[str, Any] | None = None,
+    tokenizer: Any, messages: Any, options: ChatOptions | None = None, chat_template: str | None = None
 ) -> list[int]:
-    """Token ids of a chat. continue_final_message: the last message (an assistant's, usually) is left open for
-    the model to continue; chat_template_kwargs: extra template variables (e.g. enable_thinking), as vLLM's."""
+    """Token ids of a chat rendered by the model's template (or `chat_template`)."""
+    options = options or ChatOptions()
     normalized = normalize_messages(messages)
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise InvalidRequestError("this model has no chat template; pass --chat-template", param="messages")
-    if continue_final_message and add_generation_prompt:
+    if options.continue_final_message and options.add_generation_prompt:
         raise InvalidRequestError(
             "continue_final_message and add_generation_prompt cannot both be true",
             param="continue_final_message",
         )
-    template_kwargs = check_template_kwargs(chat_template_kwargs)
+    template_kwargs = check_template_kwargs(options.chat_template_kwargs)
     try:
         text = tokenizer.apply_chat_template(
             normalized,
             tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message,
+            add_generation_prompt=options.add_generation_prompt,
+            continue_final_message=options.continue_final_message,
             chat_template=chat_template,
-            tools=tools or None,
+            tools=options.tools or None,
             **template_kwargs,
         )
     except Exception as error:  # a template may raise on odd role orders (jinja2 raise_exception)
         raise InvalidRequestError(f"chat template failed: {str(error)[:200]}", param="messages") from None
-    # The template already holds the BOS text; don't add special tokens twice.
-    return tokenizer.encode(text, add_special_tokens=False)
+    # The template already holds the BOS text: special tokens only when asked (vLLM's default is false for chat).
+    return tokenizer.encode(text, add_special_tokens=options.add_special_tokens)
 
 
 def check_template_kwargs(kwargs: Any) -> dict[str, Any]:

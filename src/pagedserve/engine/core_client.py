@@ -32,6 +32,7 @@ from pagedserve import envs
 from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats
 from pagedserve.engine import core_messages as msg
+from pagedserve.engine.chat import ChatOptions
 from pagedserve.engine.input_processor import InputProcessor, generation_defaults_for, load_tokenizer_for
 from pagedserve.engine.output_processor import OutputProcessor
 from pagedserve.engine.prompts import PromptInput
@@ -148,20 +149,10 @@ class EngineCoreClient:
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]],
-        add_generation_prompt: bool = True,
+        options: ChatOptions | None = None,
         chat_template: str | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        continue_final_message: bool = False,
-        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        return self._input.apply_chat_template(
-            messages,
-            add_generation_prompt,
-            chat_template,
-            tools,
-            continue_final_message,
-            chat_template_kwargs,
-        )
+        return self._input.apply_chat_template(messages, options, chat_template)
 
     def add_stats_listener(self, listener: Callable[[EngineStats], None]) -> None:
         self._listeners = (*self._listeners, listener)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pagedserve.config import EngineConfig, StructuredOutputsConfig
 from pagedserve.core.scheduler_output import ReasoningGate
-from pagedserve.engine.chat import apply_chat_template
+from pagedserve.engine.chat import ChatOptions, apply_chat_template
 from pagedserve.engine.core_messages import EngineCoreRequest
 from pagedserve.engine.detokenizer import IncrementalDetokenizer
 from pagedserve.engine.prompts import PromptInput, prompt_cache_salt, resolve_prompt
@@ -99,21 +99,10 @@ class InputProcessor:
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]],
-        add_generation_prompt: bool = True,
+        options: ChatOptions | None = None,
         chat_template: str | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        continue_final_message: bool = False,
-        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        return apply_chat_template(
-            self.tokenizer,
-            messages,
-            add_generation_prompt,
-            chat_template or self.chat_template,
-            tools,
-            continue_final_message,
-            chat_template_kwargs,
-        )
+        return apply_chat_template(self.tokenizer, messages, options, chat_template or self.chat_template)
 
     def process(
         self,

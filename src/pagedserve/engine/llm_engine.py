@@ -12,6 +12,7 @@ from typing import Any
 
 from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats
+from pagedserve.engine.chat import ChatOptions
 from pagedserve.engine.core import EngineCore
 from pagedserve.engine.input_processor import InputProcessor, generation_defaults_for, load_tokenizer_for
 from pagedserve.engine.output_processor import OutputProcessor
@@ -73,20 +74,10 @@ class LLMEngine:
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]],
-        add_generation_prompt: bool = True,
+        options: ChatOptions | None = None,
         chat_template: str | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        continue_final_message: bool = False,
-        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        return self.input_processor.apply_chat_template(
-            messages,
-            add_generation_prompt,
-            chat_template,
-            tools,
-            continue_final_message,
-            chat_template_kwargs,
-        )
+        return self.input_processor.apply_chat_template(messages, options, chat_template)
 
     def add_request(
         self,

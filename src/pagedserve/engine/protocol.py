@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from pagedserve.core.stats import EngineStats
+from pagedserve.engine.chat import ChatOptions
 from pagedserve.engine.prompts import PromptInput, TextPrompt, TokensPrompt
 from pagedserve.outputs import EngineInfo, RequestOutput
 from pagedserve.sampling_params import SamplingParams
@@ -27,13 +28,11 @@ class EngineClient(Protocol):
     def apply_chat_template(
         self,
         messages: list[dict[str, Any]],
-        add_generation_prompt: bool = True,
+        options: ChatOptions | None = None,
         chat_template: str | None = None,
-        tools: list[dict[str, Any]] | None = None,
-        continue_final_message: bool = False,
-        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        """Token ids of a chat. Raises InvalidRequestError on malformed messages."""
+        """Token ids of a chat (rendering options: engine/chat.py's ChatOptions). Raises InvalidRequestError on
+        malformed messages or options."""
 
     def generate(
         self, prompt: PromptInput, params: SamplingParams, request_id: str, priority: int = 0

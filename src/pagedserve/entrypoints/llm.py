@@ -15,6 +15,7 @@ from pagedserve.config import (
     StructuredOutputsConfig,
     config_fields,
 )
+from pagedserve.engine.chat import ChatOptions
 from pagedserve.engine.llm_engine import LLMEngine
 from pagedserve.engine.prompts import PromptInput
 from pagedserve.outputs import RequestOutput
@@ -99,18 +100,9 @@ class LLM:
         tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        render = self.llm_engine.apply_chat_template
+        options = ChatOptions(add_generation_prompt, continue_final_message, chat_template_kwargs, tools)
         prompts = [
-            {
-                "prompt_token_ids": render(
-                    c,
-                    add_generation_prompt,
-                    chat_template,
-                    tools,
-                    continue_final_message,
-                    chat_template_kwargs,
-                )
-            }
+            {"prompt_token_ids": self.llm_engine.apply_chat_template(c, options, chat_template)}
             for c in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm)  # type: ignore[arg-type]

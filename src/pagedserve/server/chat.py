@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from pagedserve.outputs import CompletionOutput, RequestOutput
-from pagedserve.server.chat_messages import plain_messages, render_chat
+from pagedserve.server.chat_messages import chat_options, plain_messages, render_chat
 from pagedserve.server.chat_tools import ToolPlan, ToolStream, message_and_reason, plan_tools
 from pagedserve.server.generation import (
     Generation,
@@ -54,10 +54,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                 render_chat,
                 engine,
                 messages,
-                body.add_generation_prompt is not False,
-                plan.tools,
-                bool(body.continue_final_message),
-                body.chat_template_kwargs,
+                chat_options(body, plan.tools, bool(body.add_special_tokens)),
             ),
         )
         generation.prompts = [prompt]

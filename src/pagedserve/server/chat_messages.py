@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pagedserve.engine.chat import ChatOptions
 from pagedserve.errors import InvalidRequestError
 from pagedserve.server.openai.protocol import ChatMessage
 
@@ -27,18 +28,22 @@ def plain_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     return plain
 
 
-def render_chat(
-    engine: Any,
-    messages: list[dict[str, Any]],
-    add_generation_prompt: bool,
-    tools: list[dict[str, Any]] | None = None,
-    continue_final_message: bool = False,
-    chat_template_kwargs: dict[str, Any] | None = None,
-) -> list[int]:
+def chat_options(
+    body: Any, tools: list[dict[str, Any]] | None = None, add_special_tokens: bool = False
+) -> ChatOptions:
+    """The rendering fields of a chat or /tokenize request (vLLM's spellings)."""
+    return ChatOptions(
+        add_generation_prompt=body.add_generation_prompt is not False,
+        continue_final_message=bool(body.continue_final_message),
+        chat_template_kwargs=body.chat_template_kwargs,
+        tools=tools,
+        add_special_tokens=add_special_tokens,
+    )
+
+
+def render_chat(engine: Any, messages: list[dict[str, Any]], options: ChatOptions) -> list[int]:
     try:
-        return engine.apply_chat_template(
-            messages, add_generation_prompt, None, tools, continue_final_message, chat_template_kwargs
-        )
+        return engine.apply_chat_template(messages, options)
     except InvalidRequestError:
         raise
     except Exception:  # noqa: BLE001 - a template that rejects these messages (e.g. role order) is bad input

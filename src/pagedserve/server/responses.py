@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from pagedserve.engine.chat import ChatOptions
 from pagedserve.sampling_params import SamplingParams, StructuredOutputsParams
 from pagedserve.server.chat_messages import render_chat
 from pagedserve.server.chat_tools import ToolPlan, plan_tools
@@ -140,7 +141,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
 
     async def build() -> Any:
         prompt = await until_disconnect(
-            request, state.off_loop(render_chat, engine, messages, True, plan.tools)
+            request, state.off_loop(render_chat, engine, messages, ChatOptions(tools=plan.tools))
         )
         generation.prompts = [prompt]
         await until_disconnect(request, generation.start())

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from pagedserve.server.chat_messages import plain_messages, render_chat
+from pagedserve.server.chat_messages import chat_options, plain_messages, render_chat
 from pagedserve.server.errors import APIError
 from pagedserve.server.openai.protocol import DetokenizeRequest, TokenizeRequest
 from pagedserve.server.request_context import server_state
@@ -29,10 +29,12 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
             render_chat,
             engine,
             messages,
-            body.add_generation_prompt is not False,
-            None,
-            bool(body.continue_final_message),
-            body.chat_template_kwargs,
+            # vLLM's default for a chat is no special tokens (the template holds the BOS): only when asked.
+            chat_options(
+                body,
+                add_special_tokens="add_special_tokens" in body.model_fields_set
+                and bool(body.add_special_tokens),
+            ),
         )
     else:
         tokens = await state.off_loop(

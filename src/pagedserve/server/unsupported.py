@@ -63,7 +63,6 @@ _REFUSED_CHAT: dict[str, tuple[tuple[Any, ...], str]] = {
     ),
     "documents": (_NOT_SET, "documents is not implemented"),
     "mm_processor_kwargs": (_NOT_SET, "multimodal inputs are not supported"),
-    "add_special_tokens": ((None, False), "add_special_tokens is not implemented for chat"),
 }
 
 _REFUSED_COMPLETIONS: dict[str, tuple[tuple[Any, ...], str]] = {

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pagedserve.engine.chat import apply_chat_template
+from pagedserve.engine.chat import ChatOptions, apply_chat_template
 from pagedserve.errors import InvalidRequestError
 
 CHAT = [
@@ -27,8 +27,8 @@ def tokenizer() -> Any:
     return load_tokenizer(resolve_model_source(None))
 
 
-def render(tokenizer: Any, *args: Any, **kwargs: Any) -> str:
-    return tokenizer.decode(apply_chat_template(tokenizer, *args, **kwargs))
+def render(tokenizer: Any, messages: Any, chat_template: str | None = None, **options: Any) -> str:
+    return tokenizer.decode(apply_chat_template(tokenizer, messages, ChatOptions(**options), chat_template))
 
 
 def test_continue_final_message_leaves_the_assistant_message_open(tokenizer: Any) -> None:
@@ -37,7 +37,9 @@ def test_continue_final_message_leaves_the_assistant_message_open(tokenizer: Any
     closed = render(tokenizer, CHAT, add_generation_prompt=False)
     assert closed.endswith("My favourite colour is<|im_end|>\n")
     with pytest.raises(InvalidRequestError, match="cannot both be true") as caught:
-        apply_chat_template(tokenizer, CHAT, add_generation_prompt=True, continue_final_message=True)
+        apply_chat_template(
+            tokenizer, CHAT, ChatOptions(add_generation_prompt=True, continue_final_message=True)
+        )
     assert caught.value.param == "continue_final_message"
 
 
@@ -58,5 +60,26 @@ def test_chat_template_kwargs_are_template_variables(tokenizer: Any) -> None:
 )
 def test_chat_template_kwargs_may_not_override_the_request(tokenizer: Any, kwargs: Any) -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        apply_chat_template(tokenizer, CHAT[:1], chat_template_kwargs=kwargs)
+        apply_chat_template(tokenizer, CHAT[:1], ChatOptions(chat_template_kwargs=kwargs))
     assert caught.value.param == "chat_template_kwargs"
+
+
+def test_add_special_tokens_adds_the_tokenizers_bos_to_the_rendered_chat() -> None:
+    import tokenizers
+    import transformers
+    from tokenizers.processors import TemplateProcessing
+
+    backend = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({"<unk>": 0, "<s>": 1, "hi": 2}, unk_token="<unk>")
+    )
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>"
+    )
+    template = "{{ messages[0]['content'] }}"
+    chat = [{"role": "user", "content": "hi"}]
+    assert apply_chat_template(tokenizer, chat, chat_template=template) == [
+        2
+    ]  # vLLM's default for chat: none
+    assert apply_chat_template(tokenizer, chat, ChatOptions(add_special_tokens=True), template) == [1, 2]

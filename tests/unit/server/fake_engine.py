@@ -21,7 +21,7 @@ from typing import Any
 
 from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats, IterationStats, SchedulerStats
-from pagedserve.engine.chat import check_template_kwargs
+from pagedserve.engine.chat import ChatOptions, check_template_kwargs
 from pagedserve.errors import ContextLengthError, InvalidRequestError
 from pagedserve.outputs import CompletionOutput, EngineInfo, Logprob, RequestMetrics, RequestOutput
 from pagedserve.sampling_params import SamplingParams
@@ -101,14 +101,9 @@ class FakeLLMEngine:
     # ---- contract ------------------------------------------------------------------------------------------
 
     def apply_chat_template(
-        self,
-        messages: list[dict],
-        add_generation_prompt: bool = True,
-        chat_template: str | None = None,
-        tools: list[dict] | None = None,
-        continue_final_message: bool = False,
-        chat_template_kwargs: dict | None = None,
+        self, messages: list[dict], options: ChatOptions | None = None, chat_template: str | None = None
     ) -> list[int]:
+        options = options or ChatOptions()
         if not isinstance(messages, list) or not messages:
             raise InvalidRequestError("messages must be a non-empty list.", param="messages")
         for i, message in enumerate(messages):
@@ -118,14 +113,14 @@ class FakeLLMEngine:
                 raise InvalidRequestError(f"messages[{i}].content must be a string.", param="messages")
         text = self.tokenizer.apply_chat_template(
             messages,
-            add_generation_prompt=add_generation_prompt,
+            add_generation_prompt=options.add_generation_prompt,
             tokenize=False,
             chat_template=chat_template,
-            tools=tools,
-            continue_final_message=continue_final_message,
-            **check_template_kwargs(chat_template_kwargs),
+            tools=options.tools,
+            continue_final_message=options.continue_final_message,
+            **check_template_kwargs(options.chat_template_kwargs),
         )
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(text, add_special_tokens=options.add_special_tokens)
 
     def add_request(
         self,

@@ -154,6 +154,9 @@ class ChatCompletionRequest(SamplingFields):
     continue_final_message: StrictBool | None = False
     chat_template_kwargs: dict[str, Any] | None = None
     include_reasoning: StrictBool | None = True  # with --reasoning-parser: false drops the reasoning field
+    add_special_tokens: StrictBool | None = (
+        False  # vLLM's: true adds the tokenizer's BOS to the rendered chat
+    )
     tools: list[ChatTool] | None = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: StrictBool | None = True
