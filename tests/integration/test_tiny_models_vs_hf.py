@@ -120,7 +120,7 @@ def test_batched_decode_of_different_lengths(backend: str) -> None:
 def test_bfloat16_weights_under_float32_compute(arch: str) -> None:
     """dtype auto on CPUs without bfloat16 instructions: matrices stored in bfloat16, everything computed in
     float32. Equals transformers in float32 on the same bf16-rounded weights (widening is exact)."""
-    from pagedserve.worker.model_runner import cast_matrix_weights
+    from pagedserve.worker.dtypes import cast_matrix_weights
 
     config, reference, ours = build_pair(arch, "cpu")
     with torch.no_grad():

@@ -7,7 +7,7 @@ import torch
 
 from pagedserve import cpu_info as cpu_info_module
 from pagedserve.cpu_info import CpuInfo, cpu_info, parse_cpuinfo
-from pagedserve.worker.model_runner import resolve_dtype
+from pagedserve.worker.dtypes import resolve_dtype
 
 X86_BASE = "fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt"
 ZEN3 = f"{X86_BASE} avx f16c fma avx2 bmi1 bmi2"  # the flags that matter of an AMD EPYC 7003 (Milan)
@@ -82,7 +82,7 @@ BF16, F32 = torch.bfloat16, torch.float32
 def test_auto_dtype_follows_the_hardware(flags, expected, monkeypatch):
     """Without bfloat16 instructions: float32 compute, weights kept in bfloat16 (the C kernels widen them)."""
     monkeypatch.delenv("PAGEDSERVE_CPU_ISA", raising=False)
-    monkeypatch.setattr("pagedserve.worker.model_runner.cpu_info", lambda: cpu(flags))
+    monkeypatch.setattr("pagedserve.worker.dtypes.cpu_info", lambda: cpu(flags))
     cpu_device = torch.device("cpu")
     assert tuple(resolve_dtype("auto", _Config(), quantized_source=True, device=cpu_device)) == expected
     # an explicit dtype is obeyed whatever the hardware, for weights and compute alike
@@ -94,8 +94,8 @@ def test_auto_dtype_follows_the_hardware(flags, expected, monkeypatch):
 
 
 def test_auto_dtype_without_the_kernels_is_plain_float32(monkeypatch):
-    monkeypatch.setattr("pagedserve.worker.model_runner.cpu_info", lambda: cpu(ZEN3))
-    monkeypatch.setattr("pagedserve.worker.model_runner.cpu_kernels.load", lambda: None)
+    monkeypatch.setattr("pagedserve.worker.dtypes.cpu_info", lambda: cpu(ZEN3))
+    monkeypatch.setattr("pagedserve.worker.dtypes.cpu_kernels.load", lambda: None)
     dtypes = resolve_dtype("auto", _Config(), quantized_source=True, device=torch.device("cpu"))
     assert tuple(dtypes) == (F32, F32)
 

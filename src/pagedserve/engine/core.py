@@ -24,13 +24,9 @@ from pagedserve.distributed.partition import check_heads
 from pagedserve.engine.core_messages import CoreOutputs, EngineCoreRequest, SequenceOutput
 from pagedserve.outputs import EngineInfo
 from pagedserve.structured_output.manager import StructuredOutputManager
+from pagedserve.worker.dtypes import has_gguf_panel_kernels, resolve_dtype
 from pagedserve.worker.executor import RunnerSpec, dtype_name, make_executor
-from pagedserve.worker.model_runner import (
-    ModelRunnerOutput,
-    has_gguf_panel_kernels,
-    resolve_device,
-    resolve_dtype,
-)
+from pagedserve.worker.model_runner import ModelRunnerOutput, resolve_device
 
 if TYPE_CHECKING:
     from pagedserve.models.loader import ModelSource

@@ -162,7 +162,7 @@ def test_quantization_is_detected_from_the_file_or_refused_by_name() -> None:
 
 
 def test_the_avx2_level_has_the_panel_kernels(isa_level) -> None:
-    from pagedserve.worker.model_runner import has_gguf_panel_kernels
+    from pagedserve.worker.dtypes import has_gguf_panel_kernels
 
     assert has_gguf_panel_kernels(torch.device("cpu")) == (isa_level == "avx2")
 
