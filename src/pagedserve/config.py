@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Literal
 
+from pagedserve.json_configs import SpeculativeConfig, StructuredOutputsConfig
+
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 LoadFormat = Literal["auto", "safetensors", "gguf", "dummy"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -162,71 +164,6 @@ class ParallelConfig:
 
 
 @dataclass
-class StructuredOutputsConfig:
-    """--structured-outputs-config, a JSON object as vLLM's (e.g. '{"backend": "guidance"}')."""
-
-    backend: Literal["auto", "guidance"] = "auto"
-    """Grammar engine: llguidance ("guidance"; "auto" picks it). xgrammar, outlines and lm-format-enforcer are
-    refused by name: this build ships llguidance only (no triton/tvm dependency on the CPU)."""
-
-    disable_any_whitespace: bool = False
-    """JSON outputs without whitespace between tokens (as vLLM's option): shorter, and small models cannot loop
-    on blanks."""
-
-    compile_timeout_s: float = 10.0
-    """pagedserve's own: a request whose grammar takes longer to compile gets a 400 (vLLM has no bound)."""
-
-    reasoning_parser: str = ""
-    """deepseek_r1 or qwen3 (set by --reasoning-parser, as vLLM's): a constrained answer's grammar starts once the
-    model's <think> block is closed, so a reasoning model thinks freely before its JSON."""
-
-    _OTHER_BACKENDS = ("xgrammar", "outlines", "lm-format-enforcer")
-
-    @classmethod
-    def from_json(cls, text: str) -> StructuredOutputsConfig:
-        """The flag's value; ValueError names the key that is wrong."""
-        import json
-
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"structured_outputs_config must be a JSON object: {error}") from None
-        if not isinstance(values, dict):
-            raise ValueError("structured_outputs_config must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ValueError(
-                    f"structured_outputs_config.{key} is not supported (known: {', '.join(sorted(known))})"
-                )
-        config = cls(**values)
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        if self.backend in self._OTHER_BACKENDS:
-            raise ValueError(
-                f"structured_outputs_config.backend {self.backend!r} is not available in pagedserve: use "
-                "'guidance' (llguidance) or 'auto'"
-            )
-        if self.backend not in ("auto", "guidance"):
-            raise ValueError(
-                f"structured_outputs_config.backend must be auto or guidance, got {self.backend!r}"
-            )
-        if self.reasoning_parser not in ("", "deepseek_r1", "qwen3"):
-            raise ValueError(
-                f"structured_outputs_config.reasoning_parser must be deepseek_r1 or qwen3, got {self.reasoning_parser!r}"
-            )
-        if not isinstance(self.disable_any_whitespace, bool):
-            raise ValueError("structured_outputs_config.disable_any_whitespace must be true or false")
-        timeout = self.compile_timeout_s
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
-            raise ValueError(
-                f"structured_outputs_config.compile_timeout_s must be in (0, 600], got {timeout!r}"
-            )
-
-
-@dataclass
 class EngineConfig:
     """Everything the engine needs; the server and the LLM class build one of these."""
 
@@ -235,6 +172,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
+    speculative: SpeculativeConfig | None = None
 
 
 @dataclass

@@ -77,3 +77,4 @@ class EngineInfo:
     # The model's generation_config defaults (--generation-config), as SamplingParams fields; filled by the front end.
     default_sampling_params: dict[str, Any] = field(default_factory=dict)
     scheduling_policy: str = "fcfs"  # --scheduling-policy: a request's priority counts only under "priority"
+    num_speculative_tokens: int = 0  # --speculative-config's draft length; 0 without speculative decoding

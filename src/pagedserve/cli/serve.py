@@ -27,6 +27,7 @@ from pagedserve.config import (
     ParallelConfig,
     SchedulerConfig,
     ServerConfig,
+    SpeculativeConfig,
     StructuredOutputsConfig,
 )
 
@@ -36,7 +37,6 @@ UNSUPPORTED_FLAGS = {
     "--trust-remote-code": "pagedserve never runs code from model folders",
     "--enable-lora": "LoRA adapters are not supported",
     "--lora-modules": "LoRA adapters are not supported",
-    "--speculative-config": "speculative decoding is not supported",
     "--data-parallel-size": "run more replicas instead (the Helm chart scales them)",
     "--ssl-keyfile": "terminate TLS at the ingress",
     "--ssl-certfile": "terminate TLS at the ingress",
@@ -68,6 +68,15 @@ def add_parser(subparsers: Any) -> None:
         help=StructuredOutputsConfig.__doc__ + " Keys: backend (auto, guidance), disable_any_whitespace, "
         "compile_timeout_s.",
     )
+    parser.add_argument(
+        "--speculative-config",
+        dest="speculative_config",
+        type=_speculative_config,
+        default=None,
+        metavar="JSON",
+        help=SpeculativeConfig.__doc__ + " Keys: method (ngram), num_speculative_tokens, prompt_lookup_max, "
+        "prompt_lookup_min.",
+    )
     unsupported = parser.add_argument_group("vLLM flags not supported (each fails with the reason)")
     for flag, reason in UNSUPPORTED_FLAGS.items():
         unsupported.add_argument(
@@ -89,6 +98,13 @@ def _unsupported_dest(flag: str) -> str:
 def _structured_outputs_config(text: str) -> StructuredOutputsConfig:
     try:
         return StructuredOutputsConfig.from_json(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _speculative_config(text: str) -> SpeculativeConfig:
+    try:
+        return SpeculativeConfig.from_json(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -149,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         scheduler=config_from_args(SchedulerConfig, args),
         parallel=config_from_args(ParallelConfig, args),
         structured_outputs=args.structured_outputs_config,
+        speculative=args.speculative_config,
     )
     server_config: ServerConfig = config_from_args(ServerConfig, args)
     if server_config.reasoning_parser:  # the grammar of a constrained answer waits for the reasoning to end

@@ -100,7 +100,8 @@ class KVCacheManager:
         if self.enable_caching:
             # Register every block that will be full once this step has run: same-step siblings (n > 1) can hit
             # it because each layer writes the whole batch's K/V before any attention reads it.
-            hashes = self._block_hashes(seq, total_tokens)
+            # Draft tokens (speculative decoding) are not the sequence's yet: their blocks wait until accepted.
+            hashes = self._block_hashes(seq, min(total_tokens, seq.num_tokens))
             for block, block_hash in zip(blocks, hashes):
                 self.pool.cache_block(block, block_hash)
         return new_blocks

@@ -94,9 +94,15 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             sequence = self.running[i]
             num_new = min(sequence.num_tokens - sequence.num_computed_tokens, budget, per_sequence)
+            drafts = sequence.spec_token_ids
+            if drafts and num_new == 1:  # a decode with a draft to verify: as many of it as the budget takes
+                num_new += min(len(drafts), budget - 1)
             while True:
                 if self.kv.allocate_slots(sequence, num_new) is not None:
                     break
+                if num_new > 1 and drafts:  # out of blocks: drop the draft before preempting anyone
+                    num_new = 1
+                    continue
                 victim = self._pick_victim()
                 position = self.running.index(victim)
                 del self.running[position]
@@ -109,6 +115,7 @@ class Scheduler:
             if sequence.status != SequenceStatus.RUNNING:
                 continue  # preempted itself; the sequence now at position i (if any) is next
             self._add_scheduled(out, sequence, num_new)
+            sequence.spec_token_ids = []
             scheduled[sequence.seq_id] = num_new
             budget -= num_new
             i += 1
@@ -142,7 +149,8 @@ class Scheduler:
 
     def _add_scheduled(self, out: SchedulerOutput, sequence: Sequence, num_new: int) -> None:
         start = sequence.num_computed_tokens
-        samples = start + num_new == sequence.num_tokens
+        known = min(num_new, sequence.num_tokens - start)  # the rest are draft tokens
+        samples = start + known == sequence.num_tokens
         if sequence.seq_id not in self._in_runner:
             self._in_runner.add(sequence.seq_id)
             out.new_sequences.append(
@@ -157,9 +165,10 @@ class Scheduler:
             ScheduledSequence(
                 sequence.seq_id,
                 start,
-                sequence.all_token_ids[start : start + num_new],
+                sequence.all_token_ids[start : start + known] + sequence.spec_token_ids[: num_new - known],
                 self.kv.get_block_ids(sequence.seq_id),
                 samples,
+                num_new - known,
             )
         )
         prompt_part = max(
@@ -174,6 +183,7 @@ class Scheduler:
         self.kv.free(sequence)
         sequence.status = SequenceStatus.PREEMPTED
         sequence.num_computed_tokens = 0
+        sequence.spec_token_ids = []
         sequence.num_preemptions += 1
         self.total_preemptions += 1
         out.num_preemptions += 1
@@ -199,11 +209,15 @@ class Scheduler:
 
     # ---- after the model ran ---------------------------------------------------------------------------------
     def update_from_output(
-        self, out: SchedulerOutput, sampled_token_ids: dict[str, int]
+        self, out: SchedulerOutput, sampled_token_ids: dict[str, list[int]]
     ) -> tuple[list[Sequence], list[Sequence]]:
         """Advance progress; append sampled tokens; stop on EOS / stop ids / length.
 
-        Returns (sequences that got a new token, sequences that finished this step).
+        A sequence that verified draft tokens gets the accepted ones and one more (1 + accepted tokens): the
+        rejected drafts' positions are computed again (their K/V slots are overwritten by the next step). Tokens
+        after one that stops the sequence are dropped. `num_new_output_tokens` says how many each one got.
+
+        Returns (sequences that got new tokens, sequences that finished this step).
         """
         now = time.time()
         progressed: list[Sequence] = []
@@ -215,15 +229,26 @@ class Scheduler:
             sequence.num_computed_tokens += seq.num_new_tokens
             if not seq.samples:
                 continue
-            token_id = sampled_token_ids[sequence.seq_id]
-            sequence.append_output_token(token_id)
+            token_ids = sampled_token_ids[sequence.seq_id]
+            if not 1 <= len(token_ids) <= 1 + seq.num_draft_tokens:
+                raise ValueError(
+                    f"sequence {seq.seq_id!r} got {len(token_ids)} tokens for {seq.num_draft_tokens} draft tokens"
+                )
+            sequence.num_computed_tokens -= seq.num_draft_tokens - (len(token_ids) - 1)  # the rejected drafts
+            sequence.num_new_output_tokens = 0
+            status = None
+            for token_id in token_ids:
+                sequence.append_output_token(token_id)
+                sequence.num_new_output_tokens += 1
+                status = self._check_stop(sequence, token_id)
+                if status is not None:
+                    break
             if sequence.first_token_time is None:
                 sequence.first_token_time = now
             elif sequence.last_token_time is not None:
                 sequence.last_inter_token_latency = now - sequence.last_token_time
             sequence.last_token_time = now
             progressed.append(sequence)
-            status = self._check_stop(sequence, token_id)
             if status is not None:
                 self.finish(sequence, status)
                 finished.append(sequence)

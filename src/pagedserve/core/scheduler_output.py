@@ -30,6 +30,9 @@ class ScheduledSequence:
     token_ids: list[int]  # the tokens run this step, at positions start_position, start_position + 1, ...
     block_ids: list[int]  # the sequence's whole block table after allocation
     samples: bool  # True when this step reaches the end of its known tokens (its logits give the next token)
+    # Speculative decoding: the last this many of token_ids are draft tokens to verify (the first token is the
+    # sequence's last known one); the step samples a token at each of the 1 + num_draft_tokens positions.
+    num_draft_tokens: int = 0
 
     @property
     def num_new_tokens(self) -> int:

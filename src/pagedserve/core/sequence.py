@@ -64,6 +64,10 @@ class Sequence:
         self.eos_token_ids = eos_token_ids
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0
+        # Speculative decoding: draft tokens proposed for the next step (verified there, never part of the output
+        # until accepted), and how many tokens the last step appended (1, or more when drafts were accepted).
+        self.spec_token_ids: list[int] = []
+        self.num_new_output_tokens = 0
         self.num_cached_tokens = -1  # prefix-cache hit at first scheduling; -1 until then
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None

@@ -87,6 +87,11 @@ class IterationStats:
         default_factory=list
     )  # seconds, requests that got their first token
     inter_token_latencies: list[float] = field(default_factory=list)  # seconds, decode tokens this step
+    # Speculative decoding: drafts verified this step, their tokens, the tokens kept, and kept by draft position.
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
     finished_requests: list[FinishedRequestStats] = field(default_factory=list)
 
 

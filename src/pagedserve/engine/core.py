@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pagedserve import envs, kv_memory
 from pagedserve.config import EngineConfig
 from pagedserve.core.kv_cache_manager import KVCacheManager
+from pagedserve.core.ngram_proposer import NgramProposer
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.core.sequence import Sequence, SequenceStatus
@@ -120,10 +121,20 @@ class EngineCore:
             weight_bytes=runner.weight_bytes,
             kv_cache_dtype=runner.kv_cache_dtype,
             scheduling_policy=sc.scheduling_policy,
+            num_speculative_tokens=config.speculative.num_speculative_tokens if config.speculative else 0,
         )
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
         self.structured = StructuredOutputManager(hf_config.vocab_size)
         self._waiting_for_grammar: dict[str, EngineCoreRequest] = {}
+        spec = config.speculative
+        self.proposer = None
+        if spec is not None:
+            spec.validate()
+            self.proposer = NgramProposer(spec.num_speculative_tokens, spec.lookup_min, spec.lookup_max)
+            logger.info(
+                "speculative decoding: ngram drafts of up to %d tokens (n-grams of %d to %d tokens)",
+                spec.num_speculative_tokens, spec.lookup_min, spec.lookup_max,
+            )  # fmt: skip
         kv_tokens = runner.num_blocks * cc.block_size
         logger.info(
             "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s tensor_parallel_size=%d "
@@ -250,6 +261,9 @@ class EngineCore:
             progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
             if self.structured.live_seq_ids:  # also while reasoning: the gate watches for its end
                 finished += self._advance_grammars(progressed)
+            if self.proposer is not None:
+                _count_drafts(sched_out, result, iteration)
+                self._propose_drafts(progressed)
             iteration.num_prompt_tokens = sched_out.num_prefill_tokens
             iteration.num_tokens_in_step = sched_out.total_num_tokens
             outputs = self._outputs(sched_out, result, progressed, iteration)
@@ -263,6 +277,20 @@ class EngineCore:
         iteration.prefix_cache_queries = scheduler_stats.prefix_cache_queries
         iteration.prefix_cache_hits = scheduler_stats.prefix_cache_hits
         return CoreOutputs(failed + outputs, scheduler_stats, iteration)
+
+    def _propose_drafts(self, progressed: list[Sequence]) -> None:
+        """Drafts for the next step of each sequence that just got tokens. None for a sequence following a grammar
+        (its matcher would have to check each draft token) or one with no room left for more than one token."""
+        assert self.proposer is not None
+        constrained = self.structured.live_seq_ids
+        max_model_len = self.scheduler.max_model_len
+        for seq in progressed:
+            if seq.is_finished or seq.seq_id in constrained:
+                continue
+            # Every token the step could keep must fit max_tokens and max_model_len: k drafts give up to k + 1.
+            room = min(seq.max_tokens - seq.num_output_tokens, max_model_len - seq.num_tokens) - 1
+            if room > 0:
+                seq.spec_token_ids = self.proposer.propose(seq.all_token_ids, room)
 
     def _advance_grammars(self, progressed: list[Sequence]) -> list[Sequence]:
         """Each constrained sequence's matcher takes its new token; a completed grammar finishes the sequence."""
@@ -289,12 +317,13 @@ class EngineCore:
         ]
         outputs = []
         for seq in progressed:
-            iteration.num_generation_tokens += 1
-            if seq.num_output_tokens == 1:
+            count = seq.num_new_output_tokens
+            iteration.num_generation_tokens += count
+            if seq.num_output_tokens == count:
                 iteration.time_to_first_tokens.append(now - seq.arrival_time)
             elif seq.last_inter_token_latency is not None:
                 iteration.inter_token_latencies.append(seq.last_inter_token_latency)
-            outputs.append(_sequence_output(seq, [seq.output_token_ids[-1]], result))
+            outputs.append(_sequence_output(seq, seq.output_token_ids[-count:], result))
         outputs.extend(_sequence_output(seq, [], result) for seq in prompt_only)
         return outputs
 
@@ -325,7 +354,10 @@ def _sequence_output(seq: Sequence, new_token_ids: list[int], result: ModelRunne
         new_token_ids=new_token_ids,
         finish_reason=seq.status.finish_reason if seq.is_finished else None,
         stop_reason=seq.stop_reason if isinstance(seq.stop_reason, int) else None,
-        logprobs=result.logprobs.get(seq.seq_id) if new_token_ids else None,
+        # Past a token that stopped the sequence, the step's later tokens (and their logprobs) are dropped.
+        logprobs=result.logprobs[seq.seq_id][: len(new_token_ids)]
+        if new_token_ids and seq.seq_id in result.logprobs
+        else None,
         prompt_logprobs=prompt_logprobs,
         num_cached_tokens=seq.num_cached_tokens,
         num_preemptions=seq.num_preemptions,
@@ -334,6 +366,21 @@ def _sequence_output(seq: Sequence, new_token_ids: list[int], result: ModelRunne
         last_token_time=seq.last_token_time,
         finished_time=seq.finished_time,
     )
+
+
+def _count_drafts(sched_out: SchedulerOutput, result: ModelRunnerOutput, iteration: IterationStats) -> None:
+    """The step's speculative-decoding counters: drafts verified, their tokens, and how many were kept."""
+    for seq in sched_out.sequences:
+        if not seq.num_draft_tokens or seq.seq_id not in result.sampled_token_ids:
+            continue
+        accepted = len(result.sampled_token_ids[seq.seq_id]) - 1
+        iteration.num_drafts += 1
+        iteration.num_draft_tokens += seq.num_draft_tokens
+        iteration.num_accepted_tokens += accepted
+        per_position = iteration.num_accepted_tokens_per_pos
+        per_position.extend([0] * (seq.num_draft_tokens - len(per_position)))
+        for position in range(accepted):
+            per_position[position] += 1
 
 
 def sliding_window(hf_config: Any) -> int | None:

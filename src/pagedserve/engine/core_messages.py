@@ -32,7 +32,8 @@ class EngineCoreRequest(msgspec.Struct, tag=True):
 
 
 class SequenceOutput(msgspec.Struct, array_like=True):
-    """What one step did for one sequence: a new token (and its logprobs), prompt logprobs, or both."""
+    """What one step did for one sequence: new tokens (and their logprobs), prompt logprobs, or both. One new
+    token a step, or more when speculative decoding kept draft tokens."""
 
     seq_id: str
     request_id: str
@@ -40,7 +41,7 @@ class SequenceOutput(msgspec.Struct, array_like=True):
     new_token_ids: list[int]
     finish_reason: str | None  # set in the step the core finished it (EOS, stop token, length)
     stop_reason: int | None  # the stop token id that finished it
-    logprobs: PositionLogprobs | None
+    logprobs: list[PositionLogprobs] | None  # one entry per new token
     prompt_logprobs: list[PositionLogprobs] | None  # only for sample 0 of a request
     num_cached_tokens: int
     num_preemptions: int

@@ -59,8 +59,8 @@ class OutputProcessor:
             if not out.new_token_ids:
                 continue
             touched[state.request_id] = state
-            if out.logprobs is not None:
-                state.add_logprobs(index, out.logprobs, self.tokenizer)
+            for entry in out.logprobs or ():
+                state.add_logprobs(index, entry, self.tokenizer)
             detok = state.detokenizers[index]
             if detok is not None:
                 stop = detok.update(out.new_token_ids)

@@ -12,6 +12,7 @@ from pagedserve.config import (
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
+    SpeculativeConfig,
     StructuredOutputsConfig,
     config_fields,
 )
@@ -33,6 +34,13 @@ def build_engine_config(**kwargs: Any) -> EngineConfig:
         raise TypeError("structured_outputs_config must be a dict or a StructuredOutputsConfig")
     if structured is not None:
         structured.validate()
+    speculative = kwargs.pop("speculative_config", None)
+    if isinstance(speculative, dict):
+        speculative = SpeculativeConfig.from_dict(speculative)
+    if speculative is not None and not isinstance(speculative, SpeculativeConfig):
+        raise TypeError("speculative_config must be a dict or a SpeculativeConfig")
+    if speculative is not None:
+        speculative.validate()
     values: dict[type, dict[str, Any]] = {cls: {} for cls in _SECTIONS}
     names = {f.name: cls for cls in _SECTIONS for f in config_fields(cls)}
     for key, value in kwargs.items():
@@ -45,6 +53,7 @@ def build_engine_config(**kwargs: Any) -> EngineConfig:
         scheduler=SchedulerConfig(**values[SchedulerConfig]),
         parallel=ParallelConfig(**values[ParallelConfig]),
         structured_outputs=structured or StructuredOutputsConfig(),
+        speculative=speculative,
     )
 
 

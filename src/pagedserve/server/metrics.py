@@ -50,6 +50,14 @@ METRIC_FAMILIES: dict[str, str] = {
     "http_request_duration_seconds": "histogram",
 }
 
+# And with --speculative-config only (as vLLM's); the last has a `position` label, 0 to k - 1.
+SPEC_DECODE_FAMILIES: dict[str, str] = {
+    "vllm:spec_decode_num_drafts": "counter",
+    "vllm:spec_decode_num_draft_tokens": "counter",
+    "vllm:spec_decode_num_accepted_tokens": "counter",
+    "vllm:spec_decode_num_accepted_tokens_per_pos": "counter",
+}
+
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
     1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
@@ -211,6 +219,21 @@ class ServerMetrics:
             "Time to compile and validate a request's grammar (cache misses only).",
             COMPILE_BUCKETS,
         )
+        self.spec_drafts = self.spec_draft_tokens = self.spec_accepted = None
+        self.spec_accepted_per_pos: list[Any] = []
+        if info.num_speculative_tokens:
+            self.spec_drafts = counter(
+                "vllm:spec_decode_num_drafts", "Drafts verified (one a sequence a step)."
+            )
+            self.spec_draft_tokens = counter("vllm:spec_decode_num_draft_tokens", "Draft tokens verified.")
+            self.spec_accepted = counter("vllm:spec_decode_num_accepted_tokens", "Draft tokens accepted.")
+            per_pos = Counter(
+                "vllm:spec_decode_num_accepted_tokens_per_pos", "Draft tokens accepted, by position in the draft.",
+                (*names, "position"), registry=r,
+            )  # fmt: skip
+            self.spec_accepted_per_pos = [
+                per_pos.labels(**labels, position=str(p)) for p in range(info.num_speculative_tokens)
+            ]
         self.engine_bound = True
 
     def observe(self, stats: EngineStats) -> None:
@@ -226,6 +249,12 @@ class ServerMetrics:
         self.prefix_hits.inc(it.prefix_cache_hits)
         if it.num_tokens_in_step > 0:
             self.iteration_tokens.observe(it.num_tokens_in_step)
+        if it.num_drafts and self.spec_drafts is not None:
+            self.spec_drafts.inc(it.num_drafts)
+            self.spec_draft_tokens.inc(it.num_draft_tokens)
+            self.spec_accepted.inc(it.num_accepted_tokens)
+            for child, count in zip(self.spec_accepted_per_pos, it.num_accepted_tokens_per_pos):
+                child.inc(count)
         for value in it.time_to_first_tokens:
             self.ttft.observe(value)
         for value in it.inter_token_latencies:

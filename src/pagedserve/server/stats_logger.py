@@ -1,4 +1,5 @@
-"""The periodic stats log line (vLLM's): throughput, running/waiting, preemptions, KV usage, prefix hit rate."""
+"""The periodic stats log line (vLLM's): throughput, running/waiting, preemptions, KV usage, prefix hit rate, and
+speculative decoding's acceptance when drafts were verified."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class StatsLogger:
     def _reset(self) -> None:
         self.prompt_tokens = self.generation_tokens = self.preemptions = 0
         self.prefix_queries = self.prefix_hits = 0
+        self.drafts = self.draft_tokens = self.accepted_tokens = 0
 
     def observe(self, stats: EngineStats) -> None:
         with self._lock:
@@ -37,6 +39,9 @@ class StatsLogger:
             self.preemptions += it.num_preemptions
             self.prefix_queries += it.prefix_cache_queries
             self.prefix_hits += it.prefix_cache_hits
+            self.drafts += it.num_drafts
+            self.draft_tokens += it.num_draft_tokens
+            self.accepted_tokens += it.num_accepted_tokens
             self.running = stats.scheduler.num_running_reqs
             self.waiting = stats.scheduler.num_waiting_reqs
             self.kv_usage = stats.scheduler.kv_cache_usage
@@ -59,6 +64,13 @@ class StatsLogger:
                 f"Preemptions: {self.preemptions}, KV cache usage: {100.0 * self.kv_usage:.1f}%, "
                 f"Prefix cache hit rate: {hit_rate:.1f}%"
             )
+            if (
+                self.drafts
+            ):  # speculative decoding: tokens a verified draft gave, and the share of draft tokens kept
+                text += (
+                    f", Spec decode mean acceptance length: {1 + self.accepted_tokens / self.drafts:.2f}, "
+                    f"Draft acceptance rate: {100.0 * self.accepted_tokens / self.draft_tokens:.1f}%"
+                )
             self._reset()
             self._last_log = now
         return text

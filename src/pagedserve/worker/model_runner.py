@@ -35,14 +35,16 @@ from pagedserve.worker.kv_cache import (
     kv_cache_budget_bytes,
     resolve_kv_cache_dtype,
 )
+from pagedserve.worker.speculative import accepted_tokens, history_end, sampling_row_offsets
 
 logger = logging.getLogger("pagedserve")
 
 
 @dataclass
 class ModelRunnerOutput:
-    sampled_token_ids: dict[str, int] = field(default_factory=dict)
-    logprobs: dict[str, PositionLogprobs] = field(default_factory=dict)
+    # Each sampling sequence's new tokens: one, or with a draft to verify, the kept draft tokens and one more.
+    sampled_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)  # one entry per new token
     prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
 
 
@@ -73,15 +75,13 @@ class RunnerSequence:
 
     new: NewSequence
     token_ids: list[int]
-    """Every token run so far, by position (prompt first); at a sampling step, the whole sequence."""
+    """Every token run so far, by position (prompt first); at a sampling step, the whole sequence and the draft
+    being verified (rejected draft tokens are overwritten by the next step, which starts at their position)."""
     generator: torch.Generator | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.new.prompt_token_ids)
-
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
 
 
 def _reads_history(params: Any) -> bool:
@@ -282,31 +282,40 @@ class ModelRunner:
             hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
         sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples]
         if sampling:
-            rows = [step.last_token_rows[i] for i, _ in sampling]
+            rows: list[int] = []  # the logits rows that sample: one a sequence, 1 + k with k draft tokens
+            sampling_rows: list[SamplingRow] = []
+            first_rows: list[int] = []  # each sampling sequence's first place among them
+            for i, seq in sampling:
+                state = states[i]
+                params = state.new.sampling_params
+                reads = _reads_history(params)
+                first_rows.append(len(rows))
+                for offset in sampling_row_offsets(seq):
+                    rows.append(step.last_token_rows[i] - offset)
+                    end = history_end(seq, offset)
+                    outputs = state.token_ids[state.num_prompt_tokens : end] if reads else []
+                    sampling_rows.append(
+                        SamplingRow(params, state.new.prompt_token_ids, outputs, state.generator)
+                    )
             if step_logits is None:
                 logits = self.model.compute_logits(hidden[rows])
             else:
                 logits = step_logits if len(rows) == step_logits.shape[0] else step_logits[rows]
-            sampling_rows = []
-            for i, _ in sampling:
-                state = states[i]
-                outputs = state.output_token_ids() if _reads_history(state.new.sampling_params) else []
-                sampling_rows.append(
-                    SamplingRow(
-                        state.new.sampling_params, state.new.prompt_token_ids, outputs, state.generator
-                    )
-                )
             metadata = SamplingMetadata.build(sampling_rows, self.vocab_size, self.device)
             if scheduler_output.grammar_bitmask is not None:
-                seq_rows = {seq.seq_id: j for j, (_, seq) in enumerate(sampling)}
+                seq_rows = {seq.seq_id: first_rows[j] for j, (_, seq) in enumerate(sampling)}
                 logits = apply_grammar_bitmask(logits, scheduler_output.grammar_bitmask, seq_rows)
                 metadata.grammar_masked = True
             out = self.sampler(
                 logits, metadata
             )  # converts to float32 itself unless all rows are plain greedy
             token_ids = out.sampled_token_ids.tolist()
-            for (_, seq), token_id in zip(sampling, token_ids):
-                result.sampled_token_ids[seq.seq_id] = token_id
+            kept: list[int] = []  # tokens kept per sampling sequence
+            for j, (_, seq) in enumerate(sampling):
+                first = first_rows[j]
+                tokens = accepted_tokens(seq, token_ids[first : first + 1 + seq.num_draft_tokens])
+                result.sampled_token_ids[seq.seq_id] = tokens
+                kept.append(len(tokens))
             if out.logprobs is not None:
                 ids, lps, ranks = (
                     out.logprob_token_ids.tolist(),
@@ -316,7 +325,10 @@ class ModelRunner:
                 for j, (i, seq) in enumerate(sampling):
                     k = states[i].new.sampling_params.logprobs
                     if k is not None:
-                        result.logprobs[seq.seq_id] = (ids[j][: 1 + k], lps[j][: 1 + k], ranks[j])
+                        span = range(first_rows[j], first_rows[j] + kept[j])
+                        result.logprobs[seq.seq_id] = [
+                            (ids[r][: 1 + k], lps[r][: 1 + k], ranks[r]) for r in span
+                        ]
         if hidden is not None and wants_prompt_logprobs:
             self._prompt_logprobs(step, states, hidden, result)
         return result

@@ -24,7 +24,7 @@ def make_scheduler(
 
 def run_step(sched: Scheduler, token: int = 5):
     out = sched.schedule()
-    sampled = {s.seq_id: token for s in out.sequences if s.samples}
+    sampled = {s.seq_id: [token] for s in out.sequences if s.samples}
     return out, sched.update_from_output(out, sampled)
 
 
@@ -109,11 +109,11 @@ def test_stop_conditions():
     for r in (a, b, c, d):
         sched.add_sequence(r)
     out = sched.schedule()
-    _, finished = sched.update_from_output(out, {"a": 5, "b": 0, "c": 7, "d": 0})
+    _, finished = sched.update_from_output(out, {"a": [5], "b": [0], "c": [7], "d": [0]})
     assert {r.seq_id for r in finished} == {"b", "c"}
     assert b.status == SequenceStatus.FINISHED_STOPPED and c.stop_reason == 7
     out = sched.schedule()
-    _, finished = sched.update_from_output(out, {"a": 5, "d": 0})
+    _, finished = sched.update_from_output(out, {"a": [5], "d": [0]})
     assert {r.seq_id for r in finished} == {"a", "d"}
     assert a.status == SequenceStatus.FINISHED_LENGTH and d.status == SequenceStatus.FINISHED_STOPPED
     sched.check_invariants()

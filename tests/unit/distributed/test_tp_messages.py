@@ -19,7 +19,7 @@ def test_a_step_round_trips_with_its_sampling_parameters() -> None:
     step = SchedulerOutput(
         sequences=[
             ScheduledSequence("r#0", 0, [1, 2, 3], [4, 5], True),
-            ScheduledSequence("q", 9, [8], [1], True),
+            ScheduledSequence("q", 9, [8, 4, 6], [1], True, 2),
         ],
         new_sequences=[NewSequence("r#0", [1, 2, 3], params, 0)],
         finished_seq_ids=["old"],
@@ -32,7 +32,9 @@ def test_a_step_round_trips_with_its_sampling_parameters() -> None:
 
 
 def test_a_result_round_trips() -> None:
-    output = ModelRunnerOutput({"a": 5}, {"a": ([5, 9], [-0.1, -2.5], 1)}, {"a": [([3], [-1.0], 1)]})
+    output = ModelRunnerOutput(
+        {"a": [5, 7]}, {"a": [([5, 9], [-0.1, -2.5], 1), ([7], [-0.2], 1)]}, {"a": [([3], [-1.0], 1)]}
+    )
     decoded = msg.decode_for_engine(msg.encode(msg.Result(output)))
     assert decoded == msg.Result(output)
 

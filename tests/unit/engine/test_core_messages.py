@@ -31,10 +31,13 @@ def test_the_start_message_carries_the_whole_config() -> None:
 
 def test_outputs_round_trip_with_logprobs_and_stats() -> None:
     out = msg.SequenceOutput(
-        "r#1", "r", 1, [17], "length", None, ([17, 4], [-0.25, -1.5], 1), [([3], [-2.0], 1)],
+        "r#1", "r", 1, [17, 9], "length", None, [([17, 4], [-0.25, -1.5], 1), ([9], [-0.5], 2)], [([3], [-2.0], 1)],
         16, 1, 1.0, 1.1, 1.2, 1.3,
     )  # fmt: skip
-    iteration = IterationStats(timestamp=2.0, num_generation_tokens=1, time_to_first_tokens=[0.1])
+    iteration = IterationStats(
+        timestamp=2.0, num_generation_tokens=2, time_to_first_tokens=[0.1], num_drafts=1, num_draft_tokens=3,
+        num_accepted_tokens=1, num_accepted_tokens_per_pos=[1, 0, 0],
+    )  # fmt: skip
     outputs = msg.CoreOutputs([out], SchedulerStats(num_running_reqs=1, kv_cache_usage=0.5), iteration)
     decoded = msg.decode_from_core(msg.encode(outputs))
     assert decoded == outputs

@@ -78,3 +78,41 @@ def test_api_key_from_environment(variable: str, monkeypatch: pytest.MonkeyPatch
     assert serve.run(parse("some/dir", "--api-key", "flag")) == 0
     assert captured["server"].api_key == "flag" and captured["server"].served_model_name == ["some/dir"]
     assert captured["engine"].model.model == "some/dir"
+
+
+def test_speculative_config_parses_as_vllms(monkeypatch: pytest.MonkeyPatch) -> None:
+    captured: dict[str, Any] = {}
+
+    async def fake_serve(engine_config: Any, server_config: Any, in_process: bool) -> int:
+        captured["engine"] = engine_config
+        return 0
+
+    monkeypatch.setattr(serve, "_serve", fake_serve)
+    assert serve.run(parse("--speculative-config", '{"method": "ngram", "num_speculative_tokens": 3}')) == 0
+    spec = captured["engine"].speculative
+    assert (spec.num_speculative_tokens, spec.lookup_min, spec.lookup_max) == (3, 5, 5)  # vLLM's defaults
+    assert serve.run(parse("--speculative-config", '{"model": "[ngram]", "num_speculative_tokens": 2, '
+                           '"prompt_lookup_max": 3}')) == 0  # fmt: skip
+    spec = captured["engine"].speculative
+    assert (spec.method, spec.lookup_min, spec.lookup_max) == ("ngram", 3, 3)
+    assert serve.run(parse()) == 0 and captured["engine"].speculative is None
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ('{"method": "eagle", "model": "x", "num_speculative_tokens": 3}', "speculative_config.model"),
+        ('{"method": "eagle", "num_speculative_tokens": 3}', "'eagle' is not supported"),
+        ('{"method": "ngram"}', "num_speculative_tokens is required"),
+        ('{"method": "ngram", "num_speculative_tokens": 99}', "num_speculative_tokens must be"),
+        (
+            '{"num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2}',
+            "prompt_lookup_min",
+        ),
+        ("ngram", "must be a JSON object"),
+    ],
+)
+def test_bad_speculative_config_is_an_argparse_error(value: str, fragment: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--speculative-config", value)
+    assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
