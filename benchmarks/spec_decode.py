@@ -1,6 +1,6 @@
 """Speculative decoding (n-gram drafts) against plain decoding: single-stream greedy decode of the bundled model.
 
-    .venv/bin/python benchmarks/spec_decode.py [--rounds 3] [--max-tokens 128] [--json OUT]
+    .venv/bin/python benchmarks/spec_decode.py [--rounds 3] [--max-tokens 128] [--json OUT] [--row-costs]
 
 Workloads: `copy` (repeat a paragraph: drafts from the prompt are kept), `edit` (return a code snippet with one
 name changed: mostly copied), `free` (a poem: little to copy, so drafts mostly cost). Configurations: no
@@ -8,6 +8,9 @@ drafts; ngram with k = 3 and 2- to 4-grams; ngram with k = 5 and vLLM's default 
 its own LLM in this process (dtype auto, the default path); rounds interleave the configurations, and the table
 reports each one's median tok/s, its ratio to no drafts in the same round (median and each round), and the mean
 acceptance length (tokens a verified draft gave: 1 + accepted draft tokens per draft).
+
+--row-costs first prints what a verify step's extra rows cost: the model's matrix products (one layer's four
+linear layers, and the LM head) timed alone at 1 to 8 activation rows, as a draft of k tokens runs k + 1 rows.
 """
 
 from __future__ import annotations
@@ -70,6 +73,43 @@ def run_once(llm: LLM, prompt: list[int], max_tokens: int) -> tuple[float, int]:
     return len(out.token_ids) / (time.perf_counter() - start), len(out.token_ids)
 
 
+def row_costs(llm: LLM) -> None:
+    """Microseconds per call of one layer's linear layers and of the LM head at 1-8 rows (best of 3 x 100 calls)."""
+    import torch
+
+    model = llm.llm_engine.core.executor.runner.model
+    modules = dict(model.named_modules())
+    names = [n for n in modules if n.startswith("model.layers.0.") and n.endswith("_proj")]
+    hidden = llm.llm_engine.core.executor.runner.hf_config.hidden_size
+
+    def best(call: Any, reps: int = 100) -> float:
+        call()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(reps):
+                call()
+            times.append((time.perf_counter() - start) / reps * 1e6)
+        return min(times)
+
+    print("| rows | " + " | ".join(n.split(".")[-1] for n in names) + " | one layer | LM head | ÷ 1 row |")
+    print("|---|" + "---|" * (len(names) + 3))
+    first = None
+    with torch.inference_mode():
+        for rows in range(1, 9):
+            costs = []
+            for name in names:
+                x = torch.randn(rows, modules[name].input_size)
+                costs.append(best(lambda m=modules[name], x=x: m(x)))
+            h = torch.randn(rows, hidden)
+            head = best(lambda h=h: model.compute_logits(h), 30)
+            total = sum(costs) * len(model.model.layers) + head
+            first = first or total
+            cells = " | ".join(f"{c:.0f}" for c in costs)
+            print(f"| {rows} | {cells} | {sum(costs):.0f} | {head:.0f} | {total / first:.2f}x |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -77,9 +117,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--row-costs", action="store_true")
     args = parser.parse_args()
     engines = {name: build(spec) for name, spec in CONFIGS.items()}
     first = next(iter(engines.values()))[0]
+    if args.row_costs:
+        row_costs(first)
     prompts = {
         name: first.llm_engine.apply_chat_template([{"role": "user", "content": text}])
         for name, text in WORKLOADS.items()
