@@ -58,6 +58,11 @@ CHART_VALUES = {
         "kvCacheMemoryBytes": 268435456,
         "maxNumSeqs": 2,
         "enablePrefixCaching": True,
+        # Drafts on every step that can (1-grams match almost always): the speculative-decoding panel has data.
+        "extraArgs": [
+            "--speculative-config",
+            '{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 1, "prompt_lookup_max": 3}',
+        ],
     },
     "server": {"maxNumQueuedReqs": 6},
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pagedserve.server.metrics import METRIC_FAMILIES
+from pagedserve.server.metrics import METRIC_FAMILIES, SPEC_DECODE_FAMILIES
 from tests.deploy.chart import CI_VALUES_DIR, one, render, rendered_rules
 from tests.deploy.promql import (
     EXTERNAL_METRICS,
@@ -41,7 +41,7 @@ REQUIRED_DASHBOARD_FAMILIES = {
 def _assert_exported(names: set[str], where: str) -> set[str]:
     families = set()
     for name in names - EXTERNAL_METRICS:
-        family = family_of(name, METRIC_FAMILIES)
+        family = family_of(name, METRIC_FAMILIES | SPEC_DECODE_FAMILIES)
         assert family, f"{where} uses {name}, which the server does not export"
         families.add(family)
     return families
