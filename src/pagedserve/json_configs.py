@@ -100,6 +100,10 @@ class SpeculativeConfig:
     prompt_lookup_min: int | None = None
     """Shortest n-gram matched (vLLM's default: prompt_lookup_max, or 5 when neither is set)."""
 
+    disable_by_batch_size: int | None = None
+    """No drafts while more than this many sequences run (>= 2; vLLM's): with many sequences a step's matrix
+    products are compute-bound, and verifying drafts costs more than it saves. None: always draft."""
+
     _MODEL_METHODS = (
         "draft_model",
         "eagle",
@@ -148,6 +152,11 @@ class SpeculativeConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"speculative_config.{name} must be an integer >= 1, got {value!r}")
+        limit = self.disable_by_batch_size
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
+            raise ValueError(
+                f"speculative_config.disable_by_batch_size must be an integer >= 2, got {limit!r}"
+            )
         if self.lookup_min > self.lookup_max:
             raise ValueError(
                 f"speculative_config.prompt_lookup_min ({self.lookup_min}) must be <= prompt_lookup_max "

@@ -26,29 +26,32 @@ FREE = "Write a short poem about the sea."
 TIE = 1e-3
 
 
-@pytest.fixture(scope="module")
-def spec_llm():
+def drafting_llm(kv_cache_memory_bytes: int = 256 * 1024**2, **spec: object) -> LLM:
+    """The bundled model in float32 with n-gram drafts; `llm.drafts` counts drafts, draft tokens, kept ones and
+    preemptions."""
     llm = LLM(
         dtype="float32",
         max_model_len=1024,
-        kv_cache_memory_bytes=256 * 1024**2,
+        kv_cache_memory_bytes=kv_cache_memory_bytes,
         seed=0,
-        speculative_config={
-            "method": "ngram",
-            "num_speculative_tokens": 4,
-            "prompt_lookup_max": 4,
-            "prompt_lookup_min": 2,
-        },
+        speculative_config={"method": "ngram", "prompt_lookup_max": 4, "prompt_lookup_min": 2, **spec},
     )
-    drafts = {"drafts": 0, "draft_tokens": 0, "accepted": 0}
+    drafts = {"drafts": 0, "draft_tokens": 0, "accepted": 0, "preemptions": 0}
 
     def count(stats: EngineStats) -> None:
         drafts["drafts"] += stats.iteration.num_drafts
         drafts["draft_tokens"] += stats.iteration.num_draft_tokens
         drafts["accepted"] += stats.iteration.num_accepted_tokens
+        drafts["preemptions"] += stats.iteration.num_preemptions
 
     llm.llm_engine.add_stats_listener(count)
     llm.drafts = drafts  # type: ignore[attr-defined]
+    return llm
+
+
+@pytest.fixture(scope="module")
+def spec_llm():
+    llm = drafting_llm(num_speculative_tokens=4)
     yield llm
     llm.llm_engine.shutdown()
 
@@ -157,3 +160,32 @@ def test_a_constrained_request_beside_drafting_ones_gets_no_draft(spec, bundled_
     assert got[1].outputs[0].text == expected[1].outputs[0].text
     assert len(got[1].outputs[0].text.split()) == 6
     assert got[0].outputs[0].token_ids[:20] == expected[0].outputs[0].token_ids[:20]
+
+
+def test_no_drafts_while_more_sequences_run_than_disable_by_batch_size() -> None:
+    llm = drafting_llm(num_speculative_tokens=3, disable_by_batch_size=2)
+    try:
+        params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+        llm.generate([COPY] * 3, params, use_tqdm=False)  # three run together from start to end
+        assert llm.drafts["drafts"] == 0
+        llm.generate([COPY] * 2, params, use_tqdm=False)
+        assert llm.drafts["drafts"] > 0
+    finally:
+        llm.llm_engine.shutdown()
+
+
+def test_kv_exhaustion_with_drafts_preempts_and_keeps_the_greedy_text(bundled_llm_fp32) -> None:
+    """Six copy requests in a cache of ~24 blocks (each needs ~9): sequences are preempted while drafting, their
+    drafts dropped, and every output equals the unloaded plain engine's; all blocks come back."""
+    llm = drafting_llm(kv_cache_memory_bytes=18 * 1024**2, num_speculative_tokens=3)
+    try:
+        params = SamplingParams(temperature=0, max_tokens=70, ignore_eos=True)
+        got = llm.generate([COPY] * 6, params, use_tqdm=False)
+        expected = bundled_llm_fp32.generate([COPY], params, use_tqdm=False)[0].outputs[0].token_ids
+        assert llm.drafts["preemptions"] > 0 and llm.drafts["accepted"] > 0, llm.drafts
+        assert all(out.outputs[0].token_ids == expected for out in got)
+        engine = llm.llm_engine
+        engine.check_invariants()
+        assert engine.kv_cache_manager.pool.num_used_blocks == 0
+    finally:
+        llm.llm_engine.shutdown()

@@ -75,7 +75,7 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         metavar="JSON",
         help=SpeculativeConfig.__doc__ + " Keys: method (ngram), num_speculative_tokens, prompt_lookup_max, "
-        "prompt_lookup_min.",
+        "prompt_lookup_min, disable_by_batch_size.",
     )
     unsupported = parser.add_argument_group("vLLM flags not supported (each fails with the reason)")
     for flag, reason in UNSUPPORTED_FLAGS.items():

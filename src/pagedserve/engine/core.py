@@ -128,7 +128,9 @@ class EngineCore:
         self._waiting_for_grammar: dict[str, EngineCoreRequest] = {}
         spec = config.speculative
         self.proposer = None
+        self.draft_batch_limit = None  # no drafts while more sequences than this run
         if spec is not None:
+            self.draft_batch_limit = spec.disable_by_batch_size
             spec.validate()
             self.proposer = NgramProposer(spec.num_speculative_tokens, spec.lookup_min, spec.lookup_max)
             logger.info(
@@ -280,8 +282,11 @@ class EngineCore:
 
     def _propose_drafts(self, progressed: list[Sequence]) -> None:
         """Drafts for the next step of each sequence that just got tokens. None for a sequence following a grammar
-        (its matcher would have to check each draft token) or one with no room left for more than one token."""
+        (its matcher would have to check each draft token) or one with no room left for more than one token, and
+        none at all while more sequences run than disable_by_batch_size."""
         assert self.proposer is not None
+        if self.draft_batch_limit is not None and self.scheduler.num_running > self.draft_batch_limit:
+            return
         constrained = self.structured.live_seq_ids
         max_model_len = self.scheduler.max_model_len
         for seq in progressed:

@@ -95,6 +95,12 @@ def test_speculative_config_parses_as_vllms(monkeypatch: pytest.MonkeyPatch) -> 
                            '"prompt_lookup_max": 3}')) == 0  # fmt: skip
     spec = captured["engine"].speculative
     assert (spec.method, spec.lookup_min, spec.lookup_max) == ("ngram", 3, 3)
+    assert spec.disable_by_batch_size is None
+    assert (
+        serve.run(parse("--speculative-config", '{"num_speculative_tokens": 2, "disable_by_batch_size": 4}'))
+        == 0
+    )
+    assert captured["engine"].speculative.disable_by_batch_size == 4
     assert serve.run(parse()) == 0 and captured["engine"].speculative is None
 
 
@@ -110,6 +116,7 @@ def test_speculative_config_parses_as_vllms(monkeypatch: pytest.MonkeyPatch) -> 
             "prompt_lookup_min",
         ),
         ("ngram", "must be a JSON object"),
+        ('{"num_speculative_tokens": 2, "disable_by_batch_size": 1}', "disable_by_batch_size must be"),
     ],
 )
 def test_bad_speculative_config_is_an_argparse_error(value: str, fragment: str, capsys: Any) -> None:
