@@ -34,8 +34,35 @@ class ToolPlan:
 
 
 def plan_tools(body: ChatCompletionRequest, enable_auto: bool, parser_name: str | None) -> ToolPlan:
-    tools = [tool.model_dump(by_alias=True, exclude_none=True) for tool in body.tools or []]
+    """A chat request's tool plan."""
     choice = body.tool_choice
+    named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+    constrained = body.response_format is not None and body.response_format.type != "text"
+    return plan_tool_calls(
+        [tool.model_dump(by_alias=True, exclude_none=True) for tool in body.tools or []],
+        "named" if named is not None else choice,
+        named,
+        body.parallel_tool_calls,
+        "response_format / structured_outputs"
+        if constrained or body.structured_outputs is not None
+        else None,
+        enable_auto,
+        parser_name,
+    )
+
+
+def plan_tool_calls(
+    tools: list[dict[str, Any]],
+    choice: str | None,
+    function_name: str | None,
+    parallel_tool_calls: bool | None,
+    other_constraint: str | None,
+    enable_auto: bool,
+    parser_name: str | None,
+) -> ToolPlan:
+    """The plan for chat-style function tools ({"type": "function", "function": {...}}), whichever API spelled
+    them: `choice` none, auto, required or named (then `function_name`); `other_constraint` names the request's
+    own output constraint (a 400 with required / named, which constrain the output themselves)."""
     if not tools:
         if choice not in (None, "none"):
             raise APIError(400, "tool_choice needs tools.", param="tool_choice")
@@ -44,11 +71,10 @@ def plan_tools(body: ChatCompletionRequest, enable_auto: bool, parser_name: str 
         choice = "auto"
     if choice == "none":
         return ToolPlan("none", tools)
-    constrained = body.response_format is not None and body.response_format.type != "text"
-    if choice != "auto" and (constrained or body.structured_outputs is not None):
+    if choice != "auto" and other_constraint is not None:
         raise APIError(
-            400, "tool_choice required / named already constrains the output: drop response_format / "
-            "structured_outputs.", param="tool_choice",
+            400, f"tool_choice required / named already constrains the output: drop {other_constraint}.",
+            param="tool_choice",
         )  # fmt: skip
     if choice == "auto":
         if not enable_auto or parser_name is None:
@@ -56,13 +82,17 @@ def plan_tools(body: ChatCompletionRequest, enable_auto: bool, parser_name: str 
                 400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set '
                 '(or send tool_choice "required", "none" or a named function).', param="tool_choice",
             )  # fmt: skip
-        return ToolPlan("auto", tools, parser_name=parser_name, single_call=body.parallel_tool_calls is False)
+        return ToolPlan("auto", tools, parser_name=parser_name, single_call=parallel_tool_calls is False)
     by_name = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"} for t in tools}
-    if isinstance(choice, NamedToolChoice):
-        name = choice.function.name
-        if name not in by_name:
-            raise APIError(400, f"tool_choice names {name!r}, which is not in tools.", param="tool_choice")
-        return ToolPlan("named", tools, StructuredOutputsParams(json=by_name[name]), function_name=name)
+    if choice == "named":
+        assert function_name is not None
+        if function_name not in by_name:
+            raise APIError(
+                400, f"tool_choice names {function_name!r}, which is not in tools.", param="tool_choice"
+            )
+        return ToolPlan(
+            "named", tools, StructuredOutputsParams(json=by_name[function_name]), function_name=function_name
+        )
     items = [
         {
             "type": "object",
@@ -73,7 +103,7 @@ def plan_tools(body: ChatCompletionRequest, enable_auto: bool, parser_name: str 
         for name, parameters in by_name.items()
     ]
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": items}}
-    if body.parallel_tool_calls is False:
+    if parallel_tool_calls is False:
         schema["maxItems"] = 1
     return ToolPlan("required", tools, StructuredOutputsParams(json=schema))
 

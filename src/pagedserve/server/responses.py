@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pagedserve.engine.chat import ChatOptions
 from pagedserve.sampling_params import SamplingParams, StructuredOutputsParams
 from pagedserve.server.chat_messages import render_chat
-from pagedserve.server.chat_tools import ToolPlan, plan_tools
+from pagedserve.server.chat_tools import ToolPlan, plan_tool_calls
 from pagedserve.server.errors import APIError, invalid_request
 from pagedserve.server.generation import (
     Generation,
@@ -31,7 +31,6 @@ from pagedserve.server.generation import (
     until_disconnect,
 )
 from pagedserve.server.openai.protocol import (
-    ChatCompletionRequest,
     FunctionCallItem,
     FunctionCallOutputItem,
     ResponsesNamedTool,
@@ -80,21 +79,15 @@ def _messages(body: ResponsesRequest) -> list[dict[str, Any]]:
 def _tool_plan(body: ResponsesRequest, state: Any, constrained: bool) -> ToolPlan:
     """Chat's tool plan for the Responses spelling of tools (flat function tools, a named choice by name)."""
     choice: Any = body.tool_choice
-    if isinstance(choice, ResponsesNamedTool):
-        choice = {"type": "function", "function": {"name": choice.name}}
+    named = choice.name if isinstance(choice, ResponsesNamedTool) else None
     tools = [
         {"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
         for t in body.tools or []
     ]
-    as_chat = ChatCompletionRequest(
-        messages=[{"role": "user", "content": ""}], tools=tools or None, tool_choice=choice,
-        parallel_tool_calls=body.parallel_tool_calls,
+    return plan_tool_calls(
+        tools, "named" if named is not None else choice, named, body.parallel_tool_calls,
+        "text.format" if constrained else None, state.config.enable_auto_tool_choice, state.config.tool_call_parser,
     )  # fmt: skip
-    plan = plan_tools(as_chat, state.config.enable_auto_tool_choice, state.config.tool_call_parser)
-    if plan.constraint is not None and constrained:
-        raise APIError(400, "tool_choice required / named already constrains the output: drop text.format.",
-                       param="tool_choice")  # fmt: skip
-    return plan
 
 
 def _sampling_params(body: ResponsesRequest, defaults: dict[str, Any]) -> SamplingParams:
