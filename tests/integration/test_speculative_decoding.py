@@ -144,22 +144,40 @@ def test_random_sampling_with_drafts_is_seeded_and_bounded(spec) -> None:
         assert all(next(iter(entry)) == token for entry, token in zip(out.logprobs, out.token_ids))
 
 
-def test_a_constrained_request_beside_drafting_ones_gets_no_draft(spec, bundled_llm_fp32) -> None:
-    """A grammar-constrained sequence is never drafted (its matcher would have to check every draft token); in the
-    same batch as drafting sequences its bitmask still lands on its own row."""
+def test_constrained_requests_draft_within_their_grammar(spec, bundled_llm_fp32) -> None:
+    """A grammar-constrained sequence drafts too: the draft is cut where the grammar refuses it, each verified
+    position is masked by the grammar's state after the draft tokens before it, and a draft that completes the
+    grammar ends the sequence there. Alone and beside an unconstrained drafting sequence, the text is the plain
+    engine's."""
     from pagedserve.sampling_params import StructuredOutputsParams
 
-    constrained = SamplingParams(
+    regex = SamplingParams(
         temperature=0,
         max_tokens=60,
-        structured_outputs=StructuredOutputsParams(regex="(fox|dog)( (fox|dog)){5}"),
+        structured_outputs=StructuredOutputsParams(regex="(fox|dog)( (fox|dog)){9}"),
+    )
+    schema = {
+        "type": "object",
+        "properties": {"text": {"type": "string", "maxLength": 120}, "words": {"type": "integer"}},
+        "required": ["text", "words"],
+    }
+    json_params = SamplingParams(
+        temperature=0, max_tokens=80, structured_outputs=StructuredOutputsParams(json=schema)
     )
     plain = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
-    got = spec.generate([COPY, COPY], [plain, constrained], use_tqdm=False)
-    expected = bundled_llm_fp32.generate([COPY, COPY], [plain, constrained], use_tqdm=False)
-    assert got[1].outputs[0].text == expected[1].outputs[0].text
-    assert len(got[1].outputs[0].text.split()) == 6
-    assert got[0].outputs[0].token_ids[:20] == expected[0].outputs[0].token_ids[:20]
+    prompt = f"Put this text in JSON as the field text: {TEXT}"
+    before = dict(spec.drafts)
+    got = spec.generate([COPY, COPY, prompt], [plain, regex, json_params], use_tqdm=False)
+    expected = bundled_llm_fp32.generate([COPY, COPY, prompt], [plain, regex, json_params], use_tqdm=False)
+    for g, e in zip(got, expected):
+        assert g.outputs[0].token_ids == e.outputs[0].token_ids
+        assert g.outputs[0].finish_reason == e.outputs[0].finish_reason
+    assert len(got[1].outputs[0].text.split()) == 10
+    alone_before = dict(spec.drafts)
+    again = spec.generate([prompt], json_params, use_tqdm=False)[0]
+    assert again.outputs[0].token_ids == expected[2].outputs[0].token_ids
+    assert spec.drafts["accepted"] - alone_before["accepted"] > 0, "the JSON request alone kept no draft"
+    assert spec.drafts["accepted"] > before["accepted"]
 
 
 def test_no_drafts_while_more_sequences_run_than_disable_by_batch_size() -> None:

@@ -52,11 +52,15 @@ class ReasoningGate:
 
 @dataclass
 class GrammarBitmask:
-    """Which tokens each grammar-constrained sampling row may take: bit t of row i (little-endian int32 words)."""
+    """Which tokens each grammar-constrained sampling row may take: bit t of row i (little-endian int32 words). A
+    sequence verifying draft tokens has one row per position its grammar could check (its seq id repeated)."""
 
     seq_ids: list[str]  # the constrained sequences that sample this step, in the order of the rows
     words_per_row: int  # ceil(vocab_size / 32)
     data: bytes  # len(seq_ids) * words_per_row int32 words
+    # Speculative decoding: which of its sampling positions each row masks (0: the first; i: after i draft
+    # tokens), a sequence's rows in order. None: every row is a position 0.
+    positions: list[int] | None = None
 
 
 @dataclass

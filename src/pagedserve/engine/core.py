@@ -258,7 +258,8 @@ class EngineCore:
         if not sched_out.is_empty:
             if self.structured.live_seq_ids:  # no per-step work when nothing is constrained
                 sampling = [s.seq_id for s in sched_out.sequences if s.samples]
-                sched_out.grammar_bitmask = self.structured.bitmask(sampling)
+                drafts = {s.seq_id: s.token_ids[1:] for s in sched_out.sequences if s.num_draft_tokens}
+                sched_out.grammar_bitmask = self.structured.bitmask(sampling, drafts)
             result = self.executor.execute(sched_out)
             progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
             if self.structured.live_seq_ids:  # also while reasoning: the gate watches for its end
@@ -281,29 +282,40 @@ class EngineCore:
         return CoreOutputs(failed + outputs, scheduler_stats, iteration)
 
     def _propose_drafts(self, progressed: list[Sequence]) -> None:
-        """Drafts for the next step of each sequence that just got tokens. None for a sequence following a grammar
-        (its matcher would have to check each draft token) or one with no room left for more than one token, and
-        none at all while more sequences run than disable_by_batch_size."""
+        """Drafts for the next step of each sequence that just got tokens: cut where a constrained sequence's
+        grammar would refuse them; none for one with no room left for more than one token, and none at all while
+        more sequences run than disable_by_batch_size."""
         assert self.proposer is not None
         if self.draft_batch_limit is not None and self.scheduler.num_running > self.draft_batch_limit:
             return
-        constrained = self.structured.live_seq_ids
         max_model_len = self.scheduler.max_model_len
         for seq in progressed:
-            if seq.is_finished or seq.seq_id in constrained:
+            if seq.is_finished:
                 continue
             # Every token the step could keep must fit max_tokens and max_model_len: k drafts give up to k + 1.
             room = min(seq.max_tokens - seq.num_output_tokens, max_model_len - seq.num_tokens) - 1
             if room > 0:
-                seq.spec_token_ids = self.proposer.propose(seq.all_token_ids, room)
+                draft = self.proposer.propose(seq.all_token_ids, room)
+                seq.spec_token_ids = self.structured.draft_prefix(seq.seq_id, draft)
 
     def _advance_grammars(self, progressed: list[Sequence]) -> list[Sequence]:
-        """Each constrained sequence's matcher takes its new token; a completed grammar finishes the sequence."""
+        """Each constrained sequence's matcher takes its new tokens; a completed grammar finishes the sequence, and
+        tokens a kept draft gave after the one that completed it are dropped (the plain step would have stopped)."""
         done = []
         for seq in progressed:
-            if self.structured.accept(seq.seq_id, seq.output_token_ids[-1]) and not seq.is_finished:
-                self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
-                done.append(seq)
+            new = seq.output_token_ids[len(seq.output_token_ids) - seq.num_new_output_tokens :]
+            for i, token_id in enumerate(new):
+                if not self.structured.accept(seq.seq_id, token_id):
+                    continue
+                extra = len(new) - i - 1
+                if extra:
+                    del seq.output_token_ids[-extra:]
+                    del seq.all_token_ids[-extra:]
+                    seq.num_new_output_tokens -= extra
+                if not seq.is_finished:
+                    self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
+                    done.append(seq)
+                break
         return done
 
     def _outputs(

@@ -19,12 +19,13 @@ def allowed_tokens(bitmask: GrammarBitmask, vocab_size: int, device: torch.devic
 
 
 def apply_grammar_bitmask(
-    logits: torch.Tensor, bitmask: GrammarBitmask, seq_rows: dict[str, int]
+    logits: torch.Tensor, bitmask: GrammarBitmask, rows_of_mask: list[int]
 ) -> torch.Tensor:
     """float32 logits [B, V] with the tokens each constrained row's grammar forbids at -inf (as vLLM, before the
-    sampler, so logprobs see the constraint too). `seq_rows`: seq id -> row. Never writes the caller's tensor."""
+    sampler, so logprobs see the constraint too). `rows_of_mask`: the logits row of each bitmask row. Never writes
+    the caller's tensor."""
     masked = (logits.float() if logits.dtype != torch.float32 else logits.clone()).contiguous()
-    rows = torch.tensor([seq_rows[seq_id] for seq_id in bitmask.seq_ids], dtype=torch.int64)
+    rows = torch.tensor(rows_of_mask, dtype=torch.int64)
     words = torch.frombuffer(bytearray(bitmask.data), dtype=torch.int32).view(len(bitmask.seq_ids), -1)
     if masked.device.type == "cpu" and cpu_ops.apply_token_bitmask(masked, rows, words):
         return masked

@@ -115,23 +115,52 @@ class StructuredOutputManager:
     def has(self, seq_id: str) -> bool:
         return seq_id in self._matchers
 
-    def bitmask(self, seq_ids: list[str]) -> GrammarBitmask | None:
-        """Allowed tokens of the constrained ones among `seq_ids` (the rows that sample this step)."""
+    def bitmask(
+        self, seq_ids: list[str], drafts: dict[str, list[int]] | None = None
+    ) -> GrammarBitmask | None:
+        """Allowed tokens of the constrained ones among `seq_ids` (the rows that sample this step). A sequence with
+        draft tokens (speculative decoding) gets a row per position: the grammar's state after the draft tokens
+        before it, up to the first draft token the grammar refuses (that position's row forbids it, so the draft is
+        rejected there and the later positions are never kept). The matcher is rolled back afterwards."""
         rows = [seq_id for seq_id in seq_ids if seq_id in self._matchers and not self.is_thinking(seq_id)]
         if not rows:
             return None
+        order: list[str] = []
+        positions: list[int] = []
+        for seq_id in rows:
+            draft = (drafts or {}).get(seq_id, [])
+            count = 1 + (self._matchers[seq_id].validate_tokens(draft) if draft else 0)
+            order += [seq_id] * count
+            positions += range(count)
         words = self.words_per_row
-        masks = np.empty((len(rows), words), dtype=np.int32)
+        masks = np.empty((len(order), words), dtype=np.int32)
         address = masks.ctypes.data
-        for i, seq_id in enumerate(rows):
-            self._matchers[seq_id].unsafe_compute_mask_ptr(address + i * words * 4, words * 4)
+        for i, (seq_id, position) in enumerate(zip(order, positions)):
+            matcher = self._matchers[seq_id]
+            if position:
+                matcher.consume_token(drafts[seq_id][position - 1])  # type: ignore[index]
+            matcher.unsafe_compute_mask_ptr(address + i * words * 4, words * 4)
+            if i + 1 == len(order) or order[i + 1] != seq_id:
+                if position:
+                    matcher.rollback(position)
             gate = self._gates.get(seq_id)
             if (
                 gate is not None and gate.start_token_id is not None
             ):  # undecided: opening the block is allowed too
                 word, bit = divmod(gate.start_token_id, 32)
                 masks[i, word] |= np.int32(np.uint32(1 << bit).view(np.int32))
-        return GrammarBitmask(rows, words, masks.tobytes())
+        drafted = len(order) != len(rows)
+        return GrammarBitmask(order, words, masks.tobytes(), positions if drafted else None)
+
+    def draft_prefix(self, seq_id: str, draft: list[int]) -> list[int]:
+        """The part of a draft a sequence's grammar accepts from its current state (all of it when unconstrained);
+        none while a reasoning gate is still deciding or watching (the gate reads tokens one by one)."""
+        matcher = self._matchers.get(seq_id)
+        if matcher is None or not draft:
+            return draft
+        if seq_id in self._gates:
+            return []
+        return draft[: matcher.validate_tokens(draft)]
 
     def accept(self, seq_id: str, token_id: int) -> bool:
         """Advance a sequence's matcher by its sampled token; True when its grammar is complete (or broken)."""

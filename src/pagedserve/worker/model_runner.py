@@ -302,9 +302,12 @@ class ModelRunner:
             else:
                 logits = step_logits if len(rows) == step_logits.shape[0] else step_logits[rows]
             metadata = SamplingMetadata.build(sampling_rows, self.vocab_size, self.device)
-            if scheduler_output.grammar_bitmask is not None:
-                seq_rows = {seq.seq_id: first_rows[j] for j, (_, seq) in enumerate(sampling)}
-                logits = apply_grammar_bitmask(logits, scheduler_output.grammar_bitmask, seq_rows)
+            bitmask = scheduler_output.grammar_bitmask
+            if bitmask is not None:
+                first = {seq.seq_id: first_rows[j] for j, (_, seq) in enumerate(sampling)}
+                positions = bitmask.positions or [0] * len(bitmask.seq_ids)
+                mask_rows = [first[seq_id] + p for seq_id, p in zip(bitmask.seq_ids, positions)]
+                logits = apply_grammar_bitmask(logits, bitmask, mask_rows)
                 metadata.grammar_masked = True
             out = self.sampler(
                 logits, metadata

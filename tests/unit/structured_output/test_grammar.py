@@ -134,7 +134,7 @@ def test_apply_bitmask_touches_only_constrained_rows() -> None:
     data[0] = 0b00000110  # tokens 1 and 2
     bitmask = GrammarBitmask(["b"], words, bytes(data))
     logits = torch.randn(2, MODEL_VOCAB, dtype=torch.bfloat16)
-    masked = apply_grammar_bitmask(logits, bitmask, {"a": 0, "b": 1})
+    masked = apply_grammar_bitmask(logits, bitmask, [1])
     assert masked.dtype == torch.float32 and torch.equal(masked[0], logits[0].float())
     assert torch.isfinite(masked[1]).tolist() == [i in (1, 2) for i in range(MODEL_VOCAB)]
 
@@ -185,8 +185,32 @@ def test_c_kernel_and_torch_path_mask_alike(monkeypatch) -> None:
     data[1, 0] = -1  # a word with all 32 tokens allowed
     bitmask = GrammarBitmask(["x", "y"], words, data.tobytes())
     logits = torch.randn(3, vocab)
-    fast = apply_grammar_bitmask(logits, bitmask, {"x": 2, "y": 0})
+    fast = apply_grammar_bitmask(logits, bitmask, [2, 0])
     monkeypatch.setattr(cpu_ops, "apply_token_bitmask", lambda *args: False)
-    slow = apply_grammar_bitmask(logits, bitmask, {"x": 2, "y": 0})
+    slow = apply_grammar_bitmask(logits, bitmask, [2, 0])
     assert torch.equal(fast, slow) and torch.equal(fast[1], logits[1])
     assert torch.isinf(fast[0, 96:]).all() and torch.isfinite(fast[0, :32]).all()
+
+
+def test_a_draft_gets_a_mask_row_per_position_up_to_the_first_token_the_grammar_refuses(hf_tokenizer) -> None:
+    manager = _manager_with(hf_tokenizer, StructuredOutputsParams(regex="ab(c|d)e"))
+    tokens = [VOCAB.index(c) for c in "abxe"]
+    assert manager.draft_prefix("s", tokens) == tokens[:2]  # "x" is refused: the draft is cut there
+    mask = manager.bitmask(["s"], {"s": tokens})
+    assert mask is not None and mask.seq_ids == ["s"] * 3 and mask.positions == [0, 1, 2]
+    allowed = allowed_tokens(mask, MODEL_VOCAB, "cpu")
+    expect = [
+        {"a"},
+        {"b"},
+        {"c", "d"},
+    ]  # the state after "", "a", "ab"; the row after "x" would never be kept
+    assert [{VOCAB[t] for t in row.nonzero().flatten().tolist()} for row in allowed] == expect
+    # Rolled back: the matcher still stands at the start, and the kept tokens are accepted one by one.
+    assert _spell(manager, "s", "abd") is False and _spell(manager, "s", "e") is True
+
+
+def test_no_draft_while_a_reasoning_gate_reads_the_tokens(hf_tokenizer) -> None:
+    gate = ReasoningGate(end_token_ids=[VOCAB.index("z")], thinking=True)
+    manager = _manager_with(hf_tokenizer, StructuredOutputsParams(regex="ab"), gate=gate)
+    assert manager.draft_prefix("s", [VOCAB.index("a")]) == []
+    assert manager.draft_prefix("unconstrained", [5, 6]) == [5, 6]
