@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from pagedserve import envs, kv_memory
 from pagedserve.config import EngineConfig
 from pagedserve.core.kv_cache_manager import KVCacheManager
-from pagedserve.core.ngram_proposer import NgramProposer
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.core.sequence import Sequence, SequenceStatus
 from pagedserve.core.stats import IterationStats
 from pagedserve.distributed.partition import check_heads
 from pagedserve.engine.core_messages import CoreOutputs, EngineCoreRequest, SequenceOutput
+from pagedserve.engine.drafter import Drafter, count_drafts
 from pagedserve.outputs import EngineInfo
 from pagedserve.structured_output.manager import StructuredOutputManager
 from pagedserve.worker.dtypes import has_gguf_panel_kernels, resolve_dtype
@@ -126,17 +126,7 @@ class EngineCore:
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
         self.structured = StructuredOutputManager(hf_config.vocab_size)
         self._waiting_for_grammar: dict[str, EngineCoreRequest] = {}
-        spec = config.speculative
-        self.proposer = None
-        self.draft_batch_limit = None  # no drafts while more sequences than this run
-        if spec is not None:
-            self.draft_batch_limit = spec.disable_by_batch_size
-            spec.validate()
-            self.proposer = NgramProposer(spec.num_speculative_tokens, spec.lookup_min, spec.lookup_max)
-            logger.info(
-                "speculative decoding: ngram drafts of up to %d tokens (n-grams of %d to %d tokens)",
-                spec.num_speculative_tokens, spec.lookup_min, spec.lookup_max,
-            )  # fmt: skip
+        self.drafter = Drafter(config.speculative, max_model_len) if config.speculative else None
         kv_tokens = runner.num_blocks * cc.block_size
         logger.info(
             "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s tensor_parallel_size=%d "
@@ -264,9 +254,9 @@ class EngineCore:
             progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
             if self.structured.live_seq_ids:  # also while reasoning: the gate watches for its end
                 finished += self._advance_grammars(progressed)
-            if self.proposer is not None:
-                _count_drafts(sched_out, result, iteration)
-                self._propose_drafts(progressed)
+            if self.drafter is not None:
+                count_drafts(sched_out, result.sampled_token_ids, iteration)
+                self.drafter.propose(progressed, self.scheduler.num_running, self.structured.draft_prefix)
             iteration.num_prompt_tokens = sched_out.num_prefill_tokens
             iteration.num_tokens_in_step = sched_out.total_num_tokens
             outputs = self._outputs(sched_out, result, progressed, iteration)
@@ -280,23 +270,6 @@ class EngineCore:
         iteration.prefix_cache_queries = scheduler_stats.prefix_cache_queries
         iteration.prefix_cache_hits = scheduler_stats.prefix_cache_hits
         return CoreOutputs(failed + outputs, scheduler_stats, iteration)
-
-    def _propose_drafts(self, progressed: list[Sequence]) -> None:
-        """Drafts for the next step of each sequence that just got tokens: cut where a constrained sequence's
-        grammar would refuse them; none for one with no room left for more than one token, and none at all while
-        more sequences run than disable_by_batch_size."""
-        assert self.proposer is not None
-        if self.draft_batch_limit is not None and self.scheduler.num_running > self.draft_batch_limit:
-            return
-        max_model_len = self.scheduler.max_model_len
-        for seq in progressed:
-            if seq.is_finished:
-                continue
-            # Every token the step could keep must fit max_tokens and max_model_len: k drafts give up to k + 1.
-            room = min(seq.max_tokens - seq.num_output_tokens, max_model_len - seq.num_tokens) - 1
-            if room > 0:
-                draft = self.proposer.propose(seq.all_token_ids, room)
-                seq.spec_token_ids = self.structured.draft_prefix(seq.seq_id, draft)
 
     def _advance_grammars(self, progressed: list[Sequence]) -> list[Sequence]:
         """Each constrained sequence's matcher takes its new tokens; a completed grammar finishes the sequence, and
@@ -383,21 +356,6 @@ def _sequence_output(seq: Sequence, new_token_ids: list[int], result: ModelRunne
         last_token_time=seq.last_token_time,
         finished_time=seq.finished_time,
     )
-
-
-def _count_drafts(sched_out: SchedulerOutput, result: ModelRunnerOutput, iteration: IterationStats) -> None:
-    """The step's speculative-decoding counters: drafts verified, their tokens, and how many were kept."""
-    for seq in sched_out.sequences:
-        if not seq.num_draft_tokens or seq.seq_id not in result.sampled_token_ids:
-            continue
-        accepted = len(result.sampled_token_ids[seq.seq_id]) - 1
-        iteration.num_drafts += 1
-        iteration.num_draft_tokens += seq.num_draft_tokens
-        iteration.num_accepted_tokens += accepted
-        per_position = iteration.num_accepted_tokens_per_pos
-        per_position.extend([0] * (seq.num_draft_tokens - len(per_position)))
-        for position in range(accepted):
-            per_position[position] += 1
 
 
 def sliding_window(hf_config: Any) -> int | None:
