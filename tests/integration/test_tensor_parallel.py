@@ -118,3 +118,25 @@ def test_tiny_model_at_tp2_matches_transformers(tmp_path, num_kv_heads):
         row = logprobs[len(prompt) - 1 + step]
         assert abs(output.outputs[0].logprobs[step][token].logprob - float(row[token])) < 1e-4
         assert float(row.max() - row[token]) < 1e-4  # greedy: the best token, up to a tie
+
+
+def test_tp2_with_ngram_drafts_keeps_tp1s_greedy_text(bundled_llm_fp32):
+    """Drafts verified across two ranks: every rank runs the same verify rows (rank 0's kept tokens decide), and
+    the greedy text is TP=1's without drafts."""
+    from tests.integration.test_speculative_decoding import COPY
+
+    llm = LLM(
+        dtype="float32", max_model_len=1024, kv_cache_memory_bytes=256 * 1024**2, seed=0, tensor_parallel_size=2,
+        speculative_config={"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2},
+    )  # fmt: skip
+    try:
+        drafts = []
+        llm.llm_engine.add_stats_listener(lambda stats: drafts.append(stats.iteration.num_accepted_tokens))
+        params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+        got = llm.generate([COPY, COPY[:80]], params, use_tqdm=False)
+        expected = bundled_llm_fp32.generate([COPY, COPY[:80]], params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+        assert sum(drafts) > 0
+        llm.llm_engine.check_invariants()
+    finally:
+        llm.llm_engine.shutdown()
