@@ -164,6 +164,36 @@ class ParallelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    enable_lora: bool = False
+    """Serve LoRA adapters (PEFT folders) on top of the model: a request names one in its `model` field (vLLM's
+    flag; adapters come from --lora-modules, or at run time with VLLM_ALLOW_RUNTIME_LORA_UPDATING)."""
+
+    max_loras: int = 1
+    """Most adapters in one engine step (vLLM's flag); requests for other adapters wait until one is done."""
+
+    max_lora_rank: int = 16
+    """Largest adapter rank (r) accepted; adapters above it are refused when loaded."""
+
+    max_cpu_loras: int | None = None
+    """Adapters the workers keep loaded (vLLM's flag): the least recently used one beyond this is dropped and read
+    from its folder again when a request needs it. Default: max_loras."""
+
+    def validate(self) -> None:
+        """ValueError naming the field."""
+        if self.max_loras < 1:
+            raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
+        if self.max_lora_rank < 1:
+            raise ValueError(f"max_lora_rank must be >= 1, got {self.max_lora_rank}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})")
+
+    @property
+    def cache_size(self) -> int:
+        return self.max_cpu_loras or self.max_loras
+
+
+@dataclass
 class EngineConfig:
     """Everything the engine needs; the server and the LLM class build one of these."""
 
@@ -173,6 +203,7 @@ class EngineConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     speculative: SpeculativeConfig | None = None
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass
@@ -230,6 +261,10 @@ class ServerConfig:
     reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = None
     """Split a thinking model's <think>...</think> text into the chat message's `reasoning` field (vLLM's flag):
     deepseek_r1 (DeepSeek-R1, QwQ: the block may open in the prompt) or qwen3 (Qwen3: the model opens it)."""
+
+    lora_modules: list[str] | None = None
+    """LoRA adapters to serve (vLLM's flag, with --enable-lora): name=path, or JSON {"name": ..., "path": ...,
+    "base_model_name": ...}; a request selects one by giving its name as the model."""
 
     tool_call_parser: str | None = None
     """How the model writes tool calls, for tool_choice "auto": hermes (<tool_call>{...}</tool_call>: Hermes,

@@ -26,6 +26,12 @@ def disable_shm_collectives() -> bool:
     return _flag("PAGEDSERVE_DISABLE_SHM_COLLECTIVES")
 
 
+def allow_runtime_lora_updating() -> bool:
+    """VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 or true (vLLM's variable): serve POST /v1/load_lora_adapter and
+    /v1/unload_lora_adapter."""
+    return os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").strip().lower() in ("1", "true")
+
+
 def allow_long_max_model_len() -> bool:
     """VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 (vLLM's variable): accept a --max-model-len past the model's
     max_position_embeddings (positions it was never trained on: the output may degrade)."""

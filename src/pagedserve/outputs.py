@@ -78,3 +78,4 @@ class EngineInfo:
     default_sampling_params: dict[str, Any] = field(default_factory=dict)
     scheduling_policy: str = "fcfs"  # --scheduling-policy: a request's priority counts only under "priority"
     num_speculative_tokens: int = 0  # --speculative-config's draft length; 0 without speculative decoding
+    max_loras: int = 0  # --max-loras with --enable-lora; 0: no LoRA adapters

@@ -23,6 +23,7 @@ from pagedserve.config import (
     QUANTIZATION_CHOICES,
     CacheConfig,
     EngineConfig,
+    LoRAConfig,
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
@@ -30,13 +31,12 @@ from pagedserve.config import (
     SpeculativeConfig,
     StructuredOutputsConfig,
 )
+from pagedserve.lora.request import LoRAModule
 
 API_KEY_ENV_VARS = ("VLLM_API_KEY", "PAGEDSERVE_API_KEY")
 # vLLM flags we recognise but do not implement: refused with a reason instead of argparse's generic error.
 UNSUPPORTED_FLAGS = {
     "--trust-remote-code": "pagedserve never runs code from model folders",
-    "--enable-lora": "LoRA adapters are not supported",
-    "--lora-modules": "LoRA adapters are not supported",
     "--data-parallel-size": "run more replicas instead (the Helm chart scales them)",
     "--ssl-keyfile": "terminate TLS at the ingress",
     "--ssl-certfile": "terminate TLS at the ingress",
@@ -58,6 +58,7 @@ def add_parser(subparsers: Any) -> None:
     add_config_args(parser, CacheConfig)
     add_config_args(parser, SchedulerConfig)
     add_config_args(parser, ParallelConfig)
+    add_config_args(parser, LoRAConfig)
     add_config_args(parser, ServerConfig)
     parser.add_argument(
         "--structured-outputs-config",
@@ -144,6 +145,14 @@ def _check_supported(args: argparse.Namespace) -> str | None:
         return "--ready-stall-seconds must be >= 1."
     if not 1 <= args.max_n:
         return "--max-n must be >= 1."
+    if args.lora_modules and not args.enable_lora:
+        return "--lora-modules needs --enable-lora."
+    try:
+        for text in args.lora_modules or []:
+            LoRAModule.parse(text)
+        config_from_args(LoRAConfig, args).validate()
+    except ValueError as error:
+        return f"{error}."
     return None
 
 
@@ -164,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         cache=config_from_args(CacheConfig, args),
         scheduler=config_from_args(SchedulerConfig, args),
         parallel=config_from_args(ParallelConfig, args),
+        lora=config_from_args(LoRAConfig, args),
         structured_outputs=args.structured_outputs_config,
         speculative=args.speculative_config,
     )

@@ -25,10 +25,11 @@ class KVCacheBlock:
 
 
 def hash_block_tokens(
-    parent_hash: BlockHash | None, token_ids: Iterable[int], salt: str | None = None
+    parent_hash: BlockHash | None, token_ids: Iterable[int], salt: object = None
 ) -> BlockHash:
     """Chained hash: a block's hash covers every token before it, so equal hashes mean equal prefixes. A salt (the
-    request's cache_salt, given for the first block only) carries into every later block through the chain."""
+    request's cache_salt and LoRA adapter id, given for the first block only) carries into every later block
+    through the chain."""
     if salt is not None:
         return hash((parent_hash, tuple(token_ids), salt))
     return hash((parent_hash, tuple(token_ids)))

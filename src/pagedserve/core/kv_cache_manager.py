@@ -53,7 +53,7 @@ class KVCacheManager:
         while len(hashes) < num_full:
             i = len(hashes)
             parent = hashes[-1] if hashes else None
-            salt = seq.cache_salt if i == 0 else None
+            salt = seq.hash_salt if i == 0 else None
             hashes.append(hash_block_tokens(parent, tokens[i * bs : (i + 1) * bs], salt))
         return hashes
 

@@ -33,7 +33,9 @@ class Scheduler:
         max_model_len: int,
         long_prefill_token_threshold: int = 0,
         policy: str = "fcfs",
+        max_loras: int = 0,
     ) -> None:
+        """max_loras: most LoRA adapters among the running sequences (--max-loras); 0 without --enable-lora."""
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if max_num_batched_tokens < 1:
@@ -48,6 +50,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
+        self.max_loras = max_loras
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.sequences: dict[str, Sequence] = {}
@@ -121,31 +124,44 @@ class Scheduler:
             i += 1
 
         if not out.preempted_seq_ids:
-            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                sequence = self.waiting[0]
-                computed_blocks, num_cached = [], 0
-                if sequence.num_computed_tokens == 0:
-                    computed_blocks, num_cached = self.kv.get_computed_blocks(sequence)
-                num_new = min(
-                    sequence.num_tokens - sequence.num_computed_tokens - num_cached,
-                    budget,
-                    per_sequence,
-                )
-                if self.kv.allocate_slots(sequence, num_new, computed_blocks) is None:
-                    break
-                self.waiting.popleft()
-                if sequence.num_computed_tokens == 0:
-                    self.kv.record_prefix_lookup(sequence.num_tokens, num_cached)
-                sequence.num_computed_tokens += num_cached
-                if sequence.num_cached_tokens < 0:
-                    sequence.num_cached_tokens = num_cached
-                if sequence.first_scheduled_time is None:
-                    sequence.first_scheduled_time = now
-                sequence.status = SequenceStatus.RUNNING
-                self.running.append(sequence)
-                self._add_scheduled(out, sequence, num_new)
-                budget -= num_new
+            self._admit_waiting(out, budget, per_sequence, now)
         return out
+
+    def _admit_waiting(self, out: SchedulerOutput, budget: int, per_sequence: int, now: float) -> None:
+        """Waiting sequences join in queue order while the budget, max_num_seqs and the blocks allow. One whose
+        adapter would be one too many (--max-loras) is passed over and keeps its place (vLLM's rule)."""
+        loras = {s.lora_id for s in self.running if s.lora_id}
+        index = 0
+        while index < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
+            sequence = self.waiting[index]
+            lora_id = sequence.lora_id
+            if lora_id and lora_id not in loras and len(loras) >= self.max_loras:
+                index += 1
+                continue
+            computed_blocks, num_cached = [], 0
+            if sequence.num_computed_tokens == 0:
+                computed_blocks, num_cached = self.kv.get_computed_blocks(sequence)
+            num_new = min(
+                sequence.num_tokens - sequence.num_computed_tokens - num_cached,
+                budget,
+                per_sequence,
+            )
+            if self.kv.allocate_slots(sequence, num_new, computed_blocks) is None:
+                break
+            del self.waiting[index]
+            if lora_id:
+                loras.add(lora_id)
+            if sequence.num_computed_tokens == 0:
+                self.kv.record_prefix_lookup(sequence.num_tokens, num_cached)
+            sequence.num_computed_tokens += num_cached
+            if sequence.num_cached_tokens < 0:
+                sequence.num_cached_tokens = num_cached
+            if sequence.first_scheduled_time is None:
+                sequence.first_scheduled_time = now
+            sequence.status = SequenceStatus.RUNNING
+            self.running.append(sequence)
+            self._add_scheduled(out, sequence, num_new)
+            budget -= num_new
 
     def _add_scheduled(self, out: SchedulerOutput, sequence: Sequence, num_new: int) -> None:
         start = sequence.num_computed_tokens
@@ -159,6 +175,7 @@ class Scheduler:
                     sequence.prompt_token_ids,
                     sequence.sampling_params,
                     sequence.sample_index,
+                    sequence.lora,
                 )
             )
         out.sequences.append(
@@ -305,6 +322,8 @@ class Scheduler:
             num_kv_tokens=sum(s.num_computed_tokens for s in self.running),
             prefix_cache_queries=prefix.queries,
             prefix_cache_hits=prefix.hits,
+            running_lora_adapters=_lora_names(self.running) if self.max_loras else [],
+            waiting_lora_adapters=_lora_names(self.waiting) if self.max_loras else [],
         )
 
     def check_invariants(self) -> None:
@@ -314,6 +333,10 @@ class Scheduler:
         assert self._in_runner <= set(self.sequences), "runner state for a sequence the scheduler forgot"
         if not self.sequences:
             assert self.kv.pool.num_used_blocks == 0, "blocks leaked with no requests"
+
+
+def _lora_names(sequences: Iterable[Sequence]) -> list[str]:
+    return sorted({s.lora.lora_name for s in sequences if s.lora is not None})
 
 
 def _priority_key(sequence: Sequence) -> tuple[int, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pagedserve.lora.request import LoRARequest
 from pagedserve.sampling_params import SamplingParams
 
 
@@ -21,6 +22,7 @@ class NewSequence:
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     sample_index: int  # which of its request's n samples (seeds sibling generators apart)
+    lora: LoRARequest | None = None  # its adapter (--enable-lora): the runner loads it from lora_path
 
 
 @dataclass

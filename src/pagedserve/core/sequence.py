@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from pagedserve.lora.request import LoRARequest
+
 
 class SequenceStatus(enum.IntEnum):
     WAITING = 0
@@ -49,12 +51,14 @@ class Sequence:
         sample_index: int = 0,
         cache_salt: str | None = None,
         priority: int = 0,
+        lora: LoRARequest | None = None,
     ) -> None:
         self.seq_id = seq_id
         self.request_id = request_id or seq_id
         self.sample_index = sample_index
         self.cache_salt = cache_salt  # prefix-cache isolation: part of the first block's hash
         self.priority = priority  # lower is served first under the priority policy
+        self.lora = lora  # its LoRA adapter (--enable-lora), None for the base model
         self.prompt_token_ids = list(prompt_token_ids)
         self.output_token_ids: list[int] = []
         self.all_token_ids: list[int] = list(prompt_token_ids)
@@ -76,6 +80,19 @@ class Sequence:
         self.last_token_time: float | None = None
         self.last_inter_token_latency: float | None = None
         self.finished_time: float | None = None
+
+    @property
+    def lora_id(self) -> int:
+        """Its adapter's id; 0 for the base model."""
+        return 0 if self.lora is None else self.lora.lora_int_id
+
+    @property
+    def hash_salt(self) -> object:
+        """What besides its tokens keys its first block in the prefix cache: the cache salt, and the adapter (K/V
+        computed through an adapter's q/k/v layers are its own)."""
+        if self.lora is None:
+            return self.cache_salt
+        return (self.cache_salt, self.lora.lora_int_id)
 
     @property
     def num_tokens(self) -> int:

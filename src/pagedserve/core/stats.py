@@ -70,6 +70,9 @@ class SchedulerStats:
     num_kv_tokens: int = 0  # token slots holding computed K/V in running sequences' blocks
     prefix_cache_queries: int = 0  # tokens looked up in the prefix cache since the last stats
     prefix_cache_hits: int = 0  # tokens found
+    # --enable-lora: the adapters of the running and of the waiting requests, by name (vllm:lora_requests_info)
+    running_lora_adapters: list[str] = field(default_factory=list)
+    waiting_lora_adapters: list[str] = field(default_factory=list)
 
 
 @dataclass

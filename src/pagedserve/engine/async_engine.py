@@ -29,6 +29,7 @@ from pagedserve.engine.faults import StepFaults
 from pagedserve.engine.protocol import PromptInput
 from pagedserve.engine.streams import OutputQueue, RequestAbortedError, next_output
 from pagedserve.errors import EngineDeadError, InvalidRequestError
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import EngineInfo, RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
@@ -45,6 +46,7 @@ class _AddCommand:
     params: SamplingParams
     arrival_time: float
     priority: int = 0
+    lora_request: LoRARequest | None = None
     accepted: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 
@@ -121,6 +123,10 @@ class AsyncEngine:
         # Only reads the tokenizer; safe to call from a worker thread while the engine thread steps.
         return self.engine.apply_chat_template(messages, options, chat_template)
 
+    def check_lora_adapter(self, lora_request: LoRARequest) -> None:
+        # Reads the adapter's two small files; no engine state.
+        self.engine.check_lora_adapter(lora_request)
+
     def add_stats_listener(self, listener: Callable[[EngineStats], None]) -> None:
         # Copy-on-write: the engine thread iterates the tuple without a lock.
         self._listeners = (*self._listeners, listener)
@@ -155,7 +161,12 @@ class AsyncEngine:
     # ---- requests ------------------------------------------------------------------------------------------
 
     async def generate(
-        self, prompt: PromptInput, params: SamplingParams, request_id: str, priority: int = 0
+        self,
+        prompt: PromptInput,
+        params: SamplingParams,
+        request_id: str,
+        priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Submit a request and yield its cumulative outputs; the last has finished=True.
 
@@ -169,7 +180,7 @@ class AsyncEngine:
         self._streams[request_id] = stream
         finished = False
         try:
-            command = _AddCommand(request_id, prompt, params, time.time(), priority)
+            command = _AddCommand(request_id, prompt, params, time.time(), priority, lora_request)
             self._pending_adds[request_id] = command
             self._commands.put(command)
             self._wakeup.set()
@@ -245,8 +256,9 @@ class AsyncEngine:
                 aborts = []
             try:
                 self.engine.add_request(
-                    command.request_id, command.prompt, command.params, command.arrival_time, command.priority
-                )
+                    command.request_id, command.prompt, command.params, command.arrival_time, command.priority,
+                    command.lora_request,
+                )  # fmt: skip
             except Exception as error:  # noqa: BLE001 - bad input: hand the error to the caller
                 _settle(command.accepted, error)
             else:

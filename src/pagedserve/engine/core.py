@@ -42,6 +42,8 @@ class EngineCore:
 
         mc, cc, sc = config.model, config.cache, config.scheduler
         config.parallel.validate()
+        config.lora.validate()
+        lora = config.lora if config.lora.enable_lora else None
         if config.parallel.headless:
             raise ValueError(
                 "headless: this node runs workers only (pagedserve serve --headless), not an engine"
@@ -91,7 +93,7 @@ class EngineCore:
         check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
         spec = RunnerSpec(
             mc, cc, max_model_len, quantization, dtype_name(dtype), dtype_name(weight_dtype),
-            sc.max_num_seqs, sc.max_num_batched_tokens,
+            sc.max_num_seqs, sc.max_num_batched_tokens, lora,
         )  # fmt: skip
         self.executor = make_executor(spec, config.parallel, source)
         runner = self.executor.info
@@ -103,6 +105,7 @@ class EngineCore:
             max_model_len,
             sc.long_prefill_token_threshold,
             sc.scheduling_policy,
+            lora.max_loras if lora else 0,
         )
         self.info = EngineInfo(
             model_name=source.name,
@@ -122,6 +125,7 @@ class EngineCore:
             kv_cache_dtype=runner.kv_cache_dtype,
             scheduling_policy=sc.scheduling_policy,
             num_speculative_tokens=config.speculative.num_speculative_tokens if config.speculative else 0,
+            max_loras=lora.max_loras if lora else 0,
         )
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
         self.structured = StructuredOutputManager(hf_config.vocab_size)
@@ -179,6 +183,7 @@ class EngineCore:
                     sample_index=i,
                     cache_salt=request.cache_salt,
                     priority=request.priority,
+                    lora=request.lora,
                 )
             )
 
@@ -196,24 +201,7 @@ class EngineCore:
             request = self._waiting_for_grammar.pop(request_id)
             for i in range(request.sampling_params.n):
                 seq_id = request_id if request.sampling_params.n == 1 else f"{request_id}#{i}"
-                outputs.append(
-                    SequenceOutput(
-                        seq_id,
-                        request_id,
-                        i,
-                        [],
-                        "abort",
-                        None,
-                        None,
-                        None,
-                        0,
-                        0,
-                        None,
-                        None,
-                        None,
-                        time.time(),
-                    )
-                )
+                outputs.append(_aborted_output(seq_id, request_id, i))
         return outputs
 
     def abort_requests(self, request_ids: Iterable[str]) -> None:
@@ -251,6 +239,13 @@ class EngineCore:
                 drafts = {s.seq_id: s.token_ids[1:] for s in sched_out.sequences if s.num_draft_tokens}
                 sched_out.grammar_bitmask = self.structured.bitmask(sampling, drafts)
             result = self.executor.execute(sched_out)
+            if result.failed_seq_ids:  # their adapter could not be loaded: they end as aborted
+                for seq in self.scheduler.finish_sequences(
+                    result.failed_seq_ids, SequenceStatus.FINISHED_ABORTED
+                ):
+                    self.structured.free([seq.seq_id])
+                    self._forget_if_done(seq.request_id)
+                    failed.append(_aborted_output(seq.seq_id, seq.request_id, seq.sample_index))
             progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
             if self.structured.live_seq_ids:  # also while reasoning: the gate watches for its end
                 finished += self._advance_grammars(progressed)
@@ -333,6 +328,13 @@ class EngineCore:
             "grammar state outlived its sequence"
         )
         assert self.structured.num_pending == len(self._waiting_for_grammar)
+
+
+def _aborted_output(seq_id: str, request_id: str, sample_index: int) -> SequenceOutput:
+    """A sequence ended by the engine before it could run (its grammar or its adapter failed to load)."""
+    return SequenceOutput(
+        seq_id, request_id, sample_index, [], "abort", None, None, None, 0, 0, None, None, None, time.time()
+    )
 
 
 def _sequence_output(seq: Sequence, new_token_ids: list[int], result: ModelRunnerOutput) -> SequenceOutput:

@@ -33,11 +33,17 @@ from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats
 from pagedserve.engine import core_messages as msg
 from pagedserve.engine.chat import ChatOptions
-from pagedserve.engine.input_processor import InputProcessor, generation_defaults_for, load_tokenizer_for
+from pagedserve.engine.input_processor import (
+    InputProcessor,
+    generation_defaults_for,
+    load_tokenizer_for,
+    lora_checker_for,
+)
 from pagedserve.engine.output_processor import OutputProcessor
 from pagedserve.engine.prompts import PromptInput
 from pagedserve.engine.streams import OutputQueue, RequestAbortedError, next_output
 from pagedserve.errors import EngineDeadError, InvalidRequestError
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import EngineInfo, RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
@@ -88,8 +94,9 @@ class EngineCoreClient:
         self.pid = self._process.pid
         self.worker_pids = list(ready.worker_pids)
         self._input = InputProcessor(
-            tokenizer, self.info, config.model.chat_template, config.structured_outputs, generation_defaults
-        )
+            tokenizer, self.info, config.model.chat_template, config.structured_outputs, generation_defaults,
+            lora_checker_for(config, source),
+        )  # fmt: skip
         self._grammar_tokenizer_sent = False
         self._output = OutputProcessor(tokenizer)
         self._streams: dict[str, OutputQueue] = {}
@@ -154,6 +161,9 @@ class EngineCoreClient:
     ) -> list[int]:
         return self._input.apply_chat_template(messages, options, chat_template)
 
+    def check_lora_adapter(self, lora_request: LoRARequest) -> None:
+        self._input.check_lora(lora_request)
+
     def add_stats_listener(self, listener: Callable[[EngineStats], None]) -> None:
         self._listeners = (*self._listeners, listener)
 
@@ -189,7 +199,12 @@ class EngineCoreClient:
     # ---- requests ------------------------------------------------------------------------------------------
 
     async def generate(
-        self, prompt: PromptInput, params: SamplingParams, request_id: str, priority: int = 0
+        self,
+        prompt: PromptInput,
+        params: SamplingParams,
+        request_id: str,
+        priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Submit a request and yield its cumulative outputs; the last has finished=True. Refusals raise before
         the first output; leaving early (aclose, cancellation) aborts it."""
@@ -199,10 +214,10 @@ class EngineCoreClient:
             raise InvalidRequestError(f"Request id {request_id!r} is already in use.", param="request_id")
         arrival = time.time()
         text = isinstance(prompt, str) or (isinstance(prompt, dict) and "prompt" in prompt)
-        if text or params.structured_outputs is not None:
-            # Text, or a grammar to compile: off the event loop (the server itself always sends token ids).
+        if text or params.structured_outputs is not None or lora_request is not None:
+            # Text, a grammar to compile or an adapter's files to check: off the event loop.
             request, state = await asyncio.to_thread(
-                self._input.process, request_id, prompt, params, arrival, priority
+                self._input.process, request_id, prompt, params, arrival, priority, lora_request
             )
             if not self.is_running:
                 raise EngineDeadError("The engine is not running.")

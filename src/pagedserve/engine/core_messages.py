@@ -12,6 +12,7 @@ import msgspec
 from pagedserve.config import EngineConfig
 from pagedserve.core.scheduler_output import ReasoningGate
 from pagedserve.core.stats import IterationStats, SchedulerStats
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import EngineInfo, PositionLogprobs
 from pagedserve.sampling_params import SamplingParams
 
@@ -29,6 +30,7 @@ class EngineCoreRequest(msgspec.Struct, tag=True):
     cache_salt: str | None = None  # folded into the first block's hash: prefix hits only within one salt
     priority: int = 0  # lower first, under --scheduling-policy priority
     reasoning_gate: ReasoningGate | None = None  # with a grammar and --reasoning-parser
+    lora: LoRARequest | None = None  # its LoRA adapter, checked by the front end (--enable-lora)
 
 
 class SequenceOutput(msgspec.Struct, array_like=True):

@@ -16,6 +16,8 @@ from pagedserve.engine.detokenizer import IncrementalDetokenizer
 from pagedserve.engine.prompts import PromptInput, prompt_cache_salt, resolve_prompt
 from pagedserve.engine.request_state import RequestState, SequenceState
 from pagedserve.errors import ContextLengthError, InvalidRequestError
+from pagedserve.lora.adapter import AdapterChecker
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import EngineInfo
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.structured_output.grammar import GrammarCompiler
@@ -24,6 +26,13 @@ if TYPE_CHECKING:
     from pagedserve.models.loader import ModelSource
 
 logger = logging.getLogger("pagedserve")
+
+
+def lora_checker_for(config: EngineConfig, source: ModelSource) -> AdapterChecker | None:
+    """The front end's adapter check (--enable-lora), or None."""
+    if not config.lora.enable_lora:
+        return None
+    return AdapterChecker(source.hf_config, config.lora.max_lora_rank)
 
 
 def load_tokenizer_for(config: EngineConfig) -> tuple[Any, ModelSource]:
@@ -69,10 +78,12 @@ class InputProcessor:
         chat_template: str | None = None,
         structured_outputs: StructuredOutputsConfig | None = None,
         generation_defaults: dict[str, Any] | None = None,
+        lora_checker: AdapterChecker | None = None,
     ) -> None:
         """`info` is the core's; its eos_token_ids gain the tokenizer's EOS id here, and its
-        default_sampling_params the model's generation defaults."""
+        default_sampling_params the model's generation defaults. `lora_checker`: with --enable-lora."""
         self.tokenizer = tokenizer
+        self.lora_checker = lora_checker
         self.info = info
         eos = set(info.eos_token_ids)
         if tokenizer.eos_token_id is not None:
@@ -111,6 +122,7 @@ class InputProcessor:
         params: SamplingParams,
         arrival_time: float,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> tuple[EngineCoreRequest, RequestState]:
         if not isinstance(request_id, str) or not request_id:
             raise InvalidRequestError("request_id must be a non-empty string", param="request_id")
@@ -124,6 +136,7 @@ class InputProcessor:
                 "priority scheduling is not enabled: start the server with --scheduling-policy priority",
                 param="priority",
             )
+        self.check_lora(lora_request)
         prompt_text, prompt_ids = resolve_prompt(self.tokenizer, prompt, info.vocab_size)
         max_len = info.max_model_len
         keep = params.truncate_prompt_tokens
@@ -173,6 +186,7 @@ class InputProcessor:
             prompt_cache_salt(prompt),
             priority,
             gate,
+            lora_request,
         )
         detokenizers = [
             IncrementalDetokenizer(self.tokenizer, prompt_ids, params) if params.detokenize else None
@@ -184,6 +198,22 @@ class InputProcessor:
         )
         state.grammar_compile_time = compile_time
         return request, state
+
+    def check_lora(self, lora_request: LoRARequest | None) -> None:
+        """InvalidRequestError when LoRA is off or the adapter's folder does not fit the model."""
+        if lora_request is None:
+            return
+        if not isinstance(lora_request, LoRARequest):
+            raise InvalidRequestError("lora_request must be a LoRARequest", param="lora_request")
+        if self.lora_checker is None:
+            raise InvalidRequestError(
+                f"LoRA adapter {lora_request.lora_name!r} requested but LoRA is not enabled (--enable-lora)",
+                param="lora_request",
+            )
+        try:
+            self.lora_checker.check(lora_request.lora_int_id, lora_request.lora_path)
+        except ValueError as error:
+            raise InvalidRequestError(str(error), param="lora_request") from None
 
 
 def reasoning_gate(

@@ -14,10 +14,16 @@ from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats
 from pagedserve.engine.chat import ChatOptions
 from pagedserve.engine.core import EngineCore
-from pagedserve.engine.input_processor import InputProcessor, generation_defaults_for, load_tokenizer_for
+from pagedserve.engine.input_processor import (
+    InputProcessor,
+    generation_defaults_for,
+    load_tokenizer_for,
+    lora_checker_for,
+)
 from pagedserve.engine.output_processor import OutputProcessor
 from pagedserve.engine.prompts import PromptInput
 from pagedserve.errors import InvalidRequestError
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
@@ -38,6 +44,7 @@ class LLMEngine:
             config.model.chat_template,
             config.structured_outputs,
             generation_defaults,
+            lora_checker_for(config, source),
         )
         self.output_processor = OutputProcessor(tokenizer, stream_outputs)
         self.info = self.core.info
@@ -79,6 +86,9 @@ class LLMEngine:
     ) -> list[int]:
         return self.input_processor.apply_chat_template(messages, options, chat_template)
 
+    def check_lora_adapter(self, lora_request: LoRARequest) -> None:
+        self.input_processor.check_lora(lora_request)
+
     def add_request(
         self,
         request_id: str,
@@ -86,11 +96,14 @@ class LLMEngine:
         params: SamplingParams,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         if isinstance(request_id, str) and request_id in self.requests:
             raise InvalidRequestError(f"duplicate request id {request_id!r}", param="request_id")
         arrival = arrival_time if arrival_time is not None else time.time()
-        request, state = self.input_processor.process(request_id, prompt, params, arrival, priority)
+        request, state = self.input_processor.process(
+            request_id, prompt, params, arrival, priority, lora_request
+        )
         self.output_processor.add_request(state)
         if request.grammar is not None:  # the core builds its grammar tokenizer once, off the engine thread
             grammars = self.input_processor.grammars

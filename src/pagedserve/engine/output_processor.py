@@ -57,6 +57,10 @@ class OutputProcessor:
             sequence = state.sequences[index]
             sequence.update(out)
             if not out.new_token_ids:
+                # Ended by the core before any token: its adapter or its grammar failed to load.
+                if out.finish_reason is not None:
+                    state.finish_reasons[index] = out.finish_reason
+                    touched[state.request_id] = state
                 continue
             touched[state.request_id] = state
             for entry in out.logprobs or ():

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from pagedserve.core.stats import EngineStats
 from pagedserve.engine.chat import ChatOptions
 from pagedserve.engine.prompts import PromptInput, TextPrompt, TokensPrompt
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import EngineInfo, RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
@@ -34,11 +35,21 @@ class EngineClient(Protocol):
         """Token ids of a chat (rendering options: engine/chat.py's ChatOptions). Raises InvalidRequestError on
         malformed messages or options."""
 
+    def check_lora_adapter(self, lora_request: LoRARequest) -> None:
+        """InvalidRequestError when LoRA is not enabled or the adapter's folder does not fit the model (blocking:
+        reads its config and its weights' header)."""
+
     def generate(
-        self, prompt: PromptInput, params: SamplingParams, request_id: str, priority: int = 0
+        self,
+        prompt: PromptInput,
+        params: SamplingParams,
+        request_id: str,
+        priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Submit a request and stream its cumulative outputs; the last has finished=True. `priority` (lower first)
-        counts under --scheduling-policy priority; elsewhere anything but 0 is refused.
+        counts under --scheduling-policy priority; elsewhere anything but 0 is refused. `lora_request`: the LoRA
+        adapter to run it with (--enable-lora); its folder is checked here.
 
         Raises InvalidRequestError / ContextLengthError before streaming when the request is refused, and
         EngineDeadError if the engine stopped. Closing the iterator (client disconnect) aborts the request.

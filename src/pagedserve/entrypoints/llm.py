@@ -9,6 +9,7 @@ from typing import Any
 from pagedserve.config import (
     CacheConfig,
     EngineConfig,
+    LoRAConfig,
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
@@ -19,10 +20,11 @@ from pagedserve.config import (
 from pagedserve.engine.chat import ChatOptions
 from pagedserve.engine.llm_engine import LLMEngine
 from pagedserve.engine.prompts import PromptInput
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
-_SECTIONS = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig)
+_SECTIONS = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig, LoRAConfig)
 
 
 def build_engine_config(**kwargs: Any) -> EngineConfig:
@@ -52,6 +54,7 @@ def build_engine_config(**kwargs: Any) -> EngineConfig:
         cache=CacheConfig(**values[CacheConfig]),
         scheduler=SchedulerConfig(**values[SchedulerConfig]),
         parallel=ParallelConfig(**values[ParallelConfig]),
+        lora=LoRAConfig(**values[LoRAConfig]),
         structured_outputs=structured or StructuredOutputsConfig(),
         speculative=speculative,
     )
@@ -77,8 +80,10 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         priority: Sequence[int] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
-        """vLLM's: `priority` (one per prompt, lower first) counts with scheduling_policy="priority"."""
+        """vLLM's: `priority` (one per prompt, lower first) counts with scheduling_policy="priority";
+        `lora_request` (one for all prompts, or one per prompt) runs them with a LoRA adapter (enable_lora=True)."""
         if isinstance(prompts, (str, dict)) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
@@ -90,10 +95,20 @@ class LLM:
             raise ValueError(
                 f"priority must hold one value per prompt ({len(prompts)}), got {len(priorities)}"
             )
+        if lora_request is None or isinstance(lora_request, LoRARequest):
+            loras = [lora_request] * len(prompts)
+        else:
+            loras = list(lora_request)
+            if len(loras) != len(prompts):
+                raise ValueError(
+                    f"lora_request must hold one value per prompt ({len(prompts)}), got {len(loras)}"
+                )
         ids = []
-        for prompt, params, request_priority in zip(prompts, params_list, priorities):
+        for prompt, params, request_priority, lora in zip(prompts, params_list, priorities, loras):
             request_id = str(next(self._counter))
-            self.llm_engine.add_request(request_id, prompt, params, priority=request_priority)
+            self.llm_engine.add_request(
+                request_id, prompt, params, priority=request_priority, lora_request=lora
+            )
             ids.append(request_id)
         return self._run(ids, use_tqdm)
 
@@ -107,6 +122,7 @@ class LLM:
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         options = ChatOptions(add_generation_prompt, continue_final_message, chat_template_kwargs, tools)
@@ -114,7 +130,7 @@ class LLM:
             {"prompt_token_ids": self.llm_engine.apply_chat_template(c, options, chat_template)}
             for c in conversations
         ]
-        return self.generate(prompts, sampling_params, use_tqdm)  # type: ignore[arg-type]
+        return self.generate(prompts, sampling_params, use_tqdm, lora_request=lora_request)  # type: ignore[arg-type]
 
     def _params_for(self, sampling_params: Any, count: int) -> list[SamplingParams]:
         if sampling_params is None:

@@ -18,6 +18,7 @@ from pagedserve.distributed import parallel_state
 from pagedserve.layers.ct_quant import FP8_MAX, ScaledTensor, scaled_linear
 from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
 from pagedserve.layers.input_perm import permute_input, take_input_perm
+from pagedserve.layers.lora import LayerLoRA
 from pagedserve.layers.shard import slice_columns, slice_rows
 from pagedserve.ops import cpu as cpu_ops
 
@@ -280,8 +281,13 @@ class MergedLinear(LinearBase):
         self.part_types = None
         self.weight_type = None
 
+    lora: LayerLoRA | None = None
+    """This layer's LoRA adapters (--enable-lora; worker/lora_manager.py attaches them); None without."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._local_forward(x)
+        if self.lora is not None and self.lora.batch.groups:
+            out = self.lora.add_delta(x, out)  # a row-parallel layer's share, summed with the output's
         return parallel_state.all_reduce(out) if self.reduce_output else out
 
     def _local_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -158,6 +158,9 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    stacked_params = _STACKED
+    """Checkpoint name fragment -> (merged parameter fragment, part): also how a LoRA adapter's layers map."""
+
     @staticmethod
     def attention_shape(config: Any) -> AttentionShape:
         bias = bool(getattr(config, "attention_bias", False))

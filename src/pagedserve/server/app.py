@@ -15,14 +15,15 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI
 
-from pagedserve import __version__
+from pagedserve import __version__, envs
 from pagedserve.config import ServerConfig
 from pagedserve.engine.protocol import EngineClient
+from pagedserve.lora.request import LoRAModule
 from pagedserve.sampling_params import SamplingParams
-from pagedserve.server import chat, completions, health, models, responses, tokenize
+from pagedserve.server import chat, completions, health, lora_adapters, models, responses, tokenize
 from pagedserve.server.auth import APIKeyMiddleware, open_paths
 from pagedserve.server.body_limit import BodyLimitMiddleware
-from pagedserve.server.errors import install_error_handlers
+from pagedserve.server.errors import APIError, install_error_handlers
 from pagedserve.server.http_metrics import HTTPMetricsMiddleware
 from pagedserve.server.request_id import RequestIdMiddleware
 from pagedserve.server.state import ServerState
@@ -67,6 +68,7 @@ async def _start_engine(state: ServerState, factory: EngineFactory, stats_logger
         await engine.start()
         state.engine = engine
         state.metrics.bind_engine(engine.info)
+        await _add_lora_modules(state, engine)
         await _warm_up(engine)
         # Listeners join after the warm-up, so counters only count clients' requests.
         engine.add_stats_listener(state.metrics.observe)
@@ -81,6 +83,17 @@ async def _start_engine(state: ServerState, factory: EngineFactory, stats_logger
         logger.error("Engine start-up failed: %s: %s", type(error).__name__, error)
         state.load_error = error
         state.request_exit(1)
+
+
+async def _add_lora_modules(state: ServerState, engine: EngineClient) -> None:
+    """--lora-modules: each adapter checked against the model before the server turns ready."""
+    for text in state.config.lora_modules or []:
+        module = LoRAModule.parse(text)
+        try:
+            await state.off_loop(state.lora_adapters.add, engine, module)
+        except APIError as error:
+            raise ValueError(f"--lora-modules {module.name}: {error.message}") from None
+        logger.info("LoRA adapter %r served from %s", module.name, module.path)
 
 
 async def _watch_engine(state: ServerState) -> None:
@@ -135,6 +148,8 @@ def create_app(config: ServerConfig, engine_factory: EngineFactory, served_model
     app.state.pagedserve = state
     for module in (chat, completions, responses, models, tokenize, health):
         app.include_router(module.router)
+    if envs.allow_runtime_lora_updating():
+        app.include_router(lora_adapters.router)
     install_error_handlers(app)
     # add_middleware wraps: the last added runs first. Order of execution: request id → HTTP metrics →
     # auth → body limit → routes.

@@ -44,7 +44,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     messages = plain_messages(body.messages)
     response_id, engine_id = new_request_ids("chatcmpl", client_request_id(request))
     # The prompt is filled in once rendered.
-    generation = Generation(state, engine, engine_id, [[]], params, body.cache_salt, body.priority or 0)
+    generation = Generation(
+        state, engine, engine_id, [[]], params, body.cache_salt, body.priority or 0, state.lora_request(model)
+    )
     generation.admit()
 
     async def build() -> Any:

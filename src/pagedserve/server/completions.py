@@ -75,6 +75,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         params,
         body.cache_salt,
         body.priority or 0,  # type: ignore[arg-type]
+        state.lora_request(model),
     )
     generation.admit()
 

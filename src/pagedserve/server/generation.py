@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from pagedserve.engine.prompts import TokensPrompt
 from pagedserve.engine.protocol import EngineClient
 from pagedserve.errors import EngineDeadError
+from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import RequestOutput
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.server.errors import APIError, invalid_request, sse_error_event
@@ -73,6 +74,7 @@ class Generation:
     params: SamplingParams
     cache_salt: str | None = None  # vLLM's prefix-cache isolation, passed with every prompt
     priority: int = 0  # vLLM's: lower first under --scheduling-policy priority
+    lora_request: LoRARequest | None = None  # the adapter the request's model names (--lora-modules)
     started_at: float = field(default_factory=time.monotonic)
     tracked: list[_Tracked] = field(default_factory=list)
     admitted: int = 0
@@ -91,7 +93,9 @@ class Generation:
             prompt: TokensPrompt = {"prompt_token_ids": token_ids}
             if self.cache_salt is not None:
                 prompt["cache_salt"] = self.cache_salt
-            generator = self.engine.generate(prompt, self.params, request_id, self.priority)
+            generator = self.engine.generate(
+                prompt, self.params, request_id, self.priority, self.lora_request
+            )
             self.tracked.append(_Tracked(request_id, token_ids, generator))
         firsts = await asyncio.gather(*(anext(t.generator) for t in self.tracked), return_exceptions=True)
         for tracked, first in zip(self.tracked, firsts):

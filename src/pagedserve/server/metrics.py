@@ -58,6 +58,12 @@ SPEC_DECODE_FAMILIES: dict[str, str] = {
     "vllm:spec_decode_num_accepted_tokens_per_pos": "counter",
 }
 
+# And with --enable-lora only (as vLLM's): value the time of the last update, labels the adapters by name (comma
+# separated) and --max-loras. The Gateway API inference extension's LoRA affinity reads it. Its labels are vLLM's
+# three, without model_name and engine.
+LORA_FAMILIES: dict[str, str] = {"vllm:lora_requests_info": "gauge"}
+LORA_INFO_LABELS = ("max_lora", "waiting_lora_adapters", "running_lora_adapters")
+
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
     1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
@@ -234,7 +240,24 @@ class ServerMetrics:
             self.spec_accepted_per_pos = [
                 per_pos.labels(**labels, position=str(p)) for p in range(info.num_speculative_tokens)
             ]
+        self.lora_info = None
+        self._lora_labels: tuple[str, str, str] | None = None
+        if info.max_loras:
+            self.lora_info = Gauge(
+                "vllm:lora_requests_info", "Running stats on LoRA requests (value: time of the update).",
+                LORA_INFO_LABELS, registry=r,
+            )  # fmt: skip
+            self.max_loras = str(info.max_loras)
         self.engine_bound = True
+
+    def _observe_loras(self, running: list[str], waiting: list[str], now: float) -> None:
+        """One series, the current one: vLLM keeps every past label set as a series of its own (one per change of
+        the adapters in use, without bound); a reader wants the newest only."""
+        labels = (self.max_loras, ",".join(waiting), ",".join(running))
+        if labels != self._lora_labels and self._lora_labels is not None:
+            self.lora_info.remove(*self._lora_labels)  # type: ignore[union-attr]
+        self._lora_labels = labels
+        self.lora_info.labels(*labels).set(now)  # type: ignore[union-attr]
 
     def observe(self, stats: EngineStats) -> None:
         """Engine stats listener: one call per engine step."""
@@ -242,6 +265,10 @@ class ServerMetrics:
         self.running.set(scheduler.num_running_reqs)
         self.waiting.set(scheduler.num_waiting_reqs)
         self.kv_usage.set(scheduler.kv_cache_usage)
+        if self.lora_info is not None:
+            self._observe_loras(
+                scheduler.running_lora_adapters, scheduler.waiting_lora_adapters, it.timestamp
+            )
         self.prompt_tokens.inc(it.num_prompt_tokens)
         self.generation_tokens.inc(it.num_generation_tokens)
         self.preemptions.inc(it.num_preemptions)

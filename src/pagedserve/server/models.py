@@ -30,4 +30,17 @@ async def list_models(request: Request) -> dict[str, Any]:
         }
         for name in state.served_model_names
     ]
+    data += [
+        {
+            "id": lora.lora_name,
+            "object": "model",
+            "created": _STARTED,
+            "owned_by": "pagedserve",
+            "root": lora.lora_path,
+            "parent": lora.base_model_name or state.model_name,
+            "max_model_len": None,
+            "permission": [],
+        }
+        for lora in state.lora_adapters.by_name.values()
+    ]
     return {"object": "list", "data": data}

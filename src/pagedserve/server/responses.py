@@ -128,7 +128,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
     messages = _messages(body)
     reasoning_parser = state.config.reasoning_parser
     response_id, engine_id = new_request_ids("resp", client_request_id(request))
-    generation = Generation(state, engine, engine_id, [[]], params)
+    generation = Generation(state, engine, engine_id, [[]], params, lora_request=state.lora_request(model))
     generation.admit()
     head = _head(response_id, model, body, params)
 

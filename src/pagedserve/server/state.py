@@ -12,7 +12,9 @@ from typing import Any, TypeVar
 
 from pagedserve.config import ServerConfig
 from pagedserve.engine.protocol import EngineClient
+from pagedserve.lora.request import LoRARequest
 from pagedserve.server.errors import APIError, unavailable
+from pagedserve.server.lora_registry import LoRAAdapters
 from pagedserve.server.metrics import ServerMetrics
 
 logger = logging.getLogger("pagedserve")
@@ -28,6 +30,7 @@ class ServerState:
         self.served_model_names = served_model_names
         self.model_name = served_model_names[0]
         self.metrics = ServerMetrics(self.model_name)
+        self.lora_adapters = LoRAAdapters(served_model_names)
         self.engine: EngineClient | None = None
         self.warmed = False
         self.draining = False
@@ -100,11 +103,16 @@ class ServerState:
         return self.engine
 
     def check_model(self, name: str | None) -> str:
+        """The model a request names: a served name or a LoRA adapter's (404 otherwise); none: the first."""
         if name is None or name == "":
             return self.model_name
-        if name not in self.served_model_names:
-            raise APIError(404, "The model does not exist.", param="model", code="model_not_found")
+        if name not in self.served_model_names and name not in self.lora_adapters.by_name:
+            raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
         return name
+
+    def lora_request(self, model: str) -> LoRARequest | None:
+        """The adapter a checked model name stands for; None for the base model."""
+        return self.lora_adapters.by_name.get(model)
 
     def admit(self, count: int) -> None:
         """Reserve `count` engine requests or raise 503 (queue full / draining)."""

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from pagedserve import cpu_placement, envs
-from pagedserve.config import CacheConfig, ModelConfig, ParallelConfig
+from pagedserve.config import CacheConfig, LoRAConfig, ModelConfig, ParallelConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.worker.model_runner import ModelRunner, ModelRunnerOutput, resolve_device
 
@@ -35,6 +35,8 @@ class RunnerSpec:
     max_num_seqs: int = 256
     """The scheduler's limits: the largest CUDA graph bucket and the step the GPU memory profile runs."""
     max_num_batched_tokens: int = 4096
+    lora: LoRAConfig | None = None
+    """--enable-lora and its limits; None: no adapters."""
 
 
 @dataclass
@@ -67,6 +69,7 @@ def build_runner(spec: RunnerSpec, source: Any = None) -> ModelRunner:
         max_num_seqs=spec.max_num_seqs,
         max_num_batched_tokens=spec.max_num_batched_tokens,
         quantize_fp8=spec.quantization == "fp8" and source.quantization_method is None,
+        lora_config=spec.lora,
     )
 
 

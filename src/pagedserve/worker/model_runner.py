@@ -10,7 +10,7 @@ import torch
 
 from pagedserve import envs
 from pagedserve.attention.backend import default_attention_backend, get_attention_backend
-from pagedserve.config import CacheConfig, ModelConfig
+from pagedserve.config import CacheConfig, LoRAConfig, ModelConfig
 from pagedserve.core.scheduler_output import NewSequence, ScheduledSequence, SchedulerOutput
 from pagedserve.cpu_info import cpu_info
 from pagedserve.cpu_placement import default_cpu_threads
@@ -35,6 +35,7 @@ from pagedserve.worker.kv_cache import (
     kv_cache_budget_bytes,
     resolve_kv_cache_dtype,
 )
+from pagedserve.worker.lora_manager import LoRAManager
 from pagedserve.worker.speculative import accepted_tokens, history_end, sampling_row_offsets
 
 logger = logging.getLogger("pagedserve")
@@ -46,6 +47,9 @@ class ModelRunnerOutput:
     sampled_token_ids: dict[str, list[int]] = field(default_factory=dict)
     logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)  # one entry per new token
     prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
+    # Sequences whose LoRA adapter could not be loaded (its folder changed since it was registered) -> why: they
+    # ran without it this step, nothing of theirs is reported, and the engine ends them.
+    failed_seq_ids: dict[str, str] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,9 +123,10 @@ class ModelRunner:
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 4096,
         quantize_fp8: bool = False,
+        lora_config: LoRAConfig | None = None,
     ) -> None:
         """quantize_fp8: quantize the float linear layers to float8 once loaded (--quantization fp8 on a float
-        checkpoint, layers/linear.py's quantize_fp8)."""
+        checkpoint, layers/linear.py's quantize_fp8). lora_config: serve LoRA adapters (--enable-lora)."""
         self.hf_config = hf_config
         self.device = device
         self.dtype = dtype
@@ -203,6 +208,11 @@ class ModelRunner:
         )
         self.sampler = Sampler()
         self.sequences: dict[str, RunnerSequence] = {}
+        self.lora = None
+        if lora_config is not None and lora_config.enable_lora:
+            self.lora = LoRAManager(
+                self.model, hf_config, lora_config.cache_size, lora_config.max_lora_rank, dtype, device
+            )
         self.decode_graphs = None
         if not model_config.enforce_eager:
             self.decode_graphs = self._make_decode_graphs(max_num_seqs, max_model_len, tp.size)
@@ -273,13 +283,19 @@ class ModelRunner:
             return result
         step = prepare_inputs(scheduler_output.sequences, self.block_size, self.device)
         states = [self.sequences[s.seq_id] for s in step.sequences]
-        step_logits = None  # every row's logits, from a replayed decode graph
-        wants_prompt_logprobs = any(map(_wants_prompt_logprobs, step.sequences, states))
-        if self.decode_graphs is not None and not wants_prompt_logprobs:
-            step_logits = self.decode_graphs.logits(step.input_ids, step.positions, step.metadata)
-        hidden = None
-        if step_logits is None:
-            hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
+        with_lora = self.lora is not None and self._set_loras(step, states, result)
+        try:
+            step_logits = None  # every row's logits, from a replayed decode graph
+            wants_prompt_logprobs = any(map(_wants_prompt_logprobs, step.sequences, states))
+            # A graph replays the layers without their adapters.
+            if self.decode_graphs is not None and not wants_prompt_logprobs and not with_lora:
+                step_logits = self.decode_graphs.logits(step.input_ids, step.positions, step.metadata)
+            hidden = None
+            if step_logits is None:
+                hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
+        finally:
+            if with_lora:
+                self.lora.clear_step()  # type: ignore[union-attr]
         sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples]
         if sampling:
             rows: list[int] = []  # the logits rows that sample: one a sequence, 1 + k with k draft tokens
@@ -334,7 +350,33 @@ class ModelRunner:
                         ]
         if hidden is not None and wants_prompt_logprobs:
             self._prompt_logprobs(step, states, hidden, result)
+        for seq_id in result.failed_seq_ids:
+            for outputs in (result.sampled_token_ids, result.logprobs, result.prompt_logprobs):
+                outputs.pop(seq_id, None)
         return result
+
+    def _set_loras(self, step: Any, states: list[RunnerSequence], result: ModelRunnerOutput) -> bool:
+        """Loads the step's adapters and maps its rows onto them; whether any row has one."""
+        assert self.lora is not None
+        loras = [state.new.lora for state in states if state.new.lora is not None]
+        if not loras:
+            return False
+        failed = self.lora.ensure(loras)
+        spans = []
+        for i, (seq, state) in enumerate(zip(step.sequences, states)):
+            lora = state.new.lora
+            if lora is None:
+                continue
+            if lora.lora_int_id in failed:
+                result.failed_seq_ids[seq.seq_id] = failed[lora.lora_int_id]
+                continue
+            spans.append(
+                (lora.lora_int_id, step.last_token_rows[i] - seq.num_new_tokens + 1, seq.num_new_tokens)
+            )
+        if not spans:
+            return False
+        self.lora.set_step(spans, len(step.input_ids))
+        return True
 
     def _prompt_logprobs(
         self, step: Any, states: list[RunnerSequence], hidden: torch.Tensor, result: ModelRunnerOutput

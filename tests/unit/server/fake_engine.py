@@ -129,7 +129,10 @@ class FakeLLMEngine:
         params: SamplingParams,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: Any = None,
     ) -> None:
+        if lora_request is not None:
+            raise InvalidRequestError("LoRA is not enabled (--enable-lora).", param="lora_request")
         if priority != 0 and self.info.scheduling_policy != "priority":
             raise InvalidRequestError("priority scheduling is not enabled.", param="priority")
         if request_id in self.requests:

@@ -59,10 +59,15 @@ def test_server_applies_defaults_to_unset_fields_only() -> None:
         add_request = fake.add_request
 
         def recording(
-            request_id: str, prompt: Any, params: Any, arrival_time: float | None = None, priority: int = 0
+            request_id: str,
+            prompt: Any,
+            params: Any,
+            arrival_time: float | None = None,
+            priority: int = 0,
+            lora_request: Any = None,
         ) -> None:
             seen.append(params)
-            add_request(request_id, prompt, params, arrival_time, priority)
+            add_request(request_id, prompt, params, arrival_time, priority, lora_request)
 
         fake.add_request = recording
         chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}

@@ -41,7 +41,13 @@ def test_model_is_optional() -> None:
         (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size"),
         (["--quantization", "bitsandbytes"], "--quantization bitsandbytes"),
         (["--trust-remote-code"], "--trust-remote-code"),
-        (["--enable-lora"], "LoRA"),
+        (["--lora-modules", "sql=/a"], "--lora-modules needs --enable-lora"),
+        (["--enable-lora", "--lora-modules", "sql"], "expected name=path"),
+        (
+            ["--enable-lora", "--max-loras", "2", "--max-cpu-loras", "1"],
+            "max_cpu_loras (1) must be >= max_loras",
+        ),
+        (["--enable-lora", "--max-lora-rank", "0"], "max_lora_rank must be >= 1"),
         (["--max-num-queued-reqs", "0"], "--max-num-queued-reqs"),
         (["--ready-stall-seconds", "0.1"], "--ready-stall-seconds"),
     ],
@@ -102,6 +108,23 @@ def test_speculative_config_parses_as_vllms(monkeypatch: pytest.MonkeyPatch) -> 
     )
     assert captured["engine"].speculative.disable_by_batch_size == 4
     assert serve.run(parse()) == 0 and captured["engine"].speculative is None
+
+
+def test_lora_flags_parse_as_vllms(monkeypatch: pytest.MonkeyPatch) -> None:
+    captured: dict[str, Any] = {}
+
+    async def fake_serve(engine_config: Any, server_config: Any, in_process: bool) -> int:
+        captured.update(engine=engine_config, server=server_config)
+        return 0
+
+    monkeypatch.setattr(serve, "_serve", fake_serve)
+    argv = ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "64", "--max-cpu-loras", "4", "--lora-modules",
+            "sql=/adapters/sql", '{"name": "chat", "path": "/adapters/chat", "base_model_name": "m"}']  # fmt: skip
+    assert serve.run(parse(*argv)) == 0
+    lora = captured["engine"].lora
+    assert (lora.enable_lora, lora.max_loras, lora.max_lora_rank, lora.max_cpu_loras) == (True, 2, 64, 4)
+    assert captured["server"].lora_modules == argv[-2:]
+    assert serve.run(parse()) == 0 and captured["engine"].lora.enable_lora is False
 
 
 @pytest.mark.parametrize(
