@@ -1,7 +1,9 @@
 """LoRA on a merged linear layer: each token's output gets its adapter's B (A x) on top of the base layer's W x.
 
 A step mixes tokens of several adapters (and of none): `LoRABatch`, one object shared by every layer of the model
-and set by the runner before the forward, says which rows belong to which adapter. Each layer keeps its adapters'
+and set by the runner before the forward, says which rows belong to which adapter, as spans of rows (the runner
+orders a step's sequences by adapter, so each adapter's rows are one or two spans: slices, no gather or scatter;
+indexing the rows instead cost 2-3x the delta's matrix products at 8 decode rows, profiled). Each layer keeps its adapters'
 matrices in `LayerLoRA.weights`. For a merged layer (q|k|v, gate|up) one adapter's parts are stacked: A is the parts'
 A matrices one under the other [sum of ranks, in], B is block-diagonal [out, sum of ranks] with the scaling folded
 in, so a part the adapter leaves alone is a zero block and the delta is two matrix products per adapter.
@@ -20,9 +22,9 @@ import torch
 
 @dataclass
 class LoRABatch:
-    """The current step's rows by adapter: (adapter id, row indices, or None for every row). Empty: no adapter."""
+    """The current step's rows by adapter: (adapter id, first row, rows) spans. Empty: no adapter."""
 
-    groups: list[tuple[int, torch.Tensor | None]] = field(default_factory=list)
+    spans: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 class LayerLoRA:
@@ -34,15 +36,15 @@ class LayerLoRA:
 
     def add_delta(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`out` (the base layer's output for `x`, written in place) plus each row's adapter delta."""
-        for lora_id, rows in self.batch.groups:
+        for lora_id, first, count in self.batch.spans:
             pair = self.weights.get(lora_id)
             if pair is None:  # this adapter leaves the layer alone
                 continue
             a, b = pair
-            if rows is None:
+            if count == x.shape[0]:
                 out.addmm_(x @ a.t(), b.t())
             else:
-                out.index_add_(0, rows, (x.index_select(0, rows) @ a.t()) @ b.t())
+                out.narrow(0, first, count).addmm_(x.narrow(0, first, count) @ a.t(), b.t())
         return out
 
 
@@ -59,3 +61,14 @@ def stack_parts(
         b[first_row : first_row + part_b.shape[0], column : column + rank] = part_b * scaling
         column += rank
     return a, b
+
+
+def merge_spans(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """(adapter id, first row, rows) spans in row order, adjacent spans of one adapter made one."""
+    merged: list[tuple[int, int, int]] = []
+    for lora_id, first, count in spans:
+        if merged and merged[-1][0] == lora_id and merged[-1][1] + merged[-1][2] == first:
+            merged[-1] = (lora_id, merged[-1][1], merged[-1][2] + count)
+        else:
+            merged.append((lora_id, first, count))
+    return merged

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from torch import nn
 
 from pagedserve.layers.linear import MergedLinear
-from pagedserve.layers.lora import LayerLoRA, LoRABatch, stack_parts
+from pagedserve.layers.lora import LayerLoRA, LoRABatch, merge_spans, stack_parts
 from pagedserve.lora.adapter import AdapterSpec, lora_target_shapes, read_adapter
 from pagedserve.lora.request import LoRARequest
 
@@ -50,22 +50,13 @@ class LoRAManager:
         self.device = device
         self.loaded: OrderedDict[int, LoRARequest] = OrderedDict()
 
-    def set_step(self, row_loras: list[tuple[int, int, int]], num_rows: int) -> None:
-        """The step's rows by adapter: (adapter id, first row, rows) spans, adapters already loaded (`ensure`)."""
-        spans: dict[int, list[tuple[int, int]]] = {}
-        for lora_id, first, count in row_loras:
-            spans.setdefault(lora_id, []).append((first, count))
-        groups: list[tuple[int, torch.Tensor | None]] = []
-        for lora_id, parts in spans.items():
-            if len(spans) == 1 and parts == [(0, num_rows)]:
-                groups.append((lora_id, None))  # every row: no gather, no scatter
-                continue
-            rows = [row for first, count in parts for row in range(first, first + count)]
-            groups.append((lora_id, torch.tensor(rows, dtype=torch.long, device=self.device)))
-        self.batch.groups = groups
+    def set_step(self, spans: list[tuple[int, int, int]]) -> None:
+        """The step's rows by adapter: (adapter id, first row, rows) spans in row order, adapters already loaded
+        (`ensure`)."""
+        self.batch.spans = merge_spans(spans)
 
     def clear_step(self) -> None:
-        self.batch.groups = []
+        self.batch.spans = []
 
     def ensure(self, loras: list[LoRARequest]) -> dict[int, str]:
         """Loads the step's adapters that are not loaded; returns {adapter id: error} for those that failed."""

@@ -281,7 +281,10 @@ class ModelRunner:
         result = ModelRunnerOutput()
         if scheduler_output.is_empty:
             return result
-        step = prepare_inputs(scheduler_output.sequences, self.block_size, self.device)
+        scheduled = scheduler_output.sequences
+        if self.lora is not None:  # each adapter's rows side by side: its delta is one slice (layers/lora.py)
+            scheduled = sorted(scheduled, key=self._lora_id)
+        step = prepare_inputs(scheduled, self.block_size, self.device)
         states = [self.sequences[s.seq_id] for s in step.sequences]
         with_lora = self.lora is not None and self._set_loras(step, states, result)
         try:
@@ -375,8 +378,12 @@ class ModelRunner:
             )
         if not spans:
             return False
-        self.lora.set_step(spans, len(step.input_ids))
+        self.lora.set_step(sorted(spans, key=lambda span: span[1]))
         return True
+
+    def _lora_id(self, seq: ScheduledSequence) -> int:
+        lora = self.sequences[seq.seq_id].new.lora
+        return 0 if lora is None else lora.lora_int_id
 
     def _prompt_logprobs(
         self, step: Any, states: list[RunnerSequence], hidden: torch.Tensor, result: ModelRunnerOutput

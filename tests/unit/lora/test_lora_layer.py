@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from pagedserve.layers.linear import MergedLinear
-from pagedserve.layers.lora import LayerLoRA, LoRABatch, stack_parts
+from pagedserve.layers.lora import LayerLoRA, LoRABatch, merge_spans, stack_parts
 
 
 def test_mixed_rows_get_their_own_adapters_delta_on_the_merged_parts():
@@ -30,16 +30,15 @@ def test_mixed_rows_get_their_own_adapters_delta_on_the_merged_parts():
         layer.lora.weights[lora_id] = stack_parts(stacked, layer.output_size, scaling[lora_id])
         merged[lora_id] = full
     x = torch.randn(7, 16)
-    rows = {1: [0, 3, 4], 2: [6]}  # rows 1, 2, 5: no adapter
-    batch.groups = [(i, torch.tensor(r)) for i, r in rows.items()]
+    batch.spans = [(1, 0, 1), (1, 3, 2), (2, 6, 1)]  # rows 1, 2, 5: no adapter
     out = layer(x)
     expected = x @ layer.weight.data.t()
-    for lora_id, r in rows.items():
-        expected[r] = x[r] @ merged[lora_id].t()
+    for lora_id, rows in {1: [0, 3, 4], 2: [6]}.items():
+        expected[rows] = x[rows] @ merged[lora_id].t()
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    batch.groups = [(2, None)]  # every row
+    batch.spans = [(2, 0, 7)]  # every row
     torch.testing.assert_close(layer(x), x @ merged[2].t(), rtol=1e-5, atol=1e-5)
-    batch.groups = []
+    batch.spans = []
     torch.testing.assert_close(layer(x), x @ layer.weight.data.t())
 
 
@@ -52,3 +51,8 @@ def test_stack_parts_puts_each_parts_b_in_its_rows_and_rank_columns():
     expected[0:4, 0:2] = 1.0
     expected[6:8, 2:3] = 2.5
     assert torch.equal(b, expected)
+
+
+def test_adjacent_spans_of_one_adapter_merge():
+    spans = [(1, 0, 2), (1, 2, 1), (2, 3, 1), (1, 5, 4), (1, 9, 1)]
+    assert merge_spans(spans) == [(1, 0, 3), (2, 3, 1), (1, 5, 5)]
