@@ -1,5 +1,6 @@
 """What a LoRA adapter costs at decode: the bundled model (Q4_1 GGUF) served without adapters, with one adapter on
-every request, and with half the requests on an adapter (base and adapter rows in one batch).
+every request, and with half the requests on an adapter (base and adapter rows in one batch); and the plain engine
+with --enforce-eager, since a step with an adapter runs eager.
 
     .venv/bin/python benchmarks/lora_overhead.py [--rounds 3] [--ranks 8 16] [--streams 1 8] [--json OUT]
 
@@ -70,7 +71,10 @@ def main() -> None:
     common = dict(max_model_len=1024, kv_cache_memory_bytes=256 * 1024**2, seed=0)
     plain = LLM(**common)
     with_lora = LLM(enable_lora=True, max_loras=1, max_lora_rank=max(args.ranks), **common)
+    eager = LLM(enforce_eager=True, **common)
     configs: dict[str, tuple[LLM, list[LoRARequest | None]]] = {"plain engine": (plain, [None])}
+    # A step with an adapter runs eager (decode graphs replay C kernels only): the part of the cost that is that.
+    configs["plain engine, --enforce-eager"] = (eager, [None])
     configs["--enable-lora, no adapter"] = (with_lora, [None])
     for rank, lora in adapters.items():
         configs[f"rank {rank} on every request"] = (with_lora, [lora])

@@ -194,6 +194,27 @@ spec:
         - --cpu-threads
         - {{ . | quote }}
         {{- end }}
+        {{- with .Values.lora }}
+        {{- if .enabled }}
+        - --enable-lora
+        - --max-loras
+        - {{ .maxLoras | quote }}
+        - --max-lora-rank
+        - {{ .maxLoraRank | quote }}
+        {{- if not (kindIs "invalid" .maxCpuLoras) }}
+        - --max-cpu-loras
+        - {{ .maxCpuLoras | quote }}
+        {{- end }}
+        {{- with .modules }}
+        - --lora-modules
+        {{- range . }}
+        - {{ dict "name" .name "path" .path | toJson | quote }}
+        {{- end }}
+        {{- end }}
+        {{- else if or .modules .runtimeUpdating }}
+        {{- fail "lora.modules and lora.runtimeUpdating need lora.enabled" }}
+        {{- end }}
+        {{- end }}
         {{- range $engine.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -226,6 +247,10 @@ spec:
             secretKeyRef:
               name: {{ required "apiKey.existingSecret is required when apiKey.enabled" .Values.apiKey.existingSecret }}
               key: {{ .Values.apiKey.secretKey }}
+        {{- end }}
+        {{- if and .Values.lora.enabled .Values.lora.runtimeUpdating }}
+        - name: VLLM_ALLOW_RUNTIME_LORA_UPDATING
+          value: "true"
         {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
@@ -272,6 +297,11 @@ spec:
           mountPath: {{ .Values.model.mountPath }}
           readOnly: true
         {{- end }}
+        {{- if and .Values.lora.enabled .Values.lora.existingClaim }}
+        - name: adapters
+          mountPath: {{ .Values.lora.mountPath }}
+          readOnly: true
+        {{- end }}
   volumes:
     - name: scratch
       emptyDir:
@@ -280,6 +310,12 @@ spec:
       emptyDir:
         medium: Memory
         sizeLimit: {{ .Values.shm.sizeLimit }}
+    {{- if and .Values.lora.enabled .Values.lora.existingClaim }}
+    - name: adapters
+      persistentVolumeClaim:
+        claimName: {{ .Values.lora.existingClaim }}
+        readOnly: true
+    {{- end }}
     {{- if $claim }}
     - name: model
       persistentVolumeClaim:
