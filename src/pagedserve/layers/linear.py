@@ -286,7 +286,7 @@ class MergedLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._local_forward(x)
-        if self.lora is not None and self.lora.batch.spans:
+        if self.lora is not None and self.lora.batch.active:
             out = self.lora.add_delta(x, out)  # a row-parallel layer's share, summed with the output's
         return parallel_state.all_reduce(out) if self.reduce_output else out
 

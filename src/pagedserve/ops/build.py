@@ -103,6 +103,10 @@ SIGNATURES: dict[str, list] = {
     "shm_broadcast_send": [_P, _P, _I, _I, ctypes.c_int, _P, _F],
     # area, out, capacity (bytes), rank, &seq (int64), &len (int64), sender pid -> 0, 1 (the sender is gone)
     "shm_broadcast_recv": [_P, _P, _I, ctypes.c_int, _P, _P, _I],
+    # x [rows, in] (dtype), out [rows, out_stride] (dtype, += the delta), a [slots, max_rank, in] float32,
+    # bt [slots, max_rank, out] float32, ranks [slots] int32, slot_of_row [rows] int32 (-1: none), rows, in, out,
+    # out_stride, max_rank, slots, dtype, threads -> 0, 1 (memory), 2 (arguments)
+    "lora_delta": [_P] * 6 + [_I] * 6 + [ctypes.c_int, ctypes.c_int],
     # calls [count] (recording.ReplayCall), count -> 0, or 1 + the index of the first call that failed
     "replay_calls": [_P, _I],
     # () -> 1 where gguf_gemm takes any number of rows (AVX2 panels), else 0

@@ -296,3 +296,38 @@ def gguf_gemm(
     if failed:
         raise ValueError(f"GGUF type {qtype} with {cols} columns is not a layout the kernel reads")
     return out
+
+
+def can_lora_delta(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """What `lora_delta` takes: CPU rows of float32 or bfloat16, x contiguous, out's rows contiguous."""
+    return (
+        x.dim() == 2
+        and out.dim() == 2
+        and x.dtype == out.dtype
+        and x.is_contiguous()
+        and out.stride(1) == 1
+        and available(x, out)
+    )
+
+
+def lora_delta(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    a: torch.Tensor,
+    bt: torch.Tensor,
+    ranks: torch.Tensor,
+    slot_of_row: torch.Tensor,
+) -> None:
+    """out[r] += bt[s, :ranks[s]].T @ (a[s, :ranks[s]] @ x[r]) for each row r with slot s = slot_of_row[r] >= 0
+    (csrc/lora_delta.c); a [slots, max_rank, in], bt [slots, max_rank, out], float32; ranks, slot_of_row int32."""
+    library = build.load()
+    assert library is not None and a.dtype == bt.dtype == torch.float32 and slot_of_row.dtype == torch.int32
+    rows, k = x.shape
+    failed = library.lora_delta(
+        x.data_ptr(), out.data_ptr(), a.data_ptr(), bt.data_ptr(), ranks.data_ptr(), slot_of_row.data_ptr(), rows, k,
+        out.shape[1], out.stride(0), a.shape[1], a.shape[0], _code(x), torch.get_num_threads(),
+    )  # fmt: skip
+    if failed == 1:
+        raise MemoryError("lora_delta could not allocate its row buffer")
+    if failed:
+        raise ValueError("lora_delta: a slot index or a rank out of range")

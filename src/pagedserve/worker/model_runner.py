@@ -179,6 +179,13 @@ class ModelRunner:
             if self.weight_dtype != dtype:  # the embedding and LM head, left float
                 cast_matrix_weights(self.model, self.weight_dtype)
         self.model.eval()
+        # Before the KV budget: on a GPU it is what memory is left once the adapters' slots are allocated.
+        self.lora = None
+        if lora_config is not None and lora_config.enable_lora:
+            self.lora = LoRAManager(
+                self.model, hf_config, lora_config.max_loras, lora_config.cache_size, lora_config.max_lora_rank,
+                max_num_batched_tokens, dtype, device,
+            )  # fmt: skip
         # Scales of int8 / float8 weights and the blocks of merged layers kept per part count as weights.
         stored = [b for name, b in self.model.named_buffers() if ".weight_" in name]
         self.weight_bytes = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *stored])
@@ -208,11 +215,6 @@ class ModelRunner:
         )
         self.sampler = Sampler()
         self.sequences: dict[str, RunnerSequence] = {}
-        self.lora = None
-        if lora_config is not None and lora_config.enable_lora:
-            self.lora = LoRAManager(
-                self.model, hf_config, lora_config.cache_size, lora_config.max_lora_rank, dtype, device
-            )
         self.decode_graphs = None
         if not model_config.enforce_eager:
             self.decode_graphs = self._make_decode_graphs(max_num_seqs, max_model_len, tp.size)
@@ -286,19 +288,26 @@ class ModelRunner:
             scheduled = sorted(scheduled, key=self._lora_id)
         step = prepare_inputs(scheduled, self.block_size, self.device)
         states = [self.sequences[s.seq_id] for s in step.sequences]
-        with_lora = self.lora is not None and self._set_loras(step, states, result)
+        with_lora = False
+        if self.lora is not None:  # every step: a replayed graph reads the rows' slots
+            rows = [
+                (seq.seq_id, state.new.lora, last - seq.num_new_tokens + 1, seq.num_new_tokens)
+                for seq, state, last in zip(step.sequences, states, step.last_token_rows)
+            ]
+            with_lora = self.lora.set_step(rows, len(step.input_ids), result.failed_seq_ids)
         try:
             step_logits = None  # every row's logits, from a replayed decode graph
             wants_prompt_logprobs = any(map(_wants_prompt_logprobs, step.sequences, states))
-            # A graph replays the layers without their adapters.
-            if self.decode_graphs is not None and not wants_prompt_logprobs and not with_lora:
+            # A CUDA graph (or a CPU one without the LoRA kernel) replays the layers without their adapters.
+            graphs_apply = not with_lora or self.lora.recordable  # type: ignore[union-attr]
+            if self.decode_graphs is not None and not wants_prompt_logprobs and graphs_apply:
                 step_logits = self.decode_graphs.logits(step.input_ids, step.positions, step.metadata)
             hidden = None
             if step_logits is None:
                 hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
         finally:
             if with_lora:
-                self.lora.clear_step()  # type: ignore[union-attr]
+                self.lora.batch.spans = []  # type: ignore[union-attr]
         sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples]
         if sampling:
             rows: list[int] = []  # the logits rows that sample: one a sequence, 1 + k with k draft tokens
@@ -357,29 +366,6 @@ class ModelRunner:
             for outputs in (result.sampled_token_ids, result.logprobs, result.prompt_logprobs):
                 outputs.pop(seq_id, None)
         return result
-
-    def _set_loras(self, step: Any, states: list[RunnerSequence], result: ModelRunnerOutput) -> bool:
-        """Loads the step's adapters and maps its rows onto them; whether any row has one."""
-        assert self.lora is not None
-        loras = [state.new.lora for state in states if state.new.lora is not None]
-        if not loras:
-            return False
-        failed = self.lora.ensure(loras)
-        spans = []
-        for i, (seq, state) in enumerate(zip(step.sequences, states)):
-            lora = state.new.lora
-            if lora is None:
-                continue
-            if lora.lora_int_id in failed:
-                result.failed_seq_ids[seq.seq_id] = failed[lora.lora_int_id]
-                continue
-            spans.append(
-                (lora.lora_int_id, step.last_token_rows[i] - seq.num_new_tokens + 1, seq.num_new_tokens)
-            )
-        if not spans:
-            return False
-        self.lora.set_step(sorted(spans, key=lambda span: span[1]))
-        return True
 
     def _lora_id(self, seq: ScheduledSequence) -> int:
         lora = self.sequences[seq.seq_id].new.lora

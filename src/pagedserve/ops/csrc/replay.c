@@ -36,6 +36,7 @@ enum {
     K_SHM_ALL_REDUCE,
     K_SHM_ALL_GATHER,
     K_RMS_NORM_HEADS,
+    K_LORA_DELTA,
     K_COUNT
 };
 
@@ -74,6 +75,9 @@ int e4m3_dequantize(const uint8_t *w, const float *scale, int64_t block_n, int64
                     int64_t k, int threads);
 int shm_all_reduce(void *region, void *x, int64_t n, int64_t capacity, int dtype, int rank, int world,
                    int64_t *seq, float timeout_s);
+int lora_delta(const void *x, void *out, const float *a, const float *bt, const int32_t *ranks,
+               const int32_t *slot_of_row, int64_t rows, int64_t in, int64_t out_n, int64_t out_stride,
+               int64_t max_rank, int64_t slots, int dtype, int threads);
 int shm_all_gather(void *region, const void *x, int64_t nbytes, void *out, int64_t capacity, int rank, int world,
                    int64_t *seq, float timeout_s);
 
@@ -114,6 +118,9 @@ static int run_one(const replay_call *c) {
         return shm_all_gather(P(0), P(1), i[2], P(3), i[4], (int)i[5], (int)i[6], P(7), c->f[0]);
     case K_RMS_NORM_HEADS:
         return rms_norm_heads(P(0), P(1), P(2), i[3], i[4], i[5], i[6], i[7], c->f[0], (int)i[8], (int)i[9]);
+    case K_LORA_DELTA:
+        return lora_delta(P(0), P(1), P(2), P(3), P(4), P(5), i[6], i[7], i[8], i[9], i[10], i[11], (int)i[12],
+                          (int)i[13]);
     default: return -1;
     }
 }
