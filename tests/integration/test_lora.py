@@ -97,35 +97,48 @@ def assert_same(got, expected) -> None:
         assert abs(mine[token].logprob - theirs[token].logprob) < 1e-3
 
 
-def test_each_request_gets_its_adapter_in_one_batch(tiny, references):
-    llm = LLM(str(tiny.base), enable_lora=True, max_loras=2, max_lora_rank=8, **ENGINE)
-    plan = [(0, None), (0, "all"), (1, "part"), (1, "all"), (0, "part"), (1, None)]
-    steps = []
+def run_plan(llm: LLM, tiny: Tiny, references, plan: list[tuple[int, str | None]]) -> list[list[str]]:
+    """Generates (prompt index, adapter name) requests in one call, checks each against its reference; returns the
+    adapters running at each step."""
+    steps: list[list[str]] = []
     llm.llm_engine.add_stats_listener(lambda stats: steps.append(stats.scheduler.running_lora_adapters))
     outputs = llm.generate(
         [PROMPTS[i] for i, _ in plan], GREEDY, use_tqdm=False, lora_request=[_lora(tiny, n) for _, n in plan]
     )
     for (i, name), output in zip(plan, outputs):
         assert_same(output.outputs[0], references[name][i])
+    llm.llm_engine.check_invariants()
+    return steps
+
+
+def test_each_request_gets_its_adapter_in_one_batch(tiny, references):
+    llm = LLM(str(tiny.base), enable_lora=True, max_loras=2, max_lora_rank=8, **ENGINE)
+    steps = run_plan(
+        llm, tiny, references, [(0, None), (0, "all"), (1, "part"), (1, "all"), (0, "part"), (1, None)]
+    )
     assert ["all", "part"] in steps  # both adapters (and the base model) ran in the same steps
     assert references["all"][0].token_ids != references[None][0].token_ids  # the adapters change the text
     assert references["part"][1].token_ids != references[None][1].token_ids
-    llm.llm_engine.check_invariants()
+
+
+def test_a_decode_graph_captured_without_adapters_applies_them_when_replayed(tiny, references):
+    """The CPU decode graph of a batch size is recorded at its first step; the adapters' delta kernel is in it even
+    when that step ran none, and reads the slots the runner sets at each later step."""
+    llm = LLM(str(tiny.base), enable_lora=True, max_loras=2, max_lora_rank=8, **ENGINE)
+    run_plan(llm, tiny, references, [(0, None), (1, None)])
+    graphs = llm.llm_engine.executor.runner.decode_graphs.graphs
+    assert graphs.get(2) is not None  # batch 2's graph, recorded without adapters
+    run_plan(llm, tiny, references, [(0, "all"), (1, "part")])
+    run_plan(llm, tiny, references, [(0, None), (1, "all")])
+    run_plan(llm, tiny, references, [(0, None), (1, None)])  # no slot left over from the steps before
+    assert graphs.get(2) is not None
 
 
 def test_max_loras_1_with_one_adapter_kept_reads_them_again_and_gives_the_same_text(tiny, references):
     llm = LLM(str(tiny.base), enable_lora=True, max_loras=1, max_cpu_loras=1, max_lora_rank=8, **ENGINE)
-    plan = [(0, "all"), (0, "part"), (1, "all"), (1, None), (1, "part")]
-    steps = []
-    llm.llm_engine.add_stats_listener(lambda stats: steps.append(stats.scheduler.running_lora_adapters))
-    outputs = llm.generate(
-        [PROMPTS[i] for i, _ in plan], GREEDY, use_tqdm=False, lora_request=[_lora(tiny, n) for _, n in plan]
-    )
-    for (i, name), output in zip(plan, outputs):
-        assert_same(output.outputs[0], references[name][i])
+    steps = run_plan(llm, tiny, references, [(0, "all"), (0, "part"), (1, "all"), (1, None), (1, "part")])
     assert all(len(running) <= 1 for running in steps) and ["part"] in steps and ["all"] in steps
     assert len(llm.llm_engine.executor.runner.lora.loaded) == 1
-    llm.llm_engine.check_invariants()
 
 
 def test_prefix_cache_blocks_are_not_shared_across_adapters(tiny, references):
