@@ -179,12 +179,20 @@ class LoRAConfig:
     """Adapters the workers keep loaded (vLLM's flag): the least recently used one beyond this is dropped and read
     from its folder again when a request needs it. Default: max_loras."""
 
+    lora_dtype: Literal["auto", "float32"] = "auto"
+    """The adapters' dtype (vLLM's flag): pagedserve keeps them in float32 and rounds each layer's output once to
+    the model's dtype, whichever is given; 16-bit adapter storage is not offered."""
+
     def validate(self) -> None:
         """ValueError naming the field."""
         if self.max_loras < 1:
             raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
         if self.max_lora_rank < 1:
             raise ValueError(f"max_lora_rank must be >= 1, got {self.max_lora_rank}")
+        if self.lora_dtype not in ("auto", "float32"):
+            raise ValueError(
+                f"lora_dtype must be auto or float32 (adapters are kept in float32), got {self.lora_dtype!r}"
+            )
         if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
             raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})")
 

@@ -195,6 +195,8 @@ def test_adapters_are_refused_when_lora_is_off_or_they_do_not_fit(tiny):
         small.generate(PROMPTS[0], GREEDY, use_tqdm=False, lora_request=_lora(tiny, "all"))
     with pytest.raises(ValueError, match="max_cpu_loras .1. must be >= max_loras .2."):
         LLM(str(tiny.base), enable_lora=True, max_loras=2, max_cpu_loras=1, **ENGINE)
+    with pytest.raises(ValueError, match="lora_dtype must be auto or float32"):
+        LLM(str(tiny.base), enable_lora=True, lora_dtype="bfloat16", **ENGINE)
     with pytest.raises(ValueError, match="lora_request must hold one value per prompt"):
         small.generate(PROMPTS, GREEDY, use_tqdm=False, lora_request=[None])
 

@@ -37,6 +37,8 @@ API_KEY_ENV_VARS = ("VLLM_API_KEY", "PAGEDSERVE_API_KEY")
 # vLLM flags we recognise but do not implement: refused with a reason instead of argparse's generic error.
 UNSUPPORTED_FLAGS = {
     "--trust-remote-code": "pagedserve never runs code from model folders",
+    "--fully-sharded-loras": "adapters already follow their layer's sharding (row-parallel layers keep their columns "
+    "of A, column-parallel ones their rows of B)",
     "--data-parallel-size": "run more replicas instead (the Helm chart scales them)",
     "--ssl-keyfile": "terminate TLS at the ingress",
     "--ssl-certfile": "terminate TLS at the ingress",
