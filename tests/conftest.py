@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -22,6 +25,13 @@ if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
     from pagedserve.envs import ENGINE_GOMP_SPINCOUNT
 
     os.environ.setdefault("GOMP_SPINCOUNT", ENGINE_GOMP_SPINCOUNT)
+
+# Hub ids (org/name) are looked up in the local Hugging Face cache (models/hub_cache.py): an empty one for the
+# session and the servers it starts, so what a developer's own cache holds cannot change a result. Tests that use a
+# cache write their own and pass it (--download-dir) or set HF_HUB_CACHE.
+_EMPTY_HUB = tempfile.mkdtemp(prefix="pagedserve-test-hub-")
+atexit.register(shutil.rmtree, _EMPTY_HUB, ignore_errors=True)
+os.environ["HF_HUB_CACHE"] = os.path.join(_EMPTY_HUB, "hub")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,9 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 KVCacheDType = Literal["auto", "fp8", "fp8_e4m3"]
 
 
+# A step's token budget when --max-num-batched-tokens is not given (vLLM's default for chunked prefill).
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 4096
+
 # --quantization values the engine runs (ModelConfig.quantization).
 QUANTIZATION_CHOICES = ("gguf", "compressed-tensors", "awq", "gptq", "fp8", "none")
 
@@ -29,10 +32,22 @@ QUANTIZATION_CHOICES = ("gguf", "compressed-tensors", "awq", "gptq", "fp8", "non
 @dataclass
 class ModelConfig:
     model: str | None = None
-    """Hugging Face model folder or GGUF file. Empty: the bundled SmolLM2-135M-Instruct GGUF."""
+    """Hugging Face model folder, GGUF file, or a Hub id (org/name) already in the local Hugging Face cache (see
+    --download-dir; nothing is downloaded). Empty: the bundled SmolLM2-135M-Instruct GGUF."""
 
     tokenizer: str | None = None
-    """Tokenizer folder; defaults to the model's own."""
+    """Tokenizer folder, .gguf file or cached Hub id; defaults to the model's own."""
+
+    revision: str | None = None
+    """For a Hub id (org/name) as the model: the branch, tag or commit of the local Hugging Face cache to serve
+    (vLLM's flag; default main). Nothing is downloaded: the cache must already hold it."""
+
+    tokenizer_revision: str | None = None
+    """The same for a Hub id given as --tokenizer; default: --revision."""
+
+    download_dir: str | None = None
+    """The Hugging Face cache folder Hub ids are looked up in (vLLM's flag, where vLLM would download to); default
+    HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
 
     dtype: DTypeName = "auto"
     """Weight and activation dtype. auto: float32 for float32 checkpoints and on CPUs without bfloat16 instructions (AVX512_BF16, AMX); otherwise bfloat16."""
@@ -55,6 +70,9 @@ class ModelConfig:
     .gguf file where this CPU's kernels multiply blocks at every batch size (AVX2), else "none". A value that
     contradicts the checkpoint, and other schemes, are refused by name."""
 
+    max_logprobs: int = 20
+    """Most logprobs a request may ask for per token, sampled or prompt (vLLM's flag); -1: the whole vocabulary."""
+
     seed: int = 0
     """Seed for random weights (dummy) and for sampling of requests that give no seed."""
 
@@ -63,8 +81,22 @@ class ModelConfig:
     GGUF's general.sampling.*), vllm (none: vLLM's defaults), or a folder holding a generation_config.json. They
     apply to fields a request leaves unset; max_new_tokens caps max_tokens."""
 
+    override_generation_config: dict[str, float] = field(default_factory=dict)
+    """Default sampling values applied over --generation-config's (vLLM's flag, a JSON object): temperature, top_p,
+    top_k, min_p, repetition_penalty, max_new_tokens (a server-wide cap on max_tokens); with --generation-config
+    vllm, only these. Other keys are refused by name."""
+
     chat_template: str | None = None
     """Jinja chat template file or inline string overriding the tokenizer's."""
+
+    tokenizer_mode: Literal["auto", "hf"] = "auto"
+    """The tokenizer implementation (vLLM's flag): auto and hf both load the folder's Hugging Face tokenizer
+    (fast); slow and mistral tokenizers are not offered."""
+
+    trust_remote_code: bool = False
+    """Accepted for vLLM's manifests and changes nothing: pagedserve runs no code from model folders, and a
+    checkpoint that needs its own code (config.json's auto_map for an architecture we do not implement) is refused
+    by name either way; for the architectures we run, vLLM's flag changes nothing either."""
 
     enforce_eager: bool = False
     """Run every step eagerly, as vLLM's flag: no decode graphs (CUDA graphs per batch-size bucket on a GPU,
@@ -94,6 +126,10 @@ class CacheConfig:
     enable_prefix_caching: bool = True
     """Reuse KV blocks of identical prompt prefixes across requests (chained block hashes, LRU eviction)."""
 
+    swap_space: float = 4
+    """CPU swap space per device in GiB (vLLM's flag). Neither vLLM V1 nor pagedserve swaps KV blocks (a preempted
+    sequence is recomputed), so it is checked (>= 0) and has no effect."""
+
     kv_cache_dtype: KVCacheDType = "auto"
     """KV cache storage, as vLLM's flag. auto: the model's dtype. fp8 / fp8_e4m3: float8 e4m3 with a scale of 1 (vLLM's default without calibrated scales; values saturate at +-448): half the bytes of bfloat16, so twice the tokens in the same budget and half what decode attention reads. fp8_e5m2 and checkpoint KV scales are refused."""
 
@@ -103,8 +139,14 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     """Most sequences in one engine step."""
 
-    max_num_batched_tokens: int = 4096
-    """Token budget of one engine step; longer prefills are chunked."""
+    max_num_batched_tokens: int | None = None
+    """Token budget of one engine step; longer prefills are chunked. Default: 4096, and without chunked prefill at
+    least max_model_len (vLLM's rule)."""
+
+    enable_chunked_prefill: bool = True
+    """Split prompts longer than what is left of a step's budget over several steps (vLLM's flag, on by default).
+    --no-enable-chunked-prefill: a prompt is computed in one step or waits (later ones wait behind it), and
+    max_num_batched_tokens must be at least max_model_len."""
 
     long_prefill_token_threshold: int = 0
     """Most tokens one sequence computes in a step (vLLM's flag); 0: only the step's budget limits it. A lower value
@@ -113,6 +155,27 @@ class SchedulerConfig:
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     """fcfs: requests in arrival order. priority (vLLM's): waiting requests by their `priority` (lower first, then
     arrival), and when KV blocks run out the running request with the largest priority value is preempted first."""
+
+    def token_budget(self, max_model_len: int) -> int:
+        """max_num_batched_tokens as the engine uses it; ValueError naming the field when it cannot hold a whole
+        prompt and chunked prefill is off (vLLM's check and message)."""
+        if self.enable_chunked_prefill:
+            given = self.max_num_batched_tokens
+            return DEFAULT_MAX_NUM_BATCHED_TOKENS if given is None else given
+        if self.long_prefill_token_threshold:
+            raise ValueError(
+                "long_prefill_token_threshold chunks long prompts: it needs chunked prefill (--enable-chunked-prefill)"
+            )
+        if self.max_num_batched_tokens is None:
+            return max(max_model_len, DEFAULT_MAX_NUM_BATCHED_TOKENS)
+        if self.max_num_batched_tokens < max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
+                f"({max_model_len}). This effectively limits the maximum sequence length to max_num_batched_tokens "
+                "and makes vLLM reject longer sequences. Please increase max_num_batched_tokens or decrease "
+                "max_model_len."
+            )
+        return self.max_num_batched_tokens
 
 
 @dataclass
@@ -141,6 +204,14 @@ class ParallelConfig:
     headless: bool = False
     """Run only this node's tensor-parallel workers, no API server (every node but node 0 of a multi-node replica)."""
 
+    distributed_executor_backend: str | None = None
+    """How the tensor-parallel ranks run (vLLM's flag): mp (worker processes, the only way here) or uni (one
+    process: tensor_parallel_size 1). ray and external_launcher are refused: Kubernetes places the pods."""
+
+    disable_custom_all_reduce: bool = False
+    """Reduce across ranks with torch.distributed only (vLLM's flag). On the CPU the ranks of one node otherwise
+    all-reduce through shared memory (distributed/shm_collectives.py); CUDA always uses NCCL."""
+
     def validate(self) -> None:
         """ValueError naming the field; the heads' split is checked against the model (distributed/partition.py)."""
         if self.tensor_parallel_size < 1:
@@ -157,6 +228,18 @@ class ParallelConfig:
             raise ValueError("master_port must be a port (1-65535) when nnodes > 1: every node must know it")
         if (self.headless or self.node_rank > 0) and self.nnodes == 1:
             raise ValueError("headless / node_rank > 0 only make sense with nnodes > 1")
+        backend = self.distributed_executor_backend
+        if backend in ("ray", "external_launcher"):
+            raise ValueError(
+                f"distributed_executor_backend {backend} is not supported: the ranks of a replica are worker "
+                "processes (mp), and Kubernetes places the pods (the chart's multi-node mode runs one per node)"
+            )
+        if backend not in (None, "mp", "uni"):
+            raise ValueError(f"distributed_executor_backend must be mp or uni, got {backend!r}")
+        if backend == "uni" and self.tensor_parallel_size > 1:
+            raise ValueError(
+                "distributed_executor_backend uni runs one process: tensor_parallel_size must be 1"
+            )
 
     @property
     def ranks_per_node(self) -> int:
@@ -212,71 +295,6 @@ class EngineConfig:
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     speculative: SpeculativeConfig | None = None
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-
-
-@dataclass
-class ServerConfig:
-    host: str = "0.0.0.0"
-    """Address to bind."""
-
-    port: int = 8000
-    """Port to bind."""
-
-    served_model_name: list[str] | None = None
-    """Names the API accepts in the model field; the first is reported. Default: the model path's name."""
-
-    api_key: str | None = None
-    """Require this bearer key on every route but probes (also from VLLM_API_KEY or PAGEDSERVE_API_KEY)."""
-
-    max_num_queued_reqs: int = 1024
-    """Requests admitted but not yet finished beyond which new ones get 503 with Retry-After."""
-
-    max_request_body_bytes: int = 4 * 1024 * 1024
-    """Largest request body accepted; larger ones get 413 before parsing."""
-
-    max_n: int = 16
-    """Largest n (samples per request) accepted."""
-
-    shutdown_timeout: float = 30.0
-    """Seconds in-flight requests get to finish after SIGTERM."""
-
-    disable_log_requests: bool = False
-    """Do not log one line per finished request."""
-
-    disable_log_stats: bool = False
-    """Do not log the periodic stats line."""
-
-    uvicorn_log_level: str = "info"
-    """Log level of uvicorn."""
-
-    metrics_require_auth: bool = False
-    """Also require the API key on /metrics (open by default so Prometheus can scrape)."""
-
-    enable_server_load_tracking: bool = False
-    """GET /load reports the requests in flight (vLLM's flag; without it /load says 0, as vLLM's)."""
-
-    ready_stall_seconds: float = 30.0
-    """/ready turns 503 when the engine has work but made no step for this long (wedged engine)."""
-
-    enable_auto_tool_choice: bool = False
-    """Allow tool_choice "auto" (also the default when a request has tools): the model decides, and
-    --tool-call-parser reads its calls out of the text. "required" and named choices work without it (a grammar)."""
-
-    return_tokens_as_token_ids: bool = False
-    """Name logprobs' tokens "token_id:N" rather than by their text (vLLM's flag; a request can also ask), so tokens
-    that are not valid UTF-8 on their own stay identifiable."""
-
-    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = None
-    """Split a thinking model's <think>...</think> text into the chat message's `reasoning` field (vLLM's flag):
-    deepseek_r1 (DeepSeek-R1, QwQ: the block may open in the prompt) or qwen3 (Qwen3: the model opens it)."""
-
-    lora_modules: list[str] | None = None
-    """LoRA adapters to serve (vLLM's flag, with --enable-lora): name=path, or JSON {"name": ..., "path": ...,
-    "base_model_name": ...}; a request selects one by giving its name as the model."""
-
-    tool_call_parser: str | None = None
-    """How the model writes tool calls, for tool_choice "auto": hermes (<tool_call>{...}</tool_call>: Hermes,
-    Qwen) or llama3_json ({"name": ..., "parameters": ...}: Llama 3.x)."""
 
 
 @cache

@@ -7,6 +7,7 @@ and a bad one raises `ValueError` naming the variable.
 from __future__ import annotations
 
 import os
+import pathlib
 
 ISA_LEVELS = ("portable", "avx2", "avx512", "avx512_bf16")
 
@@ -137,6 +138,18 @@ def cpu_kv_cache_bytes() -> int | None:
         return int(float(value) * 1024**3)
     except ValueError:
         raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {value!r}") from None
+
+
+def hf_hub_cache_dir() -> pathlib.Path:
+    """The Hugging Face Hub cache folder, as huggingface_hub picks it: HF_HUB_CACHE, else HF_HOME/hub, else
+    $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub (models/hub_cache.py reads it; nothing is
+    downloaded into it)."""
+    if os.environ.get("HF_HUB_CACHE", "").strip():
+        return pathlib.Path(os.environ["HF_HUB_CACHE"].strip()).expanduser()
+    home = os.environ.get("HF_HOME", "").strip() or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    return pathlib.Path(home).expanduser() / "hub"
 
 
 def fault_step(name: str) -> int | None:

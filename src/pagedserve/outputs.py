@@ -79,3 +79,4 @@ class EngineInfo:
     scheduling_policy: str = "fcfs"  # --scheduling-policy: a request's priority counts only under "priority"
     num_speculative_tokens: int = 0  # --speculative-config's draft length; 0 without speculative decoding
     max_loras: int = 0  # --max-loras with --enable-lora; 0: no LoRA adapters
+    max_logprobs: int = 20  # --max-logprobs, -1 resolved to the vocabulary size

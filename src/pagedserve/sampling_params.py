@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-MAX_LOGPROBS = 20
 _INT64_MAX = 2**63 - 1
 
 
@@ -152,8 +151,8 @@ class SamplingParams:
             raise bad("min_tokens", f"must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}.")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or not 0 <= value <= MAX_LOGPROBS):
-                raise bad(name, f"must be an integer in [0, {MAX_LOGPROBS}], got {value!r}.")
+            if value is not None and (not _is_int(value) or value < 0):
+                raise bad(name, f"must be an integer >= 0, got {value!r}.")
         for s in self.stop:  # type: ignore[union-attr]
             if not isinstance(s, str) or not s:
                 raise bad("stop", "must be a non-empty string or a list of non-empty strings.")
@@ -194,3 +193,15 @@ class SamplingParams:
             ):
                 raise bad("bad_words", "must be a list of non-empty strings.")
             self.bad_words = list(words)
+
+
+def logprobs_over_limit(params: SamplingParams, max_logprobs: int) -> tuple[str, str] | None:
+    """(field, vLLM's message) when `params` asks for more logprobs per token than --max-logprobs allows."""
+    for name, kind in (("logprobs", "sample"), ("prompt_logprobs", "prompt")):
+        asked = getattr(params, name)
+        if asked is not None and asked > max_logprobs:
+            return (
+                name,
+                f"Requested {kind} logprobs of {asked}, which is greater than max allowed: {max_logprobs}",
+            )
+    return None

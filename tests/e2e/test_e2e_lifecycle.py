@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from pagedserve.config import ServerConfig
 from pagedserve.engine.faults import INJECT_FAILURE_ENV, INJECT_HANG_ENV
 from pagedserve.server.app import create_app, route_table
 from pagedserve.server.auth import PROBE_PATHS
+from pagedserve.server_config import ServerConfig
 
 from .conftest import ServerProcess, launch, metric_value, watch_health
 

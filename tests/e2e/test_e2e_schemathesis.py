@@ -9,8 +9,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from pagedserve.config import ServerConfig
 from pagedserve.server.app import create_app
+from pagedserve.server_config import ServerConfig
 
 from .conftest import ServerProcess
 

@@ -125,6 +125,13 @@ def test_admission_errors_queue_nothing(engine_fp32):
     assert error.value.param == "prompt"
     with pytest.raises(InvalidRequestError):
         engine_fp32.add_request("empty", "", SamplingParams())
+    with pytest.raises(InvalidRequestError, match="Requested sample logprobs of 21, which is greater than max "
+                       "allowed: 20") as error:  # fmt: skip
+        engine_fp32.add_request("many-logprobs", "hi", SamplingParams(logprobs=21))  # --max-logprobs 20
+    assert error.value.param == "logprobs"
+    with pytest.raises(InvalidRequestError, match="Requested prompt logprobs of 30") as error:
+        engine_fp32.add_request("many-prompt-logprobs", "hi", SamplingParams(prompt_logprobs=30))
+    assert error.value.param == "prompt_logprobs"
     engine_fp32.add_request("dup", "hi", SamplingParams(max_tokens=1))
     with pytest.raises(InvalidRequestError):
         engine_fp32.add_request("dup", "hi", SamplingParams(max_tokens=1))

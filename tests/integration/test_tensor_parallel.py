@@ -95,14 +95,25 @@ def _tiny_folder(root: pathlib.Path, num_kv_heads: int) -> pathlib.Path:
 
 @pytest.mark.parametrize("num_kv_heads", [2, 1], ids=["kv-heads-split", "kv-head-replicated"])
 def test_tiny_model_at_tp2_matches_transformers(tmp_path, num_kv_heads):
-    folder = _tiny_folder(tmp_path, num_kv_heads)
+    _tp2_matches_transformers(_tiny_folder(tmp_path, num_kv_heads))
+
+
+def test_disable_custom_all_reduce_reduces_over_gloo_with_the_same_result(tmp_path):
+    """vLLM's --disable-custom-all-reduce: no shared-memory collectives (no rank maps the region), gloo instead."""
+    maps = _tp2_matches_transformers(_tiny_folder(tmp_path, 2), disable_custom_all_reduce=True)
+    assert len(maps) == 2 and not any("/dev/shm/pagedserve-tp-" in m for m in maps)
+
+
+def _tp2_matches_transformers(folder: pathlib.Path, **llm_kwargs) -> list[str]:
+    """Greedy tokens and logprobs of `folder` at TP=2 against transformers; the ranks' /proc maps."""
     reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     prompt = torch.randint(0, 49152, (21,), generator=torch.Generator().manual_seed(3)).tolist()
     llm = LLM(
         model=str(folder), dtype="float32", max_model_len=128, kv_cache_memory_bytes=2**22,
-        tensor_parallel_size=2, block_size=4, max_num_batched_tokens=8,
+        tensor_parallel_size=2, block_size=4, max_num_batched_tokens=8, **llm_kwargs,
     )  # fmt: skip
     try:
+        maps = [pathlib.Path(f"/proc/{pid}/maps").read_text() for pid in llm.llm_engine.executor.pids]
         params = SamplingParams(temperature=0, max_tokens=6, logprobs=0, prompt_logprobs=0, ignore_eos=True)
         output = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0]
     finally:
@@ -118,6 +129,7 @@ def test_tiny_model_at_tp2_matches_transformers(tmp_path, num_kv_heads):
         row = logprobs[len(prompt) - 1 + step]
         assert abs(output.outputs[0].logprobs[step][token].logprob - float(row[token])) < 1e-4
         assert float(row.max() - row[token]) < 1e-4  # greedy: the best token, up to a tie
+    return maps
 
 
 def test_tp2_with_ngram_drafts_keeps_tp1s_greedy_text(bundled_llm_fp32):

@@ -221,13 +221,19 @@ def test_tensor_parallel_larger_than_any_node_fails(tmp_path: Path) -> None:
     assert "tensor-parallel 16" in check(report, "gpu-nodes")["observed"]
 
 
-def test_rwo_claim_shared_by_replicas_fails(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["pvc", "hfcache"])
+def test_rwo_claim_shared_by_replicas_fails(tmp_path: Path, source: str) -> None:
     objects = healthy_cluster()
     claim = objects["/api/v1/namespaces/llm/persistentvolumeclaims/llama-weights"]
     claim["spec"]["accessModes"] = claim["status"]["accessModes"] = ["ReadWriteOnce"]
-    code, report = run_preflight(tmp_path, objects, FULL_VALUES)
+    values = {
+        **FULL_VALUES,
+        "model": {**FULL_VALUES["model"], "source": source},
+    }  # hfcache: a Hub cache on it
+    code, report = run_preflight(tmp_path, objects, values)
     assert code == 1
     assert check(report, "model-storage")["status"] == "FAIL"
+    assert "claim llama-weights" in check(report, "model-storage")["observed"]
 
 
 def test_hub_download_needs_a_default_storage_class(tmp_path: Path) -> None:

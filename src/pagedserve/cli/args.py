@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import re
 import sys
@@ -34,6 +35,19 @@ def parse_byte_size(text: str) -> int:
     return int(float(match.group(1)) * _BYTE_UNITS[match.group(2) or ""])
 
 
+def parse_json_object(text: str) -> dict[str, Any]:
+    """A flag given as one JSON object, e.g. '{"temperature": 0.5}' (vLLM's syntax for dict-valued flags)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object, e.g. '{{\"temperature\": 0.5}}', got {text!r}"
+        )
+    return value
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -61,6 +75,8 @@ def add_config_args(parser: argparse.ArgumentParser | Any, cls: type, skip: tupl
         if get_origin(base) is Literal:
             kwargs["choices"] = list(get_args(base))
             kwargs["type"] = str
+        elif get_origin(base) is dict:
+            kwargs["type"] = parse_json_object
         elif get_origin(base) is list:
             kwargs["nargs"] = "+"
             kwargs["type"] = get_args(base)[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -27,21 +28,30 @@ from pagedserve.config import (
     ModelConfig,
     ParallelConfig,
     SchedulerConfig,
-    ServerConfig,
     SpeculativeConfig,
     StructuredOutputsConfig,
+    field_docs,
 )
 from pagedserve.lora.request import LoRAModule
+from pagedserve.server_config import ServerConfig
 
 API_KEY_ENV_VARS = ("VLLM_API_KEY", "PAGEDSERVE_API_KEY")
+# ServerConfig's CORS lists, given as vLLM's JSON lists.
+CORS_LISTS = ("allowed_origins", "allowed_methods", "allowed_headers")
 # vLLM flags we recognise but do not implement: refused with a reason instead of argparse's generic error.
 UNSUPPORTED_FLAGS = {
-    "--trust-remote-code": "pagedserve never runs code from model folders",
     "--fully-sharded-loras": "adapters already follow their layer's sharding (row-parallel layers keep their columns "
     "of A, column-parallel ones their rows of B)",
     "--data-parallel-size": "run more replicas instead (the Helm chart scales them)",
     "--ssl-keyfile": "terminate TLS at the ingress",
     "--ssl-certfile": "terminate TLS at the ingress",
+    "--cpu-offload-gb": "weights stay in the device's memory; use a quantized checkpoint or more tensor-parallel ranks",
+    "--enable-sleep-mode": "scale the Deployment to zero instead (KEDA in the chart)",
+    "--limit-mm-per-prompt": "no multimodal models are served",
+    "--kv-transfer-config": "no disaggregated prefill / KV transfer connector",
+    "--enable-expert-parallel": "no mixture-of-experts models are served",
+    "--hf-overrides": "the checkpoint's config.json is used as written",
+    "--guided-decoding-backend": "removed from vLLM too; use --structured-outputs-config '{\"backend\": ...}'",
 }
 # uvicorn's own drain after ours; in-flight requests are already done or past --shutdown-timeout by then.
 UVICORN_GRACEFUL_TIMEOUT_S = 3
@@ -61,7 +71,13 @@ def add_parser(subparsers: Any) -> None:
     add_config_args(parser, SchedulerConfig)
     add_config_args(parser, ParallelConfig)
     add_config_args(parser, LoRAConfig)
-    add_config_args(parser, ServerConfig)
+    add_config_args(parser, ServerConfig, skip=CORS_LISTS)
+    for name in CORS_LISTS:  # vLLM's syntax: one JSON list, e.g. --allowed-origins '["https://a.example"]'
+        default = getattr(ServerConfig(), name)
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=_json_string_list, default=default, metavar="JSON",
+            help=field_docs(ServerConfig)[name],
+        )  # fmt: skip
     parser.add_argument(
         "--structured-outputs-config",
         dest="structured_outputs_config",
@@ -98,6 +114,16 @@ def _unsupported_dest(flag: str) -> str:
     return "unsupported_" + flag[2:].replace("-", "_")
 
 
+def _json_string_list(text: str) -> list[str]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of strings, e.g. '[\"*\"]', got {text!r}")
+    return value
+
+
 def _structured_outputs_config(text: str) -> StructuredOutputsConfig:
     try:
         return StructuredOutputsConfig.from_json(text)
@@ -130,6 +156,12 @@ def _check_supported(args: argparse.Namespace) -> str | None:
             "checkpoints), fp8 (fp8 checkpoints, or a float one quantized at load), none (weights dequantized at "
             "load)."
         )
+    if args.swap_space < 0:
+        return "--swap-space must be >= 0 (GiB)."
+    if args.enable_log_requests and args.disable_log_requests:
+        return "--enable-log-requests and --disable-log-requests contradict each other."
+    if args.max_logprobs < -1:
+        return "--max-logprobs must be >= 0, or -1 for the whole vocabulary."
     if args.max_num_queued_reqs < 1:
         return "--max-num-queued-reqs must be >= 1."
     if args.tool_call_parser is not None:
@@ -222,6 +254,8 @@ async def _serve(engine_config: EngineConfig, server_config: ServerConfig, in_pr
         host=server_config.host,
         port=server_config.port,
         log_level=server_config.uvicorn_log_level,
+        access_log=not server_config.disable_uvicorn_access_log,
+        root_path=server_config.root_path or "",
         timeout_graceful_shutdown=UVICORN_GRACEFUL_TIMEOUT_S,
         lifespan="on",
     )

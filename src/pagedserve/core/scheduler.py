@@ -34,8 +34,10 @@ class Scheduler:
         long_prefill_token_threshold: int = 0,
         policy: str = "fcfs",
         max_loras: int = 0,
+        chunked_prefill: bool = True,
     ) -> None:
-        """max_loras: most LoRA adapters among the running sequences (--max-loras); 0 without --enable-lora."""
+        """max_loras: most LoRA adapters among the running sequences (--max-loras); 0 without --enable-lora.
+        chunked_prefill False: a waiting sequence joins only when its whole prefill fits the step's budget."""
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if max_num_batched_tokens < 1:
@@ -51,6 +53,7 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
         self.max_loras = max_loras
+        self.chunked_prefill = chunked_prefill
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.sequences: dict[str, Sequence] = {}
@@ -141,11 +144,12 @@ class Scheduler:
             computed_blocks, num_cached = [], 0
             if sequence.num_computed_tokens == 0:
                 computed_blocks, num_cached = self.kv.get_computed_blocks(sequence)
-            num_new = min(
-                sequence.num_tokens - sequence.num_computed_tokens - num_cached,
-                budget,
-                per_sequence,
-            )
+            remaining = sequence.num_tokens - sequence.num_computed_tokens - num_cached
+            if not self.chunked_prefill and remaining > budget:
+                # Whole or not at all; the queue waits behind it (no starvation by shorter prompts), where vLLM V1
+                # lets later ones pass.
+                break
+            num_new = min(remaining, budget, per_sequence)
             if self.kv.allocate_slots(sequence, num_new, computed_blocks) is None:
                 break
             del self.waiting[index]

@@ -163,7 +163,7 @@ def setup_shm_collectives(
     path = ""
     reason = ""
     if envs.disable_shm_collectives():
-        reason = "PAGEDSERVE_DISABLE_SHM_COLLECTIVES"
+        reason = "PAGEDSERVE_DISABLE_SHM_COLLECTIVES (or --disable-custom-all-reduce)"
     elif build.load() is None:
         reason = "no C kernels"
     try:

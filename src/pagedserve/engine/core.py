@@ -48,7 +48,9 @@ class EngineCore:
             raise ValueError(
                 "headless: this node runs workers only (pagedserve serve --headless), not an engine"
             )
-        source = source or resolve_model_source(mc.model, mc.load_format)
+        source = source or resolve_model_source(
+            mc.model, mc.load_format, revision=mc.revision, download_dir=mc.download_dir
+        )
         device = resolve_device(mc.device)
         quantization = resolve_quantization(
             mc.quantization, source.format, has_gguf_panel_kernels(device), source.quantization_method
@@ -91,9 +93,10 @@ class EngineCore:
         tp_size = config.parallel.tensor_parallel_size
         num_heads = hf_config.num_attention_heads
         check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
+        token_budget = sc.token_budget(max_model_len)
         spec = RunnerSpec(
             mc, cc, max_model_len, quantization, dtype_name(dtype), dtype_name(weight_dtype),
-            sc.max_num_seqs, sc.max_num_batched_tokens, lora,
+            sc.max_num_seqs, token_budget, lora,
         )  # fmt: skip
         self.executor = make_executor(spec, config.parallel, source)
         runner = self.executor.info
@@ -101,11 +104,12 @@ class EngineCore:
         self.scheduler = Scheduler(
             self.kv_cache_manager,
             sc.max_num_seqs,
-            sc.max_num_batched_tokens,
+            token_budget,
             max_model_len,
             sc.long_prefill_token_threshold,
             sc.scheduling_policy,
             lora.max_loras if lora else 0,
+            chunked_prefill=sc.enable_chunked_prefill,
         )
         self.info = EngineInfo(
             model_name=source.name,
@@ -126,6 +130,7 @@ class EngineCore:
             scheduling_policy=sc.scheduling_policy,
             num_speculative_tokens=config.speculative.num_speculative_tokens if config.speculative else 0,
             max_loras=lora.max_loras if lora else 0,
+            max_logprobs=hf_config.vocab_size if mc.max_logprobs == -1 else mc.max_logprobs,
         )
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
         self.structured = StructuredOutputManager(hf_config.vocab_size)

@@ -19,7 +19,7 @@ from pagedserve.errors import ContextLengthError, InvalidRequestError
 from pagedserve.lora.adapter import AdapterChecker
 from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import EngineInfo
-from pagedserve.sampling_params import SamplingParams
+from pagedserve.sampling_params import SamplingParams, logprobs_over_limit
 from pagedserve.structured_output.grammar import GrammarCompiler
 
 if TYPE_CHECKING:
@@ -39,21 +39,34 @@ def load_tokenizer_for(config: EngineConfig) -> tuple[Any, ModelSource]:
     """(tokenizer, resolved model source) for `config`, from local files, without reading the weights."""
     from pagedserve.models.loader import load_tokenizer, resolve_model_source
 
-    source = resolve_model_source(config.model.model, config.model.load_format)
-    return load_tokenizer(source, config.model.tokenizer), source
+    mc = config.model
+    source = resolve_model_source(
+        mc.model, mc.load_format, revision=mc.revision, download_dir=mc.download_dir
+    )
+    tokenizer_revision = mc.tokenizer_revision or mc.revision  # vLLM's default
+    return load_tokenizer(
+        source, mc.tokenizer, revision=tokenizer_revision, download_dir=mc.download_dir
+    ), source
 
 
 def generation_defaults_for(config: EngineConfig, source: ModelSource) -> dict[str, Any]:
     """--generation-config: the default sampling parameters, as SamplingParams fields (vLLM's rules).
 
     auto: the model's generation_config.json (or a GGUF's general.sampling.*); vllm: none; else a folder holding a
-    generation_config.json. max_new_tokens becomes max_tokens, which the server uses as a cap."""
-    from pagedserve.models.hf_folder import read_generation_config
+    generation_config.json; then --override-generation-config over them. max_new_tokens becomes max_tokens, which
+    the server uses as a cap."""
+    from pagedserve.models.hf_folder import GENERATION_DEFAULT_KEYS, read_generation_config
 
     choice = config.model.generation_config
+    overrides = dict(config.model.override_generation_config or {})
+    if unknown := sorted(set(overrides) - set(GENERATION_DEFAULT_KEYS)):
+        raise ValueError(
+            f"override_generation_config: unknown key(s) {', '.join(unknown)} (accepted: "
+            f"{', '.join(GENERATION_DEFAULT_KEYS)})"
+        )
     if choice == "vllm":
-        return {}
-    if choice == "auto":
+        raw: dict[str, Any] = {}
+    elif choice == "auto":
         raw = dict(source.generation_defaults)
     else:
         folder = Path(choice)
@@ -62,11 +75,12 @@ def generation_defaults_for(config: EngineConfig, source: ModelSource) -> dict[s
                 f"generation_config must be auto, vllm or a folder holding generation_config.json; got {choice!r}"
             )
         raw = read_generation_config(folder)[0]
+    raw.update(overrides)
     defaults = {("max_tokens" if key == "max_new_tokens" else key): value for key, value in raw.items()}
     try:
         SamplingParams(**defaults)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"generation_config: {error}") from None
+        raise ValueError(f"generation_config / override_generation_config: {error}") from None
     return defaults
 
 
@@ -137,6 +151,8 @@ class InputProcessor:
                 param="priority",
             )
         self.check_lora(lora_request)
+        if over := logprobs_over_limit(params, info.max_logprobs):  # --max-logprobs
+            raise InvalidRequestError(over[1], param=over[0])
         prompt_text, prompt_ids = resolve_prompt(self.tokenizer, prompt, info.vocab_size)
         max_len = info.max_model_len
         keep = params.truncate_prompt_tokens

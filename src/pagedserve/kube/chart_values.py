@@ -44,6 +44,11 @@ class DeploymentNeeds:
     """API version of the InferenceObjectives the chart renders; "" when it renders none."""
 
     @property
+    def model_on_existing_claim(self) -> bool:
+        """model.source pvc (a folder) or hfcache (a Hub cache) on a claim the user made and filled."""
+        return self.model_source in ("pvc", "hfcache") and bool(self.existing_claim)
+
+    @property
     def known(self) -> bool:
         return self.source is not None
 

@@ -63,7 +63,7 @@ def check_storage(snapshot: ClusterSnapshot, needs: DeploymentNeeds) -> CheckRes
         f"{_name(c)} ({c.get('provisioner')}{', default' if c in defaults else ''})" for c in classes
     )
     listing = listing or "no StorageClasses"
-    if needs.model_source == "pvc" and needs.existing_claim:
+    if needs.model_on_existing_claim:
         claim = snapshot.model_claim
         required = f"PersistentVolumeClaim {needs.existing_claim} Bound" + (
             f", access mode {' or '.join(SHARED_ACCESS_MODES)} for {needs.replicas} replicas"

@@ -164,7 +164,7 @@ class ClusterReader:
                 f"{self.server} has no /version endpoint: is it a Kubernetes API server?"
             )
         claim = None
-        if needs.model_source == "pvc" and needs.existing_claim:
+        if needs.model_on_existing_claim:
             claim = self._get(
                 f"persistentvolumeclaim {namespace}/{needs.existing_claim}",
                 self.core.read_namespaced_persistent_volume_claim,

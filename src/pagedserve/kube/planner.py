@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from pagedserve import kv_memory
-from pagedserve.config import CacheConfig, SchedulerConfig
+from pagedserve.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, CacheConfig, SchedulerConfig
 from pagedserve.kube.gpus import GpuType
 from pagedserve.kube.model_spec import ModelSpec
 
@@ -47,7 +47,7 @@ class PlanRequest:
     max_model_len: int | None = None
     concurrency: int = 1
     gpu_memory_utilization: float = CacheConfig.gpu_memory_utilization
-    max_num_batched_tokens: int = SchedulerConfig.max_num_batched_tokens
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
     max_num_seqs: int = SchedulerConfig.max_num_seqs
     max_gpus_per_node: int = 8
     block_size: int = CacheConfig.block_size

@@ -33,6 +33,13 @@ def load_folder_config(folder: pathlib.Path) -> transformers.PretrainedConfig:
         if gguf_files := sorted(p.name for p in folder.glob("*.gguf")):
             hint = f"; to serve a GGUF file pass the file itself, e.g. {folder / gguf_files[0]}"
         raise FileNotFoundError(f"model folder {folder} has no config.json{hint}")
+    raw = _read_json(config_file)
+    if raw.get("auto_map") and raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{config_file} asks for the checkpoint's own code (auto_map) for model type {raw.get('model_type')!r}: "
+            "pagedserve runs no code from model folders, with or without --trust-remote-code, and does not "
+            f"implement it (supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
+        )
     try:
         # Never runs code shipped with a checkpoint: unknown model types fail here instead.
         config = transformers.AutoConfig.from_pretrained(

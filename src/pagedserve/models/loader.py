@@ -22,7 +22,7 @@ from pagedserve import envs
 from pagedserve.layers.ct_quant import ScaledTensor
 from pagedserve.layers.gguf_quant import QuantizedTensor
 from pagedserve.layers.input_perm import PermutedWeight
-from pagedserve.models import awq_gptq, ct_weights, gguf_config, gguf_weights, hf_folder
+from pagedserve.models import awq_gptq, ct_weights, gguf_config, gguf_weights, hf_folder, hub_cache
 from pagedserve.models.awq_gptq_config import AwqGptqConfig, parse_awq_gptq_config
 from pagedserve.models.bundled import BUNDLED_MODEL_NAME, bundled_model_path
 from pagedserve.models.ct_scheme import CompressedTensorsConfig, parse_compressed_tensors_config
@@ -180,29 +180,53 @@ def open_gguf(path: pathlib.Path) -> gguf.GGUFReader:
         raise ValueError(f"{path} is not a readable GGUF file: {error}") from error
 
 
-def _local_path(value: str, what: str) -> pathlib.Path:
+def _local_path(
+    value: str, what: str, revision: str | None = None, download_dir: str | None = None
+) -> pathlib.Path:
+    """A local folder or file; a Hub id (org/name) is looked up in the local Hub cache (models/hub_cache.py)."""
     path = pathlib.Path(value).expanduser()
-    if not path.exists():
+    if path.exists():
+        return path.resolve()
+    if hub_cache.looks_like_repo_id(value):
+        snapshot = hub_cache.find_snapshot(value, revision, download_dir)
+        if snapshot is not None:
+            return snapshot
         raise FileNotFoundError(
-            f"{what} {value!r} does not exist: pagedserve loads a local Hugging Face folder or a .gguf file "
-            "(nothing is downloaded from the Hugging Face Hub)"
+            f"{what} {value!r} is neither a local path nor in the local Hugging Face cache (looked for "
+            f"{hub_cache.describe_search(value, revision, download_dir)}): pagedserve downloads nothing; fill the "
+            "cache first (huggingface-cli download, or a vLLM pod's --download-dir / HF_HOME) or pass a folder"
         )
-    return path.resolve()
+    raise FileNotFoundError(
+        f"{what} {value!r} does not exist: pagedserve loads a local Hugging Face folder, a .gguf file or a Hub id "
+        "already in the local Hugging Face cache (nothing is downloaded)"
+    )
 
 
 def _is_gguf_file(path: pathlib.Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".gguf"
 
 
-def resolve_model_source(model: str | None, load_format: str = "auto") -> ModelSource:
-    """Find and validate a model: config, sampling defaults and EOS ids now, weights later via iter_weights."""
+def resolve_model_source(
+    model: str | None,
+    load_format: str = "auto",
+    *,
+    revision: str | None = None,
+    download_dir: str | None = None,
+) -> ModelSource:
+    """Find and validate a model: config, sampling defaults and EOS ids now, weights later via iter_weights.
+    `model` is a folder, a .gguf file, or a Hub id found in the local Hub cache at `revision` (--download-dir)."""
     if load_format not in get_args(LoadFormatName):
         raise ValueError(
             f"load_format must be one of {', '.join(get_args(LoadFormatName))}, got {load_format!r}"
         )
     if model:
-        path = _local_path(model, "model")
-        name = path.stem if path.is_file() else path.name
+        path = _local_path(model, "model", revision, download_dir)
+        if path.is_file():
+            name = path.stem
+        elif pathlib.Path(model).expanduser().exists():
+            name = path.name
+        else:  # a Hub id: its name, not the snapshot's commit
+            name = model.rsplit("/", 1)[-1]
     else:
         path, name = bundled_model_path(), BUNDLED_MODEL_NAME
 
@@ -273,9 +297,16 @@ def _checkpoint_quantization(
     return method, None, None
 
 
-def load_tokenizer(source: ModelSource, tokenizer: str | None = None) -> transformers.PreTrainedTokenizerBase:
-    """The model's tokenizer (or the one at `tokenizer`: a folder or .gguf file), from local files only."""
-    path = _local_path(tokenizer, "tokenizer") if tokenizer else source.path
+def load_tokenizer(
+    source: ModelSource,
+    tokenizer: str | None = None,
+    *,
+    revision: str | None = None,
+    download_dir: str | None = None,
+) -> transformers.PreTrainedTokenizerBase:
+    """The model's tokenizer (or the one at `tokenizer`: a folder, a .gguf file or a cached Hub id at `revision`),
+    from local files only."""
+    path = _local_path(tokenizer, "tokenizer", revision, download_dir) if tokenizer else source.path
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
     if path.is_file():
         if not _is_gguf_file(path):

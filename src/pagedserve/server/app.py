@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from pagedserve import __version__, envs
-from pagedserve.config import ServerConfig
 from pagedserve.engine.protocol import EngineClient
 from pagedserve.lora.request import LoRAModule
 from pagedserve.sampling_params import SamplingParams
@@ -28,6 +28,7 @@ from pagedserve.server.http_metrics import HTTPMetricsMiddleware
 from pagedserve.server.request_id import RequestIdMiddleware
 from pagedserve.server.state import ServerState
 from pagedserve.server.stats_logger import StatsLogger
+from pagedserve.server_config import ServerConfig
 
 logger = logging.getLogger("pagedserve")
 
@@ -144,7 +145,10 @@ def create_app(config: ServerConfig, engine_factory: EngineFactory, served_model
                 await state.engine.shutdown()
             state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="pagedserve", version=__version__, lifespan=lifespan)
+    docs: dict[str, Any] = (
+        {"docs_url": None, "redoc_url": None, "openapi_url": None} if config.disable_fastapi_docs else {}
+    )
+    app = FastAPI(title="pagedserve", version=__version__, lifespan=lifespan, **docs)
     app.state.pagedserve = state
     for module in (chat, completions, responses, models, tokenize, health):
         app.include_router(module.router)
@@ -160,4 +164,12 @@ def create_app(config: ServerConfig, engine_factory: EngineFactory, served_model
         )
     app.add_middleware(HTTPMetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestIdMiddleware)
+    # Outermost, as vLLM's: a browser's preflight (OPTIONS, no credentials) is answered before the API key check.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=config.allowed_origins,
+        allow_methods=config.allowed_methods,
+        allow_headers=config.allowed_headers,
+        allow_credentials=config.allow_credentials,
+    )
     return app

@@ -23,8 +23,9 @@ from pagedserve.server.logprobs import chat_logprobs, prompt_logprobs_field
 from pagedserve.server.openai.protocol import ChatCompletionRequest
 from pagedserve.server.reasoning import ReasoningStream, split_reasoning
 from pagedserve.server.request_context import client_request_id, server_state
-from pagedserve.server.sampling import chat_sampling_params
+from pagedserve.server.sampling import chat_sampling_params, check_logprobs
 from pagedserve.server.streaming import SSEResponse, continuous_usage, running_usage, sse, usage
+from pagedserve.server_config import ServerConfig
 
 router = APIRouter()
 
@@ -35,12 +36,13 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     model = state.check_model(body.model)
     engine = state.require_engine()
     params = chat_sampling_params(body, state.config.max_n, engine.info.default_sampling_params)
+    check_logprobs(params, engine.info.max_logprobs, "top_logprobs")
     if state.config.return_tokens_as_token_ids:  # the server's flag: every request's default
         body.return_tokens_as_token_ids = body.return_tokens_as_token_ids is not False
     plan = plan_tools(body, state.config.enable_auto_tool_choice, state.config.tool_call_parser)
     if plan.constraint is not None:
         params.structured_outputs = plan.constraint
-    reasoning_parser = state.config.reasoning_parser
+    config = state.config
     messages = plain_messages(body.messages)
     response_id, engine_id = new_request_ids("chatcmpl", client_request_id(request))
     # The prompt is filled in once rendered.
@@ -62,15 +64,17 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         generation.prompts = [prompt]
         await until_disconnect(request, generation.start())
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            # --enable-force-include-usage: the usage chunk whether or not the request asked for it.
+            include_usage = config.enable_force_include_usage or bool(
+                body.stream_options and body.stream_options.include_usage
+            )
             stream = _stream(
-                generation, response_id, model, int(time.time()), include_usage, body, engine, plan,
-                reasoning_parser,
+                generation, response_id, model, int(time.time()), include_usage, body, engine, plan, config
             )  # fmt: skip
             return SSEResponse(guarded_stream(generation, stream), on_close=generation.close)
         outputs = await until_disconnect(request, generation.collect())
         await generation.close()
-        return JSONResponse(_response(outputs[0], response_id, model, body, engine, plan, reasoning_parser))
+        return JSONResponse(_response(outputs[0], response_id, model, body, engine, plan, config))
 
     return await respond(generation, build)
 
@@ -96,15 +100,17 @@ def _response(
     body: ChatCompletionRequest,
     engine: Any,
     plan: ToolPlan,
-    reasoning_parser: str | None = None,
+    config: ServerConfig,
 ) -> dict[str, Any]:
+    reasoning_parser = config.reasoning_parser
     choices = []
     for c in sorted(output.outputs, key=lambda c: c.index):
         reasoning, text = split_reasoning(reasoning_parser, c.text) if reasoning_parser else ("", c.text)
-        message: dict[str, Any] = {"role": "assistant", "content": text}
+        message: dict[str, Any] = {"role": config.response_role, "content": text}
         finish_reason = c.finish_reason
         if plan.mode != "none":  # tool calls are read from the answer, after any reasoning
             message, finish_reason = message_and_reason(plan, text, c.finish_reason)
+            message["role"] = config.response_role
         if reasoning_parser:
             message["content"] = message.get("content") or None
             message["reasoning"] = (reasoning or None) if body.include_reasoning is not False else None
@@ -125,7 +131,7 @@ def _response(
         "created": int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": usage([output]),
+        "usage": usage([output], config.enable_prompt_tokens_details),
     }
     if body.return_token_ids:
         response["prompt_token_ids"] = list(output.prompt_token_ids)
@@ -145,8 +151,9 @@ async def _stream(
     body: ChatCompletionRequest,
     engine: Any,
     plan: ToolPlan,
-    reasoning_parser: str | None = None,
+    config: ServerConfig,
 ) -> AsyncIterator[str]:
+    reasoning_parser = config.reasoning_parser
     head = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model}
     tool_streams: dict[int, ToolStream] = {}
     # return_token_ids (vLLM's): each chunk carries the ids it adds; the prompt's come with the first chunk.
@@ -204,7 +211,7 @@ async def _stream(
             new_ids = want_ids and len(completion.token_ids) > sent_ids.get(index, 0)
             if index not in sent_chars:
                 sent_chars[index] = sent_tokens[index] = 0
-                yield chunk(index, {"role": "assistant", "content": ""}, token_ids=False)
+                yield chunk(index, {"role": config.response_role, "content": ""}, token_ids=False)
             delta_text = completion.text[sent_chars[index] :]
             thought = ""  # new reasoning text (--reasoning-parser)
             if reasoning_parser:
@@ -232,7 +239,7 @@ async def _stream(
                 content = {"content": delta_text} if delta_text or not reasoning else {}
                 yield chunk(index, {**reasoning, **content}, logprobs)
     if include_usage and last is not None:
-        yield sse({**head, "choices": [], "usage": usage([last])})
+        yield sse({**head, "choices": [], "usage": usage([last], config.enable_prompt_tokens_details)})
 
 
 def _merge(first: dict[str, Any] | None, second: dict[str, Any] | None) -> dict[str, Any]:

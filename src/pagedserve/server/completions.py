@@ -21,7 +21,7 @@ from pagedserve.server.generation import (
 from pagedserve.server.logprobs import completion_logprobs, prompt_logprobs_field
 from pagedserve.server.openai.protocol import CompletionRequest
 from pagedserve.server.request_context import client_request_id, server_state
-from pagedserve.server.sampling import completion_sampling_params
+from pagedserve.server.sampling import check_logprobs, completion_sampling_params
 from pagedserve.server.streaming import SSEResponse, continuous_usage, running_usage, sse, usage
 
 router = APIRouter()
@@ -65,6 +65,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
     model = state.check_model(body.model)
     engine = state.require_engine()
     params = completion_sampling_params(body, state.config.max_n, engine.info.default_sampling_params)
+    check_logprobs(params, engine.info.max_logprobs, "logprobs")
     prompts = _prompt_list(body.prompt)
     response_id, engine_id = new_request_ids("cmpl", client_request_id(request))
     generation = Generation(
@@ -99,10 +100,13 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
             as_ids = state.config.return_tokens_as_token_ids
         view = _View(
             response_id, model, int(time.time()), params.n, echo_texts, body.logprobs, engine.tokenizer,
-            bool(body.return_token_ids), as_ids, body.prompt_logprobs,
+            bool(body.return_token_ids), as_ids, body.prompt_logprobs, state.config.enable_prompt_tokens_details,
         )  # fmt: skip
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            # --enable-force-include-usage: the usage chunk whether or not the request asked for it.
+            include_usage = state.config.enable_force_include_usage or bool(
+                body.stream_options and body.stream_options.include_usage
+            )
             return SSEResponse(
                 guarded_stream(
                     generation,
@@ -132,8 +136,10 @@ class _View:
         return_token_ids: bool = False,
         tokens_as_ids: bool = False,
         prompt_logprobs: int | None = None,
+        prompt_details: bool = False,
     ) -> None:
         self.head = {"id": response_id, "object": "text_completion", "created": created, "model": model}
+        self.prompt_details = prompt_details  # --enable-prompt-tokens-details
         self.n = n
         self.echo_texts = echo_texts
         self.logprobs = logprobs
@@ -201,7 +207,7 @@ class _View:
             for i, output in enumerate(outputs)
             for c in sorted(output.outputs, key=lambda c: c.index)
         ]
-        return {**self.head, "choices": choices, "usage": usage(outputs)}
+        return {**self.head, "choices": choices, "usage": usage(outputs, self.prompt_details)}
 
 
 async def _stream(
@@ -231,4 +237,4 @@ async def _stream(
                 chunk["usage"] = running_usage(len(output.prompt_token_ids), view.sent_tokens[index])
             yield sse(chunk)
     if include_usage:
-        yield sse({**view.head, "choices": [], "usage": usage(list(last.values()))})
+        yield sse({**view.head, "choices": [], "usage": usage(list(last.values()), view.prompt_details)})

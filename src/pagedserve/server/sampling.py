@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pagedserve.sampling_params import MAX_LOGPROBS, SamplingParams, StructuredOutputsParams
+from pagedserve.sampling_params import SamplingParams, StructuredOutputsParams, logprobs_over_limit
 from pagedserve.server.errors import APIError, invalid_request
 from pagedserve.server.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from pagedserve.server.unsupported import refuse_unsupported_fields
@@ -113,6 +113,14 @@ def _apply_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> None:
         values["max_tokens"] = cap if asked is None else min(asked, cap)
 
 
+def check_logprobs(params: SamplingParams, max_logprobs: int, sample_field: str) -> None:
+    """400 past --max-logprobs (the engine's check, made here to name the request's field: `sample_field` is
+    top_logprobs in chat, logprobs in completions)."""
+    if over := logprobs_over_limit(params, max_logprobs):
+        field, message = over
+        raise APIError(400, message, param=sample_field if field == "logprobs" else field)
+
+
 def chat_sampling_params(
     request: ChatCompletionRequest, max_n: int, defaults: dict[str, Any] | None = None
 ) -> SamplingParams:
@@ -123,8 +131,8 @@ def chat_sampling_params(
     )
     _apply_defaults(values, defaults or {})
     if request.top_logprobs is not None:
-        if not 0 <= request.top_logprobs <= MAX_LOGPROBS:
-            raise APIError(400, f"top_logprobs must be in [0, {MAX_LOGPROBS}].", param="top_logprobs")
+        if request.top_logprobs < 0:  # the engine checks the upper bound (--max-logprobs)
+            raise APIError(400, "top_logprobs must be >= 0.", param="top_logprobs")
         if request.top_logprobs > 0 and not request.logprobs:
             raise APIError(400, "top_logprobs requires logprobs to be true.", param="top_logprobs")
     if request.logprobs:
@@ -144,8 +152,8 @@ def completion_sampling_params(
     if request.suffix:
         raise APIError(400, "suffix is not supported.", param="suffix")
     if request.logprobs is not None:
-        if not 0 <= request.logprobs <= MAX_LOGPROBS:
-            raise APIError(400, f"logprobs must be in [0, {MAX_LOGPROBS}].", param="logprobs")
+        if request.logprobs < 0:  # the engine checks the upper bound (--max-logprobs)
+            raise APIError(400, "logprobs must be >= 0.", param="logprobs")
         values["logprobs"] = request.logprobs
         if request.echo:  # the echoed prompt's logprobs; prompt_logprobs asked as well: the larger
             values["prompt_logprobs"] = max(request.logprobs, values.get("prompt_logprobs") or 0)

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from pagedserve.config import ServerConfig
 from pagedserve.engine.protocol import EngineClient
 from pagedserve.lora.request import LoRARequest
 from pagedserve.server.errors import APIError, unavailable
 from pagedserve.server.lora_registry import LoRAAdapters
 from pagedserve.server.metrics import ServerMetrics
+from pagedserve.server_config import ServerConfig
 
 logger = logging.getLogger("pagedserve")
 T = TypeVar("T")

@@ -19,14 +19,20 @@ def sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
 
 
-def usage(outputs: list[RequestOutput]) -> dict[str, int]:
+def usage(outputs: list[RequestOutput], prompt_details: bool = False) -> dict[str, Any]:
+    """OpenAI's usage; prompt_details (--enable-prompt-tokens-details): prompt_tokens_details.cached_tokens, the
+    prompt tokens served from the prefix cache, when there are any (vLLM's rule)."""
     prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
     completion_tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
-    return {
+    result: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    cached = sum(o.num_cached_tokens for o in outputs)
+    if prompt_details and cached:
+        result["prompt_tokens_details"] = {"cached_tokens": cached}
+    return result
 
 
 def continuous_usage(options: Any) -> bool:

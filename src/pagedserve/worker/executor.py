@@ -55,7 +55,12 @@ def build_runner(spec: RunnerSpec, source: Any = None) -> ModelRunner:
     from pagedserve.models.loader import resolve_model_source
 
     if source is None:
-        source = resolve_model_source(spec.model.model, spec.model.load_format)
+        source = resolve_model_source(
+            spec.model.model,
+            spec.model.load_format,
+            revision=spec.model.revision,
+            download_dir=spec.model.download_dir,
+        )
     weights = None if source.format == "dummy" else source.iter_weights(spec.quantization is not None)
     return ModelRunner(
         source.hf_config,

@@ -57,18 +57,26 @@ class _Worker:
 
 
 def start_worker(
-    rank: int, size: int, store: str, device: str, local_rank: int, conn_fd: int | None = None
+    rank: int,
+    size: int,
+    store: str,
+    device: str,
+    local_rank: int,
+    conn_fd: int | None = None,
+    custom_all_reduce: bool = True,
 ) -> _Worker:
-    """Starts rank `rank` of `size` as a child of this process; `store` is the group's HOST:PORT."""
+    """Starts rank `rank` of `size` as a child of this process; `store` is the group's HOST:PORT.
+    custom_all_reduce False (--disable-custom-all-reduce): the CPU ranks reduce over gloo, not shared memory."""
     command = [
         sys.executable, "-m", "pagedserve.worker.tp_worker", "--rank", str(rank), "--size", str(size),
         "--store", store, "--parent-pid", str(os.getpid()), "--device", device, "--local-rank", str(local_rank),
     ]  # fmt: skip
     if conn_fd is not None:
         command += ["--conn-fd", str(conn_fd)]
-    process = subprocess.Popen(
-        command, pass_fds=() if conn_fd is None else (conn_fd,), env=envs.engine_process_env()
-    )
+    env = envs.engine_process_env()
+    if not custom_all_reduce:
+        env["PAGEDSERVE_DISABLE_SHM_COLLECTIVES"] = "1"
+    process = subprocess.Popen(command, pass_fds=() if conn_fd is None else (conn_fd,), env=env)
     return _Worker(rank, process)
 
 
@@ -94,11 +102,12 @@ class MultiprocExecutor:
         # Also when the executor is dropped without shutdown() (an LLM object going away), and at exit.
         self._finalizer = weakref.finalize(self, _stop_workers, self.conn, self.workers)
         device = resolve_device(spec.model.device).type
+        custom = not parallel.disable_custom_all_reduce
         try:
-            self.workers.append(start_worker(0, self.size, address, device, 0, theirs.fileno()))
+            self.workers.append(start_worker(0, self.size, address, device, 0, theirs.fileno(), custom))
             theirs.close()
             for rank in range(1, parallel.ranks_per_node):
-                self.workers.append(start_worker(rank, self.size, address, device, rank))
+                self.workers.append(start_worker(rank, self.size, address, device, rank, None, custom))
             self.conn.send_bytes(msg.encode(msg.Load(spec)))
             ready = self._receive()
             if not isinstance(ready, msg.Ready):
@@ -178,12 +187,14 @@ def run_headless_node(parallel: ParallelConfig, device: str) -> int:
     """A node other than 0: runs its ranks until they exit (the engine on node 0 stops them); non-zero if any
     failed. The ranks get the model from rank 0's broadcast, so this node needs no model flags beyond the files."""
     per_node = parallel.ranks_per_node
+    custom = not parallel.disable_custom_all_reduce
     if device == "cpu":
         cpu_placement.check_binding(per_node)
     first = parallel.node_rank * per_node
     address = f"{parallel.master_addr}:{parallel.master_port}"
     workers = [
-        start_worker(first + i, parallel.tensor_parallel_size, address, device, i) for i in range(per_node)
+        start_worker(first + i, parallel.tensor_parallel_size, address, device, i, None, custom)
+        for i in range(per_node)
     ]
     logger.info("headless node %d: ranks %d-%d, pids %s", parallel.node_rank, first, first + per_node - 1,
                 [w.process.pid for w in workers])  # fmt: skip

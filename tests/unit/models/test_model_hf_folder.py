@@ -173,7 +173,9 @@ def test_separate_tokenizer_folder(tmp_path) -> None:
     assert tokenizer.encode("world", add_special_tokens=False) == [4]
     with pytest.raises(ValueError, match="cannot load a tokenizer"):
         load_tokenizer(resolve_model_source(str(model_dir)))  # the model folder has none
-    with pytest.raises(FileNotFoundError, match="tokenizer 'org/name' does not exist"):
+    with pytest.raises(
+        FileNotFoundError, match="tokenizer 'org/name' is neither a local path nor in the local"
+    ):
         load_tokenizer(resolve_model_source(str(model_dir)), tokenizer="org/name")
 
 
@@ -184,9 +186,12 @@ def test_consolidated_file_is_ignored_next_to_hf_shards(tmp_path) -> None:
     assert set(loaded) == set(reference)
 
 
-def test_missing_path_is_named(tmp_path) -> None:
+def test_missing_path_is_named(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty Hub cache
     with pytest.raises(
-        FileNotFoundError, match=r"'meta-llama/Llama-3\.1-8B' does not exist.*nothing is downloaded"
+        FileNotFoundError,
+        match=r"'meta-llama/Llama-3\.1-8B' is neither a local path nor in the local Hugging Face cache.*"
+        r"downloads nothing",
     ):
         resolve_model_source("meta-llama/Llama-3.1-8B")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -228,7 +233,8 @@ def test_unknown_model_type_needing_remote_code(tmp_path) -> None:
     config = {"model_type": "my_custom_arch", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "configuration_custom.py").write_text("raise SystemExit('remote code ran')\n")
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(ValueError, match=r"config.json asks for the checkpoint's own code \(auto_map\).*"
+                       r"'my_custom_arch'.*with or without --trust-remote-code"):  # fmt: skip
         resolve_model_source(str(tmp_path))
 
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from pagedserve.config import EngineConfig, ModelConfig, SchedulerConfig, ServerConfig
+from pagedserve.config import EngineConfig, ModelConfig, SchedulerConfig
 from pagedserve.engine.async_engine import AsyncEngine
 from pagedserve.server.app import create_app
+from pagedserve.server_config import ServerConfig
 
 from .fake_engine import FakeLLMEngine, bundled_tokenizer
 

@@ -36,6 +36,43 @@ def test_auto_vllm_and_a_folder(tmp_path: Path) -> None:
     assert generation_defaults_for(_config(str(tmp_path)), source) == {"top_k": 20}
 
 
+def test_override_generation_config_goes_over_each_choice(tmp_path: Path) -> None:
+    """vLLM's --override-generation-config: merged over the model's values, and alone with --generation-config vllm."""
+    source: Any = SimpleNamespace(generation_defaults={"temperature": 0.6, "top_p": 0.9})
+    overrides = {"temperature": 0.2, "max_new_tokens": 32}
+
+    def config(choice: str) -> EngineConfig:
+        return EngineConfig(model=ModelConfig(generation_config=choice, override_generation_config=overrides))
+
+    assert generation_defaults_for(config("auto"), source) == {
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 32,
+    }
+    assert generation_defaults_for(config("vllm"), source) == {"temperature": 0.2, "max_tokens": 32}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"top_k": 20}))
+    assert generation_defaults_for(config(str(tmp_path)), source) == {
+        "top_k": 20,
+        **{"temperature": 0.2, "max_tokens": 32},
+    }
+    bad = EngineConfig(model=ModelConfig(override_generation_config={"temprature": 0.2, "seed": 1}))
+    with pytest.raises(ValueError, match="override_generation_config: unknown key.* seed, temprature"):
+        generation_defaults_for(bad, source)
+    negative = EngineConfig(model=ModelConfig(override_generation_config={"top_p": 0}))
+    with pytest.raises(ValueError, match="override_generation_config: top_p"):
+        generation_defaults_for(negative, source)
+
+
+def test_the_flag_takes_a_json_object() -> None:
+    from pagedserve.cli.main import build_parser
+
+    args = build_parser().parse_args(["serve", "--override-generation-config", '{"temperature": 0.5}'])
+    assert args.override_generation_config == {"temperature": 0.5}
+    assert build_parser().parse_args(["serve"]).override_generation_config == {}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--override-generation-config", "temperature=0.5"])
+
+
 @pytest.mark.parametrize(
     ("choice", "defaults", "message"),
     [

@@ -31,6 +31,35 @@ def test_vllm_flag_spellings_parse() -> None:
     assert args.max_num_queued_reqs == 7 and args.disable_log_requests is True
 
 
+def test_flags_of_vllm_manifests_parse_and_pass_the_checks() -> None:
+    """Flags common in vLLM's Kubernetes manifests (its production-stack chart, KServe, llm-d), spelled as vLLM's."""
+    args = parse(
+        "org/model", "--trust-remote-code", "--enable-chunked-prefill", "--download-dir", "/models",
+        "--revision", "v1", "--tokenizer-revision", "v2", "--max-logprobs", "-1", "--swap-space", "8",
+        "--disable-custom-all-reduce", "--distributed-executor-backend", "mp", "--enable-log-requests",
+        "--tokenizer-mode", "hf", "--root-path", "/llm", "--response-role", "bot", "--disable-fastapi-docs",
+        "--enable-prompt-tokens-details", "--enable-force-include-usage", "--disable-uvicorn-access-log",
+        "--allowed-origins", '["https://app.example"]', "--allowed-methods", '["GET", "POST"]', "--allow-credentials",
+    )  # fmt: skip
+    assert serve._check_supported(args) is None
+    assert args.trust_remote_code and args.enable_chunked_prefill and args.download_dir == "/models"
+    assert (args.revision, args.tokenizer_revision, args.max_logprobs, args.swap_space) == (
+        "v1",
+        "v2",
+        -1,
+        8.0,
+    )
+    assert args.disable_custom_all_reduce and args.distributed_executor_backend == "mp"
+    assert (args.tokenizer_mode, args.root_path, args.response_role) == ("hf", "/llm", "bot")
+    assert args.enable_log_requests and args.disable_fastapi_docs and args.disable_uvicorn_access_log
+    assert args.enable_prompt_tokens_details and args.enable_force_include_usage
+    assert parse("--no-enable-chunked-prefill").enable_chunked_prefill is False
+    assert (args.allowed_origins, args.allowed_methods) == (["https://app.example"], ["GET", "POST"])
+    assert args.allowed_headers == ["*"] and args.allow_credentials  # vLLM's default: any header
+    with pytest.raises(SystemExit):
+        parse("--allowed-origins", "https://app.example")  # not a JSON list (vLLM's syntax)
+
+
 def test_model_is_optional() -> None:
     assert parse().model_tag is None
 
@@ -40,7 +69,12 @@ def test_model_is_optional() -> None:
     [
         (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size"),
         (["--quantization", "bitsandbytes"], "--quantization bitsandbytes"),
-        (["--trust-remote-code"], "--trust-remote-code"),
+        (["--cpu-offload-gb", "4"], "--cpu-offload-gb is not supported"),
+        (["--swap-space", "-1"], "--swap-space must be >= 0"),
+        (["--max-logprobs", "-2"], "--max-logprobs must be >= 0, or -1"),
+        (["--enable-log-requests", "--disable-log-requests"], "contradict"),
+        (["--distributed-executor-backend", "ray"], "distributed_executor_backend ray is not supported"),
+        (["--distributed-executor-backend", "uni", "--tensor-parallel-size", "2"], "uni runs one process"),
         (["--lora-modules", "sql=/a"], "--lora-modules needs --enable-lora"),
         (["--enable-lora", "--lora-modules", "sql"], "expected name=path"),
         (

@@ -102,8 +102,8 @@ def test_body_over_limit_is_413(client_factory: Callable[..., TestClient]) -> No
 
 def test_not_ready_while_loading() -> None:
     """Before the model loads, probes answer (alive, not ready) and generation is 503 model_loading."""
-    from pagedserve.config import ServerConfig
     from pagedserve.server.app import create_app
+    from pagedserve.server_config import ServerConfig
 
     gate = threading.Event()
 

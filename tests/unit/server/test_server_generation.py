@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pagedserve.config import EngineConfig, ModelConfig, ServerConfig
+from pagedserve.config import EngineConfig, ModelConfig
 from pagedserve.engine.async_engine import AsyncEngine
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.server.generation import Generation
 from pagedserve.server.state import ServerState
+from pagedserve.server_config import ServerConfig
 
 from .fake_engine import FakeLLMEngine
 

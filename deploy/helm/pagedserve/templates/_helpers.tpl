@@ -47,19 +47,22 @@ app.kubernetes.io/part-of: pagedserve
 {{- end }}
 {{- end }}
 
-{{/* Claim that holds the model: the user's (pvc) or the chart's (hub); empty for bundled. */}}
+{{/* Claim that holds the model: the user's (pvc, hfcache) or the chart's (hub); empty for bundled. */}}
 {{- define "pagedserve.modelClaim" -}}
-{{- if eq .Values.model.source "pvc" }}
-{{- required "model.existingClaim is required when model.source is pvc" .Values.model.existingClaim }}
+{{- if has .Values.model.source (list "pvc" "hfcache") }}
+{{- required (printf "model.existingClaim is required when model.source is %s" .Values.model.source) .Values.model.existingClaim }}
 {{- else if eq .Values.model.source "hub" }}
 {{- printf "%s-model" (include "pagedserve.fullname" .) }}
 {{- end }}
 {{- end }}
 
-{{/* The model argument of `pagedserve serve`: a path on the model volume, or the bundled model. */}}
+{{/* The model argument of `pagedserve serve`: a path on the model volume, a Hub id (hfcache), or the bundled
+model. */}}
 {{- define "pagedserve.modelPath" -}}
 {{- if eq .Values.model.source "bundled" }}
 {{- .Values.model.name }}
+{{- else if eq .Values.model.source "hfcache" }}
+{{- required "model.name is required when model.source is hfcache" .Values.model.name }}
 {{- else }}
 {{- $name := required (printf "model.name is required when model.source is %s" .Values.model.source) .Values.model.name }}
 {{- $path := printf "%s/%s" (trimSuffix "/" .Values.model.mountPath) (trimPrefix "/" $name) }}
@@ -68,6 +71,15 @@ app.kubernetes.io/part-of: pagedserve
 {{- $path = printf "%s/%s" $path .Values.model.revision }}
 {{- end }}
 {{- $path }}
+{{- end }}
+{{- end }}
+
+{{/* What the init container waits for: the model's path, or (hfcache) the Hub cache's snapshots of the repo. */}}
+{{- define "pagedserve.modelWaitPath" -}}
+{{- if eq .Values.model.source "hfcache" }}
+{{- printf "%s/models--%s/snapshots" (trimSuffix "/" .Values.model.mountPath) (replace "/" "--" .Values.model.name) }}
+{{- else }}
+{{- include "pagedserve.modelPath" . }}
 {{- end }}
 {{- end }}
 

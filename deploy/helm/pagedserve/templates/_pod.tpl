@@ -108,9 +108,10 @@ spec:
           echo "model at $MODEL_PATH is complete"
       env:
         - name: MODEL_PATH
-          value: {{ $modelPath | quote }}
+          value: {{ include "pagedserve.modelWaitPath" . | quote }}
         - name: COMPLETE_MARKER
-          value: {{ .Values.model.completeMarker | quote }}
+          {{- /* A Hub cache has no marker: its snapshots folder existing is all the chart can know. */}}
+          value: {{ ternary "" .Values.model.completeMarker (eq .Values.model.source "hfcache") | quote }}
         - name: WAIT_TIMEOUT_SECONDS
           value: {{ .Values.model.waitTimeoutSeconds | quote }}
         - name: EXPECTED_MARKER
@@ -133,6 +134,14 @@ spec:
       args:
         {{- with $modelPath }}
         - {{ . | quote }}
+        {{- end }}
+        {{- if eq .Values.model.source "hfcache" }}
+        - --download-dir
+        - {{ .Values.model.mountPath | quote }}
+        {{- with .Values.model.revision }}
+        - --revision
+        - {{ . | quote }}
+        {{- end }}
         {{- end }}
         {{- if ne $role "server" }}
         {{- /* LWS sets LWS_LEADER_ADDRESS and LWS_WORKER_INDEX (0 on the leader) in every pod of a group. */}}
