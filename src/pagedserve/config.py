@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+import typing
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Literal
@@ -88,6 +89,13 @@ class ModelConfig:
 
     chat_template: str | None = None
     """Jinja chat template file or inline string overriding the tokenizer's."""
+
+    runner: Literal["auto", "generate"] = "auto"
+    """What the model runs for (vLLM's flag): text generation. vLLM's pooling runner (embeddings, scores) is not
+    offered."""
+
+    task: Literal["auto", "generate"] = "auto"
+    """vLLM's older spelling of --runner (deprecated there): auto or generate."""
 
     tokenizer_mode: Literal["auto", "hf"] = "auto"
     """The tokenizer implementation (vLLM's flag): auto and hf both load the folder's Hugging Face tokenizer
@@ -317,3 +325,20 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def config_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init]
+
+
+def check_choices(config: object) -> None:
+    """ValueError naming the field when a Literal-typed field of a config dataclass holds another value (flags get
+    argparse's check; this one is for the LLM class's keyword arguments)."""
+    hints = typing.get_type_hints(type(config))
+    for f in config_fields(type(config)):
+        hint = hints[f.name]
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        literal = hint if typing.get_origin(hint) is Literal else (options[0] if len(options) == 1 else None)
+        value = getattr(config, f.name)
+        if literal is None or typing.get_origin(literal) is not Literal or value is None:
+            continue
+        if value not in typing.get_args(literal):
+            raise ValueError(
+                f"{f.name} must be one of {', '.join(map(str, typing.get_args(literal)))}, got {value!r}"
+            )

@@ -63,6 +63,11 @@ class ServerConfig:
     disable_fastapi_docs: bool = False
     """Serve no OpenAPI schema, Swagger UI or ReDoc (/openapi.json, /docs, /redoc; vLLM's flag)."""
 
+    chat_template_content_format: Literal["auto", "string", "openai"] = "auto"
+    """How a message's content reaches the chat template (vLLM's flag): string (text parts joined by newlines),
+    openai (a list of {"type": "text", "text": ...} parts), or auto: openai when the template loops over a
+    message's content, else string."""
+
     response_role: str = "assistant"
     """The role of chat completions' messages (vLLM's flag)."""
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+
+import jinja2
 
 from pagedserve.errors import InvalidRequestError
 
@@ -18,9 +21,11 @@ RESERVED_TEMPLATE_KWARGS = frozenset({
 })  # fmt: skip
 
 
-def normalize_messages(messages: Any) -> list[dict[str, Any]]:
-    """Validate OpenAI-style messages and flatten content parts to plain text; an assistant's tool_calls and a
-    tool message's tool_call_id / name go to the template too (call arguments as objects, as templates expect)."""
+def normalize_messages(messages: Any, content_format: str = "string") -> list[dict[str, Any]]:
+    """Validate OpenAI-style messages; content as the template reads it (vLLM's --chat-template-content-format):
+    "string" joins text parts with newlines, "openai" gives every content as a list of {"type": "text", "text"}
+    parts. An assistant's tool_calls and a tool message's tool_call_id / name go to the template too (call
+    arguments as objects, as templates expect)."""
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages must be a non-empty list", param="messages")
     result = []
@@ -48,12 +53,16 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
                         param="messages",
                     )
                 parts.append(part["text"])
-            content = "".join(parts)
-        if not isinstance(content, str):
+            content = "\n".join(parts)  # vLLM's join
+        elif not isinstance(content, str):
             raise InvalidRequestError(
                 f"messages[{i}].content must be a string or text parts", param="messages"
             )
+        else:
+            parts = [content]
         entry: dict[str, Any] = {"role": role, "content": content}
+        if content_format == "openai":
+            entry["content"] = [{"type": "text", "text": text} for text in parts]
         if role == "assistant" and message.get("tool_calls"):
             entry["tool_calls"] = [_template_tool_call(call, i) for call in message["tool_calls"]]
         if role == "tool" and message.get("tool_call_id") is not None:
@@ -90,6 +99,31 @@ class ChatOptions:
     chat_template_kwargs: dict[str, Any] | None = None  # extra template variables (e.g. enable_thinking)
     tools: list[dict[str, Any]] | None = None  # what the template shows the model
     add_special_tokens: bool = False  # also the tokenizer's own special tokens (BOS) around the rendered text
+    content_format: str = "auto"  # --chat-template-content-format: auto (from the template), string or openai
+
+
+CONTENT_FORMATS = ("auto", "string", "openai")
+
+
+@lru_cache(maxsize=16)
+def detect_content_format(template: str) -> str:
+    """vLLM's auto rule: "openai" when the template loops over a message's content (it expects parts), else
+    "string"; a template Jinja cannot parse is left to fail when rendered."""
+    try:
+        tree = jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError:
+        return "string"
+    for loop in tree.find_all(jinja2.nodes.For):
+        source = loop.iter
+        while (
+            isinstance(source, jinja2.nodes.Filter) and source.node is not None
+        ):  # e.g. content | selectattr
+            source = source.node
+        if (isinstance(source, jinja2.nodes.Getitem) and isinstance(source.arg, jinja2.nodes.Const)
+                and source.arg.value == "content") or (
+                isinstance(source, jinja2.nodes.Getattr) and source.attr == "content"):  # fmt: skip
+            return "openai"
+    return "string"
 
 
 def apply_chat_template(
@@ -97,9 +131,13 @@ def apply_chat_template(
 ) -> list[int]:
     """Token ids of a chat rendered by the model's template (or `chat_template`)."""
     options = options or ChatOptions()
-    normalized = normalize_messages(messages)
-    if chat_template is None and not getattr(tokenizer, "chat_template", None):
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if not template:
         raise InvalidRequestError("this model has no chat template; pass --chat-template", param="messages")
+    content_format = options.content_format
+    if content_format == "auto":
+        content_format = detect_content_format(template) if isinstance(template, str) else "string"
+    normalized = normalize_messages(messages, content_format)
     if options.continue_final_message and options.add_generation_prompt:
         raise InvalidRequestError(
             "continue_final_message and add_generation_prompt cannot both be true",

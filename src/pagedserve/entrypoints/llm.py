@@ -15,9 +15,10 @@ from pagedserve.config import (
     SchedulerConfig,
     SpeculativeConfig,
     StructuredOutputsConfig,
+    check_choices,
     config_fields,
 )
-from pagedserve.engine.chat import ChatOptions
+from pagedserve.engine.chat import CONTENT_FORMATS, ChatOptions
 from pagedserve.engine.llm_engine import LLMEngine
 from pagedserve.engine.prompts import PromptInput
 from pagedserve.lora.request import LoRARequest
@@ -49,7 +50,7 @@ def build_engine_config(**kwargs: Any) -> EngineConfig:
         if key not in names:
             raise TypeError(f"LLM() got an unexpected keyword argument {key!r}")
         values[names[key]][key] = value
-    return EngineConfig(
+    config = EngineConfig(
         model=ModelConfig(**values[ModelConfig]),
         cache=CacheConfig(**values[CacheConfig]),
         scheduler=SchedulerConfig(**values[SchedulerConfig]),
@@ -58,6 +59,14 @@ def build_engine_config(**kwargs: Any) -> EngineConfig:
         structured_outputs=structured or StructuredOutputsConfig(),
         speculative=speculative,
     )
+    for section in (
+        config.model,
+        config.cache,
+        config.scheduler,
+        config.parallel,
+    ):  # LoRAConfig.validate: its own
+        check_choices(section)
+    return config
 
 
 class LLM:
@@ -123,9 +132,19 @@ class LLM:
         chat_template_kwargs: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
         lora_request: LoRARequest | None = None,
+        chat_template_content_format: str = "auto",
     ) -> list[RequestOutput]:
+        """vLLM's: chat_template_content_format auto, string or openai (how content parts reach the template)."""
+        if chat_template_content_format not in CONTENT_FORMATS:
+            raise ValueError(
+                f"chat_template_content_format must be one of {', '.join(CONTENT_FORMATS)}, got "
+                f"{chat_template_content_format!r}"
+            )
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        options = ChatOptions(add_generation_prompt, continue_final_message, chat_template_kwargs, tools)
+        options = ChatOptions(
+            add_generation_prompt, continue_final_message, chat_template_kwargs, tools,
+            content_format=chat_template_content_format,
+        )  # fmt: skip
         prompts = [
             {"prompt_token_ids": self.llm_engine.apply_chat_template(c, options, chat_template)}
             for c in conversations

@@ -58,7 +58,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
                 render_chat,
                 engine,
                 messages,
-                chat_options(body, plan.tools, bool(body.add_special_tokens)),
+                chat_options(
+                    body, config.chat_template_content_format, plan.tools, bool(body.add_special_tokens)
+                ),
             ),
         )
         generation.prompts = [prompt]

@@ -10,13 +10,13 @@ from pagedserve.server.openai.protocol import ChatMessage
 
 
 def plain_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the chat template expects them: text parts joined into one string; an assistant's tool calls
-    and a tool result's tool_call_id kept."""
+    """Messages as plain data for the engine's renderer (engine/chat.py, which joins text parts or keeps them as
+    --chat-template-content-format says); an assistant's tool calls and a tool result's tool_call_id kept."""
     plain = []
     for message in messages:
-        content = message.content
+        content: Any = message.content
         if isinstance(content, list):
-            content = "\n".join(part.text for part in content)
+            content = [{"type": "text", "text": part.text} for part in content]
         entry: dict[str, Any] = {"role": message.role, "content": content or ""}
         if message.name is not None:
             entry["name"] = message.name
@@ -29,15 +29,20 @@ def plain_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 
 def chat_options(
-    body: Any, tools: list[dict[str, Any]] | None = None, add_special_tokens: bool = False
+    body: Any,
+    content_format: str,
+    tools: list[dict[str, Any]] | None = None,
+    add_special_tokens: bool = False,
 ) -> ChatOptions:
-    """The rendering fields of a chat or /tokenize request (vLLM's spellings)."""
+    """The rendering fields of a chat or /tokenize request (vLLM's spellings); content_format: the server's
+    --chat-template-content-format."""
     return ChatOptions(
         add_generation_prompt=body.add_generation_prompt is not False,
         continue_final_message=bool(body.continue_final_message),
         chat_template_kwargs=body.chat_template_kwargs,
         tools=tools,
         add_special_tokens=add_special_tokens,
+        content_format=content_format,
     )
 
 

@@ -134,7 +134,13 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
 
     async def build() -> Any:
         prompt = await until_disconnect(
-            request, state.off_loop(render_chat, engine, messages, ChatOptions(tools=plan.tools))
+            request,
+            state.off_loop(
+                render_chat,
+                engine,
+                messages,
+                ChatOptions(tools=plan.tools, content_format=state.config.chat_template_content_format),
+            ),
         )
         generation.prompts = [prompt]
         await until_disconnect(request, generation.start())

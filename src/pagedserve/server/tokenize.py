@@ -32,6 +32,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
             # vLLM's default for a chat is no special tokens (the template holds the BOS): only when asked.
             chat_options(
                 body,
+                state.config.chat_template_content_format,
                 add_special_tokens="add_special_tokens" in body.model_fields_set
                 and bool(body.add_special_tokens),
             ),

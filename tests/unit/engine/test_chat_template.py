@@ -83,3 +83,36 @@ def test_add_special_tokens_adds_the_tokenizers_bos_to_the_rendered_chat() -> No
         2
     ]  # vLLM's default for chat: none
     assert apply_chat_template(tokenizer, chat, ChatOptions(add_special_tokens=True), template) == [1, 2]
+
+
+# A template that reads content parts, as multimodal-ready templates (Llama 3.2, Qwen2-VL, Mistral's) do.
+PARTS_TEMPLATE = (
+    "{% for m in messages %}[{{ m['role'] }}]{% for part in m['content'] %}({{ part['text'] }}){% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+)
+PARTS = [{"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}]
+
+
+def test_content_format_auto_follows_the_template(tokenizer: Any) -> None:
+    """vLLM's --chat-template-content-format: auto gives parts to a template that loops over content, else one
+    string (text parts joined by a newline)."""
+    from pagedserve.engine.chat import detect_content_format
+
+    assert detect_content_format(PARTS_TEMPLATE) == "openai"
+    assert detect_content_format(THINKING_TEMPLATE) == "string"
+    assert detect_content_format(tokenizer.chat_template) == "string"  # the bundled model's
+    assert detect_content_format("{% for p in m.content | selectattr('type') %}{% endfor %}") == "openai"
+    assert render(tokenizer, PARTS, PARTS_TEMPLATE) == "[user](one)(two)[assistant]"
+    plain = [{"role": "user", "content": "three"}]
+    assert render(tokenizer, plain, PARTS_TEMPLATE) == "[user](three)[assistant]"  # a string becomes one part
+    assert render(tokenizer, PARTS, THINKING_TEMPLATE) == "<user>one\ntwo</user><assistant>"
+
+
+def test_content_format_can_be_forced(tokenizer: Any) -> None:
+    forced = render(tokenizer, PARTS, THINKING_TEMPLATE, content_format="openai")
+    assert "'text': 'one'" in forced  # the template prints the list it was given
+    # string: the template loops over the characters of "one\ntwo", whose ['text'] is undefined (empty)
+    assert (
+        render(tokenizer, PARTS, PARTS_TEMPLATE, content_format="string")
+        == "[user]" + "()" * 7 + "[assistant]"
+    )

@@ -21,13 +21,12 @@ from typing import Any
 
 from pagedserve.config import EngineConfig
 from pagedserve.core.stats import EngineStats, FinishedRequestStats, IterationStats, SchedulerStats
-from pagedserve.engine.chat import ChatOptions, check_template_kwargs
+from pagedserve.engine.chat import ChatOptions, apply_chat_template
 from pagedserve.errors import ContextLengthError, InvalidRequestError
 from pagedserve.outputs import CompletionOutput, EngineInfo, Logprob, RequestMetrics, RequestOutput
 from pagedserve.sampling_params import SamplingParams
 
 _WORDS = " the quick brown fox jumps over a lazy dog while seven small birds sing about rivers and mountains"
-_ROLES = {"system", "user", "assistant", "tool", "developer"}
 
 
 @cache
@@ -103,24 +102,8 @@ class FakeLLMEngine:
     def apply_chat_template(
         self, messages: list[dict], options: ChatOptions | None = None, chat_template: str | None = None
     ) -> list[int]:
-        options = options or ChatOptions()
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequestError("messages must be a non-empty list.", param="messages")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in _ROLES:
-                raise InvalidRequestError(f"messages[{i}].role is missing or unknown.", param="messages")
-            if not isinstance(message.get("content", ""), str):
-                raise InvalidRequestError(f"messages[{i}].content must be a string.", param="messages")
-        text = self.tokenizer.apply_chat_template(
-            messages,
-            add_generation_prompt=options.add_generation_prompt,
-            tokenize=False,
-            chat_template=chat_template,
-            tools=options.tools,
-            continue_final_message=options.continue_final_message,
-            **check_template_kwargs(options.chat_template_kwargs),
-        )
-        return self.tokenizer.encode(text, add_special_tokens=options.add_special_tokens)
+        # The engine's own renderer (validation, content format, template), on the bundled tokenizer.
+        return apply_chat_template(self.tokenizer, messages, options, chat_template)
 
     def add_request(
         self,

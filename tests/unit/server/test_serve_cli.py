@@ -40,6 +40,7 @@ def test_flags_of_vllm_manifests_parse_and_pass_the_checks() -> None:
         "--tokenizer-mode", "hf", "--root-path", "/llm", "--response-role", "bot", "--disable-fastapi-docs",
         "--enable-prompt-tokens-details", "--enable-force-include-usage", "--disable-uvicorn-access-log",
         "--allowed-origins", '["https://app.example"]', "--allowed-methods", '["GET", "POST"]', "--allow-credentials",
+        "--chat-template-content-format", "openai", "--runner", "generate", "--task", "generate",
     )  # fmt: skip
     assert serve._check_supported(args) is None
     assert args.trust_remote_code and args.enable_chunked_prefill and args.download_dir == "/models"
@@ -56,6 +57,9 @@ def test_flags_of_vllm_manifests_parse_and_pass_the_checks() -> None:
     assert parse("--no-enable-chunked-prefill").enable_chunked_prefill is False
     assert (args.allowed_origins, args.allowed_methods) == (["https://app.example"], ["GET", "POST"])
     assert args.allowed_headers == ["*"] and args.allow_credentials  # vLLM's default: any header
+    assert args.chat_template_content_format == "openai" and args.runner == args.task == "generate"
+    with pytest.raises(SystemExit):
+        parse("--runner", "pooling")  # embeddings are not served: argparse names the choices
     with pytest.raises(SystemExit):
         parse("--allowed-origins", "https://app.example")  # not a JSON list (vLLM's syntax)
 
@@ -186,3 +190,20 @@ def test_bad_speculative_config_is_an_argparse_error(value: str, fragment: str, 
     with pytest.raises(SystemExit) as exit_info:
         parse("--speculative-config", value)
     assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"runner": "pooling"}, "runner must be one of auto, generate, got 'pooling'"),
+        ({"tokenizer_mode": "mistral"}, "tokenizer_mode must be one of auto, hf"),
+        ({"kv_cache_dtype": "fp8_e5m2"}, "kv_cache_dtype must be one of auto, fp8, fp8_e4m3"),
+        ({"scheduling_policy": "lifo"}, "scheduling_policy must be one of fcfs, priority"),
+    ],
+)
+def test_llm_keyword_arguments_outside_their_choices_are_named(kwargs: dict[str, str], message: str) -> None:
+    """The LLM class gets no argparse: its Literal-typed arguments are checked by config.check_choices."""
+    from pagedserve.entrypoints.llm import build_engine_config
+
+    with pytest.raises(ValueError, match=message):
+        build_engine_config(**kwargs)

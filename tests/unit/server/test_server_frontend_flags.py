@@ -5,6 +5,7 @@ CORS (--allowed-origins ...) and --max-logprobs' 400, on the app with the fake e
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -80,3 +81,45 @@ def test_cors_allows_any_origin_by_default_and_the_preflight_needs_no_key(
     allowed = strict.options("/v1/chat/completions", headers={**preflight, "Origin": "https://ok.example"})
     assert allowed.headers["access-control-allow-origin"] == "https://ok.example"
     assert allowed.headers["access-control-allow-credentials"] == "true"
+
+
+def test_chat_template_content_format_reaches_the_renderer() -> None:
+    """--chat-template-content-format goes with every chat, /tokenize and /v1/responses rendering (the renderer's
+    own behaviour: tests/unit/engine/test_chat_template.py)."""
+    from .conftest import make_client, wait_ready
+
+    holder: dict[str, Any] = {}
+    with make_client({"chat_template_content_format": "string"}, holder=holder) as client:
+        wait_ready(client)
+        fake, seen = holder["fake"], []
+        render = fake.apply_chat_template
+
+        def recording(messages: Any, options: Any = None, chat_template: Any = None) -> list[int]:
+            seen.append((messages[-1]["content"], options.content_format))
+            return render(messages, options, chat_template)
+
+        fake.apply_chat_template = recording
+        parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+        assert (
+            client.post(
+                "/v1/chat/completions", json={"model": MODEL, "messages": parts, "max_tokens": 1}
+            ).status_code
+            == 200
+        )
+        assert client.post("/tokenize", json={"model": MODEL, "messages": parts}).status_code == 200
+        assert (
+            client.post(
+                "/v1/responses", json={"model": MODEL, "input": "c", "max_output_tokens": 1}
+            ).status_code
+            == 200
+        )
+    texts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    assert seen == [(texts, "string"), (texts, "string"), ("c", "string")]
+
+
+def test_openai_content_format_with_a_template_that_wants_strings_is_a_400(
+    client_factory: Callable[..., TestClient],
+) -> None:
+    client = client_factory({"chat_template_content_format": "openai"})  # the bundled template adds strings
+    chat = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 1})
+    assert chat.status_code == 400 and chat.json()["error"]["message"].startswith("chat template failed")
