@@ -1,7 +1,8 @@
 """A vLLM manifest's command line, unchanged, on a real server: the model named by its Hub id (org/name) and found in
 a Hugging Face cache on disk (--download-dir; nothing downloaded), with the flags such manifests carry
 (--trust-remote-code, --no-enable-chunked-prefill, --max-logprobs, --enable-prompt-tokens-details, --root-path,
---disable-custom-all-reduce, --distributed-executor-backend mp, --swap-space, ...), through the openai SDK.
+--disable-custom-all-reduce, --distributed-executor-backend mp, --swap-space, ...), half of them from a vLLM
+config file (--config), through the openai SDK.
 
 The model is a tiny random-weight Qwen2 folder with the bundled tokenizer, laid out as huggingface_hub lays out its
 cache (blobs, a snapshot of links, refs/main)."""
@@ -43,11 +44,15 @@ def manifest_server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     tokenizer.save_pretrained(folder)
     cache = tmp_path_factory.mktemp("hf-cache")
     add_snapshot(cache, "org/tiny-chat", folder, COMMIT, refs=("main",))
+    # Half the flags in a vLLM config file (a ConfigMap), the rest on the command line, which wins where both say.
+    config = tmp_path_factory.mktemp("configmap") / "config.yaml"
+    config.write_text(
+        f"model: org/tiny-chat\ndownload-dir: {cache}\ntrust-remote-code: true\nenable-chunked-prefill: false\n"
+        "max_logprobs: 5\nenable-prompt-tokens-details: true\nroot-path: /llm\nswap-space: 4\n"
+    )
     server = launch(
-        tmp_path_factory.mktemp("manifest-server"), "org/tiny-chat", "--download-dir", str(cache),
-        "--trust-remote-code", "--no-enable-chunked-prefill", "--max-logprobs", "3",
-        "--enable-prompt-tokens-details", "--root-path", "/llm", "--disable-custom-all-reduce",
-        "--distributed-executor-backend", "mp", "--swap-space", "4", "--enable-log-requests",
+        tmp_path_factory.mktemp("manifest-server"), "--config", str(config), "--max-logprobs", "3",
+        "--disable-custom-all-reduce", "--distributed-executor-backend", "mp", "--enable-log-requests",
         "--tokenizer-mode", "auto", "--dtype", "float32",
     )  # fmt: skip
     try:

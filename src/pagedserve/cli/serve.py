@@ -66,6 +66,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "model_tag", nargs="?", default=None, metavar="MODEL", help="model folder or GGUF file"
     )
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        default=None,
+        metavar="YAML",
+        help="vLLM's config file: a YAML mapping of these flags' long names to values (model: ..., port: ...); "
+        "flags on the command line win (cli/config_file.py).",
+    )
     add_config_args(parser, ModelConfig)
     add_config_args(parser, CacheConfig)
     add_config_args(parser, SchedulerConfig)
