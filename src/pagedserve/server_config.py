@@ -36,9 +36,10 @@ class ServerConfig:
     disable_log_requests: bool = False
     """Do not log one line per finished request."""
 
-    enable_log_requests: bool = False
-    """vLLM's newer spelling (its default is off): log one line per finished request, which pagedserve does unless
-    --disable-log-requests is given; both together are refused."""
+    enable_log_requests: bool | None = None
+    """vLLM's newer spelling: --enable-log-requests logs one line per finished request (pagedserve's default
+    anyway), --no-enable-log-requests does not (as --disable-log-requests); --enable-log-requests with --disable-log-requests is
+    refused."""
 
     disable_uvicorn_access_log: bool = False
     """No uvicorn access log line per HTTP request (vLLM's flag)."""
@@ -113,3 +114,8 @@ class ServerConfig:
     tool_call_parser: str | None = None
     """How the model writes tool calls, for tool_choice "auto": hermes (<tool_call>{...}</tool_call>: Hermes,
     Qwen) or llama3_json ({"name": ..., "parameters": ...}: Llama 3.x)."""
+
+    @property
+    def log_requests(self) -> bool:
+        """One log line per finished request: unless --disable-log-requests or --no-enable-log-requests."""
+        return not self.disable_log_requests and self.enable_log_requests is not False

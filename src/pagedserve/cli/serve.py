@@ -51,6 +51,9 @@ UNSUPPORTED_FLAGS = {
     "--kv-transfer-config": "no disaggregated prefill / KV transfer connector",
     "--enable-expert-parallel": "no mixture-of-experts models are served",
     "--hf-overrides": "the checkpoint's config.json is used as written",
+    "--compilation-config": "pagedserve runs no torch.compile; its decode graphs are on unless --enforce-eager",
+    "--async-scheduling": "each step is scheduled once the previous one's tokens are known",
+    "--attention-backend": "the device picks it; PAGEDSERVE_ATTENTION_BACKEND overrides (cpu, cpu_torch, triton)",
     "--guided-decoding-backend": "removed from vLLM too; use --structured-outputs-config '{\"backend\": ...}'",
 }
 # uvicorn's own drain after ours; in-flight requests are already done or past --shutdown-timeout by then.

@@ -174,7 +174,7 @@ class Generation:
         if isinstance(error, EngineDeadError):
             for _ in self.tracked:
                 self.state.metrics.count_error()
-        if not self.state.config.disable_log_requests:
+        if self.state.config.log_requests:
             for tracked in self.tracked:
                 self._log(tracked, error)
 

@@ -77,6 +77,10 @@ def test_model_is_optional() -> None:
         (["--swap-space", "-1"], "--swap-space must be >= 0"),
         (["--max-logprobs", "-2"], "--max-logprobs must be >= 0, or -1"),
         (["--enable-log-requests", "--disable-log-requests"], "contradict"),
+        (
+            ["--compilation-config", '{"level": 3}'],
+            "--compilation-config is not supported: pagedserve runs no",
+        ),
         (["--distributed-executor-backend", "ray"], "distributed_executor_backend ray is not supported"),
         (["--distributed-executor-backend", "uni", "--tensor-parallel-size", "2"], "uni runs one process"),
         (["--lora-modules", "sql=/a"], "--lora-modules needs --enable-lora"),

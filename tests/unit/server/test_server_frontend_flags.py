@@ -4,9 +4,11 @@ CORS (--allowed-origins ...) and --max-logprobs' 400, on the app with the fake e
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from .conftest import MODEL
@@ -123,3 +125,29 @@ def test_openai_content_format_with_a_template_that_wants_strings_is_a_400(
     client = client_factory({"chat_template_content_format": "openai"})  # the bundled template adds strings
     chat = client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 1})
     assert chat.status_code == 400 and chat.json()["error"]["message"].startswith("chat template failed")
+
+
+@pytest.mark.parametrize(
+    ("server", "logged"),
+    [({}, True), ({"enable_log_requests": True}, True), ({"enable_log_requests": False}, False),
+     ({"disable_log_requests": True}, False)],
+)  # fmt: skip
+def test_request_log_lines_follow_both_spellings(
+    client_factory: Callable[..., TestClient], server: dict[str, Any], logged: bool
+) -> None:
+    """pagedserve logs finished requests by default; vLLM's --no-enable-log-requests turns that off as
+    --disable-log-requests does (vLLM's own default is off)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("pagedserve")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        client = client_factory(server)
+        client.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any(r.getMessage().startswith("Finished request") for r in records) is logged
