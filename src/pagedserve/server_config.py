@@ -77,8 +77,8 @@ class ServerConfig:
     any (vLLM's flag)."""
 
     enable_force_include_usage: bool = False
-    """Include usage in every streamed response, as if each request asked for stream_options.include_usage
-    (vLLM's flag)."""
+    """Include usage in every streamed response, as if each request asked for stream_options include_usage and
+    continuous_usage_stats: every chunk carries the usage so far, and a last chunk the total (vLLM's flag)."""
 
     disable_log_stats: bool = False
     """Do not log the periodic stats line."""

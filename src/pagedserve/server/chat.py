@@ -165,7 +165,8 @@ async def _stream(
     prompt_ids_sent = False
     reasoning_streams: dict[int, ReasoningStream] = {}
     show_reasoning = body.include_reasoning is not False
-    per_chunk_usage = continuous_usage(body.stream_options)
+    # --enable-force-include-usage: usage on every chunk too (vLLM's newer rule).
+    per_chunk_usage = config.enable_force_include_usage or continuous_usage(body.stream_options)
 
     def chunk(
         index: int,

@@ -110,7 +110,13 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
             return SSEResponse(
                 guarded_stream(
                     generation,
-                    _stream(generation, view, include_usage, continuous_usage(body.stream_options)),
+                    _stream(
+                        generation,
+                        view,
+                        include_usage,
+                        # --enable-force-include-usage: usage on every chunk too (vLLM's newer rule)
+                        state.config.enable_force_include_usage or continuous_usage(body.stream_options),
+                    ),
                 ),
                 on_close=generation.close,
             )

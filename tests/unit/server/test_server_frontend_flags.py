@@ -38,6 +38,8 @@ def test_force_include_usage_adds_the_usage_chunk_unasked(client_factory: Callab
         request = {"model": MODEL, "max_tokens": 4, "stream": True, **fields}
         events = parse_sse(forced.post(path, json=request).text)
         assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 4
+        assert all("usage" in e for e in events)  # every chunk too (vLLM's newer rule: continuous usage)
+        assert events[-2]["usage"]["completion_tokens"] == 4
         assert all("usage" not in e for e in parse_sse(plain.post(path, json=request).text))
 
 
