@@ -140,16 +140,22 @@ def cpu_kv_cache_bytes() -> int | None:
         raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {value!r}") from None
 
 
-def hf_hub_cache_dir() -> pathlib.Path:
-    """The Hugging Face Hub cache folder, as huggingface_hub picks it: HF_HUB_CACHE, else HF_HOME/hub, else
-    $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub (models/hub_cache.py reads it; nothing is
-    downloaded into it)."""
+# Where vLLM's image keeps its Hub cache (it runs as root): vLLM's Kubernetes examples mount the model claim here.
+VLLM_IMAGE_HUB_CACHE = pathlib.Path("/root/.cache/huggingface/hub")
+
+
+def hf_hub_cache_dirs() -> list[pathlib.Path]:
+    """The Hugging Face Hub cache folders Hub ids are looked up in (models/hub_cache.py; nothing is downloaded into
+    them): HF_HUB_CACHE, else HF_HOME/hub, as huggingface_hub picks; with neither set, $XDG_CACHE_HOME/huggingface/hub
+    or ~/.cache/huggingface/hub, then VLLM_IMAGE_HUB_CACHE, so a claim mounted where vLLM's image keeps its cache is
+    found by our non-root image too."""
     if os.environ.get("HF_HUB_CACHE", "").strip():
-        return pathlib.Path(os.environ["HF_HUB_CACHE"].strip()).expanduser()
-    home = os.environ.get("HF_HOME", "").strip() or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
-    )
-    return pathlib.Path(home).expanduser() / "hub"
+        return [pathlib.Path(os.environ["HF_HUB_CACHE"].strip()).expanduser()]
+    if os.environ.get("HF_HOME", "").strip():
+        return [pathlib.Path(os.environ["HF_HOME"].strip()).expanduser() / "hub"]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    own = pathlib.Path(cache).expanduser() / "huggingface" / "hub"
+    return [own] if own == VLLM_IMAGE_HUB_CACHE else [own, VLLM_IMAGE_HUB_CACHE]
 
 
 def fault_step(name: str) -> int | None:

@@ -132,6 +132,15 @@ def test_image_is_small_enough_and_runs_non_root_without_a_compiler(docker: Dock
         "a compiler is left in the runtime stage"
     )
     assert len([k for k in kernels if k.startswith("pagedserve_ops_")]) == 4, probe.stdout
+    # vLLM's manifests: `vllm serve ...` is this server, and /root (where vLLM's image keeps its Hub cache, which
+    # vLLM's examples mount the model claim under) is traversable for the non-root user.
+    vllm = docker.run(
+        "run", "--rm", "--entrypoint", "sh", cpu_image, "-c", "vllm serve --help | head -3; stat -c %a /root",
+        check=False,
+    )  # fmt: skip
+    assert "usage: pagedserve serve" in vllm.stdout and vllm.stdout.split()[-1] == "755", (
+        vllm.stdout + vllm.stderr
+    )
 
 
 def test_container_serves_chat_and_metrics(docker: Docker, served: str) -> None:

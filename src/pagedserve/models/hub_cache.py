@@ -23,17 +23,29 @@ def looks_like_repo_id(value: str) -> bool:
     return bool(_REPO_ID.fullmatch(value)) and ".." not in value and not value.endswith((".gguf", "/"))
 
 
-def cache_dir(download_dir: str | None) -> pathlib.Path:
-    """--download-dir (vLLM's flag: the Hub cache folder), else the Hub's own choice (HF_HUB_CACHE, HF_HOME/hub,
-    ~/.cache/huggingface/hub)."""
-    return pathlib.Path(download_dir).expanduser() if download_dir else envs.hf_hub_cache_dir()
+def cache_dirs(download_dir: str | None) -> list[pathlib.Path]:
+    """--download-dir (vLLM's flag: the Hub cache folder), else the Hub's own choice (envs.hf_hub_cache_dirs)."""
+    return [pathlib.Path(download_dir).expanduser()] if download_dir else envs.hf_hub_cache_dirs()
+
+
+def _repo_folder(cache: pathlib.Path, repo_id: str) -> pathlib.Path:
+    return cache / ("models--" + repo_id.replace("/", "--"))
 
 
 def find_snapshot(repo_id: str, revision: str | None, download_dir: str | None) -> pathlib.Path | None:
     """The cached snapshot folder of `repo_id` at `revision` (a branch or tag the cache has a ref for, or a
-    commit hash; default main), or None when the cache does not hold it."""
-    repo = cache_dir(download_dir) / ("models--" + repo_id.replace("/", "--"))
-    wanted = revision or "main"
+    commit hash; default main) in the first cache folder that holds it, or None."""
+    for cache in cache_dirs(download_dir):
+        try:
+            snapshot = _snapshot_in(_repo_folder(cache, repo_id), revision or "main")
+        except PermissionError:  # e.g. /root of vLLM's image, unreadable for a non-root user
+            snapshot = None
+        if snapshot is not None:
+            return snapshot
+    return None
+
+
+def _snapshot_in(repo: pathlib.Path, wanted: str) -> pathlib.Path | None:
     ref = repo / "refs" / wanted
     if ref.is_file():
         commit = ref.read_text().strip()
@@ -47,5 +59,5 @@ def find_snapshot(repo_id: str, revision: str | None, download_dir: str | None) 
 
 def describe_search(repo_id: str, revision: str | None, download_dir: str | None) -> str:
     """Where find_snapshot looked, for the error that says it found nothing."""
-    folder = cache_dir(download_dir) / ("models--" + repo_id.replace("/", "--"))
-    return f"revision {revision or 'main'} in the Hugging Face cache {folder}"
+    folders = " and ".join(str(_repo_folder(cache, repo_id)) for cache in cache_dirs(download_dir))
+    return f"revision {revision or 'main'} in the Hugging Face cache {folders}"

@@ -53,15 +53,28 @@ def test_cache_folder_follows_huggingface_hub_variables(monkeypatch, tmp_path):
     for name in ("HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert envs.hf_hub_cache_dir() == tmp_path / "home" / ".cache" / "huggingface" / "hub"
+    image = envs.VLLM_IMAGE_HUB_CACHE  # with no variable set, vLLM's image's cache is looked in too
+    assert envs.hf_hub_cache_dirs() == [tmp_path / "home" / ".cache" / "huggingface" / "hub", image]
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert envs.hf_hub_cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
+    assert envs.hf_hub_cache_dirs() == [tmp_path / "xdg" / "huggingface" / "hub", image]
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    assert envs.hf_hub_cache_dir() == tmp_path / "hf" / "hub"
+    assert envs.hf_hub_cache_dirs() == [tmp_path / "hf" / "hub"]
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    assert envs.hf_hub_cache_dir() == tmp_path / "cache"
-    assert hub_cache.cache_dir(None) == tmp_path / "cache"
-    assert hub_cache.cache_dir(str(tmp_path / "dl")) == tmp_path / "dl"  # --download-dir wins
+    assert envs.hf_hub_cache_dirs() == [tmp_path / "cache"]
+    assert hub_cache.cache_dirs(None) == [tmp_path / "cache"]
+    assert hub_cache.cache_dirs(str(tmp_path / "dl")) == [tmp_path / "dl"]  # --download-dir wins
+
+
+def test_a_claim_mounted_where_vllms_image_keeps_its_cache_is_found(monkeypatch, cache, tmp_path):
+    """vLLM's Kubernetes examples mount the claim at /root/.cache/huggingface (its image runs as root)."""
+    for name in ("HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setattr(envs, "VLLM_IMAGE_HUB_CACHE", cache)
+    assert _local_path("org/tiny", "model") == cache / "models--org--tiny" / "snapshots" / MAIN
+    with pytest.raises(FileNotFoundError, match=r"empty-home/\.cache/huggingface/hub/models--org--gone and .*"
+                       r"models--org--gone"):  # fmt: skip
+        _local_path("org/gone", "model")
 
 
 def test_the_variable_finds_the_model_without_download_dir(monkeypatch, cache):
