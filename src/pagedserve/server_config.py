@@ -41,6 +41,10 @@ class ServerConfig:
     anyway), --no-enable-log-requests does not (as --disable-log-requests); --enable-log-requests with --disable-log-requests is
     refused."""
 
+    disable_frontend_multiprocessing: bool = False
+    """vLLM's flag, with vLLM V1's effect: none. The engine's front end (tokenizing, detokenizing) already runs in
+    the API server's process, and the engine core in its own (PAGEDSERVE_ENABLE_ENGINE_PROCESS=0 keeps it in)."""
+
     disable_uvicorn_access_log: bool = False
     """No uvicorn access log line per HTTP request (vLLM's flag)."""
 

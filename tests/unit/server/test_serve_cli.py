@@ -41,6 +41,7 @@ def test_flags_of_vllm_manifests_parse_and_pass_the_checks() -> None:
         "--enable-prompt-tokens-details", "--enable-force-include-usage", "--disable-uvicorn-access-log",
         "--allowed-origins", '["https://app.example"]', "--allowed-methods", '["GET", "POST"]', "--allow-credentials",
         "--chat-template-content-format", "openai", "--runner", "generate", "--task", "generate",
+        "--disable-frontend-multiprocessing",
     )  # fmt: skip
     assert serve._check_supported(args) is None
     assert args.trust_remote_code and args.enable_chunked_prefill and args.download_dir == "/models"
