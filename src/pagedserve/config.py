@@ -90,12 +90,13 @@ class ModelConfig:
     chat_template: str | None = None
     """Jinja chat template file or inline string overriding the tokenizer's."""
 
-    runner: Literal["auto", "generate"] = "auto"
-    """What the model runs for (vLLM's flag): text generation. vLLM's pooling runner (embeddings, scores) is not
-    offered."""
+    runner: Literal["auto", "generate", "pooling"] = "auto"
+    """What the model runs for (vLLM's flag): generate (text; auto's choice) or pooling: embeddings of a causal
+    model (/v1/embeddings, LLM.embed), each prompt's last position's final hidden state, L2-normalized (vLLM's
+    rule for such models, Qwen3-Embedding's own). Scores, classification and reranking are not offered."""
 
-    task: Literal["auto", "generate"] = "auto"
-    """vLLM's older spelling of --runner (deprecated there): auto or generate."""
+    task: Literal["auto", "generate", "embed", "embedding"] = "auto"
+    """vLLM's older spelling of --runner (deprecated there): generate, or embed / embedding for pooling."""
 
     tokenizer_mode: Literal["auto", "hf"] = "auto"
     """The tokenizer implementation (vLLM's flag): auto and hf both load the folder's Hugging Face tokenizer
@@ -118,6 +119,14 @@ class ModelConfig:
     cpu_threads: int | None = None
     """CPU threads for the model's math (torch/OpenMP). Default: PAGEDSERVE_CPU_THREADS, else the CPUs the process
     may use: its affinity mask capped by its cgroup CPU quota (Kubernetes' limits.cpu), rounded down."""
+
+
+def resolved_runner(config: ModelConfig) -> str:
+    """generate or pooling, from --runner and vLLM's older --task; ValueError when they disagree."""
+    from_task = {"generate": "generate", "embed": "pooling", "embedding": "pooling"}.get(config.task)
+    if config.runner != "auto" and from_task is not None and from_task != config.runner:
+        raise ValueError(f"runner {config.runner} and task {config.task} disagree")
+    return config.runner if config.runner != "auto" else from_task or "generate"
 
 
 @dataclass

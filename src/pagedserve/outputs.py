@@ -27,6 +27,7 @@ class CompletionOutput:
     logprobs: list[LogprobsDict] | None = None  # one dict per generated token when requested
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" | None while running
     stop_reason: int | str | None = None  # the stop string or token id that ended it
+    embedding: list[float] | None = None  # an embedding request's vector (--runner pooling); no tokens then
 
     def finished(self) -> bool:
         return self.finish_reason is not None
@@ -55,6 +56,25 @@ class RequestOutput:
 
 
 @dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    """vLLM's: what LLM.embed returns for one prompt."""
+
+    request_id: str
+    outputs: EmbeddingOutput
+    prompt_token_ids: list[int]
+    finished: bool = True
+
+
+@dataclass
 class EngineInfo:
     """Values known only once the engine has loaded: what the server reports and the metrics label."""
 
@@ -80,3 +100,4 @@ class EngineInfo:
     num_speculative_tokens: int = 0  # --speculative-config's draft length; 0 without speculative decoding
     max_loras: int = 0  # --max-loras with --enable-lora; 0: no LoRA adapters
     max_logprobs: int = 20  # --max-logprobs, -1 resolved to the vocabulary size
+    runner: str = "generate"  # "pooling": embeddings only (--runner pooling)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pagedserve.pooling_params import PoolingParams
+
 _INT64_MAX = 2**63 - 1
 
 
@@ -83,6 +85,9 @@ class SamplingParams:
     allowed_token_ids: list[int] | None = None  # only these tokens may be sampled
     bad_words: list[str] | None = None  # words never generated (their last token is banned after the rest)
     truncate_prompt_tokens: int | None = None  # keep only the prompt's last k tokens (-1: max_model_len)
+    # Set by LLM.embed and /v1/embeddings (--runner pooling), not a vLLM field: the request's last prompt position's
+    # hidden state is its result; the one token sampled there ends it and is not reported.
+    pooling: PoolingParams | None = None
     # Filled by the engine from the tokenizer / generation config; not user-facing.
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
     # The model's EOS ids: min_tokens forbids them even with ignore_eos (as vLLM does).
@@ -153,6 +158,10 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 0):
                 raise bad(name, f"must be an integer >= 0, got {value!r}.")
+        if self.pooling is not None and (
+            not isinstance(self.pooling, PoolingParams) or self.n != 1 or self.max_tokens != 1
+        ):
+            raise bad("pooling", "must be a PoolingParams, with n 1 and max_tokens 1 (an embedding request).")
         for s in self.stop:  # type: ignore[union-attr]
             if not isinstance(s, str) or not s:
                 raise bad("stop", "must be a non-empty string or a list of non-empty strings.")

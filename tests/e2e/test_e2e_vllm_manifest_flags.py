@@ -14,10 +14,9 @@ import pathlib
 import httpx
 import openai
 import pytest
-import torch
-import transformers
 
 from tests.hub_cache_writer import add_snapshot
+from tests.tiny_models import write_tiny_qwen
 
 from .conftest import ServerProcess, launch
 
@@ -28,20 +27,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 @pytest.fixture(scope="module")
 def manifest_server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
-    from pagedserve.models.bundled import bundled_model_path
-
-    path = bundled_model_path()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    config = transformers.Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-    )  # fmt: skip
-    config.architectures = ["Qwen2ForCausalLM"]
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-qwen2")
-    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    write_tiny_qwen(folder, version=2)
     cache = tmp_path_factory.mktemp("hf-cache")
     add_snapshot(cache, "org/tiny-chat", folder, COMMIT, refs=("main",))
     # Half the flags in a vLLM config file (a ConfigMap), the rest on the command line, which wins where both say.

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pagedserve import envs, kv_memory
-from pagedserve.config import EngineConfig
+from pagedserve.config import EngineConfig, resolved_runner
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import SchedulerOutput
@@ -23,6 +23,7 @@ from pagedserve.core.stats import IterationStats
 from pagedserve.distributed.partition import check_heads
 from pagedserve.engine.core_messages import CoreOutputs, EngineCoreRequest, SequenceOutput
 from pagedserve.engine.drafter import Drafter, count_drafts
+from pagedserve.models.hf_folder import check_last_token_pooling
 from pagedserve.outputs import EngineInfo
 from pagedserve.structured_output.manager import StructuredOutputManager
 from pagedserve.worker.dtypes import has_gguf_panel_kernels, resolve_dtype
@@ -94,6 +95,9 @@ class EngineCore:
         num_heads = hf_config.num_attention_heads
         check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
         token_budget = sc.token_budget(max_model_len)
+        runner_kind = resolved_runner(mc)
+        if runner_kind == "pooling":
+            check_last_token_pooling(source.path)
         spec = RunnerSpec(
             mc, cc, max_model_len, quantization, dtype_name(dtype), dtype_name(weight_dtype),
             sc.max_num_seqs, token_budget, lora,
@@ -131,6 +135,7 @@ class EngineCore:
             num_speculative_tokens=config.speculative.num_speculative_tokens if config.speculative else 0,
             max_loras=lora.max_loras if lora else 0,
             max_logprobs=hf_config.vocab_size if mc.max_logprobs == -1 else mc.max_logprobs,
+            runner=runner_kind,
         )
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
         self.structured = StructuredOutputManager(hf_config.vocab_size)
@@ -307,6 +312,11 @@ class EngineCore:
         ]
         outputs = []
         for seq in progressed:
+            if (
+                seq.sampling_params.pooling is not None
+            ):  # an embedding: its vector, not the token that ended it
+                outputs.append(_sequence_output(seq, [], result))
+                continue
             count = seq.num_new_output_tokens
             iteration.num_generation_tokens += count
             if seq.num_output_tokens == count:
@@ -357,6 +367,7 @@ def _sequence_output(seq: Sequence, new_token_ids: list[int], result: ModelRunne
         else None,
         prompt_logprobs=prompt_logprobs,
         num_cached_tokens=seq.num_cached_tokens,
+        embedding=result.embeddings.get(seq.seq_id),
         num_preemptions=seq.num_preemptions,
         first_scheduled_time=seq.first_scheduled_time,
         first_token_time=seq.first_token_time,

@@ -51,6 +51,7 @@ class SequenceOutput(msgspec.Struct, array_like=True):
     first_token_time: float | None
     last_token_time: float | None
     finished_time: float | None
+    embedding: list[float] | None = None  # an embedding request's vector, in the step its prompt ended
 
 
 class CoreOutputs(msgspec.Struct, tag=True):

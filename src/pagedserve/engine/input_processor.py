@@ -151,6 +151,14 @@ class InputProcessor:
                 param="priority",
             )
         self.check_lora(lora_request)
+        if (params.pooling is not None) != (info.runner == "pooling"):
+            raise InvalidRequestError(
+                "this model serves embeddings only (--runner pooling)"
+                if info.runner == "pooling"
+                else "embeddings need a model served with --runner pooling",
+                param="model",
+                code="model_not_supported",
+            )
         if over := logprobs_over_limit(params, info.max_logprobs):  # --max-logprobs
             raise InvalidRequestError(over[1], param=over[0])
         prompt_text, prompt_ids = resolve_prompt(self.tokenizer, prompt, info.vocab_size)

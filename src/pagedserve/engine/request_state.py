@@ -32,9 +32,12 @@ class SequenceState:
     first_token_time: float | None = None
     last_token_time: float | None = None
     finished_time: float | None = None
+    embedding: list[float] | None = None  # an embedding request's vector, once its prompt ran
 
     def update(self, output: SequenceOutput) -> None:
         self.output_token_ids.extend(output.new_token_ids)
+        if output.embedding is not None:
+            self.embedding = output.embedding
         if output.stop_reason is not None:
             self.stop_reason = output.stop_reason
         self.num_cached_tokens = output.num_cached_tokens
@@ -100,6 +103,7 @@ class RequestState:
                     logprobs=self.logprobs[i] if self.params.logprobs is not None else None,
                     finish_reason=self.finish_reasons[i],
                     stop_reason=seq.stop_reason,
+                    embedding=seq.embedding,
                 )
             )
         first = [s.first_token_time for s in self.sequences if s.first_token_time is not None]

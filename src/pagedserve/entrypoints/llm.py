@@ -22,7 +22,8 @@ from pagedserve.engine.chat import CONTENT_FORMATS, ChatOptions
 from pagedserve.engine.llm_engine import LLMEngine
 from pagedserve.engine.prompts import PromptInput
 from pagedserve.lora.request import LoRARequest
-from pagedserve.outputs import RequestOutput
+from pagedserve.outputs import EmbeddingOutput, EmbeddingRequestOutput, RequestOutput
+from pagedserve.pooling_params import PoolingParams
 from pagedserve.sampling_params import SamplingParams
 
 _SECTIONS = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig, LoRAConfig)
@@ -150,6 +151,27 @@ class LLM:
             for c in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm, lora_request=lora_request)  # type: ignore[arg-type]
+
+    def embed(
+        self,
+        prompts: PromptInput | Sequence[PromptInput],
+        pooling_params: PoolingParams | None = None,
+        use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+        truncate_prompt_tokens: int | None = None,
+    ) -> list[EmbeddingRequestOutput]:
+        """vLLM's: one embedding per prompt (runner="pooling"): the last position's final hidden state."""
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, detokenize=False, truncate_prompt_tokens=truncate_prompt_tokens,
+            pooling=pooling_params or PoolingParams(),
+        )  # fmt: skip
+        outputs = self.generate(prompts, params, use_tqdm, lora_request=lora_request)
+        return [
+            EmbeddingRequestOutput(
+                o.request_id, EmbeddingOutput(o.outputs[0].embedding or []), o.prompt_token_ids, o.finished
+            )
+            for o in outputs
+        ]
 
     def _params_for(self, sampling_params: Any, count: int) -> list[SamplingParams]:
         if sampling_params is None:

@@ -128,3 +128,28 @@ def iter_safetensors_weights(files: list[pathlib.Path]) -> Iterator[StoredTensor
                     continue
                 tensor = shard.get_tensor(name)
                 yield StoredTensor(name, tensor, tensor.numel() * tensor.element_size(), file.name)
+
+
+def check_last_token_pooling(path: pathlib.Path) -> None:
+    """--runner pooling pools each prompt's last position. A sentence-transformers folder that says otherwise
+    (modules.json's Pooling module with mean, CLS or weighted pooling) is refused by name, not pooled differently."""
+    folder = path if path.is_dir() else path.parent
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return
+    try:
+        entries = json.loads(modules.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {modules}: {error}") from error
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not str(entry.get("type", "")).endswith("Pooling"):
+            continue
+        config = _read_json(folder / str(entry.get("path", "")) / "config.json")
+        modes = sorted(
+            k.removeprefix("pooling_mode_") for k, v in config.items() if k.startswith("pooling_mode_") and v
+        )
+        if modes != ["lasttoken"]:
+            raise ValueError(
+                f"{folder}: sentence-transformers pooling {', '.join(modes) or 'none'} is not supported; "
+                "--runner pooling takes each prompt's last token (pooling_mode_lasttoken)"
+            )

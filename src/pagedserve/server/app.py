@@ -19,8 +19,18 @@ from starlette.middleware.cors import CORSMiddleware
 from pagedserve import __version__, envs
 from pagedserve.engine.protocol import EngineClient
 from pagedserve.lora.request import LoRAModule
+from pagedserve.pooling_params import PoolingParams
 from pagedserve.sampling_params import SamplingParams
-from pagedserve.server import chat, completions, health, lora_adapters, models, responses, tokenize
+from pagedserve.server import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    lora_adapters,
+    models,
+    responses,
+    tokenize,
+)
 from pagedserve.server.auth import APIKeyMiddleware, open_paths
 from pagedserve.server.body_limit import BodyLimitMiddleware
 from pagedserve.server.errors import APIError, install_error_handlers
@@ -39,9 +49,11 @@ _DEATH_POLL_S = 0.2
 
 
 async def _warm_up(engine: EngineClient) -> None:
-    """One tiny generation, so the first real request does not pay for lazy initialisation."""
+    """One tiny generation (an embedding under --runner pooling), so the first real request does not pay for lazy
+    initialisation."""
     prompt = await asyncio.to_thread(engine.tokenizer.encode, WARMUP_PROMPT)
-    params = SamplingParams(max_tokens=1, temperature=0.0)
+    pooling = PoolingParams() if engine.info.runner == "pooling" else None
+    params = SamplingParams(max_tokens=1, temperature=0.0, pooling=pooling)
     async for _ in engine.generate({"prompt_token_ids": prompt}, params, "pagedserve-warmup"):
         pass
 
@@ -150,7 +162,7 @@ def create_app(config: ServerConfig, engine_factory: EngineFactory, served_model
     )
     app = FastAPI(title="pagedserve", version=__version__, lifespan=lifespan, **docs)
     app.state.pagedserve = state
-    for module in (chat, completions, responses, models, tokenize, health):
+    for module in (chat, completions, embeddings, responses, models, tokenize, health):
         app.include_router(module.router)
     if envs.allow_runtime_lora_updating():
         app.include_router(lora_adapters.router)

@@ -34,7 +34,7 @@ router = APIRouter()
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Any:
     state = server_state(request)
     model = state.check_model(body.model)
-    engine = state.require_engine()
+    engine = state.require_runner("generate", "Chat Completions")
     params = chat_sampling_params(body, state.config.max_n, engine.info.default_sampling_params)
     check_logprobs(params, engine.info.max_logprobs, "top_logprobs")
     if state.config.return_tokens_as_token_ids:  # the server's flag: every request's default

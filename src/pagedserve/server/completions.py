@@ -27,7 +27,7 @@ from pagedserve.server.streaming import SSEResponse, continuous_usage, running_u
 router = APIRouter()
 
 
-def _prompt_list(prompt: Any) -> list[str | list[int]]:
+def prompt_list(prompt: Any) -> list[str | list[int]]:
     """The four accepted prompt shapes as a list of single prompts."""
     if isinstance(prompt, str):
         prompts: list[Any] = [prompt]
@@ -40,7 +40,7 @@ def _prompt_list(prompt: Any) -> list[str | list[int]]:
     return prompts
 
 
-def _tokenize_all(
+def tokenize_prompts(
     tokenizer: Any, prompts: list[str | list[int]], vocab_size: int, add_special_tokens: bool = True
 ) -> list[list[int]]:
     """Text prompts to ids (with the tokenizer's BOS etc. unless add_special_tokens is false); ids checked."""
@@ -63,10 +63,10 @@ def _tokenize_all(
 async def create_completion(body: CompletionRequest, request: Request) -> Any:
     state = server_state(request)
     model = state.check_model(body.model)
-    engine = state.require_engine()
+    engine = state.require_runner("generate", "Completions")
     params = completion_sampling_params(body, state.config.max_n, engine.info.default_sampling_params)
     check_logprobs(params, engine.info.max_logprobs, "logprobs")
-    prompts = _prompt_list(body.prompt)
+    prompts = prompt_list(body.prompt)
     response_id, engine_id = new_request_ids("cmpl", client_request_id(request))
     generation = Generation(
         state,
@@ -84,7 +84,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
         generation.prompts = await until_disconnect(
             request,
             state.off_loop(
-                _tokenize_all,
+                tokenize_prompts,
                 engine.tokenizer,
                 prompts,
                 engine.info.vocab_size,

@@ -117,7 +117,7 @@ def _sampling_params(body: ResponsesRequest, defaults: dict[str, Any]) -> Sampli
 async def create_response(body: ResponsesRequest, request: Request) -> Any:
     state = server_state(request)
     model = state.check_model(body.model)
-    engine = state.require_engine()
+    engine = state.require_runner("generate", "Responses")
     refuse_unsupported_fields(body, "responses")
     params = _sampling_params(body, engine.info.default_sampling_params)
     if body.text is not None and body.text.verbosity not in (None, "medium"):

@@ -102,6 +102,15 @@ class ServerState:
             raise unavailable("The model is still loading.", "model_loading")
         return self.engine
 
+    def require_runner(self, runner: str, api: str) -> EngineClient:
+        """The engine, when it runs for `runner` (generate or pooling, --runner); vLLM's 400 otherwise."""
+        engine = self.require_engine()
+        if engine.info.runner != runner:
+            raise APIError(
+                400, f"The model does not support {api} API", param="model", code="model_not_supported"
+            )
+        return engine
+
     def check_model(self, name: str | None) -> str:
         """The model a request names: a served name or a LoRA adapter's (404 otherwise); none: the first."""
         if name is None or name == "":

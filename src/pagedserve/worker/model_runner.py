@@ -17,11 +17,11 @@ from pagedserve.cpu_placement import default_cpu_threads
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.linear import quantize_linears_fp8
+from pagedserve.layers.pooler import pool_last_rows
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
 from pagedserve.outputs import PositionLogprobs
 from pagedserve.sample.grammar_mask import apply_grammar_bitmask
-from pagedserve.sample.logprobs import compute_prompt_logprobs
 from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
 from pagedserve.sample.sampler import Sampler
 from pagedserve.worker.cpu_graph import DecodeGraphs
@@ -36,6 +36,7 @@ from pagedserve.worker.kv_cache import (
     resolve_kv_cache_dtype,
 )
 from pagedserve.worker.lora_manager import LoRAManager
+from pagedserve.worker.prompt_logprobs import prompt_logprobs, wants_prompt_logprobs
 from pagedserve.worker.speculative import accepted_tokens, history_end, sampling_row_offsets
 
 logger = logging.getLogger("pagedserve")
@@ -50,6 +51,8 @@ class ModelRunnerOutput:
     # Sequences whose LoRA adapter could not be loaded (its folder changed since it was registered) -> why: they
     # ran without it this step, nothing of theirs is reported, and the engine ends them.
     failed_seq_ids: dict[str, str] = field(default_factory=dict)
+    # Embedding requests (--runner pooling) whose prompt ended this step -> their last row's hidden state.
+    embeddings: dict[str, list[float]] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,14 +100,6 @@ def _reads_history(params: Any) -> bool:
         or params.repetition_penalty != 1.0
         or params.min_tokens
         or params.bad_words_token_ids
-    )
-
-
-def _wants_prompt_logprobs(seq: ScheduledSequence, state: RunnerSequence) -> bool:
-    """True when this step computes prompt positions whose next-token logprobs the request asked for."""
-    return (
-        state.new.sampling_params.prompt_logprobs is not None
-        and seq.start_position < state.num_prompt_tokens - 1
     )
 
 
@@ -297,10 +292,14 @@ class ModelRunner:
             with_lora = self.lora.set_step(rows, len(step.input_ids), result.failed_seq_ids)
         try:
             step_logits = None  # every row's logits, from a replayed decode graph
-            wants_prompt_logprobs = any(map(_wants_prompt_logprobs, step.sequences, states))
+            any_prompt_logprobs = any(map(wants_prompt_logprobs, step.sequences, states))
+            pooling = [
+                i for i, s in enumerate(step.sequences) if s.samples and states[i].new.sampling_params.pooling
+            ]
             # A CUDA graph (or a CPU one without the LoRA kernel) replays the layers without their adapters.
             graphs_apply = not with_lora or self.lora.recordable  # type: ignore[union-attr]
-            if self.decode_graphs is not None and not wants_prompt_logprobs and graphs_apply:
+            # Embeddings need the hidden states, which a replayed decode graph does not keep.
+            if self.decode_graphs is not None and not any_prompt_logprobs and graphs_apply and not pooling:
                 step_logits = self.decode_graphs.logits(step.input_ids, step.positions, step.metadata)
             hidden = None
             if step_logits is None:
@@ -360,34 +359,24 @@ class ModelRunner:
                         result.logprobs[seq.seq_id] = [
                             (ids[r][: 1 + k], lps[r][: 1 + k], ranks[r]) for r in span
                         ]
-        if hidden is not None and wants_prompt_logprobs:
-            self._prompt_logprobs(step, states, hidden, result)
+        if hidden is not None and any_prompt_logprobs:
+            result.prompt_logprobs = prompt_logprobs(self.model, step, states, hidden)
+        if pooling:
+            rows = [step.last_token_rows[i] for i in pooling]
+            normalize = [states[i].new.sampling_params.pooling.normalize for i in pooling]
+            vectors = pool_last_rows(hidden, rows, normalize).tolist()
+            for i, vector in zip(pooling, vectors):
+                result.embeddings[step.sequences[i].seq_id] = vector
         for seq_id in result.failed_seq_ids:
-            for outputs in (result.sampled_token_ids, result.logprobs, result.prompt_logprobs):
+            for outputs in (
+                result.sampled_token_ids,
+                result.logprobs,
+                result.prompt_logprobs,
+                result.embeddings,
+            ):
                 outputs.pop(seq_id, None)
         return result
 
     def _lora_id(self, seq: ScheduledSequence) -> int:
         lora = self.sequences[seq.seq_id].new.lora
         return 0 if lora is None else lora.lora_int_id
-
-    def _prompt_logprobs(
-        self, step: Any, states: list[RunnerSequence], hidden: torch.Tensor, result: ModelRunnerOutput
-    ) -> None:
-        for i, (seq, state) in enumerate(zip(step.sequences, states)):
-            if not _wants_prompt_logprobs(seq, state):
-                continue
-            k = state.new.sampling_params.prompt_logprobs
-            first_row = step.last_token_rows[i] - seq.num_new_tokens + 1
-            # Positions whose next token is still a prompt token.
-            count = min(seq.num_new_tokens, state.num_prompt_tokens - 1 - seq.start_position)
-            logits = self.model.compute_logits(hidden[first_row : first_row + count]).float()
-            start = seq.start_position
-            targets = torch.tensor(
-                state.new.prompt_token_ids[start + 1 : start + 1 + count], device=self.device
-            )
-            ids, lps, ranks = compute_prompt_logprobs(logits, targets, k)
-            entries = [
-                (i[: 1 + k], lp[: 1 + k], r) for i, lp, r in zip(ids.tolist(), lps.tolist(), ranks.tolist())
-            ]
-            result.prompt_logprobs[seq.seq_id] = entries

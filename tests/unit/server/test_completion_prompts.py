@@ -7,7 +7,7 @@ import tokenizers
 import transformers
 from tokenizers.processors import TemplateProcessing
 
-from pagedserve.server.completions import _tokenize_all
+from pagedserve.server.completions import tokenize_prompts
 from pagedserve.server.errors import APIError
 
 
@@ -21,9 +21,9 @@ def bos_tokenizer() -> transformers.PreTrainedTokenizerFast:
 
 
 def test_add_special_tokens_false_leaves_out_the_bos(bos_tokenizer) -> None:
-    assert _tokenize_all(bos_tokenizer, ["hello world"], 4) == [[1, 2, 3]]
-    assert _tokenize_all(bos_tokenizer, ["hello world"], 4, add_special_tokens=False) == [[2, 3]]
+    assert tokenize_prompts(bos_tokenizer, ["hello world"], 4) == [[1, 2, 3]]
+    assert tokenize_prompts(bos_tokenizer, ["hello world"], 4, add_special_tokens=False) == [[2, 3]]
     # Token-id prompts are taken as they are either way.
-    assert _tokenize_all(bos_tokenizer, [[3, 2]], 4, add_special_tokens=False) == [[3, 2]]
+    assert tokenize_prompts(bos_tokenizer, [[3, 2]], 4, add_special_tokens=False) == [[3, 2]]
     with pytest.raises(APIError, match="must not be empty"):
-        _tokenize_all(bos_tokenizer, [""], 4, add_special_tokens=False)
+        tokenize_prompts(bos_tokenizer, [""], 4, add_special_tokens=False)

@@ -59,8 +59,9 @@ def test_flags_of_vllm_manifests_parse_and_pass_the_checks() -> None:
     assert (args.allowed_origins, args.allowed_methods) == (["https://app.example"], ["GET", "POST"])
     assert args.allowed_headers == ["*"] and args.allow_credentials  # vLLM's default: any header
     assert args.chat_template_content_format == "openai" and args.runner == args.task == "generate"
+    assert parse("--runner", "pooling").runner == "pooling" and parse("--task", "embed").task == "embed"
     with pytest.raises(SystemExit):
-        parse("--runner", "pooling")  # embeddings are not served: argparse names the choices
+        parse("--runner", "draft")  # argparse names the choices
     with pytest.raises(SystemExit):
         parse("--allowed-origins", "https://app.example")  # not a JSON list (vLLM's syntax)
 
@@ -200,7 +201,7 @@ def test_bad_speculative_config_is_an_argparse_error(value: str, fragment: str, 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"runner": "pooling"}, "runner must be one of auto, generate, got 'pooling'"),
+        ({"runner": "draft"}, "runner must be one of auto, generate, pooling, got 'draft'"),
         ({"tokenizer_mode": "mistral"}, "tokenizer_mode must be one of auto, hf"),
         ({"kv_cache_dtype": "fp8_e5m2"}, "kv_cache_dtype must be one of auto, fp8, fp8_e4m3"),
         ({"scheduling_policy": "lifo"}, "scheduling_policy must be one of fcfs, priority"),

@@ -153,3 +153,10 @@ def test_request_log_lines_follow_both_spellings(
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert any(r.getMessage().startswith("Finished request") for r in records) is logged
+
+
+def test_embeddings_on_a_generating_model_are_vllms_400(client: TestClient) -> None:
+    """/v1/embeddings needs --runner pooling (tests/e2e/test_e2e_embeddings.py serves one)."""
+    response = client.post("/v1/embeddings", json={"model": MODEL, "input": "Hello"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "The model does not support Embeddings API"

@@ -176,6 +176,20 @@ class CompletionRequest(SamplingFields):
     suffix: StrictStr | None = None
 
 
+class EmbeddingRequest(_Lenient):
+    """OpenAI's embeddings request, with vLLM's extensions (add_special_tokens, truncate_prompt_tokens, normalize,
+    priority). Unknown fields are ignored, as OpenAI's `user` is."""
+
+    model: StrictStr | None = None
+    input: PromptField
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = None
+    add_special_tokens: StrictBool | None = True
+    truncate_prompt_tokens: StrictInt | None = None
+    normalize: StrictBool | None = None
+    priority: StrictInt | None = None
+
+
 class TokenizeRequest(_Lenient):
     model: StrictStr | None = None
     prompt: StrictStr | None = None
