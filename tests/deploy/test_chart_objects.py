@@ -142,6 +142,7 @@ def test_engine_values_become_vllm_flags() -> None:
     engine = {
         "maxModelLen": 4096,
         "maxNumSeqs": 64,
+        "runner": "pooling",
         "dtype": "bfloat16",
         "quantization": "awq",
         "kvCacheDtype": "fp8",
@@ -157,6 +158,7 @@ def test_engine_values_become_vllm_flags() -> None:
     expected = {
         "--max-model-len": "4096",
         "--max-num-seqs": "64",
+        "--runner": "pooling",
         "--dtype": "bfloat16",
         "--quantization": "awq",
         "--kv-cache-dtype": "fp8",
@@ -171,8 +173,12 @@ def test_engine_values_become_vllm_flags() -> None:
         assert _flag_value(args, flag) == value
     assert "--no-enable-prefix-caching" in args and "--enable-prefix-caching" not in args
     # Values the engine would refuse at startup fail the install instead (the schema lists what it runs).
-    for refused in ("engine.quantization=bitsandbytes", "engine.kvCacheDtype=fp8_e5m2"):
-        with pytest.raises(HelmError, match="quantization|kvCacheDtype"):
+    for refused in (
+        "engine.quantization=bitsandbytes",
+        "engine.kvCacheDtype=fp8_e5m2",
+        "engine.runner=draft",
+    ):
+        with pytest.raises(HelmError, match="quantization|kvCacheDtype|runner"):
             render(set_values=[refused])
 
 

@@ -59,6 +59,20 @@ def tokenize_prompts(
     return token_lists
 
 
+async def start_prompts(
+    request: Request, generation: Generation, prompts: list[str | list[int]], add_special_tokens: bool
+) -> None:
+    """Tokenize the prompts off the event loop, then submit them (both abandoned if the client goes away)."""
+    engine = generation.engine
+    generation.prompts = await until_disconnect(
+        request,
+        generation.state.off_loop(
+            tokenize_prompts, engine.tokenizer, prompts, engine.info.vocab_size, add_special_tokens
+        ),
+    )
+    await until_disconnect(request, generation.start())
+
+
 @router.post("/v1/completions", response_model=None)
 async def create_completion(body: CompletionRequest, request: Request) -> Any:
     state = server_state(request)
@@ -81,17 +95,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Any:
     generation.admit()
 
     async def build() -> Any:
-        generation.prompts = await until_disconnect(
-            request,
-            state.off_loop(
-                tokenize_prompts,
-                engine.tokenizer,
-                prompts,
-                engine.info.vocab_size,
-                body.add_special_tokens is not False,
-            ),
-        )
-        await until_disconnect(request, generation.start())
+        await start_prompts(request, generation, prompts, body.add_special_tokens is not False)
         # A truncated prompt echoes what the model saw: decoded from its (kept) token ids.
         whole = params.truncate_prompt_tokens is None
         echo_texts = [p if isinstance(p, str) and whole else None for p in prompts] if body.echo else None

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pagedserve.outputs import RequestOutput
 from pagedserve.pooling_params import PoolingParams
 from pagedserve.sampling_params import SamplingParams
-from pagedserve.server.completions import prompt_list, tokenize_prompts
+from pagedserve.server.completions import prompt_list, start_prompts
 from pagedserve.server.errors import APIError
 from pagedserve.server.generation import Generation, new_request_ids, respond, until_disconnect
 from pagedserve.server.openai.protocol import EmbeddingRequest
@@ -49,17 +49,7 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> Any:
     generation.admit()
 
     async def build() -> Any:
-        generation.prompts = await until_disconnect(
-            request,
-            state.off_loop(
-                tokenize_prompts,
-                engine.tokenizer,
-                prompts,
-                engine.info.vocab_size,
-                body.add_special_tokens is not False,
-            ),
-        )
-        await until_disconnect(request, generation.start())
+        await start_prompts(request, generation, prompts, body.add_special_tokens is not False)
         outputs = await until_disconnect(request, generation.collect())
         await generation.close()
         return JSONResponse(_response(response_id, model, outputs, body.encoding_format))

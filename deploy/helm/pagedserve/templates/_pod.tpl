@@ -176,6 +176,8 @@ spec:
         {{- end }}
         - --max-num-seqs
         - {{ $engine.maxNumSeqs | quote }}
+        - --runner
+        - {{ $engine.runner | quote }}
         - --dtype
         - {{ $engine.dtype | quote }}
         {{- with $engine.quantization }}
