@@ -48,6 +48,17 @@ def parse_json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def parse_json_string_list(text: str) -> list[str]:
+    """A flag given as one JSON list of strings, e.g. '["https://a.example"]' (vLLM's syntax for the CORS lists)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of strings, e.g. '[\"*\"]', got {text!r}")
+    return value
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from pagedserve import envs
-from pagedserve.cli.args import add_config_args, config_from_args, configure_logging
+from pagedserve.cli.args import add_config_args, config_from_args, configure_logging, parse_json_string_list
 from pagedserve.config import (
     QUANTIZATION_CHOICES,
     CacheConfig,
@@ -86,7 +85,7 @@ def add_parser(subparsers: Any) -> None:
     for name in CORS_LISTS:  # vLLM's syntax: one JSON list, e.g. --allowed-origins '["https://a.example"]'
         default = getattr(ServerConfig(), name)
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=_json_string_list, default=default, metavar="JSON",
+            "--" + name.replace("_", "-"), dest=name, type=parse_json_string_list, default=default, metavar="JSON",
             help=field_docs(ServerConfig)[name],
         )  # fmt: skip
     parser.add_argument(
@@ -123,16 +122,6 @@ def add_parser(subparsers: Any) -> None:
 
 def _unsupported_dest(flag: str) -> str:
     return "unsupported_" + flag[2:].replace("-", "_")
-
-
-def _json_string_list(text: str) -> list[str]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise argparse.ArgumentTypeError(f"expected a JSON list of strings, e.g. '[\"*\"]', got {text!r}")
-    return value
 
 
 def _structured_outputs_config(text: str) -> StructuredOutputsConfig:
