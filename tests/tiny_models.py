@@ -36,3 +36,28 @@ def write_tiny_qwen(folder: pathlib.Path, version: int = 3, max_positions: int =
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model
+
+
+def write_tiny_moe(folder: pathlib.Path, kind: str) -> Any:
+    """A 2-layer Mixtral (4 experts, top 2) or Qwen3-MoE (6 experts of width 40, top 2, renormalized) with tied
+    embeddings, in transformers' Hub layout (each expert's matrices apart); returns the float32 model."""
+    tokenizer = bundled_tokenizer()
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.1,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    if kind == "mixtral":
+        config = transformers.MixtralConfig(
+            **common, intermediate_size=48, num_local_experts=4, num_experts_per_tok=2
+        )
+    else:  # 6 experts of width 40: at TP=2 each rank keeps 20 rows of every expert
+        config = transformers.Qwen3MoeConfig(
+            **common, head_dim=32, intermediate_size=96, moe_intermediate_size=40, num_experts=6,
+            num_experts_per_tok=2, norm_topk_prob=True,
+        )  # fmt: skip
+    torch.manual_seed(5)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model

@@ -104,16 +104,18 @@ def test_disable_custom_all_reduce_reduces_over_gloo_with_the_same_result(tmp_pa
     assert len(maps) == 2 and not any("/dev/shm/pagedserve-tp-" in m for m in maps)
 
 
-def _tp2_matches_transformers(folder: pathlib.Path, **llm_kwargs) -> list[str]:
-    """Greedy tokens and logprobs of `folder` at TP=2 against transformers; the ranks' /proc maps."""
+def _tp2_matches_transformers(folder: pathlib.Path, tensor_parallel_size: int = 2, **llm_kwargs) -> list[str]:
+    """Greedy tokens and logprobs of `folder` at TP=2 (or `tensor_parallel_size`) against transformers; the ranks'
+    /proc maps."""
     reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     prompt = torch.randint(0, 49152, (21,), generator=torch.Generator().manual_seed(3)).tolist()
     llm = LLM(
         model=str(folder), dtype="float32", max_model_len=128, kv_cache_memory_bytes=2**22,
-        tensor_parallel_size=2, block_size=4, max_num_batched_tokens=8, **llm_kwargs,
+        tensor_parallel_size=tensor_parallel_size, block_size=4, max_num_batched_tokens=8, **llm_kwargs,
     )  # fmt: skip
     try:
-        maps = [pathlib.Path(f"/proc/{pid}/maps").read_text() for pid in llm.llm_engine.executor.pids]
+        pids = llm.llm_engine.executor.pids if tensor_parallel_size > 1 else []
+        maps = [pathlib.Path(f"/proc/{pid}/maps").read_text() for pid in pids]
         params = SamplingParams(temperature=0, max_tokens=6, logprobs=0, prompt_logprobs=0, ignore_eos=True)
         output = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0]
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import io
 import json
@@ -54,11 +55,37 @@ def test_llama3_8b_kv_bytes_per_token_matches_hand_computation() -> None:
         ("qwen2.5-72b", 72.71),
         ("qwen3-8b", 8.2),  # head_dim 128 with 64 heads over a 5120-wide model (32b): q is wider than hidden
         ("qwen3-32b", 32.8),
+        ("mixtral-8x7b", 46.7),  # 8 experts of Mistral 7B's MLP width
+        ("qwen3-30b-a3b", 30.5),  # 128 experts of moe_intermediate_size 768, not intermediate_size 6144
     ],
 )
 def test_parameter_count_matches_published_size(model: str, published_billions: float) -> None:
     spec, _ = load_model_spec(model)
     assert spec.param_count / 1e9 == pytest.approx(published_billions, rel=0.005)
+
+
+def test_qwen2_moe_counts_its_shared_expert() -> None:
+    """Qwen1.5-MoE-A2.7B's published config.json: 60 routed experts and a shared one; 14.3 B parameters."""
+    config = {
+        "hidden_size": 2048, "intermediate_size": 5632, "moe_intermediate_size": 1408,
+        "shared_expert_intermediate_size": 5632, "num_experts": 60, "num_experts_per_tok": 4,
+        "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 151936,
+        "max_position_embeddings": 8192, "tie_word_embeddings": False,
+    }  # fmt: skip
+    spec = spec_from_config(config, "qwen1.5-moe-a2.7b")
+    assert (spec.intermediate_size, spec.experts_per_token) == (1408, 4)
+    assert spec.param_count / 1e9 == pytest.approx(14.3, rel=0.005)
+
+
+def test_moe_activations_scale_with_the_experts_a_token_runs() -> None:
+    """A token's MLP activations cover its top-k experts, not all 128: Qwen3-30B-A3B plans the activations of a
+    dense model of 8 x 768 MLP width (its weights are what make it large)."""
+    spec, _ = load_model_spec("qwen3-30b-a3b")
+    dense = dataclasses.replace(spec, num_experts=1, experts_per_token=1, intermediate_size=8 * 768)
+    gpu = find_gpu("H100-80GB")
+    moe_plan, dense_plan = plan_capacity(spec, gpu, PlanRequest()), plan_capacity(dense, gpu, PlanRequest())
+    assert moe_plan.candidates[0].activations == dense_plan.candidates[0].activations
+    assert moe_plan.weight_bytes > 4 * dense_plan.weight_bytes
 
 
 @pytest.mark.parametrize("model", ["mistral-7b", "llama-3-8b", "qwen2.5-7b"])

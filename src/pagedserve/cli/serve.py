@@ -48,7 +48,8 @@ UNSUPPORTED_FLAGS = {
     "--enable-sleep-mode": "scale the Deployment to zero instead (KEDA in the chart)",
     "--limit-mm-per-prompt": "no multimodal models are served",
     "--kv-transfer-config": "no disaggregated prefill / KV transfer connector",
-    "--enable-expert-parallel": "no mixture-of-experts models are served",
+    "--enable-expert-parallel": "mixture-of-experts layers shard every expert over the tensor-parallel ranks "
+    "(no expert parallelism)",
     "--hf-overrides": "the checkpoint's config.json is used as written",
     "--compilation-config": "pagedserve runs no torch.compile; its decode graphs are on unless --enforce-eager",
     "--async-scheduling": "each step is scheduled once the previous one's tokens are known",

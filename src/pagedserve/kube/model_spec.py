@@ -28,6 +28,11 @@ class ModelSpec:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     num_experts: int = 1
+    """Routed experts per MoE layer; `intermediate_size` is then one expert's width (Qwen's moe_intermediate_size)."""
+    experts_per_token: int = 1
+    """Experts each token runs (num_experts_per_tok): what activations scale with."""
+    shared_expert_intermediate_size: int = 0
+    """Qwen2-MoE's shared expert, run on every token beside the routed ones; 0 when none."""
     torch_dtype: str = "bfloat16"
     checkpoint_quantization: str | None = None
     exact_param_count: int | None = None
@@ -46,7 +51,9 @@ class ModelSpec:
         attention = self.hidden_size * (q_out + 2 * kv_out) + q_out * self.hidden_size
         mlp = 3 * self.hidden_size * self.intermediate_size * self.num_experts
         router = self.hidden_size * self.num_experts if self.num_experts > 1 else 0
-        return attention + mlp + router
+        shared = 3 * self.hidden_size * self.shared_expert_intermediate_size
+        shared += self.hidden_size if self.shared_expert_intermediate_size else 0  # its sigmoid gate
+        return attention + mlp + router + shared
 
     @property
     def linear_params(self) -> int:
@@ -86,10 +93,13 @@ def spec_from_config(config: dict[str, Any], name: str, source: str = "config.js
     head_dim = config.get("head_dim") or hidden // heads
     quant_config = config.get("quantization_config") or {}
     quant = quant_config.get("quant_method") if isinstance(quant_config, dict) else None
+    num_experts = int(config.get("num_local_experts") or config.get("num_experts") or 1)
+    # Qwen2/3-MoE: intermediate_size is the (usually unused) dense MLP's, each expert's is moe_intermediate_size.
+    width_key = "moe_intermediate_size" if num_experts > 1 and "moe_intermediate_size" in config else None
     spec = ModelSpec(
         name=name,
         hidden_size=hidden,
-        intermediate_size=_require_int(config, "intermediate_size", source),
+        intermediate_size=_require_int(config, width_key or "intermediate_size", source),
         num_layers=_require_int(config, "num_hidden_layers", source),
         num_attention_heads=heads,
         num_kv_heads=int(kv_heads),
@@ -98,7 +108,9 @@ def spec_from_config(config: dict[str, Any], name: str, source: str = "config.js
         max_position_embeddings=int(config.get("max_position_embeddings") or 4096),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         attention_bias=bool(config.get("attention_bias", False)),
-        num_experts=int(config.get("num_local_experts") or config.get("num_experts") or 1),
+        num_experts=num_experts,
+        experts_per_token=int(config.get("num_experts_per_tok") or 1) if num_experts > 1 else 1,
+        shared_expert_intermediate_size=int(config.get("shared_expert_intermediate_size") or 0),
         torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
         checkpoint_quantization=str(quant).lower() if quant else None,
     )

@@ -181,7 +181,9 @@ def _fit(
     budget = int(gpu.memory_bytes * request.gpu_memory_utilization)
     weights = math.ceil(weights_total / t)
     runtime = RUNTIME_OVERHEAD_BYTES + (NCCL_OVERHEAD_BYTES if t > 1 else 0)
-    per_token_activation = 4 * model.hidden_size + 3 * model.intermediate_size * model.num_experts // t
+    # A token runs its top-k experts (and a shared one): their widths, not all experts', hold activations.
+    mlp_width = model.intermediate_size * model.experts_per_token + model.shared_expert_intermediate_size
+    per_token_activation = 4 * model.hidden_size + 3 * mlp_width // t
     activations = request.max_num_batched_tokens * per_token_activation * act_bytes
     activations += request.max_num_seqs * model.vocab_size * 4
     kv_heads_per_gpu = max(1, model.num_kv_heads // t)

@@ -203,10 +203,13 @@ class MergedLinear(LinearBase):
         bias: bool,
         part_slices: dict[str, tuple[int, int]] | None = None,
         input_slice: tuple[int, int] | None = None,
+        reduce: bool = True,
     ) -> None:
         """part_slices: shard id -> (first row, rows) of the checkpoint part this rank keeps (column-parallel; the
         rows become that part's output size). input_slice: (first column, columns) of the checkpoint's input this
-        rank keeps (row-parallel); `input_size` is then the checkpoint's."""
+        rank keeps (row-parallel); `input_size` is then the checkpoint's. reduce=False leaves a row-parallel
+        layer's partial output unsummed, for a caller that sums several layers' outputs with one all-reduce (the
+        experts of a mixture-of-experts block)."""
         self.part_slices = part_slices
         self.input_slice = input_slice
         if part_slices is not None:
@@ -220,13 +223,14 @@ class MergedLinear(LinearBase):
             self.shard_offsets[name] = (offset, size)
             offset += size
         # Row-parallel: every rank sums its partial product; rank 0 alone adds the bias.
-        self.reduce_output = input_slice is not None and parallel_state.get_tp().size > 1
+        self.row_parallel = input_slice is not None and parallel_state.get_tp().size > 1
+        self.reduce_output = self.row_parallel and reduce
 
     def tp_slice(self, loaded: Any, shard_id: str | None, is_bias: bool) -> Any:
         if self.part_slices is not None and shard_id is not None:
             first, count = self.part_slices[shard_id]
             return loaded if (first, count) == (0, loaded.shape[0]) else slice_rows(loaded, first, count)
-        if self.input_slice is not None and self.reduce_output:
+        if self.row_parallel:
             if is_bias:
                 return loaded if parallel_state.get_tp().rank == 0 else torch.zeros_like(loaded)
             what = f"{self.output_size}x{self.input_size} layer, part {shard_id}"

@@ -135,7 +135,10 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
     far as GGUF metadata records it."""
     arch = gguf_architecture(reader, path)
     if field_value(reader, f"{arch}.expert_count", 0):
-        raise ValueError(f"GGUF file {path} is a mixture-of-experts model, which is not supported")
+        raise ValueError(
+            f"GGUF file {path} is a mixture-of-experts model: its stacked expert tensors are not supported yet "
+            "(serve the model's Hugging Face safetensors folder: Mixtral, Qwen2-MoE and Qwen3-MoE are)"
+        )
     hidden_size = int(_required(reader, f"{arch}.embedding_length", path))
     num_heads = _uniform_count(_required(reader, f"{arch}.attention.head_count", path), "head_count", path)
     num_kv_heads = _uniform_count(

@@ -7,7 +7,7 @@ gate|up, so `load_weights` maps checkpoint names onto shards.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -114,11 +114,19 @@ class LlamaMLP(nn.Module):
         return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
+MlpFactory = Callable[[Any, int], nn.Module]
+"""(config, layer index) -> that layer's feed-forward block: LlamaMLP, or a mixture of experts (models/moe.py)."""
+
+
+def dense_mlp(config: Any, layer_index: int) -> nn.Module:
+    return LlamaMLP(config)
+
+
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: Any, backend: AttentionBackend, shape: AttentionShape) -> None:
+    def __init__(self, config: Any, backend: AttentionBackend, shape: AttentionShape, mlp: nn.Module) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, backend, shape)
-        self.mlp = LlamaMLP(config)
+        self.mlp = mlp
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -134,11 +142,14 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: Any, backend: AttentionBackend, shape: AttentionShape) -> None:
+    def __init__(
+        self, config: Any, backend: AttentionBackend, shape: AttentionShape, make_mlp: MlpFactory = dense_mlp
+    ) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, backend, shape) for _ in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, backend, shape, make_mlp(config, index))
+            for index in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         num_heads = config.num_attention_heads
@@ -158,8 +169,13 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    stacked_params = _STACKED
+    stacked_params: dict[str, tuple[str, str | None]] = _STACKED
     """Checkpoint name fragment -> (merged parameter fragment, part): also how a LoRA adapter's layers map."""
+    renamed_params: dict[str, str] = {}
+    """Checkpoint name fragment -> ours, applied before `stacked_params` (Mixtral's block_sparse_moe is our mlp)."""
+    is_moe = False
+    """A mixture-of-experts model (models/moe.py): eager decode steps, no LoRA."""
+    make_mlp: MlpFactory = staticmethod(dense_mlp)
 
     @staticmethod
     def attention_shape(config: Any) -> AttentionShape:
@@ -169,7 +185,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: Any, backend: AttentionBackend) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, backend, self.attention_shape(config))
+        self.model = LlamaModel(config, backend, self.attention_shape(config), self.make_mlp)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = LMHead(config.vocab_size, config.hidden_size)
         if self.tie_word_embeddings:
@@ -208,8 +224,10 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name == "lm_head.weight" and self.tie_word_embeddings:
                 continue
+            for fragment, ours in self.renamed_params.items():
+                name = name.replace(fragment, ours)
             shard_id = None
-            for fragment, (merged, shard) in _STACKED.items():
+            for fragment, (merged, shard) in self.stacked_params.items():
                 if fragment in name:
                     name, shard_id = name.replace(fragment, merged), shard
                     break

@@ -138,6 +138,11 @@ class ModelRunner:
                 self.cpu_kernels or "none (PyTorch paths)", self.cpu_threads,
             )  # fmt: skip
         model_class = resolve_model_class(hf_config)
+        if lora_config is not None and lora_config.enable_lora and getattr(model_class, "is_moe", False):
+            raise ValueError(
+                f"--enable-lora: LoRA adapters on mixture-of-experts models ({model_class.__name__}) are not "
+                "supported"
+            )
         if max_model_len > getattr(hf_config, "max_position_embeddings", max_model_len):
             # VLLM_ALLOW_LONG_MAX_MODEL_LEN: the rotary table must cover every position a sequence can reach.
             hf_config.max_position_embeddings = max_model_len
@@ -221,6 +226,10 @@ class ModelRunner:
         shared-memory collectives (C calls, replayed with the step); gloo's are not, and CUDA graphs of NCCL calls
         are untested."""
         if tp_size > 1 and (self.device.type != "cpu" or not parallel_state.collectives_replayable()):
+            return None
+        if getattr(self.model, "is_moe", False):
+            # Routing groups tokens by expert, sizes known only at run time: nothing a graph can replay.
+            logger.info("decode graphs: off for a mixture-of-experts model (eager decode steps)")
             return None
         if self.device.type == "cuda" and self.attention_backend == "triton":
             graphs = CudaDecodeGraphs(

@@ -308,3 +308,12 @@ def test_load_format_must_match_the_file(tiny_gguf_factory) -> None:
         resolve_model_source(path, load_format="safetensors")
     with pytest.raises(ValueError, match="load_format must be one of"):
         resolve_model_source(path, load_format="pt")
+
+
+def test_mixture_of_experts_gguf_is_refused_pointing_at_the_safetensors_folder(tiny_gguf_factory) -> None:
+    """llama.cpp stores Mixtral as architecture llama with expert_count and stacked expert tensors (not read yet)."""
+    tiny = tiny_gguf_factory(metadata=lambda writer: writer.add_expert_count(8))
+    with pytest.raises(
+        ValueError, match="mixture-of-experts model: its stacked expert tensors.*safetensors folder"
+    ):
+        resolve_model_source(str(tiny.path))
