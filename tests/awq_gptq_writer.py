@@ -174,6 +174,45 @@ def act_orders(model: transformers.LlamaForCausalLM, seed: int) -> dict[str, tor
     return orders
 
 
+def quantize_state_dict(
+    state: dict[str, torch.Tensor],
+    method: str,
+    bits: int = 4,
+    group_size: int = 128,
+    symmetric: bool = False,
+    fmt: str = "gptq",
+    orders: dict[str, torch.Tensor] | None = None,
+    not_converted: tuple[str, ...] = (),
+    quantized: tuple[str, ...] = QUANTIZED,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(checkpoint tensors, reference weights) of a Hugging Face state dict: each `weight` of a layer whose last name
+    is in `quantized` (and not in `not_converted`) quantized with `method` and packed, every other tensor float16;
+    the reference holds each quantized weight dequantized (float32) and the rest as saved. `orders` (act order,
+    Llama layers only): input-channel order per (layer index, input kind)."""
+    tensors: dict[str, torch.Tensor] = {}
+    reference: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        module, _, part = name.rpartition(".")
+        leaf = module.rpartition(".")[2]
+        if leaf not in quantized or part != "weight" or leaf in not_converted:
+            tensors[name] = value.to(torch.float16).contiguous()
+            reference[name] = tensors[name].float()
+            continue
+        cols = value.shape[1]
+        group = cols if group_size == -1 else group_size
+        g_idx = torch.arange(cols) // group
+        if orders:
+            order = orders[f"{module.split('.')[2]}.{INPUT_OF[leaf]}"]
+            g_idx = torch.empty(cols, dtype=torch.int64)
+            g_idx[order] = torch.arange(cols) // group
+        layer = quantize_rtn(value, g_idx, bits, symmetric)
+        parts = awq_tensors(layer) if method == "awq" else gptq_tensors(layer, bits, v1=fmt == "gptq")
+        for part_name, tensor in parts.items():
+            tensors[f"{module}.{part_name}"] = tensor
+        reference[name] = layer.dequantize()
+    return tensors, reference
+
+
 def write_checkpoint(
     folder: pathlib.Path,
     method: str,
@@ -191,27 +230,9 @@ def write_checkpoint(
     `not_converted` (AWQ's modules_to_not_convert) stay float16."""
     model = tiny_llama(seed)
     orders = act_orders(model, seed + 1) if desc_act else {}
-    tensors: dict[str, torch.Tensor] = {}
-    reference: dict[str, torch.Tensor] = {}
-    for name, value in model.state_dict().items():
-        module, _, part = name.rpartition(".")
-        leaf = module.rpartition(".")[2]
-        if leaf not in QUANTIZED or part != "weight" or leaf in not_converted:
-            tensors[name] = value.to(torch.float16).contiguous()
-            reference[name] = tensors[name].float()
-            continue
-        cols = value.shape[1]
-        group = cols if group_size == -1 else group_size
-        g_idx = torch.arange(cols) // group
-        if desc_act:
-            order = orders[f"{module.split('.')[2]}.{INPUT_OF[leaf]}"]
-            g_idx = torch.empty(cols, dtype=torch.int64)
-            g_idx[order] = torch.arange(cols) // group
-        layer = quantize_rtn(value, g_idx, bits, symmetric)
-        parts = awq_tensors(layer) if method == "awq" else gptq_tensors(layer, bits, v1=fmt == "gptq")
-        for part_name, tensor in parts.items():
-            tensors[f"{module}.{part_name}"] = tensor
-        reference[name] = layer.dequantize()
+    tensors, reference = quantize_state_dict(
+        model.state_dict(), method, bits, group_size, symmetric, fmt, orders, not_converted
+    )
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()

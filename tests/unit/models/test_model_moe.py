@@ -233,3 +233,66 @@ def test_block_fp8_checkpoint_keeps_each_expert_in_float8(checkpoints, tmp_path)
 def test_a_top_k_beyond_the_experts_is_refused() -> None:
     with pytest.raises(ValueError, match="num_experts_per_tok must be between 1 and num_experts"):
         SparseMoeBlock(64, num_experts=4, top_k=5, intermediate_size=16, renormalize=True)
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq"])
+def test_awq_and_gptq_mixtral_keep_every_expert_in_4_bit_blocks(tmp_path, method: str) -> None:
+    """AutoAWQ's Mixtral layout (TheBloke's Mixtral-8x7B AWQ files): attention and each expert's w1 / w2 / w3 in
+    4 bits, the router `block_sparse_moe.gate` left float16 (AWQ's modules_to_not_convert ["gate"]; GPTQ files
+    just store it unquantized). Every expert is kept in GGUF blocks; the logits follow the checkpoint dequantized
+    at load within Q4_1's float16 offsets, and that dequantized model computes what transformers computes with the
+    same weights."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from tests.awq_gptq_writer import QUANTIZED, awq_config, gptq_config, quantize_state_dict
+
+    from pagedserve.layers.gguf_quant import TYPE_NAMES, dequantize
+
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, num_local_experts=4, num_experts_per_tok=2,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(
+        tmp_path / "float"
+    )
+    state = load_file(tmp_path / "float" / "model.safetensors")
+    tensors, reference = quantize_state_dict(state, method, quantized=(*QUANTIZED, "w1", "w2", "w3"))
+    settings = json.loads((tmp_path / "float" / "config.json").read_text())
+    for name, weights in (("quantized", tensors), ("reference", reference)):
+        (tmp_path / name).mkdir()
+        save_file(weights, str(tmp_path / name / "model.safetensors"), metadata={"format": "pt"})
+        if name == "quantized":
+            quant = (
+                awq_config(128, ("gate",)) if method == "awq" else gptq_config(4, 128, False, False, "gptq")
+            )
+            settings = {**settings, "torch_dtype": "float16", "quantization_config": quant}
+        else:
+            settings = {k: v for k, v in settings.items() if k != "quantization_config"}
+        (tmp_path / name / "config.json").write_text(json.dumps(settings))
+
+    config, kept = load_model(tmp_path / "quantized", keep_quantized=True)
+    _, dense = load_model(tmp_path / "quantized", keep_quantized=False)
+    for block in moe_blocks(kept):
+        assert {TYPE_NAMES[e.gate_up_proj.weight_type] for e in block.experts} == {"Q4_1"}
+        assert {TYPE_NAMES[e.down_proj.weight_type] for e in block.experts} == {"Q4_1"}
+        assert block.gate.weight_type is None and block.gate.weight.is_floating_point()
+    for index, expert in enumerate(moe_blocks(kept)[1].experts):
+        prefix = f"model.layers.1.block_sparse_moe.experts.{index}"
+        for module, parts in ((expert.gate_up_proj, ("w1", "w3")), (expert.down_proj, ("w2",))):
+            expected = torch.cat([reference[f"{prefix}.{part}.weight"] for part in parts])
+            kept_weight = dequantize(module.weight.data, module.weight_type, module.input_size)
+            # Q4_1's float16 offset (2^-11 of the group's largest |weight| plus one step), float32's rounding.
+            bound = 2**-11 * (expected.abs().amax(1, keepdim=True) * 2) + 2**-22 * expected.abs()
+            assert ((kept_weight - expected).abs() <= bound).all()
+    tokens, chunks = [5, 9, 14, 3, 22, 7, 90, 42, 8, 200, 31], [6, 3, 1, 1]
+    got, expected = logits_of(kept, config, tokens, chunks), logits_of(dense, config, tokens, chunks)
+    # The dense Llama cases' bound (test_model_awq_gptq.py), at transformers' default weight spread.
+    assert (got - expected).abs().max().item() <= 1e-3
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "reference", dtype=torch.float32
+    ).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(expected, theirs(torch.tensor([tokens])).logits[0], atol=1e-5, rtol=1e-5)
