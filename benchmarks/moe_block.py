@@ -61,7 +61,9 @@ def best_ms(call: Callable[[], torch.Tensor]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64, 512])
     parser.add_argument("--json", default=None)
@@ -85,7 +87,7 @@ def main() -> None:
         "transformers eager": lambda x: transformers_call("eager", x),
         "transformers grouped_mm": lambda x: transformers_call("grouped_mm", x),
     }
-    for n, x in inputs.items():
+    for x in inputs.values():
         expected = systems["transformers eager"](x)()
         expected = expected[0] if isinstance(expected, tuple) else expected
         for name in ("pagedserve float32", "transformers grouped_mm"):
@@ -111,7 +113,8 @@ def main() -> None:
     print("|" + "---|" * (len(inputs) + 1))
     for name in systems:
         cells = [
-            f"{statistics.median(results[name][n]):.2f} ({statistics.median(ratios[name][n]):.2f}x)" for n in inputs
+            f"{statistics.median(results[name][n]):.2f} ({statistics.median(ratios[name][n]):.2f}x)"
+            for n in inputs
         ]
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:

@@ -120,6 +120,22 @@ class ModelConfig:
     """CPU threads for the model's math (torch/OpenMP). Default: PAGEDSERVE_CPU_THREADS, else the CPUs the process
     may use: its affinity mask capped by its cgroup CPU quota (Kubernetes' limits.cpu), rounded down."""
 
+    def validate(self) -> None:
+        """ValueError naming the field (the model-dependent checks come when the model is read)."""
+        check_choices(self)
+        _at_least(self, "max_model_len", 1, optional=True)
+        _at_least(self, "max_logprobs", -1, "-1 for the whole vocabulary")
+        _at_least(self, "cpu_threads", 1, optional=True)
+        resolved_runner(self)
+
+
+def _at_least(config: object, name: str, low: float, note: str = "", optional: bool = False) -> None:
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+        raise ValueError(f"{name} must be >= {low}{f' ({note})' if note else ''}, got {value!r}")
+
 
 def resolved_runner(config: ModelConfig) -> str:
     """generate or pooling, from --runner and vLLM's older --task; ValueError when they disagree."""
@@ -150,6 +166,14 @@ class CacheConfig:
     kv_cache_dtype: KVCacheDType = "auto"
     """KV cache storage, as vLLM's flag. auto: the model's dtype. fp8 / fp8_e4m3: float8 e4m3 with a scale of 1 (vLLM's default without calibrated scales; values saturate at +-448): half the bytes of bfloat16, so twice the tokens in the same budget and half what decode attention reads. fp8_e5m2 and checkpoint KV scales are refused."""
 
+    def validate(self) -> None:
+        check_choices(self)
+        _at_least(self, "block_size", 1)
+        _at_least(self, "kv_cache_memory_bytes", 1, optional=True)
+        _at_least(self, "swap_space", 0, "GiB")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+
 
 @dataclass
 class SchedulerConfig:
@@ -172,6 +196,12 @@ class SchedulerConfig:
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     """fcfs: requests in arrival order. priority (vLLM's): waiting requests by their `priority` (lower first, then
     arrival), and when KV blocks run out the running request with the largest priority value is preempted first."""
+
+    def validate(self) -> None:
+        check_choices(self)
+        _at_least(self, "max_num_seqs", 1)
+        _at_least(self, "max_num_batched_tokens", 1, optional=True)
+        _at_least(self, "long_prefill_token_threshold", 0)
 
     def token_budget(self, max_model_len: int) -> int:
         """max_num_batched_tokens as the engine uses it; ValueError naming the field when it cannot hold a whole
@@ -231,6 +261,7 @@ class ParallelConfig:
 
     def validate(self) -> None:
         """ValueError naming the field; the heads' split is checked against the model (distributed/partition.py)."""
+        check_choices(self)
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.pipeline_parallel_size != 1:
@@ -285,6 +316,7 @@ class LoRAConfig:
 
     def validate(self) -> None:
         """ValueError naming the field."""
+        check_choices(self)
         if self.max_loras < 1:
             raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
         if self.max_lora_rank < 1:
@@ -312,6 +344,21 @@ class EngineConfig:
     structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
     speculative: SpeculativeConfig | None = None
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    def validate(self) -> None:
+        """Every section's own checks: ValueError naming the field. The CLI, the LLM class and the engine core call
+        it, so a value is refused the same way whichever way it came in."""
+        for section in (
+            self.model,
+            self.cache,
+            self.scheduler,
+            self.parallel,
+            self.lora,
+            self.structured_outputs,
+        ):
+            section.validate()
+        if self.speculative is not None:
+            self.speculative.validate()
 
 
 @cache

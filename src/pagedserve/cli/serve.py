@@ -157,12 +157,8 @@ def _check_supported(args: argparse.Namespace) -> str | None:
             "checkpoints), fp8 (fp8 checkpoints, or a float one quantized at load), none (weights dequantized at "
             "load)."
         )
-    if args.swap_space < 0:
-        return "--swap-space must be >= 0 (GiB)."
     if args.enable_log_requests and args.disable_log_requests:
         return "--enable-log-requests and --disable-log-requests contradict each other."
-    if args.max_logprobs < -1:
-        return "--max-logprobs must be >= 0, or -1 for the whole vocabulary."
     if args.max_num_queued_reqs < 1:
         return "--max-num-queued-reqs must be >= 1."
     if args.tool_call_parser is not None:
@@ -218,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             engine_config.structured_outputs, reasoning_parser=server_config.reasoning_parser
         )
     try:
-        engine_config.parallel.validate()
+        engine_config.validate()
         in_process = not envs.engine_core_process()
         configure_logging()
     except ValueError as error:

@@ -42,8 +42,7 @@ class EngineCore:
         from pagedserve.models.loader import resolve_model_source, resolve_quantization
 
         mc, cc, sc = config.model, config.cache, config.scheduler
-        config.parallel.validate()
-        config.lora.validate()
+        config.validate()
         lora = config.lora if config.lora.enable_lora else None
         if config.parallel.headless:
             raise ValueError(

@@ -15,7 +15,6 @@ from pagedserve.config import (
     SchedulerConfig,
     SpeculativeConfig,
     StructuredOutputsConfig,
-    check_choices,
     config_fields,
 )
 from pagedserve.engine.chat import CONTENT_FORMATS, ChatOptions
@@ -36,15 +35,11 @@ def build_engine_config(**kwargs: Any) -> EngineConfig:
         structured = StructuredOutputsConfig(**structured)
     if structured is not None and not isinstance(structured, StructuredOutputsConfig):
         raise TypeError("structured_outputs_config must be a dict or a StructuredOutputsConfig")
-    if structured is not None:
-        structured.validate()
     speculative = kwargs.pop("speculative_config", None)
     if isinstance(speculative, dict):
         speculative = SpeculativeConfig.from_dict(speculative)
     if speculative is not None and not isinstance(speculative, SpeculativeConfig):
         raise TypeError("speculative_config must be a dict or a SpeculativeConfig")
-    if speculative is not None:
-        speculative.validate()
     values: dict[type, dict[str, Any]] = {cls: {} for cls in _SECTIONS}
     names = {f.name: cls for cls in _SECTIONS for f in config_fields(cls)}
     for key, value in kwargs.items():
@@ -60,13 +55,7 @@ def build_engine_config(**kwargs: Any) -> EngineConfig:
         structured_outputs=structured or StructuredOutputsConfig(),
         speculative=speculative,
     )
-    for section in (
-        config.model,
-        config.cache,
-        config.scheduler,
-        config.parallel,
-    ):  # LoRAConfig.validate: its own
-        check_choices(section)
+    config.validate()
     return config
 
 
