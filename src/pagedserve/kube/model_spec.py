@@ -140,10 +140,18 @@ def spec_from_gguf(path: Path) -> ModelSpec:
     vocab = int(vocab_field.contents()) if vocab_field is not None else len(field("tokenizer.ggml.tokens"))
     tensor_names = {t.name for t in reader.tensors}
     key_length = reader.fields.get(f"{arch}.attention.key_length")  # qwen3: its own head size
+
+    def optional(key: str) -> int:
+        found = reader.fields.get(key)
+        return 0 if found is None else int(found.contents())
+
+    num_experts = optional(f"{arch}.expert_count")
+    # Mixtral (llama) keeps the expert width in feed_forward_length; qwen2moe / qwen3moe in its own key.
+    width = optional(f"{arch}.expert_feed_forward_length") if num_experts else 0
     return ModelSpec(
         name=path.stem,
         hidden_size=hidden,
-        intermediate_size=int(field(f"{arch}.feed_forward_length")),
+        intermediate_size=width or int(field(f"{arch}.feed_forward_length")),
         num_layers=int(field(f"{arch}.block_count")),
         num_attention_heads=heads,
         num_kv_heads=int(field(f"{arch}.attention.head_count_kv")),
@@ -151,6 +159,9 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         vocab_size=vocab,
         max_position_embeddings=int(field(f"{arch}.context_length")),
         tie_word_embeddings="output.weight" not in tensor_names,
+        num_experts=max(num_experts, 1),
+        experts_per_token=optional(f"{arch}.expert_used_count") or 1,
+        shared_expert_intermediate_size=optional(f"{arch}.expert_shared_feed_forward_length"),
         exact_param_count=sum(int(t.n_elements) for t in reader.tensors),
     )
 

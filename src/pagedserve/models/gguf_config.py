@@ -15,8 +15,10 @@ import transformers
 
 from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
-_SUPPORTED_HINT = "supported: llama (Llama 2/3, Mistral, SmolLM2), qwen2 and qwen3"
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe")
+_SUPPORTED_HINT = (
+    "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe and qwen3moe"
+)
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
 _SAMPLING_KEYS = {
@@ -134,11 +136,9 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
     """A LlamaConfig / MistralConfig / Qwen2Config / Qwen3Config equal to what the original checkpoint's config.json says, as
     far as GGUF metadata records it."""
     arch = gguf_architecture(reader, path)
-    if field_value(reader, f"{arch}.expert_count", 0):
-        raise ValueError(
-            f"GGUF file {path} is a mixture-of-experts model: its stacked expert tensors are not supported yet "
-            "(serve the model's Hugging Face safetensors folder: Mixtral, Qwen2-MoE and Qwen3-MoE are)"
-        )
+    num_experts = int(field_value(reader, f"{arch}.expert_count", 0) or 0)
+    if arch.endswith("moe") and not num_experts:
+        raise ValueError(f"GGUF file {path}: architecture {arch} without {arch}.expert_count")
     hidden_size = int(_required(reader, f"{arch}.embedding_length", path))
     num_heads = _uniform_count(_required(reader, f"{arch}.attention.head_count", path), "head_count", path)
     num_kv_heads = _uniform_count(
@@ -159,10 +159,15 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
         else field_length(reader, "tokenizer.ggml.tokens")
     )
 
+    if num_experts and arch.endswith("moe"):  # the dense width, unused by these files' all-sparse layers
+        dense_width = field_value(reader, f"{arch}.feed_forward_length")
+        dense_width = dense_width or _required(reader, f"{arch}.expert_feed_forward_length", path)
+    else:
+        dense_width = _required(reader, f"{arch}.feed_forward_length", path)
     kwargs: dict[str, Any] = {
         "vocab_size": vocab_size,
         "hidden_size": hidden_size,
-        "intermediate_size": int(_required(reader, f"{arch}.feed_forward_length", path)),
+        "intermediate_size": int(dense_width),
         "num_hidden_layers": int(_required(reader, f"{arch}.block_count", path)),
         "num_attention_heads": num_heads,
         "num_key_value_heads": num_kv_heads,
@@ -178,11 +183,13 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
     rope_theta = field_value(reader, f"{arch}.rope.freq_base")
     if rope_theta is not None:
         kwargs["rope_theta"] = float(rope_theta)
-    default_theta = 1_000_000.0 if arch in ("qwen2", "qwen3") else 10_000.0
+    default_theta = 1_000_000.0 if arch.startswith("qwen") else 10_000.0
     rope_scaling = _rope_scaling(reader, arch, path, kwargs.get("rope_theta", default_theta), head_dim)
     if rope_scaling is not None:
         kwargs["rope_scaling"] = rope_scaling
 
+    if num_experts:
+        return _moe_config(reader, arch, path, num_experts, head_dim, kwargs)
     if arch == "qwen2":
         if head_dim != hidden_size // num_heads:
             raise ValueError(
@@ -197,6 +204,45 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
         # llama.cpp runs these without a sliding window, so pagedserve does too.
         return transformers.MistralConfig(architectures=["MistralForCausalLM"], sliding_window=None, **kwargs)
     return transformers.LlamaConfig(architectures=["LlamaForCausalLM"], **kwargs)
+
+
+def _moe_config(
+    reader: gguf.GGUFReader,
+    arch: str,
+    path: pathlib.Path,
+    num_experts: int,
+    head_dim: int,
+    kwargs: dict[str, Any],
+) -> transformers.PretrainedConfig:
+    """Mixtral (llama with experts), Qwen2-MoE and Qwen3-MoE as llama.cpp runs them: every layer sparse; top-k
+    weights renormalized for Mixtral and Qwen3-MoE, not for Qwen2-MoE (llama.cpp's norm_w per architecture, the
+    released configs' norm_topk_prob)."""
+    top_k = int(_required(reader, f"{arch}.expert_used_count", path))
+    if arch == "llama":
+        return transformers.MixtralConfig(
+            architectures=["MixtralForCausalLM"], num_local_experts=num_experts, num_experts_per_tok=top_k,
+            sliding_window=None, head_dim=head_dim, **kwargs,
+        )  # fmt: skip
+    moe = {
+        "num_experts": num_experts,
+        "num_experts_per_tok": top_k,
+        "moe_intermediate_size": int(_required(reader, f"{arch}.expert_feed_forward_length", path)),
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+    }
+    if arch == "qwen3moe":
+        return transformers.Qwen3MoeConfig(
+            architectures=["Qwen3MoeForCausalLM"], norm_topk_prob=True, head_dim=head_dim, **moe, **kwargs
+        )
+    if head_dim != kwargs["hidden_size"] // kwargs["num_attention_heads"]:
+        raise ValueError(
+            f"GGUF file {path}: qwen2moe with head_dim {head_dim} != hidden/heads is not supported"
+        )
+    shared = int(field_value(reader, f"{arch}.expert_shared_feed_forward_length", 0) or 0)
+    return transformers.Qwen2MoeConfig(
+        architectures=["Qwen2MoeForCausalLM"], norm_topk_prob=False, shared_expert_intermediate_size=shared,
+        **moe, **kwargs,
+    )  # fmt: skip
 
 
 def gguf_eos_token_ids(reader: gguf.GGUFReader) -> list[int]:

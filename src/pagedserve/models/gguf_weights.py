@@ -39,7 +39,15 @@ _BLOCK_TENSORS = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    # Mixture of experts (Mixtral as llama, qwen2moe, qwen3moe): the router and Qwen2-MoE's shared expert.
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
 }
+# All experts of a layer in one 3-D tensor [experts, rows, columns]; the model keeps one layer per expert.
+_EXPERT_TENSORS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
 # Folded into the config (rope scaling) rather than loaded as a parameter.
 _CONFIG_ONLY_TENSORS = {"rope_freqs.weight"}
 _BLOCK_NAME = re.compile(r"blk\.(?P<layer>\d+)\.(?P<part>\w+)\.(?P<kind>weight|bias)")
@@ -59,6 +67,8 @@ def hf_tensor_name(gguf_name: str) -> str | None:
         part = _BLOCK_TENSORS.get(match["part"])
         if part is not None:
             return f"model.layers.{match['layer']}.{part}.{match['kind']}"
+        if (expert_part := _EXPERT_TENSORS.get(match["part"])) and match["kind"] == "weight":
+            return f"model.layers.{match['layer']}.mlp.experts.{{expert}}.{expert_part}.weight"
     elif match := _GLOBAL_NAME.fullmatch(gguf_name):
         part = _GLOBAL_TENSORS.get(match["part"])
         if part is not None:
@@ -142,6 +152,9 @@ def iter_gguf_weights(
         name = hf_tensor_name(tensor.name)
         if name is None:
             continue
+        if "{expert}" in name:
+            yield from _split_experts(tensor, name, keep_quantized, path)
+            continue
         blocks = kept_blocks(tensor) if keep_quantized else None
         if blocks is not None:
             if architecture == "llama" and (".self_attn.q_proj." in name or ".self_attn.k_proj." in name):
@@ -150,12 +163,37 @@ def iter_gguf_weights(
             yield StoredTensor(name, blocks, int(tensor.n_bytes), path.name)
             continue
         weight = tensor_to_torch(tensor)
+        if name.endswith(".shared_expert_gate.weight") and weight.dim() == 1:
+            weight = weight.unsqueeze(0)  # llama.cpp stores the [1, hidden] gate as a vector
         if architecture == "llama":
             if ".self_attn.q_proj." in name:
                 weight = unpermute_rope_rows(weight, config.num_attention_heads)
             elif ".self_attn.k_proj." in name:
                 weight = unpermute_rope_rows(weight, config.num_key_value_heads)
         yield StoredTensor(name, weight, int(tensor.n_bytes), path.name)
+
+
+def _split_experts(
+    tensor: gguf.ReaderTensor, name_pattern: str, keep_quantized: bool, path: pathlib.Path
+) -> Iterator[StoredTensor]:
+    """A stacked expert tensor as one matrix per expert: in its blocks (each expert's rows are a contiguous run
+    of whole rows) or as float values."""
+    if len(tensor.shape) != 3:
+        raise ValueError(
+            f"GGUF file {path}: {tensor.name} should hold [experts, rows, columns], got {tensor.shape}"
+        )
+    cols, rows, experts = (int(dim) for dim in tensor.shape.tolist())
+    share = int(tensor.n_bytes) // experts
+    if keep_quantized and int(tensor.tensor_type) in KEPT_BLOCKS:
+        blocks = np.asarray(tensor.data, dtype=np.uint8).reshape(experts, rows, -1)
+        for expert in range(experts):
+            data = torch.from_numpy(np.array(blocks[expert], copy=True))
+            quantized = QuantizedTensor(data, int(tensor.tensor_type), (rows, cols))
+            yield StoredTensor(name_pattern.format(expert=expert), quantized, share, path.name)
+        return
+    values = tensor_to_torch(tensor)
+    for expert in range(experts):
+        yield StoredTensor(name_pattern.format(expert=expert), values[expert], share, path.name)
 
 
 def gguf_tensor_bytes(reader: gguf.GGUFReader) -> int:

@@ -310,10 +310,11 @@ def test_load_format_must_match_the_file(tiny_gguf_factory) -> None:
         resolve_model_source(path, load_format="pt")
 
 
-def test_mixture_of_experts_gguf_is_refused_pointing_at_the_safetensors_folder(tiny_gguf_factory) -> None:
-    """llama.cpp stores Mixtral as architecture llama with expert_count and stacked expert tensors (not read yet)."""
+def test_mixture_of_experts_gguf_without_its_expert_metadata_is_refused_naming_the_key(
+    tiny_gguf_factory,
+) -> None:
+    """llama.cpp files Mixtral as architecture llama with expert_count; the top-k (expert_used_count) must be there
+    too (test_model_gguf_moe.py loads complete files)."""
     tiny = tiny_gguf_factory(metadata=lambda writer: writer.add_expert_count(8))
-    with pytest.raises(
-        ValueError, match="mixture-of-experts model: its stacked expert tensors.*safetensors folder"
-    ):
+    with pytest.raises(ValueError, match="lacks the metadata key 'llama.expert_used_count'"):
         resolve_model_source(str(tiny.path))
