@@ -90,20 +90,39 @@ class SparseMoeBlock(nn.Module):
         return weights.to(x.dtype), experts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.shape[0]
         weights, experts = self.route(x)
+        if tokens == 1:
+            out = self._one_token(x, weights[0].tolist(), experts[0].tolist())
+        else:
+            out = self._grouped(x, weights, experts)
+        if self.shared_expert is not None and self.shared_expert_gate is not None:
+            out += torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return parallel_state.all_reduce(out) if self.reduce else out
+
+    def _one_token(self, x: torch.Tensor, weights: list[float], experts: list[int]) -> torch.Tensor:
+        """Single-stream decode: the k experts' outputs summed with their weights, nothing to group (the grouping's
+        sort, gather, scatter and batched sum took ~0.9 ms of a 4.6 ms Qwen3-30B-A3B-shaped layer here)."""
+        out = self.experts[experts[0]](x).mul_(weights[0])
+        for weight, expert in zip(weights[1:], experts[1:]):
+            out.add_(self.experts[expert](x), alpha=weight)
+        return out
+
+    def _grouped(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        tokens = x.shape[0]
         flat = experts.flatten()
         order = flat.argsort(stable=True)
         # One host sync per layer: how many of the tokens' choices went to each expert.
         counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        token_rows = order // self.top_k
-        choice_weights = weights.flatten()[order].unsqueeze(1)
-        out = torch.zeros_like(x)
+        grouped = x[order // self.top_k]  # each choice's token row, in expert order: one gather
+        outputs = torch.empty_like(grouped)
         start = 0
         for expert, count in zip(self.experts, counts):
             if count:
-                rows = token_rows[start : start + count]
-                out.index_add_(0, rows, expert(x[rows]) * choice_weights[start : start + count])
+                outputs[start : start + count] = expert(grouped[start : start + count])
                 start += count
-        if self.shared_expert is not None and self.shared_expert_gate is not None:
-            out += torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        return parallel_state.all_reduce(out) if self.reduce else out
+        # Back to (token, choice) order with one scatter, then the weighted sum over each token's choices: no
+        # accumulation per expert (index_add_ per expert was one parallel region each, 8 a layer at decode).
+        by_choice = torch.empty_like(outputs)
+        by_choice[order] = outputs
+        return torch.bmm(weights.unsqueeze(1), by_choice.view(tokens, self.top_k, -1)).squeeze(1)

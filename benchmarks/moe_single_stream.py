@@ -1,0 +1,149 @@
+"""Single-stream decode of a mixture-of-experts GGUF: pagedserve (experts kept in their Q4_0 blocks) against
+llama.cpp's server on the same file, measured as benchmarks/gguf_single_stream.py measures the bundled model.
+
+No MoE model ships with this repository and none can be downloaded here, so the file is written by this script:
+Qwen3-30B-A3B's layer shape (hidden 2048, 32 query / 4 KV heads of 128, q/k norms, 128 experts of width 768, top 8)
+with `--layers` of its 48 layers, random weights (normal, std 0.02) stored as llama.cpp's converter stores a
+qwen3moe file (matrices Q4_0, router and norms F32), and the bundled SmolLM2's tokenizer and chat template. Decode
+speed does not depend on what the weights say; the per-layer cost is the real model's, so a full 48-layer model
+decodes at about `--layers` / 48 of the rate measured (plus the LM head's share).
+
+    .venv/bin/python benchmarks/moe_single_stream.py [--layers 4] [--rounds 3] [--output-len 64]
+
+The file is cached in .bench-cache/ (about 0.35 GB a layer). Servers run one at a time, rounds interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gguf_single_stream import measure  # noqa: E402
+from peers.servers import CACHE, free_port, llamacpp_spec, missing_reason, pagedserve_spec  # noqa: E402
+
+from pagedserve.cpu_info import cpu_info  # noqa: E402
+from pagedserve.models.bundled import bundled_model_path  # noqa: E402
+from pagedserve.models.gguf_config import field_value  # noqa: E402
+from pagedserve.models.loader import open_gguf  # noqa: E402
+
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM = 2048, 32, 4, 128
+EXPERTS, TOP_K, EXPERT_WIDTH, DENSE_WIDTH = 128, 8, 768, 6144
+Q4_0, F32 = gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.F32
+
+
+def write_model(path: Path, layers: int) -> None:
+    bundled = open_gguf(bundled_model_path())
+    tokens = field_value(bundled, "tokenizer.ggml.tokens")
+    rng = np.random.default_rng(0)
+    writer = gguf.GGUFWriter(str(path), "qwen3moe")
+    writer.add_name("qwen3moe-30b-a3b-shaped-random")
+    writer.add_block_count(layers)
+    writer.add_context_length(4096)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_feed_forward_length(DENSE_WIDTH)
+    writer.add_expert_feed_forward_length(EXPERT_WIDTH)
+    writer.add_expert_count(EXPERTS)
+    writer.add_expert_used_count(TOP_K)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_key_length(HEAD_DIM)
+    writer.add_value_length(HEAD_DIM)
+    writer.add_rope_freq_base(1_000_000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(field_value(bundled, "tokenizer.ggml.pre") or "default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(field_value(bundled, "tokenizer.ggml.token_type"))
+    writer.add_token_merges(field_value(bundled, "tokenizer.ggml.merges"))
+    writer.add_bos_token_id(field_value(bundled, "tokenizer.ggml.bos_token_id"))
+    writer.add_eos_token_id(field_value(bundled, "tokenizer.ggml.eos_token_id"))
+    writer.add_chat_template(field_value(bundled, "tokenizer.chat_template"))
+
+    def add(name: str, *shape: int, kind: gguf.GGMLQuantizationType = Q4_0) -> None:
+        values = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+        if kind == F32 and len(shape) == 1:
+            values += 1  # norm weights
+        writer.add_tensor(name, gguf.quants.quantize(values, kind) if kind != F32 else values, raw_dtype=kind)
+
+    add("token_embd.weight", len(tokens), HIDDEN)
+    add("output_norm.weight", HIDDEN, kind=F32)
+    add("output.weight", len(tokens), HIDDEN)
+    for layer in range(layers):
+        prefix = f"blk.{layer}"
+        add(f"{prefix}.attn_norm.weight", HIDDEN, kind=F32)
+        add(f"{prefix}.ffn_norm.weight", HIDDEN, kind=F32)
+        add(f"{prefix}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
+        add(f"{prefix}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+        add(f"{prefix}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+        add(f"{prefix}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
+        add(f"{prefix}.attn_q_norm.weight", HEAD_DIM, kind=F32)
+        add(f"{prefix}.attn_k_norm.weight", HEAD_DIM, kind=F32)
+        add(f"{prefix}.ffn_gate_inp.weight", EXPERTS, HIDDEN, kind=F32)
+        add(f"{prefix}.ffn_gate_exps.weight", EXPERTS, EXPERT_WIDTH, HIDDEN)
+        add(f"{prefix}.ffn_up_exps.weight", EXPERTS, EXPERT_WIDTH, HIDDEN)
+        add(f"{prefix}.ffn_down_exps.weight", EXPERTS, HIDDEN, EXPERT_WIDTH)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output-len", type=int, default=64)
+    args = parser.parse_args()
+    path = CACHE / f"qwen3moe-shaped-{args.layers}l-q4_0.gguf"
+    if not path.exists():
+        CACHE.mkdir(exist_ok=True)
+        partial = path.with_suffix(".partial")
+        write_model(partial, args.layers)
+        partial.rename(path)
+    print(f"model: {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
+    systems = {
+        "pagedserve (Q4_0 experts kept)": lambda port: pagedserve_spec(
+            sys.executable,
+            port,
+            "--model",
+            str(path),
+            "--quantization",
+            "gguf",
+            "--max-model-len",
+            "1024",
+            dtype="auto",
+        ),
+        "llama.cpp": lambda port: llamacpp_spec(path, port, slots=1),
+    }
+    if missing := missing_reason("llamacpp"):
+        print(f"llama.cpp: missing: {missing}")
+        del systems["llama.cpp"]
+    numbers: dict[str, list[float]] = {name: [] for name in systems}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for name, make in systems.items():
+                port = free_port()
+                numbers[name].append(measure(make(port), port, args.output_len, Path(tmp)))
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] round {round_ + 1} {name}: {numbers[name][-1]:.1f} tok/s"
+                )
+    print(f"\nCPU: {cpu_info().describe()}; {args.layers} of Qwen3-30B-A3B's 48 layers")
+    reference = statistics.median(numbers["llama.cpp"]) if "llama.cpp" in numbers else None
+    print("\n| system | decode tok/s (median) | rounds | ÷ llama.cpp |\n|---|---|---|---|")
+    for name, values in numbers.items():
+        median = statistics.median(values)
+        ratio = f"{median / reference:.2f}x" if reference else "-"
+        print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
