@@ -116,6 +116,11 @@ def main() -> None:
                     flush=True,
                 )
     print(f"\nCPU: {cpu_info().describe()}; code paths: {args.isa}")
+    print_table(numbers)
+
+
+def print_table(numbers: dict[str, list[float]]) -> None:
+    """Median decode tok/s of each system, its rounds, and its ratio to llama.cpp's median (when it ran)."""
     reference = statistics.median(numbers["llama.cpp"]) if "llama.cpp" in numbers else None
     print("\n| system | decode tok/s (median) | rounds | ÷ llama.cpp |\n|---|---|---|---|")
     for name, values in numbers.items():

@@ -16,7 +16,6 @@ The file is cached in .bench-cache/ (about 0.35 GB a layer). Servers run one at 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gguf_single_stream import measure  # noqa: E402
+from gguf_single_stream import measure, print_table  # noqa: E402
 from peers.servers import CACHE, free_port, llamacpp_spec, missing_reason, pagedserve_spec  # noqa: E402
 
 from pagedserve.cpu_info import cpu_info  # noqa: E402
@@ -137,12 +136,7 @@ def main() -> None:
                     f"[{time.strftime('%H:%M:%S')}] round {round_ + 1} {name}: {numbers[name][-1]:.1f} tok/s"
                 )
     print(f"\nCPU: {cpu_info().describe()}; {args.layers} of Qwen3-30B-A3B's 48 layers")
-    reference = statistics.median(numbers["llama.cpp"]) if "llama.cpp" in numbers else None
-    print("\n| system | decode tok/s (median) | rounds | ÷ llama.cpp |\n|---|---|---|---|")
-    for name, values in numbers.items():
-        median = statistics.median(values)
-        ratio = f"{median / reference:.2f}x" if reference else "-"
-        print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {ratio} |")
+    print_table(numbers)
 
 
 if __name__ == "__main__":

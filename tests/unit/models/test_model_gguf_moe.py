@@ -17,6 +17,7 @@ import torch
 import transformers
 from model_steps import load_model, logits_of
 from safetensors.torch import load_file
+from test_model_moe import COMMON as MOE_COMMON
 from tiny_gguf_writer import (
     SPECIAL_TOKENS,
     TINY_CHAT_TEMPLATE,
@@ -30,10 +31,8 @@ from pagedserve.layers.moe import SparseMoeBlock
 from pagedserve.models.loader import resolve_model_source
 
 Q = gguf.GGMLQuantizationType
-COMMON = dict(
-    vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    max_position_embeddings=128, rms_norm_eps=1e-5, initializer_range=0.2, tie_word_embeddings=False,
-)  # fmt: skip
+# test_model_moe.py's spread (experts move the logits by O(1)), two layers, an untied head.
+COMMON = {**MOE_COMMON, "vocab_size": 96, "num_hidden_layers": 2, "tie_word_embeddings": False}
 # Every layer sparse, as llama.cpp runs these architectures; widths multiples of 32 (whole Q8_0 blocks).
 CONFIGS = {
     "llama": lambda: transformers.MixtralConfig(
