@@ -38,11 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def dash_flag_names(argv: list[str]) -> list[str]:
+    """`--max_num_batched_tokens 1024` as `--max-num-batched-tokens 1024`: vLLM's parser takes either spelling (its
+    own Kubernetes example uses underscores), so ours does too. Only a flag's name changes, never a value."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, equals, value = arg[2:].partition("=")
+            arg = "--" + name.replace("_", "-") + equals + value
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from pagedserve.cli.config_file import expand_config_file
 
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = dash_flag_names(list(sys.argv[1:] if argv is None else argv))
     try:
         argv = expand_config_file(argv, parser)
     except ValueError as error:

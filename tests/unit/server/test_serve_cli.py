@@ -217,3 +217,42 @@ def test_llm_keyword_arguments_outside_their_choices_are_named(kwargs: dict[str,
 
     with pytest.raises(ValueError, match=message):
         build_engine_config(**kwargs)
+
+
+def test_flag_names_take_vllms_underscore_spelling() -> None:
+    """vLLM's parser takes `--max_num_batched_tokens` for `--max-num-batched-tokens` (its Kubernetes example
+    writes it so); only names change, values stay as written."""
+    from pagedserve.cli.main import dash_flag_names
+
+    argv = [
+        "serve",
+        "m",
+        "--max_num_batched_tokens",
+        "1024",
+        "--served_model_name=a_b",
+        "--chat-template",
+        "x_y",
+    ]
+    assert dash_flag_names(argv) == [
+        "serve", "m", "--max-num-batched-tokens", "1024", "--served-model-name=a_b", "--chat-template", "x_y",
+    ]  # fmt: skip
+
+
+def test_vllms_older_entrypoint_module_runs_pagedserve_serve() -> None:
+    """`python -m vllm.entrypoints.openai.api_server` in our images (deploy/docker/vllm-compat on the venv's path):
+    pagedserve serve with the same arguments, underscores and all; tests/deploy/test_image_build.py runs it in the
+    built image."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.deploy.tools import REPO_ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "deploy" / "docker" / "vllm-compat")}
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    shown = subprocess.run([*command, "--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: pagedserve serve"), shown.stderr[-2000:]
+    refused = subprocess.run(
+        [*command, "--max_num_seqs", "0"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2 and "max_num_seqs must be >= 1" in refused.stderr, refused.stderr[-2000:]
