@@ -315,8 +315,7 @@ class LoRAConfig:
     the model's dtype, whichever is given; 16-bit adapter storage is not offered."""
 
     def validate(self) -> None:
-        """ValueError naming the field."""
-        check_choices(self)
+        """ValueError naming the field (lora_dtype's choices with the reason, not check_choices' generic line)."""
         if self.max_loras < 1:
             raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
         if self.max_lora_rank < 1:
