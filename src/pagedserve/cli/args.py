@@ -14,25 +14,43 @@ from typing import Any, Literal, get_args, get_origin
 from pagedserve import envs
 from pagedserve.config import config_fields, field_docs
 
-_BYTE_UNITS = {
-    "": 1,
-    "k": 10**3,
-    "m": 10**6,
-    "g": 10**9,
-    "t": 10**12,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
-}
+_UNIT_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
+# Integer flags that take vLLM's human-readable numbers (its arg_utils.human_readable_int): 32k, 8K.
+HUMAN_READABLE_INTS = ("max_model_len", "max_num_batched_tokens")
+
+
+def _unit_factor(unit: str, binary: bool) -> int:
+    """k/m/g/t count in thousands, K/M/G/T in 1024s (vLLM's rule); `binary` (KiB, gi) makes either 1024s."""
+    power = _UNIT_POWERS[unit.lower()]
+    return 1024**power if binary or unit.isupper() else 1000**power
+
+
+def parse_human_int(text: str) -> int:
+    """An integer as vLLM's flags take it: plain digits, or a number with a unit, 32k = 32000, 32K = 32768, 25.6k =
+    25600. vLLM's `auto` for --max-model-len (the longest that fits the KV memory) is refused by name."""
+    if text.strip().lower() in ("auto", "-1"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} (vLLM's fit-to-memory length) is not supported: give a length, e.g. 32k, or leave the flag out "
+            "for the model's own maximum"
+        )
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)([kmgtKMGT]?)\s*", text)
+    if match is None or (not match.group(2) and "." in match.group(1)):
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r} (e.g. 4096, 32k, 32K)")
+    number, unit = match.groups()
+    return int(float(number) * _unit_factor(unit, False)) if unit else int(number)
 
 
 def parse_byte_size(text: str) -> int:
-    """A byte count: plain digits or with a unit, e.g. 268435456, 256MiB, 4GiB, 1.5G (case-insensitive, B optional)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text.lower())
-    if match is None:
+    """A byte count: plain digits, or with a unit: KiB/MiB/GiB/TiB (1024s), kB/MB/GB/TB (1000s), and vLLM's bare
+    letters, K/M/G/T (1024s) and k/m/g/t (1000s); e.g. 268435456, 256MiB, 4GiB, 4G (= 4GiB), 1.5g."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)([iI]?)([bB]?)\s*", text)
+    if match is None or (match.group(3) and not match.group(2)):
         raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 268435456, 256MiB, 4GiB)")
-    return int(float(match.group(1)) * _BYTE_UNITS[match.group(2) or ""])
+    number, unit, binary, byte = match.groups()
+    if not unit:
+        return int(float(number))
+    factor = _unit_factor(unit, bool(binary)) if binary or not byte else 1000 ** _UNIT_POWERS[unit.lower()]
+    return int(float(number) * factor)
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
@@ -93,6 +111,8 @@ def add_config_args(parser: argparse.ArgumentParser | Any, cls: type, skip: tupl
             kwargs["type"] = get_args(base)[0]
         elif base is int and f.name.endswith("_bytes"):
             kwargs["type"] = parse_byte_size
+        elif base is int and f.name in HUMAN_READABLE_INTS:
+            kwargs["type"] = parse_human_int
         elif base in (int, float, str):
             kwargs["type"] = base
         kwargs["metavar"] = f.name.upper() if "choices" not in kwargs else None

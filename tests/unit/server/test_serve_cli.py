@@ -256,3 +256,29 @@ def test_vllms_older_entrypoint_module_runs_pagedserve_serve() -> None:
         [*command, "--max_num_seqs", "0"], env=env, capture_output=True, text=True, timeout=120
     )
     assert refused.returncode == 2 and "max_num_seqs must be >= 1" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_sizes_take_vllms_human_readable_numbers() -> None:
+    """vLLM's human_readable_int: k/m/g count in thousands, K/M/G in 1024s, for --max-model-len,
+    --max-num-batched-tokens and --kv-cache-memory-bytes; our byte units (MiB, GB) keep their meaning."""
+    args = parse("--max-model-len", "32k", "--max-num-batched-tokens", "8K", "--kv-cache-memory-bytes", "4G")
+    assert (args.max_model_len, args.max_num_batched_tokens, args.kv_cache_memory_bytes) == (
+        32000,
+        8192,
+        4 * 2**30,
+    )
+    assert parse("--max-model-len", "25.6k").max_model_len == 25600
+    assert parse("--kv-cache-memory-bytes", "4g").kv_cache_memory_bytes == 4 * 10**9
+    assert parse("--kv-cache-memory-bytes", "256MiB").kv_cache_memory_bytes == 256 * 2**20
+    assert parse("--kv-cache-memory-bytes", "1GB").kv_cache_memory_bytes == 10**9
+
+
+@pytest.mark.parametrize("value", ["auto", "-1", "1.5", "lots"])
+def test_max_model_len_refuses_what_it_cannot_honour(value: str, capsys: Any) -> None:
+    """vLLM's `auto` (the longest length the KV memory fits) is not implemented: refused by name, not read as the
+    model's maximum."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--max-model-len", value)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--max-model-len" in err and ("fit-to-memory" in err or "not an integer" in err)
