@@ -2,10 +2,10 @@
 token, the top k experts' SiLU MLPs run on the tokens routed to them, and their outputs are summed with the
 router's weights.
 
-Each expert is a gate|up and a down `MergedLinear`, so experts load, shard and quantize as the dense MLP does
-(checkpoints store them one expert at a time). Under tensor parallelism every rank keeps a slice of every
-expert's intermediate rows (vLLM's layout for TP without expert parallelism): each rank's experts produce partial
-sums, and the block makes one all-reduce for all of them instead of one per expert.
+Each expert is the dense model's `GatedMLP` (its partial sum left unreduced), so experts load, shard and
+quantize as the dense MLP does (checkpoints store them one expert at a time). Under tensor parallelism every rank
+keeps a slice of every expert's intermediate rows (vLLM's layout for TP without expert parallelism): each rank's
+experts produce partial sums, and the block makes one all-reduce for all of them instead of one per expert.
 
 Tokens are grouped by expert (one sort), so each expert runs one matrix product over its tokens. The grouping is
 data-dependent (a host sync for the group sizes), which is why MoE models run eager decode steps: no CPU decode
@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from pagedserve.distributed import parallel_state
-from pagedserve.distributed.partition import even_range
-from pagedserve.layers.activation import SiluAndMul
-from pagedserve.layers.linear import MergedLinear, ReplicatedLinear
+from pagedserve.layers.linear import ReplicatedLinear
+from pagedserve.layers.mlp import GatedMLP
 
 
 class RouterLinear(ReplicatedLinear):
@@ -29,28 +28,6 @@ class RouterLinear(ReplicatedLinear):
 
     def quantize_fp8(self) -> bool:
         return False
-
-
-class ExpertMLP(nn.Module):
-    """One expert's SiLU MLP; under tensor parallelism its output is this rank's partial sum (not reduced)."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
-        super().__init__()
-        tp = parallel_state.get_tp()
-        rows = even_range(intermediate_size, tp.rank, tp.size)
-        self.gate_up_proj = MergedLinear(
-            hidden_size,
-            {"gate": intermediate_size, "up": intermediate_size},
-            bias=False,
-            part_slices={"gate": rows, "up": rows},
-        )
-        self.down_proj = MergedLinear(
-            intermediate_size, {"down": hidden_size}, bias=False, input_slice=rows, reduce=False
-        )
-        self.act = SiluAndMul()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class SparseMoeBlock(nn.Module):
@@ -72,11 +49,13 @@ class SparseMoeBlock(nn.Module):
             )
         self.num_experts, self.top_k, self.renormalize = num_experts, top_k, renormalize
         self.gate = RouterLinear(hidden_size, num_experts, bias=False)
-        self.experts = nn.ModuleList(ExpertMLP(hidden_size, intermediate_size) for _ in range(num_experts))
-        self.shared_expert: ExpertMLP | None = None
+        self.experts = nn.ModuleList(
+            GatedMLP(hidden_size, intermediate_size, reduce=False) for _ in range(num_experts)
+        )
+        self.shared_expert: GatedMLP | None = None
         self.shared_expert_gate: RouterLinear | None = None
         if shared_intermediate_size:
-            self.shared_expert = ExpertMLP(hidden_size, shared_intermediate_size)
+            self.shared_expert = GatedMLP(hidden_size, shared_intermediate_size, reduce=False)
             self.shared_expert_gate = RouterLinear(hidden_size, 1, bias=False)
         self.reduce = parallel_state.get_tp().size > 1
 

@@ -15,12 +15,12 @@ from torch import nn
 
 from pagedserve.attention.backend import AttentionBackend, AttentionMetadata
 from pagedserve.distributed import parallel_state
-from pagedserve.distributed.partition import even_range, head_shard
-from pagedserve.layers.activation import SiluAndMul
+from pagedserve.distributed.partition import head_shard
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.gguf_quant import TYPE_NAMES, QuantizedTensor
 from pagedserve.layers.layernorm import RMSNorm, norm_q_k_heads
 from pagedserve.layers.linear import MergedLinear
+from pagedserve.layers.mlp import GatedMLP
 from pagedserve.layers.rotary import RotaryEmbedding, StepRotary
 
 # checkpoint name fragment -> (merged parameter fragment, shard id)
@@ -94,24 +94,11 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out.reshape(tokens, -1))
 
 
-class LlamaMLP(nn.Module):
+class LlamaMLP(GatedMLP):
     def __init__(self, config: Any) -> None:
-        super().__init__()
-        size = config.intermediate_size
-        bias = getattr(config, "mlp_bias", False)
-        tp = parallel_state.get_tp()
-        rows = even_range(size, tp.rank, tp.size)
-        self.gate_up_proj = MergedLinear(
-            config.hidden_size,
-            {"gate": size, "up": size},
-            bias=bias,
-            part_slices={"gate": rows, "up": rows},
+        super().__init__(
+            config.hidden_size, config.intermediate_size, bias=getattr(config, "mlp_bias", False)
         )
-        self.down_proj = MergedLinear(size, {"down": config.hidden_size}, bias=bias, input_slice=rows)
-        self.act = SiluAndMul()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 MlpFactory = Callable[[Any, int], nn.Module]
