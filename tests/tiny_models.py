@@ -61,3 +61,59 @@ def write_tiny_moe(folder: pathlib.Path, kind: str) -> Any:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model
+
+
+def tiny_gemma3_text_config(vocab_size: int, **overrides: Any) -> Any:
+    """Gemma 3's text config at toy size: local (sliding, window 6) and global layers with their own rope (linear
+    scaling on the global ones, as 4B+), a query_pre_attn_scalar that is not the head size, weights at 10x
+    transformers' default spread so every part moves the logits."""
+    settings = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"],
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+        },
+        max_position_embeddings=256, initializer_range=0.2, rms_norm_eps=1e-6,
+    )  # fmt: skip
+    settings.update(overrides)
+    return transformers.Gemma3TextConfig(**settings)
+
+
+def randomize_gemma_norms(model: Any, seed: int) -> None:
+    """Gemma's norms multiply by 1 + weight and start at zero: random weights make every norm count."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(torch.rand(param.shape, generator=gen) - 0.5)
+
+
+def write_tiny_gemma3(folder: pathlib.Path, multimodal: bool = False, seed: int = 0) -> Any:
+    """A 4-layer Gemma 3 with the bundled tokenizer: Gemma3ForCausalLM, or with `multimodal` a
+    Gemma3ForConditionalGeneration (a 1-layer SigLIP tower) as the 4B-27B checkpoints; returns the float32 model."""
+    tokenizer = bundled_tokenizer()
+    ids = dict(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=0)
+    text = tiny_gemma3_text_config(len(tokenizer), **ids)
+    if multimodal:
+        vision = transformers.SiglipVisionConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+            patch_size=14,
+        )  # fmt: skip
+        config = transformers.Gemma3Config(
+            text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=len(tokenizer) - 1,
+            **ids,
+        )  # fmt: skip
+        config.architectures = ["Gemma3ForConditionalGeneration"]
+        model_class = transformers.Gemma3ForConditionalGeneration
+    else:
+        config = text
+        config.architectures = ["Gemma3ForCausalLM"]
+        model_class = transformers.Gemma3ForCausalLM
+    torch.manual_seed(seed)
+    model = model_class(config).to(torch.float32).eval()
+    randomize_gemma_norms(model, seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model

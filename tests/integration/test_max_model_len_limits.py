@@ -1,6 +1,6 @@
 """Limits of --max-model-len: past the model's max_position_embeddings only with VLLM_ALLOW_LONG_MAX_MODEL_LEN (then
-positions past it run: the rotary table covers them), and never past a sliding window (not supported: within the
-window it equals full attention, so a Mistral-style model stops there, as vLLM's --disable-sliding-window)."""
+positions past it run: the rotary table covers them); a sliding window limits nothing (sliding-window attention:
+tests/integration/test_sliding_window_models.py)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_long_max_model_len_needs_the_variable(tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("arch", ["mistral", "qwen3"])
-def test_a_sliding_window_caps_max_model_len(tmp_path, arch) -> None:
+def test_a_sliding_window_does_not_cap_max_model_len(tmp_path, arch) -> None:
     common = dict(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=128, sliding_window=48,
@@ -52,7 +52,4 @@ def test_a_sliding_window_caps_max_model_len(tmp_path, arch) -> None:
     ).save_pretrained(tmp_path)
     kwargs = dict(load_format="dummy", kv_cache_memory_bytes=4 * 1024**2)
     llm = LLM(str(tmp_path), **kwargs)
-    assert llm.llm_engine.info.max_model_len == (48 if arch == "mistral" else 128)
-    if arch == "mistral":
-        with pytest.raises(ValueError, match="sliding window"):
-            LLM(str(tmp_path), max_model_len=64, **kwargs)
+    assert llm.llm_engine.info.max_model_len == 128

@@ -57,11 +57,36 @@ def test_llama3_8b_kv_bytes_per_token_matches_hand_computation() -> None:
         ("qwen3-32b", 32.8),
         ("mixtral-8x7b", 46.7),  # 8 experts of Mistral 7B's MLP width
         ("qwen3-30b-a3b", 30.5),  # 128 experts of moe_intermediate_size 768, not intermediate_size 6144
+        # Gemma 3 report, table 1: embedding + non-embedding parameters (the 417 M vision tower is not served)
+        ("gemma-3-1b", 0.302 + 0.698),
+        ("gemma-3-12b", 1.012 + 10.759),
+        ("gemma-3-27b", 1.416 + 25.600),
     ],
 )
 def test_parameter_count_matches_published_size(model: str, published_billions: float) -> None:
     spec, _ = load_model_spec(model)
     assert spec.param_count / 1e9 == pytest.approx(published_billions, rel=0.005)
+
+
+def test_gemma3_multimodal_config_as_the_hub_writes_it(tmp_path) -> None:
+    """google/gemma-3-27b-it's config.json: the text_config names neither its vocabulary nor its context (the
+    transformers defaults); the planner counts the language model, in the top level's dtype."""
+    config = {
+        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "torch_dtype": "bfloat16",
+        "text_config": {
+            "head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504, "model_type": "gemma3_text",
+            "num_attention_heads": 32, "num_hidden_layers": 62, "num_key_value_heads": 16,
+            "query_pre_attn_scalar": 168, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+            "sliding_window": 1024,
+        },
+        "vision_config": {"hidden_size": 1152, "model_type": "siglip_vision_model"},
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    spec, _ = load_model_spec(str(tmp_path))
+    catalogue_spec, _ = load_model_spec("gemma-3-27b")
+    assert spec.param_count == catalogue_spec.param_count
+    assert (spec.vocab_size, spec.max_position_embeddings, spec.tie_word_embeddings) == (262208, 131072, True)
+    assert spec.torch_dtype == "bfloat16"
 
 
 def test_qwen2_moe_counts_its_shared_expert() -> None:

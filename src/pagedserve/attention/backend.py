@@ -55,6 +55,7 @@ class AttentionBackend(Protocol):
         v_cache: torch.Tensor,  # [num_blocks, Hkv, block_size, D]
         metadata: AttentionMetadata,
         scale: float,
+        sliding_window: int | None = None,  # a query sees only its last this many keys (itself included)
     ) -> torch.Tensor:  # [T, Hq, D]
         ...
 
@@ -93,6 +94,23 @@ def write_kv_cache(
     blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
     key_rows(k_cache)[blocks, offsets] = to_cache_dtype(k, k_cache)
     value_rows(v_cache)[blocks, offsets] = to_cache_dtype(v, v_cache)
+
+
+def window_start(context_len: int, sliding_window: int | None) -> int:
+    """The first key a chunk whose first query sits at `context_len` can see: 0 without a window."""
+    return max(0, context_len - sliding_window + 1) if sliding_window else 0
+
+
+def causal_mask(
+    num_queries: int, num_keys: int, sliding_window: int | None, device: torch.device
+) -> torch.Tensor:
+    """[num_queries, num_keys] bool, True where query i (at key position num_keys - num_queries + i) sees a key:
+    every earlier key and itself, or only its last `sliding_window` keys (transformers' `kv > q - window`)."""
+    offset = num_keys - num_queries
+    mask = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril(diagonal=offset)
+    if sliding_window:
+        mask &= torch.ones_like(mask).triu(diagonal=offset - sliding_window + 1)
+    return mask
 
 
 def gather_sequence_kv(

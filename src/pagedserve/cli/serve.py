@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -46,7 +47,6 @@ UNSUPPORTED_FLAGS = {
     "--ssl-certfile": "terminate TLS at the ingress",
     "--cpu-offload-gb": "weights stay in the device's memory; use a quantized checkpoint or more tensor-parallel ranks",
     "--enable-sleep-mode": "scale the Deployment to zero instead (KEDA in the chart)",
-    "--limit-mm-per-prompt": "no multimodal models are served",
     "--kv-transfer-config": "no disaggregated prefill / KV transfer connector",
     "--enable-expert-parallel": "mixture-of-experts layers shard every expert over the tensor-parallel ranks "
     "(no expert parallelism)",
@@ -107,6 +107,15 @@ def add_parser(subparsers: Any) -> None:
         help=SpeculativeConfig.__doc__ + " Keys: method (ngram), num_speculative_tokens, prompt_lookup_max, "
         "prompt_lookup_min, disable_by_batch_size.",
     )
+    parser.add_argument(
+        "--limit-mm-per-prompt",
+        dest="limit_mm_per_prompt",
+        type=_text_only_limits,
+        default=None,
+        metavar="JSON",
+        help="vLLM's inputs per modality and prompt. pagedserve serves text only (a multimodal checkpoint such as "
+        "Gemma 3 4B-27B serves its language model), so only zeros are accepted: '{\"image\": 0}'.",
+    )
     unsupported = parser.add_argument_group("vLLM flags not supported (each fails with the reason)")
     for flag, reason in UNSUPPORTED_FLAGS.items():
         unsupported.add_argument(
@@ -123,6 +132,24 @@ def add_parser(subparsers: Any) -> None:
 
 def _unsupported_dest(flag: str) -> str:
     return "unsupported_" + flag[2:].replace("-", "_")
+
+
+def _text_only_limits(text: str) -> dict[str, Any]:
+    """--limit-mm-per-prompt's JSON, accepted where it asks for text only (every modality 0, or {"count": 0})."""
+    try:
+        limits = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(limits, dict):
+        raise argparse.ArgumentTypeError('a JSON object, e.g. {"image": 0}')
+    for modality, limit in limits.items():
+        count = limit.get("count") if isinstance(limit, dict) else limit
+        if count != 0:
+            raise argparse.ArgumentTypeError(
+                f"{modality}: {json.dumps(limit)}: pagedserve serves text only (images, audio and video are not "
+                "supported), so each modality's limit must be 0"
+            )
+    return limits
 
 
 def _structured_outputs_config(text: str) -> StructuredOutputsConfig:

@@ -63,19 +63,6 @@ class EngineCore:
             )  # fmt: skip
         hf_config = source.hf_config
         max_positions = int(getattr(hf_config, "max_position_embeddings", 2048))
-        window = sliding_window(hf_config)
-        if window is not None and window < max_positions:
-            # No sliding-window attention here: within the window it equals full attention, so sequences stop at
-            # the window (vLLM's --disable-sliding-window).
-            if mc.max_model_len is not None and mc.max_model_len > window:
-                raise ValueError(
-                    f"max_model_len {mc.max_model_len} is past this model's sliding window ({window} tokens), "
-                    "and sliding-window attention is not supported: at most the window"
-                )
-            logger.info(
-                "max_model_len at most %d: the model's sliding window (not supported past it)", window
-            )
-            max_positions = window
         max_model_len = mc.max_model_len or max_positions
         if max_model_len > max_positions and max_model_len >= 1 and envs.allow_long_max_model_len():
             logger.warning(
@@ -373,12 +360,3 @@ def _sequence_output(seq: Sequence, new_token_ids: list[int], result: ModelRunne
         last_token_time=seq.last_token_time,
         finished_time=seq.finished_time,
     )
-
-
-def sliding_window(hf_config: Any) -> int | None:
-    """The attention window a config asks for (Mistral's sliding_window); None when off (Qwen2/3 say so with
-    use_sliding_window false, their sliding_window then means nothing)."""
-    if getattr(hf_config, "use_sliding_window", True) is False:
-        return None
-    window = getattr(hf_config, "sliding_window", None)
-    return int(window) if isinstance(window, int) and window > 0 else None

@@ -81,12 +81,25 @@ def _require_int(config: dict[str, Any], key: str, source: str) -> int:
     return value
 
 
+# Fields Hub configs leave out because transformers' config class has them as defaults (Gemma 3's text_config in
+# the 4B-27B checkpoints names neither its vocabulary nor its context).
+_MODEL_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma3_text": {
+        "vocab_size": 262_208, "max_position_embeddings": 131_072, "tie_word_embeddings": True, "head_dim": 256,
+        "hidden_size": 2304, "intermediate_size": 9216, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "num_hidden_layers": 26,
+    },
+}  # fmt: skip
+
+
 def spec_from_config(config: dict[str, Any], name: str, source: str = "config.json") -> ModelSpec:
     """Build a ModelSpec from a Hugging Face config.json dict (multimodal configs: their `text_config`)."""
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a JSON object")
     if "text_config" in config and "num_hidden_layers" not in config:
-        config = config["text_config"]
+        top_dtype = config.get("torch_dtype") or config.get("dtype")
+        config = {"torch_dtype": top_dtype, **config["text_config"]}
+    config = {**_MODEL_TYPE_DEFAULTS.get(str(config.get("model_type")), {}), **config}
     hidden = _require_int(config, "hidden_size", source)
     heads = _require_int(config, "num_attention_heads", source)
     kv_heads = config.get("num_key_value_heads") or heads

@@ -1,4 +1,5 @@
-"""SwiGLU on a merged gate|up projection (one C call on the CPU when the kernels are built)."""
+"""Gated activations on a merged gate|up projection: SwiGLU (one C call on the CPU when the kernels are built) and
+Gemma's GELU (tanh approximation)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,11 @@ class SiluAndMul(nn.Module):
             return cpu_ops.silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
+
+
+class GeluTanhAndMul(nn.Module):
+    """Gemma's gate: gelu(gate, tanh approximation) * up (transformers' gelu_pytorch_tanh)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = x.chunk(2, dim=-1)
+        return F.gelu(gate, approximate="tanh") * up

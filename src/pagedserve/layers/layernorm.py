@@ -19,7 +19,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm alone, with PyTorch operations (any shape)."""
         # One fused op instead of six small ones: per-op overhead dominates a batch-1 decode step.
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
@@ -41,9 +42,9 @@ class RMSNorm(nn.Module):
             out = cpu_ops.rms_norm(x, self.weight, self.eps, residual)
             return out if residual is None else (out, residual)
         if residual is None:
-            return self._norm(x)
+            return self.norm(x)
         residual = x + residual
-        return self._norm(residual), residual
+        return self.norm(residual), residual
 
 
 def norm_q_k_heads(qk: torch.Tensor, q_norm: RMSNorm, k_norm: RMSNorm, num_q_heads: int) -> torch.Tensor:
@@ -52,6 +53,26 @@ def norm_q_k_heads(qk: torch.Tensor, q_norm: RMSNorm, k_norm: RMSNorm, num_q_hea
     weights = (q_norm.weight, k_norm.weight)
     if cpu_ops.usable_rows(qk) and weights[0].dtype == qk.dtype and cpu_ops.available(qk, *weights):
         return cpu_ops.rms_norm_heads_(qk, *weights, num_q_heads, q_norm.eps)
-    q = F.rms_norm(qk[:, :num_q_heads], weights[0].shape, weights[0], q_norm.eps)
-    k = F.rms_norm(qk[:, num_q_heads:], weights[1].shape, weights[1], k_norm.eps)
-    return torch.cat((q, k), dim=1)
+    return torch.cat((q_norm.norm(qk[:, :num_q_heads]), k_norm.norm(qk[:, num_q_heads:])), dim=1)
+
+
+class GemmaRMSNorm(RMSNorm):
+    """Gemma's RMSNorm: the normalized row times (1 + weight), all in float32, then cast to the input's dtype.
+    The parameter holds 1 + weight in float32 (added at load): `1 + w` rounded to bfloat16 would move every output
+    by up to 2^-9 relative, on top of the output's own rounding. Activations in float32 take RMSNorm's kernel."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__(hidden_size, eps)
+        self.weight.data = self.weight.data.float()
+        self.weight.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+
+    @staticmethod
+    def weight_loader(param: nn.Parameter, stored: torch.Tensor, shard_id: str | None = None) -> None:
+        if param.shape != stored.shape:
+            raise ValueError(
+                f"norm weight of shape {tuple(stored.shape)} where {tuple(param.shape)} is needed"
+            )
+        param.data.copy_(stored.float() + 1.0)
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)

@@ -21,6 +21,8 @@ SUPPORTED_MODEL_TYPES = {
     "mixtral": "MixtralForCausalLM",
     "qwen2_moe": "Qwen2MoeForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gemma3": "Gemma3ForConditionalGeneration",  # served text-only: text_config (language_model_config)
 }
 # generation_config.json keys that become default sampling parameters (the set vLLM honours).
 GENERATION_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
@@ -61,7 +63,20 @@ def load_folder_config(folder: pathlib.Path) -> transformers.PretrainedConfig:
         raise ValueError(f"{config_file}: use_sliding_window (sliding-window attention) is not supported")
     if not config.architectures:
         config.architectures = [SUPPORTED_MODEL_TYPES[model_type]]
+    if model_type == "gemma3":
+        config = language_model_config(config)
     return config
+
+
+def language_model_config(config: transformers.PretrainedConfig) -> transformers.PretrainedConfig:
+    """A vision-language checkpoint's text part as the model's config: its `text_config`, keeping the top level's
+    architecture (which names the weights' layout), dtype, eos ids and quantization."""
+    text = config.text_config
+    text.architectures = list(config.architectures)
+    for name in ("dtype", "eos_token_id", "quantization_config"):
+        if getattr(text, name, None) is None and getattr(config, name, None) is not None:
+            setattr(text, name, getattr(config, name))
+    return text
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:

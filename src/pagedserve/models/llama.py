@@ -40,6 +40,21 @@ def rope_settings(config: Any) -> tuple[float, dict[str, Any] | None]:
     return float(theta), params or None
 
 
+def attention_window(config: Any, layer_index: int) -> int | None:
+    """The sliding window of one layer's attention, None for full attention: Mistral's `sliding_window` on every
+    layer; with `layer_types` (Gemma 3) only on "sliding_attention" layers. Qwen's use_sliding_window is refused at
+    load (models/hf_folder.py)."""
+    if getattr(config, "use_sliding_window", True) is False:
+        return None  # Qwen2/3 keep a sliding_window value that means nothing while this is off
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and layer_types[layer_index] != "sliding_attention":
+        return None
+    return window
+
+
 class AttentionShape(NamedTuple):
     """What differs between the family's attention blocks."""
 
@@ -49,7 +64,9 @@ class AttentionShape(NamedTuple):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, backend: AttentionBackend, shape: AttentionShape) -> None:
+    def __init__(
+        self, config: Any, backend: AttentionBackend, shape: AttentionShape, layer_index: int = 0
+    ) -> None:
         super().__init__()
         total_heads = config.num_attention_heads
         total_kv_heads = getattr(config, "num_key_value_heads", None) or total_heads
@@ -76,6 +93,7 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.backend = backend
+        self.sliding_window = attention_window(config, layer_index)
         self.q_size, self.kv_size = q_size, kv_size
 
     def forward(self, rope: StepRotary, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
@@ -90,7 +108,9 @@ class LlamaAttention(nn.Module):
         qk = rope.rotate(qk)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, self.q_size + self.kv_size :].reshape(tokens, self.num_kv_heads, self.head_dim)
-        out = self.backend.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale)
+        out = self.backend.forward(
+            q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.sliding_window
+        )
         return self.o_proj(out.reshape(tokens, -1))
 
 
@@ -110,9 +130,11 @@ def dense_mlp(config: Any, layer_index: int) -> nn.Module:
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: Any, backend: AttentionBackend, shape: AttentionShape, mlp: nn.Module) -> None:
+    def __init__(
+        self, config: Any, backend: AttentionBackend, shape: AttentionShape, mlp: nn.Module, layer_index: int
+    ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, backend, shape)
+        self.self_attn = LlamaAttention(config, backend, shape, layer_index)
         self.mlp = mlp
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -135,7 +157,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, backend, shape, make_mlp(config, index))
+            LlamaDecoderLayer(config, backend, shape, make_mlp(config, index), index)
             for index in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -169,10 +191,14 @@ class LlamaForCausalLM(nn.Module):
         bias = bool(getattr(config, "attention_bias", False))
         return AttentionShape(bias, bias)
 
+    def make_model(self, config: Any, backend: AttentionBackend) -> nn.Module:
+        """The decoder stack under the LM head (Gemma 3's differs: models/gemma3.py)."""
+        return LlamaModel(config, backend, self.attention_shape(config), self.make_mlp)
+
     def __init__(self, config: Any, backend: AttentionBackend) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, backend, self.attention_shape(config), self.make_mlp)
+        self.model = self.make_model(config, backend)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = LMHead(config.vocab_size, config.hidden_size)
         if self.tie_word_embeddings:

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from pagedserve.models.gemma3 import GEMMA3_MODELS
 from pagedserve.models.llama import (
     LlamaForCausalLM,
     MistralForCausalLM,
@@ -20,6 +21,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     **MOE_MODELS,
+    **GEMMA3_MODELS,
 }
 
 

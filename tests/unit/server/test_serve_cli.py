@@ -282,3 +282,19 @@ def test_max_model_len_refuses_what_it_cannot_honour(value: str, capsys: Any) ->
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--max-model-len" in err and ("fit-to-memory" in err or "not an integer" in err)
+
+
+def test_limit_mm_per_prompt_accepts_text_only(capsys: Any) -> None:
+    """vLLM manifests serving Gemma 3 text-only say --limit-mm-per-prompt '{"image": 0}': what pagedserve does anyway.
+    Any other limit is an argparse error naming the modality."""
+    assert parse("--limit-mm-per-prompt", '{"image": 0, "video": 0}').limit_mm_per_prompt == {
+        "image": 0,
+        "video": 0,
+    }
+    assert parse("--limit-mm-per-prompt", '{"image": {"count": 0}}').limit_mm_per_prompt == {
+        "image": {"count": 0}
+    }
+    for bad in ('{"image": 2}', "image=0", "[0]"):
+        with pytest.raises(SystemExit):
+            parse("--limit-mm-per-prompt", bad)
+    assert "image: 2: pagedserve serves text only" in capsys.readouterr().err

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from pagedserve.attention.backend import (
     AttentionMetadata,
     as_stored,
+    causal_mask,
     gather_sequence_kv,
     key_rows,
     value_rows,
+    window_start,
     write_kv_cache,
 )
 from pagedserve.ops import cpu as cpu_ops
@@ -29,18 +31,27 @@ class CpuBackend:
         # The kernels also step aside on their own (PAGEDSERVE_DISABLE_C_KERNEL, no compiler): cpu_ops.available.
         self.use_kernel = use_kernel
 
-    def forward(self, q, k, v, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+    def forward(
+        self,
+        q,
+        k,
+        v,
+        k_cache,
+        v_cache,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
         if self.use_kernel and cpu_ops.can_write_kv_cache(k, v, k_cache):
             cpu_ops.write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
         else:
             write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
         num_decode = metadata.num_decode_tokens
         if not metadata.prefills:
-            return self._decode(q, k_cache, v_cache, metadata, scale)
+            return self._decode(q, k_cache, v_cache, metadata, scale, sliding_window)
         out = torch.empty_like(q)
         if num_decode:
-            out[:num_decode] = self._decode(q[:num_decode], k_cache, v_cache, metadata, scale)
-        num_kv_heads = k.shape[1]
+            out[:num_decode] = self._decode(q[:num_decode], k_cache, v_cache, metadata, scale, sliding_window)
         for chunk in metadata.prefills:
             rows = slice(chunk.token_start, chunk.token_start + chunk.num_tokens)
             if chunk.context_len == 0:
@@ -48,13 +59,17 @@ class CpuBackend:
                 # came from this step, an earlier chunk or a prefix hit.
                 ks, vs = as_stored(k[rows], k_cache), as_stored(v[rows], v_cache)
             else:
+                # Keys before the chunk's first window are never seen: not gathered.
+                first = window_start(chunk.context_len, sliding_window)
                 total = chunk.context_len + chunk.num_tokens
-                ks = gather_sequence_kv(key_rows(k_cache), chunk.block_table, total).to(q.dtype)
-                vs = gather_sequence_kv(value_rows(v_cache), chunk.block_table, total).to(q.dtype)
-            out[rows] = _prefill_sdpa(q[rows], ks, vs, chunk.context_len, scale, num_kv_heads)
+                ks = gather_sequence_kv(key_rows(k_cache), chunk.block_table, total)[first:].to(q.dtype)
+                vs = gather_sequence_kv(value_rows(v_cache), chunk.block_table, total)[first:].to(q.dtype)
+            out[rows] = _prefill_sdpa(q[rows], ks, vs, scale, sliding_window)
         return out
 
-    def _decode(self, q, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+    def _decode(
+        self, q, k_cache, v_cache, metadata: AttentionMetadata, scale: float, sliding_window: int | None
+    ) -> torch.Tensor:
         if self.use_kernel and cpu_ops.can_decode_from(q, k_cache):
             return cpu_ops.paged_decode_attention(
                 q if cpu_ops.usable_rows(q) else q.contiguous(),
@@ -63,11 +78,14 @@ class CpuBackend:
                 metadata.decode_block_tables,
                 metadata.decode_seq_lens,
                 scale,
+                sliding_window,
             )
-        return _decode_torch(q, k_cache, v_cache, metadata, scale)
+        return _decode_torch(q, k_cache, v_cache, metadata, scale, sliding_window)
 
 
-def _decode_torch(q, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+def _decode_torch(
+    q, k_cache, v_cache, metadata: AttentionMetadata, scale: float, sliding_window: int | None
+) -> torch.Tensor:
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads, block_size = v_cache.shape[1:3]
     group = num_q_heads // num_kv_heads
@@ -85,20 +103,22 @@ def _decode_torch(q, k_cache, v_cache, metadata: AttentionMetadata, scale: float
     scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * scale  # [B, Hkv, G, L]
     positions = torch.arange(length, device=q.device)
     pad = positions[None, :] >= metadata.decode_seq_lens[:, None]  # [B, L]
+    if sliding_window:
+        pad |= positions[None, :] < metadata.decode_seq_lens[:, None] - sliding_window
     scores.masked_fill_(pad[:, None, None, :], float("-inf"))
     probs = scores.softmax(dim=-1).to(q.dtype)
     return torch.matmul(probs, values).view(batch, num_q_heads, head_dim)
 
 
-def _prefill_sdpa(q, k, v, context_len: int, scale: float, num_kv_heads: int) -> torch.Tensor:
-    """q: [n, Hq, D]; k, v: [context_len + n, Hkv, D]."""
+def _prefill_sdpa(q, k, v, scale: float, sliding_window: int | None) -> torch.Tensor:
+    """q: [n, Hq, D], the last n positions of k, v: [keys, Hkv, D]."""
     n = q.shape[0]
     qh = q.transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
     kh = k.transpose(0, 1).unsqueeze(0)
     vh = v.transpose(0, 1).unsqueeze(0)
-    if context_len == 0:
+    if k.shape[0] == n and not (sliding_window and sliding_window < n):
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
     else:
-        mask = torch.ones(n, context_len + n, dtype=torch.bool, device=q.device).tril(diagonal=context_len)
+        mask = causal_mask(n, k.shape[0], sliding_window, q.device)
         out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
     return out.squeeze(0).transpose(0, 1)

@@ -6,6 +6,7 @@ import torch
 
 from pagedserve.attention.backend import (
     AttentionMetadata,
+    causal_mask,
     gather_sequence_kv,
     key_rows,
     value_rows,
@@ -14,16 +15,15 @@ from pagedserve.attention.backend import (
 
 
 def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context_len: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, sliding_window: int | None
 ) -> torch.Tensor:
-    """q: [n, Hq, D] at absolute positions context_len..context_len+n-1; k, v: [context_len+n, Hkv, D]."""
+    """q: [n, Hq, D], the last n of the sequence's positions; k, v: [every position, Hkv, D]."""
     n, num_q_heads, _ = q.shape
     group = num_q_heads // k.shape[1]
     k = k.repeat_interleave(group, dim=1).float()
     v = v.repeat_interleave(group, dim=1).float()
     scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
-    total = k.shape[0]
-    allowed = torch.ones(n, total, dtype=torch.bool, device=q.device).tril(diagonal=context_len)
+    allowed = causal_mask(n, k.shape[0], sliding_window, q.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = scores.softmax(dim=-1)
     return torch.einsum("hqk,khd->qhd", probs, v).to(q.dtype)
@@ -32,7 +32,17 @@ def _attend(
 class TorchReferenceBackend:
     name = "torch_ref"
 
-    def forward(self, q, k, v, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+    def forward(
+        self,
+        q,
+        k,
+        v,
+        k_cache,
+        v_cache,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
         write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
         out = torch.empty_like(q)
         for i in range(metadata.num_decode_tokens):
@@ -40,11 +50,11 @@ class TorchReferenceBackend:
             table = metadata.decode_block_tables[i]
             ks = gather_sequence_kv(key_rows(k_cache), table, seq_len)
             vs = gather_sequence_kv(value_rows(v_cache), table, seq_len)
-            out[i : i + 1] = _attend(q[i : i + 1], ks, vs, seq_len - 1, scale)
+            out[i : i + 1] = _attend(q[i : i + 1], ks, vs, scale, sliding_window)
         for chunk in metadata.prefills:
             total = chunk.context_len + chunk.num_tokens
             ks = gather_sequence_kv(key_rows(k_cache), chunk.block_table, total)
             vs = gather_sequence_kv(value_rows(v_cache), chunk.block_table, total)
             rows = slice(chunk.token_start, chunk.token_start + chunk.num_tokens)
-            out[rows] = _attend(q[rows], ks, vs, chunk.context_len, scale)
+            out[rows] = _attend(q[rows], ks, vs, scale, sliding_window)
         return out

@@ -16,7 +16,17 @@ from pagedserve.attention.backends import triton_kernels as kernels
 class TritonBackend:
     name = "triton"
 
-    def forward(self, q, k, v, k_cache, v_cache, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+    def forward(
+        self,
+        q,
+        k,
+        v,
+        k_cache,
+        v_cache,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
         kernels.write_kv(k, v, k_cache, v_cache, metadata.slot_mapping)
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
         num_decode = metadata.num_decode_tokens
@@ -25,11 +35,12 @@ class TritonBackend:
             kernels.decode_attention(
                 q[:num_decode], k_cache, v_cache, metadata.decode_block_tables, metadata.decode_seq_lens, scale,
                 kernels.num_decode_splits(metadata.decode_max_seq_len, block_size), out[:num_decode],
+                sliding_window,
             )  # fmt: skip
         if metadata.prefills:
             kernels.prefill_attention(
                 q, k_cache, v_cache, metadata.prefill_block_tables, metadata.prefill_query_starts,
                 metadata.prefill_query_lens, metadata.prefill_context_lens, metadata.prefill_max_query_len,
-                scale, out,
+                scale, out, sliding_window,
             )  # fmt: skip
         return out

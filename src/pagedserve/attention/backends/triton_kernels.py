@@ -74,12 +74,13 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 @triton.jit
 def _attend_keys(
-    q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head, n0, end, last_visible, d, d_mask, scale,
-    block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so, vc_sd,
+    q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head, n0, end, last_visible, window, d, d_mask,
+    scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so, vc_sd,
     BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    """One online-softmax step over keys [n0, n0 + BLOCK_N) below `end`, row r seeing keys <= last_visible[r]: the
-    tile body decode and prefill share. Returns the updated (row_max, row_sum, acc)."""
+    """One online-softmax step over keys [n0, n0 + BLOCK_N) below `end`, row r seeing keys <= last_visible[r] and,
+    with a sliding window (window > 0), keys > last_visible[r] - window: the tile body decode and prefill share.
+    Returns the updated (row_max, row_sum, acc). A row that sees no key of the tile keeps its state."""
     compute_dtype = q.dtype
     tok = n0 + tl.arange(0, BLOCK_N)
     t_mask = tok < end
@@ -91,10 +92,14 @@ def _attend_keys(
     ).to(compute_dtype)  # fmt: skip
     scores = _dot(q, k, IEEE) * scale  # [rows, BLOCK_N]
     visible = (tok[None, :] <= last_visible[:, None]) & t_mask[None, :]
+    if window > 0:
+        visible = visible & (tok[None, :] > last_visible[:, None] - window)
     scores = tl.where(visible, scores, float("-inf"))
     new_max = tl.maximum(row_max, tl.max(scores, 1))
-    p = tl.exp(scores - new_max[:, None])
-    alpha = tl.exp(row_max - new_max)
+    # A row with nothing visible yet (a window starting past this tile) subtracts 0, not -inf: no NaN.
+    safe_max = tl.where(new_max > float("-inf"), new_max, 0.0)
+    p = tl.exp(scores - safe_max[:, None])
+    alpha = tl.exp(row_max - safe_max)
     row_sum = row_sum * alpha + tl.sum(p, 1)
     v = tl.load(
         v_cache_ptr + block[:, None] * vc_sb + kv_head * vc_sh + offset[:, None] * vc_so + d[None, :] * vc_sd,
@@ -111,7 +116,7 @@ def _decode_partial_kernel(
     scale, stride_qt, stride_qh, stride_tb,
     kc_sb, kc_sh, kc_sd, kc_so,
     vc_sb, vc_sh, vc_so, vc_sd,
-    block_size, head_dim, group, num_q_heads, num_splits,
+    block_size, head_dim, group, num_q_heads, num_splits, window,
     PARTITION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
     IEEE: tl.constexpr,
 ):  # fmt: skip
@@ -133,12 +138,15 @@ def _decode_partial_kernel(
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     start = split * PARTITION
     end = tl.minimum(seq_len, start + PARTITION)
+    if window > 0:
+        # Partitions wholly before the window read nothing (their partials weigh nothing in the merge).
+        start = tl.maximum(start, seq_len - window)
     last_visible = tl.zeros([BLOCK_G], tl.int32) + (seq_len - 1)
     for n0 in range(start, end, BLOCK_N):
         row_max, row_sum, acc = _attend_keys(
             q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, tables_ptr + b * stride_tb, kv_head, n0, end,
-            last_visible, d, d_mask, scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so, vc_sd,
-            BLOCK_N, IEEE,
+            last_visible, window, d, d_mask, scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so,
+            vc_sd, BLOCK_N, IEEE,
         )  # fmt: skip
     # Partials are [B, Hq, splits(, D)] float32.
     slot = (b * num_q_heads + heads) * num_splits + split
@@ -183,7 +191,7 @@ def _prefill_kernel(
     scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_tb,
     kc_sb, kc_sh, kc_sd, kc_so,
     vc_sb, vc_sh, vc_so, vc_sd,
-    block_size, head_dim, group,
+    block_size, head_dim, group, window,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     chunk = tl.program_id(0)
@@ -208,14 +216,18 @@ def _prefill_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         # Keys up to the tile's last row (causal), never past the chunk.
         end = tl.minimum(context + q_len, context + (tile + 1) * BLOCK_M)
-        # Key 0 is visible to every row, so each row's max is finite after the first tile.
-        for n0 in range(0, end, BLOCK_N):
+        # Keys from the tile's first row's window on (all of them without a window); every row sees itself.
+        start = 0
+        if window > 0:
+            start = tl.maximum(context + tile * BLOCK_M - window + 1, 0)
+        for n0 in range(start, end, BLOCK_N):
             row_max, row_sum, acc = _attend_keys(
                 q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, tables_ptr + chunk * stride_tb, kv_head, n0,
-                end, positions, d, d_mask, scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so, vc_sd,
-                BLOCK_N, IEEE,
+                end, positions, window, d, d_mask, scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh,
+                vc_so, vc_sd, BLOCK_N, IEEE,
             )  # fmt: skip
-        out = acc / row_sum[:, None]
+        # Padded rows past the chunk may see no key under a window: divide them by 1, not 0 (never stored).
+        out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
         tl.store(
             out_ptr + (q_start + rows)[:, None] * stride_ot + head * stride_oh + d[None, :],
             out.to(out_ptr.dtype.element_ty), mask=r_mask[:, None] & d_mask[None, :],
@@ -281,6 +293,7 @@ def decode_attention(
     scale: float,
     num_splits: int,
     out: torch.Tensor,  # [B, Hq, D]
+    sliding_window: int | None = None,  # a query sees only its last this many keys
 ) -> torch.Tensor:
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads, block_size = v_cache.shape[1], v_cache.shape[2]
@@ -294,7 +307,7 @@ def decode_attention(
         q, k_cache, v_cache, block_tables, seq_lens, part_out, part_max, part_sum,
         scale, q.stride(0), q.stride(1), block_tables.stride(0),
         *_cache_strides(k_cache, v_cache),
-        block_size, head_dim, group, num_q_heads, num_splits,
+        block_size, head_dim, group, num_q_heads, num_splits, sliding_window or 0,
         PARTITION=decode_partition(block_size), BLOCK_N=BLOCK_N, BLOCK_G=_pow2(group), BLOCK_D=block_d,
         IEEE=_ieee_products(q.dtype),
     )  # fmt: skip
@@ -316,6 +329,7 @@ def prefill_attention(
     max_q_len: int,
     scale: float,
     out: torch.Tensor,  # [T, Hq, D]
+    sliding_window: int | None = None,  # a query sees only its last this many keys
 ) -> torch.Tensor:
     num_chunks = q_starts.shape[0]
     _, num_q_heads, head_dim = q.shape
@@ -326,7 +340,7 @@ def prefill_attention(
         q, k_cache, v_cache, out, block_tables, q_starts, q_lens, context_lens,
         scale, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         *_cache_strides(k_cache, v_cache),
-        block_size, head_dim, num_q_heads // num_kv_heads,
+        block_size, head_dim, num_q_heads // num_kv_heads, sliding_window or 0,
         BLOCK_M=PREFILL_BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_pow2(head_dim), IEEE=_ieee_products(q.dtype),
     )  # fmt: skip
     return out

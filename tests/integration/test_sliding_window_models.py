@@ -1,0 +1,80 @@
+"""Models with sliding-window attention served by the engine, past their window: tiny random Gemma 3 (text and
+the multimodal checkpoint served text-only; local layers with a 6-token window beside global ones) and Mistral
+(a 5-token window on every layer). Greedy tokens and logprobs equal transformers' over a 21-token prompt chunked
+into steps of 8 tokens and 6 decode steps (CPU decode graphs for Mistral, whose window the replay keeps), at TP=1
+and, for Gemma 3, at TP=2; requests sharing a prefix longer than the window give what each gives alone."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import pytest
+import torch
+import transformers
+from tests.integration.test_tensor_parallel import _tp2_matches_transformers
+from tests.tiny_models import bundled_tokenizer, write_tiny_gemma3
+
+from pagedserve import LLM, SamplingParams
+
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
+
+def write_tiny_mistral(folder: pathlib.Path) -> None:
+    tokenizer = bundled_tokenizer()
+    config = transformers.MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, sliding_window=5,
+        initializer_range=0.2, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    config.architectures = ["MistralForCausalLM"]
+    torch.manual_seed(4)
+    transformers.MistralForCausalLM(config).to(torch.float32).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sliding-window-models")
+    write_tiny_gemma3(root / "gemma3")
+    write_tiny_gemma3(root / "gemma3-multimodal", multimodal=True, seed=1)
+    write_tiny_mistral(root / "mistral")
+    return root
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "gemma3-multimodal", "mistral"])
+def test_greedy_tokens_and_logprobs_match_transformers(folders, kind, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="pagedserve"):
+        _tp2_matches_transformers(folders / kind, tensor_parallel_size=1)
+    if kind == "mistral":  # every kernel of its step is a C call: the decode steps replay, window included
+        assert "decode graphs: batch 1 captured" in caplog.text
+
+
+def test_gemma3_at_tp2_matches_transformers(folders) -> None:
+    _tp2_matches_transformers(folders / "gemma3")
+
+
+def test_requests_sharing_a_prefix_longer_than_the_window(folders) -> None:
+    """A prefix-cache hit past the window, and a batch of rows whose windows start at different positions, give
+    what each prompt gives alone in a fresh engine."""
+    prefix = list(range(100, 130))
+    prompts = [prefix + [7, 8, 9], prefix + [11], list(range(300, 311))]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    common = dict(
+        model=str(folders / "gemma3"), dtype="float32", max_model_len=128, kv_cache_memory_bytes=2**22
+    )
+    alone = []
+    for prompt in prompts:
+        llm = LLM(**common, block_size=4)
+        alone.append(
+            llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)[0].outputs[0].token_ids
+        )
+        llm.llm_engine.shutdown()
+    llm = LLM(**common, block_size=4, enable_prefix_caching=True)
+    try:
+        llm.generate([{"prompt_token_ids": prompts[0]}], params, use_tqdm=False)
+        together = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        assert [out.outputs[0].token_ids for out in together] == alone
+        assert together[1].num_cached_tokens >= 28  # the shared prefix's whole blocks came from the cache
+    finally:
+        llm.llm_engine.shutdown()
