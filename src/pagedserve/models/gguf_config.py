@@ -15,9 +15,9 @@ import transformers
 
 from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe")
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma3")
 _SUPPORTED_HINT = (
-    "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe and qwen3moe"
+    "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe and gemma3"
 )
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
@@ -190,6 +190,8 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
 
     if num_experts:
         return _moe_config(reader, arch, path, num_experts, head_dim, kwargs)
+    if arch == "gemma3":
+        return _gemma3_config(reader, path, head_dim, kwargs)
     if arch == "qwen2":
         if head_dim != hidden_size // num_heads:
             raise ValueError(
@@ -242,6 +244,29 @@ def _moe_config(
     return transformers.Qwen2MoeConfig(
         architectures=["Qwen2MoeForCausalLM"], norm_topk_prob=False, shared_expert_intermediate_size=shared,
         **moe, **kwargs,
+    )  # fmt: skip
+
+
+def _gemma3_config(
+    reader: gguf.GGUFReader, path: pathlib.Path, head_dim: int, kwargs: dict[str, Any]
+) -> transformers.PretrainedConfig:
+    """Gemma 3 as llama.cpp runs it: five local layers (the file's sliding window, rope theta 10 000, unscaled) then
+    one global (the file's theta and rope scaling), and an attention scale of 1/sqrt(head_dim) except for the
+    62-layer 27B, whose query_pre_attn_scalar is hidden / heads (168): the rule llama.cpp hard-codes by size."""
+    window = field_value(reader, "gemma3.attention.sliding_window")
+    layers = kwargs["num_hidden_layers"]
+    if window:
+        layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)]
+    else:  # llama.cpp: no window key, no local layers (EmbeddingGemma-style files)
+        layer_types = ["full_attention"] * layers
+    scalar = kwargs["hidden_size"] // kwargs["num_attention_heads"] if layers == 62 else head_dim
+    full = {"rope_type": "default", "rope_theta": kwargs.pop("rope_theta", 1_000_000.0)}
+    full.update(kwargs.pop("rope_scaling", None) or {})
+    rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}, "full_attention": full}
+    return transformers.Gemma3TextConfig(
+        architectures=["Gemma3ForCausalLM"], head_dim=head_dim, sliding_window=int(window or 0) or None,
+        layer_types=layer_types, query_pre_attn_scalar=scalar, rope_parameters=rope,
+        hidden_activation="gelu_pytorch_tanh", **kwargs,
     )  # fmt: skip
 
 

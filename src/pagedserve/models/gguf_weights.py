@@ -46,6 +46,17 @@ _BLOCK_TENSORS = {
     "ffn_down_shexp": "mlp.shared_expert.down_proj",
     "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
 }
+# Where an architecture names a block tensor differently: Gemma 3's four norms a layer.
+_ARCH_BLOCK_TENSORS = {
+    "gemma3": {
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_attention_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
+}
+# llama.cpp's converter stores Gemma's norm weights as 1 + weight (its RMSNorm multiplies by the weight alone);
+# the model adds the 1 itself (layers/layernorm.py::GemmaRMSNorm).
+_NORMS_PLUS_ONE = frozenset({"gemma3"})
 # All experts of a layer in one 3-D tensor [experts, rows, columns]; the model keeps one layer per expert.
 _EXPERT_TENSORS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
 # Folded into the config (rope scaling) rather than loaded as a parameter.
@@ -59,12 +70,14 @@ _UNQUANTIZED = {
 }
 
 
-def hf_tensor_name(gguf_name: str) -> str | None:
+def hf_tensor_name(gguf_name: str, architecture: str = "llama") -> str | None:
     """The Hugging Face name of a GGUF tensor; None for tensors that carry config only. ValueError if unknown."""
     if gguf_name in _CONFIG_ONLY_TENSORS:
         return None
     if match := _BLOCK_NAME.fullmatch(gguf_name):
-        part = _BLOCK_TENSORS.get(match["part"])
+        part = _ARCH_BLOCK_TENSORS.get(architecture, {}).get(match["part"]) or _BLOCK_TENSORS.get(
+            match["part"]
+        )
         if part is not None:
             return f"model.layers.{match['layer']}.{part}.{match['kind']}"
         if (expert_part := _EXPERT_TENSORS.get(match["part"])) and match["kind"] == "weight":
@@ -91,10 +104,10 @@ def is_supported_tensor_type(tensor_type: gguf.GGMLQuantizationType) -> bool:
     return True
 
 
-def check_gguf_tensors(reader: gguf.GGUFReader, path: pathlib.Path) -> None:
+def check_gguf_tensors(reader: gguf.GGUFReader, path: pathlib.Path, architecture: str) -> None:
     """Fail at resolve time, before any weight is read, on tensors this loader cannot turn into HF weights."""
     for tensor in reader.tensors:
-        hf_tensor_name(tensor.name)
+        hf_tensor_name(tensor.name, architecture)
         if not is_supported_tensor_type(tensor.tensor_type):
             raise ValueError(
                 f"GGUF file {path}: tensor {tensor.name} has type {tensor.tensor_type.name}, which the installed "
@@ -149,7 +162,7 @@ def iter_gguf_weights(
 ) -> Iterator[StoredTensor]:
     """One tensor at a time, dequantized only when reached: the loader itself never holds more than one."""
     for tensor in reader.tensors:
-        name = hf_tensor_name(tensor.name)
+        name = hf_tensor_name(tensor.name, architecture)
         if name is None:
             continue
         if "{expert}" in name:
@@ -163,6 +176,8 @@ def iter_gguf_weights(
             yield StoredTensor(name, blocks, int(tensor.n_bytes), path.name)
             continue
         weight = tensor_to_torch(tensor)
+        if architecture in _NORMS_PLUS_ONE and name.endswith("norm.weight"):
+            weight = weight.float() - 1.0
         if name.endswith(".shared_expert_gate.weight") and weight.dim() == 1:
             weight = weight.unsqueeze(0)  # llama.cpp stores the [1, hidden] gate as a vector
         if architecture == "llama":

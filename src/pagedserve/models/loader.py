@@ -247,7 +247,7 @@ def _resolve_gguf(path: pathlib.Path, name: str, dummy: bool) -> ModelSource:
     reader = open_gguf(path)
     config = gguf_config.build_gguf_config(reader, path)
     if not dummy:
-        gguf_weights.check_gguf_tensors(reader, path)
+        gguf_weights.check_gguf_tensors(reader, path, gguf_config.gguf_architecture(reader, path))
     return ModelSource(
         name=name,
         path=path,
