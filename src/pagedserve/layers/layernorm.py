@@ -28,7 +28,7 @@ class RMSNorm(nn.Module):
         return (
             x.dim() == 2
             and x.is_contiguous()
-            and x.dtype == self.weight.dtype
+            and cpu_ops.norm_code(x, self.weight) is not None
             and (residual is None or (residual.is_contiguous() and residual.dtype == x.dtype))
             and cpu_ops.available(x, self.weight)
         )
@@ -51,7 +51,11 @@ def norm_q_k_heads(qk: torch.Tensor, q_norm: RMSNorm, k_norm: RMSNorm, num_q_hea
     """qk: [T, Hq + Hkv, D] (q heads then k heads; rows may be strided) -> each q head through q_norm and each k
     head through k_norm (Qwen3). With the C kernels: in place, one call; elsewhere a new tensor."""
     weights = (q_norm.weight, k_norm.weight)
-    if cpu_ops.usable_rows(qk) and weights[0].dtype == qk.dtype and cpu_ops.available(qk, *weights):
+    if (
+        cpu_ops.usable_rows(qk)
+        and cpu_ops.norm_code(qk, weights[0]) is not None
+        and cpu_ops.available(qk, *weights)
+    ):
         return cpu_ops.rms_norm_heads_(qk, *weights, num_q_heads, q_norm.eps)
     return torch.cat((q_norm.norm(qk[:, :num_q_heads]), k_norm.norm(qk[:, num_q_heads:])), dim=1)
 
@@ -59,7 +63,8 @@ def norm_q_k_heads(qk: torch.Tensor, q_norm: RMSNorm, k_norm: RMSNorm, num_q_hea
 class GemmaRMSNorm(RMSNorm):
     """Gemma's RMSNorm: the normalized row times (1 + weight), all in float32, then cast to the input's dtype.
     The parameter holds 1 + weight in float32 (added at load): `1 + w` rounded to bfloat16 would move every output
-    by up to 2^-9 relative, on top of the output's own rounding. Activations in float32 take RMSNorm's kernel."""
+    by up to 2^-9 relative, on top of the output's own rounding. The C kernels take that float32 weight under float32
+    and bfloat16 activations alike (rounding once, as transformers)."""
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__(hidden_size, eps)

@@ -116,18 +116,33 @@ def mixed_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return out
 
 
+_BF16_F32_WEIGHT = 2  # the norms' code for bfloat16 activations with a float32 weight (csrc/layer_ops.c)
+
+
+def norm_code(x: torch.Tensor, weight: torch.Tensor) -> int | None:
+    """The norms' dtype code for these activations and weight: their shared dtype, or bfloat16 activations with a
+    float32 weight (Gemma's 1 + weight); None when the kernels take neither."""
+    if x.dtype == weight.dtype and x.dtype in DTYPE_CODES:
+        return DTYPE_CODES[x.dtype]
+    if x.dtype == torch.bfloat16 and weight.dtype == torch.float32:
+        return _BF16_F32_WEIGHT
+    return None
+
+
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """RMSNorm of `x` (2-D, contiguous); with `residual`, first `residual += x` in place and normalise that."""
+    """RMSNorm of `x` (2-D, contiguous); with `residual`, first `residual += x` in place and normalise that. The
+    weight is in x's dtype, or float32 under bfloat16 activations (`norm_code`)."""
     library = build.load()
-    assert library is not None and x.is_contiguous() and weight.dtype == x.dtype
+    code = norm_code(x, weight)
+    assert library is not None and x.is_contiguous() and code is not None
     assert residual is None or (residual.is_contiguous() and residual.shape == x.shape)
     out = torch.empty_like(x)
     rows, hidden = x.shape
     library.rms_norm(
         x.data_ptr(), None if residual is None else residual.data_ptr(), weight.data_ptr(), out.data_ptr(),
-        rows, hidden, eps, _code(x), torch.get_num_threads(),
+        rows, hidden, eps, code, torch.get_num_threads(),
     )  # fmt: skip
     return out
 
@@ -136,10 +151,11 @@ def rms_norm_heads_(
     x: torch.Tensor, weight_a: torch.Tensor, weight_b: torch.Tensor, split: int, eps: float
 ) -> torch.Tensor:
     """RMSNorm of each head of x: [rows, heads, head_dim] in place (rows may be strided): heads before `split`
-    with weight_a, the rest with weight_b. Returns x."""
+    with weight_a, the rest with weight_b (weights as `rms_norm`'s). Returns x."""
     library = build.load()
     rows, heads, head_dim = x.shape
-    assert library is not None and usable_rows(x) and weight_a.dtype == weight_b.dtype == x.dtype
+    code = norm_code(x, weight_a)
+    assert library is not None and usable_rows(x) and weight_a.dtype == weight_b.dtype and code is not None
     assert (
         weight_a.shape == weight_b.shape == (head_dim,)
         and weight_a.is_contiguous()
@@ -147,18 +163,29 @@ def rms_norm_heads_(
     )
     library.rms_norm_heads(
         x.data_ptr(), weight_a.data_ptr(), weight_b.data_ptr(), rows, x.stride(0), heads, split, head_dim, eps,
-        _code(x), torch.get_num_threads(),
+        code, torch.get_num_threads(),
     )  # fmt: skip
     return x
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """x: [rows, 2 * inter] (gate | up), contiguous -> silu(gate) * up."""
+    return _gated_mul("silu_and_mul", x)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [rows, 2 * inter] (gate | up), contiguous -> gelu(gate, approximate="tanh") * up (Gemma)."""
+    return _gated_mul("gelu_tanh_and_mul", x)
+
+
+def _gated_mul(kernel: str, x: torch.Tensor) -> torch.Tensor:
     library = build.load()
     assert library is not None and x.is_contiguous()
     rows, width = x.shape
     out = torch.empty(rows, width // 2, dtype=x.dtype)
-    library.silu_and_mul(x.data_ptr(), out.data_ptr(), rows, width // 2, _code(x), torch.get_num_threads())
+    getattr(library, kernel)(
+        x.data_ptr(), out.data_ptr(), rows, width // 2, _code(x), torch.get_num_threads()
+    )
     return out
 
 

@@ -78,6 +78,44 @@ def test_silu_and_mul(dtype, atol, rows):
 
 @pytest.mark.parametrize("dtype,atol", DTYPES)
 @pytest.mark.parametrize("rows", ROWS)
+def test_gelu_tanh_and_mul(dtype, atol, rows):
+    """Gemma's gate: PyTorch's gelu(approximate="tanh") times up."""
+    x = torch.randn(rows, 2 * 1152, generator=torch.Generator().manual_seed(rows)).to(dtype) * 4
+    gate, up = x.chunk(2, dim=-1)
+    # float32: tanhf against PyTorch's vectorised tanh, a few ulp (1e-6 absolute where gelu is ~0); bfloat16: one
+    # more rounding in the product
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-5, rtol=2**-6)
+    torch.testing.assert_close(
+        cpu_ops.gelu_tanh_and_mul(x), F.gelu(gate, approximate="tanh") * up, **tolerance
+    )
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_norms_with_a_float32_weight_under_bfloat16(rows):
+    """Gemma's norms keep 1 + weight in float32: normalised in float32, times the weight, rounded once to
+    bfloat16 (transformers' Gemma3RMSNorm); the residual sum is rounded to bfloat16 first, as `x + residual`."""
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 576, generator=gen).bfloat16()
+    residual = torch.randn(rows, 576, generator=gen).bfloat16()
+    weight = (
+        1.0 + (torch.rand(576, generator=gen) - 0.5) * 0.02
+    )  # 1 + w: bfloat16 would round most of it away
+    expected_sum = x + residual
+    expected = F.rms_norm(expected_sum.float(), (576,), weight, 1e-6).bfloat16()
+    got = cpu_ops.rms_norm(x, weight, 1e-6, residual)
+    assert torch.equal(residual, expected_sum)
+    torch.testing.assert_close(got, expected, atol=0, rtol=2**-7)
+    heads = torch.randn(rows, 6, 64, generator=gen).bfloat16()
+    q_weight, k_weight = weight[:64].clone(), weight[64:128].clone()
+    expected_q = F.rms_norm(heads[:, :4].float(), (64,), q_weight, 1e-6).bfloat16()
+    expected_k = F.rms_norm(heads[:, 4:].float(), (64,), k_weight, 1e-6).bfloat16()
+    cpu_ops.rms_norm_heads_(heads, q_weight, k_weight, 4, 1e-6)
+    torch.testing.assert_close(heads[:, :4], expected_q, atol=0, rtol=2**-7)
+    torch.testing.assert_close(heads[:, 4:], expected_k, atol=0, rtol=2**-7)
+
+
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
 def test_rotary_in_place_on_a_strided_view(dtype, atol, rows):
     rotary = RotaryEmbedding(64, 4096, 10000.0, {"rope_type": "llama3", "factor": 8.0,
                              "original_max_position_embeddings": 1024})  # fmt: skip

@@ -9,7 +9,8 @@
  * differ where a reduction's order or expf differ): a 135M model in bfloat16 is sensitive enough that "more
  * exact" single rounding changes greedy answers.
  *
- * dtype: 0 float32, 1 bfloat16. All tensors row-major and contiguous unless a row stride is passed.
+ * dtype: 0 float32, 1 bfloat16. All tensors row-major and contiguous unless a row stride is passed. The norms also
+ * take 2: bfloat16 activations with a float32 weight (Gemma's 1 + weight, which bfloat16 would round).
  */
 #include <math.h>
 #include <stdint.h>
@@ -27,8 +28,8 @@
 #define BF16_ROUND(x) bf16_to_f32(f32_to_bf16(x))
 
 /* residual (optional) += x, then out = residual_or_x * rsqrt(mean(square) + eps) * weight. */
-#define DEFINE_RMS_NORM(NAME, T, LOAD, STORE)                                                                     \
-    static void NAME(T *x, T *residual, const T *weight, T *out, int64_t rows, int64_t hidden, float eps,       \
+#define DEFINE_RMS_NORM(NAME, T, LOAD, STORE, TW, LOADW)                                                          \
+    static void NAME(T *x, T *residual, const TW *weight, T *out, int64_t rows, int64_t hidden, float eps,      \
                      int threads) {                                                                              \
         _Pragma("omp parallel for num_threads(threads) if (rows >= PARALLEL_MIN_ROWS) schedule(static)")         \
         for (int64_t r = 0; r < rows; ++r) {                                                                     \
@@ -46,19 +47,22 @@
                 total += v * v;                                                                                  \
             }                                                                                                    \
             const float inverse = 1.0f / sqrtf(total / (float)hidden + eps);                                     \
-            for (int64_t h = 0; h < hidden; ++h) o[h] = STORE(LOAD(src[h]) * inverse * LOAD(weight[h]));         \
+            for (int64_t h = 0; h < hidden; ++h) o[h] = STORE(LOAD(src[h]) * inverse * LOADW(weight[h]));        \
         }                                                                                                        \
     }
 
-DEFINE_RMS_NORM(rms_norm_f32, float, F32_LOAD, F32_STORE)
-DEFINE_RMS_NORM(rms_norm_bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+DEFINE_RMS_NORM(rms_norm_f32, float, F32_LOAD, F32_STORE, float, F32_LOAD)
+DEFINE_RMS_NORM(rms_norm_bf16, uint16_t, bf16_to_f32, f32_to_bf16, uint16_t, bf16_to_f32)
+DEFINE_RMS_NORM(rms_norm_bf16_f32w, uint16_t, bf16_to_f32, f32_to_bf16, float, F32_LOAD)
 
 int rms_norm(void *x, void *residual, const void *weight, void *out, int64_t rows, int64_t hidden, float eps,
              int dtype, int threads) {
     if (dtype == 0)
         rms_norm_f32(x, residual, weight, out, rows, hidden, eps, threads);
-    else
+    else if (dtype == 1)
         rms_norm_bf16(x, residual, weight, out, rows, hidden, eps, threads);
+    else
+        rms_norm_bf16_f32w(x, residual, weight, out, rows, hidden, eps, threads);
     return 0;
 }
 
@@ -75,16 +79,22 @@ int rms_norm_heads(void *x, const void *weight_a, const void *weight_b, int64_t 
         if (dtype == 0) {
             float *head = (float *)x + offset;
             rms_norm_f32(head, NULL, weight, head, 1, head_dim, eps, 1);
-        } else {
+        } else if (dtype == 1) {
             uint16_t *head = (uint16_t *)x + offset;
             rms_norm_bf16(head, NULL, weight, head, 1, head_dim, eps, 1);
+        } else {
+            uint16_t *head = (uint16_t *)x + offset;
+            rms_norm_bf16_f32w(head, NULL, weight, head, 1, head_dim, eps, 1);
         }
     }
     return 0;
 }
 
-/* out[r, i] = silu(x[r, i]) * x[r, inter + i]  (gate | up merged in one projection). */
-#define DEFINE_SILU_AND_MUL(NAME, T, LOAD, STORE, ROUND)                                                                 \
+/* out[r, i] = act(x[r, i]) * x[r, inter + i]  (gate | up merged in one projection): SiLU, or Gemma's GELU with
+ * the tanh approximation (PyTorch's gelu(approximate="tanh")). */
+#define SILU(g) ((g) / (1.0f + expf(-(g))))
+#define GELU_TANH(g) (0.5f * (g) * (1.0f + tanhf(0.7978845608028654f * ((g) + 0.044715f * (g) * (g) * (g)))))
+#define DEFINE_GATED_MUL(NAME, T, LOAD, STORE, ROUND, ACT)                                                        \
     static void NAME(const T *x, T *out, int64_t rows, int64_t inter, int threads) {                             \
         _Pragma("omp parallel for num_threads(threads) if (rows >= PARALLEL_MIN_ROWS) schedule(static)")         \
         for (int64_t r = 0; r < rows; ++r) {                                                                     \
@@ -92,19 +102,29 @@ int rms_norm_heads(void *x, const void *weight_a, const void *weight_b, int64_t 
             T *o = out + r * inter;                                                                              \
             _Pragma("omp simd") for (int64_t i = 0; i < inter; ++i) {                                            \
                 const float g = LOAD(gate[i]);                                                                   \
-                o[i] = STORE(ROUND(g / (1.0f + expf(-g))) * LOAD(up[i]));                                        \
+                o[i] = STORE(ROUND(ACT(g)) * LOAD(up[i]));                                                       \
             }                                                                                                    \
         }                                                                                                        \
     }
 
-DEFINE_SILU_AND_MUL(silu_and_mul_f32, float, F32_LOAD, F32_STORE, F32_ROUND)
-DEFINE_SILU_AND_MUL(silu_and_mul_bf16, uint16_t, bf16_to_f32, f32_to_bf16, BF16_ROUND)
+DEFINE_GATED_MUL(silu_and_mul_f32, float, F32_LOAD, F32_STORE, F32_ROUND, SILU)
+DEFINE_GATED_MUL(silu_and_mul_bf16, uint16_t, bf16_to_f32, f32_to_bf16, BF16_ROUND, SILU)
+DEFINE_GATED_MUL(gelu_tanh_and_mul_f32, float, F32_LOAD, F32_STORE, F32_ROUND, GELU_TANH)
+DEFINE_GATED_MUL(gelu_tanh_and_mul_bf16, uint16_t, bf16_to_f32, f32_to_bf16, BF16_ROUND, GELU_TANH)
 
 int silu_and_mul(const void *x, void *out, int64_t rows, int64_t inter, int dtype, int threads) {
     if (dtype == 0)
         silu_and_mul_f32(x, out, rows, inter, threads);
     else
         silu_and_mul_bf16(x, out, rows, inter, threads);
+    return 0;
+}
+
+int gelu_tanh_and_mul(const void *x, void *out, int64_t rows, int64_t inter, int dtype, int threads) {
+    if (dtype == 0)
+        gelu_tanh_and_mul_f32(x, out, rows, inter, threads);
+    else
+        gelu_tanh_and_mul_bf16(x, out, rows, inter, threads);
     return 0;
 }
 

@@ -37,6 +37,7 @@ enum {
     K_SHM_ALL_GATHER,
     K_RMS_NORM_HEADS,
     K_LORA_DELTA,
+    K_GELU_TANH_AND_MUL,
     K_COUNT
 };
 
@@ -50,6 +51,7 @@ int rms_norm(void *x, void *residual, const void *weight, void *out, int64_t row
 int rms_norm_heads(void *x, const void *weight_a, const void *weight_b, int64_t rows, int64_t row_stride,
                    int64_t heads, int64_t split, int64_t head_dim, float eps, int dtype, int threads);
 int silu_and_mul(const void *x, void *out, int64_t rows, int64_t inter, int dtype, int threads);
+int gelu_tanh_and_mul(const void *x, void *out, int64_t rows, int64_t inter, int dtype, int threads);
 int rotary_neox(void *x, const int64_t *positions, const float *cos_cache, const float *sin_cache, int64_t rows,
                 int64_t heads, int64_t head_dim, int64_t row_stride, int64_t max_position, int dtype, int threads);
 int argmax_bf16(const uint16_t *logits, int64_t *out, int64_t rows, int64_t n, int threads);
@@ -92,6 +94,7 @@ static int run_one(const replay_call *c) {
                                       c->f[0], (int)i[13], (int)i[14], (int)i[15], i[16]);
     case K_RMS_NORM: return rms_norm(P(0), P(1), P(2), P(3), i[4], i[5], c->f[0], (int)i[6], (int)i[7]);
     case K_SILU_AND_MUL: return silu_and_mul(P(0), P(1), i[2], i[3], (int)i[4], (int)i[5]);
+    case K_GELU_TANH_AND_MUL: return gelu_tanh_and_mul(P(0), P(1), i[2], i[3], (int)i[4], (int)i[5]);
     case K_ROTARY_NEOX:
         return rotary_neox(P(0), P(1), P(2), P(3), i[4], i[5], i[6], i[7], i[8], (int)i[9], (int)i[10]);
     case K_ARGMAX_BF16: return argmax_bf16(P(0), P(1), i[2], i[3], (int)i[4]);
