@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import gguf
@@ -26,13 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gguf_single_stream import measure, print_table  # noqa: E402
-from peers.servers import CACHE, free_port, llamacpp_spec, missing_reason, pagedserve_spec  # noqa: E402
+from gguf_single_stream import print_table  # noqa: E402
+from peers.servers import llamacpp_spec, missing_reason, pagedserve_spec  # noqa: E402
+from random_gguf import add_bundled_tokenizer, cached_model, run_rounds  # noqa: E402
 
 from pagedserve.cpu_info import cpu_info  # noqa: E402
-from pagedserve.models.bundled import bundled_model_path  # noqa: E402
-from pagedserve.models.gguf_config import field_value  # noqa: E402
-from pagedserve.models.loader import open_gguf  # noqa: E402
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM = 2048, 32, 4, 128
 EXPERTS, TOP_K, EXPERT_WIDTH, DENSE_WIDTH = 128, 8, 768, 6144
@@ -40,8 +36,6 @@ Q4_0, F32 = gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.F32
 
 
 def write_model(path: Path, layers: int) -> None:
-    bundled = open_gguf(bundled_model_path())
-    tokens = field_value(bundled, "tokenizer.ggml.tokens")
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), "qwen3moe")
     writer.add_name("qwen3moe-30b-a3b-shaped-random")
@@ -58,14 +52,7 @@ def write_model(path: Path, layers: int) -> None:
     writer.add_value_length(HEAD_DIM)
     writer.add_rope_freq_base(1_000_000.0)
     writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(field_value(bundled, "tokenizer.ggml.pre") or "default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(field_value(bundled, "tokenizer.ggml.token_type"))
-    writer.add_token_merges(field_value(bundled, "tokenizer.ggml.merges"))
-    writer.add_bos_token_id(field_value(bundled, "tokenizer.ggml.bos_token_id"))
-    writer.add_eos_token_id(field_value(bundled, "tokenizer.ggml.eos_token_id"))
-    writer.add_chat_template(field_value(bundled, "tokenizer.chat_template"))
+    vocab = add_bundled_tokenizer(writer)
 
     def add(name: str, *shape: int, kind: gguf.GGMLQuantizationType = Q4_0) -> None:
         values = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
@@ -73,9 +60,9 @@ def write_model(path: Path, layers: int) -> None:
             values += 1  # norm weights
         writer.add_tensor(name, gguf.quants.quantize(values, kind) if kind != F32 else values, raw_dtype=kind)
 
-    add("token_embd.weight", len(tokens), HIDDEN)
+    add("token_embd.weight", vocab, HIDDEN)
     add("output_norm.weight", HIDDEN, kind=F32)
-    add("output.weight", len(tokens), HIDDEN)
+    add("output.weight", vocab, HIDDEN)
     for layer in range(layers):
         prefix = f"blk.{layer}"
         add(f"{prefix}.attn_norm.weight", HIDDEN, kind=F32)
@@ -102,13 +89,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output-len", type=int, default=64)
     args = parser.parse_args()
-    path = CACHE / f"qwen3moe-shaped-{args.layers}l-q4_0.gguf"
-    if not path.exists():
-        CACHE.mkdir(exist_ok=True)
-        partial = path.with_suffix(".partial")
-        write_model(partial, args.layers)
-        partial.rename(path)
-    print(f"model: {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
+    path = cached_model(
+        f"qwen3moe-shaped-{args.layers}l-q4_0.gguf", lambda partial: write_model(partial, args.layers)
+    )
     systems = {
         "pagedserve (Q4_0 experts kept)": lambda port: pagedserve_spec(
             sys.executable,
@@ -126,15 +109,7 @@ def main() -> None:
     if missing := missing_reason("llamacpp"):
         print(f"llama.cpp: missing: {missing}")
         del systems["llama.cpp"]
-    numbers: dict[str, list[float]] = {name: [] for name in systems}
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for name, make in systems.items():
-                port = free_port()
-                numbers[name].append(measure(make(port), port, args.output_len, Path(tmp)))
-                print(
-                    f"[{time.strftime('%H:%M:%S')}] round {round_ + 1} {name}: {numbers[name][-1]:.1f} tok/s"
-                )
+    numbers = run_rounds(systems, args.rounds, args.output_len)
     print(f"\nCPU: {cpu_info().describe()}; {args.layers} of Qwen3-30B-A3B's 48 layers")
     print_table(numbers)
 

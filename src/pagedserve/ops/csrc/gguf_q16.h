@@ -176,62 +176,64 @@ static inline __attribute__((always_inline)) void q16_dot_rows(const q16_rows *x
 
 /* One activation row against GGUF_COLS consecutive weight rows of a 4-bit simple type (Q4_0, Q4_1): the
  * single-stream decode case. Each weight row has its own accumulator, so four independent FMA chains run side by
- * side and each activation block is loaded once for all of them; the (d, m) float16 pair of a block is converted in
- * one instruction. Against one weight row at a time (q16_dot_rows: one accumulator chain, a call a row), a
+ * side and each activation block is loaded once for all of them. Against one weight row at a time (q16_dot_rows: one accumulator chain, a call a row), a
  * 3072 x 576 Q4_1 GEMV: 104-110 against 158-166 us (A/B in one process, AVX-512 BF16 and AVX2 levels; 512-bit
  * registers were no faster), BENCHMARKS.md. */
 
 /* The 32 weights of a Q4_0 / Q4_1 block as int16 (two halves of 16) dotted with 32 int16 activations: 8 int32. */
 static inline __m256i q16_block_dot(const uint8_t *block, int qtype, __m256i x0, __m256i x1) {
-    const __m128i mask = _mm_set1_epi8(15);
-    const __m128i packed = _mm_loadu_si128((const __m128i *)(block + (qtype == GGUF_Q4_1 ? 4 : 2)));
-    __m128i lo = _mm_and_si128(packed, mask), hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+    /* The 16 packed bytes widened once: lane j holds weight j in its low nibble and weight j + 16 in its high one. */
+    const __m256i packed = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(block + (qtype == GGUF_Q4_1 ? 4 : 2))));
+    __m256i lo = _mm256_and_si256(packed, _mm256_set1_epi16(15)), hi = _mm256_srli_epi16(packed, 4);
     if (qtype == GGUF_Q4_0) {
-        lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
-        hi = _mm_sub_epi8(hi, _mm_set1_epi8(8));
+        lo = _mm256_sub_epi16(lo, _mm256_set1_epi16(8));
+        hi = _mm256_sub_epi16(hi, _mm256_set1_epi16(8));
     }
-    return q16_pair_dot(_mm256_cvtepi8_epi16(lo), x0, _mm256_cvtepi8_epi16(hi), x1);
+    return q16_pair_dot(lo, x0, hi, x1);
 }
-
-/* One column's step for a block: its (d, m) pair times the activation block's (d_x, s); lane 0 scales the integer
- * dot, lane 1 (m s, Q4_1) is summed in `offset`. */
-#define Q16_COLUMN_STEP(acc, offset, block, qtype, x0, x1, xds)                                                      \
-    do {                                                                                                              \
-        uint32_t halves_;                                                                                             \
-        memcpy(&halves_, (block), 4);                                                                                 \
-        if ((qtype) == GGUF_Q4_0) halves_ &= 0xffffu; /* d alone: the next bytes are weights */                      \
-        const __m128 scales_ = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)halves_)), (xds));                     \
-        const __m256 dots_ = _mm256_cvtepi32_ps(q16_block_dot((block), (qtype), x0, x1));                             \
-        acc = _mm256_fmadd_ps(dots_, _mm256_broadcastss_ps(scales_), acc);                                            \
-        offset = _mm_add_ps(offset, scales_);                                                                        \
-    } while (0)
-
-/* Lane 1 of v. */
-static inline float q16_lane1(__m128 v) { return _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1)); }
 
 /* sums[c] = x . row c for the four weight rows at w, w + row_bytes, ...; x is one activation row. Named
  * accumulators and a constant qtype where it is inlined: with arrays gcc kept the accumulators in memory and ran
- * 3.7x slower (measured). */
+ * 3.7x slower (measured). The four columns' (d, m) float16 pairs of a block are converted together (one vcvtph2ps
+ * for 8 halves, one multiply by (d_x, s)), not one column at a time: 1.1-1.2x on a streamed 6912 x 1152 Q4_0 GEMV
+ * (BENCHMARKS.md, "Gemma 3"). Lanes 2c hold column c's scale of the integer dot, lanes 2c + 1 its min times s
+ * (Q4_1; Q4_0's are 0), summed in `offsets`. */
 static inline __attribute__((always_inline)) void q16_dot_cols(const q16_rows *x, const uint8_t *w,
                                                                int64_t row_bytes, int qtype, float *sums) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    __m128 off0 = _mm_setzero_ps(), off1 = off0, off2 = off0, off3 = off0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, offsets = acc0;
+    /* Q4_0: d alone (the 2 bytes after it are weights) */
+    const __m128i halves_mask = _mm_set1_epi32(qtype == GGUF_Q4_0 ? 0xffff : -1);
     const int64_t blocks = x->k / GGUF_BLOCK, block_bytes = gguf_block_bytes(qtype);
+    float scales[8];
     for (int64_t b = 0; b < blocks; ++b) {
         const int16_t *xq = x->q + b * GGUF_BLOCK;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 16));
-        const __m128 xds = _mm_setr_ps(x->d[b], x->s[b], 0.0f, 0.0f);
         const uint8_t *block = w + b * block_bytes;
-        Q16_COLUMN_STEP(acc0, off0, block, qtype, x0, x1, xds);
-        Q16_COLUMN_STEP(acc1, off1, block + row_bytes, qtype, x0, x1, xds);
-        Q16_COLUMN_STEP(acc2, off2, block + 2 * row_bytes, qtype, x0, x1, xds);
-        Q16_COLUMN_STEP(acc3, off3, block + 3 * row_bytes, qtype, x0, x1, xds);
+        int32_t h0, h1, h2, h3;
+        memcpy(&h0, block, 4);
+        memcpy(&h1, block + row_bytes, 4);
+        memcpy(&h2, block + 2 * row_bytes, 4);
+        memcpy(&h3, block + 3 * row_bytes, 4);
+        const __m128i halves = _mm_and_si128(_mm_setr_epi32(h0, h1, h2, h3), halves_mask);
+        const __m256 xds = _mm256_setr_ps(x->d[b], x->s[b], x->d[b], x->s[b], x->d[b], x->s[b], x->d[b], x->s[b]);
+        const __m256 products = _mm256_mul_ps(_mm256_cvtph_ps(halves), xds);
+        offsets = _mm256_add_ps(offsets, products);
+        _mm256_storeu_ps(scales, products);
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block, qtype, x0, x1)), _mm256_broadcast_ss(scales), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block + row_bytes, qtype, x0, x1)),
+                               _mm256_broadcast_ss(scales + 2), acc1);
+        acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block + 2 * row_bytes, qtype, x0, x1)),
+                               _mm256_broadcast_ss(scales + 4), acc2);
+        acc3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block + 3 * row_bytes, qtype, x0, x1)),
+                               _mm256_broadcast_ss(scales + 6), acc3);
     }
-    const int q4_1 = qtype == GGUF_Q4_1; /* Q4_0's lane 1 holds 0 * s: no min */
-    sums[0] = gguf_sum8(acc0) + (q4_1 ? q16_lane1(off0) : 0.0f);
-    sums[1] = gguf_sum8(acc1) + (q4_1 ? q16_lane1(off1) : 0.0f);
-    sums[2] = gguf_sum8(acc2) + (q4_1 ? q16_lane1(off2) : 0.0f);
-    sums[3] = gguf_sum8(acc3) + (q4_1 ? q16_lane1(off3) : 0.0f);
+    float offset[8];
+    _mm256_storeu_ps(offset, offsets);
+    const int q4_1 = qtype == GGUF_Q4_1; /* Q4_0's odd lanes hold 0 * s: no min */
+    sums[0] = gguf_sum8(acc0) + (q4_1 ? offset[1] : 0.0f);
+    sums[1] = gguf_sum8(acc1) + (q4_1 ? offset[3] : 0.0f);
+    sums[2] = gguf_sum8(acc2) + (q4_1 ? offset[5] : 0.0f);
+    sums[3] = gguf_sum8(acc3) + (q4_1 ? offset[7] : 0.0f);
 }
 #else
 /* Plain C, the same integers (the compiler vectorises the 32-value loops for the baseline ISA). */

@@ -1,0 +1,66 @@
+"""Shared by the benchmarks that write a model-shaped GGUF with random weights and race it against llama.cpp
+(moe_single_stream.py, gemma3_single_stream.py): the bundled SmolLM2's tokenizer and chat template in the file, and
+the interleaved rounds of single-stream decode (gguf_single_stream.measure) on whatever systems are given."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gguf_single_stream import measure  # noqa: E402
+from peers.servers import CACHE, ServerSpec, free_port  # noqa: E402
+
+from pagedserve.models.bundled import bundled_model_path  # noqa: E402
+from pagedserve.models.gguf_config import field_value  # noqa: E402
+from pagedserve.models.loader import open_gguf  # noqa: E402
+
+
+def add_bundled_tokenizer(writer: gguf.GGUFWriter) -> int:
+    """Writes the bundled model's byte-level vocabulary, merges, special ids and chat template; returns its size."""
+    bundled = open_gguf(bundled_model_path())
+    tokens = field_value(bundled, "tokenizer.ggml.tokens")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(field_value(bundled, "tokenizer.ggml.pre") or "default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(field_value(bundled, "tokenizer.ggml.token_type"))
+    writer.add_token_merges(field_value(bundled, "tokenizer.ggml.merges"))
+    writer.add_bos_token_id(field_value(bundled, "tokenizer.ggml.bos_token_id"))
+    writer.add_eos_token_id(field_value(bundled, "tokenizer.ggml.eos_token_id"))
+    writer.add_chat_template(field_value(bundled, "tokenizer.chat_template"))
+    return len(tokens)
+
+
+def cached_model(name: str, write: Callable[[Path], None]) -> Path:
+    """.bench-cache/name, written once by `write` (through a partial file, so an interrupted write is redone)."""
+    path = CACHE / name
+    if not path.exists():
+        CACHE.mkdir(exist_ok=True)
+        partial = path.with_suffix(".partial")
+        write(partial)
+        partial.rename(path)
+    print(f"model: {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
+    return path
+
+
+def run_rounds(
+    systems: dict[str, Callable[[int], ServerSpec]], rounds: int, output_len: int
+) -> dict[str, list[float]]:
+    """Decode tok/s of each system in each round, systems interleaved within a round, one server at a time."""
+    numbers: dict[str, list[float]] = {name: [] for name in systems}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            for name, make in systems.items():
+                port = free_port()
+                numbers[name].append(measure(make(port), port, output_len, Path(tmp)))
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] round {round_ + 1} {name}: {numbers[name][-1]:.1f} tok/s",
+                    flush=True,
+                )
+    return numbers
