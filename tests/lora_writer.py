@@ -32,10 +32,12 @@ def write_adapter(
     layers: tuple[int, ...] | None = None,
     config_overrides: dict | None = None,
     zero_b: bool = False,
+    layers_prefix: str = "model.layers",
 ) -> dict[str, torch.Tensor]:
     """Random A and B (B non-zero unless `zero_b`, unlike a fresh PEFT adapter, so the adapter changes the output)
     for `targets` of every decoder layer of a Llama-family model with this config (or of `layers`); returns the
-    tensors by their names in the file."""
+    tensors by their names in the file. `layers_prefix`: where the decoder layers sit (a vision-language model's:
+    model.language_model.layers)."""
     generator = torch.Generator().manual_seed(seed)
     shapes = lora_target_shapes(config)
     tensors: dict[str, torch.Tensor] = {}
@@ -43,7 +45,7 @@ def write_adapter(
         for leaf in targets:
             out_features, in_features = shapes[leaf]
             block = "self_attn" if leaf in ATTENTION else "mlp"
-            prefix = f"base_model.model.model.layers.{layer}.{block}.{leaf}"
+            prefix = f"base_model.model.{layers_prefix}.{layer}.{block}.{leaf}"
             tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * std
             b = torch.randn(out_features, rank, generator=generator) * std
             tensors[f"{prefix}.lora_B.weight"] = b * 0 if zero_b else b

@@ -2,7 +2,8 @@
 the multimodal checkpoint served text-only; local layers with a 6-token window beside global ones) and Mistral
 (a 5-token window on every layer). Greedy tokens and logprobs equal transformers' over a 21-token prompt chunked
 into steps of 8 tokens and 6 decode steps (replayed CPU decode graphs, which keep the window), at TP=1
-and, for Gemma 3, at TP=2; requests sharing a prefix longer than the window give what each gives alone."""
+and, for Gemma 3, at TP=2; requests sharing a prefix longer than the window give what each gives alone; a LoRA
+adapter on Gemma 3 (text and multimodal names) gives its merged checkpoint's output."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pytest
 import torch
 import transformers
 from tests.integration.test_tensor_parallel import _tp2_matches_transformers
+from tests.lora_writer import merged_state_dict, write_adapter
 from tests.tiny_models import bundled_tokenizer, write_tiny_gemma3
 
 from pagedserve import LLM, SamplingParams
+from pagedserve.lora.request import LoRARequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
@@ -79,3 +82,44 @@ def test_requests_sharing_a_prefix_longer_than_the_window(folders) -> None:
         assert together[1].num_cached_tokens >= 28  # the shared prefix's whole blocks came from the cache
     finally:
         llm.llm_engine.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "gemma3-multimodal"])
+def test_lora_adapter_on_gemma3_gives_the_merged_checkpoint(folders, tmp_path, kind) -> None:
+    """A PEFT adapter on every projection of Gemma 3 (the multimodal checkpoint's adapter names its layers
+    model.language_model.layers, as transformers 5 does) gives the greedy tokens and logprobs of the checkpoint with
+    the adapter merged in."""
+    base = folders / kind
+    model_class = (
+        transformers.Gemma3ForConditionalGeneration
+        if "multimodal" in kind
+        else transformers.Gemma3ForCausalLM
+    )
+    model = model_class.from_pretrained(base, dtype=torch.float32).eval()
+    text_config = getattr(model.config, "text_config", model.config)
+    prefix = "model.language_model.layers" if "multimodal" in kind else "model.layers"
+    tensors = write_adapter(
+        tmp_path / "adapter", text_config, rank=4, alpha=8.0, seed=7, layers_prefix=prefix
+    )
+    model.load_state_dict(merged_state_dict(model, tensors, 4, 8.0))
+    model.save_pretrained(tmp_path / "merged")
+    bundled_tokenizer().save_pretrained(tmp_path / "merged")
+    prompt = [{"prompt_token_ids": list(range(200, 221))}]
+    params = SamplingParams(temperature=0, max_tokens=6, logprobs=0, ignore_eos=True)
+    common = dict(dtype="float32", max_model_len=128, kv_cache_memory_bytes=2**22)
+    llm = LLM(str(tmp_path / "merged"), **common)
+    expected = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0]
+    llm.llm_engine.shutdown()
+    llm = LLM(str(base), enable_lora=True, max_lora_rank=8, **common)
+    try:
+        lora = LoRARequest("adapter", 1, str(tmp_path / "adapter"))
+        got = llm.generate(prompt, params, lora_request=lora, use_tqdm=False)[0].outputs[0]
+        plain = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0]
+    finally:
+        llm.llm_engine.shutdown()
+    assert got.token_ids == expected.token_ids
+    for mine, theirs, token in zip(got.logprobs, expected.logprobs, got.token_ids):
+        assert abs(mine[token].logprob - theirs[token].logprob) < 1e-3
+    assert plain.logprobs[0][plain.token_ids[0]].logprob != pytest.approx(
+        got.logprobs[0][got.token_ids[0]].logprob
+    )

@@ -22,8 +22,11 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 # The decoder's linear layers an adapter may target (Llama-family names).
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Groups: layer, block, layer name, A or B. A vision-language model's language model (Gemma 3 4B-27B) is named
+# language_model.model.layers (transformers 4) or model.language_model.layers (5): both are our model.layers.
 _KEY = re.compile(
-    r"^(?:base_model\.model\.)?(model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+))\.lora_([AB])(?:\.default)?\.weight$"
+    r"^(?:base_model\.model\.)?(?:language_model\.)?model\.(?:language_model\.)?layers\.(\d+)\.(self_attn|mlp)\."
+    r"(\w+)\.lora_([AB])(?:\.default)?\.weight$"
 )
 _FLOAT_DTYPES = ("F32", "F16", "BF16")
 # A header past this is not an adapter's (PEFT writes ~100 bytes a tensor).
@@ -143,15 +146,16 @@ def read_adapter(
                 f"{weights}: tensor {key!r} is not a LoRA weight of a supported layer "
                 f"({', '.join(TARGET_MODULES)}); embedding and LM-head adapters are not supported"
             )
-        if int(match.group(2)) >= num_layers:
+        if int(match.group(1)) >= num_layers:
             raise ValueError(
-                f"{weights}: tensor {key!r} names layer {match.group(2)}; the model has {num_layers}"
+                f"{weights}: tensor {key!r} names layer {match.group(1)}; the model has {num_layers}"
             )
         if entry.get("dtype") not in _FLOAT_DTYPES:
             raise ValueError(
                 f"{weights}: tensor {key!r} has dtype {entry.get('dtype')}; expected F32, F16 or BF16"
             )
-        pairs.setdefault(match.group(1), {})[match.group(4)] = key
+        module = f"model.layers.{match.group(1)}.{match.group(2)}.{match.group(3)}"
+        pairs.setdefault(module, {})[match.group(4)] = key
     if not pairs:
         raise ValueError(f"{weights} holds no LoRA weights")
     rank = int(config.get("r", 0))
