@@ -1,9 +1,10 @@
-"""Models with sliding-window attention served by the engine, past their window: tiny random Gemma 3 (text and
-the multimodal checkpoint served text-only; local layers with a 6-token window beside global ones) and Mistral
-(a 5-token window on every layer). Greedy tokens and logprobs equal transformers' over a 21-token prompt chunked
-into steps of 8 tokens and 6 decode steps (replayed CPU decode graphs, which keep the window), at TP=1
-and, for Gemma 3, at TP=2; requests sharing a prefix longer than the window give what each gives alone; a LoRA
-adapter on Gemma 3 (text and multimodal names) gives its merged checkpoint's output."""
+"""Models with sliding-window attention served by the engine, past their window: tiny random Gemma 3 (text and the
+multimodal checkpoint served text-only; local layers with a 6-token window beside global ones), Mistral (a 5-token
+window on every layer) and Phi-3 (fused q|k|v and gate|up, a 6-token window). Greedy tokens and logprobs equal
+transformers' over a 21-token prompt chunked into steps of 8 tokens and 6 decode steps (replayed CPU decode graphs,
+which keep the window), at TP=1 and, for Gemma 3 and Phi-3, at TP=2; requests sharing a prefix longer than the
+window give what each gives alone; a LoRA adapter on Gemma 3 (text and multimodal names) gives its merged
+checkpoint's output."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ from pagedserve import LLM, SamplingParams
 from pagedserve.lora.request import LoRARequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
+
+
+def write_tiny_phi3(folder: pathlib.Path) -> None:
+    """Phi-3-mini-4k's layout: q|k|v and gate|up fused in the file, a sliding window on every layer (6 here)."""
+    tokenizer = bundled_tokenizer()
+    config = transformers.Phi3Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        original_max_position_embeddings=256, sliding_window=6, initializer_range=0.2, tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, pad_token_id=0,
+    )  # fmt: skip
+    config.architectures = ["Phi3ForCausalLM"]
+    torch.manual_seed(6)
+    transformers.Phi3ForCausalLM(config).to(torch.float32).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def write_tiny_mistral(folder: pathlib.Path) -> None:
@@ -42,10 +58,11 @@ def folders(tmp_path_factory):
     write_tiny_gemma3(root / "gemma3")
     write_tiny_gemma3(root / "gemma3-multimodal", multimodal=True, seed=1)
     write_tiny_mistral(root / "mistral")
+    write_tiny_phi3(root / "phi3")
     return root
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "gemma3-multimodal", "mistral"])
+@pytest.mark.parametrize("kind", ["gemma3", "gemma3-multimodal", "mistral", "phi3"])
 def test_greedy_tokens_and_logprobs_match_transformers(folders, kind, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="pagedserve"):
         _tp2_matches_transformers(folders / kind, tensor_parallel_size=1)
@@ -54,8 +71,10 @@ def test_greedy_tokens_and_logprobs_match_transformers(folders, kind, caplog) ->
     assert "decode graphs: batch 1 captured" in caplog.text
 
 
-def test_gemma3_at_tp2_matches_transformers(folders) -> None:
-    _tp2_matches_transformers(folders / "gemma3")
+@pytest.mark.parametrize("kind", ["gemma3", "phi3"])
+def test_at_tp2_matches_transformers(folders, kind) -> None:
+    """Each rank a slice of the heads (Phi-3's fused q|k|v split at load, then sharded as Llama's)."""
+    _tp2_matches_transformers(folders / kind)
 
 
 def test_requests_sharing_a_prefix_longer_than_the_window(folders) -> None:

@@ -61,6 +61,7 @@ def test_llama3_8b_kv_bytes_per_token_matches_hand_computation() -> None:
         ("gemma-3-1b", 0.302 + 0.698),
         ("gemma-3-12b", 1.012 + 10.759),
         ("gemma-3-27b", 1.416 + 25.600),
+        ("phi-4", 14.7),  # the Hub page's 14.7 B params
     ],
 )
 def test_parameter_count_matches_published_size(model: str, published_billions: float) -> None:

@@ -14,12 +14,14 @@ from pagedserve.models.llama import (
     Qwen3ForCausalLM,
 )
 from pagedserve.models.moe import MOE_MODELS
+from pagedserve.models.phi3 import Phi3ForCausalLM
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": MistralForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "Phi3ForCausalLM": Phi3ForCausalLM,
     **MOE_MODELS,
     **GEMMA3_MODELS,
 }

@@ -1,0 +1,67 @@
+"""Phi-3 and Phi-4 (`Phi3ForCausalLM`): the Llama decoder with q|k|v and gate|up stored fused in the checkpoint
+(`qkv_proj`, `gate_up_proj`) and, on the 4k-context Phi-3 models, a sliding window on every layer. The fused
+tensors are split into their parts at load, so tensor parallelism shards them as it shards Llama's.
+
+Phi-3.5 and the 128k-context variants (LongRoPE, `rope_type` longrope), Phi-4-mini (rotary on part of each
+head, `partial_rotary_factor` < 1) and quantized checkpoints (scales laid out over the fused rows) are refused by
+name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from pagedserve.attention.backend import AttentionBackend
+from pagedserve.models.llama import LlamaForCausalLM, rope_settings
+
+
+def check_phi3_config(config: Any) -> None:
+    _, rope = rope_settings(config)
+    if float((rope or {}).get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError(
+            f"Phi-3 config: partial_rotary_factor {rope['partial_rotary_factor']} (rotary on part of each head, "
+            "Phi-4-mini) is not supported"
+        )
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise ValueError(f"Phi-3 config: hidden_act {config.hidden_act!r} is not supported (silu)")
+
+
+class Phi3ForCausalLM(LlamaForCausalLM):
+    def __init__(self, config: Any, backend: AttentionBackend) -> None:
+        check_phi3_config(config)
+        super().__init__(config, backend)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return super().load_weights(self._split_fused(weights))
+
+    def _split_fused(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        config = self.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        q_size = config.num_attention_heads * head_dim
+        kv_size = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
+        for name, tensor in weights:
+            if ".self_attn.qkv_proj." in name or ".mlp.gate_up_proj." in name:
+                if not (
+                    name.endswith(".weight")
+                    and isinstance(tensor, torch.Tensor)
+                    and tensor.is_floating_point()
+                ):
+                    # AWQ/GPTQ/FP8 scales of a fused layer are laid out per block of rows, not per part
+                    raise ValueError(
+                        f"{name}: quantized Phi-3 checkpoints (fused q|k|v, gate|up) are not supported"
+                    )
+                if ".qkv_proj." in name:
+                    parts = dict(
+                        zip(("q_proj", "k_proj", "v_proj"), tensor.split([q_size, kv_size, kv_size]))
+                    )
+                    fused = "qkv_proj"
+                else:
+                    parts = dict(zip(("gate_proj", "up_proj"), tensor.chunk(2, dim=0)))
+                    fused = "gate_up_proj"
+                for part, values in parts.items():
+                    yield name.replace(f".{fused}.", f".{part}."), values
+                continue
+            yield name, tensor
