@@ -117,7 +117,8 @@ class ServerConfig:
 
     tool_call_parser: str | None = None
     """How the model writes tool calls, for tool_choice "auto": hermes (<tool_call>{...}</tool_call>: Hermes,
-    Qwen) or llama3_json ({"name": ..., "parameters": ...}: Llama 3.x)."""
+    Qwen), llama3_json ({"name": ..., "parameters": ...}: Llama 3.x) or pythonic ([f(a=1), g(b='x')]: Llama
+    3.2 / 4, Gemma 3)."""
 
     @property
     def log_requests(self) -> bool:

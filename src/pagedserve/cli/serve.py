@@ -194,7 +194,7 @@ def _check_supported(args: argparse.Namespace) -> str | None:
         if args.tool_call_parser not in TOOL_PARSERS:
             return f"--tool-call-parser must be one of: {', '.join(sorted(TOOL_PARSERS))}."
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
-        return "--enable-auto-tool-choice needs --tool-call-parser (hermes or llama3_json)."
+        return "--enable-auto-tool-choice needs --tool-call-parser (hermes, llama3_json or pythonic)."
     if args.max_request_body_bytes < 1:
         return "--max-request-body-bytes must be >= 1."
     if args.shutdown_timeout < 0:

@@ -83,6 +83,24 @@ def test_auto_keeps_only_the_first_call_when_parallel_tool_calls_is_false(parall
     assert [p["function"]["name"] for p in streamed] == names
 
 
+def test_auto_parses_pythonic_calls_and_streams_the_same() -> None:
+    """Gemma 3 / Llama 3.2 style: the calls arrive when the output ends, as one message or in deltas."""
+    plan = plan_tools(_body(), True, "pythonic")
+    text = "[add(a=2), now()]"
+    message, reason = message_and_reason(plan, text, "stop")
+    assert reason == "tool_calls" and message["content"] is None
+    assert [c["function"] for c in message["tool_calls"]] == [
+        {"name": "add", "arguments": '{"a": 2}'},
+        {"name": "now", "arguments": "{}"},
+    ]
+    stream = ToolStream(plan)
+    deltas = [stream.delta(text[i : i + 4]) for i in range(0, len(text), 4)]
+    last, final_reason = stream.finish("stop")
+    parts = [p for d in [*deltas, last] if d for p in d.get("tool_calls", [])]
+    assert [p["function"]["name"] for p in parts if "name" in p["function"]] == ["add", "now"]
+    assert final_reason == "tool_calls"
+
+
 def test_auto_without_a_call_is_plain_content() -> None:
     plan = plan_tools(_body(tool_choice="auto"), True, "llama3_json")
     assert message_and_reason(plan, "Hello there", "stop") == (

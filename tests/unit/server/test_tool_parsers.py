@@ -13,6 +13,7 @@ from pagedserve.server.tool_parsers import (
     TOOL_PARSERS,
     HermesToolParser,
     Llama3JsonToolParser,
+    PythonicToolParser,
     ToolParser,
     get_tool_parser,
 )
@@ -72,7 +73,35 @@ LLAMA_TEXTS = [
     '{"name": "f", "parameters": {}}\n<|eom_id|>',
 ]
 
-CASES = [(HermesToolParser, t) for t in HERMES_TEXTS] + [(Llama3JsonToolParser, t) for t in LLAMA_TEXTS]
+PYTHONIC_TEXTS = [
+    "",
+    "  \n",
+    "The answer is 42.",
+    "[1] Paris is the capital.",
+    "[]",
+    "[get_weather(city='東京', unit=\"celsius\", days=3)]",
+    "  [f(a=1, b=[1, 2.5, None, True], c={'k': ('x', 'y')}), g()]",
+    "<|python_start|>[f(s='])}[', n=-3)]<|python_end|>",
+    "[f(a=1)] and then some text",
+    "Sure: [f(a=1)]",
+    "[f(1)]",
+    "[f(a=x)]",
+    "[f(**kw)]",
+    "[f(a={1, 2})]",
+    "[f(a=float('nan'))]",
+    "[os.system(cmd='x')]",
+    "[f(a=1), ",
+    "[f(a=1)",
+    "[get_weather (city='Paris')]",
+    "<|python_start|>",
+    "<|python_st",
+]
+
+CASES = (
+    [(HermesToolParser, t) for t in HERMES_TEXTS]
+    + [(Llama3JsonToolParser, t) for t in LLAMA_TEXTS]
+    + [(PythonicToolParser, t) for t in PYTHONIC_TEXTS]
+)
 
 
 def run_stream(cls: type[ToolParser], chunks: list[str]) -> tuple[str | None, Calls]:
@@ -107,7 +136,7 @@ def whole(cls: type[ToolParser], text: str) -> tuple[str | None, Calls]:
 
 
 def test_registry() -> None:
-    assert set(TOOL_PARSERS) == {"hermes", "llama3_json"}
+    assert set(TOOL_PARSERS) == {"hermes", "llama3_json", "pythonic"}
     assert get_tool_parser("hermes") is HermesToolParser
     assert get_tool_parser("llama3_json") is Llama3JsonToolParser
     with pytest.raises(ValueError, match=r"--tool-call-parser 'nope' is not one of: hermes, llama3_json"):
@@ -207,3 +236,34 @@ def test_streaming_matches_whole(cls: type[ToolParser], text: str) -> None:
         cuts = sorted(rng.sample(range(len(text) + 1), min(4, len(text) + 1)))
         chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
         assert run_stream(cls, chunks) == expected, cuts
+
+
+def test_pythonic_calls_become_json_arguments() -> None:
+    content, calls = whole(PythonicToolParser, PYTHONIC_TEXTS[6])
+    assert content is None
+    assert calls == [
+        ("f", args_text({"a": 1, "b": [1, 2.5, None, True], "c": {"k": ["x", "y"]}})),
+        ("g", "{}"),
+    ]
+    assert whole(PythonicToolParser, PYTHONIC_TEXTS[5]) == (
+        None,
+        [("get_weather", args_text({"city": "東京", "unit": "celsius", "days": 3}))],
+    )
+    assert whole(PythonicToolParser, PYTHONIC_TEXTS[7]) == (None, [("f", args_text({"s": "])}[", "n": -3}))])
+    assert whole(PythonicToolParser, PYTHONIC_TEXTS[18])[1] == [("get_weather", args_text({"city": "Paris"}))]
+
+
+@pytest.mark.parametrize("index", [2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19])
+def test_pythonic_not_calls_is_content(index: int) -> None:
+    """Text around the list, positional or non-literal arguments, values without a JSON form, attribute calls and
+    unfinished lists are all plain content (never evaluated)."""
+    text = PYTHONIC_TEXTS[index]
+    assert whole(PythonicToolParser, text) == (text, [])
+
+
+def test_pythonic_streams_content_as_soon_as_it_cannot_be_a_call_list() -> None:
+    parser = PythonicToolParser()
+    assert parser.extract_tool_calls_streaming("[get_weather(city=") is None  # held: may be a call
+    parser = PythonicToolParser()
+    msg = parser.extract_tool_calls_streaming("[1] Par")
+    assert msg is not None and msg.content == "[1] Par" and not msg.tool_calls

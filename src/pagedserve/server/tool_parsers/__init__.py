@@ -5,10 +5,12 @@ from __future__ import annotations
 from .base import DeltaMessage, ExtractedToolCalls, ToolCall, ToolCallDelta, ToolParser
 from .hermes import HermesToolParser
 from .llama3_json import Llama3JsonToolParser
+from .pythonic import PythonicToolParser
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     HermesToolParser.name: HermesToolParser,
     Llama3JsonToolParser.name: Llama3JsonToolParser,
+    PythonicToolParser.name: PythonicToolParser,
 }
 
 
@@ -28,6 +30,7 @@ __all__ = [
     "ExtractedToolCalls",
     "HermesToolParser",
     "Llama3JsonToolParser",
+    "PythonicToolParser",
     "ToolCall",
     "ToolCallDelta",
     "ToolParser",
