@@ -15,10 +15,8 @@ import transformers
 
 from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma3")
-_SUPPORTED_HINT = (
-    "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe and gemma3"
-)
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma3", "phi3")
+_SUPPORTED_HINT = "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma3 and phi3"
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
 _SAMPLING_KEYS = {
@@ -192,6 +190,8 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
         return _moe_config(reader, arch, path, num_experts, head_dim, kwargs)
     if arch == "gemma3":
         return _gemma3_config(reader, path, head_dim, kwargs)
+    if arch == "phi3":
+        return _phi3_config(reader, path, head_dim, kwargs)
     if arch == "qwen2":
         if head_dim != hidden_size // num_heads:
             raise ValueError(
@@ -268,6 +268,30 @@ def _gemma3_config(
         layer_types=layer_types, query_pre_attn_scalar=scalar, rope_parameters=rope,
         hidden_activation="gelu_pytorch_tanh", **kwargs,
     )  # fmt: skip
+
+
+def _phi3_config(
+    reader: gguf.GGUFReader, path: pathlib.Path, head_dim: int, kwargs: dict[str, Any]
+) -> transformers.PretrainedConfig:
+    """Phi-3 / Phi-4 as llama.cpp's converter writes them: a sliding window of 0 means none (Phi-4); LongRoPE
+    (rope_factors_long / _short tensors: the 128k models, Phi-3.5) and partial rotary (Phi-4-mini) are refused."""
+    if _find_tensor(reader, "rope_factors_long.weight") is not None:
+        raise ValueError(
+            f"GGUF file {path}: LongRoPE (rope_factors_long, Phi-3 128k / Phi-3.5) is not supported"
+        )
+    rotary = field_value(reader, "phi3.rope.dimension_count")
+    if rotary is not None and int(rotary) != head_dim:
+        raise ValueError(
+            f"GGUF file {path}: rotary on {rotary} of {head_dim} head dimensions (partial rotary, Phi-4-mini) is "
+            "not supported"
+        )
+    window = int(field_value(reader, "phi3.attention.sliding_window", 0) or 0)
+    original = field_value(reader, "phi3.rope.scaling.original_context_length")
+    if original is not None:
+        kwargs["original_max_position_embeddings"] = int(original)
+    return transformers.Phi3Config(
+        architectures=["Phi3ForCausalLM"], sliding_window=window or None, hidden_act="silu", **kwargs
+    )
 
 
 def gguf_eos_token_ids(reader: gguf.GGUFReader) -> list[int]:

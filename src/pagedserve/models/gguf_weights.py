@@ -46,8 +46,10 @@ _BLOCK_TENSORS = {
     "ffn_down_shexp": "mlp.shared_expert.down_proj",
     "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
 }
-# Where an architecture names a block tensor differently: Gemma 3's four norms a layer.
+# Where an architecture names a block tensor differently.
 _ARCH_BLOCK_TENSORS = {
+    # Phi-3 keeps q|k|v and gate|up fused, as its checkpoints do (models/phi3.py splits them)
+    "phi3": {"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"},
     "gemma3": {
         "ffn_norm": "pre_feedforward_layernorm",
         "post_attention_norm": "post_attention_layernorm",

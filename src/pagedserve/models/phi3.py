@@ -2,19 +2,22 @@
 (`qkv_proj`, `gate_up_proj`) and, on the 4k-context Phi-3 models, a sliding window on every layer. The fused
 tensors are split into their parts at load, so tensor parallelism shards them as it shards Llama's.
 
+GGUF `phi3` files (llama.cpp keeps the same fusion: attn_qkv, ffn_up) split their rows of blocks the same way.
 Phi-3.5 and the 128k-context variants (LongRoPE, `rope_type` longrope), Phi-4-mini (rotary on part of each
-head, `partial_rotary_factor` < 1) and quantized checkpoints (scales laid out over the fused rows) are refused by
-name.
+head, `partial_rotary_factor` < 1) and quantized Hugging Face checkpoints (scales laid out over the fused rows) are
+refused by name.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
 from pagedserve.attention.backend import AttentionBackend
+from pagedserve.layers.gguf_quant import QuantizedTensor
 from pagedserve.models.llama import LlamaForCausalLM, rope_settings
 
 
@@ -43,25 +46,30 @@ class Phi3ForCausalLM(LlamaForCausalLM):
         q_size = config.num_attention_heads * head_dim
         kv_size = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
         for name, tensor in weights:
-            if ".self_attn.qkv_proj." in name or ".mlp.gate_up_proj." in name:
-                if not (
-                    name.endswith(".weight")
-                    and isinstance(tensor, torch.Tensor)
-                    and tensor.is_floating_point()
-                ):
-                    # AWQ/GPTQ/FP8 scales of a fused layer are laid out per block of rows, not per part
-                    raise ValueError(
-                        f"{name}: quantized Phi-3 checkpoints (fused q|k|v, gate|up) are not supported"
-                    )
-                if ".qkv_proj." in name:
-                    parts = dict(
-                        zip(("q_proj", "k_proj", "v_proj"), tensor.split([q_size, kv_size, kv_size]))
-                    )
-                    fused = "qkv_proj"
-                else:
-                    parts = dict(zip(("gate_proj", "up_proj"), tensor.chunk(2, dim=0)))
-                    fused = "gate_up_proj"
-                for part, values in parts.items():
-                    yield name.replace(f".{fused}.", f".{part}."), values
+            if ".self_attn.qkv_proj." not in name and ".mlp.gate_up_proj." not in name:
+                yield name, tensor
                 continue
-            yield name, tensor
+            if isinstance(tensor, QuantizedTensor):  # GGUF blocks: each row quantized alone, so rows split
+                sizes = [q_size, kv_size, kv_size] if ".qkv_proj." in name else [tensor.shape[0] // 2] * 2
+                starts = [0, *itertools.accumulate(sizes)]
+                pieces: list[Any] = [
+                    QuantizedTensor(tensor.data[start : start + size], tensor.qtype, (size, tensor.shape[1]))
+                    for start, size in zip(starts, sizes)
+                ]
+            elif name.endswith(".weight") and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                pieces = (
+                    list(tensor.split([q_size, kv_size, kv_size]))
+                    if ".qkv_proj." in name
+                    else list(tensor.chunk(2))
+                )
+            else:  # AWQ/GPTQ/FP8 scales of a fused layer are laid out per block of rows, not per part
+                raise ValueError(
+                    f"{name}: quantized Phi-3 checkpoints (fused q|k|v, gate|up) are not supported"
+                )
+            fused, parts = (
+                ("qkv_proj", ("q_proj", "k_proj", "v_proj"))
+                if ".qkv_proj." in name
+                else ("gate_up_proj", ("gate_proj", "up_proj"))
+            )
+            for part, values in zip(parts, pieces):
+                yield name.replace(f".{fused}.", f".{part}."), values
