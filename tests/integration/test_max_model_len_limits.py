@@ -33,6 +33,21 @@ def test_long_max_model_len_needs_the_variable(tmp_path, monkeypatch) -> None:
         prompt, SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False
     )
     assert len(out.outputs[0].token_ids) == 20  # positions 290..309: past the 256 the model declares
+    assert (
+        llm.llm_engine.executor.runner.model.model.rotary.cos_cache.shape[0] >= 320
+    )  # the batch budget's 4096
+
+
+def test_rotary_tables_cover_the_reachable_positions_only(tmp_path) -> None:
+    """A step reaches positions below max_model_len (and the GPU memory profile's longest step); the tables are
+    built for those, not for the model's whole context (Gemma 3's two tables at 131k positions are 268 MB)."""
+    path = write_tiny_gguf(tmp_path / "tiny.gguf").path  # context_length 256
+    llm = LLM(str(path), max_model_len=64, max_num_batched_tokens=96, kv_cache_memory_bytes=8 * 1024**2)
+    assert llm.llm_engine.executor.runner.model.model.rotary.cos_cache.shape[0] == 96
+    prompt = {"prompt_token_ids": [5 + i % 50 for i in range(50)]}
+    params = SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)
+    [out] = llm.generate(prompt, params, use_tqdm=False)
+    assert len(out.outputs[0].token_ids) == 14  # positions 50..63: the last one max_model_len allows
 
 
 @pytest.mark.parametrize("arch", ["mistral", "qwen3"])

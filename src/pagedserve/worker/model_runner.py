@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,9 +144,16 @@ class ModelRunner:
                 f"--enable-lora: LoRA adapters on mixture-of-experts models ({model_class.__name__}) are not "
                 "supported"
             )
-        if max_model_len > getattr(hf_config, "max_position_embeddings", max_model_len):
-            # VLLM_ALLOW_LONG_MAX_MODEL_LEN: the rotary table must cover every position a sequence can reach.
-            hf_config.max_position_embeddings = max_model_len
+        # The rotary tables cover the positions a step can reach (a sequence's, or the longest step of the GPU
+        # memory profile), not the model's whole context: Gemma 3 27B's two tables at 131 072 positions are 268 MB
+        # (float32 cos and sin of 128 dims) against 17 MB at 8192. Past max_position_embeddings only with
+        # VLLM_ALLOW_LONG_MAX_MODEL_LEN (engine/core.py).
+        reach = max(max_model_len, max_num_batched_tokens)
+        if reach != getattr(hf_config, "max_position_embeddings", reach):
+            model_hf_config = copy.copy(hf_config)
+            model_hf_config.max_position_embeddings = reach
+        else:
+            model_hf_config = hf_config
         self.attention_backend = (
             attention_backend or envs.attention_backend() or default_attention_backend(device)
         )
@@ -155,7 +163,7 @@ class ModelRunner:
             previous = torch.get_default_dtype()
             torch.set_default_dtype(dtype)
             try:
-                self.model = model_class(hf_config, backend)
+                self.model = model_class(model_hf_config, backend)
             finally:
                 torch.set_default_dtype(previous)
         # Matrices take their storage dtype before loading (no float32 copy of the weights), except when they are
