@@ -24,11 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gguf_single_stream import print_table  # noqa: E402
-from peers.servers import llamacpp_spec, missing_reason, pagedserve_spec  # noqa: E402
-from random_gguf import add_bundled_tokenizer, cached_model, run_rounds  # noqa: E402
-
-from pagedserve.cpu_info import cpu_info  # noqa: E402
+from peers.servers import llamacpp_spec, pagedserve_spec  # noqa: E402
+from random_gguf import add_bundled_tokenizer, cached_model, compare  # noqa: E402
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, WIDTH, WINDOW = 26, 1152, 4, 1, 256, 6912, 512
 Q4_0, Q8_0, F32 = (
@@ -100,12 +97,7 @@ def main() -> None:
         "pagedserve --enforce-eager": lambda port: pagedserve(port, "--enforce-eager"),
         "llama.cpp": lambda port: llamacpp_spec(path, port, slots=1),
     }
-    if missing := missing_reason("llamacpp"):
-        print(f"llama.cpp: missing: {missing}")
-        del systems["llama.cpp"]
-    numbers = run_rounds(systems, args.rounds, args.output_len)
-    print(f"\nCPU: {cpu_info().describe()}; Gemma 3 1B's shape, SmolLM2's vocabulary")
-    print_table(numbers)
+    compare(systems, args.rounds, args.output_len, "Gemma 3 1B's shape, SmolLM2's vocabulary")
 
 
 if __name__ == "__main__":

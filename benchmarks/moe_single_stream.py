@@ -24,11 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gguf_single_stream import print_table  # noqa: E402
-from peers.servers import llamacpp_spec, missing_reason, pagedserve_spec  # noqa: E402
-from random_gguf import add_bundled_tokenizer, cached_model, run_rounds  # noqa: E402
-
-from pagedserve.cpu_info import cpu_info  # noqa: E402
+from peers.servers import llamacpp_spec, pagedserve_spec  # noqa: E402
+from random_gguf import add_bundled_tokenizer, cached_model, compare  # noqa: E402
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM = 2048, 32, 4, 128
 EXPERTS, TOP_K, EXPERT_WIDTH, DENSE_WIDTH = 128, 8, 768, 6144
@@ -106,12 +103,7 @@ def main() -> None:
         ),
         "llama.cpp": lambda port: llamacpp_spec(path, port, slots=1),
     }
-    if missing := missing_reason("llamacpp"):
-        print(f"llama.cpp: missing: {missing}")
-        del systems["llama.cpp"]
-    numbers = run_rounds(systems, args.rounds, args.output_len)
-    print(f"\nCPU: {cpu_info().describe()}; {args.layers} of Qwen3-30B-A3B's 48 layers")
-    print_table(numbers)
+    compare(systems, args.rounds, args.output_len, f"{args.layers} of Qwen3-30B-A3B's 48 layers")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ import gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gguf_single_stream import measure  # noqa: E402
-from peers.servers import CACHE, ServerSpec, free_port  # noqa: E402
+from gguf_single_stream import measure, print_table  # noqa: E402
+from peers.servers import CACHE, ServerSpec, free_port, missing_reason  # noqa: E402
 
+from pagedserve.cpu_info import cpu_info  # noqa: E402
 from pagedserve.models.bundled import bundled_model_path  # noqa: E402
 from pagedserve.models.gguf_config import field_value  # noqa: E402
 from pagedserve.models.loader import open_gguf  # noqa: E402
@@ -64,3 +65,13 @@ def run_rounds(
                     flush=True,
                 )
     return numbers
+
+
+def compare(systems: dict[str, Callable[[int], ServerSpec]], rounds: int, output_len: int, what: str) -> None:
+    """Runs the systems (llama.cpp dropped, and said so, when it is not built) and prints the table."""
+    if "llama.cpp" in systems and (missing := missing_reason("llamacpp")):
+        print(f"llama.cpp: missing: {missing}")
+        systems = {name: make for name, make in systems.items() if name != "llama.cpp"}
+    numbers = run_rounds(systems, rounds, output_len)
+    print(f"\nCPU: {cpu_info().describe()}; {what}")
+    print_table(numbers)

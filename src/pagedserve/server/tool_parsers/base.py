@@ -82,6 +82,15 @@ def parse_call_object(obj: Any, arg_keys: Sequence[str]) -> tuple[str, str] | No
     return name, json.dumps(args, ensure_ascii=False)
 
 
+def calls_or_content(parsed: list[tuple[str, str]] | None, text: str) -> ExtractedToolCalls:
+    """A whole output that is either entirely tool calls (``parsed``: name and arguments of each; content None) or,
+    when ``parsed`` is None, entirely content."""
+    if parsed is None:
+        return ExtractedToolCalls(tools_called=False, tool_calls=[], content=text)
+    calls = [ToolCall(id=new_tool_call_id(), name=name, arguments=args) for name, args in parsed]
+    return ExtractedToolCalls(tools_called=True, tool_calls=calls, content=None)
+
+
 def partial_prefix_len(text: str, marker: str, start: int = 0) -> int:
     """Length of the longest proper prefix of ``marker`` that ``text[start:]`` ends with."""
     for n in range(min(len(marker) - 1, len(text) - start), 0, -1):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 
-from .base import ExtractedToolCalls, ToolCall, ToolParser, new_tool_call_id, parse_call_object
+from .base import ExtractedToolCalls, ToolParser, calls_or_content, parse_call_object
 
 PYTHON_TAG = "<|python_tag|>"
 _WS = re.compile(r"\s*")
@@ -69,11 +69,7 @@ class Llama3JsonToolParser(ToolParser):
         self._pending: tuple[str, str] | None = None  # decoded call waiting for its ';' or the end
 
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
-        parsed = _parse_calls(text)
-        if parsed is None:
-            return ExtractedToolCalls(tools_called=False, tool_calls=[], content=text)
-        calls = [ToolCall(id=new_tool_call_id(), name=name, arguments=args) for name, args in parsed]
-        return ExtractedToolCalls(tools_called=True, tool_calls=calls, content=None)
+        return calls_or_content(_parse_calls(text), text)
 
     def _advance(self, final: bool) -> None:
         raw = self._raw

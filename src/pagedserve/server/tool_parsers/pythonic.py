@@ -18,7 +18,7 @@ import ast
 import json
 import re
 
-from .base import ExtractedToolCalls, ToolCall, ToolParser, new_tool_call_id
+from .base import ExtractedToolCalls, ToolParser, calls_or_content
 
 PYTHON_START = "<|python_start|>"
 PYTHON_END = "<|python_end|>"
@@ -83,11 +83,7 @@ class PythonicToolParser(ToolParser):
     name = "pythonic"
 
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
-        parsed = _parse_calls(text)
-        if parsed is None:
-            return ExtractedToolCalls(tools_called=False, tool_calls=[], content=text)
-        calls = [ToolCall(id=new_tool_call_id(), name=name, arguments=args) for name, args in parsed]
-        return ExtractedToolCalls(tools_called=True, tool_calls=calls, content=None)
+        return calls_or_content(_parse_calls(text), text)
 
     def _advance(self, final: bool) -> None:
         if not final:
