@@ -196,7 +196,10 @@ class InputProcessor:
             gate = reasoning_gate(self.think_tags, prompt_ids)
         params = copy.copy(params)
         check_token_controls(self.tokenizer, params, info.vocab_size)
-        stops = set(params.stop_token_ids or [])
+        # A stop id past the vocabulary can never be sampled: dropped, which changes no output (vLLM keeps it); one
+        # past 2^64 could not even cross to the engine core (msgpack), past 2^63 not into an int64 tensor.
+        params.stop_token_ids = [t for t in params.stop_token_ids or [] if t < info.vocab_size]
+        stops = set(params.stop_token_ids)
         params.all_stop_token_ids = stops if params.ignore_eos else stops | self.eos_token_ids
         params.eos_token_ids = set(self.eos_token_ids)
         request = EngineCoreRequest(

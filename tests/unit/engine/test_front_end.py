@@ -107,6 +107,17 @@ def test_admission_tokenizes_bad_words_and_checks_token_ids_against_the_vocabula
         assert caught.value.param == field
 
 
+def test_stop_token_ids_past_the_vocabulary_are_dropped(tokenizer: Any) -> None:
+    """They can never be sampled (the output is the same, as in vLLM, which keeps them); 2^64 crashed the server
+    with a 500 (found by schemathesis): msgpack cannot carry it to the engine core."""
+    request, _ = make_input(tokenizer).process(
+        "r", "Hi", SamplingParams(stop_token_ids=[2**64, tokenizer.vocab_size, 7]), 1.0
+    )
+    assert request.sampling_params.stop_token_ids == [7]
+    assert 7 in request.sampling_params.all_stop_token_ids
+    assert max(request.sampling_params.all_stop_token_ids) < tokenizer.vocab_size
+
+
 def test_truncate_prompt_tokens_keeps_the_last_tokens(tokenizer: Any) -> None:
     inputs = make_input(tokenizer)
     ids = tokenizer.encode("one two three four five six seven")
