@@ -59,11 +59,13 @@ class CpuBackend:
                 # came from this step, an earlier chunk or a prefix hit.
                 ks, vs = as_stored(k[rows], k_cache), as_stored(v[rows], v_cache)
             else:
-                # Keys before the chunk's first window are never seen: not gathered.
-                first = window_start(chunk.context_len, sliding_window)
-                total = chunk.context_len + chunk.num_tokens
-                ks = gather_sequence_kv(key_rows(k_cache), chunk.block_table, total)[first:].to(q.dtype)
-                vs = gather_sequence_kv(value_rows(v_cache), chunk.block_table, total)[first:].to(q.dtype)
+                # Keys before the chunk's first window are never seen: their blocks are not gathered.
+                block_size, first = v_cache.shape[2], window_start(chunk.context_len, sliding_window)
+                first_block, skip = divmod(first, block_size)
+                table = chunk.block_table[first_block:]
+                total = chunk.context_len + chunk.num_tokens - first_block * block_size
+                ks = gather_sequence_kv(key_rows(k_cache), table, total)[skip:].to(q.dtype)
+                vs = gather_sequence_kv(value_rows(v_cache), table, total)[skip:].to(q.dtype)
             out[rows] = _prefill_sdpa(q[rows], ks, vs, scale, sliding_window)
         return out
 
