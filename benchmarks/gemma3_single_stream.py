@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 
 import gguf
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers.servers import llamacpp_spec, pagedserve_spec  # noqa: E402
-from random_gguf import add_bundled_tokenizer, cached_model, compare  # noqa: E402
+from random_gguf import add_bundled_tokenizer, cached_model, compare, random_tensor_writer  # noqa: E402
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, WIDTH, WINDOW = 26, 1152, 4, 1, 256, 6912, 512
 Q4_0, Q8_0, F32 = (
@@ -36,7 +35,6 @@ Q4_0, Q8_0, F32 = (
 
 
 def write_model(path: Path) -> None:
-    rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), "gemma3")
     writer.add_name("gemma-3-1b-shaped-random")
     writer.add_block_count(LAYERS)
@@ -52,11 +50,7 @@ def write_model(path: Path) -> None:
     writer.add_sliding_window(WINDOW)
     vocab = add_bundled_tokenizer(writer)
 
-    def add(name: str, *shape: int, kind: gguf.GGMLQuantizationType = Q4_0) -> None:
-        values = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
-        if kind == F32:
-            values += 1  # norm weights, stored as 1 + weight
-        writer.add_tensor(name, gguf.quants.quantize(values, kind) if kind != F32 else values, raw_dtype=kind)
+    add = random_tensor_writer(writer)
 
     add("token_embd.weight", vocab, HIDDEN, kind=Q8_0)
     add("output_norm.weight", HIDDEN, kind=F32)

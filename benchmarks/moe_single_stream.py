@@ -20,12 +20,11 @@ import sys
 from pathlib import Path
 
 import gguf
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers.servers import llamacpp_spec, pagedserve_spec  # noqa: E402
-from random_gguf import add_bundled_tokenizer, cached_model, compare  # noqa: E402
+from random_gguf import add_bundled_tokenizer, cached_model, compare, random_tensor_writer  # noqa: E402
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM = 2048, 32, 4, 128
 EXPERTS, TOP_K, EXPERT_WIDTH, DENSE_WIDTH = 128, 8, 768, 6144
@@ -33,7 +32,6 @@ Q4_0, F32 = gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.F32
 
 
 def write_model(path: Path, layers: int) -> None:
-    rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(str(path), "qwen3moe")
     writer.add_name("qwen3moe-30b-a3b-shaped-random")
     writer.add_block_count(layers)
@@ -51,11 +49,7 @@ def write_model(path: Path, layers: int) -> None:
     writer.add_layer_norm_rms_eps(1e-6)
     vocab = add_bundled_tokenizer(writer)
 
-    def add(name: str, *shape: int, kind: gguf.GGMLQuantizationType = Q4_0) -> None:
-        values = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
-        if kind == F32 and len(shape) == 1:
-            values += 1  # norm weights
-        writer.add_tensor(name, gguf.quants.quantize(values, kind) if kind != F32 else values, raw_dtype=kind)
+    add = random_tensor_writer(writer)
 
     add("token_embd.weight", vocab, HIDDEN)
     add("output_norm.weight", HIDDEN, kind=F32)

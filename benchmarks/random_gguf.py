@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gguf
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -36,6 +37,22 @@ def add_bundled_tokenizer(writer: gguf.GGUFWriter) -> int:
     writer.add_eos_token_id(field_value(bundled, "tokenizer.ggml.eos_token_id"))
     writer.add_chat_template(field_value(bundled, "tokenizer.chat_template"))
     return len(tokens)
+
+
+def random_tensor_writer(writer: gguf.GGUFWriter, seed: int = 0) -> Callable[..., None]:
+    """add(name, *shape, kind=Q4_0): a tensor of normal(0, 0.02) values in GGML type `kind`; F32 vectors are norm
+    weights, written as 1 + that (what llama.cpp's converters store for Gemma, and near a trained norm's values)."""
+    rng = np.random.default_rng(seed)
+
+    def add(name: str, *shape: int, kind: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.Q4_0) -> None:
+        values = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+        if kind == gguf.GGMLQuantizationType.F32:
+            values += 1 if len(shape) == 1 else 0
+            writer.add_tensor(name, values, raw_dtype=kind)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(values, kind), raw_dtype=kind)
+
+    return add
 
 
 def cached_model(name: str, write: Callable[[Path], None]) -> Path:
