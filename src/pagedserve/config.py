@@ -107,6 +107,11 @@ class ModelConfig:
     checkpoint that needs its own code (config.json's auto_map for an architecture we do not implement) is refused
     by name either way; for the architectures we run, vLLM's flag changes nothing either."""
 
+    disable_sliding_window: bool = False
+    """Run sliding-window layers with full attention and cap max_model_len at the smallest window (vLLM's flag):
+    within the window both attend to the same keys. Also serves Qwen checkpoints with use_sliding_window on, which
+    are refused without it."""
+
     enforce_eager: bool = False
     """Run every step eagerly, as vLLM's flag: no decode graphs (CUDA graphs per batch-size bucket on a GPU,
     worker/cuda_graph.py; on the CPU, decode steps of 1-8 sequences replayed as recorded C kernel calls,

@@ -24,6 +24,7 @@ from pagedserve.distributed.partition import check_heads
 from pagedserve.engine.core_messages import CoreOutputs, EngineCoreRequest, SequenceOutput
 from pagedserve.engine.drafter import Drafter, count_drafts
 from pagedserve.models.hf_folder import check_last_token_pooling
+from pagedserve.models.llama import smallest_attention_window
 from pagedserve.outputs import EngineInfo
 from pagedserve.structured_output.manager import StructuredOutputManager
 from pagedserve.worker.dtypes import has_gguf_panel_kernels, resolve_dtype
@@ -62,7 +63,7 @@ class EngineCore:
                 "fast past a few rows; --quantization gguf keeps them)",
             )  # fmt: skip
         hf_config = source.hf_config
-        max_positions = int(getattr(hf_config, "max_position_embeddings", 2048))
+        max_positions = sliding_window_limit(hf_config, mc.disable_sliding_window)
         max_model_len = mc.max_model_len or max_positions
         if max_model_len > max_positions and max_model_len >= 1 and envs.allow_long_max_model_len():
             logger.warning(
@@ -72,7 +73,8 @@ class EngineCore:
             )  # fmt: skip
         elif max_model_len < 1 or max_model_len > max_positions:
             raise ValueError(
-                f"max_model_len must be in [1, {max_positions}] for this model, got {max_model_len} "
+                f"max_model_len must be in [1, {max_positions}] for this model"
+                f"{' with --disable-sliding-window' if mc.disable_sliding_window else ''}, got {max_model_len} "
                 "(VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 accepts more)"
             )
         quantized_source = source.format == "gguf" or source.quantization_method is not None
@@ -329,6 +331,20 @@ class EngineCore:
             "grammar state outlived its sequence"
         )
         assert self.structured.num_pending == len(self._waiting_for_grammar)
+
+
+def sliding_window_limit(hf_config: Any, disable_sliding_window: bool) -> int:
+    """The longest max_model_len the model takes without VLLM_ALLOW_LONG_MAX_MODEL_LEN: its
+    max_position_embeddings, capped at its smallest window with --disable-sliding-window (vLLM's rule). Qwen's
+    use_sliding_window runs only that way: its per-layer rule differs between Qwen2, Qwen2-MoE and Qwen3-MoE."""
+    max_positions = int(getattr(hf_config, "max_position_embeddings", 2048))
+    window = smallest_attention_window(hf_config)
+    if getattr(hf_config, "use_sliding_window", False) and window and not disable_sliding_window:
+        raise ValueError(
+            "use_sliding_window (Qwen's sliding-window attention) is not supported; --disable-sliding-window "
+            f"serves the model with full attention and max_model_len capped at the window ({window})"
+        )
+    return min(max_positions, window) if disable_sliding_window and window else max_positions
 
 
 def _aborted_output(seq_id: str, request_id: str, sample_index: int) -> SequenceOutput:

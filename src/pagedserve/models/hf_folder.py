@@ -59,9 +59,6 @@ def load_folder_config(folder: pathlib.Path) -> transformers.PretrainedConfig:
             f"model type {model_type!r} in {config_file} is not supported "
             f"(supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
         )
-    if getattr(config, "use_sliding_window", False):
-        # Qwen2/Qwen3 switch sliding-window attention on per layer with this flag; released models leave it off.
-        raise ValueError(f"{config_file}: use_sliding_window (sliding-window attention) is not supported")
     if not config.architectures:
         config.architectures = [SUPPORTED_MODEL_TYPES[model_type]]
     if model_type == "gemma3":

@@ -7,6 +7,7 @@ gate|up, so `load_weights` maps checkpoint names onto shards.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -42,8 +43,8 @@ def rope_settings(config: Any) -> tuple[float, dict[str, Any] | None]:
 
 def attention_window(config: Any, layer_index: int) -> int | None:
     """The sliding window of one layer's attention, None for full attention: Mistral's `sliding_window` on every
-    layer; with `layer_types` (Gemma 3) only on "sliding_attention" layers. Qwen's use_sliding_window is refused at
-    load (models/hf_folder.py)."""
+    layer; with `layer_types` (Gemma 3) only on "sliding_attention" layers. Qwen's use_sliding_window is refused
+    unless --disable-sliding-window drops every window (engine/core.py)."""
     if getattr(config, "use_sliding_window", True) is False:
         return None  # Qwen2/3 keep a sliding_window value that means nothing while this is off
     window = getattr(config, "sliding_window", None)
@@ -53,6 +54,21 @@ def attention_window(config: Any, layer_index: int) -> int | None:
     if layer_types is not None and layer_types[layer_index] != "sliding_attention":
         return None
     return window
+
+
+def smallest_attention_window(config: Any) -> int | None:
+    """The smallest window of any layer, None when every layer attends to its whole context: what
+    --disable-sliding-window caps max_model_len at."""
+    windows = [attention_window(config, i) for i in range(config.num_hidden_layers)]
+    return min((w for w in windows if w is not None), default=None)
+
+
+def without_sliding_window(config: Any) -> Any:
+    """A copy of `config` whose layers all attend to their whole context (--disable-sliding-window); Gemma 3's
+    layer_types stay, since they also pick each layer's rotary table."""
+    config = copy.copy(config)
+    config.sliding_window = None
+    return config
 
 
 class AttentionShape(NamedTuple):

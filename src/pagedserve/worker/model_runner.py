@@ -19,6 +19,7 @@ from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.linear import quantize_linears_fp8
 from pagedserve.layers.pooler import pool_last_rows
+from pagedserve.models.llama import without_sliding_window
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
 from pagedserve.outputs import PositionLogprobs
@@ -154,6 +155,8 @@ class ModelRunner:
             model_hf_config.max_position_embeddings = reach
         else:
             model_hf_config = hf_config
+        if model_config.disable_sliding_window:  # max_model_len is capped at the window (engine/core.py)
+            model_hf_config = without_sliding_window(model_hf_config)
         self.attention_backend = (
             attention_backend or envs.attention_backend() or default_attention_backend(device)
         )

@@ -110,12 +110,23 @@ def test_qwen3_folder_gives_its_config_and_q_k_norms(tmp_path) -> None:
     assert {"model.layers.0.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight"} <= set(loaded)
 
 
-def test_sliding_window_attention_is_refused_by_name(tmp_path) -> None:
-    save_model(
-        tmp_path, transformers.Qwen3ForCausalLM(qwen3_config(use_sliding_window=True, sliding_window=8))
+def test_qwen_sliding_window_runs_only_with_disable_sliding_window(tmp_path) -> None:
+    """Qwen's use_sliding_window: refused naming the flag that serves it (full attention capped at the window)."""
+    from pagedserve.engine.core import sliding_window_limit
+
+    config = qwen3_config(use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    save_model(tmp_path, transformers.Qwen3ForCausalLM(config))
+    hf_config = resolve_model_source(str(tmp_path)).hf_config
+    with pytest.raises(ValueError, match="use_sliding_window.*--disable-sliding-window.*8"):
+        sliding_window_limit(hf_config, disable_sliding_window=False)
+    assert sliding_window_limit(hf_config, disable_sliding_window=True) == 8
+    # Every layer below max_window_layers attends to everything: nothing to refuse or cap.
+    full = qwen3_config(use_sliding_window=True, sliding_window=8, max_window_layers=2)
+    save_model(tmp_path, transformers.Qwen3ForCausalLM(full))
+    assert (
+        sliding_window_limit(resolve_model_source(str(tmp_path)).hf_config, False)
+        == full.max_position_embeddings
     )
-    with pytest.raises(ValueError, match="use_sliding_window"):
-        resolve_model_source(str(tmp_path))
 
 
 def test_generation_config_gives_sampling_defaults_and_eos_ids(tmp_path) -> None:
