@@ -117,3 +117,56 @@ def write_tiny_gemma3(folder: pathlib.Path, multimodal: bool = False, seed: int 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model
+
+
+ENCODER_WORDS = [f"w{i}" for i in range(59)]
+
+
+def write_tiny_encoder(
+    folder: pathlib.Path, kind: str = "bert", pooling: str | None = None, seed: int = 0
+) -> Any:
+    """A 2-layer BertModel or XLMRobertaModel (RoBERTa's positions from pad_token_id + 1) with a word-level
+    tokenizer that wraps each text as `[CLS] ... [SEP]`, saved as sentence-transformers saves one when `pooling`
+    ("cls_token", "mean_tokens", "lasttoken") is given. Returns the float32 transformers model."""
+    import json
+
+    import tokenizers
+
+    specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    if kind == "xlm-roberta":  # fairseq's order: <s> 0, <pad> 1, </s> 2, <unk> 3
+        specials = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate(specials + ENCODER_WORDS)}
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    words.post_processor = tokenizers.processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )  # fmt: skip
+    common = dict(
+        vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+        pad_token_id=vocab["[PAD]"], layer_norm_eps=1e-12,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    if kind == "xlm-roberta":
+        model = transformers.XLMRobertaModel(
+            transformers.XLMRobertaConfig(**common, max_position_embeddings=66)
+        )
+    else:
+        model = transformers.BertModel(transformers.BertConfig(**common, max_position_embeddings=64))
+    model = model.to(torch.float32).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if pooling is not None:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ]
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "1_Pooling").mkdir()
+        config = {"word_embedding_dimension": 64, f"pooling_mode_{pooling}": True}
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    return model

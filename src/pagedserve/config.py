@@ -91,9 +91,10 @@ class ModelConfig:
     """Jinja chat template file or inline string overriding the tokenizer's."""
 
     runner: Literal["auto", "generate", "pooling"] = "auto"
-    """What the model runs for (vLLM's flag): generate (text; auto's choice) or pooling: embeddings of a causal
-    model (/v1/embeddings, LLM.embed), each prompt's last position's final hidden state, L2-normalized (vLLM's
-    rule for such models, Qwen3-Embedding's own). Scores, classification and reranking are not offered."""
+    """What the model runs for (vLLM's flag): generate (text; auto's choice for causal models) or pooling
+    (auto's choice for encoders: BERT, XLM-RoBERTa): embeddings (/v1/embeddings, LLM.embed), the final hidden states
+    pooled as the folder's sentence-transformers config says (last token, CLS or mean; default: last token for
+    causal models, CLS for encoders), L2-normalized. Scores, classification and reranking are not offered."""
 
     task: Literal["auto", "generate", "embed", "embedding"] = "auto"
     """vLLM's older spelling of --runner (deprecated there): generate, or embed / embedding for pooling."""
@@ -142,12 +143,20 @@ def _at_least(config: object, name: str, low: float, note: str = "", optional: b
         raise ValueError(f"{name} must be >= {low}{f' ({note})' if note else ''}, got {value!r}")
 
 
-def resolved_runner(config: ModelConfig) -> str:
-    """generate or pooling, from --runner and vLLM's older --task; ValueError when they disagree."""
+def resolved_runner(config: ModelConfig, is_encoder: bool = False) -> str:
+    """generate or pooling, from --runner and vLLM's older --task (auto: pooling for an encoder, as vLLM picks for
+    embedding architectures); ValueError when they disagree or an encoder is asked to generate."""
     from_task = {"generate": "generate", "embed": "pooling", "embedding": "pooling"}.get(config.task)
     if config.runner != "auto" and from_task is not None and from_task != config.runner:
         raise ValueError(f"runner {config.runner} and task {config.task} disagree")
-    return config.runner if config.runner != "auto" else from_task or "generate"
+    runner = (
+        config.runner if config.runner != "auto" else from_task or ("pooling" if is_encoder else "generate")
+    )
+    if is_encoder and runner != "pooling":
+        raise ValueError(
+            "runner generate: this model is an encoder, it serves embeddings only (--runner pooling)"
+        )
+    return runner
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Embeddings on a real server (--runner pooling) through the openai SDK: a tiny random Qwen3 folder, each vector
 checked against transformers' last hidden state of the same prompt (L2-normalized, vLLM's rule for causal models
-served as embedders); base64 encoding, batching, vLLM's refusals, and the metrics."""
+served as embedders); base64 encoding, batching, vLLM's refusals, and the metrics; a BERT encoder served as is."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import httpx
 import openai
 import pytest
 import torch
+import transformers
 
-from tests.tiny_models import bundled_tokenizer, write_tiny_qwen
+from tests.tiny_models import bundled_tokenizer, write_tiny_encoder, write_tiny_qwen
 
 from .conftest import launch, metric_value
 
@@ -87,3 +88,38 @@ def test_refusals_are_vllms(embedder, tmp_path: pathlib.Path) -> None:
         client.embeddings.create(model="tiny-embed", input="")
     assert metric_value(server, "vllm:prompt_tokens_total") > 0
     assert metric_value(server, "vllm:generation_tokens_total") == 0  # embeddings generate nothing
+
+
+def test_bert_encoder_served_without_flags(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A sentence-transformers BERT folder (mean pooling) served as vLLM serves it: no --runner (an encoder's auto
+    is pooling), vectors equal to transformers' mean-pooled states; a prompt past its 64 learned positions is a
+    400, not a crash."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    model = write_tiny_encoder(folder, "bert", "mean_tokens")
+    server = launch(
+        tmp_path_factory.mktemp("bert-server"),
+        str(folder),
+        "--served-model-name",
+        "tiny-bert",
+        "--max-model-len",
+        "64",
+    )  # BASE_ARGS' --max-model-len is past the model's positions
+    try:
+        server.wait_ready()
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
+        assert client.models.list().data[0].model_extra["max_model_len"] == 64
+        texts = ["w1 w2 w3", "w7 w8 w9 w10 w11 w12"]
+        result = client.embeddings.create(model="tiny-bert", input=texts)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        for text, item in zip(texts, result.data):
+            with torch.no_grad():
+                hidden = model(tokenizer(text, return_tensors="pt").input_ids).last_hidden_state[0]
+            expected = torch.nn.functional.normalize(hidden.mean(0), dim=-1)
+            assert torch.allclose(torch.tensor(item.embedding), expected, atol=1e-5)
+        assert result.usage.prompt_tokens == 5 + 8  # [CLS] ... [SEP]
+        with pytest.raises(openai.BadRequestError, match="maximum context length is 64 tokens"):
+            client.embeddings.create(model="tiny-bert", input=" ".join(["w3"] * 70))
+        with pytest.raises(openai.BadRequestError, match="does not support Chat Completions"):
+            client.chat.completions.create(model="tiny-bert", messages=[{"role": "user", "content": "w1"}])
+    finally:
+        server.terminate()

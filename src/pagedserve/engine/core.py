@@ -8,6 +8,7 @@ share a GIL.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -23,8 +24,10 @@ from pagedserve.core.stats import IterationStats
 from pagedserve.distributed.partition import check_heads
 from pagedserve.engine.core_messages import CoreOutputs, EngineCoreRequest, SequenceOutput
 from pagedserve.engine.drafter import Drafter, count_drafts
-from pagedserve.models.hf_folder import check_last_token_pooling
+from pagedserve.models.bert import position_offset
+from pagedserve.models.hf_folder import sentence_transformers_pooling
 from pagedserve.models.llama import smallest_attention_window
+from pagedserve.models.registry import resolve_model_class
 from pagedserve.outputs import EngineInfo
 from pagedserve.structured_output.manager import StructuredOutputManager
 from pagedserve.worker.dtypes import has_gguf_panel_kernels, resolve_dtype
@@ -82,13 +85,27 @@ class EngineCore:
         tp_size = config.parallel.tensor_parallel_size
         num_heads = hf_config.num_attention_heads
         check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
-        token_budget = sc.token_budget(max_model_len)
-        runner_kind = resolved_runner(mc)
+        is_encoder = bool(getattr(resolve_model_class(hf_config), "is_encoder", False))
+        runner_kind = resolved_runner(mc, is_encoder)
+        pooling_type = "LAST"
         if runner_kind == "pooling":
-            check_last_token_pooling(source.path)
+            pooling_type = pooling_rule(source.path, is_encoder)
+            whole = is_encoder or pooling_type != "LAST"
+            if whole and (sc.enable_chunked_prefill or cc.enable_prefix_caching):
+                # CLS and MEAN pool every row of a prompt, and an encoder's rows depend on the whole prompt: each
+                # prompt runs whole in one step, never from cached blocks (vLLM's rule for such models).
+                logger.info("%s pooling: chunked prefill and prefix caching off", pooling_type)
+                sc = dataclasses.replace(sc, enable_chunked_prefill=False)
+                cc = dataclasses.replace(cc, enable_prefix_caching=False)
+        if is_encoder and (tp_size > 1 or lora is not None or config.speculative is not None):
+            raise ValueError(
+                f"{hf_config.architectures[0]} (an encoder) runs without tensor parallelism, LoRA adapters or "
+                "speculative decoding"
+            )
+        token_budget = sc.token_budget(max_model_len)
         spec = RunnerSpec(
             mc, cc, max_model_len, quantization, dtype_name(dtype), dtype_name(weight_dtype),
-            sc.max_num_seqs, token_budget, lora,
+            sc.max_num_seqs, token_budget, lora, pooling_type,
         )  # fmt: skip
         self.executor = make_executor(spec, config.parallel, source)
         runner = self.executor.info
@@ -333,11 +350,18 @@ class EngineCore:
         assert self.structured.num_pending == len(self._waiting_for_grammar)
 
 
+def pooling_rule(path: Any, is_encoder: bool) -> str:
+    """How embeddings pool: the folder's sentence-transformers Pooling module, else vLLM's default (CLS for
+    encoders, LAST for causal models)."""
+    return sentence_transformers_pooling(path) or ("CLS" if is_encoder else "LAST")
+
+
 def sliding_window_limit(hf_config: Any, disable_sliding_window: bool) -> int:
     """The longest max_model_len the model takes without VLLM_ALLOW_LONG_MAX_MODEL_LEN: its
     max_position_embeddings, capped at its smallest window with --disable-sliding-window (vLLM's rule). Qwen's
     use_sliding_window runs only that way: its per-layer rule differs between Qwen2, Qwen2-MoE and Qwen3-MoE."""
-    max_positions = int(getattr(hf_config, "max_position_embeddings", 2048))
+    # RoBERTa's positions start at pad_token_id + 1 in its table (XLM-R: 514 rows, 512 tokens).
+    max_positions = int(getattr(hf_config, "max_position_embeddings", 2048)) - position_offset(hf_config)
     window = smallest_attention_window(hf_config)
     if getattr(hf_config, "use_sliding_window", False) and window and not disable_sliding_window:
         raise ValueError(

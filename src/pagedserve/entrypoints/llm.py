@@ -152,6 +152,7 @@ class LLM:
         """vLLM's: one embedding per prompt (runner="pooling"): the last position's final hidden state."""
         params = SamplingParams(
             max_tokens=1, temperature=0.0, detokenize=False, truncate_prompt_tokens=truncate_prompt_tokens,
+            ignore_eos=True,  # ends on length, whatever the runner's placeholder token is
             pooling=pooling_params or PoolingParams(),
         )  # fmt: skip
         outputs = self.generate(prompts, params, use_tqdm, lora_request=lora_request)

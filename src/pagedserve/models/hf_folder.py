@@ -24,6 +24,10 @@ SUPPORTED_MODEL_TYPES = {
     "phi3": "Phi3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "gemma3": "Gemma3ForConditionalGeneration",  # served text-only: text_config (language_model_config)
+    # Encoders, served as embedding models only (--runner pooling): models/bert.py.
+    "bert": "BertModel",
+    "roberta": "RobertaModel",
+    "xlm-roberta": "XLMRobertaModel",
 }
 # generation_config.json keys that become default sampling parameters (the set vLLM honours).
 GENERATION_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens")
@@ -146,26 +150,39 @@ def iter_safetensors_weights(files: list[pathlib.Path]) -> Iterator[StoredTensor
                 yield StoredTensor(name, tensor, tensor.numel() * tensor.element_size(), file.name)
 
 
-def check_last_token_pooling(path: pathlib.Path) -> None:
-    """--runner pooling pools each prompt's last position. A sentence-transformers folder that says otherwise
-    (modules.json's Pooling module with mean, CLS or weighted pooling) is refused by name, not pooled differently."""
+# sentence-transformers' Pooling modes -> the pooling pagedserve runs (layers/pooler.py).
+_POOLING_MODES = {"lasttoken": "LAST", "cls_token": "CLS", "mean_tokens": "MEAN"}
+# Modules that leave the pooled vector as it is (Normalize: vLLM normalizes by default, `normalize` says).
+_NEUTRAL_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def sentence_transformers_pooling(path: pathlib.Path) -> str | None:
+    """The pooling a sentence-transformers folder declares (modules.json's Pooling module): LAST, CLS or MEAN; None
+    without modules.json. Other modes (max, weighted mean, several at once) and modules that change the vector
+    after pooling (Dense, LayerNorm...) are refused by name, never pooled another way."""
     folder = path if path.is_dir() else path.parent
     modules = folder / "modules.json"
     if not modules.is_file():
-        return
+        return None
     try:
         entries = json.loads(modules.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read {modules}: {error}") from error
+    pooling = None
     for entry in entries if isinstance(entries, list) else []:
-        if not isinstance(entry, dict) or not str(entry.get("type", "")).endswith("Pooling"):
+        kind = str(entry.get("type", "")).rsplit(".", 1)[-1] if isinstance(entry, dict) else ""
+        if kind not in _NEUTRAL_MODULES:
+            raise ValueError(f"{modules}: sentence-transformers module {kind or entry!r} is not supported")
+        if kind != "Pooling":
             continue
         config = _read_json(folder / str(entry.get("path", "")) / "config.json")
         modes = sorted(
             k.removeprefix("pooling_mode_") for k, v in config.items() if k.startswith("pooling_mode_") and v
         )
-        if modes != ["lasttoken"]:
+        if len(modes) != 1 or modes[0] not in _POOLING_MODES:
             raise ValueError(
-                f"{folder}: sentence-transformers pooling {', '.join(modes) or 'none'} is not supported; "
-                "--runner pooling takes each prompt's last token (pooling_mode_lasttoken)"
+                f"{folder}: sentence-transformers pooling {', '.join(modes) or 'none'} is not supported "
+                f"(supported: {', '.join(_POOLING_MODES)})"
             )
+        pooling = _POOLING_MODES[modes[0]]
+    return pooling

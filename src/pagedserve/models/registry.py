@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from pagedserve.models.bert import ENCODER_MODELS
 from pagedserve.models.gemma3 import GEMMA3_MODELS
 from pagedserve.models.llama import (
     LlamaForCausalLM,
@@ -24,6 +25,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "Phi3ForCausalLM": Phi3ForCausalLM,
     **MOE_MODELS,
     **GEMMA3_MODELS,
+    **ENCODER_MODELS,
 }
 
 

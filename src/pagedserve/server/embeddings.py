@@ -37,6 +37,7 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> Any:
     try:
         params = SamplingParams(
             max_tokens=1, temperature=0.0, detokenize=False, truncate_prompt_tokens=body.truncate_prompt_tokens,
+            ignore_eos=True,  # ends on length, whatever the runner's placeholder token is
             pooling=PoolingParams(normalize=body.normalize is not False),
         )  # fmt: skip
     except ValueError as error:

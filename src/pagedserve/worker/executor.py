@@ -37,6 +37,8 @@ class RunnerSpec:
     max_num_batched_tokens: int = 4096
     lora: LoRAConfig | None = None
     """--enable-lora and its limits; None: no adapters."""
+    pooling_type: str = "LAST"
+    """How an embedding request's hidden states become its vector (layers/pooler.py): LAST, CLS or MEAN."""
 
 
 @dataclass
@@ -75,6 +77,7 @@ def build_runner(spec: RunnerSpec, source: Any = None) -> ModelRunner:
         max_num_batched_tokens=spec.max_num_batched_tokens,
         quantize_fp8=spec.quantization == "fp8" and source.quantization_method is None,
         lora_config=spec.lora,
+        pooling_type=spec.pooling_type,  # type: ignore[arg-type]
     )
 
 

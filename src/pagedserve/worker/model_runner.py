@@ -18,7 +18,7 @@ from pagedserve.cpu_placement import default_cpu_threads
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.linear import quantize_linears_fp8
-from pagedserve.layers.pooler import pool_last_rows
+from pagedserve.layers.pooler import PoolingType, pool_rows
 from pagedserve.models.llama import without_sliding_window
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
@@ -53,7 +53,7 @@ class ModelRunnerOutput:
     # Sequences whose LoRA adapter could not be loaded (its folder changed since it was registered) -> why: they
     # ran without it this step, nothing of theirs is reported, and the engine ends them.
     failed_seq_ids: dict[str, str] = field(default_factory=dict)
-    # Embedding requests (--runner pooling) whose prompt ended this step -> their last row's hidden state.
+    # Embedding requests (--runner pooling) whose prompt ended this step -> their pooled hidden states.
     embeddings: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -121,9 +121,12 @@ class ModelRunner:
         max_num_batched_tokens: int = 4096,
         quantize_fp8: bool = False,
         lora_config: LoRAConfig | None = None,
+        pooling_type: PoolingType = "LAST",
     ) -> None:
         """quantize_fp8: quantize the float linear layers to float8 once loaded (--quantization fp8 on a float
-        checkpoint, layers/linear.py's quantize_fp8). lora_config: serve LoRA adapters (--enable-lora)."""
+        checkpoint, layers/linear.py's quantize_fp8). lora_config: serve LoRA adapters (--enable-lora).
+        pooling_type: how an embedding request's rows become its vector (--runner pooling)."""
+        self.pooling_type = pooling_type
         self.hf_config = hf_config
         self.device = device
         self.dtype = dtype
@@ -150,7 +153,10 @@ class ModelRunner:
         # (float32 cos and sin of 128 dims) against 17 MB at 8192. Past max_position_embeddings only with
         # VLLM_ALLOW_LONG_MAX_MODEL_LEN (engine/core.py).
         reach = max(max_model_len, max_num_batched_tokens)
-        if reach != getattr(hf_config, "max_position_embeddings", reach):
+        is_encoder = getattr(
+            model_class, "is_encoder", False
+        )  # learned positions: the table is the checkpoint's
+        if reach != getattr(hf_config, "max_position_embeddings", reach) and not is_encoder:
             model_hf_config = copy.copy(hf_config)
             model_hf_config.max_position_embeddings = reach
         else:
@@ -205,7 +211,10 @@ class ModelRunner:
         num_heads = hf_config.num_attention_heads
         num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads
         rank_kv_heads = head_shard(num_heads, num_kv_heads, tp.rank, tp.size).num_kv_heads
-        if device.type == "cuda" and cache_config.kv_cache_memory_bytes is None:
+        # An encoder reads no KV cache (attention/encoder.py): its blocks only count the tokens in flight, so no
+        # memory is profiled or allocated for them.
+        self.is_encoder = is_encoder
+        if device.type == "cuda" and cache_config.kv_cache_memory_bytes is None and not self.is_encoder:
             budget = gpu_kv_budget(
                 self.model, hf_config, cache_config.gpu_memory_utilization, max_num_batched_tokens, max_num_seqs,
                 self.block_size, self.kv_cache_dtype, rank_kv_heads, device,
@@ -220,14 +229,18 @@ class ModelRunner:
             raise ValueError(
                 f"KV cache budget of {budget} bytes holds no block of {per_block} bytes: raise kv_cache_memory_bytes"
             )
-        self.kv_cache_bytes = self.num_blocks * per_block
-        self.kv_caches = allocate_kv_caches(
-            hf_config, self.num_blocks, self.block_size, self.kv_cache_dtype, device, rank_kv_heads
+        self.kv_cache_bytes = 0 if self.is_encoder else self.num_blocks * per_block
+        self.kv_caches = (
+            []
+            if self.is_encoder
+            else allocate_kv_caches(
+                hf_config, self.num_blocks, self.block_size, self.kv_cache_dtype, device, rank_kv_heads
+            )
         )
         self.sampler = Sampler()
         self.sequences: dict[str, RunnerSequence] = {}
         self.decode_graphs = None
-        if not model_config.enforce_eager:
+        if not model_config.enforce_eager and not self.is_encoder:
             self.decode_graphs = self._make_decode_graphs(max_num_seqs, max_model_len, tp.size)
 
     def _make_decode_graphs(
@@ -327,7 +340,11 @@ class ModelRunner:
         finally:
             if with_lora:
                 self.lora.batch.spans = []  # type: ignore[union-attr]
-        sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples]
+        # Embedding requests end after their prompt (max_tokens 1) with a placeholder token: no LM head runs for them.
+        for i in pooling:
+            result.sampled_token_ids[step.sequences[i].seq_id] = [0]
+        pooled = set(pooling)
+        sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples and i not in pooled]
         if sampling:
             rows: list[int] = []  # the logits rows that sample: one a sequence, 1 + k with k draft tokens
             sampling_rows: list[SamplingRow] = []
@@ -382,9 +399,12 @@ class ModelRunner:
         if hidden is not None and any_prompt_logprobs:
             result.prompt_logprobs = prompt_logprobs(self.model, step, states, hidden)
         if pooling:
-            rows = [step.last_token_rows[i] for i in pooling]
+            spans = [
+                (step.last_token_rows[i] - step.sequences[i].num_new_tokens + 1, step.last_token_rows[i])
+                for i in pooling
+            ]
             normalize = [states[i].new.sampling_params.pooling.normalize for i in pooling]
-            vectors = pool_last_rows(hidden, rows, normalize).tolist()
+            vectors = pool_rows(hidden, spans, self.pooling_type, normalize).tolist()
             for i, vector in zip(pooling, vectors):
                 result.embeddings[step.sequences[i].seq_id] = vector
         for seq_id in result.failed_seq_ids:
