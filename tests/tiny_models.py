@@ -123,11 +123,17 @@ ENCODER_WORDS = [f"w{i}" for i in range(59)]
 
 
 def write_tiny_encoder(
-    folder: pathlib.Path, kind: str = "bert", pooling: str | None = None, seed: int = 0
+    folder: pathlib.Path,
+    kind: str = "bert",
+    pooling: str | None = None,
+    seed: int = 0,
+    cross_encoder: bool = False,
 ) -> Any:
     """A 2-layer BertModel or XLMRobertaModel (RoBERTa's positions from pad_token_id + 1) with a word-level
     tokenizer that wraps each text as `[CLS] ... [SEP]`, saved as sentence-transformers saves one when `pooling`
-    ("cls_token", "mean_tokens", "lasttoken") is given. Returns the float32 transformers model."""
+    ("cls_token", "mean_tokens", "lasttoken") is given; with `cross_encoder`, the ...ForSequenceClassification of
+    one label, whose tokenizer joins a pair as BERT's (`[CLS] a [SEP] b [SEP]`, b's token types 1) or XLM-R's
+    (`<s> a </s></s> b </s>`, no token types) do. Returns the float32 transformers model."""
     import json
 
     import tokenizers
@@ -138,24 +144,35 @@ def write_tiny_encoder(
     vocab = {token: i for i, token in enumerate(specials + ENCODER_WORDS)}
     words = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    pair = "[CLS] $A [SEP] [SEP] $B [SEP]" if kind == "xlm-roberta" else "[CLS] $A [SEP] $B:1 [SEP]:1"
     words.post_processor = tokenizers.processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        single="[CLS] $A [SEP]",
+        pair=pair,
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    names = (
+        ["input_ids", "attention_mask"]
+        if kind == "xlm-roberta"
+        else ["input_ids", "token_type_ids", "attention_mask"]
     )
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]",
+        mask_token="[MASK]", model_input_names=names,
     )  # fmt: skip
     common = dict(
         vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
         pad_token_id=vocab["[PAD]"], layer_norm_eps=1e-12,
     )  # fmt: skip
     torch.manual_seed(seed)
+    if cross_encoder:  # a wider init than transformers' 0.02, so that scores spread away from sigmoid(0)
+        common |= {"num_labels": 1, "initializer_range": 0.3}
     if kind == "xlm-roberta":
-        model = transformers.XLMRobertaModel(
-            transformers.XLMRobertaConfig(**common, max_position_embeddings=66)
-        )
+        config = transformers.XLMRobertaConfig(**common, max_position_embeddings=66, type_vocab_size=1)
+        classes = (transformers.XLMRobertaModel, transformers.XLMRobertaForSequenceClassification)
     else:
-        model = transformers.BertModel(transformers.BertConfig(**common, max_position_embeddings=64))
+        config = transformers.BertConfig(**common, max_position_embeddings=64)
+        classes = (transformers.BertModel, transformers.BertForSequenceClassification)
+    model = classes[cross_encoder](config)
     model = model.to(torch.float32).eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -94,7 +94,8 @@ class ModelConfig:
     """What the model runs for (vLLM's flag): generate (text; auto's choice for causal models) or pooling
     (auto's choice for encoders: BERT, XLM-RoBERTa): embeddings (/v1/embeddings, LLM.embed), the final hidden states
     pooled as the folder's sentence-transformers config says (last token, CLS or mean; default: last token for
-    causal models, CLS for encoders), L2-normalized. Scores, classification and reranking are not offered."""
+    causal models, CLS for encoders), L2-normalized; and /score, /rerank (a cross-encoder's head, or the cosine
+    similarity of two embeddings). Classification (/classify) is not offered."""
 
     task: Literal["auto", "generate", "embed", "embedding"] = "auto"
     """vLLM's older spelling of --runner (deprecated there): generate, or embed / embedding for pooling."""

@@ -75,6 +75,21 @@ class EmbeddingRequestOutput:
 
 
 @dataclass
+class ScoringOutput:
+    score: float
+
+
+@dataclass
+class ScoringRequestOutput:
+    """vLLM's: what LLM.score returns for one pair."""
+
+    request_id: str
+    outputs: ScoringOutput
+    prompt_token_ids: list[int]
+    finished: bool = True
+
+
+@dataclass
 class EngineInfo:
     """Values known only once the engine has loaded: what the server reports and the metrics label."""
 
@@ -101,3 +116,6 @@ class EngineInfo:
     max_loras: int = 0  # --max-loras with --enable-lora; 0: no LoRA adapters
     max_logprobs: int = 20  # --max-logprobs, -1 resolved to the vocabulary size
     runner: str = "generate"  # "pooling": embeddings only (--runner pooling)
+    pooling_task: str = (
+        ""  # with runner "pooling": "embed" (a vector a text) or "score" (a cross-encoder's pairs)
+    )

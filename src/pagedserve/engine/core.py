@@ -85,11 +85,13 @@ class EngineCore:
         tp_size = config.parallel.tensor_parallel_size
         num_heads = hf_config.num_attention_heads
         check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
-        is_encoder = bool(getattr(resolve_model_class(hf_config), "is_encoder", False))
+        model_class = resolve_model_class(hf_config)
+        is_encoder = bool(getattr(model_class, "is_encoder", False))
+        cross_encoder = bool(getattr(model_class, "is_cross_encoder", False))
         runner_kind = resolved_runner(mc, is_encoder)
         pooling_type = "LAST"
-        if runner_kind == "pooling":
-            pooling_type = pooling_rule(source.path, is_encoder)
+        if runner_kind == "pooling":  # a cross-encoder's head reads the CLS row
+            pooling_type = "CLS" if cross_encoder else pooling_rule(source.path, is_encoder)
             whole = is_encoder or pooling_type != "LAST"
             if whole and (sc.enable_chunked_prefill or cc.enable_prefix_caching):
                 # CLS and MEAN pool every row of a prompt, and an encoder's rows depend on the whole prompt: each
@@ -141,6 +143,7 @@ class EngineCore:
             max_loras=lora.max_loras if lora else 0,
             max_logprobs=hf_config.vocab_size if mc.max_logprobs == -1 else mc.max_logprobs,
             runner=runner_kind,
+            pooling_task=("score" if cross_encoder else "embed") if runner_kind == "pooling" else "",
         )
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
         self.structured = StructuredOutputManager(hf_config.vocab_size)

@@ -20,8 +20,22 @@ from pagedserve.config import (
 from pagedserve.engine.chat import CONTENT_FORMATS, ChatOptions
 from pagedserve.engine.llm_engine import LLMEngine
 from pagedserve.engine.prompts import PromptInput
+from pagedserve.engine.score_inputs import (
+    cosine_scores,
+    embedding_params,
+    encode_pairs,
+    pair_params,
+    text_pairs,
+)
+from pagedserve.errors import InvalidRequestError
 from pagedserve.lora.request import LoRARequest
-from pagedserve.outputs import EmbeddingOutput, EmbeddingRequestOutput, RequestOutput
+from pagedserve.outputs import (
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    RequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
 from pagedserve.pooling_params import PoolingParams
 from pagedserve.sampling_params import SamplingParams
 
@@ -161,6 +175,41 @@ class LLM:
                 o.request_id, EmbeddingOutput(o.outputs[0].embedding or []), o.prompt_token_ids, o.finished
             )
             for o in outputs
+        ]
+
+    def score(
+        self,
+        data_1: str | list[str],
+        data_2: str | list[str],
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+        lora_request: LoRARequest | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """vLLM's: one score per (data_1, data_2) pair (one data_1 against every data_2, or paired in order). A
+        cross-encoder's head through a sigmoid; on an embedding model, the cosine similarity of the two embeddings."""
+        info = self.llm_engine.info
+        if info.runner != "pooling":
+            raise InvalidRequestError("LLM.score needs a model served for pooling (runner='pooling')")
+        pairs = text_pairs(data_1, data_2)
+        if info.pooling_task == "score":
+            ids, starts = encode_pairs(self.get_tokenizer(), pairs, truncate_prompt_tokens)
+            prompts: list[Any] = [{"prompt_token_ids": t} for t in ids]
+            outputs = self.generate(
+                prompts, [pair_params(s, True) for s in starts], use_tqdm, lora_request=lora_request
+            )
+            scores = [(o.outputs[0].embedding or [0.0])[0] for o in outputs]
+            token_ids = [o.prompt_token_ids for o in outputs]
+        else:
+            texts = list(dict.fromkeys(text for pair in pairs for text in pair))
+            outputs = self.generate(
+                texts, embedding_params(truncate_prompt_tokens), use_tqdm, lora_request=lora_request
+            )
+            scores = cosine_scores(pairs, {t: o.outputs[0].embedding or [] for t, o in zip(texts, outputs)})
+            by_text = {t: o.prompt_token_ids for t, o in zip(texts, outputs)}
+            token_ids = [by_text[x] + by_text[y] for x, y in pairs]
+        return [
+            ScoringRequestOutput(str(i), ScoringOutput(score), ids_)
+            for i, (score, ids_) in enumerate(zip(scores, token_ids))
         ]
 
     def _params_for(self, sampling_params: Any, count: int) -> list[SamplingParams]:

@@ -1,9 +1,10 @@
 """BERT-family encoders served as embedding models (--runner pooling): BERT (all-MiniLM, bge-*-en, e5-*-v2, gte-base)
-and XLM-RoBERTa / RoBERTa (multilingual-e5, bge-m3).
+and XLM-RoBERTa / RoBERTa (multilingual-e5, bge-m3); and as cross-encoders that score a (query, document) pair with
+their sequence-classification head (ms-marco-MiniLM, bge-reranker-base / large / v2-m3): /score and /rerank.
 
 Post-norm layers (x = LayerNorm(x + attention(x)); x = LayerNorm(x + dense(gelu(dense(x))))), learned absolute
-positions (RoBERTa's counted from pad_token_id + 1), token type 0 added to every token, bidirectional attention over
-each whole prompt (attention/encoder.py). Parameter names are transformers' `BertModel` / `XLMRobertaModel` ones, with
+positions (RoBERTa's counted from pad_token_id + 1), token types (0, and 1 over a pair's second text), bidirectional
+attention over each whole prompt (attention/encoder.py). Parameter names are transformers' `BertModel` / `XLMRobertaModel` ones, with
 query|key|value merged. The checkpoint's pooler (dense + tanh, for next-sentence prediction) and masked-LM head are not
 loaded: embeddings pool the last layer's hidden states (layers/pooler.py).
 """
@@ -28,8 +29,8 @@ _ACTIVATIONS = {
     "relu": F.relu,
 }
 _MERGED = {".query.": (".qkv_proj.", "q"), ".key.": (".qkv_proj.", "k"), ".value.": (".qkv_proj.", "v")}
-# Checkpoint parts an embedding model does not run: next-sentence pooler, masked-LM heads, cached position ids.
-_SKIPPED_PREFIXES = ("pooler.", "cls.", "lm_head.")
+# Checkpoint parts a model does not run: masked-LM heads, and cached position ids.
+_SKIPPED_PREFIXES = ("cls.", "lm_head.")
 _SKIPPED_SUFFIXES = ("position_ids",)
 # BertForMaskedLM and friends prefix the encoder's names with the model type.
 _MODEL_PREFIXES = ("bert.", "roberta.")
@@ -67,10 +68,13 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.offset = position_offset(config)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         hidden = self.word_embeddings(input_ids) + self.position_embeddings(positions + self.offset)
-        # Every token is of type 0: one sentence a prompt.
-        return self.LayerNorm(hidden + self.token_type_embeddings.weight[0])
+        if token_type_ids is None:  # one text a prompt: every token of type 0
+            return self.LayerNorm(hidden + self.token_type_embeddings.weight[0])
+        return self.LayerNorm(hidden + self.token_type_embeddings(token_type_ids))
 
 
 class BertSelfAttention(nn.Module):
@@ -139,6 +143,10 @@ class BertModel(nn.Module):
 
     is_encoder = True
     """Bidirectional over whole prompts: pooling only, no KV cache, no chunked prefill or prefix caching."""
+    is_cross_encoder = False
+    """Scores a pair of texts with a classification head (`classify`) instead of giving an embedding."""
+    skipped_prefixes: tuple[str, ...] = ("pooler.", *_SKIPPED_PREFIXES)
+    """Checkpoint names not loaded (an embedder pools hidden states; the next-sentence pooler is not run)."""
 
     def __init__(self, config: Any, backend: AttentionBackend | None = None) -> None:
         super().__init__()
@@ -154,10 +162,11 @@ class BertModel(nn.Module):
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         metadata: AttentionMetadata,
         inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if inputs_embeds is not None:
             raise ValueError("an encoder model takes token ids, not prompt embeddings")
-        hidden = self.embeddings(input_ids, positions)
+        hidden = self.embeddings(input_ids, positions, token_type_ids)
         for layer in self.encoder.layer:
             hidden = layer(hidden, metadata)
         return hidden
@@ -171,7 +180,7 @@ class BertModel(nn.Module):
         for name, tensor in weights:
             for prefix in _MODEL_PREFIXES:
                 name = name.removeprefix(prefix)
-            if name.startswith(_SKIPPED_PREFIXES) or name.endswith(_SKIPPED_SUFFIXES):
+            if name.startswith(self.skipped_prefixes) or name.endswith(_SKIPPED_SUFFIXES):
                 continue
             shard_id = None
             for fragment, (merged, shard) in _MERGED.items():
@@ -204,8 +213,56 @@ class XLMRobertaModel(BertModel):
     pass
 
 
+def _check_single_score(config: Any) -> None:
+    labels = int(getattr(config, "num_labels", 1))
+    if labels != 1:
+        raise ValueError(
+            f"{config.architectures[0]} with num_labels {labels}: classification (/classify) is not supported; "
+            "cross-encoders with one score (num_labels 1) serve /score and /rerank"
+        )
+
+
+class BertForSequenceClassification(BertModel):
+    """A BERT cross-encoder: the next-sentence pooler (dense + tanh) on the CLS state, then one linear score."""
+
+    is_cross_encoder = True
+    skipped_prefixes = _SKIPPED_PREFIXES
+
+    def __init__(self, config: Any, backend: AttentionBackend | None = None) -> None:
+        super().__init__(config, backend)
+        _check_single_score(config)
+        self.pooler = nn.Module()
+        self.pooler.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def classify(self, cls_states: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] CLS states -> [n] raw scores (logits)."""
+        return self.classifier(torch.tanh(self.pooler.dense(cls_states)))[:, 0]
+
+
+class XLMRobertaForSequenceClassification(BertModel):
+    """A RoBERTa / XLM-R cross-encoder (bge-reranker): its classification head (dense + tanh, out_proj) on <s>."""
+
+    is_cross_encoder = True
+    skipped_prefixes = _SKIPPED_PREFIXES
+
+    def __init__(self, config: Any, backend: AttentionBackend | None = None) -> None:
+        super().__init__(config, backend)
+        _check_single_score(config)
+        self.classifier = nn.Module()
+        self.classifier.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier.out_proj = nn.Linear(config.hidden_size, 1)
+
+    def classify(self, cls_states: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] <s> states -> [n] raw scores (logits)."""
+        return self.classifier.out_proj(torch.tanh(self.classifier.dense(cls_states)))[:, 0]
+
+
 ENCODER_MODELS: dict[str, type[nn.Module]] = {
     "BertModel": BertModel,
     "RobertaModel": XLMRobertaModel,
     "XLMRobertaModel": XLMRobertaModel,
+    "BertForSequenceClassification": BertForSequenceClassification,
+    "RobertaForSequenceClassification": XLMRobertaForSequenceClassification,
+    "XLMRobertaForSequenceClassification": XLMRobertaForSequenceClassification,
 }

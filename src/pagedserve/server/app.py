@@ -29,6 +29,7 @@ from pagedserve.server import (
     lora_adapters,
     models,
     responses,
+    score,
     tokenize,
 )
 from pagedserve.server.auth import APIKeyMiddleware, open_paths
@@ -162,7 +163,7 @@ def create_app(config: ServerConfig, engine_factory: EngineFactory, served_model
     )
     app = FastAPI(title="pagedserve", version=__version__, lifespan=lifespan, **docs)
     app.state.pagedserve = state
-    for module in (chat, completions, embeddings, responses, models, tokenize, health):
+    for module in (chat, completions, embeddings, score, responses, models, tokenize, health):
         app.include_router(module.router)
     if envs.allow_runtime_lora_updating():
         app.include_router(lora_adapters.router)

@@ -75,6 +75,9 @@ class Generation:
     cache_salt: str | None = None  # vLLM's prefix-cache isolation, passed with every prompt
     priority: int = 0  # vLLM's: lower first under --scheduling-policy priority
     lora_request: LoRARequest | None = None  # the adapter the request's model names (--lora-modules)
+    prompt_params: list[SamplingParams] | None = (
+        None  # one per prompt where they differ (a cross-encoder's pairs)
+    )
     started_at: float = field(default_factory=time.monotonic)
     tracked: list[_Tracked] = field(default_factory=list)
     admitted: int = 0
@@ -93,9 +96,8 @@ class Generation:
             prompt: TokensPrompt = {"prompt_token_ids": token_ids}
             if self.cache_salt is not None:
                 prompt["cache_salt"] = self.cache_salt
-            generator = self.engine.generate(
-                prompt, self.params, request_id, self.priority, self.lora_request
-            )
+            params = self.params if self.prompt_params is None else self.prompt_params[index]
+            generator = self.engine.generate(prompt, params, request_id, self.priority, self.lora_request)
             self.tracked.append(_Tracked(request_id, token_ids, generator))
         firsts = await asyncio.gather(*(anext(t.generator) for t in self.tracked), return_exceptions=True)
         for tracked, first in zip(self.tracked, firsts):

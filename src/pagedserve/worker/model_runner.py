@@ -18,7 +18,7 @@ from pagedserve.cpu_placement import default_cpu_threads
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.linear import quantize_linears_fp8
-from pagedserve.layers.pooler import PoolingType, pool_rows
+from pagedserve.layers.pooler import PoolingType
 from pagedserve.models.llama import without_sliding_window
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
@@ -38,6 +38,7 @@ from pagedserve.worker.kv_cache import (
     resolve_kv_cache_dtype,
 )
 from pagedserve.worker.lora_manager import LoRAManager
+from pagedserve.worker.pooling import pooled_vectors, prompt_spans, token_types
 from pagedserve.worker.prompt_logprobs import prompt_logprobs, wants_prompt_logprobs
 from pagedserve.worker.speculative import accepted_tokens, history_end, sampling_row_offsets
 
@@ -153,9 +154,9 @@ class ModelRunner:
         # (float32 cos and sin of 128 dims) against 17 MB at 8192. Past max_position_embeddings only with
         # VLLM_ALLOW_LONG_MAX_MODEL_LEN (engine/core.py).
         reach = max(max_model_len, max_num_batched_tokens)
-        is_encoder = getattr(
-            model_class, "is_encoder", False
-        )  # learned positions: the table is the checkpoint's
+        # Encoders' positions are learned: their table is the checkpoint's, whatever a step reaches.
+        is_encoder = getattr(model_class, "is_encoder", False)
+        self.is_cross_encoder = bool(getattr(model_class, "is_cross_encoder", False))
         if reach != getattr(hf_config, "max_position_embeddings", reach) and not is_encoder:
             model_hf_config = copy.copy(hf_config)
             model_hf_config.max_position_embeddings = reach
@@ -336,7 +337,11 @@ class ModelRunner:
                 step_logits = self.decode_graphs.logits(step.input_ids, step.positions, step.metadata)
             hidden = None
             if step_logits is None:
-                hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
+                extra = {}
+                if self.is_cross_encoder:
+                    types = [state.new.sampling_params.pooling for state in states]
+                    extra["token_type_ids"] = token_types(step, types, self.device)
+                hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata, **extra)
         finally:
             if with_lora:
                 self.lora.batch.spans = []  # type: ignore[union-attr]
@@ -399,12 +404,9 @@ class ModelRunner:
         if hidden is not None and any_prompt_logprobs:
             result.prompt_logprobs = prompt_logprobs(self.model, step, states, hidden)
         if pooling:
-            spans = [
-                (step.last_token_rows[i] - step.sequences[i].num_new_tokens + 1, step.last_token_rows[i])
-                for i in pooling
-            ]
-            normalize = [states[i].new.sampling_params.pooling.normalize for i in pooling]
-            vectors = pool_rows(hidden, spans, self.pooling_type, normalize).tolist()
+            params = [states[i].new.sampling_params.pooling for i in pooling]
+            spans = prompt_spans(step, pooling)
+            vectors = pooled_vectors(self.model, hidden, spans, params, self.pooling_type)
             for i, vector in zip(pooling, vectors):
                 result.embeddings[step.sequences[i].seq_id] = vector
         for seq_id in result.failed_seq_ids:

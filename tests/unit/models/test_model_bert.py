@@ -171,3 +171,18 @@ def test_sentence_transformers_pooling_rules(tmp_path) -> None:
         (tmp_path / name).mkdir()
         with pytest.raises(ValueError, match=message):
             sentence_transformers_pooling(_modules(tmp_path / name, modules, pooling))
+
+
+def test_pooling_params_check_their_fields_and_token_types_expand() -> None:
+    from pagedserve.pooling_params import PoolingParams
+    from pagedserve.worker.pooling import token_types
+
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="token_type_start"):
+            PoolingParams(token_type_start=bad)
+    with pytest.raises(ValueError, match="use_activation"):
+        PoolingParams(use_activation=1)
+    seqs = [ScheduledSequence(f"s{i}", 0, p, [i], samples=True) for i, p in enumerate(PROMPTS)]
+    step = prepare_inputs(seqs, 16, torch.device("cpu"))
+    types = token_types(step, [PoolingParams(token_type_start=3), None, PoolingParams()], torch.device("cpu"))
+    assert types.tolist() == [0, 0, 0, 1, 1] + [0] * 11 + [0, 0, 0]

@@ -190,6 +190,32 @@ class EmbeddingRequest(_Lenient):
     priority: StrictInt | None = None
 
 
+class _ScoreFields(_Lenient):
+    """vLLM's fields shared by /score and /rerank."""
+
+    model: StrictStr | None = None
+    truncate_prompt_tokens: StrictInt | None = None
+    priority: StrictInt | None = None
+    use_activation: StrictBool | None = None
+    activation: StrictBool | None = None  # vLLM's older spellings of use_activation
+    softmax: StrictBool | None = None
+
+
+class ScoreRequest(_ScoreFields):
+    """vLLM's /score: text_1 against each text_2 (one text_1, or as many as text_2, paired in order)."""
+
+    text_1: StrictStr | list[StrictStr]
+    text_2: StrictStr | list[StrictStr]
+
+
+class RerankRequest(_ScoreFields):
+    """vLLM's /rerank (Jina and Cohere's shape): the documents ordered by their score against the query."""
+
+    query: StrictStr
+    documents: list[StrictStr]
+    top_n: StrictInt = 0
+
+
 class TokenizeRequest(_Lenient):
     model: StrictStr | None = None
     prompt: StrictStr | None = None

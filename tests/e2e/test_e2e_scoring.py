@@ -1,0 +1,149 @@
+"""vLLM's /score and /rerank on real servers: a tiny random BERT cross-encoder (scores = transformers' sigmoid of
+its head's logit, BERT's token types included), the Jina / Cohere rerank shape on /rerank, /v1/rerank and
+/v2/rerank, use_activation, bad input as 400s; a BERT embedding model scoring by cosine similarity; a generate
+model refusing both."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import pytest
+import torch
+import transformers
+
+from tests.tiny_models import write_tiny_encoder
+
+from .conftest import launch
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+QUERY = "w1 w2 w3"
+DOCUMENTS = ["w4 w5", "w1 w2 w9 w10 w11", "w30", "w3 w2 w1 w7"]
+
+
+@pytest.fixture(scope="module")
+def reranker(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("tiny-cross-encoder")
+    model = write_tiny_encoder(folder, "bert", seed=5, cross_encoder=True).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        scores = [
+            float(model(**tokenizer(QUERY, d, return_tensors="pt")).logits[0, 0].sigmoid()) for d in DOCUMENTS
+        ]
+    server = launch(
+        tmp_path_factory.mktemp("rerank-server"), str(folder), "--served-model-name", "tiny-rerank",
+        "--max-model-len", "64",
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        yield server, scores
+    finally:
+        server.terminate()
+
+
+def test_score_gives_transformers_scores(reranker) -> None:
+    server, expected = reranker
+    body = httpx.post(f"{server.url}/score", json={"text_1": QUERY, "text_2": DOCUMENTS}, timeout=60).json()
+    assert body["object"] == "list" and body["model"] == "tiny-rerank"
+    assert [d["index"] for d in body["data"]] == [0, 1, 2, 3] and {d["object"] for d in body["data"]} == {
+        "score"
+    }
+    assert [d["score"] for d in body["data"]] == pytest.approx(expected, abs=1e-5)
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 4 * len(QUERY.split())
+    raw = httpx.post(
+        f"{server.url}/v1/score",
+        json={"text_1": [QUERY] * 4, "text_2": DOCUMENTS, "use_activation": False},
+        timeout=60,
+    ).json()
+    logits = [math.log(p / (1 - p)) for p in expected]
+    assert [d["score"] for d in raw["data"]] == pytest.approx(logits, abs=1e-4)
+
+
+@pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])
+def test_rerank_orders_documents(reranker, path) -> None:
+    server, expected = reranker
+    body = httpx.post(
+        f"{server.url}{path}", json={"model": "tiny-rerank", "query": QUERY, "documents": DOCUMENTS, "top_n": 3},
+        timeout=60,
+    ).json()  # fmt: skip
+    order = sorted(range(4), key=lambda i: -expected[i])[:3]
+    assert [r["index"] for r in body["results"]] == order
+    assert [r["document"]["text"] for r in body["results"]] == [DOCUMENTS[i] for i in order]
+    assert [r["relevance_score"] for r in body["results"]] == pytest.approx(
+        [expected[i] for i in order], abs=1e-5
+    )
+    assert (
+        body["model"] == "tiny-rerank"
+        and body["usage"]["total_tokens"] > 0
+        and body["id"].startswith("rerank-")
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/score", {"text_1": ["w1", "w2"], "text_2": DOCUMENTS}, "text_1"),
+        ("/score", {"text_1": QUERY, "text_2": []}, "text_2"),
+        ("/score", {"text_1": QUERY, "text_2": [""]}, "text_2"),
+        ("/rerank", {"query": QUERY, "documents": []}, "documents"),
+        ("/rerank", {"query": QUERY, "documents": DOCUMENTS, "top_n": -1}, "top_n"),
+        ("/rerank", {"query": QUERY, "documents": ["w1 " * 70]}, "prompt"),
+        (
+            "/rerank",
+            {"query": QUERY, "documents": DOCUMENTS, "truncate_prompt_tokens": 0},
+            "truncate_prompt_tokens",
+        ),
+        ("/v1/embeddings", {"input": QUERY}, "model"),
+        ("/v1/completions", {"prompt": QUERY}, "model"),
+    ],
+)
+def test_bad_input_is_a_400(reranker, path, body, param) -> None:
+    server, _ = reranker
+    response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and (error["param"] == param or param == "prompt")
+
+
+def test_long_pairs_are_truncated_on_request(reranker) -> None:
+    server, _ = reranker
+    body = {"query": QUERY, "documents": ["w1 " * 70], "truncate_prompt_tokens": 32}
+    response = httpx.post(f"{server.url}/rerank", json=body, timeout=60)
+    assert response.status_code == 200 and response.json()["usage"]["total_tokens"] == 32
+
+
+def test_embedding_model_scores_by_cosine_similarity(tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.mktemp("tiny-bert-embed")
+    model = write_tiny_encoder(folder, "bert", "cls_token", seed=6)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        vectors = {
+            t: model(**tokenizer(t, return_tensors="pt")).last_hidden_state[0, 0] for t in [QUERY, *DOCUMENTS]
+        }
+    expected = [float(torch.cosine_similarity(vectors[QUERY], vectors[d], dim=0)) for d in DOCUMENTS]
+    server = launch(tmp_path_factory.mktemp("embed-score-server"), str(folder), "--max-model-len", "64")
+    try:
+        server.wait_ready()
+        body = httpx.post(
+            f"{server.url}/score", json={"text_1": QUERY, "text_2": DOCUMENTS}, timeout=60
+        ).json()
+        assert [d["score"] for d in body["data"]] == pytest.approx(expected, abs=1e-5)
+        ranked = httpx.post(
+            f"{server.url}/rerank", json={"query": QUERY, "documents": DOCUMENTS}, timeout=60
+        ).json()
+        assert [r["index"] for r in ranked["results"]] == sorted(range(4), key=lambda i: -expected[i])
+    finally:
+        server.terminate()
+
+
+def test_generate_model_refuses_scoring(server) -> None:
+    for path, body in (
+        ("/score", {"text_1": "a", "text_2": "b"}),
+        ("/rerank", {"query": "a", "documents": ["b"]}),
+    ):
+        response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+        assert (
+            response.status_code == 400
+            and "does not support Score API" in response.json()["error"]["message"]
+        )
