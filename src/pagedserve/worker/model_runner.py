@@ -32,6 +32,7 @@ from pagedserve.worker.dtypes import cast_matrix_weights
 from pagedserve.worker.gpu_memory import gpu_kv_budget
 from pagedserve.worker.inputs import prepare_inputs
 from pagedserve.worker.kv_cache import (
+    DEFAULT_CPU_KV_BYTES,
     allocate_kv_caches,
     kv_bytes_per_block,
     kv_cache_budget_bytes,
@@ -215,7 +216,9 @@ class ModelRunner:
         # An encoder reads no KV cache (attention/encoder.py): its blocks only count the tokens in flight, so no
         # memory is profiled or allocated for them.
         self.is_encoder = is_encoder
-        if device.type == "cuda" and cache_config.kv_cache_memory_bytes is None and not self.is_encoder:
+        if self.is_encoder and cache_config.kv_cache_memory_bytes is None:
+            budget = DEFAULT_CPU_KV_BYTES  # on any device: a count of blocks, nothing allocated
+        elif device.type == "cuda" and cache_config.kv_cache_memory_bytes is None:
             budget = gpu_kv_budget(
                 self.model, hf_config, cache_config.gpu_memory_utilization, max_num_batched_tokens, max_num_seqs,
                 self.block_size, self.kv_cache_dtype, rank_kv_heads, device,
