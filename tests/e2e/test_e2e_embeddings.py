@@ -118,7 +118,9 @@ def test_bert_encoder_served_without_flags(tmp_path_factory: pytest.TempPathFact
             assert torch.allclose(torch.tensor(item.embedding), expected, atol=1e-5)
         assert result.usage.prompt_tokens == 5 + 8  # [CLS] ... [SEP]
         with pytest.raises(openai.BadRequestError, match="maximum context length is 64 tokens"):
-            client.embeddings.create(model="tiny-bert", input=" ".join(["w3"] * 70))
+            client.embeddings.create(model="tiny-bert", input=" ".join(["w3"] * 63))  # 65 with [CLS], [SEP]
+        full = client.embeddings.create(model="tiny-bert", input=" ".join(["w3"] * 62))  # all 64 positions
+        assert full.usage.prompt_tokens == 64 and len(full.data[0].embedding) == 64
         with pytest.raises(openai.BadRequestError, match="does not support Chat Completions"):
             client.chat.completions.create(model="tiny-bert", messages=[{"role": "user", "content": "w1"}])
     finally:

@@ -176,16 +176,20 @@ class InputProcessor:
                 prompt_ids = prompt_ids[-keep:]
                 prompt_text = self.tokenizer.decode(prompt_ids) if prompt_text is not None else None
         num_prompt = len(prompt_ids)
-        if num_prompt >= max_len:
+        # An embedding or score request computes its prompt only (its one "token" is never run): a prompt may fill
+        # max_model_len, as a 512-token text fills BERT's positions.
+        pooling = params.pooling is not None
+        if num_prompt > max_len or (num_prompt == max_len and not pooling):
             raise ContextLengthError(
                 max_len, num_prompt + (params.max_tokens or 0), num_prompt, param="prompt"
             )
         max_tokens = params.max_tokens if params.max_tokens is not None else max_len - num_prompt
-        if num_prompt + max_tokens > max_len:
+        computed = num_prompt + (0 if pooling else max_tokens)  # the positions the request will run
+        if computed > max_len:
             raise ContextLengthError(max_len, num_prompt + max_tokens, num_prompt, param="max_tokens")
-        if -(-(num_prompt + max_tokens) // info.block_size) > info.num_kv_blocks:
+        if -(-computed // info.block_size) > info.num_kv_blocks:
             raise InvalidRequestError(
-                f"prompt + max_tokens = {num_prompt + max_tokens} tokens can never fit the KV cache "
+                f"prompt + max_tokens = {computed} tokens can never fit the KV cache "
                 f"({info.num_kv_blocks} blocks of {info.block_size} tokens)",
                 param="max_tokens",
                 code="kv_cache_too_small",
