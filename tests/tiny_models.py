@@ -128,12 +128,14 @@ def write_tiny_encoder(
     pooling: str | None = None,
     seed: int = 0,
     cross_encoder: bool = False,
+    labels: list[str] | None = None,
 ) -> Any:
     """A 2-layer BertModel or XLMRobertaModel (RoBERTa's positions from pad_token_id + 1) with a word-level
     tokenizer that wraps each text as `[CLS] ... [SEP]`, saved as sentence-transformers saves one when `pooling`
     ("cls_token", "mean_tokens", "lasttoken") is given; with `cross_encoder`, the ...ForSequenceClassification of
     one label, whose tokenizer joins a pair as BERT's (`[CLS] a [SEP] b [SEP]`, b's token types 1) or XLM-R's
-    (`<s> a </s></s> b </s>`, no token types) do. Returns the float32 transformers model."""
+    (`<s> a </s></s> b </s>`, no token types) do; `labels` names a classifier's labels (one by default). Returns
+    the float32 transformers model."""
     import json
 
     import tokenizers
@@ -165,7 +167,8 @@ def write_tiny_encoder(
     )  # fmt: skip
     torch.manual_seed(seed)
     if cross_encoder:  # a wider init than transformers' 0.02, so that scores spread away from sigmoid(0)
-        common |= {"num_labels": 1, "initializer_range": 0.3}
+        labels = labels or ["LABEL_0"]
+        common |= {"id2label": dict(enumerate(labels)), "initializer_range": 0.3}
     if kind == "xlm-roberta":
         config = transformers.XLMRobertaConfig(**common, max_position_embeddings=66, type_vocab_size=1)
         classes = (transformers.XLMRobertaModel, transformers.XLMRobertaForSequenceClassification)

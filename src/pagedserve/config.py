@@ -95,7 +95,7 @@ class ModelConfig:
     (auto's choice for encoders: BERT, XLM-RoBERTa): embeddings (/v1/embeddings, LLM.embed), the final hidden states
     pooled as the folder's sentence-transformers config says (last token, CLS or mean; default: last token for
     causal models, CLS for encoders), L2-normalized; and /score, /rerank (a cross-encoder's head, or the cosine
-    similarity of two embeddings). Classification (/classify) is not offered."""
+    similarity of two embeddings), /classify (a sequence classifier's label probabilities)."""
 
     task: Literal["auto", "generate", "embed", "embedding"] = "auto"
     """vLLM's older spelling of --runner (deprecated there): generate, or embed / embedding for pooling."""

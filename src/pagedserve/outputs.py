@@ -90,6 +90,25 @@ class ScoringRequestOutput:
 
 
 @dataclass
+class ClassificationOutput:
+    probs: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass
+class ClassificationRequestOutput:
+    """vLLM's: what LLM.classify returns for one prompt."""
+
+    request_id: str
+    outputs: ClassificationOutput
+    prompt_token_ids: list[int]
+    finished: bool = True
+
+
+@dataclass
 class EngineInfo:
     """Values known only once the engine has loaded: what the server reports and the metrics label."""
 
@@ -116,6 +135,9 @@ class EngineInfo:
     max_loras: int = 0  # --max-loras with --enable-lora; 0: no LoRA adapters
     max_logprobs: int = 20  # --max-logprobs, -1 resolved to the vocabulary size
     runner: str = "generate"  # "pooling": embeddings only (--runner pooling)
-    pooling_task: str = (
-        ""  # with runner "pooling": "embed" (a vector a text) or "score" (a cross-encoder's pairs)
-    )
+    # With runner "pooling": "embed" (a vector a text), "score" (a one-label classifier: a cross-encoder's pairs,
+    # also /classify) or "classify" (several labels).
+    pooling_task: str = ""
+    labels: list[str] = field(
+        default_factory=list
+    )  # a classifier's label names, by index (config's id2label)

@@ -1,7 +1,7 @@
 """vLLM's /score and /rerank on real servers: a tiny random BERT cross-encoder (scores = transformers' sigmoid of
 its head's logit, BERT's token types included), the Jina / Cohere rerank shape on /rerank, /v1/rerank and
-/v2/rerank, use_activation, bad input as 400s; a BERT embedding model scoring by cosine similarity; a generate
-model refusing both."""
+/v2/rerank, use_activation, bad input as 400s; /classify on it and on a 3-label XLM-R classifier (softmax,
+id2label names); a BERT embedding model scoring by cosine similarity; a generate model refusing both."""
 
 from __future__ import annotations
 
@@ -138,12 +138,51 @@ def test_embedding_model_scores_by_cosine_similarity(tmp_path_factory: pytest.Te
 
 
 def test_generate_model_refuses_scoring(server) -> None:
-    for path, body in (
-        ("/score", {"text_1": "a", "text_2": "b"}),
-        ("/rerank", {"query": "a", "documents": ["b"]}),
+    for path, body, api in (
+        ("/score", {"text_1": "a", "text_2": "b"}, "Score"),
+        ("/rerank", {"query": "a", "documents": ["b"]}, "Score"),
+        ("/classify", {"input": "a"}, "Classification"),
     ):
         response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
-        assert (
-            response.status_code == 400
-            and "does not support Score API" in response.json()["error"]["message"]
+        assert response.status_code == 400
+        assert f"does not support {api} API" in response.json()["error"]["message"]
+
+
+def test_classify_on_the_one_label_reranker(reranker) -> None:
+    """vLLM serves /classify on a score model too: one class, its sigmoid."""
+    server, _ = reranker
+    body = httpx.post(f"{server.url}/classify", json={"input": DOCUMENTS[:2]}, timeout=60).json()
+    assert [(d["index"], d["label"], d["num_classes"]) for d in body["data"]] == [
+        (0, "LABEL_0", 1),
+        (1, "LABEL_0", 1),
+    ]
+    assert all(0 < d["probs"][0] < 1 for d in body["data"]) and body["id"].startswith("classify-")
+
+
+def test_classifier_serves_classify_only(tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.mktemp("tiny-classifier")
+    labels = ["negative", "neutral", "positive"]
+    model = write_tiny_encoder(folder, "xlm-roberta", seed=7, cross_encoder=True, labels=labels)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        expected = [model(**tokenizer(t, return_tensors="pt")).logits[0] for t in DOCUMENTS]
+    server = launch(tmp_path_factory.mktemp("classify-server"), str(folder), "--max-model-len", "64")
+    try:
+        server.wait_ready()
+        body = httpx.post(f"{server.url}/v1/classify", json={"input": DOCUMENTS}, timeout=60).json()
+        for item, logits in zip(body["data"], expected):
+            assert item["probs"] == pytest.approx(logits.softmax(-1).tolist(), abs=1e-5)
+            assert item["label"] == labels[int(logits.argmax())] and item["num_classes"] == 3
+        raw = httpx.post(
+            f"{server.url}/classify", json={"input": DOCUMENTS[0], "use_activation": False}, timeout=60
         )
+        assert raw.json()["data"][0]["probs"] == pytest.approx(expected[0].tolist(), abs=1e-4)
+        for path, body in (
+            ("/score", {"text_1": "w1", "text_2": "w2"}),
+            ("/rerank", {"query": "w1", "documents": ["w2"]}),
+            ("/v1/embeddings", {"input": "w1"}),
+        ):
+            response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+            assert response.status_code == 400 and "does not support" in response.json()["error"]["message"]
+    finally:
+        server.terminate()

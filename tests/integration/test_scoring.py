@@ -69,14 +69,30 @@ def test_embedding_model_scores_by_cosine_similarity(tmp_path) -> None:
     assert got == pytest.approx(expected, abs=1e-5)
 
 
-def test_cross_encoders_with_several_labels_and_generate_models_are_refused(
-    tmp_path, bundled_llm_fp32
-) -> None:
-    with pytest.raises(InvalidRequestError, match="LLM.score needs a model served for pooling"):
+def test_classifier_gives_label_probabilities(tmp_path, bundled_llm_fp32) -> None:
+    """A 3-label BERT classifier: LLM.classify gives transformers' softmax, the label names come from id2label;
+    LLM.score wants one label, and a generate model serves neither."""
+    with pytest.raises(
+        InvalidRequestError, match="LLM.score needs an embedding model or a one-label classifier"
+    ):
         bundled_llm_fp32.score("Hello", "world")
-    write_tiny_encoder(tmp_path / "ce", cross_encoder=True)
-    config = transformers.AutoConfig.from_pretrained(tmp_path / "ce")
-    config.num_labels = 3
-    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "three")
-    with pytest.raises(ValueError, match="num_labels 3: classification .* is not supported"):
-        LLM(str(tmp_path / "three"), kv_cache_memory_bytes=2**22)
+    with pytest.raises(InvalidRequestError, match="LLM.classify needs a sequence-classification model"):
+        bundled_llm_fp32.classify("Hello")
+    model = write_tiny_encoder(
+        tmp_path, seed=7, cross_encoder=True, labels=["negative", "neutral", "positive"]
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    llm = LLM(str(tmp_path), kv_cache_memory_bytes=2**22)
+    try:
+        info = llm.llm_engine.info
+        assert (info.pooling_task, info.labels) == ("classify", ["negative", "neutral", "positive"])
+        outputs = llm.classify(DOCUMENTS, use_tqdm=False)
+        with pytest.raises(InvalidRequestError, match="LLM.score needs"):
+            llm.score(QUERY, DOCUMENTS, use_tqdm=False)
+    finally:
+        llm.llm_engine.shutdown()
+    for text, output in zip(DOCUMENTS, outputs):
+        with torch.no_grad():
+            expected = model(**tokenizer(text, return_tensors="pt")).logits[0].softmax(-1)
+        assert output.outputs.num_classes == 3
+        assert output.outputs.probs == pytest.approx(expected.tolist(), abs=1e-5)

@@ -87,11 +87,11 @@ class EngineCore:
         check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
         model_class = resolve_model_class(hf_config)
         is_encoder = bool(getattr(model_class, "is_encoder", False))
-        cross_encoder = bool(getattr(model_class, "is_cross_encoder", False))
+        classifier = bool(getattr(model_class, "is_classifier", False))
         runner_kind = resolved_runner(mc, is_encoder)
         pooling_type = "LAST"
         if runner_kind == "pooling":  # a cross-encoder's head reads the CLS row
-            pooling_type = "CLS" if cross_encoder else pooling_rule(source.path, is_encoder)
+            pooling_type = "CLS" if classifier else pooling_rule(source.path, is_encoder)
             whole = is_encoder or pooling_type != "LAST"
             if whole and (sc.enable_chunked_prefill or cc.enable_prefix_caching):
                 # CLS and MEAN pool every row of a prompt, and an encoder's rows depend on the whole prompt: each
@@ -143,7 +143,8 @@ class EngineCore:
             max_loras=lora.max_loras if lora else 0,
             max_logprobs=hf_config.vocab_size if mc.max_logprobs == -1 else mc.max_logprobs,
             runner=runner_kind,
-            pooling_task=("score" if cross_encoder else "embed") if runner_kind == "pooling" else "",
+            pooling_task=pooling_task(hf_config, classifier) if runner_kind == "pooling" else "",
+            labels=classifier_labels(hf_config) if classifier else [],
         )
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
         self.structured = StructuredOutputManager(hf_config.vocab_size)
@@ -351,6 +352,19 @@ class EngineCore:
             "grammar state outlived its sequence"
         )
         assert self.structured.num_pending == len(self._waiting_for_grammar)
+
+
+def pooling_task(hf_config: Any, classifier: bool) -> str:
+    """What a pooling model answers: embed, score (one label) or classify (several)."""
+    if not classifier:
+        return "embed"
+    return "score" if int(getattr(hf_config, "num_labels", 1)) == 1 else "classify"
+
+
+def classifier_labels(hf_config: Any) -> list[str]:
+    """A sequence classifier's label names by index (config.json's id2label; LABEL_i where it names none)."""
+    names = getattr(hf_config, "id2label", None) or {}
+    return [str(names.get(i, names.get(str(i), f"LABEL_{i}"))) for i in range(int(hf_config.num_labels))]
 
 
 def pooling_rule(path: Any, is_encoder: bool) -> str:

@@ -30,6 +30,8 @@ from pagedserve.engine.score_inputs import (
 from pagedserve.errors import InvalidRequestError
 from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import (
+    ClassificationOutput,
+    ClassificationRequestOutput,
     EmbeddingOutput,
     EmbeddingRequestOutput,
     RequestOutput,
@@ -177,6 +179,32 @@ class LLM:
             for o in outputs
         ]
 
+    def classify(
+        self,
+        prompts: PromptInput | Sequence[PromptInput],
+        use_tqdm: bool = True,
+        truncate_prompt_tokens: int | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+    ) -> list[ClassificationRequestOutput]:
+        """vLLM's: each prompt's probabilities over a sequence classifier's labels (softmax; a sigmoid for one
+        label). The label names are `llm.llm_engine.info.labels`."""
+        if self.llm_engine.info.pooling_task not in ("score", "classify"):
+            raise InvalidRequestError("LLM.classify needs a sequence-classification model")
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, detokenize=False, ignore_eos=True,
+            truncate_prompt_tokens=truncate_prompt_tokens, pooling=PoolingParams(normalize=False),
+        )  # fmt: skip
+        outputs = self.generate(prompts, params, use_tqdm, lora_request=lora_request)
+        return [
+            ClassificationRequestOutput(
+                o.request_id,
+                ClassificationOutput(o.outputs[0].embedding or []),
+                o.prompt_token_ids,
+                o.finished,
+            )
+            for o in outputs
+        ]
+
     def score(
         self,
         data_1: str | list[str],
@@ -188,8 +216,10 @@ class LLM:
         """vLLM's: one score per (data_1, data_2) pair (one data_1 against every data_2, or paired in order). A
         cross-encoder's head through a sigmoid; on an embedding model, the cosine similarity of the two embeddings."""
         info = self.llm_engine.info
-        if info.runner != "pooling":
-            raise InvalidRequestError("LLM.score needs a model served for pooling (runner='pooling')")
+        if info.pooling_task not in ("embed", "score"):
+            raise InvalidRequestError(
+                "LLM.score needs an embedding model or a one-label classifier served for pooling (runner='pooling')"
+            )
         pairs = text_pairs(data_1, data_2)
         if info.pooling_task == "score":
             ids, starts = encode_pairs(self.get_tokenizer(), pairs, truncate_prompt_tokens)

@@ -143,8 +143,9 @@ class BertModel(nn.Module):
 
     is_encoder = True
     """Bidirectional over whole prompts: pooling only, no KV cache, no chunked prefill or prefix caching."""
-    is_cross_encoder = False
-    """Scores a pair of texts with a classification head (`classify`) instead of giving an embedding."""
+    is_classifier = False
+    """A sequence classifier: its head (`classify`) gives one probability a label (one label: a pair's score)
+    instead of an embedding."""
     skipped_prefixes: tuple[str, ...] = ("pooler.", *_SKIPPED_PREFIXES)
     """Checkpoint names not loaded (an embedder pools hidden states; the next-sentence pooler is not run)."""
 
@@ -213,49 +214,40 @@ class XLMRobertaModel(BertModel):
     pass
 
 
-def _check_single_score(config: Any) -> None:
-    labels = int(getattr(config, "num_labels", 1))
-    if labels != 1:
-        raise ValueError(
-            f"{config.architectures[0]} with num_labels {labels}: classification (/classify) is not supported; "
-            "cross-encoders with one score (num_labels 1) serve /score and /rerank"
-        )
-
-
 class BertForSequenceClassification(BertModel):
-    """A BERT cross-encoder: the next-sentence pooler (dense + tanh) on the CLS state, then one linear score."""
+    """A BERT sequence classifier: the next-sentence pooler (dense + tanh) on the CLS state, then one logit a label
+    (one label: a cross-encoder's score)."""
 
-    is_cross_encoder = True
+    is_classifier = True
     skipped_prefixes = _SKIPPED_PREFIXES
 
     def __init__(self, config: Any, backend: AttentionBackend | None = None) -> None:
         super().__init__(config, backend)
-        _check_single_score(config)
         self.pooler = nn.Module()
         self.pooler.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def classify(self, cls_states: torch.Tensor) -> torch.Tensor:
-        """[n, hidden] CLS states -> [n] raw scores (logits)."""
-        return self.classifier(torch.tanh(self.pooler.dense(cls_states)))[:, 0]
+        """[n, hidden] CLS states -> [n, num_labels] logits."""
+        return self.classifier(torch.tanh(self.pooler.dense(cls_states)))
 
 
 class XLMRobertaForSequenceClassification(BertModel):
-    """A RoBERTa / XLM-R cross-encoder (bge-reranker): its classification head (dense + tanh, out_proj) on <s>."""
+    """A RoBERTa / XLM-R sequence classifier (bge-reranker with one label): its head (dense + tanh, out_proj) on
+    <s>."""
 
-    is_cross_encoder = True
+    is_classifier = True
     skipped_prefixes = _SKIPPED_PREFIXES
 
     def __init__(self, config: Any, backend: AttentionBackend | None = None) -> None:
         super().__init__(config, backend)
-        _check_single_score(config)
         self.classifier = nn.Module()
         self.classifier.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.classifier.out_proj = nn.Linear(config.hidden_size, 1)
+        self.classifier.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def classify(self, cls_states: torch.Tensor) -> torch.Tensor:
-        """[n, hidden] <s> states -> [n] raw scores (logits)."""
-        return self.classifier.out_proj(torch.tanh(self.classifier.dense(cls_states)))[:, 0]
+        """[n, hidden] <s> states -> [n, num_labels] logits."""
+        return self.classifier.out_proj(torch.tanh(self.classifier.dense(cls_states)))
 
 
 ENCODER_MODELS: dict[str, type[nn.Module]] = {

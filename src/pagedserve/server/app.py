@@ -23,6 +23,7 @@ from pagedserve.pooling_params import PoolingParams
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.server import (
     chat,
+    classify,
     completions,
     embeddings,
     health,
@@ -163,7 +164,7 @@ def create_app(config: ServerConfig, engine_factory: EngineFactory, served_model
     )
     app = FastAPI(title="pagedserve", version=__version__, lifespan=lifespan, **docs)
     app.state.pagedserve = state
-    for module in (chat, completions, embeddings, score, responses, models, tokenize, health):
+    for module in (chat, completions, embeddings, score, classify, responses, models, tokenize, health):
         app.include_router(module.router)
     if envs.allow_runtime_lora_updating():
         app.include_router(lora_adapters.router)

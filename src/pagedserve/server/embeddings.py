@@ -26,13 +26,7 @@ router = APIRouter()
 async def create_embedding(body: EmbeddingRequest, request: Request) -> Any:
     state = server_state(request)
     model = state.check_model(body.model)
-    engine = state.require_runner("pooling", "Embeddings")
-    if (
-        engine.info.pooling_task == "score"
-    ):  # a cross-encoder scores pairs (/score, /rerank): no vector a text
-        raise APIError(
-            400, "The model does not support Embeddings API", param="model", code="model_not_supported"
-        )
+    engine = state.require_pooling_task(("embed",), "Embeddings")
     if body.dimensions is not None:  # vLLM's refusal for models without matryoshka training
         raise APIError(
             400,

@@ -37,7 +37,7 @@ router = APIRouter()
 Render = Callable[[str, str, list[float], int], dict[str, Any]]
 
 
-def _use_activation(body: ScoreRequest | RerankRequest) -> bool:
+def use_activation(body: Any) -> bool:
     """vLLM's use_activation, or its older spellings activation and softmax; default on."""
     for value in (body.use_activation, body.activation, body.softmax):
         if value is not None:
@@ -55,7 +55,7 @@ async def _pair_scores(
     """Scores every pair (one engine request a pair, or a distinct text) and answers with `render`'s body."""
     state = server_state(request)
     model = state.check_model(body.model)
-    engine = state.require_runner("pooling", "Score")
+    engine = state.require_pooling_task(("embed", "score"), "Score")
     truncate = body.truncate_prompt_tokens
     if truncate is not None and (truncate == 0 or truncate < -1):
         raise APIError(
@@ -77,7 +77,7 @@ async def _pair_scores(
             ids, starts = await until_disconnect(
                 request, state.off_loop(encode_pairs, engine.tokenizer, pairs, truncate)
             )
-            activation = _use_activation(body)
+            activation = use_activation(body)
             generation.prompts = ids
             generation.prompt_params = [pair_params(start, activation) for start in starts]
             await until_disconnect(request, generation.start())

@@ -111,6 +111,16 @@ class ServerState:
             )
         return engine
 
+    def require_pooling_task(self, tasks: tuple[str, ...], api: str) -> EngineClient:
+        """The engine, when it serves pooling for one of `tasks` (embed, score: a one-label classifier, classify);
+        vLLM's 400 otherwise."""
+        engine = self.require_runner("pooling", api)
+        if engine.info.pooling_task not in tasks:
+            raise APIError(
+                400, f"The model does not support {api} API", param="model", code="model_not_supported"
+            )
+        return engine
+
     def check_model(self, name: str | None) -> str:
         """The model a request names: a served name or a LoRA adapter's (404 otherwise); none: the first."""
         if name is None or name == "":

@@ -157,7 +157,7 @@ class ModelRunner:
         reach = max(max_model_len, max_num_batched_tokens)
         # Encoders' positions are learned: their table is the checkpoint's, whatever a step reaches.
         is_encoder = getattr(model_class, "is_encoder", False)
-        self.is_cross_encoder = bool(getattr(model_class, "is_cross_encoder", False))
+        self.is_classifier = bool(getattr(model_class, "is_classifier", False))
         if reach != getattr(hf_config, "max_position_embeddings", reach) and not is_encoder:
             model_hf_config = copy.copy(hf_config)
             model_hf_config.max_position_embeddings = reach
@@ -341,7 +341,7 @@ class ModelRunner:
             hidden = None
             if step_logits is None:
                 extra = {}
-                if self.is_cross_encoder:
+                if self.is_classifier:
                     types = [state.new.sampling_params.pooling for state in states]
                     extra["token_type_ids"] = token_types(step, types, self.device)
                 hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata, **extra)

@@ -28,12 +28,14 @@ def pooled_vectors(
     params: list[PoolingParams],
     pooling_type: PoolingType,
 ) -> list[list[float]]:
-    """One vector a sequence: its pooled hidden states, or on a cross-encoder ([score]) the classification head on
-    the pair's first (CLS) row, through a sigmoid unless use_activation is off (vLLM's rule for one label)."""
-    if getattr(model, "is_cross_encoder", False):
+    """One vector a sequence: its pooled hidden states, or on a sequence classifier the head on the first (CLS) row,
+    one value a label: probabilities (softmax; a sigmoid for one label, a cross-encoder's score, vLLM's rule), or
+    the logits where use_activation is off."""
+    if getattr(model, "is_classifier", False):
         logits = model.classify(hidden[[first for first, _ in spans]]).float()  # type: ignore[operator]
-        activate = torch.tensor([p.use_activation for p in params], device=logits.device)
-        return torch.where(activate, logits.sigmoid(), logits).unsqueeze(1).tolist()
+        probs = logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(-1)
+        activate = torch.tensor([p.use_activation for p in params], device=logits.device).unsqueeze(1)
+        return torch.where(activate, probs, logits).tolist()
     return pool_rows(hidden, spans, pooling_type, [p.normalize for p in params]).tolist()
 
 

@@ -31,7 +31,7 @@ def secured_metrics(client_factory: Callable[..., TestClient]) -> TestClient:
 def test_route_list_is_complete(secured: TestClient) -> None:
     paths = {path for _, path in all_routes(secured)}
     expected = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize"}
-    expected |= {"/v1/embeddings", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank"}
+    expected |= {"/v1/embeddings", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/classify"}
     assert expected | PROBE_PATHS | {"/metrics", "/version", "/load", "/openapi.json"} <= paths
 
 

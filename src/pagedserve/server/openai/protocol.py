@@ -216,6 +216,13 @@ class RerankRequest(_ScoreFields):
     top_n: StrictInt = 0
 
 
+class ClassificationRequest(_ScoreFields):
+    """vLLM's /classify: each input's label probabilities from a sequence classifier."""
+
+    input: PromptField
+    add_special_tokens: StrictBool | None = True
+
+
 class TokenizeRequest(_Lenient):
     model: StrictStr | None = None
     prompt: StrictStr | None = None
