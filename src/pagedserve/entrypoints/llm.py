@@ -19,14 +19,8 @@ from pagedserve.config import (
 )
 from pagedserve.engine.chat import CONTENT_FORMATS, ChatOptions
 from pagedserve.engine.llm_engine import LLMEngine
+from pagedserve.engine.pooling_requests import cosine_scores, encode_pairs, pooling_request, text_pairs
 from pagedserve.engine.prompts import PromptInput
-from pagedserve.engine.score_inputs import (
-    cosine_scores,
-    embedding_params,
-    encode_pairs,
-    pair_params,
-    text_pairs,
-)
 from pagedserve.errors import InvalidRequestError
 from pagedserve.lora.request import LoRARequest
 from pagedserve.outputs import (
@@ -166,11 +160,7 @@ class LLM:
         truncate_prompt_tokens: int | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """vLLM's: one embedding per prompt (runner="pooling"): the last position's final hidden state."""
-        params = SamplingParams(
-            max_tokens=1, temperature=0.0, detokenize=False, truncate_prompt_tokens=truncate_prompt_tokens,
-            ignore_eos=True,  # ends on length, whatever the runner's placeholder token is
-            pooling=pooling_params or PoolingParams(),
-        )  # fmt: skip
+        params = pooling_request(pooling_params or PoolingParams(), truncate_prompt_tokens)
         outputs = self.generate(prompts, params, use_tqdm, lora_request=lora_request)
         return [
             EmbeddingRequestOutput(
@@ -190,10 +180,7 @@ class LLM:
         label). The label names are `llm.llm_engine.info.labels`."""
         if self.llm_engine.info.pooling_task not in ("score", "classify"):
             raise InvalidRequestError("LLM.classify needs a sequence-classification model")
-        params = SamplingParams(
-            max_tokens=1, temperature=0.0, detokenize=False, ignore_eos=True,
-            truncate_prompt_tokens=truncate_prompt_tokens, pooling=PoolingParams(normalize=False),
-        )  # fmt: skip
+        params = pooling_request(PoolingParams(normalize=False), truncate_prompt_tokens)
         outputs = self.generate(prompts, params, use_tqdm, lora_request=lora_request)
         return [
             ClassificationRequestOutput(
@@ -225,14 +212,20 @@ class LLM:
             ids, starts = encode_pairs(self.get_tokenizer(), pairs, truncate_prompt_tokens)
             prompts: list[Any] = [{"prompt_token_ids": t} for t in ids]
             outputs = self.generate(
-                prompts, [pair_params(s, True) for s in starts], use_tqdm, lora_request=lora_request
+                prompts,
+                [pooling_request(PoolingParams(normalize=False, token_type_start=s)) for s in starts],
+                use_tqdm,
+                lora_request=lora_request,
             )
             scores = [(o.outputs[0].embedding or [0.0])[0] for o in outputs]
             token_ids = [o.prompt_token_ids for o in outputs]
         else:
             texts = list(dict.fromkeys(text for pair in pairs for text in pair))
             outputs = self.generate(
-                texts, embedding_params(truncate_prompt_tokens), use_tqdm, lora_request=lora_request
+                texts,
+                pooling_request(PoolingParams(), truncate_prompt_tokens),
+                use_tqdm,
+                lora_request=lora_request,
             )
             scores = cosine_scores(pairs, {t: o.outputs[0].embedding or [] for t, o in zip(texts, outputs)})
             by_text = {t: o.prompt_token_ids for t, o in zip(texts, outputs)}

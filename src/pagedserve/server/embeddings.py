@@ -8,16 +8,13 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from pagedserve.outputs import RequestOutput
 from pagedserve.pooling_params import PoolingParams
-from pagedserve.sampling_params import SamplingParams
-from pagedserve.server.completions import prompt_list, start_prompts
 from pagedserve.server.errors import APIError
-from pagedserve.server.generation import Generation, new_request_ids, respond, until_disconnect
 from pagedserve.server.openai.protocol import EmbeddingRequest
-from pagedserve.server.request_context import client_request_id, server_state
+from pagedserve.server.pooled import pooled_params, serve_pooled
+from pagedserve.server.request_context import server_state
 
 router = APIRouter()
 
@@ -34,28 +31,12 @@ async def create_embedding(body: EmbeddingRequest, request: Request) -> Any:
             "results.",
             param="dimensions",
         )
-    try:
-        params = SamplingParams(
-            max_tokens=1, temperature=0.0, detokenize=False, truncate_prompt_tokens=body.truncate_prompt_tokens,
-            ignore_eos=True,  # ends on length, whatever the runner's placeholder token is
-            pooling=PoolingParams(normalize=body.normalize is not False),
-        )  # fmt: skip
-    except ValueError as error:
-        raise APIError(400, str(error), param=getattr(error, "param", None)) from None
-    prompts = prompt_list(body.input)
-    response_id, engine_id = new_request_ids("embd", client_request_id(request))
-    generation = Generation(
-        state, engine, engine_id, prompts, params, None, body.priority or 0, state.lora_request(model)
-    )
-    generation.admit()
+    params = pooled_params(PoolingParams(normalize=body.normalize is not False), body.truncate_prompt_tokens)
 
-    async def build() -> Any:
-        await start_prompts(request, generation, prompts, body.add_special_tokens is not False)
-        outputs = await until_disconnect(request, generation.collect())
-        await generation.close()
-        return JSONResponse(_response(response_id, model, outputs, body.encoding_format))
+    def render(response_id: str, model: str, outputs: list[RequestOutput]) -> dict[str, Any]:
+        return _response(response_id, model, outputs, body.encoding_format)
 
-    return await respond(generation, build)
+    return await serve_pooled(request, body, engine, model, params, "embd", render)
 
 
 def _response(response_id: str, model: str, outputs: list[RequestOutput], encoding: str) -> dict[str, Any]:

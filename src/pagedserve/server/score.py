@@ -4,7 +4,7 @@
 A cross-encoder (BertForSequenceClassification, XLMRobertaForSequenceClassification) runs each pair as one prompt
 (`[CLS] text_1 [SEP] text_2 [SEP]`, the second text's token types 1) and its head gives the score, through a sigmoid
 unless `use_activation` is false. An embedding model scores a pair by the cosine similarity of the two texts'
-embeddings, each distinct text embedded once: vLLM's two rules (engine/score_inputs.py).
+embeddings, each distinct text embedded once: vLLM's two rules (engine/pooling_requests.py).
 """
 
 from __future__ import annotations
@@ -16,33 +16,21 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from pagedserve.engine.score_inputs import (
-    cosine_scores,
-    embedding_params,
-    encode_pairs,
-    pair_params,
-    text_pairs,
-)
+from pagedserve.engine.pooling_requests import cosine_scores, encode_pairs, pooling_request, text_pairs
 from pagedserve.errors import InvalidRequestError
 from pagedserve.outputs import RequestOutput
+from pagedserve.pooling_params import PoolingParams
 from pagedserve.server.completions import start_prompts
 from pagedserve.server.errors import APIError
 from pagedserve.server.generation import Generation, new_request_ids, respond, until_disconnect
 from pagedserve.server.openai.protocol import RerankRequest, ScoreRequest
+from pagedserve.server.pooled import pooled_params, use_activation
 from pagedserve.server.request_context import client_request_id, server_state
 
 router = APIRouter()
 
 # (response id, model name, one score a pair, prompt tokens run) -> the response body
 Render = Callable[[str, str, list[float], int], dict[str, Any]]
-
-
-def use_activation(body: Any) -> bool:
-    """vLLM's use_activation, or its older spellings activation and softmax; default on."""
-    for value in (body.use_activation, body.activation, body.softmax):
-        if value is not None:
-            return value
-    return True
 
 
 async def _pair_scores(
@@ -67,7 +55,7 @@ async def _pair_scores(
     cross_encoder = engine.info.pooling_task == "score"
     texts = list(dict.fromkeys(text for pair in pairs for text in pair))  # each distinct text embedded once
     generation = Generation(
-        state, engine, engine_id, list(pairs if cross_encoder else texts), embedding_params(truncate), None,
+        state, engine, engine_id, list(pairs if cross_encoder else texts), pooled_params(PoolingParams(), truncate), None,
         body.priority or 0, state.lora_request(model),
     )  # fmt: skip
     generation.admit()
@@ -79,7 +67,12 @@ async def _pair_scores(
             )
             activation = use_activation(body)
             generation.prompts = ids
-            generation.prompt_params = [pair_params(start, activation) for start in starts]
+            generation.prompt_params = [
+                pooling_request(
+                    PoolingParams(normalize=False, use_activation=activation, token_type_start=start)
+                )
+                for start in starts
+            ]
             await until_disconnect(request, generation.start())
         else:
             await start_prompts(request, generation, texts, True)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
-"""What /score, /rerank and LLM.score run: text pairs as vLLM pairs them, each pair as a cross-encoder's prompt, and
-the per-request parameters of both scoring rules (a cross-encoder's head, or two embeddings' cosine similarity)."""
+"""Requests of a pooling model (embeddings, scores, classes), offline and over HTTP: their sampling parameters, text
+pairs as vLLM pairs them for /score, /rerank and LLM.score, each pair as a cross-encoder's prompt, and the cosine
+rule of an embedding model's scores."""
 
 from __future__ import annotations
 
@@ -41,17 +42,12 @@ def encode_pairs(
     return ids, starts
 
 
-def pair_params(token_type_start: int | None, use_activation: bool) -> SamplingParams:
-    """A cross-encoder pair's request: one pooled step, its head's score (unnormalized)."""
-    pooling = PoolingParams(normalize=False, use_activation=use_activation, token_type_start=token_type_start)
-    return SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, ignore_eos=True, pooling=pooling)
-
-
-def embedding_params(truncate_prompt_tokens: int | None = None) -> SamplingParams:
-    """An embedding request (unit vector): ends after its prompt, on length."""
+def pooling_request(pooling: PoolingParams, truncate_prompt_tokens: int | None = None) -> SamplingParams:
+    """An embedding, score or classification request: its prompt runs once and the request ends on length (max_tokens
+    1, ignore_eos: its one token is the runner's placeholder, never an EOS)."""
     return SamplingParams(
         max_tokens=1, temperature=0.0, detokenize=False, ignore_eos=True, truncate_prompt_tokens=truncate_prompt_tokens,
-        pooling=PoolingParams(normalize=True),
+        pooling=pooling,
     )  # fmt: skip
 
 
