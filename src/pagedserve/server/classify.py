@@ -3,7 +3,6 @@ a sigmoid for a one-label model), the most likely label named as config.json's i
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Request
 from pagedserve.outputs import RequestOutput
 from pagedserve.pooling_params import PoolingParams
 from pagedserve.server.openai.protocol import ClassificationRequest
-from pagedserve.server.pooled import pooled_params, serve_pooled, use_activation
+from pagedserve.server.pooled import list_body, pooled_params, serve_pooled, use_activation
 from pagedserve.server.request_context import server_state
 
 router = APIRouter()
@@ -33,14 +32,6 @@ async def create_classification(body: ClassificationRequest, request: Request) -
             probs = output.outputs[0].embedding or []
             best = max(range(len(probs)), key=probs.__getitem__)
             data.append({"index": index, "label": labels[best], "probs": probs, "num_classes": len(probs)})
-        tokens = sum(len(o.prompt_token_ids) for o in outputs)
-        return {
-            "id": response_id,
-            "object": "list",
-            "created": int(time.time()),
-            "model": model,
-            "data": data,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
-        }
+        return list_body(response_id, model, data, sum(len(o.prompt_token_ids) for o in outputs))
 
     return await serve_pooled(request, body, engine, model, params, "classify", render)

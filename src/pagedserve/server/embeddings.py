@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,7 +12,7 @@ from pagedserve.outputs import RequestOutput
 from pagedserve.pooling_params import PoolingParams
 from pagedserve.server.errors import APIError
 from pagedserve.server.openai.protocol import EmbeddingRequest
-from pagedserve.server.pooled import pooled_params, serve_pooled
+from pagedserve.server.pooled import list_body, pooled_params, serve_pooled
 from pagedserve.server.request_context import server_state
 
 router = APIRouter()
@@ -45,15 +44,7 @@ def _response(response_id: str, model: str, outputs: list[RequestOutput], encodi
         vector = output.outputs[0].embedding or []
         embedding: Any = vector if encoding == "float" else _base64(vector)
         data.append({"index": index, "object": "embedding", "embedding": embedding})
-    prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
-    return {
-        "id": response_id,
-        "object": "list",
-        "created": int(time.time()),
-        "model": model,
-        "data": data,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens, "completion_tokens": 0},
-    }
+    return list_body(response_id, model, data, sum(len(o.prompt_token_ids) for o in outputs))
 
 
 def _base64(vector: list[float]) -> str:

@@ -3,6 +3,7 @@ step, answered as one JSON body once all are done."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,18 @@ from pagedserve.server.request_context import client_request_id, server_state
 
 # (response id, model name, one output a prompt) -> the response body
 Render = Callable[[str, str, list[RequestOutput]], dict[str, Any]]
+
+
+def list_body(response_id: str, model: str, data: list[dict[str, Any]], prompt_tokens: int) -> dict[str, Any]:
+    """The `{"object": "list", "data": [...], "usage": ...}` body of /v1/embeddings, /score and /classify."""
+    return {
+        "id": response_id,
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": data,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens, "completion_tokens": 0},
+    }
 
 
 def pooled_params(pooling: PoolingParams, truncate_prompt_tokens: int | None) -> SamplingParams:

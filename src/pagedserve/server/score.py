@@ -9,7 +9,6 @@ embeddings, each distinct text embedded once: vLLM's two rules (engine/pooling_r
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ from pagedserve.server.completions import start_prompts
 from pagedserve.server.errors import APIError
 from pagedserve.server.generation import Generation, new_request_ids, respond, until_disconnect
 from pagedserve.server.openai.protocol import RerankRequest, ScoreRequest
-from pagedserve.server.pooled import pooled_params, use_activation
+from pagedserve.server.pooled import list_body, pooled_params, use_activation
 from pagedserve.server.request_context import client_request_id, server_state
 
 router = APIRouter()
@@ -98,14 +97,8 @@ async def create_score(body: ScoreRequest, request: Request) -> Any:
         raise APIError(400, str(error), param=error.param) from None
 
     def render(response_id: str, model: str, scores: list[float], tokens: int) -> dict[str, Any]:
-        return {
-            "id": response_id,
-            "object": "list",
-            "created": int(time.time()),
-            "model": model,
-            "data": [{"index": i, "object": "score", "score": score} for i, score in enumerate(scores)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
-        }
+        data = [{"index": i, "object": "score", "score": score} for i, score in enumerate(scores)]
+        return list_body(response_id, model, data, tokens)
 
     return await _pair_scores(request, body, pairs, "score", render)
 
