@@ -21,6 +21,7 @@ from torch import nn
 from pagedserve.attention.backend import AttentionBackend, AttentionMetadata
 from pagedserve.attention.encoder import encoder_attention
 from pagedserve.layers.linear import MergedLinear
+from pagedserve.models.param_copy import copy_checkpoint_tensor
 
 _ACTIVATIONS = {
     "gelu": F.gelu,
@@ -199,13 +200,7 @@ class BertModel(nn.Module):
                 )
             if not isinstance(tensor, torch.Tensor):
                 raise ValueError(f"{name}: quantized encoder checkpoints are not supported")
-            loader = getattr(param, "weight_loader", None)
-            if loader is not None:
-                loader(param, tensor, shard_id)
-            elif param.shape != tensor.shape:
-                raise ValueError(f"{name}: shape {tuple(tensor.shape)} does not match {tuple(param.shape)}")
-            else:
-                param.data.copy_(tensor)
+            copy_checkpoint_tensor(param, name, tensor, shard_id)
             loaded.add(name)
         return loaded
 

@@ -18,11 +18,11 @@ from pagedserve.attention.backend import AttentionBackend, AttentionMetadata
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
-from pagedserve.layers.gguf_quant import TYPE_NAMES, QuantizedTensor
 from pagedserve.layers.layernorm import RMSNorm, norm_q_k_heads
 from pagedserve.layers.linear import MergedLinear
 from pagedserve.layers.mlp import GatedMLP
 from pagedserve.layers.rotary import RotaryEmbedding, StepRotary
+from pagedserve.models.param_copy import copy_checkpoint_tensor
 
 # checkpoint name fragment -> (merged parameter fragment, shard id)
 _STACKED = {
@@ -265,15 +265,7 @@ class LlamaForCausalLM(nn.Module):
                 raise ValueError(
                     f"checkpoint tensor {name!r} has no matching parameter in {type(self).__name__}"
                 )
-            loader = getattr(param, "weight_loader", None)
-            if loader is not None:  # converts to the parameter's dtype itself (or keeps GGUF blocks)
-                loader(param, tensor, shard_id)
-            elif isinstance(tensor, QuantizedTensor):
-                raise ValueError(f"{name}: a {TYPE_NAMES[tensor.qtype]} tensor where a float one is needed")
-            elif param.shape != tensor.shape:
-                raise ValueError(f"{name}: shape {tuple(tensor.shape)} does not match {tuple(param.shape)}")
-            else:
-                param.data.copy_(tensor)
+            copy_checkpoint_tensor(param, name, tensor, shard_id)
             loaded.add(name)
         if self.tie_word_embeddings:
             self.lm_head.tie_to(self.model.embed_tokens)

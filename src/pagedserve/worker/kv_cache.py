@@ -42,12 +42,15 @@ def kv_bytes_per_block(
     return block_size * kv_bytes_per_token(hf_config.num_hidden_layers, num_kv_heads, head_dim, element)
 
 
-def kv_cache_budget_bytes(cache: CacheConfig, device: torch.device) -> int:
-    """kv_cache_memory_bytes when given; on the CPU VLLM_CPU_KVCACHE_SPACE, else 4 GiB."""
+def kv_cache_budget_bytes(cache: CacheConfig, device: torch.device, allocated: bool = True) -> int:
+    """kv_cache_memory_bytes when given; on the CPU VLLM_CPU_KVCACHE_SPACE, else 4 GiB. `allocated` False (an
+    encoder's blocks, which only count the tokens in flight): 4 GiB's worth on any device."""
     if cache.kv_cache_memory_bytes is not None:
         if cache.kv_cache_memory_bytes <= 0:
             raise ValueError("kv_cache_memory_bytes must be > 0")
         return cache.kv_cache_memory_bytes
+    if not allocated:
+        return DEFAULT_CPU_KV_BYTES
     if device.type == "cuda":
         raise ValueError(
             "on CUDA the KV budget comes from profiling (worker/gpu_memory.py), not this function"

@@ -26,13 +26,11 @@ from pagedserve.outputs import PositionLogprobs
 from pagedserve.sample.grammar_mask import apply_grammar_bitmask
 from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
 from pagedserve.sample.sampler import Sampler
-from pagedserve.worker.cpu_graph import DecodeGraphs
-from pagedserve.worker.cuda_graph import CudaDecodeGraphs
+from pagedserve.worker.decode_graphs import make_decode_graphs
 from pagedserve.worker.dtypes import cast_matrix_weights
 from pagedserve.worker.gpu_memory import gpu_kv_budget
 from pagedserve.worker.inputs import prepare_inputs
 from pagedserve.worker.kv_cache import (
-    DEFAULT_CPU_KV_BYTES,
     allocate_kv_caches,
     kv_bytes_per_block,
     kv_cache_budget_bytes,
@@ -216,15 +214,13 @@ class ModelRunner:
         # An encoder reads no KV cache (attention/encoder.py): its blocks only count the tokens in flight, so no
         # memory is profiled or allocated for them.
         self.is_encoder = is_encoder
-        if self.is_encoder and cache_config.kv_cache_memory_bytes is None:
-            budget = DEFAULT_CPU_KV_BYTES  # on any device: a count of blocks, nothing allocated
-        elif device.type == "cuda" and cache_config.kv_cache_memory_bytes is None:
+        if device.type == "cuda" and cache_config.kv_cache_memory_bytes is None and not self.is_encoder:
             budget = gpu_kv_budget(
                 self.model, hf_config, cache_config.gpu_memory_utilization, max_num_batched_tokens, max_num_seqs,
                 self.block_size, self.kv_cache_dtype, rank_kv_heads, device,
             )  # fmt: skip
         else:
-            budget = kv_cache_budget_bytes(cache_config, device)
+            budget = kv_cache_budget_bytes(cache_config, device, allocated=not self.is_encoder)
         # Every rank sizes its blocks for the most KV heads any rank holds, so all hold the same number of blocks.
         room = max_kv_heads_per_rank(num_heads, num_kv_heads, tp.size)
         per_block = kv_bytes_per_block(hf_config, self.block_size, self.kv_cache_dtype, room)
@@ -245,32 +241,10 @@ class ModelRunner:
         self.sequences: dict[str, RunnerSequence] = {}
         self.decode_graphs = None
         if not model_config.enforce_eager and not self.is_encoder:
-            self.decode_graphs = self._make_decode_graphs(max_num_seqs, max_model_len, tp.size)
-
-    def _make_decode_graphs(
-        self, max_num_seqs: int, max_model_len: int, tp_size: int
-    ) -> DecodeGraphs | CudaDecodeGraphs | None:
-        """Recorded decode steps for this device and backend. Under tensor parallelism only on the CPU with the
-        shared-memory collectives (C calls, replayed with the step); gloo's are not, and CUDA graphs of NCCL calls
-        are untested."""
-        if tp_size > 1 and (self.device.type != "cpu" or not parallel_state.collectives_replayable()):
-            return None
-        if getattr(self.model, "is_moe", False):
-            # Routing groups tokens by expert, sizes known only at run time: nothing a graph can replay.
-            logger.info("decode graphs: off for a mixture-of-experts model (eager decode steps)")
-            return None
-        if self.device.type == "cuda" and self.attention_backend == "triton":
-            graphs = CudaDecodeGraphs(
-                self.model, self.kv_caches, max_num_seqs, max_model_len, self.block_size, self.device
-            )
-            graphs.capture()
-            return graphs
-        if DecodeGraphs.usable(self.device, False) and self.attention_backend == "cpu":
-            max_blocks = -(-max_model_len // self.block_size)
-            return DecodeGraphs(
-                self.model, self.kv_caches, self.hf_config.hidden_size, max_blocks, self.dtype
-            )
-        return None
+            self.decode_graphs = make_decode_graphs(
+                self.model, self.kv_caches, self.attention_backend, self.device, self.dtype,
+                hf_config.hidden_size, self.block_size, max_num_seqs, max_model_len, tp.size,
+            )  # fmt: skip
 
     def _init_dummy_weights(self, seed: int) -> None:
         if self.device.type != "cpu":

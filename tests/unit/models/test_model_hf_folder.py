@@ -112,7 +112,7 @@ def test_qwen3_folder_gives_its_config_and_q_k_norms(tmp_path) -> None:
 
 def test_qwen_sliding_window_runs_only_with_disable_sliding_window(tmp_path) -> None:
     """Qwen's use_sliding_window: refused naming the flag that serves it (full attention capped at the window)."""
-    from pagedserve.engine.core import sliding_window_limit
+    from pagedserve.engine.model_rules import sliding_window_limit
 
     config = qwen3_config(use_sliding_window=True, sliding_window=8, max_window_layers=1)
     save_model(tmp_path, transformers.Qwen3ForCausalLM(config))

@@ -1,0 +1,44 @@
+"""What a model's config implies for the engine: the longest max_model_len it takes (positions, sliding windows) and
+what a pooling model answers and how it pools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pagedserve.models.bert import position_offset
+from pagedserve.models.hf_folder import sentence_transformers_pooling
+from pagedserve.models.llama import smallest_attention_window
+
+
+def pooling_task(hf_config: Any, classifier: bool) -> str:
+    """What a pooling model answers: embed, score (one label) or classify (several)."""
+    if not classifier:
+        return "embed"
+    return "score" if int(getattr(hf_config, "num_labels", 1)) == 1 else "classify"
+
+
+def classifier_labels(hf_config: Any) -> list[str]:
+    """A sequence classifier's label names by index (config.json's id2label; LABEL_i where it names none)."""
+    names = getattr(hf_config, "id2label", None) or {}
+    return [str(names.get(i, names.get(str(i), f"LABEL_{i}"))) for i in range(int(hf_config.num_labels))]
+
+
+def pooling_rule(path: Any, is_encoder: bool) -> str:
+    """How embeddings pool: the folder's sentence-transformers Pooling module, else vLLM's default (CLS for
+    encoders, LAST for causal models)."""
+    return sentence_transformers_pooling(path) or ("CLS" if is_encoder else "LAST")
+
+
+def sliding_window_limit(hf_config: Any, disable_sliding_window: bool) -> int:
+    """The longest max_model_len the model takes without VLLM_ALLOW_LONG_MAX_MODEL_LEN: its
+    max_position_embeddings, capped at its smallest window with --disable-sliding-window (vLLM's rule). Qwen's
+    use_sliding_window runs only that way: its per-layer rule differs between Qwen2, Qwen2-MoE and Qwen3-MoE."""
+    # RoBERTa's positions start at pad_token_id + 1 in its table (XLM-R: 514 rows, 512 tokens).
+    max_positions = int(getattr(hf_config, "max_position_embeddings", 2048)) - position_offset(hf_config)
+    window = smallest_attention_window(hf_config)
+    if getattr(hf_config, "use_sliding_window", False) and window and not disable_sliding_window:
+        raise ValueError(
+            "use_sliding_window (Qwen's sliding-window attention) is not supported; --disable-sliding-window "
+            f"serves the model with full attention and max_model_len capped at the window ({window})"
+        )
+    return min(max_positions, window) if disable_sliding_window and window else max_positions
