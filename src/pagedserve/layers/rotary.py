@@ -1,4 +1,5 @@
-"""Rotary position embedding (Hugging Face "rotate half" layout) with default, linear and llama3 scaling."""
+"""Rotary position embedding (Hugging Face "rotate half" layout) with default, linear, llama3 and LongRoPE scaling,
+over the whole head or its first `rotary_dim` values (partial rotary)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ from torch import nn
 
 from pagedserve.ops import cpu as cpu_ops
 
+USE_LONG_FACTOR = "use_long_factor"
+"""Key of a LongRoPE parameter dict resolved for serving (`resolve_longrope`): True to rotate by `long_factor`."""
 
-def _inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None) -> torch.Tensor:
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    if not scaling:
-        return inv_freq
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type == "default":
-        return inv_freq
+
+def _scaled_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any] | None) -> tuple[torch.Tensor, float]:
+    """(inverse frequencies, factor applied to cos and sin) under a scaling dict."""
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if not scaling or rope_type == "default":
+        return inv_freq, 1.0
     if rope_type == "linear":
-        return inv_freq / float(scaling["factor"])
+        return inv_freq / float(scaling["factor"]), 1.0
     if rope_type == "llama3":
         factor = float(scaling["factor"])
         low = float(scaling.get("low_freq_factor", 1.0))
@@ -31,22 +33,73 @@ def _inv_freq(head_dim: int, base: float, scaling: dict[str, Any] | None) -> tor
         smooth = (old_len / wavelen - low) / (high - low)
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        return torch.where(medium, smoothed, scaled)
-    raise ValueError(f"rope_scaling type {rope_type!r} is not supported (default, linear, llama3)")
+        return torch.where(medium, smoothed, scaled), 1.0
+    if rope_type == "longrope":
+        return _longrope(inv_freq, scaling)
+    raise ValueError(f"rope_scaling type {rope_type!r} is not supported (default, linear, llama3, longrope)")
+
+
+def _longrope(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> tuple[torch.Tensor, float]:
+    """Phi-3's LongRoPE: each frequency divided by its own factor, the long set or the short one, and cos and sin
+    multiplied by sqrt(1 + ln(factor) / ln(original positions)) (transformers' attention factor; short_mscale /
+    long_mscale or attention_factor when the config gives them)."""
+    if USE_LONG_FACTOR not in scaling:
+        raise ValueError("LongRoPE parameters must be resolved for serving first (resolve_longrope)")
+    use_long = bool(scaling[USE_LONG_FACTOR])
+    factors = scaling["long_factor" if use_long else "short_factor"]
+    if len(factors) != inv_freq.numel():
+        raise ValueError(
+            f"rope_scaling: {len(factors)} LongRoPE factors for {inv_freq.numel()} rotary frequencies "
+            "(rotary dims / 2)"
+        )
+    mscale = scaling.get("long_mscale" if use_long else "short_mscale") or scaling.get("attention_factor")
+    if mscale is None:
+        factor, original = float(scaling["factor"]), float(scaling["original_max_position_embeddings"])
+        mscale = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return inv_freq / torch.tensor(factors, dtype=torch.float32), float(mscale)
+
+
+def resolve_longrope(
+    scaling: dict[str, Any], checkpoint_max_positions: int, max_model_len: int
+) -> dict[str, Any]:
+    """LongRoPE parameters fixed for serving: the long factors for every position when max_model_len is past the
+    original context, the short ones otherwise (vLLM's rule: one set for a sequence's whole life, so its cached
+    keys never go stale when it crosses the original length), and `factor` taken from the checkpoint's context
+    (max_position_embeddings / original, transformers' default) before the runner resizes the tables."""
+    original = int(scaling["original_max_position_embeddings"])
+    resolved = dict(scaling)
+    resolved.setdefault("factor", checkpoint_max_positions / original)
+    resolved[USE_LONG_FACTOR] = max_model_len > original
+    return resolved
+
+
+def is_longrope(scaling: dict[str, Any] | None) -> bool:
+    return bool(scaling) and scaling.get("rope_type", scaling.get("type")) == "longrope"
 
 
 class RotaryEmbedding(nn.Module):
     def __init__(
-        self, head_dim: int, max_position: int, base: float, scaling: dict[str, Any] | None = None
+        self,
+        head_dim: int,
+        max_position: int,
+        base: float,
+        scaling: dict[str, Any] | None = None,
+        rotary_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.head_dim = head_dim
-        inv_freq = _inv_freq(head_dim, base, scaling)
+        self.rotary_dim = rotary_dim or head_dim
+        if self.rotary_dim % 2 or self.rotary_dim > head_dim:
+            raise ValueError(f"rotary dims {self.rotary_dim}: must be even and at most head_dim {head_dim}")
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.int64).float() / self.rotary_dim
+        inv_freq, mscale = _scaled_inv_freq(1.0 / (base**exponents), scaling)
         positions = torch.arange(max_position, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos_cache", emb.cos(), persistent=False)
-        self.register_buffer("sin_cache", emb.sin(), persistent=False)
+        # cos and sin: [max_position, rotary_dim] float32, LongRoPE's factor included (transformers multiplies in
+        # float32 before casting).
+        self.register_buffer("cos_cache", emb.cos() * mscale, persistent=False)
+        self.register_buffer("sin_cache", emb.sin() * mscale, persistent=False)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """[T, 1, D] cos and sin for a step's positions: computed once per step, shared by every layer."""
@@ -68,7 +121,11 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, H, D] (q and k heads may be stacked along H); cos, sin: [T, 1, D]."""
+    """x: [T, H, D] (q and k heads may be stacked along H); cos, sin: [T, 1, R], R <= D: the first R values of
+    each head are rotated, the rest pass (partial rotary)."""
+    rot_dim = cos.shape[-1]
+    if rot_dim < x.shape[-1]:
+        return torch.cat((apply_rotary(x[..., :rot_dim], cos, sin), x[..., rot_dim:]), dim=-1)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     rotated = torch.cat((-x2, x1), dim=-1)

@@ -273,24 +273,42 @@ def _gemma3_config(
 def _phi3_config(
     reader: gguf.GGUFReader, path: pathlib.Path, head_dim: int, kwargs: dict[str, Any]
 ) -> transformers.PretrainedConfig:
-    """Phi-3 / Phi-4 as llama.cpp's converter writes them: a sliding window of 0 means none (Phi-4); LongRoPE
-    (rope_factors_long / _short tensors: the 128k models, Phi-3.5) and partial rotary (Phi-4-mini) are refused."""
-    if _find_tensor(reader, "rope_factors_long.weight") is not None:
-        raise ValueError(
-            f"GGUF file {path}: LongRoPE (rope_factors_long, Phi-3 128k / Phi-3.5) is not supported"
-        )
-    rotary = field_value(reader, "phi3.rope.dimension_count")
-    if rotary is not None and int(rotary) != head_dim:
-        raise ValueError(
-            f"GGUF file {path}: rotary on {rotary} of {head_dim} head dimensions (partial rotary, Phi-4-mini) is "
-            "not supported"
-        )
+    """Phi-3 / Phi-4 as llama.cpp's converter writes them: a sliding window of 0 means none (Phi-4), rotary on
+    `rope.dimension_count` of each head's dims (Phi-4-mini: 96 of 128), LongRoPE's factor sets as the
+    rope_factors_long / _short tensors with the cos/sin factor in `rope.scaling.attn_factor` (Phi-3 128k, Phi-3.5,
+    Phi-4-mini)."""
+    rotary = int(field_value(reader, "phi3.rope.dimension_count") or head_dim)
+    if rotary > head_dim or rotary % 2:
+        raise ValueError(f"GGUF file {path}: phi3.rope.dimension_count {rotary} for heads of {head_dim}")
     window = int(field_value(reader, "phi3.attention.sliding_window", 0) or 0)
     original = field_value(reader, "phi3.rope.scaling.original_context_length")
     if original is not None:
         kwargs["original_max_position_embeddings"] = int(original)
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": kwargs.pop("rope_theta", 10_000.0)}
+    rope.update(kwargs.pop("rope_scaling", None) or {})
+    long_factors = _find_tensor(reader, "rope_factors_long.weight")
+    if long_factors is not None:
+        short_factors = _find_tensor(reader, "rope_factors_short.weight")
+        if short_factors is None or original is None:
+            raise ValueError(
+                f"GGUF file {path}: LongRoPE needs rope_factors_short and phi3.rope.scaling.original_context_length"
+            )
+        rope.update(
+            rope_type="longrope", original_max_position_embeddings=int(original),
+            long_factor=np.asarray(long_factors.data, dtype=np.float64).reshape(-1).tolist(),
+            short_factor=np.asarray(short_factors.data, dtype=np.float64).reshape(-1).tolist(),
+        )  # fmt: skip
+        attn_factor = field_value(reader, "phi3.rope.scaling.attn_factor")
+        if attn_factor is not None:
+            rope["attention_factor"] = float(attn_factor)
+    if rotary != head_dim:
+        rope["partial_rotary_factor"] = rotary / head_dim
     return transformers.Phi3Config(
-        architectures=["Phi3ForCausalLM"], sliding_window=window or None, hidden_act="silu", **kwargs
+        architectures=["Phi3ForCausalLM"],
+        sliding_window=window or None,
+        hidden_act="silu",
+        rope_parameters=rope,
+        **kwargs,
     )
 
 

@@ -62,7 +62,7 @@ _NORMS_PLUS_ONE = frozenset({"gemma3"})
 # All experts of a layer in one 3-D tensor [experts, rows, columns]; the model keeps one layer per expert.
 _EXPERT_TENSORS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
 # Folded into the config (rope scaling) rather than loaded as a parameter.
-_CONFIG_ONLY_TENSORS = {"rope_freqs.weight"}
+_CONFIG_ONLY_TENSORS = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}
 _BLOCK_NAME = re.compile(r"blk\.(?P<layer>\d+)\.(?P<part>\w+)\.(?P<kind>weight|bias)")
 _GLOBAL_NAME = re.compile(r"(?P<part>\w+)\.(?P<kind>weight|bias)")
 _UNQUANTIZED = {

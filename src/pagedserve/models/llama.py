@@ -1,5 +1,5 @@
 """One Llama-family decoder: Llama 2/3 (llama3 rope scaling), Mistral, Qwen2 (q/k/v bias), Qwen3 (per-head q/k
-RMSNorm before the rotation), SmolLM2.
+RMSNorm before the rotation), SmolLM2; LongRoPE and partial rotary for Phi-3.5 / Phi-4-mini (models/phi3.py).
 
 Depends on layers/ and the attention interface only. Parameter names follow Hugging Face after merging q|k|v and
 gate|up, so `load_weights` maps checkpoint names onto shards.
@@ -21,7 +21,13 @@ from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.layernorm import RMSNorm, norm_q_k_heads
 from pagedserve.layers.linear import MergedLinear
 from pagedserve.layers.mlp import GatedMLP
-from pagedserve.layers.rotary import RotaryEmbedding, StepRotary
+from pagedserve.layers.rotary import (
+    USE_LONG_FACTOR,
+    RotaryEmbedding,
+    StepRotary,
+    is_longrope,
+    resolve_longrope,
+)
 from pagedserve.models.param_copy import copy_checkpoint_tensor
 
 # checkpoint name fragment -> (merged parameter fragment, shard id)
@@ -69,6 +75,37 @@ def without_sliding_window(config: Any) -> Any:
     config = copy.copy(config)
     config.sliding_window = None
     return config
+
+
+def config_for_serving(config: Any, table_positions: int, max_model_len: int) -> Any:
+    """`config` as the model is built to serve: rotary tables of `table_positions` rows (what a step reaches, not
+    the model's whole context) and LongRoPE's factor set chosen for max_model_len (layers/rotary.py). A copy when
+    anything changes; the engine's config stays as read."""
+    _, scaling = rope_settings(config)
+    checkpoint_positions = getattr(config, "max_position_embeddings", table_positions)
+    longrope = is_longrope(scaling)
+    if table_positions == checkpoint_positions and not longrope:
+        return config
+    config = copy.copy(config)
+    config.max_position_embeddings = table_positions
+    if longrope:
+        config.rope_parameters = resolve_longrope(scaling, checkpoint_positions, max_model_len)
+    return config
+
+
+def make_rotary(config: Any, head_dim: int) -> RotaryEmbedding:
+    """The model's rotary table: over the first partial_rotary_factor of each head (Phi-4-mini: 0.75), LongRoPE
+    resolved for the whole context when the config was not made by `config_for_serving` (a model built alone)."""
+    theta, scaling = rope_settings(config)
+    if is_longrope(scaling) and USE_LONG_FACTOR not in scaling:
+        positions = config.max_position_embeddings
+        scaling = resolve_longrope(scaling, positions, positions)
+    partial = (
+        (scaling or {}).get("partial_rotary_factor") or getattr(config, "partial_rotary_factor", None) or 1.0
+    )
+    return RotaryEmbedding(
+        head_dim, config.max_position_embeddings, theta, scaling, int(head_dim * float(partial))
+    )
 
 
 class AttentionShape(NamedTuple):
@@ -179,9 +216,8 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         num_heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
-        theta, scaling = rope_settings(config)
         # One table for all layers; a step's positions are looked up once (for_step).
-        self.rotary = RotaryEmbedding(head_dim, config.max_position_embeddings, theta, scaling)
+        self.rotary = make_rotary(config, head_dim)
 
     def forward(self, input_ids, positions, kv_caches, metadata, inputs_embeds=None) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds

@@ -3,9 +3,9 @@
 tensors are split into their parts at load, so tensor parallelism shards them as it shards Llama's.
 
 GGUF `phi3` files (llama.cpp keeps the same fusion: attn_qkv, ffn_up) split their rows of blocks the same way.
-Phi-3.5 and the 128k-context variants (LongRoPE, `rope_type` longrope), Phi-4-mini (rotary on part of each
-head, `partial_rotary_factor` < 1) and quantized Hugging Face checkpoints (scales laid out over the fused rows) are
-refused by name.
+Phi-3.5 and the 128k-context variants (LongRoPE) and Phi-4-mini (LongRoPE, rotary on 3/4 of each head) take their
+rotary table from models/llama.py::make_rotary. Quantized Hugging Face checkpoints (scales laid out over the fused
+rows) are refused by name.
 """
 
 from __future__ import annotations
@@ -18,16 +18,10 @@ import torch
 
 from pagedserve.attention.backend import AttentionBackend
 from pagedserve.layers.gguf_quant import QuantizedTensor
-from pagedserve.models.llama import LlamaForCausalLM, rope_settings
+from pagedserve.models.llama import LlamaForCausalLM
 
 
 def check_phi3_config(config: Any) -> None:
-    _, rope = rope_settings(config)
-    if float((rope or {}).get("partial_rotary_factor", 1.0)) != 1.0:
-        raise ValueError(
-            f"Phi-3 config: partial_rotary_factor {rope['partial_rotary_factor']} (rotary on part of each head, "
-            "Phi-4-mini) is not supported"
-        )
     if getattr(config, "hidden_act", "silu") != "silu":
         raise ValueError(f"Phi-3 config: hidden_act {config.hidden_act!r} is not supported (silu)")
 

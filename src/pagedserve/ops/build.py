@@ -65,8 +65,9 @@ SIGNATURES: dict[str, list] = {
     # x [rows, 2 * inter], out [rows, inter], rows, inter, dtype, threads
     "silu_and_mul": [_P] * 2 + [_I] * 2 + [ctypes.c_int, ctypes.c_int],
     "gelu_tanh_and_mul": [_P] * 2 + [_I] * 2 + [ctypes.c_int, ctypes.c_int],
-    # x, positions, cos_cache, sin_cache, rows, heads, head_dim, row_stride, max_position, dtype, threads
-    "rotary_neox": [_P] * 4 + [_I] * 5 + [ctypes.c_int, ctypes.c_int],
+    # x, positions, cos_cache, sin_cache, rows, heads, rot_dim, head_stride, row_stride, max_position, dtype,
+    # threads
+    "rotary_neox": [_P] * 4 + [_I] * 6 + [ctypes.c_int, ctypes.c_int],
     # logits [rows, n] bfloat16, out [rows] int64, rows, n, threads
     "argmax_bf16": [_P] * 2 + [_I] * 2 + [ctypes.c_int],
     # logits [batch, vocab] float32, vocab, rows [num_rows] int64, num_rows, masks [num_rows, words] int32, words

@@ -192,15 +192,17 @@ def _gated_mul(kernel: str, x: torch.Tensor) -> torch.Tensor:
 def rotary_neox_(
     x: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor, sin_cache: torch.Tensor
 ) -> None:
-    """Rotates x: [rows, heads, head_dim] in place (rows may be strided, heads and dims contiguous)."""
+    """Rotates x: [rows, heads, head_dim] in place (rows may be strided, heads and dims contiguous): the first
+    cos_cache.shape[1] values of each head (all of them, or part with partial rotary)."""
     library = build.load()
     rows, heads, head_dim = x.shape
-    assert library is not None and x.stride(2) == 1 and x.stride(1) == head_dim
+    rot_dim = cos_cache.shape[1]
+    assert library is not None and x.stride(2) == 1 and x.stride(1) == head_dim and rot_dim <= head_dim
     assert cos_cache.dtype == torch.float32 and cos_cache.is_contiguous() and sin_cache.is_contiguous()
     assert positions.dtype == torch.int64 and positions.is_contiguous() and positions.shape == (rows,)
     failed = library.rotary_neox(
-        x.data_ptr(), positions.data_ptr(), cos_cache.data_ptr(), sin_cache.data_ptr(), rows, heads, head_dim,
-        x.stride(0), cos_cache.shape[0], _code(x), torch.get_num_threads(),
+        x.data_ptr(), positions.data_ptr(), cos_cache.data_ptr(), sin_cache.data_ptr(), rows, heads, rot_dim,
+        head_dim, x.stride(0), cos_cache.shape[0], _code(x), torch.get_num_threads(),
     )  # fmt: skip
     if failed:
         raise ValueError(f"a position is outside the rotary table (0..{cos_cache.shape[0] - 1})")

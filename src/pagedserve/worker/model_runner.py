@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.linear import quantize_linears_fp8
 from pagedserve.layers.pooler import PoolingType
-from pagedserve.models.llama import without_sliding_window
+from pagedserve.models.llama import config_for_serving, without_sliding_window
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
 from pagedserve.outputs import PositionLogprobs
@@ -156,11 +155,7 @@ class ModelRunner:
         # Encoders' positions are learned: their table is the checkpoint's, whatever a step reaches.
         is_encoder = getattr(model_class, "is_encoder", False)
         self.is_classifier = bool(getattr(model_class, "is_classifier", False))
-        if reach != getattr(hf_config, "max_position_embeddings", reach) and not is_encoder:
-            model_hf_config = copy.copy(hf_config)
-            model_hf_config.max_position_embeddings = reach
-        else:
-            model_hf_config = hf_config
+        model_hf_config = hf_config if is_encoder else config_for_serving(hf_config, reach, max_model_len)
         if model_config.disable_sliding_window:  # max_model_len is capped at the window (engine/core.py)
             model_hf_config = without_sliding_window(model_hf_config)
         self.attention_backend = (

@@ -27,8 +27,8 @@ def load_model(path: pathlib.Path, keep_quantized: bool):
 
 
 def logits_of(model, config, tokens: list[int], chunks: list[int]) -> torch.Tensor:
-    caches = allocate_kv_caches(config, 8, BLOCK, torch.float32, torch.device("cpu"))
     blocks = list(range(-(-len(tokens) // BLOCK)))
+    caches = allocate_kv_caches(config, max(8, len(blocks)), BLOCK, torch.float32, torch.device("cpu"))
     outputs = []
     start = 0
     for size in chunks:

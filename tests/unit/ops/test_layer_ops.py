@@ -131,6 +131,25 @@ def test_rotary_in_place_on_a_strided_view(dtype, atol, rows):
     assert torch.equal(qkv[:, 12 * 64 :], v_before)  # only the rotated heads change
 
 
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+def test_partial_rotary_turns_the_first_dims_of_each_head_only(dtype, atol):
+    """Phi-4-mini's layout: 48 of 64 dims rotated by a LongRoPE table (its cos/sin factor included), the rest of
+    each head untouched, as transformers' apply_rotary_pos_emb does."""
+    scaling = {"rope_type": "longrope", "original_max_position_embeddings": 64, "factor": 32.0,
+               "short_factor": [1.0] * 24, "long_factor": [1.0 + i / 4 for i in range(24)], "use_long_factor": True}  # fmt: skip
+    rotary = RotaryEmbedding(64, 512, 10000.0, scaling, rotary_dim=48)
+    assert rotary.cos_cache.shape == (512, 48)
+    gen = torch.Generator().manual_seed(5)
+    qk = torch.randn(9, 6, 64, generator=gen).to(dtype)
+    positions = torch.randint(0, 512, (9,), generator=gen)
+    cos, sin = rotary.cos_sin(positions, dtype)
+    expected = apply_rotary(qk, cos, sin)
+    tail = qk[..., 48:].clone()
+    cpu_ops.rotary_neox_(qk, positions, rotary.cos_cache, rotary.sin_cache)
+    torch.testing.assert_close(qk, expected, atol=atol, rtol=1e-6)
+    assert torch.equal(qk[..., 48:], tail)
+
+
 def test_rotary_rejects_a_position_outside_the_table():
     rotary = RotaryEmbedding(64, 16, 10000.0)
     with pytest.raises(ValueError, match="position"):

@@ -128,12 +128,15 @@ int gelu_tanh_and_mul(const void *x, void *out, int64_t rows, int64_t inter, int
     return 0;
 }
 
-/* In place on the first `heads` heads of each row ("rotate half" layout): with c, s the cached cos and sin of the
- * row's position, x1' = x1 c - x2 s and x2' = x2 c + x1 s (each product rounded, as PyTorch does). cos/sin caches: float32 [max_position, head_dim]. */
+/* In place on the first `rot_dim` values of the first `heads` heads of each row ("rotate half" layout; heads are
+ * `head_stride` apart, so rot_dim < head_stride leaves the rest of a head as it is: partial rotary, Phi-4-mini): with
+ * c, s the cached cos and sin of the row's position, x1' = x1 c - x2 s and x2' = x2 c + x1 s (each product rounded,
+ * as PyTorch does). cos/sin caches: float32 [max_position, rot_dim]. */
 #define DEFINE_ROTARY(NAME, T, LOAD, STORE, ROUND)                                                                       \
     static int NAME(T *x, const int64_t *positions, const float *cos_cache, const float *sin_cache, int64_t rows, \
-                    int64_t heads, int64_t head_dim, int64_t row_stride, int64_t max_position, int threads) {    \
-        const int64_t half = head_dim / 2;                                                                       \
+                    int64_t heads, int64_t rot_dim, int64_t head_stride, int64_t row_stride, int64_t max_position, \
+                    int threads) {                                                                               \
+        const int64_t half = rot_dim / 2;                                                                       \
         int bad = 0;                                                                                             \
         _Pragma("omp parallel for num_threads(threads) if (rows >= PARALLEL_MIN_ROWS) schedule(static)")         \
         for (int64_t r = 0; r < rows; ++r) {                                                                     \
@@ -142,9 +145,9 @@ int gelu_tanh_and_mul(const void *x, void *out, int64_t rows, int64_t inter, int
                 bad = 1;                                                                                         \
                 continue;                                                                                        \
             }                                                                                                    \
-            const float *c = cos_cache + position * head_dim, *s = sin_cache + position * head_dim;              \
+            const float *c = cos_cache + position * rot_dim, *s = sin_cache + position * rot_dim;                \
             for (int64_t h = 0; h < heads; ++h) {                                                                \
-                T *v = x + r * row_stride + h * head_dim;                                                        \
+                T *v = x + r * row_stride + h * head_stride;                                                     \
                 _Pragma("omp simd") for (int64_t i = 0; i < half; ++i) {                                         \
                     const float a = LOAD(v[i]), b = LOAD(v[i + half]);                                           \
                     const float c1 = ROUND(c[i]), s1 = ROUND(s[i]);                                              \
@@ -161,13 +164,13 @@ DEFINE_ROTARY(rotary_f32, float, F32_LOAD, F32_STORE, F32_ROUND)
 DEFINE_ROTARY(rotary_bf16, uint16_t, bf16_to_f32, f32_to_bf16, BF16_ROUND)
 
 int rotary_neox(void *x, const int64_t *positions, const float *cos_cache, const float *sin_cache, int64_t rows,
-                int64_t heads, int64_t head_dim, int64_t row_stride, int64_t max_position, int dtype,
-                int threads) {
+                int64_t heads, int64_t rot_dim, int64_t head_stride, int64_t row_stride, int64_t max_position,
+                int dtype, int threads) {
     if (dtype == 0)
-        return rotary_f32(x, positions, cos_cache, sin_cache, rows, heads, head_dim, row_stride, max_position,
-                          threads);
-    return rotary_bf16(x, positions, cos_cache, sin_cache, rows, heads, head_dim, row_stride, max_position,
-                       threads);
+        return rotary_f32(x, positions, cos_cache, sin_cache, rows, heads, rot_dim, head_stride, row_stride,
+                          max_position, threads);
+    return rotary_bf16(x, positions, cos_cache, sin_cache, rows, heads, rot_dim, head_stride, row_stride,
+                       max_position, threads);
 }
 
 /* Scatter each row's K and V heads to its slot (block = slot / block_size). Cache layouts as attention/backend.py:
