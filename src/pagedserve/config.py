@@ -13,7 +13,7 @@ import textwrap
 import typing
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 from pagedserve.json_configs import SpeculativeConfig, StructuredOutputsConfig
 
@@ -87,6 +87,12 @@ class ModelConfig:
     top_k, min_p, repetition_penalty, max_new_tokens (a server-wide cap on max_tokens); with --generation-config
     vllm, only these. Other keys are refused by name."""
 
+    hf_overrides: dict[str, Any] = field(default_factory=dict)
+    """Values set over the checkpoint's config.json before it is read (vLLM's flag, a JSON object), e.g.
+    '{"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}' to serve
+    Qwen2.5 / Qwen3 past 32k. A dict merges into the dict or sub-config it names (rope_theta stays); other values
+    replace (models/hf_overrides.py)."""
+
     chat_template: str | None = None
     """Jinja chat template file or inline string overriding the tokenizer's."""
 
@@ -133,6 +139,10 @@ class ModelConfig:
         _at_least(self, "max_model_len", 1, optional=True)
         _at_least(self, "max_logprobs", -1, "-1 for the whole vocabulary")
         _at_least(self, "cpu_threads", 1, optional=True)
+        if not isinstance(self.hf_overrides, dict):  # vLLM's Python API also takes a function: not offered
+            raise ValueError(
+                f"hf_overrides must be a dict (a JSON object), got {type(self.hf_overrides).__name__}"
+            )
         resolved_runner(self)
 
 

@@ -104,10 +104,17 @@ def test_disable_custom_all_reduce_reduces_over_gloo_with_the_same_result(tmp_pa
     assert len(maps) == 2 and not any("/dev/shm/pagedserve-tp-" in m for m in maps)
 
 
-def _tp2_matches_transformers(folder: pathlib.Path, tensor_parallel_size: int = 2, **llm_kwargs) -> list[str]:
-    """Greedy tokens and logprobs of `folder` at TP=2 (or `tensor_parallel_size`) against transformers; the ranks'
-    /proc maps."""
-    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+def _tp2_matches_transformers(
+    folder: pathlib.Path,
+    tensor_parallel_size: int = 2,
+    reference_folder: pathlib.Path | None = None,
+    **llm_kwargs,
+) -> list[str]:
+    """Greedy tokens and logprobs of `folder` at TP=2 (or `tensor_parallel_size`) against transformers on
+    `reference_folder` (default: the same); the ranks' /proc maps."""
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        reference_folder or folder, dtype=torch.float32
+    ).eval()
     prompt = torch.randint(0, 49152, (21,), generator=torch.Generator().manual_seed(3)).tolist()
     llm = LLM(
         model=str(folder), dtype="float32", max_model_len=128, kv_cache_memory_bytes=2**22,

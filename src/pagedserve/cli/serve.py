@@ -50,7 +50,8 @@ UNSUPPORTED_FLAGS = {
     "--kv-transfer-config": "no disaggregated prefill / KV transfer connector",
     "--enable-expert-parallel": "mixture-of-experts layers shard every expert over the tensor-parallel ranks "
     "(no expert parallelism)",
-    "--hf-overrides": "the checkpoint's config.json is used as written",
+    "--rope-scaling": "removed from vLLM too; use --hf-overrides '{\"rope_scaling\": {...}}'",
+    "--rope-theta": "removed from vLLM too; use --hf-overrides '{\"rope_theta\": ...}'",
     "--compilation-config": "pagedserve runs no torch.compile; its decode graphs are on unless --enforce-eager",
     "--async-scheduling": "each step is scheduled once the previous one's tokens are known",
     "--attention-backend": "the device picks it; PAGEDSERVE_ATTENTION_BACKEND overrides (cpu, cpu_torch, triton)",

@@ -51,8 +51,9 @@ class EngineCore:
                 "headless: this node runs workers only (pagedserve serve --headless), not an engine"
             )
         source = source or resolve_model_source(
-            mc.model, mc.load_format, revision=mc.revision, download_dir=mc.download_dir
-        )
+            mc.model, mc.load_format, revision=mc.revision, download_dir=mc.download_dir,
+            hf_overrides=mc.hf_overrides,
+        )  # fmt: skip
         device = resolve_device(mc.device)
         quantization = resolve_quantization(
             mc.quantization, source.format, has_gguf_panel_kernels(device), source.quantization_method

@@ -41,8 +41,9 @@ def load_tokenizer_for(config: EngineConfig) -> tuple[Any, ModelSource]:
 
     mc = config.model
     source = resolve_model_source(
-        mc.model, mc.load_format, revision=mc.revision, download_dir=mc.download_dir
-    )
+        mc.model, mc.load_format, revision=mc.revision, download_dir=mc.download_dir,
+        hf_overrides=mc.hf_overrides,
+    )  # fmt: skip
     tokenizer_revision = mc.tokenizer_revision or mc.revision  # vLLM's default
     return load_tokenizer(
         source, mc.tokenizer, revision=tokenizer_revision, download_dir=mc.download_dir

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pagedserve.layers.rope_scaling import scaled_context
 from pagedserve.models.bert import position_offset
 from pagedserve.models.hf_folder import sentence_transformers_pooling
-from pagedserve.models.llama import smallest_attention_window
+from pagedserve.models.llama import rope_settings, smallest_attention_window
 
 
 def pooling_task(hf_config: Any, classifier: bool) -> str:
@@ -31,10 +32,14 @@ def pooling_rule(path: Any, is_encoder: bool) -> str:
 
 def sliding_window_limit(hf_config: Any, disable_sliding_window: bool) -> int:
     """The longest max_model_len the model takes without VLLM_ALLOW_LONG_MAX_MODEL_LEN: its
-    max_position_embeddings, capped at its smallest window with --disable-sliding-window (vLLM's rule). Qwen's
+    max_position_embeddings (YaRN's original context times its factor), capped at its smallest window with --disable-sliding-window (vLLM's rule). Qwen's
     use_sliding_window runs only that way: its per-layer rule differs between Qwen2, Qwen2-MoE and Qwen3-MoE."""
     # RoBERTa's positions start at pad_token_id + 1 in its table (XLM-R: 514 rows, 512 tokens).
-    max_positions = int(getattr(hf_config, "max_position_embeddings", 2048)) - position_offset(hf_config)
+    # YaRN and linear scaling extend the context past max_position_embeddings (vLLM derives the same length).
+    max_positions = scaled_context(
+        rope_settings(hf_config)[1], int(getattr(hf_config, "max_position_embeddings", 2048))
+    )
+    max_positions -= position_offset(hf_config)
     window = smallest_attention_window(hf_config)
     if getattr(hf_config, "use_sliding_window", False) and window and not disable_sliding_window:
         raise ValueError(

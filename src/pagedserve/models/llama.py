@@ -21,13 +21,8 @@ from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.layernorm import RMSNorm, norm_q_k_heads
 from pagedserve.layers.linear import MergedLinear
 from pagedserve.layers.mlp import GatedMLP
-from pagedserve.layers.rotary import (
-    USE_LONG_FACTOR,
-    RotaryEmbedding,
-    StepRotary,
-    is_longrope,
-    resolve_longrope,
-)
+from pagedserve.layers.rope_scaling import needs_resolving, resolve_rope
+from pagedserve.layers.rotary import RotaryEmbedding, StepRotary
 from pagedserve.models.param_copy import copy_checkpoint_tensor
 
 # checkpoint name fragment -> (merged parameter fragment, shard id)
@@ -79,27 +74,28 @@ def without_sliding_window(config: Any) -> Any:
 
 def config_for_serving(config: Any, table_positions: int, max_model_len: int) -> Any:
     """`config` as the model is built to serve: rotary tables of `table_positions` rows (what a step reaches, not
-    the model's whole context) and LongRoPE's factor set chosen for max_model_len (layers/rotary.py). A copy when
-    anything changes; the engine's config stays as read."""
+    the model's whole context), LongRoPE's and YaRN's parameters fixed from the checkpoint first, LongRoPE's factor
+    set chosen for max_model_len (layers/rope_scaling.py). A copy when anything changes; the engine's config stays
+    as read."""
     _, scaling = rope_settings(config)
     checkpoint_positions = getattr(config, "max_position_embeddings", table_positions)
-    longrope = is_longrope(scaling)
-    if table_positions == checkpoint_positions and not longrope:
+    resolve = needs_resolving(scaling)
+    if table_positions == checkpoint_positions and not resolve:
         return config
     config = copy.copy(config)
     config.max_position_embeddings = table_positions
-    if longrope:
-        config.rope_parameters = resolve_longrope(scaling, checkpoint_positions, max_model_len)
+    if resolve:
+        config.rope_parameters = resolve_rope(scaling, checkpoint_positions, max_model_len)
     return config
 
 
 def make_rotary(config: Any, head_dim: int) -> RotaryEmbedding:
-    """The model's rotary table: over the first partial_rotary_factor of each head (Phi-4-mini: 0.75), LongRoPE
-    resolved for the whole context when the config was not made by `config_for_serving` (a model built alone)."""
+    """The model's rotary table: over the first partial_rotary_factor of each head (Phi-4-mini: 0.75); LongRoPE and
+    YaRN resolved for the whole context when the config was not made by `config_for_serving` (a model built alone)."""
     theta, scaling = rope_settings(config)
-    if is_longrope(scaling) and USE_LONG_FACTOR not in scaling:
+    if needs_resolving(scaling):
         positions = config.max_position_embeddings
-        scaling = resolve_longrope(scaling, positions, positions)
+        scaling = resolve_rope(scaling, positions, positions)
     partial = (
         (scaling or {}).get("partial_rotary_factor") or getattr(config, "partial_rotary_factor", None) or 1.0
     )

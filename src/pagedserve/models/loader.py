@@ -27,6 +27,7 @@ from pagedserve.models.awq_gptq_config import AwqGptqConfig, parse_awq_gptq_conf
 from pagedserve.models.bundled import BUNDLED_MODEL_NAME, bundled_model_path
 from pagedserve.models.ct_scheme import CompressedTensorsConfig, parse_compressed_tensors_config
 from pagedserve.models.fp8_config import parse_fp8_config
+from pagedserve.models.hf_overrides import apply_hf_overrides
 from pagedserve.models.weight_progress import with_progress
 
 SourceFormat = Literal["safetensors", "gguf", "dummy"]
@@ -212,9 +213,20 @@ def resolve_model_source(
     *,
     revision: str | None = None,
     download_dir: str | None = None,
+    hf_overrides: dict[str, Any] | None = None,
 ) -> ModelSource:
     """Find and validate a model: config, sampling defaults and EOS ids now, weights later via iter_weights.
-    `model` is a folder, a .gguf file, or a Hub id found in the local Hub cache at `revision` (--download-dir)."""
+    `model` is a folder, a .gguf file, or a Hub id found in the local Hub cache at `revision` (--download-dir);
+    `hf_overrides` are set over its config (--hf-overrides)."""
+    source = _resolve_source(model, load_format, revision, download_dir)
+    if hf_overrides:
+        apply_hf_overrides(source.hf_config, hf_overrides)
+    return source
+
+
+def _resolve_source(
+    model: str | None, load_format: str, revision: str | None, download_dir: str | None
+) -> ModelSource:
     if load_format not in get_args(LoadFormatName):
         raise ValueError(
             f"load_format must be one of {', '.join(get_args(LoadFormatName))}, got {load_format!r}"

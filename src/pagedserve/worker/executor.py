@@ -62,6 +62,7 @@ def build_runner(spec: RunnerSpec, source: Any = None) -> ModelRunner:
             spec.model.load_format,
             revision=spec.model.revision,
             download_dir=spec.model.download_dir,
+            hf_overrides=spec.model.hf_overrides,
         )
     weights = None if source.format == "dummy" else source.iter_weights(spec.quantization is not None)
     return ModelRunner(

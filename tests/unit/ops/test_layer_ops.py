@@ -136,7 +136,8 @@ def test_partial_rotary_turns_the_first_dims_of_each_head_only(dtype, atol):
     """Phi-4-mini's layout: 48 of 64 dims rotated by a LongRoPE table (its cos/sin factor included), the rest of
     each head untouched, as transformers' apply_rotary_pos_emb does."""
     scaling = {"rope_type": "longrope", "original_max_position_embeddings": 64, "factor": 32.0,
-               "short_factor": [1.0] * 24, "long_factor": [1.0 + i / 4 for i in range(24)], "use_long_factor": True}  # fmt: skip
+               "short_factor": [1.0] * 24, "long_factor": [1.0 + i / 4 for i in range(24)], "use_long_factor": True,
+               "resolved_for_serving": True}  # fmt: skip
     rotary = RotaryEmbedding(64, 512, 10000.0, scaling, rotary_dim=48)
     assert rotary.cos_cache.shape == (512, 48)
     gen = torch.Generator().manual_seed(5)

@@ -102,6 +102,10 @@ def test_model_is_optional() -> None:
         ),
         (["--max-num-queued-reqs", "0"], "--max-num-queued-reqs"),
         (["--ready-stall-seconds", "0.1"], "--ready-stall-seconds"),
+        (
+            ["--rope-scaling", '{"rope_type": "yarn"}'],
+            "--rope-scaling is not supported: removed from vLLM too",
+        ),
     ],
 )
 def test_unsupported_flags_fail_with_one_line(argv: list[str], fragment: str, capsys: Any) -> None:
@@ -162,6 +166,21 @@ def test_speculative_config_parses_as_vllms(monkeypatch: pytest.MonkeyPatch) -> 
     assert serve.run(parse()) == 0 and captured["engine"].speculative is None
 
 
+def test_hf_overrides_parse_as_vllms(monkeypatch: pytest.MonkeyPatch) -> None:
+    captured: dict[str, Any] = {}
+
+    async def fake_serve(engine_config: Any, server_config: Any, in_process: bool) -> int:
+        captured["engine"] = engine_config
+        return 0
+
+    monkeypatch.setattr(serve, "_serve", fake_serve)
+    yarn = '{"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}'
+    assert serve.run(parse("--hf-overrides", yarn)) == 0
+    assert captured["engine"].model.hf_overrides["rope_scaling"]["factor"] == 4.0
+    with pytest.raises(SystemExit):
+        parse("--hf-overrides", "rope_scaling=yarn")  # not a JSON object (vLLM's syntax)
+
+
 def test_lora_flags_parse_as_vllms(monkeypatch: pytest.MonkeyPatch) -> None:
     captured: dict[str, Any] = {}
 
@@ -209,6 +228,7 @@ def test_bad_speculative_config_is_an_argparse_error(value: str, fragment: str, 
         ({"tokenizer_mode": "mistral"}, "tokenizer_mode must be one of auto, hf"),
         ({"kv_cache_dtype": "fp8_e5m2"}, "kv_cache_dtype must be one of auto, fp8, fp8_e4m3"),
         ({"scheduling_policy": "lifo"}, "scheduling_policy must be one of fcfs, priority"),
+        ({"hf_overrides": lambda config: config}, "hf_overrides must be a dict"),
     ],
 )
 def test_llm_keyword_arguments_outside_their_choices_are_named(kwargs: dict[str, str], message: str) -> None:
