@@ -154,18 +154,20 @@ def _at_least(config: object, name: str, low: float, note: str = "", optional: b
         raise ValueError(f"{name} must be >= {low}{f' ({note})' if note else ''}, got {value!r}")
 
 
-def resolved_runner(config: ModelConfig, is_encoder: bool = False) -> str:
-    """generate or pooling, from --runner and vLLM's older --task (auto: pooling for an encoder, as vLLM picks for
-    embedding architectures); ValueError when they disagree or an encoder is asked to generate."""
+def resolved_runner(config: ModelConfig, pooling_only: bool = False) -> str:
+    """generate or pooling, from --runner and vLLM's older --task (auto: pooling for a model without an LM head, an
+    encoder or a sequence classifier, as vLLM picks for such architectures); ValueError when they disagree or such
+    a model is asked to generate."""
     from_task = {"generate": "generate", "embed": "pooling", "embedding": "pooling"}.get(config.task)
     if config.runner != "auto" and from_task is not None and from_task != config.runner:
         raise ValueError(f"runner {config.runner} and task {config.task} disagree")
     runner = (
-        config.runner if config.runner != "auto" else from_task or ("pooling" if is_encoder else "generate")
+        config.runner if config.runner != "auto" else from_task or ("pooling" if pooling_only else "generate")
     )
-    if is_encoder and runner != "pooling":
+    if pooling_only and runner != "pooling":
         raise ValueError(
-            "runner generate: this model is an encoder, it serves embeddings only (--runner pooling)"
+            "runner generate: this model has no language-model head (an encoder or a sequence classifier), it "
+            "serves embeddings or scores only (--runner pooling)"
         )
     return runner
 

@@ -186,3 +186,50 @@ def test_classifier_serves_classify_only(tmp_path_factory: pytest.TempPathFactor
             assert response.status_code == 400 and "does not support" in response.json()["error"]["message"]
     finally:
         server.terminate()
+
+
+@pytest.fixture(scope="module")
+def llm_reranker(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Qwen3 causal LM served as Qwen3-Reranker is with vLLM: --hf-overrides turns it into a one-label
+    classifier whose score is p("yes") against p("no") after the pair."""
+    from tests.tiny_models import write_tiny_qwen
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3-reranker")
+    model = write_tiny_qwen(folder, version=3, max_positions=256, seed=3)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    no, yes = tokenizer.convert_tokens_to_ids(["no", "yes"])
+    texts = ["What is paged attention?", "Blocks of KV cache.", "Paris is in France.", "The moon orbits."]
+    with torch.no_grad():
+        scores = []
+        for document in texts[1:]:
+            last = model(**tokenizer(texts[0], document, return_tensors="pt")).logits[0, -1]
+            scores.append(float(last[[no, yes]].softmax(-1)[1]))
+    overrides = (
+        '{"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"], '
+        '"is_original_qwen3_reranker": true}'
+    )
+    server = launch(
+        tmp_path_factory.mktemp("qwen3-rerank-server"), str(folder), "--served-model-name", "qwen3-rerank",
+        "--max-model-len", "128", "--dtype", "float32", "--hf-overrides", overrides,
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        yield server, texts, scores
+    finally:
+        server.terminate()
+
+
+def test_qwen3_reranker_through_hf_overrides_serves_rerank(llm_reranker) -> None:
+    server, texts, expected = llm_reranker
+    body = httpx.post(
+        f"{server.url}/v1/rerank", json={"query": texts[0], "documents": texts[1:]}, timeout=60
+    ).json()
+    order = sorted(range(3), key=lambda i: -expected[i])
+    assert [r["index"] for r in body["results"]] == order
+    assert [r["relevance_score"] for r in body["results"]] == pytest.approx(
+        [expected[i] for i in order], abs=1e-5
+    )
+    refused = httpx.post(
+        f"{server.url}/v1/completions", json={"model": "qwen3-rerank", "prompt": "hi"}, timeout=60
+    )
+    assert refused.status_code == 400 and "does not support" in refused.json()["error"]["message"]

@@ -165,7 +165,7 @@ def test_encoder_embeddings_are_transformers_pooled(tmp_path, kind, pooling) -> 
 
 def test_encoder_refusals(tmp_path) -> None:
     write_tiny_encoder(tmp_path)
-    with pytest.raises(ValueError, match="encoder, it serves embeddings only"):
+    with pytest.raises(ValueError, match="an encoder or a sequence classifier"):
         LLM(str(tmp_path), runner="generate")
     with pytest.raises(ValueError, match="without tensor parallelism"):
         LLM(str(tmp_path), tensor_parallel_size=2)

@@ -87,10 +87,13 @@ class EngineCore:
         model_class = resolve_model_class(hf_config)
         is_encoder = bool(getattr(model_class, "is_encoder", False))
         classifier = bool(getattr(model_class, "is_classifier", False))
-        runner_kind = resolved_runner(mc, is_encoder)
+        runner_kind = resolved_runner(mc, pooling_only=is_encoder or classifier)
         pooling_type = "LAST"
-        if runner_kind == "pooling":  # a cross-encoder's head reads the CLS row
-            pooling_type = "CLS" if classifier else pooling_rule(source.path, is_encoder)
+        if runner_kind == "pooling":  # an encoder's head reads the CLS row, a decoder's the last token's
+            if classifier:
+                pooling_type = "CLS" if is_encoder else "LAST"
+            else:
+                pooling_type = pooling_rule(source.path, is_encoder)
             whole = is_encoder or pooling_type != "LAST"
             if whole and (sc.enable_chunked_prefill or cc.enable_prefix_caching):
                 # CLS and MEAN pool every row of a prompt, and an encoder's rows depend on the whole prompt: each
@@ -102,6 +105,11 @@ class EngineCore:
             raise ValueError(
                 f"{hf_config.architectures[0]} (an encoder) runs without tensor parallelism, LoRA adapters or "
                 "speculative decoding"
+            )
+        if classifier and (lora is not None or config.speculative is not None):
+            raise ValueError(
+                f"{hf_config.architectures[0]} (a sequence classifier) runs without LoRA adapters or speculative "
+                "decoding"
             )
         token_budget = sc.token_budget(max_model_len)
         spec = RunnerSpec(

@@ -25,6 +25,7 @@ from pagedserve.layers.input_perm import PermutedWeight
 from pagedserve.models import awq_gptq, ct_weights, gguf_config, gguf_weights, hf_folder, hub_cache
 from pagedserve.models.awq_gptq_config import AwqGptqConfig, parse_awq_gptq_config
 from pagedserve.models.bundled import BUNDLED_MODEL_NAME, bundled_model_path
+from pagedserve.models.causal_classifier import resolve_classifier_tokens
 from pagedserve.models.ct_scheme import CompressedTensorsConfig, parse_compressed_tensors_config
 from pagedserve.models.fp8_config import parse_fp8_config
 from pagedserve.models.hf_overrides import apply_hf_overrides
@@ -221,6 +222,7 @@ def resolve_model_source(
     source = _resolve_source(model, load_format, revision, download_dir)
     if hf_overrides:
         apply_hf_overrides(source.hf_config, hf_overrides)
+    resolve_classifier_tokens(source.hf_config, source.path)  # Qwen3-Reranker's "no" / "yes" (--hf-overrides)
     return source
 
 

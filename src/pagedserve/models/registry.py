@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from pagedserve.models.bert import ENCODER_MODELS
+from pagedserve.models.causal_classifier import CAUSAL_CLASSIFIERS
 from pagedserve.models.gemma3 import GEMMA3_MODELS
 from pagedserve.models.llama import (
     LlamaForCausalLM,
@@ -26,6 +27,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     **MOE_MODELS,
     **GEMMA3_MODELS,
     **ENCODER_MODELS,
+    **CAUSAL_CLASSIFIERS,
 }
 
 

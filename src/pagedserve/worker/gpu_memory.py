@@ -44,7 +44,9 @@ def profile_activation_bytes(
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     hidden = model(step.input_ids, step.positions, caches, step.metadata)
-    logits = model.compute_logits(hidden[step.last_token_rows]).float()
+    # A classifier's head is a few rows; a language model's logits are the step's largest tensor.
+    head = model.classify if getattr(model, "is_classifier", False) else model.compute_logits
+    logits = head(hidden[step.last_token_rows]).float()
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     del hidden, logits, caches, step

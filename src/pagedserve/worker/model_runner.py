@@ -235,7 +235,8 @@ class ModelRunner:
         self.sampler = Sampler()
         self.sequences: dict[str, RunnerSequence] = {}
         self.decode_graphs = None
-        if not model_config.enforce_eager and not self.is_encoder:
+        # Decode graphs end in the LM head: pooling-only models (encoders, classifiers) have none to replay.
+        if not model_config.enforce_eager and not self.is_encoder and not self.is_classifier:
             self.decode_graphs = make_decode_graphs(
                 self.model, self.kv_caches, self.attention_backend, self.device, self.dtype,
                 hf_config.hidden_size, self.block_size, max_num_seqs, max_model_len, tp.size,
@@ -310,7 +311,7 @@ class ModelRunner:
             hidden = None
             if step_logits is None:
                 extra = {}
-                if self.is_classifier:
+                if self.is_classifier and self.is_encoder:  # BERT's second text of a pair is token type 1
                     types = [state.new.sampling_params.pooling for state in states]
                     extra["token_type_ids"] = token_types(step, types, self.device)
                 hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata, **extra)

@@ -28,11 +28,12 @@ def pooled_vectors(
     params: list[PoolingParams],
     pooling_type: PoolingType,
 ) -> list[list[float]]:
-    """One vector a sequence: its pooled hidden states, or on a sequence classifier the head on the first (CLS) row,
-    one value a label: probabilities (softmax; a sigmoid for one label, a cross-encoder's score, vLLM's rule), or
-    the logits where use_activation is off."""
+    """One vector a sequence: its pooled hidden states, or on a sequence classifier the head on the first (CLS) row
+    of an encoder or the last row of a decoder (`pooling_type`), one value a label: probabilities (softmax; a
+    sigmoid for one label, a cross-encoder's score, vLLM's rule), or the logits where use_activation is off."""
     if getattr(model, "is_classifier", False):
-        logits = model.classify(hidden[[first for first, _ in spans]]).float()  # type: ignore[operator]
+        rows = [last if pooling_type == "LAST" else first for first, last in spans]
+        logits = model.classify(hidden[rows]).float()  # type: ignore[operator]
         probs = logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(-1)
         activate = torch.tensor([p.use_activation for p in params], device=logits.device).unsqueeze(1)
         return torch.where(activate, probs, logits).tolist()
