@@ -119,6 +119,27 @@ def write_tiny_gemma3(folder: pathlib.Path, multimodal: bool = False, seed: int 
     return model
 
 
+def write_tiny_gemma2(folder: pathlib.Path, seed: int = 0) -> Any:
+    """A 4-layer Gemma 2 with the bundled tokenizer: sliding (window 6) and global layers alternating, soft-caps
+    small enough to bend its scores (attention 2, logits 3; the real ones are 50 and 30 for weights of real scale),
+    a query_pre_attn_scalar that is not the head size; returns the float32 model."""
+    tokenizer = bundled_tokenizer()
+    config = transformers.Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, sliding_window=6,
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0, max_position_embeddings=256,
+        initializer_range=0.2, rms_norm_eps=1e-6, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, pad_token_id=0,
+    )  # fmt: skip
+    config.architectures = ["Gemma2ForCausalLM"]
+    torch.manual_seed(seed)
+    model = transformers.Gemma2ForCausalLM(config).to(torch.float32).eval()
+    randomize_gemma_norms(model, seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
 ENCODER_WORDS = [f"w{i}" for i in range(59)]
 
 

@@ -3,7 +3,8 @@ multimodal checkpoint served text-only; local layers with a 6-token window besid
 window on every layer) and Phi-3 (fused q|k|v and gate|up, a 6-token window). Greedy tokens and logprobs equal
 transformers' over a 21-token prompt chunked into steps of 8 tokens and 6 decode steps (replayed CPU decode graphs,
 which keep the window), at TP=1 and, for Gemma 3 and Phi-3, at TP=2; requests sharing a prefix longer than the
-window give what each gives alone; a LoRA adapter on Gemma 3 (text and multimodal names) gives its merged
+window give what each gives alone; Gemma 2 (a window on every other layer, attention and final soft-caps) at TP=1
+and TP=2; a LoRA adapter on Gemma 3 (text and multimodal names) gives its merged
 checkpoint's output."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import transformers
 from tests.integration.test_tensor_parallel import _tp2_matches_transformers
 from tests.lora_writer import merged_state_dict, write_adapter
-from tests.tiny_models import bundled_tokenizer, write_tiny_gemma3
+from tests.tiny_models import bundled_tokenizer, write_tiny_gemma2, write_tiny_gemma3
 
 from pagedserve import LLM, SamplingParams
 from pagedserve.lora.request import LoRARequest
@@ -59,10 +60,11 @@ def folders(tmp_path_factory):
     write_tiny_gemma3(root / "gemma3-multimodal", multimodal=True, seed=1)
     write_tiny_mistral(root / "mistral")
     write_tiny_phi3(root / "phi3")
+    write_tiny_gemma2(root / "gemma2", seed=3)
     return root
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "gemma3-multimodal", "mistral", "phi3"])
+@pytest.mark.parametrize("kind", ["gemma3", "gemma3-multimodal", "mistral", "phi3", "gemma2"])
 def test_greedy_tokens_and_logprobs_match_transformers(folders, kind, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="pagedserve"):
         _tp2_matches_transformers(folders / kind, tensor_parallel_size=1)
@@ -71,7 +73,7 @@ def test_greedy_tokens_and_logprobs_match_transformers(folders, kind, caplog) ->
     assert "decode graphs: batch 1 captured" in caplog.text
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "phi3"])
+@pytest.mark.parametrize("kind", ["gemma3", "phi3", "gemma2"])
 def test_at_tp2_matches_transformers(folders, kind) -> None:
     """Each rank a slice of the heads (Phi-3's fused q|k|v split at load, then sharded as Llama's)."""
     _tp2_matches_transformers(folders / kind)

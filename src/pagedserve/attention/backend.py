@@ -56,8 +56,14 @@ class AttentionBackend(Protocol):
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,  # a query sees only its last this many keys (itself included)
+        softcap: float | None = None,  # scores become softcap * tanh(score / softcap) (Gemma 2)
     ) -> torch.Tensor:  # [T, Hq, D]
         ...
+
+
+def soft_cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Gemma 2's attention logit soft-capping: softcap * tanh(scores / softcap); scores as they are without it."""
+    return scores if not softcap else torch.tanh(scores / softcap) * softcap
 
 
 def key_rows(k_cache: torch.Tensor) -> torch.Tensor:

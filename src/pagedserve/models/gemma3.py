@@ -58,10 +58,12 @@ class Gemma3Attention(LlamaAttention):
 
 
 class Gemma3DecoderLayer(nn.Module):
+    attention_class: type[nn.Module] = Gemma3Attention
+
     def __init__(self, config: Any, backend: AttentionBackend, layer_index: int) -> None:
         super().__init__()
         self.is_sliding = config.layer_types[layer_index] == _SLIDING
-        self.self_attn = Gemma3Attention(config, backend, layer_index)
+        self.self_attn = self.attention_class(config, backend, layer_index)
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, gelu_tanh=True)
         hidden, eps = config.hidden_size, config.rms_norm_eps
         self.input_layernorm = GemmaRMSNorm(hidden, eps)
@@ -82,21 +84,31 @@ class Gemma3DecoderLayer(nn.Module):
 
 
 class Gemma3Model(nn.Module):
+    layer_class: type[nn.Module] = Gemma3DecoderLayer
+
     def __init__(self, config: Any, backend: AttentionBackend) -> None:
         super().__init__()
-        check_gemma3_config(config)
+        self.check_config(config)
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.embed_scale = config.hidden_size**0.5
         self.layers = nn.ModuleList(
-            Gemma3DecoderLayer(config, backend, index) for index in range(config.num_hidden_layers)
+            self.layer_class(config, backend, index) for index in range(config.num_hidden_layers)
         )
         self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
-        head_dim = config.head_dim
-        self.local_rotary = RotaryEmbedding(
-            head_dim, config.max_position_embeddings, *_layer_rope(config, _SLIDING)
-        )
-        self.global_rotary = RotaryEmbedding(
-            head_dim, config.max_position_embeddings, *_layer_rope(config, "full_attention")
+        self.local_rotary, self.global_rotary = self.make_rotaries(config)
+
+    @staticmethod
+    def check_config(config: Any) -> None:
+        check_gemma3_config(config)
+
+    @staticmethod
+    def make_rotaries(config: Any) -> tuple[RotaryEmbedding, RotaryEmbedding]:
+        """(local layers' table, global layers' table): each kind of layer its own theta and scaling."""
+        return (
+            RotaryEmbedding(config.head_dim, config.max_position_embeddings, *_layer_rope(config, _SLIDING)),
+            RotaryEmbedding(
+                config.head_dim, config.max_position_embeddings, *_layer_rope(config, "full_attention")
+            ),
         )
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -107,7 +119,11 @@ class Gemma3Model(nn.Module):
     def forward(self, input_ids, positions, kv_caches, metadata, inputs_embeds=None) -> torch.Tensor:
         hidden = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         local_rope = self.local_rotary.for_step(positions, hidden.dtype)
-        global_rope = self.global_rotary.for_step(positions, hidden.dtype)
+        global_rope = (
+            local_rope
+            if self.global_rotary is self.local_rotary
+            else self.global_rotary.for_step(positions, hidden.dtype)
+        )
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
             rope = local_rope if layer.is_sliding else global_rope

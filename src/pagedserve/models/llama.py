@@ -143,6 +143,7 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.backend = backend
         self.sliding_window = attention_window(config, layer_index)
+        self.softcap: float | None = None  # Gemma 2's attention logit soft-capping (models/gemma2.py)
         self.q_size, self.kv_size = q_size, kv_size
 
     def forward(self, rope: StepRotary, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
@@ -158,7 +159,7 @@ class LlamaAttention(nn.Module):
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, self.q_size + self.kv_size :].reshape(tokens, self.num_kv_heads, self.head_dim)
         out = self.backend.forward(
-            q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.sliding_window
+            q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.sliding_window, self.softcap
         )
         return self.o_proj(out.reshape(tokens, -1))
 

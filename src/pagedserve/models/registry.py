@@ -8,6 +8,7 @@ from torch import nn
 
 from pagedserve.models.bert import ENCODER_MODELS
 from pagedserve.models.causal_classifier import CAUSAL_CLASSIFIERS
+from pagedserve.models.gemma2 import Gemma2ForCausalLM
 from pagedserve.models.gemma3 import GEMMA3_MODELS
 from pagedserve.models.llama import (
     LlamaForCausalLM,
@@ -24,6 +25,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "Phi3ForCausalLM": Phi3ForCausalLM,
+    "Gemma2ForCausalLM": Gemma2ForCausalLM,
     **MOE_MODELS,
     **GEMMA3_MODELS,
     **ENCODER_MODELS,

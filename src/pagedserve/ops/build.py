@@ -55,8 +55,9 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 # C signature of every exported function (all return int: 0 on success).
 SIGNATURES: dict[str, list] = {
     # q, k_cache, v_cache, out, block_tables, seq_lens, batch, q_heads, kv_heads, head_dim, block_size,
-    # max_blocks, q_row_stride, scale, dtype, cache_dtype (dtype's code, or 2: float8 e4m3), threads
-    "paged_decode_attention": [_P] * 6 + [_I] * 7 + [_F, ctypes.c_int, ctypes.c_int, ctypes.c_int, _I],
+    # max_blocks, q_row_stride, scale, dtype, cache_dtype (dtype's code, or 2: float8 e4m3), threads, window,
+    # softcap (0: none)
+    "paged_decode_attention": [_P] * 6 + [_I] * 7 + [_F, ctypes.c_int, ctypes.c_int, ctypes.c_int, _I, _F],
     # x, residual (or NULL), weight, out, rows, hidden, eps, dtype, threads
     "rms_norm": [_P] * 4 + [_I] * 2 + [_F, ctypes.c_int, ctypes.c_int],
     # x (in place), weight_a, weight_b, rows, row_stride, heads, split (heads before it take weight_a), head_dim,

@@ -267,10 +267,11 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """q: [batch, q_heads, head_dim] (rows may be strided) -> [batch, q_heads, head_dim], contiguous. The cache
     is in q's dtype or float8 e4m3 (`can_decode_from`). sliding_window: each query sees only its last that many
-    keys."""
+    keys; softcap: scores become softcap * tanh(score / softcap) (Gemma 2)."""
     library = build.load()
     assert library is not None and usable_rows(q) and k_cache.is_contiguous() and v_cache.is_contiguous()
     batch, num_q_heads, head_dim = q.shape
@@ -282,7 +283,7 @@ def paged_decode_attention(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), tables.data_ptr(), lens.data_ptr(),
         batch, num_q_heads, num_kv_heads, head_dim, block_size, tables.shape[1], q.stride(0), scale, _code(q),
         _CACHE_E4M3 if k_cache.dtype == torch.float8_e4m3fn else _code(q), torch.get_num_threads(),
-        sliding_window or 0,
+        sliding_window or 0, softcap or 0.0,
     )  # fmt: skip
     if failed == 1:
         raise MemoryError("decode attention kernel could not allocate its scratch memory")

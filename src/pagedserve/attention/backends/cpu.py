@@ -17,6 +17,7 @@ from pagedserve.attention.backend import (
     causal_mask,
     gather_sequence_kv,
     key_rows,
+    soft_cap,
     value_rows,
     window_start,
     write_kv_cache,
@@ -41,6 +42,7 @@ class CpuBackend:
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         if self.use_kernel and cpu_ops.can_write_kv_cache(k, v, k_cache):
             cpu_ops.write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
@@ -48,10 +50,12 @@ class CpuBackend:
             write_kv_cache(k, v, k_cache, v_cache, metadata.slot_mapping)
         num_decode = metadata.num_decode_tokens
         if not metadata.prefills:
-            return self._decode(q, k_cache, v_cache, metadata, scale, sliding_window)
+            return self._decode(q, k_cache, v_cache, metadata, scale, sliding_window, softcap)
         out = torch.empty_like(q)
         if num_decode:
-            out[:num_decode] = self._decode(q[:num_decode], k_cache, v_cache, metadata, scale, sliding_window)
+            out[:num_decode] = self._decode(
+                q[:num_decode], k_cache, v_cache, metadata, scale, sliding_window, softcap
+            )
         for chunk in metadata.prefills:
             rows = slice(chunk.token_start, chunk.token_start + chunk.num_tokens)
             if chunk.context_len == 0:
@@ -66,11 +70,18 @@ class CpuBackend:
                 total = chunk.context_len + chunk.num_tokens - first_block * block_size
                 ks = gather_sequence_kv(key_rows(k_cache), table, total)[skip:].to(q.dtype)
                 vs = gather_sequence_kv(value_rows(v_cache), table, total)[skip:].to(q.dtype)
-            out[rows] = _prefill_sdpa(q[rows], ks, vs, scale, sliding_window)
+            out[rows] = _prefill_sdpa(q[rows], ks, vs, scale, sliding_window, softcap)
         return out
 
     def _decode(
-        self, q, k_cache, v_cache, metadata: AttentionMetadata, scale: float, sliding_window: int | None
+        self,
+        q,
+        k_cache,
+        v_cache,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+        softcap: float | None,
     ) -> torch.Tensor:
         if self.use_kernel and cpu_ops.can_decode_from(q, k_cache):
             return cpu_ops.paged_decode_attention(
@@ -81,12 +92,19 @@ class CpuBackend:
                 metadata.decode_seq_lens,
                 scale,
                 sliding_window,
+                softcap,
             )
-        return _decode_torch(q, k_cache, v_cache, metadata, scale, sliding_window)
+        return _decode_torch(q, k_cache, v_cache, metadata, scale, sliding_window, softcap)
 
 
 def _decode_torch(
-    q, k_cache, v_cache, metadata: AttentionMetadata, scale: float, sliding_window: int | None
+    q,
+    k_cache,
+    v_cache,
+    metadata: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads, block_size = v_cache.shape[1:3]
@@ -102,7 +120,9 @@ def _decode_torch(
         value_rows(v_cache)[tables].reshape(batch, length, num_kv_heads, head_dim).transpose(1, 2).to(q.dtype)
     )
     queries = q.view(batch, num_kv_heads, group, head_dim)
-    scores = torch.matmul(queries, keys.transpose(-1, -2)).float() * scale  # [B, Hkv, G, L]
+    scores = soft_cap(
+        torch.matmul(queries, keys.transpose(-1, -2)).float() * scale, softcap
+    )  # [B, Hkv, G, L]
     positions = torch.arange(length, device=q.device)
     pad = positions[None, :] >= metadata.decode_seq_lens[:, None]  # [B, L]
     if sliding_window:
@@ -112,12 +132,21 @@ def _decode_torch(
     return torch.matmul(probs, values).view(batch, num_q_heads, head_dim)
 
 
-def _prefill_sdpa(q, k, v, scale: float, sliding_window: int | None) -> torch.Tensor:
+def _prefill_sdpa(
+    q, k, v, scale: float, sliding_window: int | None, softcap: float | None = None
+) -> torch.Tensor:
     """q: [n, Hq, D], the last n positions of k, v: [keys, Hkv, D]."""
     n = q.shape[0]
     qh = q.transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
     kh = k.transpose(0, 1).unsqueeze(0)
     vh = v.transpose(0, 1).unsqueeze(0)
+    if softcap:  # SDPA has no soft-capping: scores, cap, mask and softmax in float32, then the values
+        group = q.shape[1] // k.shape[1]
+        kh, vh = kh.repeat_interleave(group, dim=1), vh.repeat_interleave(group, dim=1)
+        scores = soft_cap(torch.matmul(qh, kh.transpose(-1, -2)).float() * scale, softcap)
+        scores.masked_fill_(~causal_mask(n, k.shape[0], sliding_window, q.device), float("-inf"))
+        out = torch.matmul(scores.softmax(-1).to(q.dtype), vh)
+        return out.squeeze(0).transpose(0, 1)
     if k.shape[0] == n and not (sliding_window and sliding_window < n):
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
     else:

@@ -26,6 +26,7 @@ class TritonBackend:
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         kernels.write_kv(k, v, k_cache, v_cache, metadata.slot_mapping)
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -35,12 +36,12 @@ class TritonBackend:
             kernels.decode_attention(
                 q[:num_decode], k_cache, v_cache, metadata.decode_block_tables, metadata.decode_seq_lens, scale,
                 kernels.num_decode_splits(metadata.decode_max_seq_len, block_size), out[:num_decode],
-                sliding_window,
+                sliding_window, softcap,
             )  # fmt: skip
         if metadata.prefills:
             kernels.prefill_attention(
                 q, k_cache, v_cache, metadata.prefill_block_tables, metadata.prefill_query_starts,
                 metadata.prefill_query_lens, metadata.prefill_context_lens, metadata.prefill_max_query_len,
-                scale, out, sliding_window,
+                scale, out, sliding_window, softcap,
             )  # fmt: skip
         return out

@@ -75,12 +75,13 @@ def _dot(a, b, IEEE: tl.constexpr):
 @triton.jit
 def _attend_keys(
     q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, table_ptr, kv_head, n0, end, last_visible, window, d, d_mask,
-    scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so, vc_sd,
+    scale, softcap, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so, vc_sd,
     BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     """One online-softmax step over keys [n0, n0 + BLOCK_N) below `end`, row r seeing keys <= last_visible[r] and,
     with a sliding window (window > 0), keys > last_visible[r] - window: the tile body decode and prefill share.
-    Returns the updated (row_max, row_sum, acc). A row that sees no key of the tile keeps its state."""
+    softcap > 0: scores become softcap * tanh(score / softcap) (Gemma 2). Returns the updated (row_max, row_sum,
+    acc). A row that sees no key of the tile keeps its state."""
     compute_dtype = q.dtype
     tok = n0 + tl.arange(0, BLOCK_N)
     t_mask = tok < end
@@ -91,6 +92,9 @@ def _attend_keys(
         mask=d_mask[:, None] & t_mask[None, :], other=0.0,
     ).to(compute_dtype)  # fmt: skip
     scores = _dot(q, k, IEEE) * scale  # [rows, BLOCK_N]
+    if softcap > 0:
+        # tanh(x) = 1 - 2 / (exp(2x) + 1): exp overflows to inf for large x (giving 1), underflows to 0 (giving -1).
+        scores = softcap * (1.0 - 2.0 / (tl.exp(2.0 * scores / softcap) + 1.0))
     visible = (tok[None, :] <= last_visible[:, None]) & t_mask[None, :]
     if window > 0:
         visible = visible & (tok[None, :] > last_visible[:, None] - window)
@@ -116,7 +120,7 @@ def _decode_partial_kernel(
     scale, stride_qt, stride_qh, stride_tb,
     kc_sb, kc_sh, kc_sd, kc_so,
     vc_sb, vc_sh, vc_so, vc_sd,
-    block_size, head_dim, group, num_q_heads, num_splits, window,
+    block_size, head_dim, group, num_q_heads, num_splits, window, softcap,
     PARTITION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
     IEEE: tl.constexpr,
 ):  # fmt: skip
@@ -145,8 +149,8 @@ def _decode_partial_kernel(
     for n0 in range(start, end, BLOCK_N):
         row_max, row_sum, acc = _attend_keys(
             q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, tables_ptr + b * stride_tb, kv_head, n0, end,
-            last_visible, window, d, d_mask, scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh, vc_so,
-            vc_sd, BLOCK_N, IEEE,
+            last_visible, window, d, d_mask, scale, softcap, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh,
+            vc_so, vc_sd, BLOCK_N, IEEE,
         )  # fmt: skip
     # Partials are [B, Hq, splits(, D)] float32.
     slot = (b * num_q_heads + heads) * num_splits + split
@@ -191,7 +195,7 @@ def _prefill_kernel(
     scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_tb,
     kc_sb, kc_sh, kc_sd, kc_so,
     vc_sb, vc_sh, vc_so, vc_sd,
-    block_size, head_dim, group, window,
+    block_size, head_dim, group, window, softcap,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     chunk = tl.program_id(0)
@@ -223,8 +227,8 @@ def _prefill_kernel(
         for n0 in range(start, end, BLOCK_N):
             row_max, row_sum, acc = _attend_keys(
                 q, row_max, row_sum, acc, k_cache_ptr, v_cache_ptr, tables_ptr + chunk * stride_tb, kv_head, n0,
-                end, positions, window, d, d_mask, scale, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb, vc_sh,
-                vc_so, vc_sd, BLOCK_N, IEEE,
+                end, positions, window, d, d_mask, scale, softcap, block_size, kc_sb, kc_sh, kc_sd, kc_so, vc_sb,
+                vc_sh, vc_so, vc_sd, BLOCK_N, IEEE,
             )  # fmt: skip
         # Padded rows past the chunk may see no key under a window: divide them by 1, not 0 (never stored).
         out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]
@@ -294,6 +298,7 @@ def decode_attention(
     num_splits: int,
     out: torch.Tensor,  # [B, Hq, D]
     sliding_window: int | None = None,  # a query sees only its last this many keys
+    softcap: float | None = None,  # scores become softcap * tanh(score / softcap)
 ) -> torch.Tensor:
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads, block_size = v_cache.shape[1], v_cache.shape[2]
@@ -307,7 +312,7 @@ def decode_attention(
         q, k_cache, v_cache, block_tables, seq_lens, part_out, part_max, part_sum,
         scale, q.stride(0), q.stride(1), block_tables.stride(0),
         *_cache_strides(k_cache, v_cache),
-        block_size, head_dim, group, num_q_heads, num_splits, sliding_window or 0,
+        block_size, head_dim, group, num_q_heads, num_splits, sliding_window or 0, float(softcap or 0.0),
         PARTITION=decode_partition(block_size), BLOCK_N=BLOCK_N, BLOCK_G=_pow2(group), BLOCK_D=block_d,
         IEEE=_ieee_products(q.dtype),
     )  # fmt: skip
@@ -330,6 +335,7 @@ def prefill_attention(
     scale: float,
     out: torch.Tensor,  # [T, Hq, D]
     sliding_window: int | None = None,  # a query sees only its last this many keys
+    softcap: float | None = None,  # scores become softcap * tanh(score / softcap)
 ) -> torch.Tensor:
     num_chunks = q_starts.shape[0]
     _, num_q_heads, head_dim = q.shape
@@ -340,7 +346,7 @@ def prefill_attention(
         q, k_cache, v_cache, out, block_tables, q_starts, q_lens, context_lens,
         scale, q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         *_cache_strides(k_cache, v_cache),
-        block_size, head_dim, num_q_heads // num_kv_heads, sliding_window or 0,
+        block_size, head_dim, num_q_heads // num_kv_heads, sliding_window or 0, float(softcap or 0.0),
         BLOCK_M=PREFILL_BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_pow2(head_dim), IEEE=_ieee_products(q.dtype),
     )  # fmt: skip
     return out

@@ -28,11 +28,14 @@
 #include "simd.h"
 
 /* In place, each of `rows` rows of `len` scores (row stride `stride`); the first `skip` of a row (keys before a
- * sliding window) get probability 0. */
-static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t stride, int64_t skip) {
+ * sliding window) get probability 0. softcap > 0: each score becomes softcap * tanh(score / softcap) first (Gemma 2's
+ * attention logit soft-capping). */
+static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t stride, int64_t skip, float softcap) {
     for (int64_t g = 0; g < rows; ++g) {
         float *s = scores + g * stride, maximum = -FLT_MAX, total = 0.0f;
         for (int64_t t = 0; t < skip; ++t) s[t] = 0.0f;
+        if (softcap > 0.0f)
+            for (int64_t t = skip; t < len; ++t) s[t] = softcap * tanhf(s[t] / softcap);
         for (int64_t t = skip; t < len; ++t) maximum = s[t] > maximum ? s[t] : maximum;
 #pragma omp simd reduction(+ : total)
         for (int64_t t = skip; t < len; ++t) {
@@ -49,7 +52,7 @@ static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t strid
 #define DEFINE_DECODE_ONE(NAME, T, LOAD, STORE, TC, LOADC, BS_EXPR)                                               \
     static void NAME(const T *q, const TC *k_cache, const TC *v_cache, T *out, const int64_t *table, int64_t len, \
                      int64_t skip, int64_t h, int64_t group, int64_t num_kv_heads, int64_t head_dim, int64_t block_size_arg,   \
-                     float scale, float *qf, float *acc, float *scores) {                                       \
+                     float scale, float softcap, float *qf, float *acc, float *scores) {                        \
         const int64_t bs = (BS_EXPR);                                                                            \
         const int64_t num_blocks = (len + bs - 1) / bs, stride = num_blocks * bs;                                \
         (void)block_size_arg;                                                                                    \
@@ -68,7 +71,7 @@ static void softmax_rows(float *scores, int64_t rows, int64_t len, int64_t strid
                 memcpy(scores + g * stride + blk_i * bs, block_scores, sizeof(float) * (size_t)bs);              \
             }                                                                                                    \
         }                                                                                                        \
-        softmax_rows(scores, group, len, stride, skip);                                                                \
+        softmax_rows(scores, group, len, stride, skip, softcap);                                                 \
         memset(acc, 0, sizeof(float) * (size_t)(group * head_dim));                                              \
         for (int64_t t = 0; t < len; ++t) {                                                                      \
             const TC *vrow = v_cache + ((table[t / bs] * num_kv_heads + h) * bs + t % bs) * head_dim;           \
@@ -93,7 +96,7 @@ DEFINE_DECODE_ONE(decode_bf16_e4m3_bs16, uint16_t, bf16_to_f32, f32_to_bf16, uin
 DEFINE_DECODE_ONE(decode_bf16_e4m3, uint16_t, bf16_to_f32, f32_to_bf16, uint8_t, e4m3_to_f32, block_size_arg)
 
 typedef void (*decode_one_fn)(const void *, const void *, const void *, void *, const int64_t *, int64_t, int64_t,
-                              int64_t, int64_t, int64_t, int64_t, int64_t, float, float *, float *, float *);
+                              int64_t, int64_t, int64_t, int64_t, int64_t, float, float, float *, float *, float *);
 /* [dtype][cache is e4m3][block size is 16] */
 static const decode_one_fn DECODE_ONE[2][2][2] = {
     {{(decode_one_fn)decode_f32, (decode_one_fn)decode_f32_bs16},
@@ -123,7 +126,7 @@ static inline void prefetch_block(const void *block, int64_t bytes, int to_l2) {
 #define DEFINE_DECODE_FAST(NAME, T, LOAD, STORE, TC, LOADV, GROUP)                                                \
     static void NAME##_##GROUP(const void *q_in, const void *k_in, const void *v_in, void *out_in,               \
                                const int64_t *table, int64_t len, int64_t skip, int64_t h, int64_t num_kv_heads, \
-                               int64_t head_dim, float scale, float *qf, float *scores) {                        \
+                               int64_t head_dim, float scale, float softcap, float *qf, float *scores) {         \
         const T *q = q_in;                                                                                       \
         const TC *k_cache = k_in, *v_cache = v_in;                                                               \
         T *out = out_in;                                                                                         \
@@ -152,7 +155,7 @@ static inline void prefetch_block(const void *block, int64_t bytes, int to_l2) {
                 for (int v = 0; v < VECTORS_PER_BLOCK; ++v)                                                      \
                     vf_store(scores + g * stride + blk_i * 16 + v * VF_LANES, s[g][v]);                          \
         }                                                                                                        \
-        softmax_rows(scores, GROUP, len, stride, skip);                                                                \
+        softmax_rows(scores, GROUP, len, stride, skip, softcap);                                                 \
         for (int64_t c = 0; c < head_dim; c += VF_LANES) {                                                       \
             vf acc[GROUP];                                                                                       \
             for (int g = 0; g < GROUP; ++g) acc[g] = vf_zero();                                                  \
@@ -187,7 +190,7 @@ DEFINE_DECODE_FAST_GROUPS(decode_fast_f32_e4m3, float, LOAD_F32, STORE_F32, uint
 DEFINE_DECODE_FAST_GROUPS(decode_fast_bf16_e4m3, uint16_t, bf16_to_f32, f32_to_bf16, uint8_t, vf_load_e4m3)
 
 typedef void (*decode_fast_fn)(const void *, const void *, const void *, void *, const int64_t *, int64_t, int64_t,
-                               int64_t, int64_t, int64_t, float, float *, float *);
+                               int64_t, int64_t, int64_t, float, float, float *, float *);
 #define FAST_TABLE(NAME) {NULL, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6, NAME##_7, NAME##_8}
 /* [dtype][cache is e4m3][group] */
 static const decode_fast_fn DECODE_FAST[2][2][9] = {
@@ -201,7 +204,7 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                            const int64_t *block_tables, const int64_t *seq_lens, int64_t batch,
                            int64_t num_q_heads, int64_t num_kv_heads, int64_t head_dim, int64_t block_size,
                            int64_t max_blocks, int64_t q_row_stride, float scale, int dtype, int cache_dtype,
-                           int num_threads, int64_t window) {
+                           int num_threads, int64_t window, float softcap) {
     const int64_t group = num_q_heads / num_kv_heads;
     if ((dtype != 0 && dtype != 1) || (cache_dtype != dtype && cache_dtype != 2)) return 3;
     const int e4m3 = cache_dtype == 2;
@@ -242,14 +245,15 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                 const size_t element = dtype == 0 ? sizeof(float) : sizeof(uint16_t);
                 DECODE_FAST[dtype][e4m3][group]((const char *)q + q_offset * element, k_cache, v_cache,
                                           (char *)out + out_offset * element, table, len, skip, h, num_kv_heads,
-                                          head_dim, scale, qf, scores);
+                                          head_dim, scale, softcap, qf, scores);
                 continue;
             }
 #endif
             const size_t element = dtype == 0 ? sizeof(float) : sizeof(uint16_t);
             DECODE_ONE[dtype][e4m3][block_size == 16]((const char *)q + q_offset * element, k_cache, v_cache,
                                                       (char *)out + out_offset * element, table, len, skip, h, group,
-                                                      num_kv_heads, head_dim, block_size, scale, qf, acc, scores);
+                                                      num_kv_heads, head_dim, block_size, scale, softcap, qf, acc,
+                                                      scores);
         }
         free(buffer);
 #if defined(__SSE__)

@@ -45,7 +45,7 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                            const int64_t *block_tables, const int64_t *seq_lens, int64_t batch, int64_t num_q_heads,
                            int64_t num_kv_heads, int64_t head_dim, int64_t block_size, int64_t max_blocks,
                            int64_t q_row_stride, float scale, int dtype, int cache_dtype, int num_threads,
-                           int64_t window);
+                           int64_t window, float softcap);
 int rms_norm(void *x, void *residual, const void *weight, void *out, int64_t rows, int64_t hidden, float eps,
              int dtype, int threads);
 int rms_norm_heads(void *x, const void *weight_a, const void *weight_b, int64_t rows, int64_t row_stride,
@@ -92,7 +92,7 @@ static int run_one(const replay_call *c) {
     switch (c->kernel) {
     case K_PAGED_DECODE_ATTENTION:
         return paged_decode_attention(P(0), P(1), P(2), P(3), P(4), P(5), i[6], i[7], i[8], i[9], i[10], i[11], i[12],
-                                      c->f[0], (int)i[13], (int)i[14], (int)i[15], i[16]);
+                                      c->f[0], (int)i[13], (int)i[14], (int)i[15], i[16], c->f[1]);
     case K_RMS_NORM: return rms_norm(P(0), P(1), P(2), P(3), i[4], i[5], c->f[0], (int)i[6], (int)i[7]);
     case K_SILU_AND_MUL: return silu_and_mul(P(0), P(1), i[2], i[3], (int)i[4], (int)i[5]);
     case K_GELU_TANH_AND_MUL: return gelu_tanh_and_mul(P(0), P(1), i[2], i[3], (int)i[4], (int)i[5]);
