@@ -15,8 +15,10 @@ import transformers
 
 from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma3", "phi3")
-_SUPPORTED_HINT = "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma3 and phi3"
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma2", "gemma3", "phi3")
+_SUPPORTED_HINT = (
+    "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3 and phi3"
+)
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
 _SAMPLING_KEYS = {
@@ -190,6 +192,8 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
         return _moe_config(reader, arch, path, num_experts, head_dim, kwargs)
     if arch == "gemma3":
         return _gemma3_config(reader, path, head_dim, kwargs)
+    if arch == "gemma2":
+        return _gemma2_config(reader, path, head_dim, kwargs)
     if arch == "phi3":
         return _phi3_config(reader, path, head_dim, kwargs)
     if arch == "qwen2":
@@ -244,6 +248,30 @@ def _moe_config(
     return transformers.Qwen2MoeConfig(
         architectures=["Qwen2MoeForCausalLM"], norm_topk_prob=False, shared_expert_intermediate_size=shared,
         **moe, **kwargs,
+    )  # fmt: skip
+
+
+def _gemma2_config(
+    reader: gguf.GGUFReader, path: pathlib.Path, head_dim: int, kwargs: dict[str, Any]
+) -> transformers.PretrainedConfig:
+    """Gemma 2 as llama.cpp runs it: even layers local (the file's sliding window), odd ones global, one rope theta,
+    the soft-caps from metadata, and an attention scale of 1/sqrt(head_dim) except for the 46-layer 27B, whose
+    query_pre_attn_scalar is hidden / heads (144): the rule llama.cpp hard-codes by size."""
+    window = field_value(reader, "gemma2.attention.sliding_window")
+    layers = kwargs["num_hidden_layers"]
+    sliding = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    scalar = kwargs["hidden_size"] // kwargs["num_attention_heads"] if layers == 46 else head_dim
+    rope = {"rope_type": "default", "rope_theta": kwargs.pop("rope_theta", 10_000.0)}
+    rope.update(kwargs.pop("rope_scaling", None) or {})
+    caps = {
+        name: float(value) if value else None
+        for name in ("attn_logit_softcapping", "final_logit_softcapping")
+        for value in [field_value(reader, f"gemma2.{name}")]
+    }
+    return transformers.Gemma2Config(
+        architectures=["Gemma2ForCausalLM"], head_dim=head_dim, sliding_window=int(window or 0) or None,
+        layer_types=sliding if window else ["full_attention"] * layers, query_pre_attn_scalar=scalar,
+        rope_parameters=rope, hidden_activation="gelu_pytorch_tanh", **caps, **kwargs,
     )  # fmt: skip
 
 

@@ -56,9 +56,10 @@ _ARCH_BLOCK_TENSORS = {
         "post_ffw_norm": "post_feedforward_layernorm",
     },
 }
+_ARCH_BLOCK_TENSORS["gemma2"] = _ARCH_BLOCK_TENSORS["gemma3"]
 # llama.cpp's converter stores Gemma's norm weights as 1 + weight (its RMSNorm multiplies by the weight alone);
 # the model adds the 1 itself (layers/layernorm.py::GemmaRMSNorm).
-_NORMS_PLUS_ONE = frozenset({"gemma3"})
+_NORMS_PLUS_ONE = frozenset({"gemma2", "gemma3"})
 # All experts of a layer in one 3-D tensor [experts, rows, columns]; the model keeps one layer per expert.
 _EXPERT_TENSORS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
 # Folded into the config (rope scaling) rather than loaded as a parameter.
