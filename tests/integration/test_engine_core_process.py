@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from tests.integration.test_bundled_vs_hf import NUM_TOKENS, assert_matches
 
-from pagedserve.config import CacheConfig, EngineConfig, ModelConfig
+from pagedserve.config import CacheConfig, EngineConfig
 from pagedserve.core.stats import EngineStats
 from pagedserve.engine.core_client import EngineCoreClient, EngineCoreDiedError
 from pagedserve.errors import EngineDeadError
+from pagedserve.model_config import ModelConfig
 from pagedserve.sampling_params import SamplingParams
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]

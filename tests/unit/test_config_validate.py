@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from pagedserve.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from pagedserve.config import CacheConfig, EngineConfig, SchedulerConfig
 from pagedserve.entrypoints.llm import build_engine_config
+from pagedserve.model_config import ModelConfig
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import typing
 from typing import Any, Literal, get_args, get_origin
 
 from pagedserve import envs
-from pagedserve.config import config_fields, field_docs
+from pagedserve.config_fields import config_fields, field_docs
 
 _UNIT_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4}
 # Integer flags that take vLLM's human-readable numbers (its arg_utils.human_readable_int): 32k, 8K.

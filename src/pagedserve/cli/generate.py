@@ -7,7 +7,8 @@ import sys
 from typing import Any
 
 from pagedserve.cli.args import add_config_args, configure_logging
-from pagedserve.config import CacheConfig, ModelConfig, SchedulerConfig
+from pagedserve.config import CacheConfig, SchedulerConfig
+from pagedserve.model_config import ModelConfig
 
 
 def add_parser(subparsers: Any) -> None:
@@ -31,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pagedserve import LLM, SamplingParams
-    from pagedserve.config import config_fields
+    from pagedserve.config_fields import config_fields
 
     engine_kwargs = {
         f.name: getattr(args, f.name)

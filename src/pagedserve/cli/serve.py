@@ -21,18 +21,17 @@ from typing import Any
 from pagedserve import envs
 from pagedserve.cli.args import add_config_args, config_from_args, configure_logging, parse_json_string_list
 from pagedserve.config import (
-    QUANTIZATION_CHOICES,
     CacheConfig,
     EngineConfig,
     LoRAConfig,
-    ModelConfig,
     ParallelConfig,
     SchedulerConfig,
     SpeculativeConfig,
     StructuredOutputsConfig,
-    field_docs,
 )
+from pagedserve.config_fields import field_docs
 from pagedserve.lora.request import LoRAModule
+from pagedserve.model_config import QUANTIZATION_CHOICES, ModelConfig
 from pagedserve.server_config import ServerConfig
 
 API_KEY_ENV_VARS = ("VLLM_API_KEY", "PAGEDSERVE_API_KEY")

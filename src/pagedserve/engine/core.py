@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pagedserve import envs, kv_memory
-from pagedserve.config import EngineConfig, resolved_runner
+from pagedserve.config import EngineConfig
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.scheduler import Scheduler
 from pagedserve.core.scheduler_output import SchedulerOutput
@@ -25,6 +25,7 @@ from pagedserve.distributed.partition import check_heads
 from pagedserve.engine.core_messages import CoreOutputs, EngineCoreRequest, SequenceOutput
 from pagedserve.engine.drafter import Drafter, count_drafts
 from pagedserve.engine.model_rules import classifier_labels, pooling_rule, pooling_task, sliding_window_limit
+from pagedserve.model_config import resolved_runner
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.outputs import EngineInfo
 from pagedserve.structured_output.manager import StructuredOutputManager

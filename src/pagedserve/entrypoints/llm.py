@@ -10,19 +10,19 @@ from pagedserve.config import (
     CacheConfig,
     EngineConfig,
     LoRAConfig,
-    ModelConfig,
     ParallelConfig,
     SchedulerConfig,
     SpeculativeConfig,
     StructuredOutputsConfig,
-    config_fields,
 )
+from pagedserve.config_fields import config_fields
 from pagedserve.engine.chat import CONTENT_FORMATS, ChatOptions
 from pagedserve.engine.llm_engine import LLMEngine
 from pagedserve.engine.pooling_requests import cosine_scores, encode_pairs, pooling_request, text_pairs
 from pagedserve.engine.prompts import PromptInput
 from pagedserve.errors import InvalidRequestError
 from pagedserve.lora.request import LoRARequest
+from pagedserve.model_config import ModelConfig
 from pagedserve.outputs import (
     ClassificationOutput,
     ClassificationRequestOutput,

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from pagedserve.config import QUANTIZATION_CHOICES
 from pagedserve.kube.chart_values import DeploymentNeeds
 from pagedserve.kube.report import CheckResult, Status
+from pagedserve.model_config import QUANTIZATION_CHOICES
 
 
 def check_engine_values(needs: DeploymentNeeds) -> CheckResult:

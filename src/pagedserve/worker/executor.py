@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from pagedserve import cpu_placement, envs
-from pagedserve.config import CacheConfig, LoRAConfig, ModelConfig, ParallelConfig
+from pagedserve.config import CacheConfig, LoRAConfig, ParallelConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
+from pagedserve.model_config import ModelConfig
 from pagedserve.worker.model_runner import ModelRunner, ModelRunnerOutput, resolve_device
 
 logger = logging.getLogger("pagedserve")

@@ -10,7 +10,7 @@ import torch
 
 from pagedserve import envs
 from pagedserve.attention.backend import default_attention_backend, get_attention_backend
-from pagedserve.config import CacheConfig, LoRAConfig, ModelConfig
+from pagedserve.config import CacheConfig, LoRAConfig
 from pagedserve.core.scheduler_output import NewSequence, ScheduledSequence, SchedulerOutput
 from pagedserve.cpu_info import cpu_info
 from pagedserve.cpu_placement import default_cpu_threads
@@ -18,6 +18,7 @@ from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.layers.linear import quantize_linears_fp8
 from pagedserve.layers.pooler import PoolingType
+from pagedserve.model_config import ModelConfig
 from pagedserve.models.llama import config_for_serving, without_sliding_window
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels

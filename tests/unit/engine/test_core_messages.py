@@ -5,9 +5,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from pagedserve.config import EngineConfig, ModelConfig, ParallelConfig
+from pagedserve.config import EngineConfig, ParallelConfig
 from pagedserve.core.stats import IterationStats, SchedulerStats
 from pagedserve.engine import core_messages as msg
+from pagedserve.model_config import ModelConfig
 from pagedserve.outputs import EngineInfo
 from pagedserve.sampling_params import SamplingParams
 

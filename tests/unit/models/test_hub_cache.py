@@ -110,8 +110,9 @@ def test_model_and_tokenizer_revisions_reach_the_loader(tmp_path):
     """--revision picks the model's snapshot, --tokenizer-revision the tokenizer's (vLLM's default: --revision)."""
     from tests.unit.models.test_model_hf_folder import save_model, save_word_tokenizer, tiny_llama_config
 
-    from pagedserve.config import EngineConfig, ModelConfig
+    from pagedserve.config import EngineConfig
     from pagedserve.engine.input_processor import load_tokenizer_for
+    from pagedserve.model_config import ModelConfig
 
     model_dir, tokenizer_dir = tmp_path / "model", tmp_path / "tok"
     save_model(model_dir, transformers.LlamaForCausalLM(tiny_llama_config()))

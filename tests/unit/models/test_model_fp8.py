@@ -271,7 +271,8 @@ def test_online_fp8_quantizes_the_checkpoints_values_under_bfloat16_storage(tmp_
     --quantization fp8 the linear layers must be quantized from the checkpoint's own values (float16 here), not
     from their bfloat16 rounding (a second rounding: it moves some float8 codes). The embedding and LM head, left
     float, still take bfloat16 storage."""
-    from pagedserve.config import CacheConfig, ModelConfig
+    from pagedserve.config import CacheConfig
+    from pagedserve.model_config import ModelConfig
     from pagedserve.worker.model_runner import ModelRunner
 
     folder = tmp_path / "f16"

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from pagedserve.config import EngineConfig, ModelConfig, SchedulerConfig
+from pagedserve.config import EngineConfig, SchedulerConfig
 from pagedserve.engine.async_engine import AsyncEngine
+from pagedserve.model_config import ModelConfig
 from pagedserve.server.app import create_app
 from pagedserve.server_config import ServerConfig
 

@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from pagedserve.config import EngineConfig, ModelConfig
+from pagedserve.config import EngineConfig
 from pagedserve.engine.async_engine import AsyncEngine
 from pagedserve.engine.faults import INJECT_FAILURE_ENV, INJECT_HANG_ENV
 from pagedserve.errors import ContextLengthError, EngineDeadError
+from pagedserve.model_config import ModelConfig
 from pagedserve.sampling_params import SamplingParams
 
 from .fake_engine import FakeLLMEngine

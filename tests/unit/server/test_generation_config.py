@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from pagedserve.config import EngineConfig, ModelConfig
+from pagedserve.config import EngineConfig
 from pagedserve.engine.input_processor import generation_defaults_for
+from pagedserve.model_config import ModelConfig
 
 from .conftest import make_client, wait_ready
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pagedserve.config import EngineConfig, ModelConfig
+from pagedserve.config import EngineConfig
 from pagedserve.engine.async_engine import AsyncEngine
+from pagedserve.model_config import ModelConfig
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.server.generation import Generation
 from pagedserve.server.state import ServerState
