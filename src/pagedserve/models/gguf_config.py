@@ -15,8 +15,13 @@ import transformers
 
 from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma2", "gemma3", "phi3")
-_SUPPORTED_HINT = "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3 and phi3"
+SUPPORTED_GGUF_ARCHITECTURES = (
+    "llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma2", "gemma3", "phi3", "granite",
+)  # fmt: skip
+_SUPPORTED_HINT = (
+    "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3 "
+    "and granite"
+)
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
 _SAMPLING_KEYS = {
@@ -194,6 +199,15 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
         return _gemma2_config(reader, path, head_dim, kwargs)
     if arch == "phi3":
         return _phi3_config(reader, path, head_dim, kwargs)
+    if arch == "granite":  # llama.cpp's names for Granite's four scalars
+        scalars = {
+            hf: float(_required(reader, f"granite.{key}", path))
+            for hf, key in (
+                ("embedding_multiplier", "embedding_scale"), ("residual_multiplier", "residual_scale"),
+                ("attention_multiplier", "attention.scale"), ("logits_scaling", "logit_scale"),
+            )
+        }  # fmt: skip
+        return transformers.GraniteConfig(architectures=["GraniteForCausalLM"], **scalars, **kwargs)
     if arch == "qwen2":
         if head_dim != hidden_size // num_heads:
             raise ValueError(

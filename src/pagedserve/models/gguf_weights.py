@@ -3,7 +3,7 @@
 Matrices of the types the engine multiplies in their blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K: layers/gguf_quant.py)
 can be kept as they are (`keep_quantized`); other quantized types are dequantized with the `gguf` package's own
 kernels; F32/F16/BF16 keep their dtype. llama.cpp's
-converter reorders the rows of Q and K of the `llama` architecture (each head's rotary pairs interleaved instead
+converter reorders the rows of Q and K of the `llama` and `granite` architectures (each head's rotary pairs interleaved instead
 of split in halves); that is undone here so that values equal the original checkpoint's.
 """
 
@@ -64,6 +64,8 @@ _NORMS_PLUS_ONE = frozenset({"gemma2", "gemma3"})
 _EXPERT_TENSORS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
 # Folded into the config (rope scaling) rather than loaded as a parameter.
 _CONFIG_ONLY_TENSORS = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}
+# llama.cpp's converter permutes Q and K rows for these (its LlamaModel and subclasses: Granite's).
+_PERMUTED = frozenset({"llama", "granite"})
 _BLOCK_NAME = re.compile(r"blk\.(?P<layer>\d+)\.(?P<part>\w+)\.(?P<kind>weight|bias)")
 _GLOBAL_NAME = re.compile(r"(?P<part>\w+)\.(?P<kind>weight|bias)")
 _UNQUANTIZED = {
@@ -173,7 +175,7 @@ def iter_gguf_weights(
             continue
         blocks = kept_blocks(tensor) if keep_quantized else None
         if blocks is not None:
-            if architecture == "llama" and (".self_attn.q_proj." in name or ".self_attn.k_proj." in name):
+            if architecture in _PERMUTED and (".self_attn.q_proj." in name or ".self_attn.k_proj." in name):
                 heads = config.num_attention_heads if ".q_proj." in name else config.num_key_value_heads
                 blocks = QuantizedTensor(unpermute_rope_rows(blocks.data, heads), blocks.qtype, blocks.shape)
             yield StoredTensor(name, blocks, int(tensor.n_bytes), path.name)
@@ -183,7 +185,7 @@ def iter_gguf_weights(
             weight = weight.float() - 1.0
         if name.endswith(".shared_expert_gate.weight") and weight.dim() == 1:
             weight = weight.unsqueeze(0)  # llama.cpp stores the [1, hidden] gate as a vector
-        if architecture == "llama":
+        if architecture in _PERMUTED:
             if ".self_attn.q_proj." in name:
                 weight = unpermute_rope_rows(weight, config.num_attention_heads)
             elif ".self_attn.k_proj." in name:

@@ -23,6 +23,7 @@ SUPPORTED_MODEL_TYPES = {
     "qwen3_moe": "Qwen3MoeForCausalLM",
     "phi3": "Phi3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "granite": "GraniteForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "gemma3": "Gemma3ForConditionalGeneration",  # served text-only: text_config (language_model_config)
     # Encoders, served as embedding models only (--runner pooling): models/bert.py.

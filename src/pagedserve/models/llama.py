@@ -181,13 +181,21 @@ def dense_mlp(config: Any, layer_index: int) -> nn.Module:
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(
-        self, config: Any, backend: AttentionBackend, shape: AttentionShape, mlp: nn.Module, layer_index: int
+        self,
+        config: Any,
+        backend: AttentionBackend,
+        shape: AttentionShape,
+        mlp: nn.Module,
+        layer_index: int,
+        residual_multiplier: float | None = None,
     ) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(config, backend, shape, layer_index)
         self.mlp = mlp
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Granite: each block's output is scaled before it joins the residual stream (models/granite.py).
+        self.residual_multiplier = residual_multiplier
 
     def forward(self, rope: StepRotary, hidden, residual, kv_cache, metadata):
         if residual is None:
@@ -196,18 +204,28 @@ class LlamaDecoderLayer(nn.Module):
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(rope, hidden, kv_cache, metadata)
+        if self.residual_multiplier is not None:
+            hidden = hidden * self.residual_multiplier
         hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        hidden = self.mlp(hidden)
+        if self.residual_multiplier is not None:
+            hidden = hidden * self.residual_multiplier
+        return hidden, residual
 
 
 class LlamaModel(nn.Module):
     def __init__(
-        self, config: Any, backend: AttentionBackend, shape: AttentionShape, make_mlp: MlpFactory = dense_mlp
+        self,
+        config: Any,
+        backend: AttentionBackend,
+        shape: AttentionShape,
+        make_mlp: MlpFactory = dense_mlp,
+        residual_multiplier: float | None = None,
     ) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, backend, shape, make_mlp(config, index), index)
+            LlamaDecoderLayer(config, backend, shape, make_mlp(config, index), index, residual_multiplier)
             for index in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)

@@ -10,6 +10,7 @@ from pagedserve.models.bert import ENCODER_MODELS
 from pagedserve.models.causal_classifier import CAUSAL_CLASSIFIERS
 from pagedserve.models.gemma2 import Gemma2ForCausalLM
 from pagedserve.models.gemma3 import GEMMA3_MODELS
+from pagedserve.models.granite import GraniteForCausalLM
 from pagedserve.models.llama import (
     LlamaForCausalLM,
     MistralForCausalLM,
@@ -26,6 +27,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "Phi3ForCausalLM": Phi3ForCausalLM,
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
+    "GraniteForCausalLM": GraniteForCausalLM,
     **MOE_MODELS,
     **GEMMA3_MODELS,
     **ENCODER_MODELS,
