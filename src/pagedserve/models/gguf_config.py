@@ -16,11 +16,11 @@ import transformers
 from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
 SUPPORTED_GGUF_ARCHITECTURES = (
-    "llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma2", "gemma3", "phi3", "granite",
+    "llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma2", "gemma3", "phi3", "granite", "smollm3",
 )  # fmt: skip
 _SUPPORTED_HINT = (
-    "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3 "
-    "and granite"
+    "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, "
+    "granite and smollm3"
 )
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
@@ -208,6 +208,8 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
             )
         }  # fmt: skip
         return transformers.GraniteConfig(architectures=["GraniteForCausalLM"], **scalars, **kwargs)
+    if arch == "smollm3":  # llama.cpp: no rope on every fourth layer, as the config's default
+        return transformers.SmolLM3Config(architectures=["SmolLM3ForCausalLM"], **kwargs)
     if arch == "qwen2":
         if head_dim != hidden_size // num_heads:
             raise ValueError(

@@ -3,7 +3,7 @@
 Matrices of the types the engine multiplies in their blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K: layers/gguf_quant.py)
 can be kept as they are (`keep_quantized`); other quantized types are dequantized with the `gguf` package's own
 kernels; F32/F16/BF16 keep their dtype. llama.cpp's
-converter reorders the rows of Q and K of the `llama` and `granite` architectures (each head's rotary pairs interleaved instead
+converter reorders the rows of Q and K of the `llama`, `granite` and `smollm3` architectures (each head's rotary pairs interleaved instead
 of split in halves); that is undone here so that values equal the original checkpoint's.
 """
 
@@ -64,8 +64,8 @@ _NORMS_PLUS_ONE = frozenset({"gemma2", "gemma3"})
 _EXPERT_TENSORS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
 # Folded into the config (rope scaling) rather than loaded as a parameter.
 _CONFIG_ONLY_TENSORS = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"}
-# llama.cpp's converter permutes Q and K rows for these (its LlamaModel and subclasses: Granite's).
-_PERMUTED = frozenset({"llama", "granite"})
+# llama.cpp's converter permutes Q and K rows for these (its LlamaModel and subclasses: Granite's, SmolLM3's).
+_PERMUTED = frozenset({"llama", "granite", "smollm3"})
 _BLOCK_NAME = re.compile(r"blk\.(?P<layer>\d+)\.(?P<part>\w+)\.(?P<kind>weight|bias)")
 _GLOBAL_NAME = re.compile(r"(?P<part>\w+)\.(?P<kind>weight|bias)")
 _UNQUANTIZED = {

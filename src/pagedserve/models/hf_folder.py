@@ -24,6 +24,7 @@ SUPPORTED_MODEL_TYPES = {
     "phi3": "Phi3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "granite": "GraniteForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "gemma3": "Gemma3ForConditionalGeneration",  # served text-only: text_config (language_model_config)
     # Encoders, served as embedding models only (--runner pooling): models/bert.py.

@@ -144,6 +144,7 @@ class LlamaAttention(nn.Module):
         self.backend = backend
         self.sliding_window = attention_window(config, layer_index)
         self.softcap: float | None = None  # Gemma 2's attention logit soft-capping (models/gemma2.py)
+        self.use_rope = True  # SmolLM3 leaves every fourth layer unrotated (models/smollm3.py)
         self.q_size, self.kv_size = q_size, kv_size
 
     def forward(self, rope: StepRotary, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
@@ -155,7 +156,8 @@ class LlamaAttention(nn.Module):
         )
         if self.q_norm is not None:
             qk = norm_q_k_heads(qk, self.q_norm, self.k_norm, self.num_heads)
-        qk = rope.rotate(qk)
+        if self.use_rope:
+            qk = rope.rotate(qk)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, self.q_size + self.kv_size :].reshape(tokens, self.num_kv_heads, self.head_dim)
         out = self.backend.forward(

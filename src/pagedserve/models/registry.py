@@ -19,6 +19,7 @@ from pagedserve.models.llama import (
 )
 from pagedserve.models.moe import MOE_MODELS
 from pagedserve.models.phi3 import Phi3ForCausalLM
+from pagedserve.models.smollm3 import SmolLM3ForCausalLM
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
@@ -28,6 +29,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "Phi3ForCausalLM": Phi3ForCausalLM,
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
     "GraniteForCausalLM": GraniteForCausalLM,
+    "SmolLM3ForCausalLM": SmolLM3ForCausalLM,
     **MOE_MODELS,
     **GEMMA3_MODELS,
     **ENCODER_MODELS,
