@@ -23,6 +23,7 @@ from pagedserve.layers.layernorm import GemmaRMSNorm
 from pagedserve.layers.mlp import GatedMLP
 from pagedserve.layers.rotary import RotaryEmbedding, StepRotary
 from pagedserve.models.llama import AttentionShape, LlamaAttention, LlamaForCausalLM
+from pagedserve.models.multimodal import language_model_weights
 
 _SLIDING = "sliding_attention"
 
@@ -141,35 +142,12 @@ class Gemma3ForCausalLM(LlamaForCausalLM):
         return self.model.embed(input_ids)
 
 
-# The multimodal checkpoints' tensor name prefixes: the language model's (as stored by transformers 4 and 5) and
-# the vision parts', which a text-only server does not load.
-_LANGUAGE_PREFIXES = {"language_model.model.": "model.", "model.language_model.": "model."}
-_VISION_PREFIXES = (
-    "vision_tower.",
-    "multi_modal_projector.",
-    "model.vision_tower.",
-    "model.multi_modal_projector.",
-)
-
-
 class Gemma3ForConditionalGeneration(Gemma3ForCausalLM):
     """Gemma 3 4B/12B/27B served text-only: built from the checkpoint's `text_config` (models/hf_folder.py), the
     vision tower and projector skipped; a request with an image is refused by the chat route."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        def language_model() -> Iterable[tuple[str, torch.Tensor]]:
-            for name, tensor in weights:
-                if name.startswith(_VISION_PREFIXES):
-                    continue
-                for prefix, ours in _LANGUAGE_PREFIXES.items():
-                    if name.startswith(prefix):
-                        name = ours + name.removeprefix(prefix)
-                        break
-                if name == "language_model.lm_head.weight":
-                    name = "lm_head.weight"
-                yield name, tensor
-
-        return super().load_weights(language_model())
+        return super().load_weights(language_model_weights(weights))
 
 
 GEMMA3_MODELS: dict[str, type[LlamaForCausalLM]] = {

@@ -25,6 +25,7 @@ SUPPORTED_MODEL_TYPES = {
     "gemma2": "Gemma2ForCausalLM",
     "granite": "GraniteForCausalLM",
     "smollm3": "SmolLM3ForCausalLM",
+    "mistral3": "Mistral3ForConditionalGeneration",  # served text-only, as gemma3
     "gemma3_text": "Gemma3ForCausalLM",
     "gemma3": "Gemma3ForConditionalGeneration",  # served text-only: text_config (language_model_config)
     # Encoders, served as embedding models only (--runner pooling): models/bert.py.
@@ -68,7 +69,7 @@ def load_folder_config(folder: pathlib.Path) -> transformers.PretrainedConfig:
         )
     if not config.architectures:
         config.architectures = [SUPPORTED_MODEL_TYPES[model_type]]
-    if model_type == "gemma3":
+    if model_type in ("gemma3", "mistral3"):
         config = language_model_config(config)
     return config
 

@@ -23,6 +23,7 @@ from pagedserve.layers.linear import MergedLinear
 from pagedserve.layers.mlp import GatedMLP
 from pagedserve.layers.rope_scaling import needs_resolving, resolve_rope
 from pagedserve.layers.rotary import RotaryEmbedding, StepRotary
+from pagedserve.models.multimodal import language_model_weights
 from pagedserve.models.param_copy import copy_checkpoint_tensor
 
 # checkpoint name fragment -> (merged parameter fragment, shard id)
@@ -340,3 +341,11 @@ class Qwen3ForCausalLM(LlamaForCausalLM):
 
 class MistralForCausalLM(LlamaForCausalLM):
     pass
+
+
+class Mistral3ForConditionalGeneration(MistralForCausalLM):
+    """Mistral Small 3.1 / 3.2 served text-only: built from the checkpoint's `text_config` (a Mistral decoder,
+    models/hf_folder.py), the Pixtral vision tower and projector skipped (models/multimodal.py)."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return super().load_weights(language_model_weights(weights))

@@ -13,6 +13,7 @@ from pagedserve.models.gemma3 import GEMMA3_MODELS
 from pagedserve.models.granite import GraniteForCausalLM
 from pagedserve.models.llama import (
     LlamaForCausalLM,
+    Mistral3ForConditionalGeneration,
     MistralForCausalLM,
     Qwen2ForCausalLM,
     Qwen3ForCausalLM,
@@ -24,6 +25,7 @@ from pagedserve.models.smollm3 import SmolLM3ForCausalLM
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": MistralForCausalLM,
+    "Mistral3ForConditionalGeneration": Mistral3ForConditionalGeneration,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "Phi3ForCausalLM": Phi3ForCausalLM,
