@@ -25,6 +25,7 @@ SUPPORTED_MODEL_TYPES = {
     "gemma2": "Gemma2ForCausalLM",
     "granite": "GraniteForCausalLM",
     "smollm3": "SmolLM3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
     "mistral3": "Mistral3ForConditionalGeneration",  # served text-only, as gemma3
     "gemma3_text": "Gemma3ForCausalLM",
     "gemma3": "Gemma3ForConditionalGeneration",  # served text-only: text_config (language_model_config)

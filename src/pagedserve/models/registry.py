@@ -19,6 +19,7 @@ from pagedserve.models.llama import (
     Qwen3ForCausalLM,
 )
 from pagedserve.models.moe import MOE_MODELS
+from pagedserve.models.olmo2 import Olmo2ForCausalLM
 from pagedserve.models.phi3 import Phi3ForCausalLM
 from pagedserve.models.smollm3 import SmolLM3ForCausalLM
 
@@ -32,6 +33,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
     "GraniteForCausalLM": GraniteForCausalLM,
     "SmolLM3ForCausalLM": SmolLM3ForCausalLM,
+    "Olmo2ForCausalLM": Olmo2ForCausalLM,
     **MOE_MODELS,
     **GEMMA3_MODELS,
     **ENCODER_MODELS,
