@@ -14,6 +14,7 @@ import pytest
 import torch
 import transformers
 from model_steps import load_model, logits_of
+from tiny_gguf_writer import write_transformers_gguf
 
 from pagedserve.models.gguf_config import build_gguf_config
 
@@ -38,35 +39,15 @@ def tiny_model(seed: int = 0, layers: int = 4) -> transformers.Gemma2ForCausalLM
 
 def write_gemma2_gguf(path: pathlib.Path, model, qtype: Q) -> None:
     config = model.config
-    writer = gguf.GGUFWriter(str(path), "gemma2")
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_sliding_window(config.sliding_window)
-    writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
-    writer.add_final_logit_softcapping(config.final_logit_softcapping)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA2, config.num_hidden_layers)
-    for name, values in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied
-        stem = name.removesuffix(".weight")
-        values = values.numpy()
-        if stem.endswith("norm"):
-            values = values + 1.0  # llama.cpp's converter: Gemma's norms as 1 + weight
-        kind = qtype if values.ndim == 2 else Q.F32
-        writer.add_tensor(
-            f"{names.get_name(stem)}.weight", gguf.quants.quantize(values, kind), raw_dtype=kind
-        )
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+        writer.add_sliding_window(config.sliding_window)
+        writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+
+    write_transformers_gguf(path, "gemma2", model, metadata, qtype, norms_plus_one=True)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 from model_steps import load_model, logits_of
-from tiny_gguf_writer import permute_like_llama_cpp
+from tiny_gguf_writer import write_transformers_gguf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 from tests.tiny_models import bundled_tokenizer  # noqa: E402
@@ -42,33 +42,15 @@ def write_tiny_granite(folder: pathlib.Path, vocab_size: int | None = None, seed
 
 def write_granite_gguf(path: pathlib.Path, model) -> None:
     config = model.config
-    writer = gguf.GGUFWriter(str(path), "granite")
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_embedding_scale(config.embedding_multiplier)
-    writer.add_residual_scale(config.residual_multiplier)
-    writer.add_attention_scale(config.attention_multiplier)
-    writer.add_logit_scale(config.logits_scaling)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GRANITE, config.num_hidden_layers)
-    for name, values in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied
-        values = values.numpy()
-        if name.endswith("q_proj.weight"):
-            values = permute_like_llama_cpp(values, config.num_attention_heads)
-        elif name.endswith("k_proj.weight"):
-            values = permute_like_llama_cpp(values, config.num_key_value_heads)
-        writer.add_tensor(f"{names.get_name(name.removesuffix('.weight'))}.weight", values, raw_dtype=Q.F32)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+        writer.add_embedding_scale(config.embedding_multiplier)
+        writer.add_residual_scale(config.residual_multiplier)
+        writer.add_attention_scale(config.attention_multiplier)
+        writer.add_logit_scale(config.logits_scaling)
+
+    write_transformers_gguf(path, "granite", model, metadata, permute_qk=True)
 
 
 @pytest.fixture(scope="module")

@@ -212,3 +212,47 @@ def write_tiny_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return tiny
+
+
+def write_transformers_gguf(
+    path: pathlib.Path,
+    architecture: str,
+    model: Any,
+    metadata: Callable[[gguf.GGUFWriter], None] | None = None,
+    qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
+    permute_qk: bool = False,
+    norms_plus_one: bool = False,
+) -> None:
+    """A transformers decoder's weights as llama.cpp's converter writes `architecture`: the shared shape metadata,
+    `metadata(writer)` for the architecture's own keys, the gguf package's tensor names, Q/K rows permuted
+    (`permute_qk`, llama.cpp's LlamaModel and its subclasses), norms stored as 1 + weight (`norms_plus_one`,
+    Gemma), 2-D tensors in `qtype`, a tied LM head left out."""
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    if metadata is not None:
+        metadata(writer)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[architecture.upper()], config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
+            continue
+        stem = name.removesuffix(".weight")
+        values = tensor.numpy()
+        if permute_qk and stem.endswith("q_proj"):
+            values = permute_like_llama_cpp(values, config.num_attention_heads)
+        elif permute_qk and stem.endswith("k_proj"):
+            values = permute_like_llama_cpp(values, config.num_key_value_heads)
+        if norms_plus_one and stem.endswith("norm"):
+            values = values + 1.0
+        kind = qtype if values.ndim == 2 else gguf.GGMLQuantizationType.F32
+        writer.add_tensor(f"{names.get_name(stem)}.weight", quantize(values, kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
