@@ -16,11 +16,11 @@ import transformers
 from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
 SUPPORTED_GGUF_ARCHITECTURES = (
-    "llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma2", "gemma3", "phi3", "granite", "smollm3",
+    "llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma2", "gemma3", "phi3", "granite", "smollm3", "olmo2",
 )  # fmt: skip
 _SUPPORTED_HINT = (
     "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, "
-    "granite and smollm3"
+    "granite, smollm3 and olmo2"
 )
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
@@ -210,6 +210,12 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
         return transformers.GraniteConfig(architectures=["GraniteForCausalLM"], **scalars, **kwargs)
     if arch == "smollm3":  # llama.cpp: no rope on every fourth layer, as the config's default
         return transformers.SmolLM3Config(architectures=["SmolLM3ForCausalLM"], **kwargs)
+    if arch == "olmo2":
+        if head_dim != hidden_size // num_heads:
+            raise ValueError(
+                f"GGUF file {path}: olmo2 with head_dim {head_dim} != hidden/heads is not supported"
+            )
+        return transformers.Olmo2Config(architectures=["Olmo2ForCausalLM"], **kwargs)
     if arch == "qwen2":
         if head_dim != hidden_size // num_heads:
             raise ValueError(

@@ -57,6 +57,11 @@ _ARCH_BLOCK_TENSORS = {
     },
 }
 _ARCH_BLOCK_TENSORS["gemma2"] = _ARCH_BLOCK_TENSORS["gemma3"]
+# OLMo 2: norms after the blocks (its q/k norms span whole projections, under Qwen3's per-head names).
+_ARCH_BLOCK_TENSORS["olmo2"] = {
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
 # llama.cpp's converter stores Gemma's norm weights as 1 + weight (its RMSNorm multiplies by the weight alone);
 # the model adds the 1 itself (layers/layernorm.py::GemmaRMSNorm).
 _NORMS_PLUS_ONE = frozenset({"gemma2", "gemma3"})

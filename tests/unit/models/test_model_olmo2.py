@@ -1,17 +1,20 @@
 """OLMo 2 (`Olmo2ForCausalLM`): a tiny random checkpoint saved by transformers (norms randomized so the q/k norms
 over whole projections and the post-block norms all move the logits) gives transformers' logits (float32, 1e-4)
-over whole prompts, chunked prefills and decode steps; the engine serves it (greedy tokens and logprobs equal
-transformers'); tensor parallelism is refused by name."""
+over whole prompts, chunked prefills and decode steps, from its folder and from a GGUF file written as llama.cpp's
+converter writes olmo2 (no Q/K permutation, the norms under attn_q_norm / post_attention_norm / post_ffw_norm);
+the engine serves it (greedy tokens and logprobs equal transformers'); tensor parallelism is refused by name."""
 
 from __future__ import annotations
 
 import pathlib
 import sys
 
+import gguf
 import pytest
 import torch
 import transformers
 from model_steps import load_model, logits_of
+from tiny_gguf_writer import write_transformers_gguf
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 from tests.tiny_models import bundled_tokenizer  # noqa: E402
@@ -53,6 +56,21 @@ def test_logits_match_transformers(checkpoint, chunks):
     with torch.no_grad():
         expected = reference(torch.tensor([tokens])).logits[0]
     torch.testing.assert_close(logits_of(ours, config, tokens, chunks), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_gguf_file_gives_transformers_logits(checkpoint, tmp_path):
+    _, reference = checkpoint
+
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_rope_freq_base(reference.config.rope_parameters["rope_theta"])
+
+    write_transformers_gguf(tmp_path / "olmo2.gguf", "olmo2", reference, metadata)
+    config, ours = load_model(tmp_path / "olmo2.gguf", keep_quantized=False)
+    assert type(ours).__name__ == "Olmo2ForCausalLM"
+    tokens = torch.randint(3, 97, (19,), generator=torch.Generator().manual_seed(7)).tolist()
+    with torch.no_grad():
+        expected = reference(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(logits_of(ours, config, tokens, [12, 1, 6]), expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow
