@@ -148,15 +148,21 @@ class LlamaAttention(nn.Module):
         self.use_rope = True  # SmolLM3 leaves every fourth layer unrotated (models/smollm3.py)
         self.q_size, self.kv_size = q_size, kv_size
 
-    def forward(self, rope: StepRotary, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
-        tokens = hidden.shape[0]
-        qkv = self.qkv_proj(hidden)
+    def q_k_heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """[T, Hq + Hkv, D] q and k heads of the merged projection, normed where the model norms them (Qwen3: each
+        head; OLMo 2 overrides this), before the rotation."""
         # q and k heads sit side by side in the merged projection: rotate them in one pass.
         qk = qkv[:, : self.q_size + self.kv_size].view(
-            tokens, self.num_heads + self.num_kv_heads, self.head_dim
+            qkv.shape[0], self.num_heads + self.num_kv_heads, self.head_dim
         )
         if self.q_norm is not None:
             qk = norm_q_k_heads(qk, self.q_norm, self.k_norm, self.num_heads)
+        return qk
+
+    def forward(self, rope: StepRotary, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
+        tokens = hidden.shape[0]
+        qkv = self.qkv_proj(hidden)
+        qk = self.q_k_heads(qkv)
         if self.use_rope:
             qk = rope.rotate(qk)
         q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)

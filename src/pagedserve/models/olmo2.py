@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pagedserve.attention.backend import AttentionBackend, AttentionMetadata
+from pagedserve.attention.backend import AttentionBackend
 from pagedserve.distributed import parallel_state
 from pagedserve.layers.embedding import VocabEmbedding
 from pagedserve.layers.layernorm import RMSNorm
@@ -28,19 +28,11 @@ class Olmo2Attention(LlamaAttention):
         self.q_norm = RMSNorm(self.q_size, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.kv_size, config.rms_norm_eps)
 
-    def forward(self, rope: StepRotary, hidden, kv_cache, metadata: AttentionMetadata) -> torch.Tensor:
-        tokens = hidden.shape[0]
-        qkv = self.qkv_proj(hidden)
+    def q_k_heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Whole q and k projections normed (every head at once), then split into heads."""
         q = self.q_norm(qkv[:, : self.q_size].contiguous())
         k = self.k_norm(qkv[:, self.q_size : self.q_size + self.kv_size].contiguous())
-        qk = torch.cat((q, k), dim=1).view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
-        qk = rope.rotate(qk)
-        q, k = qk.split((self.num_heads, self.num_kv_heads), dim=1)
-        v = qkv[:, self.q_size + self.kv_size :].reshape(tokens, self.num_kv_heads, self.head_dim)
-        out = self.backend.forward(
-            q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.sliding_window, self.softcap
-        )
-        return self.o_proj(out.reshape(tokens, -1))
+        return torch.cat((q, k), dim=1).view(qkv.shape[0], self.num_heads + self.num_kv_heads, self.head_dim)
 
 
 class Olmo2DecoderLayer(nn.Module):
