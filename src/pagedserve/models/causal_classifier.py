@@ -100,11 +100,10 @@ def _sequence_classifier(base: type[LlamaForCausalLM]) -> type[LlamaForCausalLM]
                         if not isinstance(tensor, torch.Tensor):
                             raise ValueError(f"{name}: a quantized LM head cannot make a classifier head")
                         head_rows.append(_score_rows(self.config, tensor))
-                    if name in ("score.weight", "lm_head.weight"):
-                        if name == "score.weight":
-                            head_rows.append(tensor.float())
-                        continue
-                    yield name, tensor
+                    elif name == "score.weight":
+                        head_rows.append(tensor.float())
+                    if name not in ("score.weight", "lm_head.weight"):  # the decoder's own tensors
+                        yield name, tensor
 
             loaded = super().load_weights(decoder_weights())
             if len(head_rows) != 1:

@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 from model_steps import load_model, logits_of
+from tiny_gguf_writer import write_transformers_gguf
 
 from pagedserve.models.gguf_config import build_gguf_config
 
@@ -60,51 +61,31 @@ def tiny_model(vocab_size: int, seed: int = 0) -> transformers.Gemma3ForCausalLM
 
 def write_gemma3_gguf(path: pathlib.Path, model, qtype: Q, tokenizer: bool = False) -> None:
     config = model.config
-    writer = gguf.GGUFWriter(str(path), "gemma3")
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_sliding_window(config.sliding_window)
-    full = config.rope_parameters["full_attention"]
-    writer.add_rope_freq_base(full["rope_theta"])
-    writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-    writer.add_rope_scaling_factor(full["factor"])
-    if tokenizer:
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(SPM_TOKENS)
-        writer.add_token_scores([0.0] * len(SPM_TOKENS))
-        types = [gguf.TokenType.CONTROL] * 6 + [gguf.TokenType.NORMAL] * (len(SPM_TOKENS) - 6)
-        types[3] = gguf.TokenType.UNKNOWN
-        writer.add_token_types(types)
-        writer.add_bos_token_id(2)
-        writer.add_eos_token_id(1)
-        writer.add_unk_token_id(3)
-        writer.add_pad_token_id(0)
-        writer.add_add_bos_token(True)
-        writer.add_chat_template(CHAT_TEMPLATE)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, config.num_hidden_layers)
-    for name, values in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied
-        stem = name.removesuffix(".weight")
-        values = values.numpy()
-        if stem.endswith("norm"):
-            values = values + 1.0  # llama.cpp's converter: Gemma's norms as 1 + weight
-        kind = qtype if values.ndim == 2 else Q.F32
-        writer.add_tensor(
-            f"{names.get_name(stem)}.weight", gguf.quants.quantize(values, kind), raw_dtype=kind
-        )
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+        writer.add_sliding_window(config.sliding_window)
+        full = config.rope_parameters["full_attention"]
+        writer.add_rope_freq_base(full["rope_theta"])
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(full["factor"])
+        if tokenizer:
+            writer.add_tokenizer_model("llama")
+            writer.add_tokenizer_pre("default")
+            writer.add_token_list(SPM_TOKENS)
+            writer.add_token_scores([0.0] * len(SPM_TOKENS))
+            types = [gguf.TokenType.CONTROL] * 6 + [gguf.TokenType.NORMAL] * (len(SPM_TOKENS) - 6)
+            types[3] = gguf.TokenType.UNKNOWN
+            writer.add_token_types(types)
+            writer.add_bos_token_id(2)
+            writer.add_eos_token_id(1)
+            writer.add_unk_token_id(3)
+            writer.add_pad_token_id(0)
+            writer.add_add_bos_token(True)
+            writer.add_chat_template(CHAT_TEMPLATE)
+
+    write_transformers_gguf(path, "gemma3", model, metadata, qtype, norms_plus_one=True)
 
 
 @pytest.fixture(scope="module")
