@@ -43,6 +43,9 @@ class CacheConfig:
     kv_cache_dtype: KVCacheDType = "auto"
     """KV cache storage, as vLLM's flag. auto: the model's dtype. fp8 / fp8_e4m3: float8 e4m3 with a scale of 1 (vLLM's default without calibrated scales; values saturate at +-448): half the bytes of bfloat16, so twice the tokens in the same budget and half what decode attention reads. fp8_e5m2 and checkpoint KV scales are refused."""
 
+    disable_hybrid_kv_cache_manager: bool = False
+    """vLLM's flag: sliding-window layers keep every block of their sequence, as full attention does (what they compute is unchanged). By default a model with window layers (Gemma 2 and 3, Mistral v0.1) gives their blocks that no future query can see back to the pool while the sequence runs: at long contexts they hold a window's worth (kv_memory.py)."""
+
     def validate(self) -> None:
         check_choices(self)
         at_least(self, "block_size", 1)

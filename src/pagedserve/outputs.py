@@ -141,3 +141,6 @@ class EngineInfo:
     labels: list[str] = field(
         default_factory=list
     )  # a classifier's label names, by index (config's id2label)
+    # The most tokens one sequence can ever hold in the KV pool, over all its KV cache groups (window groups hold a
+    # window's blocks); 0: num_kv_blocks x block_size.
+    max_sequence_tokens: int = 0

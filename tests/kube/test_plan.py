@@ -397,3 +397,43 @@ def test_a_qwen3_gguf_file_gives_its_own_head_size(tmp_path) -> None:
     spec = spec_from_gguf(write_tiny_gguf(tmp_path / "qwen3.gguf", "qwen3").path)
     assert spec.head_dim == QWEN3_HEAD_DIM != spec.hidden_size // TINY_HEADS
     assert kv_bytes_per_token(spec, 2) == 2 * TINY_LAYERS * TINY_KV_HEADS * QWEN3_HEAD_DIM * 2
+
+
+def test_sliding_window_layers_follow_the_engines_rule() -> None:
+    spec, _ = load_model_spec("gemma-3-27b")
+    assert spec.layer_windows == tuple(None if (i + 1) % 6 == 0 else 1024 for i in range(62))
+    base = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 96, "vocab_size": 100}
+    mistral = spec_from_config({**base, "num_hidden_layers": 3, "sliding_window": 4096}, "m")
+    assert mistral.layer_windows == (4096, 4096, 4096)
+    gemma2 = spec_from_config(
+        {**base, "num_hidden_layers": 4, "sliding_window": 4096, "model_type": "gemma2"}, "g"
+    )
+    assert gemma2.layer_windows == (4096, None, 4096, None)
+    typed = {
+        **base,
+        "num_hidden_layers": 2,
+        "sliding_window": 8,
+        "layer_types": ["full_attention", "sliding_attention"],
+    }
+    assert spec_from_config(typed, "t").layer_windows == (None, 8)
+    # Qwen keeps a sliding_window value that means nothing while use_sliding_window is off.
+    qwen = {**base, "num_hidden_layers": 2, "sliding_window": 4096, "use_sliding_window": False}
+    assert spec_from_config(qwen, "q").layer_windows == ()
+    assert spec_from_config({**base, "num_hidden_layers": 2, "sliding_window": None}, "n").layer_windows == ()
+
+
+def test_gemma3_plan_counts_its_window_layers_blocks_as_the_engine_does() -> None:
+    """Gemma 3 27B at 128k: 52 of 62 layers keep a 1024-token window, so a sequence's KV is ~5x smaller than every
+    layer keeping every block (vLLM's hybrid KV cache manager, which the engine runs)."""
+    spec, _ = load_model_spec("gemma-3-27b")
+    request = PlanRequest(max_model_len=131072, concurrency=8)
+    plan = plan_capacity(spec, find_gpu("H100-80GB"), request)
+    # 7 groups of 10 layers (1 full, 6 window): 10 layers' K and V a token of the pool.
+    assert plan.kv_bytes_per_token == 2 * 10 * 16 * 128 * 2
+    # Full group: 8192 blocks; each window group: ceil((1023 + 4096) / 16) + 1 = 321 blocks.
+    assert plan.seq_tokens == (8192 + 6 * 321) * 16
+    fit = plan.chosen
+    assert fit is not None and fit.max_concurrency == (fit.kv_tokens - 16) // plan.seq_tokens
+    every_block = 2 * 62 * 16 * 128 * 2 * 131072
+    assert plan.kv_bytes_per_token * plan.seq_tokens < every_block / 4
+    assert any("52 of 62 layers attend to a sliding window (1024 tokens)" in note for note in plan.notes)

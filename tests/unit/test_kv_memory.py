@@ -43,3 +43,35 @@ def test_gpu_kv_budget_refuses_to_start_with_nothing_left() -> None:
         kv_memory.gpu_kv_cache_bytes(80 * gib, 0.9, 70 * gib, 2 * gib, gib)
     with pytest.raises(ValueError, match="gpu_memory_utilization must be in"):
         kv_memory.gpu_kv_cache_bytes(80 * gib, 1.5, gib, gib, 0)
+
+
+@pytest.mark.parametrize("layers", [26, 62])
+def test_engine_and_planner_group_gemma3_alike(layers: int) -> None:
+    """Gemma 3's config as transformers reads it (the engine: models/llama.py::attention_window) and as the planner
+    reads the config.json: the same windows, so the same KV cache groups, block bytes and max-length blocks."""
+    import transformers
+
+    from pagedserve.kube.model_spec import spec_from_config
+    from pagedserve.kube.planner import PlanRequest, kv_groups, sequence_pool_tokens
+    from pagedserve.models.llama import attention_window
+
+    config = transformers.Gemma3TextConfig(
+        num_hidden_layers=layers,
+        sliding_window=1024,
+        num_attention_heads=32,
+        num_key_value_heads=16,
+        head_dim=128,
+    )
+    engine_windows = [attention_window(config, i) for i in range(layers)]
+    spec = spec_from_config(config.to_dict(), "gemma3")
+    assert list(spec.layer_windows) == engine_windows
+    groups = kv_memory.kv_cache_groups(engine_windows)
+    assert kv_groups(spec) == groups
+    slots = kv_memory.group_slots(groups)
+    assert kv_bytes_per_block(config, 16, torch.bfloat16, num_layers=slots) == 16 * kv_bytes_per_token(
+        spec, 2
+    )
+    windows = [g.sliding_window for g in groups]
+    request = PlanRequest(block_size=16, max_num_batched_tokens=2048)
+    engine_blocks = kv_memory.sequence_blocks(32768, 16, windows, 2048)
+    assert sequence_pool_tokens(spec, 32768, request) == 16 * engine_blocks

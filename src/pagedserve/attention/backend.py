@@ -41,6 +41,17 @@ class AttentionMetadata:
     prefill_context_lens: torch.Tensor | None = None  # [P] int64: each chunk's context_len
     prefill_block_tables: torch.Tensor | None = None  # [P, max_blocks] int64, padded with 0
     prefill_max_query_len: int = 0
+    # Hybrid models (kv_memory.py): each layer's KV cache group, and groups 1, 2, ...'s own metadata
+    # (their slot mappings and block tables; the rest is this one's). None: every layer reads this metadata.
+    layer_groups: list[int] | None = None
+    group_metadata: list[AttentionMetadata] = field(default_factory=list)
+
+    def for_layer(self, layer_index: int) -> AttentionMetadata:
+        """The metadata layer `layer_index` attends with: its KV cache group's block tables."""
+        if self.layer_groups is None:
+            return self
+        group = self.layer_groups[layer_index]
+        return self if group == 0 else self.group_metadata[group - 1]
 
 
 class AttentionBackend(Protocol):

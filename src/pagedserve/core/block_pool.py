@@ -18,7 +18,7 @@ class KVCacheBlock:
     def __init__(self, block_id: int) -> None:
         self.block_id = block_id
         self.ref_cnt = 0
-        self.block_hash: BlockHash | None = None
+        self.block_hash: CacheKey | None = None
 
     def __repr__(self) -> str:
         return f"KVCacheBlock({self.block_id}, ref={self.ref_cnt}, hash={self.block_hash})"
@@ -35,16 +35,24 @@ def hash_block_tokens(
     return hash((parent_hash, tuple(token_ids)))
 
 
+# What the pool caches a block under: the KV cache group's index and the block's hash.
+CacheKey = tuple[int, BlockHash]
+
+
 class BlockPool:
-    def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        self.num_blocks = num_blocks
+    def __init__(self, num_blocks: int, enable_caching: bool = True, reserve_null: bool = False) -> None:
+        """reserve_null: block 0 is the null block, never handed out (what window groups' tables hold in place
+        of blocks they freed); `num_blocks` then counts the others."""
+        if num_blocks < 1 + reserve_null:
+            raise ValueError(f"num_blocks must be >= {1 + reserve_null}, got {num_blocks}")
         self.enable_caching = enable_caching
         self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
+        self.null_block: KVCacheBlock | None = self.blocks[0] if reserve_null else None
+        usable = self.blocks[1:] if reserve_null else self.blocks
+        self.num_blocks = len(usable)
         # block_id -> block, head = least recently freed = next to be reused.
-        self._free: OrderedDict[int, KVCacheBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
-        self._cached: dict[BlockHash, KVCacheBlock] = {}
+        self._free: OrderedDict[int, KVCacheBlock] = OrderedDict((b.block_id, b) for b in usable)
+        self._cached: dict[CacheKey, KVCacheBlock] = {}
 
     @property
     def num_free_blocks(self) -> int:
@@ -57,7 +65,7 @@ class BlockPool:
     def usage(self) -> float:
         return self.num_used_blocks / self.num_blocks
 
-    def get_cached_block(self, block_hash: BlockHash) -> KVCacheBlock | None:
+    def get_cached_block(self, block_hash: CacheKey) -> KVCacheBlock | None:
         return self._cached.get(block_hash)
 
     def touch(self, blocks: Iterable[KVCacheBlock]) -> None:
@@ -84,7 +92,7 @@ class BlockPool:
                 del self._cached[block.block_hash]
             block.block_hash = None
 
-    def cache_block(self, block: KVCacheBlock, block_hash: BlockHash) -> None:
+    def cache_block(self, block: KVCacheBlock, block_hash: CacheKey) -> None:
         """Register a full block under its hash (first writer wins; a duplicate stays uncached)."""
         if not self.enable_caching or block.block_hash is not None:
             return
@@ -116,7 +124,12 @@ class BlockPool:
 
     def check_invariants(self) -> None:
         free_ids = set(self._free)
+        assert self.null_block is None or self.null_block.block_id not in free_ids, (
+            "null block in the free queue"
+        )
         for block in self.blocks:
+            if block is self.null_block:
+                continue
             in_free = block.block_id in free_ids
             assert in_free == (block.ref_cnt == 0), f"{block} free={in_free}"
             assert block.ref_cnt >= 0

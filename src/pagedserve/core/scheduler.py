@@ -65,7 +65,7 @@ class Scheduler:
     # ---- admission -------------------------------------------------------------------------------------------
     def max_tokens_fit(self, num_tokens: int) -> bool:
         """Whether a sequence of `num_tokens` could ever be held by the whole cache."""
-        return self.kv.blocks_needed(num_tokens) <= self.kv.num_blocks
+        return self.kv.blocks_for_sequence(num_tokens, self.max_num_batched_tokens) <= self.kv.num_blocks
 
     def add_sequence(self, seq: Sequence) -> None:
         if seq.seq_id in self.sequences:
@@ -190,6 +190,7 @@ class Scheduler:
                 self.kv.get_block_ids(sequence.seq_id),
                 samples,
                 num_new - known,
+                [self.kv.get_block_ids(sequence.seq_id, group) for group in range(1, self.kv.num_groups)],
             )
         )
         prompt_part = max(

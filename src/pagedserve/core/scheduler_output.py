@@ -35,6 +35,8 @@ class ScheduledSequence:
     # Speculative decoding: the last this many of token_ids are draft tokens to verify (the first token is the
     # sequence's last known one); the step samples a token at each of the 1 + num_draft_tokens positions.
     num_draft_tokens: int = 0
+    # The block tables of KV cache groups 1, 2, ... (hybrid models, kv_memory.py): block_ids is group 0's.
+    group_block_ids: list[list[int]] = field(default_factory=list)
 
     @property
     def num_new_tokens(self) -> int:

@@ -119,7 +119,9 @@ class EngineCore:
         )  # fmt: skip
         self.executor = make_executor(spec, config.parallel, source)
         runner = self.executor.info
-        self.kv_cache_manager = KVCacheManager(runner.num_blocks, cc.block_size, cc.enable_prefix_caching)
+        self.kv_cache_manager = KVCacheManager(
+            runner.num_blocks, cc.block_size, cc.enable_prefix_caching, runner.kv_group_windows
+        )
         self.scheduler = Scheduler(
             self.kv_cache_manager,
             sc.max_num_seqs,
@@ -153,12 +155,23 @@ class EngineCore:
             runner=runner_kind,
             pooling_task=pooling_task(hf_config, classifier) if runner_kind == "pooling" else "",
             labels=classifier_labels(hf_config) if classifier else [],
+            max_sequence_tokens=self.kv_cache_manager.longest_sequence(
+                token_budget, max(max_model_len, runner.num_blocks * cc.block_size)
+            ),
         )
         self._request_seqs: dict[str, list[str]] = {}  # request id -> its sequences' ids
         self.structured = StructuredOutputManager(hf_config.vocab_size)
         self._waiting_for_grammar: dict[str, EngineCoreRequest] = {}
         self.drafter = Drafter(config.speculative, max_model_len) if config.speculative else None
         kv_tokens = runner.num_blocks * cc.block_size
+        kv = self.kv_cache_manager
+        if kv.has_windows:
+            # A window group's sequence holds its window (and a step's chunk), not max_model_len.
+            concurrency = kv.num_blocks // kv.blocks_for_sequence(max_model_len, token_budget)
+            windows = ", ".join("full" if w is None else f"window {w}" for w in runner.kv_group_windows)
+            logger.info("KV cache groups (sliding-window layers free blocks out of the window): %s", windows)
+        else:
+            concurrency = kv_memory.max_concurrency(kv_tokens, max_model_len, cc.block_size)
         logger.info(
             "engine ready: model=%s dtype=%s weights=%s quantization=%s device=%s tensor_parallel_size=%d "
             "max_model_len=%d weights %.0f MiB, kv_blocks=%d (%s, %.0f MiB, %d tokens): maximum concurrency %d "
@@ -166,8 +179,7 @@ class EngineCore:
             source.name, self.info.dtype, self.info.weight_dtype, quantization or "none", device, tp_size,
             max_model_len,
             runner.weight_bytes / 2**20, runner.num_blocks, self.info.kv_cache_dtype,
-            runner.kv_cache_bytes / 2**20, kv_tokens,
-            kv_memory.max_concurrency(kv_tokens, max_model_len, cc.block_size),
+            runner.kv_cache_bytes / 2**20, kv_tokens, concurrency,
         )  # fmt: skip
 
     @property

@@ -188,7 +188,7 @@ class InputProcessor:
         computed = num_prompt + (0 if pooling else max_tokens)  # the positions the request will run
         if computed > max_len:
             raise ContextLengthError(max_len, num_prompt + max_tokens, num_prompt, param="max_tokens")
-        if -(-computed // info.block_size) > info.num_kv_blocks:
+        if computed > (info.max_sequence_tokens or info.num_kv_blocks * info.block_size):
             raise InvalidRequestError(
                 f"prompt + max_tokens = {computed} tokens can never fit the KV cache "
                 f"({info.num_kv_blocks} blocks of {info.block_size} tokens)",

@@ -37,6 +37,8 @@ class ModelSpec:
     checkpoint_quantization: str | None = None
     exact_param_count: int | None = None
     """Set when the parameter count is known exactly (GGUF tensor shapes); otherwise counted from the shape."""
+    layer_windows: tuple[int | None, ...] = ()
+    """Each layer's sliding window (None: full attention); empty when no layer has one."""
 
     @property
     def embedding_params(self) -> int:
@@ -92,6 +94,27 @@ _MODEL_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+def layer_windows(config: dict[str, Any], num_layers: int) -> tuple[int | None, ...]:
+    """The engine's rule (models/llama.py::attention_window) on a config.json: `sliding_window` on every layer
+    (Mistral, Phi-3), only on "sliding_attention" ones where `layer_types` says, Gemma 2's every other layer and
+    Gemma 3's five of six where older configs leave layer_types out (transformers' defaults); none with Qwen's
+    use_sliding_window off."""
+    window = config.get("sliding_window")
+    if config.get("use_sliding_window", True) is False or not isinstance(window, int) or window <= 0:
+        return ()
+    layer_types = config.get("layer_types")
+    if not isinstance(layer_types, list):
+        model_type = str(config.get("model_type"))
+        if model_type == "gemma2":
+            layer_types = ["sliding_attention" if i % 2 == 0 else "full" for i in range(num_layers)]
+        elif model_type.startswith("gemma3"):
+            pattern = int(config.get("sliding_window_pattern") or 6)
+            layer_types = ["sliding_attention" if (i + 1) % pattern else "full" for i in range(num_layers)]
+        else:
+            layer_types = ["sliding_attention"] * num_layers
+    return tuple(window if kind == "sliding_attention" else None for kind in layer_types[:num_layers])
+
+
 def spec_from_config(config: dict[str, Any], name: str, source: str = "config.json") -> ModelSpec:
     """Build a ModelSpec from a Hugging Face config.json dict (multimodal configs: their `text_config`)."""
     if not isinstance(config, dict):
@@ -126,6 +149,7 @@ def spec_from_config(config: dict[str, Any], name: str, source: str = "config.js
         shared_expert_intermediate_size=int(config.get("shared_expert_intermediate_size") or 0),
         torch_dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
         checkpoint_quantization=str(quant).lower() if quant else None,
+        layer_windows=layer_windows(config, int(config["num_hidden_layers"])),
     )
     if heads % spec.num_kv_heads:
         raise ValueError(
@@ -158,6 +182,12 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         found = reader.fields.get(key)
         return 0 if found is None else int(found.contents())
 
+    num_layers = int(field(f"{arch}.block_count"))
+    # llama.cpp's layouts: Gemma 2 windows every other layer, Gemma 3 five of six; Phi-3 every layer.
+    pattern = {"gemma2": {"model_type": "gemma2"}, "gemma3": {"model_type": "gemma3"}}.get(arch, {})
+    windows = layer_windows(
+        {"sliding_window": optional(f"{arch}.attention.sliding_window"), **pattern}, num_layers
+    )
     num_experts = optional(f"{arch}.expert_count")
     # Mixtral (llama) keeps the expert width in feed_forward_length; qwen2moe / qwen3moe in its own key.
     width = optional(f"{arch}.expert_feed_forward_length") if num_experts else 0
@@ -165,7 +195,7 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         name=path.stem,
         hidden_size=hidden,
         intermediate_size=width or int(field(f"{arch}.feed_forward_length")),
-        num_layers=int(field(f"{arch}.block_count")),
+        num_layers=num_layers,
         num_attention_heads=heads,
         num_kv_heads=int(field(f"{arch}.attention.head_count_kv")),
         head_dim=int(key_length.contents()) if key_length is not None else hidden // heads,
@@ -176,6 +206,7 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         experts_per_token=optional(f"{arch}.expert_used_count") or 1,
         shared_expert_intermediate_size=optional(f"{arch}.expert_shared_feed_forward_length"),
         exact_param_count=sum(int(t.n_elements) for t in reader.tensors),
+        layer_windows=windows,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from pagedserve.kube.planner import GIB, SEED_HEADROOM, Plan
+from pagedserve.kube.planner import GIB, SEED_HEADROOM, Plan, kv_groups
 
 # Chart defaults (deploy/helm/pagedserve/values.yaml): host memory is only raised above these when needed.
 CHART_MEMORY_REQUEST_GIB = 16
@@ -80,7 +80,12 @@ def render_table(plan: Plan) -> str:
         f"Precision    dtype {plan.dtype}, quantization {plan.quantization}, KV cache {plan.kv_cache_dtype}",
         f"Weights      {_gib(plan.weight_bytes)}",
         f"KV cache     {plan.kv_bytes_per_token:,} bytes/token; {plan.max_model_len} tokens x {plan.concurrency} "
-        f"sequence(s) = {_gib(plan.kv_bytes_requested)}",
+        f"sequence(s) = {_gib(plan.kv_bytes_requested)}"
+        + (
+            f" (each holds {plan.seq_tokens:,} tokens of the pool: sliding windows, see the note)"
+            if kv_groups(model)
+            else ""
+        ),
         f"GPU          {gpu.name} ({_gib(gpu.memory_bytes)}), budget {plan.request.gpu_memory_utilization:.0%} "
         f"per GPU, sizing rule: total memory >= weights + {SEED_HEADROOM:.0%}",
         f"Valid TP     {', '.join(map(str, plan.valid_tp_sizes)) or 'none'} (divide heads and MLP width; KV heads "

@@ -118,13 +118,39 @@ class Plan:
 
     @property
     def seq_tokens(self) -> int:
-        """Tokens one max-length sequence occupies, rounded up to whole KV blocks."""
-        return kv_memory.sequence_tokens(self.max_model_len, self.request.block_size)
+        """Tokens of the pool one max-length sequence occupies, rounded up to whole KV blocks (with window layers,
+        those of its groups: a window group holds its window and a step's chunk)."""
+        return sequence_pool_tokens(self.model, self.max_model_len, self.request)
+
+
+def kv_groups(model: ModelSpec) -> list[kv_memory.KVCacheGroup] | None:
+    """The engine's KV cache groups for a model with window layers (kv_memory.kv_cache_groups); None without."""
+    if not any(w is not None for w in model.layer_windows):
+        return None
+    return kv_memory.kv_cache_groups(list(model.layer_windows))
+
+
+def kv_layers(model: ModelSpec) -> int:
+    """The layers a token of the pool holds: every layer, or a hybrid model's group slots."""
+    groups = kv_groups(model)
+    return model.num_layers if groups is None else kv_memory.group_slots(groups)
+
+
+def sequence_pool_tokens(model: ModelSpec, max_model_len: int, request: PlanRequest) -> int:
+    groups = kv_groups(model)
+    if groups is None:
+        return kv_memory.sequence_tokens(max_model_len, request.block_size)
+    windows = [g.sliding_window for g in groups]
+    blocks = kv_memory.sequence_blocks(
+        max_model_len, request.block_size, windows, request.max_num_batched_tokens
+    )
+    return blocks * request.block_size
 
 
 def kv_bytes_per_token(model: ModelSpec, kv_dtype_bytes: int) -> int:
-    """2 (K and V) x layers x KV heads x head dim x bytes per element (kv_memory, as the engine counts)."""
-    return kv_memory.kv_bytes_per_token(model.num_layers, model.num_kv_heads, model.head_dim, kv_dtype_bytes)
+    """2 (K and V) x layers x KV heads x head dim x bytes per element (kv_memory, as the engine counts); the
+    layers a token of the pool holds (a hybrid model's group slots)."""
+    return kv_memory.kv_bytes_per_token(kv_layers(model), model.num_kv_heads, model.head_dim, kv_dtype_bytes)
 
 
 def weight_bytes(model: ModelSpec, quantization: str, dtype_bytes: int) -> int:
@@ -188,11 +214,14 @@ def _fit(
     activations += request.max_num_seqs * model.vocab_size * 4
     kv_heads_per_gpu = max(1, model.num_kv_heads // t)
     kv_per_token = kv_memory.kv_bytes_per_token(
-        model.num_layers, kv_heads_per_gpu, model.head_dim, kv_elem_bytes
+        kv_layers(model), kv_heads_per_gpu, model.head_dim, kv_elem_bytes
     )
     kv_room = budget - weights - runtime - activations
     kv_tokens = max(0, kv_room) // kv_per_token // request.block_size * request.block_size
-    max_concurrency = kv_tokens // seq_tokens  # seq_tokens: kv_memory.sequence_tokens, as the engine logs it
+    # With window groups the engine keeps block 0 as the null block.
+    null_tokens = request.block_size if kv_groups(model) else 0
+    # seq_tokens: kv_memory's arithmetic, as the engine logs it
+    max_concurrency = max(0, kv_tokens - null_tokens) // seq_tokens
     headroom_ok = t * gpu.memory_bytes >= (1 + SEED_HEADROOM) * weights_total
     if not headroom_ok:
         reason = f"{t} x {gpu.name} is under the weights + {SEED_HEADROOM:.0%} headroom"
@@ -259,7 +288,19 @@ def plan_capacity(model: ModelSpec, gpu: GpuType, request: PlanRequest) -> Plan:
             f"tensor-parallel {', '.join(map(str, lost))} ruled out for {quantization}: intermediate_size / t is not "
             f"a multiple of the {QUANT_GROUP_SIZE}-weight group (quantized releases often pad it: plan their config.json)"
         )
-    seq_tokens = kv_memory.sequence_tokens(max_model_len, request.block_size)
+    seq_tokens = sequence_pool_tokens(model, max_model_len, request)
+    groups = kv_groups(model)
+    if groups is not None:
+        windows = sorted({w for w in model.layer_windows if w is not None})
+        local = sum(w is not None for w in model.layer_windows)
+        notes.append(
+            f"{local} of {model.num_layers} layers attend to a sliding window ({', '.join(map(str, windows))} "
+            f"tokens): as in vLLM, their blocks out of the window go back to the pool, in {len(groups)} KV cache "
+            f"groups of {kv_memory.group_slots(groups)} layers; a max-length sequence holds {seq_tokens:,} tokens "
+            f"of {kv_memory.group_slots(groups)}-layer blocks, against "
+            f"{kv_memory.sequence_tokens(max_model_len, request.block_size):,} tokens of {model.num_layers}-layer "
+            "blocks with --disable-hybrid-kv-cache-manager"
+        )
     inputs = {
         "weights": weights,
         "act_bytes": dtype_bytes,

@@ -126,9 +126,9 @@ class Gemma3Model(nn.Module):
             else self.global_rotary.for_step(positions, hidden.dtype)
         )
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
             rope = local_rope if layer.is_sliding else global_rope
-            hidden, residual = layer(rope, hidden, residual, kv_cache, metadata)
+            hidden, residual = layer(rope, hidden, residual, kv_cache, metadata.for_layer(i))
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

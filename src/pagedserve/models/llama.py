@@ -247,8 +247,8 @@ class LlamaModel(nn.Module):
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         rope = self.rotary.for_step(positions, hidden.dtype)
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(rope, hidden, residual, kv_cache, metadata)
+        for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
+            hidden, residual = layer(rope, hidden, residual, kv_cache, metadata.for_layer(i))
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

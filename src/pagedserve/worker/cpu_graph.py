@@ -72,7 +72,15 @@ class _CaptureGuard(TorchDispatchMode):
 class DecodeGraph:
     """The recorded decode step for one batch size, and the static buffers its calls read."""
 
-    def __init__(self, batch: int, hidden_size: int, table_width: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        batch: int,
+        hidden_size: int,
+        table_width: int,
+        dtype: torch.dtype,
+        layer_groups: list[int] | None = None,
+    ) -> None:
+        """layer_groups: each layer's KV cache group on a hybrid model (a slot mapping and tables per group)."""
         self.batch = batch
         self.inputs_embeds = torch.zeros(batch, hidden_size, dtype=dtype)
         self.positions = torch.zeros(batch, dtype=torch.int64)
@@ -85,6 +93,17 @@ class DecodeGraph:
             decode_block_tables=self.block_tables,
             decode_seq_lens=self.seq_lens,
         )
+        if layer_groups is not None:
+            self.metadata.layer_groups = layer_groups
+            self.metadata.group_metadata = [
+                AttentionMetadata(
+                    slot_mapping=torch.zeros(batch, dtype=torch.int64),
+                    num_decode_tokens=batch,
+                    decode_block_tables=torch.zeros(batch, table_width, dtype=torch.int64),
+                    decode_seq_lens=self.seq_lens,
+                )
+                for _ in range(max(layer_groups))
+            ]
         self.program: ReplayProgram | None = None
         self.kept: list[Any] = []
         # Under tensor parallelism the recorded step ends at this rank's slice of the logits: joining the slices
@@ -99,11 +118,15 @@ class DecodeGraph:
         assert metadata.decode_block_tables is not None and metadata.decode_seq_lens is not None
         self.inputs_embeds.copy_(inputs_embeds)
         self.positions.copy_(positions)
-        self.slot_mapping.copy_(metadata.slot_mapping)
-        self.block_tables[:, : metadata.decode_block_tables.shape[1]].copy_(metadata.decode_block_tables)
         self.seq_lens.copy_(metadata.decode_seq_lens)
-        # Read by the PyTorch decode path only (a step that uses it is not kept as a graph, but it is computed).
-        self.metadata.decode_max_seq_len = metadata.decode_max_seq_len
+        for static, step in zip(
+            [self.metadata, *self.metadata.group_metadata], [metadata, *metadata.group_metadata]
+        ):
+            assert step.decode_block_tables is not None
+            static.slot_mapping.copy_(step.slot_mapping)
+            static.decode_block_tables[:, : step.decode_block_tables.shape[1]].copy_(step.decode_block_tables)  # type: ignore[index]
+            # Read by the PyTorch decode path only (a step that uses it is not kept as a graph, but it is computed).
+            static.decode_max_seq_len = metadata.decode_max_seq_len
 
     def capture(self, model: Any, kv_caches: list[Any]) -> bool:
         """Runs the step on the static buffers while recording; True when the recording can be replayed. Either
@@ -135,8 +158,15 @@ class DecodeGraphs:
     """One `DecodeGraph` per decode batch size, captured on first use."""
 
     def __init__(
-        self, model: Any, kv_caches: list[Any], hidden_size: int, table_width: int, dtype: torch.dtype
+        self,
+        model: Any,
+        kv_caches: list[Any],
+        hidden_size: int,
+        table_width: int,
+        dtype: torch.dtype,
+        layer_groups: list[int] | None = None,
     ) -> None:
+        self.layer_groups = layer_groups
         self.model = model
         self.kv_caches = kv_caches
         self.hidden_size = hidden_size
@@ -163,7 +193,7 @@ class DecodeGraphs:
         graph = self.graphs.get(batch)
         captured = graph is not None
         if graph is None:
-            graph = DecodeGraph(batch, self.hidden_size, self.table_width, self.dtype)
+            graph = DecodeGraph(batch, self.hidden_size, self.table_width, self.dtype, self.layer_groups)
         graph.load_inputs(self.model.embed_input_ids(input_ids), positions, metadata)
         if captured:
             return graph.replay()

@@ -48,26 +48,46 @@ def bucket_for(batch: int, sizes: list[int]) -> int | None:
 class DecodeBuffers:
     """The static tensors a captured graph reads: a step is copied in, padded up to its bucket."""
 
-    def __init__(self, max_batch: int, max_blocks: int, max_model_len: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        max_batch: int,
+        max_blocks: int,
+        max_model_len: int,
+        device: torch.device,
+        layer_groups: list[int] | None = None,
+    ) -> None:
+        """layer_groups: each layer's KV cache group on a hybrid model: a slot mapping and tables per group."""
+
         def longs(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, dtype=torch.long, device=device)
 
         self.max_model_len = max_model_len
+        self.layer_groups = layer_groups
+        num_groups = 1 + (max(layer_groups) if layer_groups else 0)
         self.input_ids = longs(max_batch)
         self.positions = longs(max_batch)
-        self.slot_mapping = torch.full((max_batch,), PAD_SLOT, dtype=torch.long, device=device)
-        self.block_tables = longs(max_batch, max_blocks)
+        self.group_slots = [
+            torch.full((max_batch,), PAD_SLOT, dtype=torch.long, device=device) for _ in range(num_groups)
+        ]
+        self.group_tables = [longs(max_batch, max_blocks) for _ in range(num_groups)]
+        self.slot_mapping, self.block_tables = self.group_slots[0], self.group_tables[0]
         self.seq_lens = longs(max_batch)
 
     def metadata(self, size: int) -> AttentionMetadata:
         """Views of the first `size` rows: what the graph of that bucket was captured with."""
-        return AttentionMetadata(
-            slot_mapping=self.slot_mapping[:size],
-            num_decode_tokens=size,
-            decode_block_tables=self.block_tables[:size],
-            decode_seq_lens=self.seq_lens[:size],
-            decode_max_seq_len=self.max_model_len,
-        )
+        groups = [
+            AttentionMetadata(
+                slot_mapping=slots[:size],
+                num_decode_tokens=size,
+                decode_block_tables=tables[:size],
+                decode_seq_lens=self.seq_lens[:size],
+                decode_max_seq_len=self.max_model_len,
+            )
+            for slots, tables in zip(self.group_slots, self.group_tables)
+        ]
+        if self.layer_groups is not None:
+            groups[0].layer_groups, groups[0].group_metadata = self.layer_groups, groups[1:]
+        return groups[0]
 
     def fits(self, metadata: AttentionMetadata) -> bool:
         tables = metadata.decode_block_tables
@@ -82,14 +102,18 @@ class DecodeBuffers:
         assert tables is not None and metadata.decode_seq_lens is not None and batch <= size
         self.input_ids[:batch].copy_(input_ids)
         self.positions[:batch].copy_(positions)
-        self.slot_mapping[:batch].copy_(metadata.slot_mapping)
         self.seq_lens[:batch].copy_(metadata.decode_seq_lens)
-        self.block_tables[:batch, : tables.shape[1]].copy_(tables)
+        steps = [metadata, *metadata.group_metadata]
+        for slots, static_tables, step in zip(self.group_slots, self.group_tables, steps):
+            assert step.decode_block_tables is not None
+            slots[:batch].copy_(step.slot_mapping)
+            static_tables[:batch, : tables.shape[1]].copy_(step.decode_block_tables)
+            # Padded rows must write nothing (and, with seq_len 0, read nothing).
+            slots[batch:size].fill_(PAD_SLOT)
         # Columns past this step's widest table keep older block ids: harmless, the kernel reads only up to
-        # seq_len. Padded rows must write nothing and read nothing.
+        # seq_len.
         self.input_ids[batch:size].zero_()
         self.positions[batch:size].zero_()
-        self.slot_mapping[batch:size].fill_(PAD_SLOT)
         self.seq_lens[batch:size].zero_()
 
 
@@ -104,11 +128,14 @@ class CudaDecodeGraphs:
         max_model_len: int,
         block_size: int,
         device: torch.device,
+        layer_groups: list[int] | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.sizes = capture_sizes(max_num_seqs)
-        self.buffers = DecodeBuffers(self.sizes[-1], -(-max_model_len // block_size), max_model_len, device)
+        self.buffers = DecodeBuffers(
+            self.sizes[-1], -(-max_model_len // block_size), max_model_len, device, layer_groups
+        )
         self.graphs: dict[int, Any] = {}
         self.outputs: dict[int, torch.Tensor] = {}
 

@@ -25,6 +25,7 @@ def make_decode_graphs(
     max_num_seqs: int,
     max_model_len: int,
     tp_size: int,
+    layer_groups: list[int] | None = None,
 ) -> DecodeGraphs | CudaDecodeGraphs | None:
     """Recorded decode steps for this device and backend. Under tensor parallelism only on the CPU with the
     shared-memory collectives (C calls, replayed with the step); gloo's are not, and CUDA graphs of NCCL calls
@@ -36,9 +37,13 @@ def make_decode_graphs(
         logger.info("decode graphs: off for a mixture-of-experts model (eager decode steps)")
         return None
     if device.type == "cuda" and attention_backend == "triton":
-        graphs = CudaDecodeGraphs(model, kv_caches, max_num_seqs, max_model_len, block_size, device)
+        graphs = CudaDecodeGraphs(
+            model, kv_caches, max_num_seqs, max_model_len, block_size, device, layer_groups
+        )
         graphs.capture()
         return graphs
     if DecodeGraphs.usable(device, False) and attention_backend == "cpu":
-        return DecodeGraphs(model, kv_caches, hidden_size, -(-max_model_len // block_size), dtype)
+        return DecodeGraphs(
+            model, kv_caches, hidden_size, -(-max_model_len // block_size), dtype, layer_groups
+        )
     return None

@@ -51,6 +51,8 @@ class RunnerInfo:
     weight_bytes: int
     kv_cache_dtype: str
     cpu_kernels: str
+    kv_group_windows: list[int | None]
+    """Each KV cache group's sliding window, None for full attention (kv_memory.py)."""
 
 
 def build_runner(spec: RunnerSpec, source: Any = None) -> ModelRunner:
@@ -90,6 +92,7 @@ def runner_info(runner: ModelRunner) -> RunnerInfo:
         runner.weight_bytes,
         str(runner.kv_cache_dtype).replace("torch.", ""),
         runner.cpu_kernels,
+        runner.kv_group_windows,
     )
 
 

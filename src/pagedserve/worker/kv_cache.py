@@ -9,7 +9,7 @@ import torch
 
 from pagedserve import envs
 from pagedserve.config import CacheConfig
-from pagedserve.kv_memory import kv_bytes_per_token
+from pagedserve.kv_memory import KVCacheGroup, kv_bytes_per_token
 
 logger = logging.getLogger("pagedserve")
 
@@ -32,14 +32,20 @@ def resolve_kv_cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> tor
 
 
 def kv_bytes_per_block(
-    hf_config: Any, block_size: int, dtype: torch.dtype, num_kv_heads: int | None = None
+    hf_config: Any,
+    block_size: int,
+    dtype: torch.dtype,
+    num_kv_heads: int | None = None,
+    num_layers: int | None = None,
 ) -> int:
-    """num_kv_heads: the heads this rank's cache holds (all of the model's without tensor parallelism)."""
+    """num_kv_heads: the heads this rank's cache holds (all of the model's without tensor parallelism). num_layers:
+    the cache tensors a block spans (every layer's by default; a hybrid model's group slots)."""
     num_heads = hf_config.num_attention_heads
     num_kv_heads = num_kv_heads or getattr(hf_config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     element = torch.tensor([], dtype=dtype).element_size()
-    return block_size * kv_bytes_per_token(hf_config.num_hidden_layers, num_kv_heads, head_dim, element)
+    layers = num_layers or hf_config.num_hidden_layers
+    return block_size * kv_bytes_per_token(layers, num_kv_heads, head_dim, element)
 
 
 def kv_cache_budget_bytes(cache: CacheConfig, device: torch.device, allocated: bool = True) -> int:
@@ -66,7 +72,9 @@ def allocate_kv_caches(
     dtype: torch.dtype,
     device: torch.device,
     num_kv_heads: int | None = None,
+    num_layers: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One (K, V) pair per layer, or `num_layers` pairs (a hybrid model's group slots, which layers share)."""
     num_heads = hf_config.num_attention_heads
     num_kv_heads = num_kv_heads or getattr(hf_config, "num_key_value_heads", None) or num_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
@@ -79,5 +87,16 @@ def allocate_kv_caches(
             torch.zeros(key_shape, dtype=dtype, device=device),
             torch.zeros(value_shape, dtype=dtype, device=device),
         )
-        for _ in range(hf_config.num_hidden_layers)
+        for _ in range(num_layers or hf_config.num_hidden_layers)
     ]
+
+
+def layer_kv_caches(
+    slot_caches: list[tuple[torch.Tensor, torch.Tensor]], groups: list[KVCacheGroup]
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[int] | None]:
+    """Each layer's (K, V): the slot its place in its KV cache group names (kv_memory.py); and each layer's group
+    where there are several (None: one group, every layer its own slot)."""
+    place = {layer: (g, slot) for g, group in enumerate(groups) for slot, layer in enumerate(group.layers)}
+    layers = range(len(place))
+    caches = [slot_caches[place[i][1]] for i in layers]
+    return caches, [place[i][0] for i in layers] if len(groups) > 1 else None

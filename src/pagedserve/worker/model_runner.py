@@ -16,10 +16,11 @@ from pagedserve.cpu_info import cpu_info
 from pagedserve.cpu_placement import default_cpu_threads
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
+from pagedserve.kv_memory import group_slots, kv_cache_groups
 from pagedserve.layers.linear import quantize_linears_fp8
 from pagedserve.layers.pooler import PoolingType
 from pagedserve.model_config import ModelConfig
-from pagedserve.models.llama import config_for_serving, without_sliding_window
+from pagedserve.models.llama import attention_window, config_for_serving, without_sliding_window
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
 from pagedserve.outputs import PositionLogprobs
@@ -34,6 +35,7 @@ from pagedserve.worker.kv_cache import (
     allocate_kv_caches,
     kv_bytes_per_block,
     kv_cache_budget_bytes,
+    layer_kv_caches,
     resolve_kv_cache_dtype,
 )
 from pagedserve.worker.lora_manager import LoRAManager
@@ -217,22 +219,31 @@ class ModelRunner:
             )  # fmt: skip
         else:
             budget = kv_cache_budget_bytes(cache_config, device, allocated=not self.is_encoder)
+        # Layers of one attention kind share block tables (kv_memory.py); an encoder has no cache.
+        num_layers = hf_config.num_hidden_layers
+        windows = [None if is_encoder else attention_window(model_hf_config, i) for i in range(num_layers)]
+        groups = kv_cache_groups(windows, hybrid=not cache_config.disable_hybrid_kv_cache_manager)
+        self.kv_group_windows = [group.sliding_window for group in groups]
+        slots = group_slots(groups)
         # Every rank sizes its blocks for the most KV heads any rank holds, so all hold the same number of blocks.
         room = max_kv_heads_per_rank(num_heads, num_kv_heads, tp.size)
-        per_block = kv_bytes_per_block(hf_config, self.block_size, self.kv_cache_dtype, room)
+        per_block = kv_bytes_per_block(hf_config, self.block_size, self.kv_cache_dtype, room, slots)
         self.num_blocks = budget // per_block
-        if self.num_blocks < 1:
+        # A model with window groups gives up block 0 as the null block (core/block_pool.py).
+        fewest = 2 if any(self.kv_group_windows) else 1
+        if self.num_blocks < fewest:
             raise ValueError(
-                f"KV cache budget of {budget} bytes holds no block of {per_block} bytes: raise kv_cache_memory_bytes"
+                f"KV cache budget of {budget} bytes holds {self.num_blocks} blocks of {per_block} bytes, fewer "
+                f"than {fewest}: raise kv_cache_memory_bytes"
             )
         self.kv_cache_bytes = 0 if self.is_encoder else self.num_blocks * per_block
-        self.kv_caches = (
-            []
-            if self.is_encoder
-            else allocate_kv_caches(
-                hf_config, self.num_blocks, self.block_size, self.kv_cache_dtype, device, rank_kv_heads
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.layer_groups: list[int] | None = None  # each layer's group, where there are several
+        if not self.is_encoder:
+            slot_caches = allocate_kv_caches(
+                hf_config, self.num_blocks, self.block_size, self.kv_cache_dtype, device, rank_kv_heads, slots
             )
-        )
+            self.kv_caches, self.layer_groups = layer_kv_caches(slot_caches, groups)
         self.sampler = Sampler()
         self.sequences: dict[str, RunnerSequence] = {}
         self.decode_graphs = None
@@ -240,7 +251,7 @@ class ModelRunner:
         if not model_config.enforce_eager and not self.is_encoder and not self.is_classifier:
             self.decode_graphs = make_decode_graphs(
                 self.model, self.kv_caches, self.attention_backend, self.device, self.dtype,
-                hf_config.hidden_size, self.block_size, max_num_seqs, max_model_len, tp.size,
+                hf_config.hidden_size, self.block_size, max_num_seqs, max_model_len, tp.size, self.layer_groups,
             )  # fmt: skip
 
     def _init_dummy_weights(self, seed: int) -> None:
@@ -289,7 +300,7 @@ class ModelRunner:
         scheduled = scheduler_output.sequences
         if self.lora is not None:  # each adapter's rows side by side: its delta is one slice (layers/lora.py)
             scheduled = sorted(scheduled, key=self._lora_id)
-        step = prepare_inputs(scheduled, self.block_size, self.device)
+        step = prepare_inputs(scheduled, self.block_size, self.device, self.layer_groups)
         states = [self.sequences[s.seq_id] for s in step.sequences]
         with_lora = False
         if self.lora is not None:  # every step: a replayed graph reads the rows' slots

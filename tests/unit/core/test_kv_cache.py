@@ -70,10 +70,10 @@ def test_prefix_cache_hit_shares_blocks_and_keeps_last_token():
     kv.allocate_slots(a, 12)
     b = make_request("b", prompt + [99])
     computed, num_computed = kv.get_computed_blocks(b)
-    assert [blk.block_id for blk in computed] == [0, 1, 2] and num_computed == 12
+    assert [blk.block_id for blk in computed[0]] == [0, 1, 2] and num_computed == 12
     c = make_request("c", prompt)  # identical prompt: the last block must be recomputed
     computed_c, num_c = kv.get_computed_blocks(c)
-    assert [blk.block_id for blk in computed_c] == [0, 1] and num_c == 8
+    assert [blk.block_id for blk in computed_c[0]] == [0, 1] and num_c == 8
     kv.allocate_slots(b, 1, computed)
     assert kv.get_block_ids("b") == [0, 1, 2, 3]
     assert [blk.ref_cnt for blk in kv.pool.blocks[:4]] == [2, 2, 2, 1]
@@ -103,7 +103,7 @@ def test_free_cached_blocks_are_revived_then_evicted_lru():
     kv.free(a)  # free order: 2 (uncached -> head), then 1, 0 at the tail
     b = make_request("b", [1, 2, 3, 4, 9])
     computed, n = kv.get_computed_blocks(b)
-    assert [blk.block_id for blk in computed] == [0, 1] and n == 4
+    assert [blk.block_id for blk in computed[0]] == [0, 1] and n == 4
     kv.allocate_slots(b, 1, computed)
     assert kv.get_block_ids("b") == [0, 1, 2]
     kv.free(b)

@@ -181,6 +181,20 @@ def test_hf_overrides_parse_as_vllms(monkeypatch: pytest.MonkeyPatch) -> None:
         parse("--hf-overrides", "rope_scaling=yarn")  # not a JSON object (vLLM's syntax)
 
 
+def test_disable_hybrid_kv_cache_manager_parses_as_vllms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit-level: the serving loop is replaced by a capture (the flag's effect runs in test_hybrid_kv_cache.py)."""
+    captured: dict[str, Any] = {}
+
+    async def fake_serve(engine_config: Any, server_config: Any, in_process: bool) -> int:
+        captured["engine"] = engine_config
+        return 0
+
+    monkeypatch.setattr(serve, "_serve", fake_serve)
+    assert serve.run(parse("--disable-hybrid-kv-cache-manager")) == 0
+    assert captured["engine"].cache.disable_hybrid_kv_cache_manager is True
+    assert serve.run(parse()) == 0 and captured["engine"].cache.disable_hybrid_kv_cache_manager is False
+
+
 def test_lora_flags_parse_as_vllms(monkeypatch: pytest.MonkeyPatch) -> None:
     captured: dict[str, Any] = {}
 
