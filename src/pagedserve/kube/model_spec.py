@@ -158,6 +158,16 @@ def spec_from_config(config: dict[str, Any], name: str, source: str = "config.js
     return spec
 
 
+def gguf_layer_windows(reader: Any) -> tuple[int | None, ...]:
+    """A GGUF file's sliding windows, as llama.cpp lays them out: Gemma 2 every other layer, Gemma 3 five layers of
+    six, Phi-3 every layer (the architecture's `attention.sliding_window` key; none without it)."""
+    arch = str(reader.fields["general.architecture"].contents())
+    window = reader.fields.get(f"{arch}.attention.sliding_window")
+    num_layers = int(reader.fields[f"{arch}.block_count"].contents())
+    config = {"sliding_window": int(window.contents()) if window is not None else None, "model_type": arch}
+    return layer_windows(config, num_layers)
+
+
 def spec_from_gguf(path: Path) -> ModelSpec:
     """Read shape and exact parameter count from a GGUF file's metadata (weights are served dequantized)."""
     from gguf import GGUFReader  # only this path needs the gguf package
@@ -183,11 +193,6 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         return 0 if found is None else int(found.contents())
 
     num_layers = int(field(f"{arch}.block_count"))
-    # llama.cpp's layouts: Gemma 2 windows every other layer, Gemma 3 five of six; Phi-3 every layer.
-    pattern = {"gemma2": {"model_type": "gemma2"}, "gemma3": {"model_type": "gemma3"}}.get(arch, {})
-    windows = layer_windows(
-        {"sliding_window": optional(f"{arch}.attention.sliding_window"), **pattern}, num_layers
-    )
     num_experts = optional(f"{arch}.expert_count")
     # Mixtral (llama) keeps the expert width in feed_forward_length; qwen2moe / qwen3moe in its own key.
     width = optional(f"{arch}.expert_feed_forward_length") if num_experts else 0
@@ -206,7 +211,7 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         experts_per_token=optional(f"{arch}.expert_used_count") or 1,
         shared_expert_intermediate_size=optional(f"{arch}.expert_shared_feed_forward_length"),
         exact_param_count=sum(int(t.n_elements) for t in reader.tensors),
-        layer_windows=windows,
+        layer_windows=gguf_layer_windows(reader),
     )
 
 

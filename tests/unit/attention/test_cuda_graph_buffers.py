@@ -4,6 +4,8 @@ leaves the KV cache as the eager step does. The capture itself needs a GPU (benc
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import transformers
@@ -79,6 +81,45 @@ def test_padded_replay_matches_eager_step(test_device):
     for (k, v), (ek, ev) in zip(caches, eager_caches):
         assert torch.equal(k, ek) and torch.equal(v, ev), "the padded row wrote into the cache"
     assert graphs.buffers.slot_mapping[3].item() == -1 and graphs.buffers.seq_lens[3].item() == 0
+
+
+def test_padded_replay_keeps_each_kv_cache_groups_tables(test_device):
+    """A hybrid model (kv_memory.kv_cache_groups): layer 1 reads group 1's own tables and slots, layer 0 group 0's;
+    the static buffers keep a slot mapping and tables per group, and replay computes what eager does."""
+    config, model = tiny_model(test_device)
+    block_size = 8
+    caches = allocate_kv_caches(config, 40, block_size, torch.float32, test_device)
+    gen = torch.Generator().manual_seed(5)
+    for k_cache, v_cache in caches:
+        k_cache.copy_(torch.randn(k_cache.shape, generator=gen))
+        v_cache.copy_(torch.randn(v_cache.shape, generator=gen))
+    tables = [[7, 3], [12, 1, 30]]
+    group_tables = [[[33, 34]], [[35, 36, 37]]]  # the same positions, other blocks
+    contexts = [5, 19]
+    sequences = [
+        ScheduledSequence(f"s{i}", c, [11 + i], t, True, group_block_ids=g)
+        for i, (c, t, g) in enumerate(zip(contexts, tables, group_tables))
+    ]
+    step = prepare_inputs(sequences, block_size, test_device, layer_groups=[0, 1])
+    assert step.metadata.for_layer(1).slot_mapping.tolist() == [33 * 8 + 5, 37 * 8 + 3]
+    eager_caches = [(k.clone(), v.clone()) for k, v in caches]
+    with torch.inference_mode():
+        eager = model.compute_logits(model(step.input_ids, step.positions, eager_caches, step.metadata))
+        graphs = CudaDecodeGraphs(model, caches, max_num_seqs=4, max_model_len=64, block_size=block_size,
+                                  device=test_device, layer_groups=[0, 1])  # fmt: skip
+        graphs.buffers.fill(step.input_ids, step.positions, step.metadata, 4)
+        replayed = graphs.run(4)
+    torch.testing.assert_close(replayed[:2], eager, atol=1e-5, rtol=1e-5)
+    for (k, v), (ek, ev) in zip(caches, eager_caches):
+        assert torch.equal(k, ek) and torch.equal(v, ev), "a padded row wrote into the cache"
+    assert [slots[2:].tolist() for slots in graphs.buffers.group_slots] == [[-1, -1], [-1, -1]]
+    # Without group 1's tables the layer would have read other keys: the groups really differ.
+    with torch.inference_mode():
+        plain = prepare_inputs(
+            [dataclasses.replace(s, group_block_ids=[]) for s in sequences], 8, test_device
+        )
+        other = model.compute_logits(model(plain.input_ids, plain.positions, eager_caches, plain.metadata))
+    assert not torch.allclose(other, eager, atol=1e-3)
 
 
 def test_graphs_step_aside_for_prefills_and_large_batches(test_device):

@@ -16,7 +16,9 @@ import transformers
 from model_steps import load_model, logits_of
 from tiny_gguf_writer import write_transformers_gguf
 
+from pagedserve.kube.model_spec import gguf_layer_windows
 from pagedserve.models.gguf_config import build_gguf_config
+from pagedserve.models.llama import attention_window
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from tiny_models import randomize_gemma_norms  # noqa: E402
@@ -68,6 +70,9 @@ def test_float_file_gives_transformers_logits(files) -> None:
     assert isinstance(config, transformers.Gemma2Config)
     assert (config.attn_logit_softcapping, config.final_logit_softcapping) == (2.0, 3.0)
     assert config.layer_types == ["sliding_attention", "full_attention"] * 2
+    # `pagedserve plan` reads the same windows from the file (its KV cache groups count as the engine's).
+    windows = tuple(attention_window(config, i) for i in range(4))
+    assert gguf_layer_windows(gguf.GGUFReader(str(f32))) == windows and windows[0] and windows[1] is None
     got = logits_of(ours, config, TOKENS, [12, 1, 1, 1, 1, 6])
     with torch.no_grad():
         expected = model(torch.tensor([TOKENS])).logits[0]

@@ -18,7 +18,9 @@ import transformers
 from model_steps import load_model, logits_of
 from tiny_gguf_writer import write_transformers_gguf
 
+from pagedserve.kube.model_spec import gguf_layer_windows
 from pagedserve.models.gguf_config import build_gguf_config
+from pagedserve.models.llama import attention_window
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from tiny_models import randomize_gemma_norms, tiny_gemma3_text_config  # noqa: E402
@@ -129,6 +131,9 @@ def test_config_follows_llama_cpp(files) -> None:
     assert config.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
     assert config.rope_parameters["full_attention"]["rope_type"] == "linear"
     assert config.tie_word_embeddings and config.hidden_activation == "gelu_pytorch_tanh"
+    # `pagedserve plan` reads the same windows from the file (its KV cache groups count as the engine's).
+    windows = tuple(attention_window(config, i) for i in range(config.num_hidden_layers))
+    assert gguf_layer_windows(gguf.GGUFReader(str(f32))) == windows == (5, 5, 5, 5, 5, None)
 
 
 def test_27b_attention_scale_and_files_without_a_window(tmp_path) -> None:
