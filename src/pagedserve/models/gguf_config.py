@@ -17,10 +17,11 @@ from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
 SUPPORTED_GGUF_ARCHITECTURES = (
     "llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma2", "gemma3", "phi3", "granite", "smollm3", "olmo2",
+    "glm4",
 )  # fmt: skip
 _SUPPORTED_HINT = (
     "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, "
-    "granite, smollm3 and olmo2"
+    "granite, smollm3, olmo2 and glm4"
 )
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
@@ -216,6 +217,15 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
                 f"GGUF file {path}: olmo2 with head_dim {head_dim} != hidden/heads is not supported"
             )
         return transformers.Olmo2Config(architectures=["Olmo2ForCausalLM"], **kwargs)
+    if (
+        arch == "glm4"
+    ):  # GLM-4-0414: llama.cpp keeps the checkpoint's interleaved rotary pairs (models/glm.py)
+        rotary = int(field_value(reader, "glm4.rope.dimension_count", head_dim // 2))
+        bias = any(_find_tensor(reader, f"blk.0.{n}.bias") is not None for n in ("attn_q", "attn_qkv"))
+        return transformers.Glm4Config(
+            architectures=["Glm4ForCausalLM"], head_dim=head_dim, attention_bias=bias,
+            partial_rotary_factor=rotary / head_dim, **kwargs,
+        )  # fmt: skip
     if arch == "qwen2":
         if head_dim != hidden_size // num_heads:
             raise ValueError(

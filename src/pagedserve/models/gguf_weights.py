@@ -62,6 +62,14 @@ _ARCH_BLOCK_TENSORS["olmo2"] = {
     "post_attention_norm": "post_attention_layernorm",
     "post_ffw_norm": "post_feedforward_layernorm",
 }
+# GLM-4-0414: gate|up fused (and q|k|v in some files), split by models/glm.py; a norm after each block.
+_ARCH_BLOCK_TENSORS["glm4"] = {
+    "attn_qkv": "self_attn.qkv_proj",
+    "ffn_up": "mlp.gate_up_proj",
+    "post_attention_norm": "post_self_attn_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_mlp_layernorm",
+}
 # llama.cpp's converter stores Gemma's norm weights as 1 + weight (its RMSNorm multiplies by the weight alone);
 # the model adds the 1 itself (layers/layernorm.py::GemmaRMSNorm).
 _NORMS_PLUS_ONE = frozenset({"gemma2", "gemma3"})

@@ -97,12 +97,19 @@ def make_rotary(config: Any, head_dim: int) -> RotaryEmbedding:
     if needs_resolving(scaling):
         positions = config.max_position_embeddings
         scaling = resolve_rope(scaling, positions, positions)
+    return RotaryEmbedding(
+        head_dim, config.max_position_embeddings, theta, scaling, rotary_dims(config, head_dim)
+    )
+
+
+def rotary_dims(config: Any, head_dim: int) -> int:
+    """The dims of each head the rotation covers: the first partial_rotary_factor of them (Phi-4-mini 0.75, GLM
+    0.5), all of them by default."""
+    _, scaling = rope_settings(config)
     partial = (
         (scaling or {}).get("partial_rotary_factor") or getattr(config, "partial_rotary_factor", None) or 1.0
     )
-    return RotaryEmbedding(
-        head_dim, config.max_position_embeddings, theta, scaling, int(head_dim * float(partial))
-    )
+    return int(head_dim * float(partial))
 
 
 class AttentionShape(NamedTuple):
@@ -223,6 +230,9 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    layer_class: type[LlamaDecoderLayer] = LlamaDecoderLayer
+    """The decoder layer (GLM-4 adds norms around its blocks: models/glm.py)."""
+
     def __init__(
         self,
         config: Any,
@@ -234,7 +244,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, backend, shape, make_mlp(config, index), index, residual_multiplier)
+            self.layer_class(config, backend, shape, make_mlp(config, index), index, residual_multiplier)
             for index in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)

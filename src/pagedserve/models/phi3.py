@@ -32,38 +32,42 @@ class Phi3ForCausalLM(LlamaForCausalLM):
         super().__init__(config, backend)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return super().load_weights(self._split_fused(weights))
+        return super().load_weights(split_fused(weights, self.config))
 
-    def _split_fused(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-        config = self.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        q_size = config.num_attention_heads * head_dim
-        kv_size = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
-        for name, tensor in weights:
-            if ".self_attn.qkv_proj." not in name and ".mlp.gate_up_proj." not in name:
-                yield name, tensor
-                continue
-            if isinstance(tensor, QuantizedTensor):  # GGUF blocks: each row quantized alone, so rows split
-                sizes = [q_size, kv_size, kv_size] if ".qkv_proj." in name else [tensor.shape[0] // 2] * 2
-                starts = [0, *itertools.accumulate(sizes)]
-                pieces: list[Any] = [
-                    QuantizedTensor(tensor.data[start : start + size], tensor.qtype, (size, tensor.shape[1]))
-                    for start, size in zip(starts, sizes)
-                ]
-            elif name.endswith(".weight") and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                pieces = (
-                    list(tensor.split([q_size, kv_size, kv_size]))
-                    if ".qkv_proj." in name
-                    else list(tensor.chunk(2))
-                )
-            else:  # AWQ/GPTQ/FP8 scales of a fused layer are laid out per block of rows, not per part
-                raise ValueError(
-                    f"{name}: quantized Phi-3 checkpoints (fused q|k|v, gate|up) are not supported"
-                )
-            fused, parts = (
-                ("qkv_proj", ("q_proj", "k_proj", "v_proj"))
+
+def split_fused(
+    weights: Iterable[tuple[str, torch.Tensor]], config: Any
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Fused q|k|v (`qkv_proj`) and gate|up (`gate_up_proj`) checkpoint tensors as their parts (GLM fuses gate|up
+    too: models/glm.py)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    q_size = config.num_attention_heads * head_dim
+    kv_size = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
+    for name, tensor in weights:
+        if ".self_attn.qkv_proj." not in name and ".mlp.gate_up_proj." not in name:
+            yield name, tensor
+            continue
+        if isinstance(tensor, QuantizedTensor):  # GGUF blocks: each row quantized alone, so rows split
+            sizes = [q_size, kv_size, kv_size] if ".qkv_proj." in name else [tensor.shape[0] // 2] * 2
+            starts = [0, *itertools.accumulate(sizes)]
+            pieces: list[Any] = [
+                QuantizedTensor(tensor.data[start : start + size], tensor.qtype, (size, tensor.shape[1]))
+                for start, size in zip(starts, sizes)
+            ]
+        elif name.endswith(".weight") and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            pieces = (
+                list(tensor.split([q_size, kv_size, kv_size]))
                 if ".qkv_proj." in name
-                else ("gate_up_proj", ("gate_proj", "up_proj"))
+                else list(tensor.chunk(2))
             )
-            for part, values in zip(parts, pieces):
-                yield name.replace(f".{fused}.", f".{part}."), values
+        else:  # AWQ/GPTQ/FP8 scales of a fused layer are laid out per block of rows, not per part
+            raise ValueError(
+                f"{name}: quantized checkpoints with fused q|k|v or gate|up rows (Phi-3, GLM) are not supported"
+            )
+        fused, parts = (
+            ("qkv_proj", ("q_proj", "k_proj", "v_proj"))
+            if ".qkv_proj." in name
+            else ("gate_up_proj", ("gate_proj", "up_proj"))
+        )
+        for part, values in zip(parts, pieces):
+            yield name.replace(f".{fused}.", f".{part}."), values

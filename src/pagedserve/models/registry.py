@@ -10,6 +10,7 @@ from pagedserve.models.bert import ENCODER_MODELS
 from pagedserve.models.causal_classifier import CAUSAL_CLASSIFIERS
 from pagedserve.models.gemma2 import Gemma2ForCausalLM
 from pagedserve.models.gemma3 import GEMMA3_MODELS
+from pagedserve.models.glm import GLM_MODELS
 from pagedserve.models.granite import GraniteForCausalLM
 from pagedserve.models.llama import (
     LlamaForCausalLM,
@@ -34,6 +35,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "GraniteForCausalLM": GraniteForCausalLM,
     "SmolLM3ForCausalLM": SmolLM3ForCausalLM,
     "Olmo2ForCausalLM": Olmo2ForCausalLM,
+    **GLM_MODELS,
     **MOE_MODELS,
     **GEMMA3_MODELS,
     **ENCODER_MODELS,

@@ -150,6 +150,12 @@ class ModelRunner:
                 f"--enable-lora: LoRA adapters on mixture-of-experts models ({model_class.__name__}) are not "
                 "supported"
             )
+        if (
+            lora_config is not None
+            and lora_config.enable_lora
+            and not getattr(model_class, "supports_lora", True)
+        ):
+            raise ValueError(f"--enable-lora: LoRA adapters on {model_class.__name__} are not supported")
         # The rotary tables cover the positions a step can reach (a sequence's, or the longest step of the GPU
         # memory profile), not the model's whole context: Gemma 3 27B's two tables at 131 072 positions are 268 MB
         # (float32 cos and sin of 128 dims) against 17 MB at 8192. Past max_position_embeddings only with

@@ -242,7 +242,8 @@ def write_transformers_gguf(
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
             continue
-        stem = name.removesuffix(".weight")
+        kind_suffix = "bias" if name.endswith(".bias") else "weight"
+        stem = name.removesuffix(f".{kind_suffix}")
         values = tensor.numpy()
         if permute_qk and stem.endswith("q_proj"):
             values = permute_like_llama_cpp(values, config.num_attention_heads)
@@ -251,7 +252,7 @@ def write_transformers_gguf(
         if norms_plus_one and stem.endswith("norm"):
             values = values + 1.0
         kind = qtype if values.ndim == 2 else gguf.GGMLQuantizationType.F32
-        writer.add_tensor(f"{names.get_name(stem)}.weight", quantize(values, kind), raw_dtype=kind)
+        writer.add_tensor(f"{names.get_name(stem)}.{kind_suffix}", quantize(values, kind), raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
