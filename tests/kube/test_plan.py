@@ -409,6 +409,8 @@ def test_sliding_window_layers_follow_the_engines_rule() -> None:
         {**base, "num_hidden_layers": 4, "sliding_window": 4096, "model_type": "gemma2"}, "g"
     )
     assert gemma2.layer_windows == (4096, None, 4096, None)
+    cohere2 = {**base, "num_hidden_layers": 8, "sliding_window": 4096, "model_type": "cohere2"}
+    assert spec_from_config(cohere2, "c").layer_windows == (4096, 4096, 4096, None) * 2
     typed = {
         **base,
         "num_hidden_layers": 2,

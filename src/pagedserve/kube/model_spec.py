@@ -96,9 +96,9 @@ _MODEL_TYPE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def layer_windows(config: dict[str, Any], num_layers: int) -> tuple[int | None, ...]:
     """The engine's rule (models/llama.py::attention_window) on a config.json: `sliding_window` on every layer
-    (Mistral, Phi-3), only on "sliding_attention" ones where `layer_types` says, Gemma 2's every other layer and
-    Gemma 3's five of six where older configs leave layer_types out (transformers' defaults); none with Qwen's
-    use_sliding_window off."""
+    (Mistral, Phi-3), only on "sliding_attention" ones where `layer_types` says, Gemma 2's every other layer,
+    Gemma 3's five of six and Cohere2's three of four where older configs leave layer_types out (transformers'
+    defaults); none with Qwen's use_sliding_window off."""
     window = config.get("sliding_window")
     if config.get("use_sliding_window", True) is False or not isinstance(window, int) or window <= 0:
         return ()
@@ -107,8 +107,8 @@ def layer_windows(config: dict[str, Any], num_layers: int) -> tuple[int | None, 
         model_type = str(config.get("model_type"))
         if model_type == "gemma2":
             layer_types = ["sliding_attention" if i % 2 == 0 else "full" for i in range(num_layers)]
-        elif model_type.startswith("gemma3"):
-            pattern = int(config.get("sliding_window_pattern") or 6)
+        elif model_type.startswith("gemma3") or model_type == "cohere2":  # Gemma 3: 5 of 6; Cohere2: 3 of 4
+            pattern = int(config.get("sliding_window_pattern") or (4 if model_type == "cohere2" else 6))
             layer_types = ["sliding_attention" if (i + 1) % pattern else "full" for i in range(num_layers)]
         else:
             layer_types = ["sliding_attention"] * num_layers

@@ -17,11 +17,11 @@ from pagedserve.models.gguf_rope import llama3_rope_from_freq_factors
 
 SUPPORTED_GGUF_ARCHITECTURES = (
     "llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma2", "gemma3", "phi3", "granite", "smollm3", "olmo2",
-    "glm4",
+    "glm4", "command-r", "cohere2",
 )  # fmt: skip
 _SUPPORTED_HINT = (
     "supported: llama (Llama 2/3, Mistral, Mixtral, SmolLM2), qwen2, qwen3, qwen2moe, qwen3moe, gemma2, gemma3, phi3, "
-    "granite, smollm3, olmo2 and glm4"
+    "granite, smollm3, olmo2, glm4, command-r and cohere2"
 )
 
 # general.sampling.* keys (written by recent llama.cpp converters) → Hugging Face generation_config names.
@@ -175,7 +175,9 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
         "num_hidden_layers": int(_required(reader, f"{arch}.block_count", path)),
         "num_attention_heads": num_heads,
         "num_key_value_heads": num_kv_heads,
-        "rms_norm_eps": float(_required(reader, f"{arch}.attention.layer_norm_rms_epsilon", path)),
+        "rms_norm_eps": float(
+            _required(reader, f"{arch}.attention.{_NORM_EPS.get(arch, 'layer_norm_rms_epsilon')}", path)
+        ),
         "tie_word_embeddings": _find_tensor(reader, "output.weight") is None,
         "bos_token_id": field_value(reader, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": field_value(reader, "tokenizer.ggml.eos_token_id"),
@@ -226,6 +228,8 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
             architectures=["Glm4ForCausalLM"], head_dim=head_dim, attention_bias=bias,
             partial_rotary_factor=rotary / head_dim, **kwargs,
         )  # fmt: skip
+    if arch in ("command-r", "cohere2"):
+        return _cohere_config(reader, arch, path, kwargs)
     if arch == "qwen2":
         if head_dim != hidden_size // num_heads:
             raise ValueError(
@@ -240,6 +244,29 @@ def build_gguf_config(reader: gguf.GGUFReader, path: pathlib.Path) -> transforme
         # llama.cpp runs these without a sliding window, so pagedserve does too.
         return transformers.MistralConfig(architectures=["MistralForCausalLM"], sliding_window=None, **kwargs)
     return transformers.LlamaConfig(architectures=["LlamaForCausalLM"], **kwargs)
+
+
+# Cohere's LayerNorm: llama.cpp records its epsilon under the plain key.
+_NORM_EPS = {"command-r": "layer_norm_epsilon", "cohere2": "layer_norm_epsilon"}
+
+
+def _cohere_config(
+    reader: gguf.GGUFReader, arch: str, path: pathlib.Path, kwargs: dict[str, Any]
+) -> transformers.PretrainedConfig:
+    """Command R (command-r) and Command R7B / A (cohere2) as llama.cpp runs them: LayerNorm epsilon and logit scale
+    from metadata, the checkpoint's interleaved rotary rows (models/cohere.py reorders them); cohere2's window on
+    three layers of four (llama.cpp's swa pattern), the fourth without rotary positions."""
+    kwargs["layer_norm_eps"] = kwargs.pop("rms_norm_eps")
+    kwargs["logit_scale"] = float(field_value(reader, f"{arch}.logit_scale", 1.0))
+    kwargs["use_qk_norm"] = _find_tensor(reader, "blk.0.attn_q_norm.weight") is not None
+    if arch == "command-r":
+        return transformers.CohereConfig(architectures=["CohereForCausalLM"], **kwargs)
+    pattern = int(field_value(reader, "cohere2.attention.sliding_window_pattern", 4) or 4)
+    layers = kwargs["num_hidden_layers"]
+    return transformers.Cohere2Config(
+        architectures=["Cohere2ForCausalLM"], sliding_window=int(_required(reader, f"{arch}.attention.sliding_window", path)),
+        layer_types=["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)], **kwargs,
+    )  # fmt: skip
 
 
 def _moe_config(

@@ -12,48 +12,18 @@ checkpoints (rows packed or scaled in groups) and LoRA adapters (their q/k delta
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from pagedserve.attention.backend import AttentionBackend
-from pagedserve.layers.gguf_quant import QuantizedTensor
 from pagedserve.layers.layernorm import RMSNorm
 from pagedserve.layers.rotary import StepRotary
+from pagedserve.models.interleaved_rope import reorder_rotary_rows
 from pagedserve.models.llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel, rotary_dims
 from pagedserve.models.phi3 import split_fused
-
-
-def half_split_order(head_dim: int, rotary_dim: int) -> torch.Tensor:
-    """Row order within a head that turns interleaved rotary pairs into Llama's halves: (0, 2, ..., r - 2, 1, 3,
-    ..., r - 1), then the unrotated dims as they are."""
-    return torch.cat(
-        (torch.arange(0, rotary_dim, 2), torch.arange(1, rotary_dim, 2), torch.arange(rotary_dim, head_dim))
-    )
-
-
-def reorder_rotary_rows(
-    weights: Iterable[tuple[str, torch.Tensor]], head_dim: int, rotary_dim: int
-) -> Iterator[tuple[str, torch.Tensor]]:
-    order = half_split_order(head_dim, rotary_dim)
-    for name, tensor in weights:
-        if ".self_attn.q_proj." in name or ".self_attn.k_proj." in name:
-            rows = (order + head_dim * torch.arange(tensor.shape[0] // head_dim)[:, None]).flatten()
-            if isinstance(tensor, QuantizedTensor):  # GGUF blocks: each row quantized alone
-                tensor = QuantizedTensor(tensor.data[rows], tensor.qtype, tensor.shape)
-            elif (
-                isinstance(tensor, torch.Tensor)
-                and tensor.is_floating_point()
-                and name.endswith((".weight", ".bias"))
-            ):
-                tensor = tensor[rows]
-            else:
-                raise ValueError(
-                    f"{name}: quantized GLM checkpoints are not supported (float, bfloat16 or GGUF files only)"
-                )
-        yield name, tensor
 
 
 class Glm4DecoderLayer(LlamaDecoderLayer):

@@ -8,6 +8,7 @@ from torch import nn
 
 from pagedserve.models.bert import ENCODER_MODELS
 from pagedserve.models.causal_classifier import CAUSAL_CLASSIFIERS
+from pagedserve.models.cohere import COHERE_MODELS
 from pagedserve.models.gemma2 import Gemma2ForCausalLM
 from pagedserve.models.gemma3 import GEMMA3_MODELS
 from pagedserve.models.glm import GLM_MODELS
@@ -36,6 +37,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "SmolLM3ForCausalLM": SmolLM3ForCausalLM,
     "Olmo2ForCausalLM": Olmo2ForCausalLM,
     **GLM_MODELS,
+    **COHERE_MODELS,
     **MOE_MODELS,
     **GEMMA3_MODELS,
     **ENCODER_MODELS,

@@ -17,7 +17,7 @@ import transformers
 from model_steps import load_model, logits_of
 from tiny_gguf_writer import write_transformers_gguf
 
-from pagedserve.models.glm import half_split_order, reorder_rotary_rows
+from pagedserve.models.interleaved_rope import half_split_order, reorder_rotary_rows
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
 from tests.tiny_models import bundled_tokenizer  # noqa: E402
@@ -120,7 +120,7 @@ def test_interleaved_pairs_become_split_halves():
     assert q[:, 0].tolist() == [0, 2, 1, 3, 4, 5, 6, 7, 8, 10, 9, 11, 12, 13, 14, 15] and other.tolist() == [
         1.0
     ]
-    with pytest.raises(ValueError, match="quantized GLM checkpoints are not supported"):
+    with pytest.raises(ValueError, match="quantized checkpoints with interleaved rotary pairs"):
         list(
             reorder_rotary_rows([("a.self_attn.k_proj.qweight", torch.zeros(4, 2, dtype=torch.int32))], 8, 4)
         )

@@ -235,10 +235,12 @@ def write_transformers_gguf(
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    if hasattr(config, "rms_norm_eps"):  # LayerNorm models (Cohere) write their epsilon in `metadata`
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     if metadata is not None:
         metadata(writer)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[architecture.upper()], config.num_hidden_layers)
+    arch_enum = gguf.MODEL_ARCH[architecture.upper().replace("-", "_")]
+    names = gguf.get_tensor_name_map(arch_enum, config.num_hidden_layers)
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and getattr(config, "tie_word_embeddings", False):
             continue
