@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from pagedserve.outputs import CompletionOutput, RequestOutput
 from pagedserve.server.chat_messages import chat_options, plain_messages, render_chat
-from pagedserve.server.chat_tools import ToolPlan, ToolStream, message_and_reason, plan_tools
+from pagedserve.server.chat_tools import ToolPlan, ToolStream, apply_plan, message_and_reason, plan_tools
 from pagedserve.server.generation import (
     Generation,
     guarded_stream,
@@ -40,8 +40,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     if state.config.return_tokens_as_token_ids:  # the server's flag: every request's default
         body.return_tokens_as_token_ids = body.return_tokens_as_token_ids is not False
     plan = plan_tools(body, state.config.enable_auto_tool_choice, state.config.tool_call_parser)
-    if plan.constraint is not None:
-        params.structured_outputs = plan.constraint
+    apply_plan(plan, params)
     config = state.config
     messages = plain_messages(body.messages)
     response_id, engine_id = new_request_ids("chatcmpl", client_request_id(request))

@@ -108,6 +108,15 @@ def plan_tool_calls(
     return ToolPlan("required", tools, StructuredOutputsParams(json=schema))
 
 
+def apply_plan(plan: ToolPlan, params: Any) -> None:
+    """What a tool plan asks of the request's sampling: the grammar of required / named calls; special tokens kept
+    in the text for a parser whose markers are special tokens (Mistral's [TOOL_CALLS], as vLLM's adjust_request)."""
+    if plan.constraint is not None:
+        params.structured_outputs = plan.constraint
+    if plan.mode == "auto" and plan.parser_name and get_tool_parser(plan.parser_name).keeps_special_tokens:
+        params.skip_special_tokens = False
+
+
 def _required_calls(text: str) -> list[ToolCall] | None:
     try:
         calls = json.loads(text)

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pagedserve.engine.chat import ChatOptions
 from pagedserve.sampling_params import SamplingParams, StructuredOutputsParams
 from pagedserve.server.chat_messages import render_chat
-from pagedserve.server.chat_tools import ToolPlan, plan_tool_calls
+from pagedserve.server.chat_tools import ToolPlan, apply_plan, plan_tool_calls
 from pagedserve.server.errors import APIError, invalid_request
 from pagedserve.server.generation import (
     Generation,
@@ -123,8 +123,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Any:
     if body.text is not None and body.text.verbosity not in (None, "medium"):
         raise APIError(400, "text.verbosity is not implemented.", param="text.verbosity")
     plan = _tool_plan(body, state, params.structured_outputs is not None)
-    if plan.constraint is not None:
-        params.structured_outputs = plan.constraint
+    apply_plan(plan, params)
     messages = _messages(body)
     reasoning_parser = state.config.reasoning_parser
     response_id, engine_id = new_request_ids("resp", client_request_id(request))

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pagedserve.server.chat_tools import ToolStream, message_and_reason, plan_tools
+from pagedserve.sampling_params import SamplingParams
+from pagedserve.server.chat_tools import ToolStream, apply_plan, message_and_reason, plan_tools
 from pagedserve.server.errors import APIError
 from pagedserve.server.openai.protocol import ChatCompletionRequest
 
@@ -121,3 +122,26 @@ def test_plan_refusals_name_tool_choice(fields, auto, fragment) -> None:
     with pytest.raises(APIError, match=fragment) as caught:
         plan_tools(_body(**fields), auto, "hermes" if auto else None)
     assert caught.value.param == "tool_choice"
+
+
+def test_mistral_auto_keeps_special_tokens_and_parses_its_marker() -> None:
+    """[TOOL_CALLS] is a special token: with tools and the mistral parser the text keeps it (vLLM's adjust_request);
+    other parsers, and tool_choice none, leave skip_special_tokens as the request set it."""
+    params = SamplingParams()
+    apply_plan(plan_tools(_body(), True, "mistral"), params)
+    assert params.skip_special_tokens is False
+    for plan in (plan_tools(_body(), True, "hermes"), plan_tools(_body(tool_choice="none"), True, "mistral")):
+        params = SamplingParams()
+        apply_plan(plan, params)
+        assert params.skip_special_tokens is True and params.structured_outputs is None
+    required = plan_tools(_body(tool_choice="required"), True, "mistral")
+    apply_plan(required, params)
+    assert params.structured_outputs is required.constraint
+    message, reason = message_and_reason(
+        plan_tools(_body(), True, "mistral"),
+        'Sure.[TOOL_CALLS][{"name": "add", "arguments": {"a": 2}}]',
+        "stop",
+    )
+    assert reason == "tool_calls" and message["content"] == "Sure."
+    assert message["tool_calls"][0]["function"] == {"name": "add", "arguments": '{"a": 2}'}
+    assert len(message["tool_calls"][0]["id"]) == 9

@@ -1,5 +1,5 @@
-"""Tool-call output parsers (--tool-call-parser hermes / llama3_json): whole-text parsing, and streaming
-that, reassembled from arbitrary splits, agrees with it."""
+"""Tool-call output parsers (--tool-call-parser hermes, llama3_json, pythonic, mistral, granite): whole-text
+parsing, and streaming that, reassembled from arbitrary splits, agrees with it."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ import pytest
 
 from pagedserve.server.tool_parsers import (
     TOOL_PARSERS,
+    GraniteToolParser,
     HermesToolParser,
     Llama3JsonToolParser,
+    MistralToolParser,
     PythonicToolParser,
     ToolParser,
     get_tool_parser,
 )
 
-ID_RE = re.compile(r"chatcmpl-tool-[0-9a-f]{32}")
+ID_RE = re.compile(r"chatcmpl-tool-[0-9a-f]{32}|[A-Za-z0-9]{9}")
 Calls = list[tuple[str, str]]
 
 
@@ -97,10 +99,48 @@ PYTHONIC_TEXTS = [
     "<|python_st",
 ]
 
+MISTRAL_TEXTS = [
+    "",
+    "  \n",
+    "No tools needed: 42.",
+    "ends with a partial marker [TOOL_CA",
+    '[TOOL_CALLS][{"name": "get_weather", "arguments": ' + args_text(WEATHER) + "}]",
+    'Let me look.[TOOL_CALLS] [{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": '
+    + args_text(NESTED)
+    + "}]",
+    '[TOOL_CALLS]{"name": "f", "arguments": {}}',
+    "[TOOL_CALLS]get_weather[ARGS]" + args_text(WEATHER),
+    'Checking.[TOOL_CALLS]f[ARGS]{"a": 1}[TOOL_CALLS]g[ARGS]' + args_text(NESTED),
+    "[TOOL_CALLS]f[ARGS]{}[TOOL_CALLS]bad name[ARGS]{}",
+    '[TOOL_CALLS][{"name": "f", "arguments": {}}] trailing',
+    '[TOOL_CALLS][{"name": "f", "arguments": {bad}}]',
+    "[TOOL_CALLS]",
+    '[TOOL_CALLS]f[ARGS]{"a": ',
+    "[TOOL_CALLS]f[ARGS][1, 2]",
+    "  [TOOL_CALLS]f[ARGS]{} then text",
+]
+
+GRANITE_TEXTS = [
+    "",
+    "  ",
+    "Plain answer.",
+    '<|tool_call|>[{"name": "get_weather", "arguments": ' + args_text(WEATHER) + "}]",
+    ' <tool_call> [{"name": "f", "arguments": {}}, {"name": "g", "arguments": ' + args_text(NESTED) + "}]",
+    '[{"name": "f", "arguments": {"x": 1}}]',
+    '<|tool_call|>[{"name": "f", "arguments": {}}] and text',
+    "<|tool_call|>",
+    "<|tool_ca",
+    '<|tool_call|>{"name": "f", "arguments": {}}',
+    "[1, 2]",
+    '<|tool_call|>[{"name": "f", "arguments": {',
+]
+
 CASES = (
     [(HermesToolParser, t) for t in HERMES_TEXTS]
     + [(Llama3JsonToolParser, t) for t in LLAMA_TEXTS]
     + [(PythonicToolParser, t) for t in PYTHONIC_TEXTS]
+    + [(MistralToolParser, t) for t in MISTRAL_TEXTS]
+    + [(GraniteToolParser, t) for t in GRANITE_TEXTS]
 )
 
 
@@ -136,10 +176,12 @@ def whole(cls: type[ToolParser], text: str) -> tuple[str | None, Calls]:
 
 
 def test_registry() -> None:
-    assert set(TOOL_PARSERS) == {"hermes", "llama3_json", "pythonic"}
+    assert set(TOOL_PARSERS) == {"granite", "hermes", "llama3_json", "mistral", "pythonic"}
     assert get_tool_parser("hermes") is HermesToolParser
     assert get_tool_parser("llama3_json") is Llama3JsonToolParser
-    with pytest.raises(ValueError, match=r"--tool-call-parser 'nope' is not one of: hermes, llama3_json"):
+    with pytest.raises(
+        ValueError, match=r"--tool-call-parser 'nope' is not one of: granite, hermes, llama3_json, mistral"
+    ):
         get_tool_parser("nope")
 
 
@@ -267,3 +309,34 @@ def test_pythonic_streams_content_as_soon_as_it_cannot_be_a_call_list() -> None:
     parser = PythonicToolParser()
     msg = parser.extract_tool_calls_streaming("[1] Par")
     assert msg is not None and msg.content == "[1] Par" and not msg.tool_calls
+
+
+def test_mistral_both_formats_and_nine_character_ids() -> None:
+    content, calls = whole(MistralToolParser, MISTRAL_TEXTS[5])
+    assert content == "Let me look." and [name for name, _ in calls] == ["f", "g"]
+    assert json.loads(calls[1][1]) == NESTED
+    content, calls = whole(MistralToolParser, MISTRAL_TEXTS[8])
+    assert content == "Checking." and calls == [("f", '{"a": 1}'), ("g", args_text(NESTED))]
+    result = MistralToolParser().extract_tool_calls(MISTRAL_TEXTS[7])
+    # Mistral's chat templates accept back only 9-character alphanumeric tool call ids.
+    assert [len(c.id) for c in result.tool_calls] == [9] and result.tool_calls[0].id.isalnum()
+    assert MistralToolParser.keeps_special_tokens and not GraniteToolParser.keeps_special_tokens
+
+
+@pytest.mark.parametrize("index", [2, 3, 10, 11, 12, 13, 14])
+def test_mistral_not_calls_is_content(index: int) -> None:
+    text = MISTRAL_TEXTS[index]
+    assert whole(MistralToolParser, text) == (text or None, [])
+
+
+def test_mistral_invalid_call_after_a_sent_one_streams_the_rest_as_content() -> None:
+    content, calls = whole(MistralToolParser, MISTRAL_TEXTS[9])
+    assert calls == [("f", "{}")] and content == "bad name[ARGS]{}"
+
+
+def test_granite_calls_and_content() -> None:
+    assert whole(GraniteToolParser, GRANITE_TEXTS[3]) == (None, [("get_weather", args_text(WEATHER))])
+    _, calls = whole(GraniteToolParser, GRANITE_TEXTS[4])
+    assert [name for name, _ in calls] == ["f", "g"]
+    for index in (2, 6, 7, 8, 9, 10, 11):
+        assert whole(GraniteToolParser, GRANITE_TEXTS[index]) == (GRANITE_TEXTS[index], []), index

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from .base import DeltaMessage, ExtractedToolCalls, ToolCall, ToolCallDelta, ToolParser
+from .granite import GraniteToolParser
 from .hermes import HermesToolParser
 from .llama3_json import Llama3JsonToolParser
+from .mistral import MistralToolParser
 from .pythonic import PythonicToolParser
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
+    GraniteToolParser.name: GraniteToolParser,
     HermesToolParser.name: HermesToolParser,
     Llama3JsonToolParser.name: Llama3JsonToolParser,
+    MistralToolParser.name: MistralToolParser,
     PythonicToolParser.name: PythonicToolParser,
 }
 
@@ -28,8 +32,10 @@ __all__ = [
     "TOOL_PARSERS",
     "DeltaMessage",
     "ExtractedToolCalls",
+    "GraniteToolParser",
     "HermesToolParser",
     "Llama3JsonToolParser",
+    "MistralToolParser",
     "PythonicToolParser",
     "ToolCall",
     "ToolCallDelta",

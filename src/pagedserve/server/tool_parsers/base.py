@@ -108,6 +108,14 @@ class ToolParser:
     """
 
     name: ClassVar[str] = ""
+    keeps_special_tokens: ClassVar[bool] = False
+    """The format's markers are special tokens (Mistral's [TOOL_CALLS]): requests with tools keep special tokens in
+    their text (vLLM's adjust_request)."""
+
+    @staticmethod
+    def new_id() -> str:
+        """A tool call id in the form the model's chat template accepts back."""
+        return new_tool_call_id()
 
     def __init__(self) -> None:
         self.tool_calls: list[ToolCall] = []  # the calls announced so far while streaming
@@ -161,8 +169,15 @@ class ToolParser:
         self._out_content.append(chunk)
         self._content_upto = end
 
+    def extract_by_streaming(self, text: str) -> ExtractedToolCalls:
+        """A whole output parsed as one streamed delta: the same calls and content as streaming by construction
+        (parsers whose streaming semantics are the definition)."""
+        messages = [self.extract_tool_calls_streaming(text), self.finish()]
+        content = "".join(m.content or "" for m in messages if m is not None) or None
+        return ExtractedToolCalls(bool(self.tool_calls), list(self.tool_calls), content)
+
     def _emit_call(self, name: str, arguments: str) -> None:
-        call = ToolCall(id=new_tool_call_id(), name=name, arguments=arguments)
+        call = ToolCall(id=self.new_id(), name=name, arguments=arguments)
         index = len(self.tool_calls)
         self.tool_calls.append(call)
         self._out_calls.append(ToolCallDelta(index=index, id=call.id, name=name, arguments=""))
