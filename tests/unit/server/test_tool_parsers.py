@@ -15,6 +15,7 @@ from pagedserve.server.tool_parsers import (
     HermesToolParser,
     Llama3JsonToolParser,
     MistralToolParser,
+    Phi4MiniJsonToolParser,
     PythonicToolParser,
     ToolParser,
     get_tool_parser,
@@ -135,12 +136,24 @@ GRANITE_TEXTS = [
     '<|tool_call|>[{"name": "f", "arguments": {',
 ]
 
+PHI4_TEXTS = [
+    "",
+    "The answer is 42.",
+    'functools[{"name": "get_weather", "arguments": ' + args_text(WEATHER) + "}]",
+    ' functools [{"name": "f", "arguments": {}}, {"name": "g", "arguments": ' + args_text(NESTED) + "}]",
+    '[{"name": "f", "arguments": {}}]',
+    'functools[{"name": "f", "arguments": {}}] and more',
+    "functool",
+    "functools",
+]
+
 CASES = (
     [(HermesToolParser, t) for t in HERMES_TEXTS]
     + [(Llama3JsonToolParser, t) for t in LLAMA_TEXTS]
     + [(PythonicToolParser, t) for t in PYTHONIC_TEXTS]
     + [(MistralToolParser, t) for t in MISTRAL_TEXTS]
     + [(GraniteToolParser, t) for t in GRANITE_TEXTS]
+    + [(Phi4MiniJsonToolParser, t) for t in PHI4_TEXTS]
 )
 
 
@@ -176,11 +189,15 @@ def whole(cls: type[ToolParser], text: str) -> tuple[str | None, Calls]:
 
 
 def test_registry() -> None:
-    assert set(TOOL_PARSERS) == {"granite", "hermes", "llama3_json", "mistral", "pythonic"}
+    assert set(TOOL_PARSERS) == {
+        "granite", "hermes", "llama3_json", "llama4_json", "llama4_pythonic", "mistral", "phi4_mini_json", "pythonic",
+    }  # fmt: skip
+    assert get_tool_parser("llama4_pythonic") is PythonicToolParser
     assert get_tool_parser("hermes") is HermesToolParser
     assert get_tool_parser("llama3_json") is Llama3JsonToolParser
     with pytest.raises(
-        ValueError, match=r"--tool-call-parser 'nope' is not one of: granite, hermes, llama3_json, mistral"
+        ValueError,
+        match=r"--tool-call-parser 'nope' is not one of: granite, hermes, llama3_json, llama4_json",
     ):
         get_tool_parser("nope")
 
@@ -340,3 +357,10 @@ def test_granite_calls_and_content() -> None:
     assert [name for name, _ in calls] == ["f", "g"]
     for index in (2, 6, 7, 8, 9, 10, 11):
         assert whole(GraniteToolParser, GRANITE_TEXTS[index]) == (GRANITE_TEXTS[index], []), index
+
+
+def test_phi4_mini_needs_its_functools_tag() -> None:
+    assert whole(Phi4MiniJsonToolParser, PHI4_TEXTS[2]) == (None, [("get_weather", args_text(WEATHER))])
+    assert [name for name, _ in whole(Phi4MiniJsonToolParser, PHI4_TEXTS[3])[1]] == ["f", "g"]
+    for index in (1, 4, 5, 6, 7):  # a bare array is content for Phi-4-mini (Granite's tag is optional)
+        assert whole(Phi4MiniJsonToolParser, PHI4_TEXTS[index]) == (PHI4_TEXTS[index], []), index

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .base import DeltaMessage, ExtractedToolCalls, ToolCall, ToolCallDelta, ToolParser
-from .granite import GraniteToolParser
 from .hermes import HermesToolParser
+from .json_array import GraniteToolParser, Phi4MiniJsonToolParser
 from .llama3_json import Llama3JsonToolParser
 from .mistral import MistralToolParser
 from .pythonic import PythonicToolParser
@@ -15,6 +15,11 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
     Llama3JsonToolParser.name: Llama3JsonToolParser,
     MistralToolParser.name: MistralToolParser,
     PythonicToolParser.name: PythonicToolParser,
+    Phi4MiniJsonToolParser.name: Phi4MiniJsonToolParser,
+    # vLLM's other names for the same formats: Llama 4 writes Llama 3's JSON calls, or pythonic ones in
+    # <|python_start|> ... <|python_end|>, which the pythonic parser reads.
+    "llama4_json": Llama3JsonToolParser,
+    "llama4_pythonic": PythonicToolParser,
 }
 
 
@@ -36,6 +41,7 @@ __all__ = [
     "HermesToolParser",
     "Llama3JsonToolParser",
     "MistralToolParser",
+    "Phi4MiniJsonToolParser",
     "PythonicToolParser",
     "ToolCall",
     "ToolCallDelta",

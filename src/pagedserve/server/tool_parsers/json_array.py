@@ -1,8 +1,9 @@
-"""IBM Granite tool calls (``--tool-call-parser granite``).
+"""Tool calls as one JSON array after a tag: IBM Granite 3.x (``--tool-call-parser granite``: ``<|tool_call|>`` or
+``<tool_call>``, either may be missing when the tokenizer drops special tokens) and Phi-4-mini
+(``--tool-call-parser phi4_mini_json``: ``functools``, required).
 
-Format: optional whitespace, ``<|tool_call|>`` (or ``<tool_call>``; either may be missing when the tokenizer drops
-special tokens), then one JSON array ``[{"name": "f", "arguments": {...}}, ...]`` and nothing else. Anything else
-is plain content, as in vLLM; when it is tool calls, content is None.
+Format: optional whitespace, the tag, then one JSON array ``[{"name": "f", "arguments": {...}}, ...]`` and nothing
+else. Anything else is plain content, as in vLLM; when it is tool calls, content is None.
 
 Streaming sends content as soon as the output cannot be a call list, and the calls when the output ends (trailing
 text would make it content). The whole-text parse is that stream in one piece, so the two agree.
@@ -15,14 +16,15 @@ import re
 
 from .base import ExtractedToolCalls, ToolParser, parse_call_object
 
-TAGS = ("<|tool_call|>", "<tool_call>")
 _WS = re.compile(r"\s*")
 
 
-class GraniteToolParser(ToolParser):
-    """``<|tool_call|>[{"name": ..., "arguments": {...}}]`` (Granite 3.x)."""
+class JsonArrayToolParser(ToolParser):
+    """Optional whitespace, one of `tags` (required unless `tag_optional`), then a JSON array of call objects and
+    nothing else."""
 
-    name = "granite"
+    tags: tuple[str, ...] = ()
+    tag_optional = True
 
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
         return self.extract_by_streaming(text)
@@ -30,9 +32,10 @@ class GraniteToolParser(ToolParser):
     def _advance(self, final: bool) -> None:
         raw = self._raw
         pos = _WS.match(raw).end()  # type: ignore[union-attr]
-        for tag in TAGS:
+        tagged = False
+        for tag in self.tags:
             if raw.startswith(tag, pos):
-                pos = _WS.match(raw, pos + len(tag)).end()  # type: ignore[union-attr]
+                pos, tagged = _WS.match(raw, pos + len(tag)).end(), True  # type: ignore[union-attr]
                 break
             if tag.startswith(raw[pos:]) and raw[pos:] and not final:
                 return  # a tag still arriving
@@ -40,7 +43,7 @@ class GraniteToolParser(ToolParser):
             if final:
                 self._fail(0)
             return
-        if raw[pos] != "[":
+        if raw[pos] != "[" or not (tagged or self.tag_optional):
             self._fail(0)
             return
         if not final:
@@ -56,3 +59,18 @@ class GraniteToolParser(ToolParser):
             return
         for name, arguments in parsed:  # type: ignore[misc]
             self._emit_call(name, arguments)
+
+
+class GraniteToolParser(JsonArrayToolParser):
+    """``<|tool_call|>[{"name": ..., "arguments": {...}}]`` (Granite 3.x)."""
+
+    name = "granite"
+    tags = ("<|tool_call|>", "<tool_call>")
+
+
+class Phi4MiniJsonToolParser(JsonArrayToolParser):
+    """``functools[{"name": ..., "arguments": {...}}]`` (Phi-4-mini-instruct)."""
+
+    name = "phi4_mini_json"
+    tags = ("functools",)
+    tag_optional = False
