@@ -148,7 +148,7 @@ def message_and_reason(
         content = None if calls is not None else text
     elif plan.mode == "auto":
         assert plan.parser_name is not None
-        extracted = get_tool_parser(plan.parser_name)().extract_tool_calls(text)
+        extracted = get_tool_parser(plan.parser_name)(plan.tools).extract_tool_calls(text)
         if extracted.tools_called:
             calls, content = extracted.tool_calls, extracted.content
             if plan.single_call:
@@ -174,7 +174,7 @@ class ToolStream:
     def __post_init__(self) -> None:
         if self.plan.mode == "auto":
             assert self.plan.parser_name is not None
-            self.parser = get_tool_parser(self.plan.parser_name)()
+            self.parser = get_tool_parser(self.plan.parser_name)(self.plan.tools)
 
     def delta(self, text: str) -> dict[str, Any] | None:
         """The chunk delta for new text, or None when there is nothing to send yet."""

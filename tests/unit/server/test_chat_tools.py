@@ -145,3 +145,20 @@ def test_mistral_auto_keeps_special_tokens_and_parses_its_marker() -> None:
     assert reason == "tool_calls" and message["content"] == "Sure."
     assert message["tool_calls"][0]["function"] == {"name": "add", "arguments": '{"a": 2}'}
     assert len(message["tool_calls"][0]["id"]) == 9
+
+
+def test_qwen3_coder_gets_the_requests_tools_for_its_value_types() -> None:
+    plan = plan_tools(_body(), True, "qwen3_coder")
+    text = "<tool_call>\n<function=add>\n<parameter=a>\n2\n</parameter>\n</function>\n</tool_call>"
+    message, reason = message_and_reason(plan, text, "stop")
+    assert reason == "tool_calls" and message["tool_calls"][0]["function"] == {
+        "name": "add",
+        "arguments": '{"a": 2}',
+    }
+    stream = ToolStream(plan)
+    deltas = [stream.delta(text[i : i + 5]) for i in range(0, len(text), 5)]
+    last, _ = stream.finish("stop")
+    arguments = "".join(
+        p["function"].get("arguments", "") for d in [*deltas, last] if d for p in d.get("tool_calls", [])
+    )
+    assert arguments == '{"a": 2}'

@@ -17,6 +17,7 @@ from pagedserve.server.tool_parsers import (
     MistralToolParser,
     Phi4MiniJsonToolParser,
     PythonicToolParser,
+    Qwen3CoderToolParser,
     ToolParser,
     get_tool_parser,
 )
@@ -147,6 +148,26 @@ PHI4_TEXTS = [
     "functools",
 ]
 
+
+def coder_call(name: str, **params: str) -> str:
+    body = "".join(f"<parameter={key}>\n{value}\n</parameter>\n" for key, value in params.items())
+    return f"<tool_call>\n<function={name}>\n{body}</function>\n</tool_call>"
+
+
+QWEN3_CODER_TEXTS = [
+    "",
+    " \n",
+    "Plain answer, no tools.",
+    "ends with a partial marker <tool_ca",
+    coder_call("get_weather", city="東京", days="3"),
+    "I'll check.\n" + coder_call("f", x="1") + "\n" + coder_call("g", code="if a < b:\n    return '</x>'"),
+    "<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n",
+    "<tool_call>\n<function=f>\n<parameter=a>\n1",
+    "<tool_call>\nnot a function\n</tool_call>",
+    coder_call("f", x="1") + "<tool_call>garbage</tool_call> tail",
+    "<tool_call>",
+]
+
 CASES = (
     [(HermesToolParser, t) for t in HERMES_TEXTS]
     + [(Llama3JsonToolParser, t) for t in LLAMA_TEXTS]
@@ -154,6 +175,7 @@ CASES = (
     + [(MistralToolParser, t) for t in MISTRAL_TEXTS]
     + [(GraniteToolParser, t) for t in GRANITE_TEXTS]
     + [(Phi4MiniJsonToolParser, t) for t in PHI4_TEXTS]
+    + [(Qwen3CoderToolParser, t) for t in QWEN3_CODER_TEXTS]
 )
 
 
@@ -191,6 +213,7 @@ def whole(cls: type[ToolParser], text: str) -> tuple[str | None, Calls]:
 def test_registry() -> None:
     assert set(TOOL_PARSERS) == {
         "granite", "hermes", "llama3_json", "llama4_json", "llama4_pythonic", "mistral", "phi4_mini_json", "pythonic",
+        "qwen3_coder",
     }  # fmt: skip
     assert get_tool_parser("llama4_pythonic") is PythonicToolParser
     assert get_tool_parser("hermes") is HermesToolParser
@@ -364,3 +387,44 @@ def test_phi4_mini_needs_its_functools_tag() -> None:
     assert [name for name, _ in whole(Phi4MiniJsonToolParser, PHI4_TEXTS[3])[1]] == ["f", "g"]
     for index in (1, 4, 5, 6, 7):  # a bare array is content for Phi-4-mini (Granite's tag is optional)
         assert whole(Phi4MiniJsonToolParser, PHI4_TEXTS[index]) == (PHI4_TEXTS[index], []), index
+
+
+def test_qwen3_coder_types_values_by_the_tools_schema() -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "run",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "string"}, "times": {"type": "integer"}, "scale": {"type": "number"},
+                        "dry": {"type": "boolean"}, "env": {"type": "object"}, "tags": {"type": "array"},
+                        "limit": {"type": ["integer", "null"]},
+                    },
+                },
+            },
+        }
+    ]  # fmt: skip
+    text = "Running it.\n" + coder_call(
+        "run", code="print(1)\nprint(2)", times="3", scale="0.5", dry="True", env='{"A": "1"}',
+        tags="['x', 'y']", limit="null", extra="42",
+    )  # fmt: skip
+    result = Qwen3CoderToolParser(tools).extract_tool_calls(text)
+    assert result.content == "Running it.\n" and [c.name for c in result.tool_calls] == ["run"]
+    assert json.loads(result.tool_calls[0].arguments) == {
+        "code": "print(1)\nprint(2)", "times": 3, "scale": 0.5, "dry": True, "env": {"A": "1"},
+        "tags": ["x", "y"], "limit": None, "extra": "42",
+    }  # fmt: skip
+    # A parameter or tool the request did not describe keeps its text (vLLM: typed by the schema only).
+    untyped = Qwen3CoderToolParser().extract_tool_calls(coder_call("f", n="3", s="hello"))
+    assert json.loads(untyped.tool_calls[0].arguments) == {"n": "3", "s": "hello"}
+
+
+def test_qwen3_coder_blocks_and_content() -> None:
+    content, calls = whole(Qwen3CoderToolParser, QWEN3_CODER_TEXTS[5])
+    assert content == "I'll check.\n" and [name for name, _ in calls] == ["f", "g"]
+    assert json.loads(calls[1][1]) == {"code": "if a < b:\n    return '</x>'"}
+    assert whole(Qwen3CoderToolParser, QWEN3_CODER_TEXTS[8]) == (QWEN3_CODER_TEXTS[8], [])
+    content, calls = whole(Qwen3CoderToolParser, QWEN3_CODER_TEXTS[9])  # a bad block after a sent call
+    assert [name for name, _ in calls] == ["f"] and content == "<tool_call>garbage</tool_call> tail"

@@ -8,6 +8,7 @@ from .json_array import GraniteToolParser, Phi4MiniJsonToolParser
 from .llama3_json import Llama3JsonToolParser
 from .mistral import MistralToolParser
 from .pythonic import PythonicToolParser
+from .qwen3_coder import Qwen3CoderToolParser
 
 TOOL_PARSERS: dict[str, type[ToolParser]] = {
     GraniteToolParser.name: GraniteToolParser,
@@ -16,6 +17,7 @@ TOOL_PARSERS: dict[str, type[ToolParser]] = {
     MistralToolParser.name: MistralToolParser,
     PythonicToolParser.name: PythonicToolParser,
     Phi4MiniJsonToolParser.name: Phi4MiniJsonToolParser,
+    Qwen3CoderToolParser.name: Qwen3CoderToolParser,
     # vLLM's other names for the same formats: Llama 4 writes Llama 3's JSON calls, or pythonic ones in
     # <|python_start|> ... <|python_end|>, which the pythonic parser reads.
     "llama4_json": Llama3JsonToolParser,
@@ -43,6 +45,7 @@ __all__ = [
     "MistralToolParser",
     "Phi4MiniJsonToolParser",
     "PythonicToolParser",
+    "Qwen3CoderToolParser",
     "ToolCall",
     "ToolCallDelta",
     "ToolParser",

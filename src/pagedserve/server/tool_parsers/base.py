@@ -117,7 +117,10 @@ class ToolParser:
         """A tool call id in the form the model's chat template accepts back."""
         return new_tool_call_id()
 
-    def __init__(self) -> None:
+    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+        """tools: the request's function tools (OpenAI's shape), for formats whose argument values are typed by
+        the tool's schema (qwen3_coder)."""
+        self.tools = tools or []
         self.tool_calls: list[ToolCall] = []  # the calls announced so far while streaming
         self._raw = ""
         self._content_upto = 0  # self._raw[:this] has been emitted as content (or dropped)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from .base import (
     ExtractedToolCalls,
@@ -44,8 +45,8 @@ class HermesToolParser(ToolParser):
 
     name = "hermes"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(tools)
         self._state = _CONTENT
         self._pos = 0  # next raw index to look at in the content / between states
         self._tag_start = 0  # raw index of the current call's <tool_call>

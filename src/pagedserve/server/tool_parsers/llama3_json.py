@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from .base import ExtractedToolCalls, ToolParser, calls_or_content, parse_call_object
 
@@ -61,8 +62,8 @@ class Llama3JsonToolParser(ToolParser):
 
     name = "llama3_json"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(tools)
         self._state = _START
         self._pos = 0
         self._tried_upto = 0  # raw length at the last failed decode of the current object

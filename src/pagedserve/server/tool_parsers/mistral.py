@@ -18,6 +18,7 @@ import json
 import random
 import re
 import string
+from typing import Any
 
 from .base import ExtractedToolCalls, ToolParser, parse_call_object, partial_prefix_len
 
@@ -39,8 +40,8 @@ class MistralToolParser(ToolParser):
     def new_id() -> str:
         return "".join(random.choices(_ALPHANUMERIC, k=9))
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(tools)
         self._state = _CONTENT
         self._marker = 0  # raw index of the first [TOOL_CALLS]
         self._pos = 0  # where the next call starts ([ARGS] format)
