@@ -48,6 +48,8 @@ class BlockPool:
         self.enable_caching = enable_caching
         self.blocks = [KVCacheBlock(i) for i in range(num_blocks)]
         self.null_block: KVCacheBlock | None = self.blocks[0] if reserve_null else None
+        if self.null_block is not None:
+            self.null_block.ref_cnt = 1  # pinned: never free, never counted as revived by a prefix hit
         usable = self.blocks[1:] if reserve_null else self.blocks
         self.num_blocks = len(usable)
         # block_id -> block, head = least recently freed = next to be reused.

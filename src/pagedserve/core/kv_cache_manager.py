@@ -190,7 +190,8 @@ class KVCacheManager:
         total_blocks = self.blocks_needed(total_tokens)
         required = [max(0, total_blocks - len(t) - num_hit) for t in tables]
         # Reviving a free cached block takes it out of the free queue too.
-        revived = [b for blocks in new_computed_blocks for b in blocks if b.ref_cnt == 0]
+        null = self.pool.null_block
+        revived = [b for blocks in new_computed_blocks for b in blocks if b.ref_cnt == 0 and b is not null]
         if sum(required) + len(revived) > self.pool.num_free_blocks:
             if created:
                 del self.req_to_blocks[seq.seq_id]

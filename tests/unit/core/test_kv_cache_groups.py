@@ -175,3 +175,25 @@ def test_longest_sequence_counts_every_group():
     assert hybrid.blocks_for_sequence(60, 8) == 20 and hybrid.blocks_for_sequence(61, 8) == 21
     # Every layer windowed: any length fits; the bound is the caller's.
     assert KVCacheManager(11, 4, True, group_windows=[8]).longest_sequence(8, 1000) == 1000
+
+
+def test_a_long_hybrid_hit_fits_a_nearly_full_pool():
+    """The null places of a window group's hit take nothing from the pool: with 15 blocks free, 12 of them the hit's
+    own cached blocks, a 40-token hit (8 null places in the window group) plus its new token's 2 blocks fits."""
+    prompt = list(range(1, 41))
+    kv = KVCacheManager(24, 4, True, group_windows=[None, 8])  # 23 usable blocks
+    _finish(kv, make_request("a", prompt, 1), 1)
+    other = make_request("c", list(range(500, 516)))
+    assert (
+        kv.allocate_slots(other, 16) is not None
+    )  # 4 + 4 blocks from the head of the free queue, none of a's hit
+    b = make_request("b", prompt + [7])
+    computed, hit = kv.get_computed_blocks(b)
+    assert hit == 40 and sum(blk is kv.pool.null_block for blk in computed[1]) == 8
+    assert kv.num_free_blocks == 15 and all(blk.ref_cnt == 0 for blk in computed[0])
+    assert kv.allocate_slots(b, 1, computed) is not None
+    assert kv.num_free_blocks == 1
+    kv.free(b)
+    kv.free(other)
+    kv.check_invariants()
+    assert kv.pool.null_block.ref_cnt == 1 and kv.num_free_blocks == 23
