@@ -34,39 +34,50 @@ Q4_0, Q8_0, F32 = (
 )
 
 
-def write_model(path: Path) -> None:
+def write_gemma3(
+    path: Path,
+    name: str = "gemma-3-1b-shaped-random",
+    layers: int = LAYERS,
+    hidden: int = HIDDEN,
+    heads: int = HEADS,
+    head_dim: int = HEAD_DIM,
+    width: int = WIDTH,
+    window: int = WINDOW,
+) -> None:
+    """A gemma3 file of this shape (one KV head; llama.cpp's five local layers for each global one), random weights:
+    matrices Q4_0, the tied embedding Q8_0, norms F32 as 1 + weight, the bundled tokenizer."""
     writer = gguf.GGUFWriter(str(path), "gemma3")
-    writer.add_name("gemma-3-1b-shaped-random")
-    writer.add_block_count(LAYERS)
+    writer.add_name(name)
+    writer.add_block_count(layers)
     writer.add_context_length(32768)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_feed_forward_length(WIDTH)
-    writer.add_head_count(HEADS)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(width)
+    writer.add_head_count(heads)
     writer.add_head_count_kv(KV_HEADS)
-    writer.add_key_length(HEAD_DIM)
-    writer.add_value_length(HEAD_DIM)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_rope_freq_base(1_000_000.0)
     writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_sliding_window(WINDOW)
+    writer.add_sliding_window(window)
     vocab = add_bundled_tokenizer(writer)
 
     add = random_tensor_writer(writer)
 
-    add("token_embd.weight", vocab, HIDDEN, kind=Q8_0)
-    add("output_norm.weight", HIDDEN, kind=F32)
-    for layer in range(LAYERS):
+    add("token_embd.weight", vocab, hidden, kind=Q8_0)
+    add("output_norm.weight", hidden, kind=F32)
+    for layer in range(layers):
         prefix = f"blk.{layer}"
         for norm in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
-            add(f"{prefix}.{norm}.weight", HIDDEN, kind=F32)
-        add(f"{prefix}.attn_q_norm.weight", HEAD_DIM, kind=F32)
-        add(f"{prefix}.attn_k_norm.weight", HEAD_DIM, kind=F32)
-        add(f"{prefix}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
-        add(f"{prefix}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
-        add(f"{prefix}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
-        add(f"{prefix}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
-        add(f"{prefix}.ffn_gate.weight", WIDTH, HIDDEN)
-        add(f"{prefix}.ffn_up.weight", WIDTH, HIDDEN)
-        add(f"{prefix}.ffn_down.weight", HIDDEN, WIDTH)
+            add(f"{prefix}.{norm}.weight", hidden, kind=F32)
+        add(f"{prefix}.attn_q_norm.weight", head_dim, kind=F32)
+        add(f"{prefix}.attn_k_norm.weight", head_dim, kind=F32)
+        add(f"{prefix}.attn_q.weight", heads * head_dim, hidden)
+        add(f"{prefix}.attn_k.weight", KV_HEADS * head_dim, hidden)
+        add(f"{prefix}.attn_v.weight", KV_HEADS * head_dim, hidden)
+        add(f"{prefix}.attn_output.weight", hidden, heads * head_dim)
+        add(f"{prefix}.ffn_gate.weight", width, hidden)
+        add(f"{prefix}.ffn_up.weight", width, hidden)
+        add(f"{prefix}.ffn_down.weight", hidden, width)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -78,7 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output-len", type=int, default=128)
     args = parser.parse_args()
-    path = cached_model("gemma3-1b-shaped-q4_0.gguf", write_model)
+    path = cached_model("gemma3-1b-shaped-q4_0.gguf", write_gemma3)
 
     def pagedserve(port: int, *flags: str):
         return pagedserve_spec(

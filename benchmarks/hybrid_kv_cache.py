@@ -24,50 +24,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gguf  # noqa: E402
-from random_gguf import add_bundled_tokenizer, cached_model, random_tensor_writer  # noqa: E402
+from gemma3_single_stream import write_gemma3  # noqa: E402
+from random_gguf import cached_model  # noqa: E402
 
 from pagedserve import LLM, SamplingParams  # noqa: E402
 
-LAYERS, HIDDEN, HEADS, HEAD_DIM, WIDTH, WINDOW = 24, 512, 4, 128, 2048, 256
-Q8_0, F32 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.F32
-
 
 def write_model(path: Path) -> None:
-    writer = gguf.GGUFWriter(str(path), "gemma3")
-    writer.add_name("gemma-3-shaped-small-random")
-    writer.add_block_count(LAYERS)
-    writer.add_context_length(32768)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_feed_forward_length(WIDTH)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(1)
-    writer.add_key_length(HEAD_DIM)
-    writer.add_value_length(HEAD_DIM)
-    writer.add_rope_freq_base(1_000_000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_sliding_window(WINDOW)
-    vocab = add_bundled_tokenizer(writer)
-    add = random_tensor_writer(writer)
-    add("token_embd.weight", vocab, HIDDEN, kind=Q8_0)
-    add("output_norm.weight", HIDDEN, kind=F32)
-    for layer in range(LAYERS):
-        prefix = f"blk.{layer}"
-        for norm in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
-            add(f"{prefix}.{norm}.weight", HIDDEN, kind=F32)
-        add(f"{prefix}.attn_q_norm.weight", HEAD_DIM, kind=F32)
-        add(f"{prefix}.attn_k_norm.weight", HEAD_DIM, kind=F32)
-        add(f"{prefix}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
-        add(f"{prefix}.attn_k.weight", HEAD_DIM, HIDDEN)
-        add(f"{prefix}.attn_v.weight", HEAD_DIM, HIDDEN)
-        add(f"{prefix}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
-        add(f"{prefix}.ffn_gate.weight", WIDTH, HIDDEN)
-        add(f"{prefix}.ffn_up.weight", WIDTH, HIDDEN)
-        add(f"{prefix}.ffn_down.weight", HIDDEN, WIDTH)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_gemma3(
+        path,
+        "gemma-3-shaped-small-random",
+        layers=24,
+        hidden=512,
+        heads=4,
+        head_dim=128,
+        width=2048,
+        window=256,
+    )
 
 
 def run(path: Path, hybrid: bool, args: argparse.Namespace) -> dict[str, float]:

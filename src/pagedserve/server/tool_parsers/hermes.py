@@ -53,6 +53,10 @@ class HermesToolParser(ToolParser):
         self._body_start = 0
         self._scan_from = 0  # where to look for </tool_call> next
 
+    def _parse_call(self, body: str) -> tuple[str, str] | None:
+        """(name, arguments JSON) of one block's body, None when it is not a call (qwen3_coder reads its XML)."""
+        return _parse_body(body)
+
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
         first = text.find(START)
         if first == -1:
@@ -91,7 +95,7 @@ class HermesToolParser(ToolParser):
                 self._scan_from = max(self._body_start, len(raw) - len(END) + 1)
                 return
             body_end, next_pos = (len(raw), len(raw)) if end == -1 else (end, end + len(END))
-            parsed = _parse_body(raw[self._body_start : body_end])
+            parsed = self._parse_call(raw[self._body_start : body_end])
             if parsed is None:
                 self._fail(self._tag_start)
                 return

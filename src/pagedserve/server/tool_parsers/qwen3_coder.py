@@ -16,9 +16,9 @@ null from null, anything else (objects, arrays) as JSON or a Python literal, els
 not name, or a tool the request did not send, keeps its text. Text before the first block is the content (None
 when blank); text between or after blocks is dropped, as the hermes format's is.
 
-Streaming sends each call once its ``</tool_call>`` (or the end) arrives; a block that is not a call (no
-``<function=name>``) turns the rest into content, from that block on. The whole-text parse is that stream in one
-piece, so the two agree.
+Streaming is hermes's (the same blocks): each call once its ``</tool_call>`` (or the end) arrives; a block that is
+not a call (no ``<function=name>``) turns the rest into content, from that block on. The whole-text parse is that
+stream in one piece, so the two agree.
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ import json
 import re
 from typing import Any
 
-from .base import ExtractedToolCalls, ToolParser, partial_prefix_len
+from .base import ExtractedToolCalls
+from .hermes import HermesToolParser
 
-START, END = "<tool_call>", "</tool_call>"
 _FUNCTION = re.compile(r"\s*<function=([^>\n]+)>(.*?)(?:</function>|\Z)", re.DOTALL)
 _PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
-_CONTENT, _CALL, _BETWEEN = "content", "call", "between"
 
 
 def typed_value(text: str, schema: dict[str, Any] | None) -> Any:
@@ -67,16 +66,14 @@ def typed_value(text: str, schema: dict[str, Any] | None) -> Any:
         return text
 
 
-class Qwen3CoderToolParser(ToolParser):
-    """``<tool_call><function=name><parameter=p>value</parameter></function></tool_call>`` (Qwen3-Coder)."""
+class Qwen3CoderToolParser(HermesToolParser):
+    """``<tool_call><function=name><parameter=p>value</parameter></function></tool_call>`` (Qwen3-Coder): hermes's
+    blocks with an XML body."""
 
     name = "qwen3_coder"
 
     def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
         super().__init__(tools)
-        self._state = _CONTENT
-        self._pos = 0
-        self._tag_start = 0
         self._schemas = {
             t["function"]["name"]: (t["function"].get("parameters") or {}).get("properties") or {}
             for t in self.tools
@@ -86,7 +83,7 @@ class Qwen3CoderToolParser(ToolParser):
     def extract_tool_calls(self, text: str) -> ExtractedToolCalls:
         return self.extract_by_streaming(text)
 
-    def _parse_block(self, body: str) -> tuple[str, str] | None:
+    def _parse_call(self, body: str) -> tuple[str, str] | None:
         match = _FUNCTION.match(body)
         if match is None:
             return None
@@ -99,31 +96,3 @@ class Qwen3CoderToolParser(ToolParser):
             value = value[:-1] if value.endswith("\n") else value
             arguments[key] = typed_value(value, properties.get(key))
         return name, json.dumps(arguments, ensure_ascii=False)
-
-    def _advance(self, final: bool) -> None:
-        raw = self._raw
-        while True:
-            if self._state != _CALL:
-                start = raw.find(START, self._pos)
-                if start == -1:
-                    keep = 0 if final else partial_prefix_len(raw, START, self._pos)
-                    self._pos = len(raw) - keep
-                    if self._state == _CONTENT:
-                        self._emit_content(self._pos, hold_blank=not final)
-                    return
-                if self._state == _CONTENT:
-                    self._emit_content(start, hold_blank=True)
-                    self._content_upto = max(self._content_upto, start)
-                self._state, self._tag_start = _CALL, start
-                continue
-            body_start = self._tag_start + len(START)
-            end = raw.find(END, body_start)
-            if end == -1 and not final:
-                return
-            body_end, next_pos = (len(raw), len(raw)) if end == -1 else (end, end + len(END))
-            parsed = self._parse_block(raw[body_start:body_end])
-            if parsed is None:
-                self._fail(self._tag_start)
-                return
-            self._emit_call(*parsed)
-            self._state, self._pos = _BETWEEN, next_pos
