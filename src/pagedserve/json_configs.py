@@ -45,8 +45,9 @@ class StructuredOutputsConfig:
     """pagedserve's own: a request whose grammar takes longer to compile gets a 400 (vLLM has no bound)."""
 
     reasoning_parser: str = ""
-    """deepseek_r1 or qwen3 (set by --reasoning-parser, as vLLM's): a constrained answer's grammar starts once the
-    model's <think> block is closed, so a reasoning model thinks freely before its JSON."""
+    """deepseek_r1, qwen3 or granite (set by --reasoning-parser, as vLLM's): a constrained answer's grammar starts once the
+    model's <think> block is closed, so a reasoning model thinks freely before its JSON. granite: the grammar starts at
+    once (its markers are several tokens of plain text, and its own system prompt quotes them)."""
 
     _OTHER_BACKENDS = ("xgrammar", "outlines", "lm-format-enforcer")
 
@@ -69,9 +70,10 @@ class StructuredOutputsConfig:
             raise ValueError(
                 f"structured_outputs_config.backend must be auto or guidance, got {self.backend!r}"
             )
-        if self.reasoning_parser not in ("", "deepseek_r1", "qwen3"):
+        if self.reasoning_parser not in ("", "deepseek_r1", "qwen3", "granite"):
             raise ValueError(
-                f"structured_outputs_config.reasoning_parser must be deepseek_r1 or qwen3, got {self.reasoning_parser!r}"
+                "structured_outputs_config.reasoning_parser must be deepseek_r1, qwen3 or granite, got "
+                f"{self.reasoning_parser!r}"
             )
         if not isinstance(self.disable_any_whitespace, bool):
             raise ValueError("structured_outputs_config.disable_any_whitespace must be true or false")

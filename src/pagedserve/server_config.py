@@ -107,9 +107,10 @@ class ServerConfig:
     """Name logprobs' tokens "token_id:N" rather than by their text (vLLM's flag; a request can also ask), so tokens
     that are not valid UTF-8 on their own stay identifiable."""
 
-    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = None
+    reasoning_parser: Literal["deepseek_r1", "qwen3", "granite"] | None = None
     """Split a thinking model's <think>...</think> text into the chat message's `reasoning` field (vLLM's flag):
-    deepseek_r1 (DeepSeek-R1, QwQ: the block may open in the prompt) or qwen3 (Qwen3: the model opens it)."""
+    deepseek_r1 (DeepSeek-R1, QwQ: the block may open in the prompt), qwen3 (Qwen3: the model opens it) or granite
+    (Granite 3.2 / 3.3: "Here is my thought process:" ... "Here is my response:")."""
 
     lora_modules: list[str] | None = None
     """LoRA adapters to serve (vLLM's flag, with --enable-lora): name=path, or JSON {"name": ..., "path": ...,

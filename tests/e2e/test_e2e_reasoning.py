@@ -82,3 +82,28 @@ def test_deepseek_r1_reads_unclosed_thinking_as_reasoning(start_server: Callable
     response = sdk.responses.create(model=MODEL, input=ASK[0]["content"], max_output_tokens=12, temperature=0)
     assert [item.type for item in response.output] == ["reasoning", "message"]
     assert response.output[0].content[0].text == reasoning  # type: ignore[union-attr]
+
+
+def test_granite_markers_split_reasoning_from_content(start_server: Callable[..., ServerProcess]) -> None:
+    """Granite 3.2 / 3.3's plain-text markers (--reasoning-parser granite), written here by a regex: the thought goes
+    to `reasoning` and the response to `content`, plainly and streamed, neither marker in either."""
+    server = start_server("--reasoning-parser", "granite")
+    sdk = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
+    granite = {
+        "structured_outputs": {
+            "regex": "Here is my thought process: [a-z ]{8,30}[.] Here is my response: The answer is [0-9]+[.]"
+        }
+    }
+    reply = sdk.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=60, temperature=0, extra_body=granite,  # type: ignore[arg-type]
+    )  # fmt: skip
+    message = reply.choices[0].message
+    reasoning = (message.model_extra or {}).get("reasoning")
+    assert reasoning and "thought process" not in reasoning and reasoning.endswith(". ")
+    assert message.content is not None and message.content.startswith(" The answer is ")
+    stream = sdk.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=60, temperature=0, stream=True, extra_body=granite,  # type: ignore[arg-type]
+    )  # fmt: skip
+    deltas = [chunk.choices[0].delta for chunk in stream if chunk.choices]
+    assert "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas) == reasoning
+    assert "".join(d.content or "" for d in deltas) == message.content

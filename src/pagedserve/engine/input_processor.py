@@ -118,7 +118,7 @@ class InputProcessor:
         parser = (structured_outputs or StructuredOutputsConfig()).reasoning_parser
         # "<think>" and "</think>" as token ids, when constrained answers wait for the reasoning (--reasoning-parser).
         self.think_tags: tuple[str, list[int], list[int]] | None = None
-        if parser:
+        if parser in ("deepseek_r1", "qwen3"):  # granite's markers are plain text: its grammar starts at once
             encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
             self.think_tags = (parser, encode("<think>"), encode("</think>"))
 

@@ -44,4 +44,32 @@ def test_a_partial_tag_is_held_back_until_it_is_decided() -> None:
     assert stream.delta("abc</thinking about it", final=False) == ("</thinking about it", "")
     assert split_reasoning("qwen3", "<thi", final=False) == ("", "")
     with pytest.raises(ValueError, match="reasoning parser"):
-        split_reasoning("granite", "x")
+        split_reasoning("hunyuan_a13b", "x")
+
+
+GRANITE_CASES = [
+    (
+        "Here is my thought process:\nAdd 2 and 2.\nHere is my response:\nThe sum is 4.",
+        ("\nAdd 2 and 2.\n", "\nThe sum is 4."),
+    ),
+    ("  Here's my thought process: r Here's my response: c", (" r ", " c")),
+    ("The sum is 4.", ("", "The sum is 4.")),  # thinking off: no markers
+    ("Here is my thought process: cut short", (" cut short", "")),
+    ("Here is my answer: 4", ("", "Here is my answer: 4")),
+    ("", ("", "")),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), GRANITE_CASES)
+def test_granite_markers_split_whole_and_streamed(text: str, expected: tuple[str, str]) -> None:
+    """Granite 3.2 / 3.3 (vLLM's --reasoning-parser granite): plain-text markers, never sent in a delta."""
+    assert split_reasoning("granite", text) == expected
+    for step in (1, 2, 3, 7):
+        stream = ReasoningStream("granite")
+        reasoning = content = ""
+        for end in range(step, len(text) + step, step):
+            piece_r, piece_c = stream.delta(text[:end], final=end >= len(text))
+            for marker in ("my thought process:", "my response:"):
+                assert marker not in piece_r and (marker not in piece_c or not expected[0])
+            reasoning, content = reasoning + piece_r, content + piece_c
+        assert (reasoning, content) == expected, step
