@@ -6,6 +6,7 @@ pool without the hybrid manager preempts."""
 from __future__ import annotations
 
 import logging
+import random
 
 import pytest
 from tests.tiny_models import write_tiny_gemma2
@@ -65,3 +66,42 @@ def test_window_layers_free_blocks_so_more_sequences_fit(gemma2, caplog) -> None
     # Every block kept: 80 blocks of 30 a sequence hold two at a time, so the third and fourth preempt.
     tokens, _, preemptions = _run(gemma2, small, hybrid=False)
     assert tokens == reference and preemptions > 0
+
+
+def test_window_groups_stay_consistent_under_preemption_sharing_and_aborts(gemma2) -> None:
+    """Rounds of requests sharing prefixes (n = 2 at temperature 0 too), some repetitive, some aborted mid-way, in a
+    pool small enough to preempt: after every step the block counts add up, and every block comes back. (A prefix
+    hit can restart a preempted sequence past what the runner ran; it then gets its history, or this raised.)"""
+    llm = LLM(
+        model=str(gemma2), dtype="float32", max_model_len=256, block_size=4, max_num_batched_tokens=24,
+        kv_cache_memory_bytes=120 * 2 * LAYER_BLOCK_BYTES,
+    )  # fmt: skip
+    engine = llm.llm_engine
+    rng = random.Random(0)
+    base = [rng.randrange(100, 2000) for _ in range(80)]
+    try:
+        for round_index in range(5):
+            ids = []
+            for i in range(10):
+                prompt = base[: rng.randrange(5, 80)] + [
+                    rng.randrange(100, 2000) for _ in range(rng.randrange(1, 60))
+                ]
+                if rng.random() < 0.3:
+                    prompt = (prompt * 3)[:150]
+                params = SamplingParams(
+                    temperature=rng.choice([0.0, 0.8]), max_tokens=rng.randrange(1, 60), n=rng.choice([1, 1, 2]),
+                    ignore_eos=True, seed=i,
+                )  # fmt: skip
+                ids.append(f"r{round_index}-{i}")
+                engine.add_request(ids[-1], {"prompt_token_ids": prompt}, params)
+            steps = 0
+            while engine.has_unfinished_requests():
+                engine.step()
+                steps += 1
+                if steps == 5:
+                    engine.abort_request(ids[:3])
+                engine.check_invariants()
+            assert engine.kv_cache_manager.pool.num_used_blocks == 0
+        assert engine.scheduler.total_preemptions > 0
+    finally:
+        engine.shutdown()

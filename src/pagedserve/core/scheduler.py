@@ -61,6 +61,7 @@ class Scheduler:
         # Sequences the runner holds state for, and those of them finished since the last step.
         self._in_runner: set[str] = set()
         self._finished_in_runner: list[str] = []
+        self._resumed: set[str] = set()  # preempted sequences whose next step sends their history
 
     # ---- admission -------------------------------------------------------------------------------------------
     def max_tokens_fit(self, num_tokens: int) -> bool:
@@ -191,8 +192,10 @@ class Scheduler:
                 samples,
                 num_new - known,
                 [self.kv.get_block_ids(sequence.seq_id, group) for group in range(1, self.kv.num_groups)],
+                sequence.all_token_ids[:start] if sequence.seq_id in self._resumed else None,
             )
         )
+        self._resumed.discard(sequence.seq_id)
         prompt_part = max(
             0,
             min(sequence.num_prompt_tokens, sequence.num_computed_tokens + num_new)
@@ -208,6 +211,8 @@ class Scheduler:
         sequence.spec_token_ids = []
         sequence.num_preemptions += 1
         self.total_preemptions += 1
+        if sequence.seq_id in self._in_runner:
+            self._resumed.add(sequence.seq_id)
         out.num_preemptions += 1
         out.preempted_seq_ids.append(sequence.seq_id)
         if self.policy == "priority":
@@ -297,6 +302,7 @@ class Scheduler:
         if sequence.seq_id in self._in_runner:
             self._in_runner.discard(sequence.seq_id)
             self._finished_in_runner.append(sequence.seq_id)
+        self._resumed.discard(sequence.seq_id)  # aborted while waiting to resume: nothing bounded left behind
         if sequence.status == SequenceStatus.RUNNING:
             self.running.remove(sequence)
         elif sequence in self.waiting:

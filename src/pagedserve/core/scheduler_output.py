@@ -37,6 +37,9 @@ class ScheduledSequence:
     num_draft_tokens: int = 0
     # The block tables of KV cache groups 1, 2, ... (hybrid models, kv_memory.py): block_ids is group 0's.
     group_block_ids: list[list[int]] = field(default_factory=list)
+    # Resuming after a preemption: the sequence's tokens before start_position. A prefix-cache hit may restart it
+    # past what the runner ran (blocks another sequence computed), so the runner takes its history from here.
+    resumed_token_ids: list[int] | None = None
 
     @property
     def num_new_tokens(self) -> int:

@@ -289,6 +289,8 @@ class ModelRunner:
             state = self.sequences.get(seq.seq_id)
             if state is None:
                 raise ValueError(f"step runs sequence {seq.seq_id!r} that was never sent as new")
+            if seq.resumed_token_ids is not None:
+                state.token_ids = list(seq.resumed_token_ids)
             if seq.start_position > len(state.token_ids):
                 raise ValueError(
                     f"sequence {seq.seq_id!r} resumes at position {seq.start_position} but the runner has "

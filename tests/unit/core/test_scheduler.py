@@ -241,3 +241,22 @@ def test_priority_policy_preempts_the_least_urgent_even_if_already_scheduled():
     # A newcomer more urgent than the preempted one goes before it in the queue.
     sched.add_sequence(prioritized("newer", 1, 3, 5.0))
     assert [s.seq_id for s in sched.waiting] == ["newer", "low"]
+
+
+def test_a_preempted_sequence_resumes_with_its_history() -> None:
+    """A prefix-cache hit may restart a preempted sequence past what the runner ran (blocks another sequence
+    computed), so its first step after the preemption carries every token before its start; later steps do not."""
+    sched = make_scheduler(num_blocks=32, block_size=4, budget=8)
+    a = make_request("a", 20)
+    sched.add_sequence(a)
+    out, _ = run_step(sched)
+    assert out.sequences[0].start_position == 0 and out.sequences[0].resumed_token_ids is None
+    sched.running.remove(a)
+    sched._preempt(a, out)
+    out, _ = run_step(sched)
+    resumed = out.sequences[0]
+    assert resumed.seq_id == "a" and resumed.start_position == 8  # its two computed blocks, from the cache
+    assert resumed.resumed_token_ids == a.all_token_ids[:8]
+    out, _ = run_step(sched)
+    assert out.sequences[0].resumed_token_ids is None
+    sched.check_invariants()
