@@ -88,6 +88,10 @@ class BlockPool:
             new_blocks.append(block)
         return new_blocks
 
+    def uncache(self, block: KVCacheBlock) -> None:
+        """Forget a block's hash: its K/V was never written (its sequence left the step it was allocated for)."""
+        self._evict(block)
+
     def _evict(self, block: KVCacheBlock) -> None:
         if block.block_hash is not None:
             if self._cached.get(block.block_hash) is block:

@@ -220,9 +220,16 @@ class KVCacheManager:
             self._num_registered[seq.seq_id] = max(start, end)
         return taken
 
-    def free(self, seq: Sequence) -> None:
+    def free(self, seq: Sequence, computed_tokens: int | None = None) -> None:
+        """computed_tokens: the sequence leaves a step it was scheduled in (a preemption after its allocation), so
+        its blocks past what was computed were registered for K/V never written: their hashes are forgotten."""
         tables = self.req_to_blocks.pop(seq.seq_id, [])
         null = self.pool.null_block
+        if computed_tokens is not None:
+            for table in tables:
+                for block in table[computed_tokens // self.block_size :]:
+                    if block is not null and block.ref_cnt == 1:  # shared ones: a same-step sibling's (kept)
+                        self.pool.uncache(block)
         for table in tables:
             # Tail blocks first, so a sequence's later blocks are evicted before its shared prefix.
             self.pool.free_blocks(b for b in reversed(table) if b is not null)

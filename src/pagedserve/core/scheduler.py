@@ -205,7 +205,8 @@ class Scheduler:
         out.num_decode_tokens += num_new - prompt_part
 
     def _preempt(self, sequence: Sequence, out: SchedulerOutput) -> None:
-        self.kv.free(sequence)
+        scheduled = any(s.seq_id == sequence.seq_id for s in out.sequences)  # this step (priority policy)
+        self.kv.free(sequence, sequence.num_computed_tokens if scheduled else None)
         sequence.status = SequenceStatus.PREEMPTED
         sequence.num_computed_tokens = 0
         sequence.spec_token_ids = []

@@ -260,3 +260,23 @@ def test_a_preempted_sequence_resumes_with_its_history() -> None:
     out, _ = run_step(sched)
     assert out.sequences[0].resumed_token_ids is None
     sched.check_invariants()
+
+
+def test_a_sequence_preempted_after_its_allocation_leaves_no_uncomputed_block_cached() -> None:
+    """Priority policy: a sequence scheduled earlier in the step, then preempted, never computes the blocks its
+    allocation registered; their hashes are forgotten, so no later prefix hit reads K/V never written."""
+    sched = Scheduler(
+        KVCacheManager(5, 2, True), 8, 64, 1000, long_prefill_token_threshold=4, policy="priority"
+    )
+    low, high = prioritized("low", 10, 10, 0.0), prioritized("high", 2, 0, 1.0)
+    for sequence in (low, high):
+        sched.add_sequence(sequence)
+    run_step(sched)  # high: 1 block; low: its first 4 tokens, 2 blocks; 2 left
+    sched.running[:] = [low, high]  # low scheduled first in the next step
+    out, _ = run_step(sched)  # low's next 4 tokens take (and register) the last 2; high needs 1: low goes
+    assert out.preempted_seq_ids == ["low"] and [s.seq_id for s in out.sequences] == ["high"]
+    hashes = sched.kv._block_hashes(low, 8)
+    cached = [sched.kv.pool.get_cached_block((0, h)) is not None for h in hashes]
+    assert cached[:2] == [True, True]  # computed in the first step
+    assert cached[2:] == [False, False], "uncomputed K/V left in the prefix cache"
+    sched.check_invariants()
