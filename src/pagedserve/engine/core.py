@@ -86,6 +86,9 @@ class EngineCore:
         num_heads = hf_config.num_attention_heads
         check_heads(num_heads, getattr(hf_config, "num_key_value_heads", None) or num_heads, tp_size)
         model_class = resolve_model_class(hf_config)
+        refusal = getattr(model_class, "tensor_parallel_refusal", None)
+        if tp_size > 1 and refusal:  # here, not in each rank: the first rank to exit would hide the reason
+            raise ValueError(f"{model_class.__name__} runs without tensor parallelism: {refusal}")
         is_encoder = bool(getattr(model_class, "is_encoder", False))
         classifier = bool(getattr(model_class, "is_classifier", False))
         runner_kind = resolved_runner(mc, pooling_only=is_encoder or classifier)

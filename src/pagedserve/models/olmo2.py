@@ -20,6 +20,8 @@ from pagedserve.layers.layernorm import RMSNorm
 from pagedserve.layers.rotary import StepRotary
 from pagedserve.models.llama import AttentionShape, LlamaAttention, LlamaForCausalLM, LlamaMLP, make_rotary
 
+TENSOR_PARALLEL_REFUSAL = "its q/k norms span every attention head"
+
 
 class Olmo2Attention(LlamaAttention):
     def __init__(self, config: Any, backend: AttentionBackend, layer_index: int) -> None:
@@ -52,9 +54,7 @@ class Olmo2Model(nn.Module):
     def __init__(self, config: Any, backend: AttentionBackend) -> None:
         super().__init__()
         if parallel_state.get_tp().size > 1:
-            raise ValueError(
-                "Olmo2ForCausalLM runs without tensor parallelism: its q/k norms span every attention head"
-            )
+            raise ValueError(f"Olmo2ForCausalLM runs without tensor parallelism: {TENSOR_PARALLEL_REFUSAL}")
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(
             Olmo2DecoderLayer(config, backend, index) for index in range(config.num_hidden_layers)
@@ -72,5 +72,8 @@ class Olmo2Model(nn.Module):
 
 
 class Olmo2ForCausalLM(LlamaForCausalLM):
+    tensor_parallel_refusal = TENSOR_PARALLEL_REFUSAL
+    """Why the engine refuses --tensor-parallel-size > 1 before starting any rank (engine/core.py)."""
+
     def make_model(self, config: Any, backend: AttentionBackend) -> nn.Module:
         return Olmo2Model(config, backend)
