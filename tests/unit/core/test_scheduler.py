@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from types import SimpleNamespace
 
 from pagedserve.core.kv_cache_manager import KVCacheManager
@@ -12,7 +13,9 @@ from pagedserve.core.sequence import Sequence, SequenceStatus
 def make_request(request_id: str, num_tokens: int, max_tokens: int = 100, **params) -> Sequence:
     defaults = dict(prompt_logprobs=None, min_tokens=0, ignore_eos=False, stop_token_ids=[])
     defaults.update(params)
-    tokens = [(hash(request_id) % 1000) + 10 + i for i in range(num_tokens)]
+    tokens = [
+        (zlib.crc32(request_id.encode()) % 1000) + 10 + i for i in range(num_tokens)
+    ]  # not hash(): seeded per run
     return Sequence(request_id, tokens, SimpleNamespace(**defaults), 0.0, max_tokens, eos_token_ids={0})
 
 
