@@ -20,7 +20,7 @@ from peers.servers import CACHE, ServerSpec, free_port, missing_reason  # noqa: 
 
 from pagedserve.cpu_info import cpu_info  # noqa: E402
 from pagedserve.models.bundled import bundled_model_path  # noqa: E402
-from pagedserve.models.gguf_config import field_value  # noqa: E402
+from pagedserve.models.gguf_metadata import field_value  # noqa: E402
 from pagedserve.models.loader import open_gguf  # noqa: E402
 
 

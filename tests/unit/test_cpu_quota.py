@@ -81,7 +81,7 @@ def test_the_engine_runs_as_many_threads_as_a_real_cgroup_quota_allows() -> None
     try:
         code = (
             "import os, sys; open(sys.argv[1], 'w').write(str(os.getpid()));"
-            "from pagedserve.worker.model_runner import configure_cpu_threads; import torch;"
+            "from pagedserve.worker.device import configure_cpu_threads; import torch;"
             "print(configure_cpu_threads(None), torch.get_num_threads())"
         )
         done = subprocess.run(

@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _fail(str(error))
     if engine_config.parallel.headless or engine_config.parallel.node_rank > 0:
-        from pagedserve.worker.model_runner import resolve_device
+        from pagedserve.worker.device import resolve_device
         from pagedserve.worker.multiproc_executor import run_headless_node
 
         return run_headless_node(engine_config.parallel, resolve_device(engine_config.model.device).type)

@@ -8,30 +8,34 @@ share a GIL.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from pagedserve import envs, kv_memory
+from pagedserve import kv_memory
 from pagedserve.config import EngineConfig
 from pagedserve.core.kv_cache_manager import KVCacheManager
 from pagedserve.core.scheduler import Scheduler
-from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.core.sequence import Sequence, SequenceStatus
 from pagedserve.core.stats import IterationStats
 from pagedserve.distributed.partition import check_heads
 from pagedserve.engine.core_messages import CoreOutputs, EngineCoreRequest, SequenceOutput
+from pagedserve.engine.core_outputs import aborted_output, step_outputs
 from pagedserve.engine.drafter import Drafter, count_drafts
-from pagedserve.engine.model_rules import classifier_labels, pooling_rule, pooling_task, sliding_window_limit
+from pagedserve.engine.model_rules import (
+    classifier_labels,
+    pooling_settings,
+    pooling_task,
+    resolve_max_model_len,
+)
 from pagedserve.model_config import resolved_runner
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.outputs import EngineInfo
 from pagedserve.structured_output.manager import StructuredOutputManager
+from pagedserve.worker.device import resolve_device
 from pagedserve.worker.dtypes import has_gguf_panel_kernels, resolve_dtype
 from pagedserve.worker.executor import RunnerSpec, dtype_name, make_executor
-from pagedserve.worker.model_runner import ModelRunnerOutput, resolve_device
 
 if TYPE_CHECKING:
     from pagedserve.models.loader import ModelSource
@@ -66,20 +70,7 @@ class EngineCore:
                 "fast past a few rows; --quantization gguf keeps them)",
             )  # fmt: skip
         hf_config = source.hf_config
-        max_positions = sliding_window_limit(hf_config, mc.disable_sliding_window)
-        max_model_len = mc.max_model_len or max_positions
-        if max_model_len > max_positions and max_model_len >= 1 and envs.allow_long_max_model_len():
-            logger.warning(
-                "max_model_len %d is past the model's max_position_embeddings %d (VLLM_ALLOW_LONG_MAX_MODEL_LEN): "
-                "positions the model was not trained on may give degraded or wrong output", max_model_len,
-                max_positions,
-            )  # fmt: skip
-        elif max_model_len < 1 or max_model_len > max_positions:
-            raise ValueError(
-                f"max_model_len must be in [1, {max_positions}] for this model"
-                f"{' with --disable-sliding-window' if mc.disable_sliding_window else ''}, got {max_model_len} "
-                "(VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 accepts more)"
-            )
+        max_model_len = resolve_max_model_len(hf_config, mc.max_model_len, mc.disable_sliding_window)
         quantized_source = source.format == "gguf" or source.quantization_method is not None
         dtype, weight_dtype = resolve_dtype(mc.dtype, hf_config, quantized_source, device, quantization)
         tp_size = config.parallel.tensor_parallel_size
@@ -92,19 +83,7 @@ class EngineCore:
         is_encoder = bool(getattr(model_class, "is_encoder", False))
         classifier = bool(getattr(model_class, "is_classifier", False))
         runner_kind = resolved_runner(mc, pooling_only=is_encoder or classifier)
-        pooling_type = "LAST"
-        if runner_kind == "pooling":  # an encoder's head reads the CLS row, a decoder's the last token's
-            if classifier:
-                pooling_type = "CLS" if is_encoder else "LAST"
-            else:
-                pooling_type = pooling_rule(source.path, is_encoder)
-            whole = is_encoder or pooling_type != "LAST"
-            if whole and (sc.enable_chunked_prefill or cc.enable_prefix_caching):
-                # CLS and MEAN pool every row of a prompt, and an encoder's rows depend on the whole prompt: each
-                # prompt runs whole in one step, never from cached blocks (vLLM's rule for such models).
-                logger.info("%s pooling: chunked prefill and prefix caching off", pooling_type)
-                sc = dataclasses.replace(sc, enable_chunked_prefill=False)
-                cc = dataclasses.replace(cc, enable_prefix_caching=False)
+        pooling_type, sc, cc = pooling_settings(runner_kind, classifier, is_encoder, source.path, sc, cc)
         if is_encoder and (tp_size > 1 or lora is not None or config.speculative is not None):
             raise ValueError(
                 f"{hf_config.architectures[0]} (an encoder) runs without tensor parallelism, LoRA adapters or "
@@ -243,7 +222,7 @@ class EngineCore:
             request = self._waiting_for_grammar.pop(request_id)
             for i in range(request.sampling_params.n):
                 seq_id = request_id if request.sampling_params.n == 1 else f"{request_id}#{i}"
-                outputs.append(_aborted_output(seq_id, request_id, i))
+                outputs.append(aborted_output(seq_id, request_id, i))
         return outputs
 
     def abort_requests(self, request_ids: Iterable[str]) -> None:
@@ -287,7 +266,7 @@ class EngineCore:
                 ):
                     self.structured.free([seq.seq_id])
                     self._forget_if_done(seq.request_id)
-                    failed.append(_aborted_output(seq.seq_id, seq.request_id, seq.sample_index))
+                    failed.append(aborted_output(seq.seq_id, seq.request_id, seq.sample_index))
             progressed, finished = self.scheduler.update_from_output(sched_out, result.sampled_token_ids)
             if self.structured.live_seq_ids:  # also while reasoning: the gate watches for its end
                 finished += self._advance_grammars(progressed)
@@ -296,7 +275,7 @@ class EngineCore:
                 self.drafter.propose(progressed, self.scheduler.num_running, self.structured.draft_prefix)
             iteration.num_prompt_tokens = sched_out.num_prefill_tokens
             iteration.num_tokens_in_step = sched_out.total_num_tokens
-            outputs = self._outputs(sched_out, result, progressed, iteration)
+            outputs = step_outputs(self.scheduler.sequences, result, progressed, iteration)
             for seq in finished:
                 self.structured.free([seq.seq_id])
                 self._forget_if_done(seq.request_id)
@@ -328,37 +307,6 @@ class EngineCore:
                 break
         return done
 
-    def _outputs(
-        self,
-        sched_out: SchedulerOutput,
-        result: ModelRunnerOutput,
-        progressed: list[Sequence],
-        iteration: IterationStats,
-    ) -> list[SequenceOutput]:
-        now = time.time()
-        by_id = {seq.seq_id: seq for seq in progressed}
-        prompt_only = [
-            self.scheduler.sequences[seq_id]
-            for seq_id in result.prompt_logprobs
-            if seq_id not in by_id and seq_id in self.scheduler.sequences
-        ]
-        outputs = []
-        for seq in progressed:
-            if (
-                seq.sampling_params.pooling is not None
-            ):  # an embedding: its vector, not the token that ended it
-                outputs.append(_sequence_output(seq, [], result))
-                continue
-            count = seq.num_new_output_tokens
-            iteration.num_generation_tokens += count
-            if seq.num_output_tokens == count:
-                iteration.time_to_first_tokens.append(now - seq.arrival_time)
-            elif seq.last_inter_token_latency is not None:
-                iteration.inter_token_latencies.append(seq.last_inter_token_latency)
-            outputs.append(_sequence_output(seq, seq.output_token_ids[-count:], result))
-        outputs.extend(_sequence_output(seq, [], result) for seq in prompt_only)
-        return outputs
-
     def check_health(self) -> None:
         """Raises when the executor's workers can no longer run a step (a rank died while the engine was idle)."""
         self.executor.check_health()
@@ -375,34 +323,3 @@ class EngineCore:
             "grammar state outlived its sequence"
         )
         assert self.structured.num_pending == len(self._waiting_for_grammar)
-
-
-def _aborted_output(seq_id: str, request_id: str, sample_index: int) -> SequenceOutput:
-    """A sequence ended by the engine before it could run (its grammar or its adapter failed to load)."""
-    return SequenceOutput(
-        seq_id, request_id, sample_index, [], "abort", None, None, None, 0, 0, None, None, None, time.time()
-    )
-
-
-def _sequence_output(seq: Sequence, new_token_ids: list[int], result: ModelRunnerOutput) -> SequenceOutput:
-    prompt_logprobs = result.prompt_logprobs.get(seq.seq_id) if seq.sample_index == 0 else None
-    return SequenceOutput(
-        seq_id=seq.seq_id,
-        request_id=seq.request_id,
-        sample_index=seq.sample_index,
-        new_token_ids=new_token_ids,
-        finish_reason=seq.status.finish_reason if seq.is_finished else None,
-        stop_reason=seq.stop_reason if isinstance(seq.stop_reason, int) else None,
-        # Past a token that stopped the sequence, the step's later tokens (and their logprobs) are dropped.
-        logprobs=result.logprobs[seq.seq_id][: len(new_token_ids)]
-        if new_token_ids and seq.seq_id in result.logprobs
-        else None,
-        prompt_logprobs=prompt_logprobs,
-        num_cached_tokens=seq.num_cached_tokens,
-        embedding=result.embeddings.get(seq.seq_id),
-        num_preemptions=seq.num_preemptions,
-        first_scheduled_time=seq.first_scheduled_time,
-        first_token_time=seq.first_token_time,
-        last_token_time=seq.last_token_time,
-        finished_time=seq.finished_time,
-    )

@@ -28,6 +28,7 @@ from pagedserve.models.bundled import BUNDLED_MODEL_NAME, bundled_model_path
 from pagedserve.models.causal_classifier import resolve_classifier_tokens
 from pagedserve.models.ct_scheme import CompressedTensorsConfig, parse_compressed_tensors_config
 from pagedserve.models.fp8_config import parse_fp8_config
+from pagedserve.models.gguf_metadata import field_value, gguf_eos_token_ids, gguf_generation_defaults
 from pagedserve.models.hf_overrides import apply_hf_overrides
 from pagedserve.models.weight_progress import with_progress
 
@@ -267,8 +268,8 @@ def _resolve_gguf(path: pathlib.Path, name: str, dummy: bool) -> ModelSource:
         path=path,
         format="dummy" if dummy else "gguf",
         hf_config=config,
-        generation_defaults=gguf_config.gguf_generation_defaults(reader),
-        eos_token_ids=gguf_config.gguf_eos_token_ids(reader),
+        generation_defaults=gguf_generation_defaults(reader),
+        eos_token_ids=gguf_eos_token_ids(reader),
         _gguf_reader=reader,
     )
 
@@ -338,7 +339,7 @@ def load_tokenizer(
     if path.is_file():
         if not getattr(loaded, "chat_template", None):
             reader = source._reader() if path == source.path else open_gguf(path)
-            template = gguf_config.field_value(reader, "tokenizer.chat_template")
+            template = field_value(reader, "tokenizer.chat_template")
             if template:
                 loaded.chat_template = template
         _cache_gguf_tokenizer(path, loaded)

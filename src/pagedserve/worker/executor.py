@@ -16,7 +16,9 @@ from pagedserve import cpu_placement, envs
 from pagedserve.config import CacheConfig, LoRAConfig, ParallelConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.model_config import ModelConfig
-from pagedserve.worker.model_runner import ModelRunner, ModelRunnerOutput, resolve_device
+from pagedserve.worker.device import resolve_device
+from pagedserve.worker.model_runner import ModelRunner
+from pagedserve.worker.runner_output import ModelRunnerOutput
 
 logger = logging.getLogger("pagedserve")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,7 +13,6 @@ from pagedserve.attention.backend import default_attention_backend, get_attentio
 from pagedserve.config import CacheConfig, LoRAConfig
 from pagedserve.core.scheduler_output import NewSequence, ScheduledSequence, SchedulerOutput
 from pagedserve.cpu_info import cpu_info
-from pagedserve.cpu_placement import default_cpu_threads
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.kv_memory import group_slots, kv_cache_groups
@@ -23,12 +22,12 @@ from pagedserve.model_config import ModelConfig
 from pagedserve.models.llama import attention_window, config_for_serving, without_sliding_window
 from pagedserve.models.registry import resolve_model_class
 from pagedserve.ops import build as cpu_kernels
-from pagedserve.outputs import PositionLogprobs
-from pagedserve.sample.grammar_mask import apply_grammar_bitmask
-from pagedserve.sample.metadata import SamplingMetadata, SamplingRow, make_generator
+from pagedserve.sample.metadata import make_generator
 from pagedserve.sample.sampler import Sampler
 from pagedserve.worker.decode_graphs import make_decode_graphs
+from pagedserve.worker.device import configure_cpu_threads
 from pagedserve.worker.dtypes import cast_matrix_weights
+from pagedserve.worker.dummy_weights import init_dummy_weights
 from pagedserve.worker.gpu_memory import gpu_kv_budget
 from pagedserve.worker.inputs import prepare_inputs
 from pagedserve.worker.kv_cache import (
@@ -41,43 +40,10 @@ from pagedserve.worker.kv_cache import (
 from pagedserve.worker.lora_manager import LoRAManager
 from pagedserve.worker.pooling import pooled_vectors, prompt_spans, token_types
 from pagedserve.worker.prompt_logprobs import prompt_logprobs, wants_prompt_logprobs
-from pagedserve.worker.speculative import accepted_tokens, history_end, sampling_row_offsets
+from pagedserve.worker.runner_output import ModelRunnerOutput
+from pagedserve.worker.sampling_step import sample_sequences
 
 logger = logging.getLogger("pagedserve")
-
-
-@dataclass
-class ModelRunnerOutput:
-    # Each sampling sequence's new tokens: one, or with a draft to verify, the kept draft tokens and one more.
-    sampled_token_ids: dict[str, list[int]] = field(default_factory=dict)
-    logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)  # one entry per new token
-    prompt_logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)
-    # Sequences whose LoRA adapter could not be loaded (its folder changed since it was registered) -> why: they
-    # ran without it this step, nothing of theirs is reported, and the engine ends them.
-    failed_seq_ids: dict[str, str] = field(default_factory=dict)
-    # Embedding requests (--runner pooling) whose prompt ended this step -> their pooled hidden states.
-    embeddings: dict[str, list[float]] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def configure_cpu_threads(requested: int | None) -> int:
-    """Set torch's intra-op threads (default: cpu_placement.default_cpu_threads, this process being one rank);
-    returns the number used."""
-    if requested is None:
-        requested = envs.cpu_threads()
-    if requested is None:
-        requested = default_cpu_threads(ranks_per_node=1)
-    if requested < 1:
-        raise ValueError(f"cpu_threads must be >= 1, got {requested}")
-    torch.set_num_threads(requested)
-    return requested
 
 
 @dataclass
@@ -93,18 +59,6 @@ class RunnerSequence:
     @property
     def num_prompt_tokens(self) -> int:
         return len(self.new.prompt_token_ids)
-
-
-def _reads_history(params: Any) -> bool:
-    """Whether sampling reads the generated tokens (penalties, min_tokens, bad_words): a copy a row a step is spared otherwise
-    (256 rows x 1000 tokens ~ 1 ms)."""
-    return bool(
-        params.presence_penalty
-        or params.frequency_penalty
-        or params.repetition_penalty != 1.0
-        or params.min_tokens
-        or params.bad_words_token_ids
-    )
 
 
 class ModelRunner:
@@ -159,13 +113,14 @@ class ModelRunner:
         # The rotary tables cover the positions a step can reach (a sequence's, or the longest step of the GPU
         # memory profile), not the model's whole context: Gemma 3 27B's two tables at 131 072 positions are 268 MB
         # (float32 cos and sin of 128 dims) against 17 MB at 8192. Past max_position_embeddings only with
-        # VLLM_ALLOW_LONG_MAX_MODEL_LEN (engine/core.py).
+        # VLLM_ALLOW_LONG_MAX_MODEL_LEN (engine/model_rules.py).
         reach = max(max_model_len, max_num_batched_tokens)
         # Encoders' positions are learned: their table is the checkpoint's, whatever a step reaches.
         is_encoder = getattr(model_class, "is_encoder", False)
         self.is_classifier = bool(getattr(model_class, "is_classifier", False))
         model_hf_config = hf_config if is_encoder else config_for_serving(hf_config, reach, max_model_len)
-        if model_config.disable_sliding_window:  # max_model_len is capped at the window (engine/core.py)
+        # With --disable-sliding-window, max_model_len is capped at the window (engine/model_rules.py).
+        if model_config.disable_sliding_window:
             model_hf_config = without_sliding_window(model_hf_config)
         self.attention_backend = (
             attention_backend or envs.attention_backend() or default_attention_backend(device)
@@ -185,7 +140,7 @@ class ModelRunner:
         if cast_first:
             cast_matrix_weights(self.model, self.weight_dtype)
         if weights is None:
-            self._init_dummy_weights(model_config.seed)
+            init_dummy_weights(self.model, self.device, model_config.seed)
         else:
             loaded = self.model.load_weights(weights)
             missing = {n for n, _ in self.model.named_parameters()} - loaded
@@ -260,23 +215,6 @@ class ModelRunner:
                 hf_config.hidden_size, self.block_size, max_num_seqs, max_model_len, tp.size, self.layer_groups,
             )  # fmt: skip
 
-    def _init_dummy_weights(self, seed: int) -> None:
-        if self.device.type != "cpu":
-            # Drawn on the device: the CPU's one generator draws ~150 M values/s, a minute for an 8B model.
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            with torch.no_grad():
-                for name, param in self.model.named_parameters():
-                    param.fill_(1.0) if "norm" in name else param.normal_(0.0, 0.02, generator=generator)
-            return
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        with torch.no_grad():
-            for name, param in self.model.named_parameters():
-                if "norm" in name:
-                    param.fill_(1.0)
-                else:
-                    values = torch.randn(param.shape, generator=generator) * 0.02
-                    param.copy_(values.to(param.dtype))
-
     def _update_states(self, scheduler_output: SchedulerOutput) -> None:
         for seq_id in scheduler_output.finished_seq_ids:
             self.sequences.pop(seq_id, None)
@@ -344,56 +282,10 @@ class ModelRunner:
         pooled = set(pooling)
         sampling = [(i, s) for i, s in enumerate(step.sequences) if s.samples and i not in pooled]
         if sampling:
-            rows: list[int] = []  # the logits rows that sample: one a sequence, 1 + k with k draft tokens
-            sampling_rows: list[SamplingRow] = []
-            first_rows: list[int] = []  # each sampling sequence's first place among them
-            for i, seq in sampling:
-                state = states[i]
-                params = state.new.sampling_params
-                reads = _reads_history(params)
-                first_rows.append(len(rows))
-                for offset in sampling_row_offsets(seq):
-                    rows.append(step.last_token_rows[i] - offset)
-                    end = history_end(seq, offset)
-                    outputs = state.token_ids[state.num_prompt_tokens : end] if reads else []
-                    sampling_rows.append(
-                        SamplingRow(params, state.new.prompt_token_ids, outputs, state.generator)
-                    )
-            if step_logits is None:
-                logits = self.model.compute_logits(hidden[rows])
-            else:
-                logits = step_logits if len(rows) == step_logits.shape[0] else step_logits[rows]
-            metadata = SamplingMetadata.build(sampling_rows, self.vocab_size, self.device)
-            bitmask = scheduler_output.grammar_bitmask
-            if bitmask is not None:
-                first = {seq.seq_id: first_rows[j] for j, (_, seq) in enumerate(sampling)}
-                positions = bitmask.positions or [0] * len(bitmask.seq_ids)
-                mask_rows = [first[seq_id] + p for seq_id, p in zip(bitmask.seq_ids, positions)]
-                logits = apply_grammar_bitmask(logits, bitmask, mask_rows)
-                metadata.grammar_masked = True
-            out = self.sampler(
-                logits, metadata
-            )  # converts to float32 itself unless all rows are plain greedy
-            token_ids = out.sampled_token_ids.tolist()
-            kept: list[int] = []  # tokens kept per sampling sequence
-            for j, (_, seq) in enumerate(sampling):
-                first = first_rows[j]
-                tokens = accepted_tokens(seq, token_ids[first : first + 1 + seq.num_draft_tokens])
-                result.sampled_token_ids[seq.seq_id] = tokens
-                kept.append(len(tokens))
-            if out.logprobs is not None:
-                ids, lps, ranks = (
-                    out.logprob_token_ids.tolist(),
-                    out.logprobs.tolist(),
-                    out.sampled_token_ranks.tolist(),
-                )
-                for j, (i, seq) in enumerate(sampling):
-                    k = states[i].new.sampling_params.logprobs
-                    if k is not None:
-                        span = range(first_rows[j], first_rows[j] + kept[j])
-                        result.logprobs[seq.seq_id] = [
-                            (ids[r][: 1 + k], lps[r][: 1 + k], ranks[r]) for r in span
-                        ]
+            sample_sequences(
+                self.model, self.sampler, step, states, sampling, hidden, step_logits, self.vocab_size, self.device,
+                scheduler_output.grammar_bitmask, result,
+            )  # fmt: skip
         if hidden is not None and any_prompt_logprobs:
             result.prompt_logprobs = prompt_logprobs(self.model, step, states, hidden)
         if pooling:

@@ -30,8 +30,9 @@ from pagedserve import cpu_placement, envs
 from pagedserve.config import ParallelConfig
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.worker import tp_messages as msg
+from pagedserve.worker.device import resolve_device
 from pagedserve.worker.executor import RunnerInfo, RunnerSpec
-from pagedserve.worker.model_runner import ModelRunnerOutput, resolve_device
+from pagedserve.worker.runner_output import ModelRunnerOutput
 
 logger = logging.getLogger("pagedserve")
 

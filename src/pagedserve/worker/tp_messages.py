@@ -7,7 +7,7 @@ import msgspec
 
 from pagedserve.core.scheduler_output import SchedulerOutput
 from pagedserve.worker.executor import RunnerInfo, RunnerSpec
-from pagedserve.worker.model_runner import ModelRunnerOutput
+from pagedserve.worker.runner_output import ModelRunnerOutput
 
 # How long a rank waits for the others to join the group and for the engine's first message.
 JOIN_TIMEOUT_S = 300.0

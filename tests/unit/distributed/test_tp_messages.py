@@ -8,7 +8,7 @@ import pytest
 from pagedserve.core.scheduler_output import NewSequence, ScheduledSequence, SchedulerOutput
 from pagedserve.sampling_params import SamplingParams
 from pagedserve.worker import tp_messages as msg
-from pagedserve.worker.model_runner import ModelRunnerOutput
+from pagedserve.worker.runner_output import ModelRunnerOutput
 
 
 def test_a_step_round_trips_with_its_sampling_parameters() -> None:
