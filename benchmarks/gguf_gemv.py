@@ -1,50 +1,79 @@
-"""The GGUF Q4_0 GEMV alone (one activation row, `cpu_ops.gguf_gemm`): in cache (a 256 x 1152 matrix again and
-again: what the kernel computes) and streamed from DRAM (twelve 6912 x 1152 matrices in turn, 54 MB: what decode
-sees), on 1 and 2 threads; billions of weights and GB of blocks a second, best of 3.
+"""The GGUF GEMV alone (one activation row, `cpu_ops.gguf_gemm`), rows in the file's order against rows
+interleaved in groups of four (`gguf_quant.interleave_rows`, what the runner multiplies after loading): in cache (a
+256 x 1152 matrix again and again: what the kernel computes) and streamed from DRAM (twelve 6912 x 1152 matrices
+in turn, ~54 MB in Q4_0: what decode sees), on 1 and 2 threads; billions of weights and GB of blocks a second,
+best of 3, the two layouts alternated within each round.
 
-    .venv/bin/python benchmarks/gguf_gemv.py
+    .venv/bin/python benchmarks/gguf_gemv.py [--types Q4_0 Q4_1 Q8_0 Q4_K Q6_K]
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import gguf
 import numpy as np
 import torch
 
+from pagedserve.layers.gguf_quant import INTERLEAVE, interleave_rows
 from pagedserve.ops import cpu as cpu_ops
 
-Q4_0 = gguf.GGMLQuantizationType.Q4_0
-K = 1152  # Gemma 3 1B's hidden size
+K = 1152  # Gemma 3 1B's hidden size (1024 for the K-quants: whole 256-weight super-blocks)
 
 
-def matrix(rows: int, seed: int) -> torch.Tensor:
-    values = np.random.default_rng(seed).standard_normal((rows, K), dtype=np.float32) * np.float32(0.02)
-    return torch.from_numpy(np.ascontiguousarray(gguf.quants.quantize(values, Q4_0)))
+def matrix(rows: int, cols: int, seed: int, qtype: gguf.GGMLQuantizationType) -> torch.Tensor:
+    """Random blocks (speed does not depend on the values; the gguf package cannot write K-quants), their
+    float16 scales small and finite."""
+    per_block, size = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (rows, cols // per_block, size), dtype=np.uint8)
+    at = 208 if qtype == gguf.GGMLQuantizationType.Q6_K else 0
+    raw[..., at : at + 2] = (
+        rng.uniform(-0.02, 0.02, (rows, cols // per_block, 1)).astype(np.float16).view(np.uint8)
+    )
+    return torch.from_numpy(raw.reshape(rows, -1))
+
+
+def rate(matrices: list[torch.Tensor], qtype: int, cols: int, interleave: int, repeats: int) -> float:
+    x = torch.randn(1, cols)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for m in matrices:
+            cpu_ops.gguf_gemm(x, m, qtype, cols, None, interleave)
+    return time.perf_counter() - start
 
 
 def main() -> None:
-    cases = (
-        ("in cache 256x1152", [matrix(256, 0)], 4000),
-        ("streamed 6912x1152", [matrix(6912, i) for i in range(12)], 40),
-    )
-    x = torch.randn(1, K)
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        for name, matrices, repeats in cases:
-            best = float("inf")
-            for _ in range(3):
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    for m in matrices:
-                        cpu_ops.gguf_gemm(x, m, int(Q4_0), K, None)
-                best = min(best, time.perf_counter() - start)
-            weights = repeats * sum(m.shape[0] for m in matrices) * K
-            nbytes = repeats * sum(m.numel() for m in matrices)
-            print(
-                f"threads {threads} {name}: {weights / best / 1e9:.2f} G weights/s, {nbytes / best / 1e9:.2f} GB/s"
-            )
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--types", nargs="+", default=["Q4_0"])
+    args = parser.parse_args()
+    for name in args.types:
+        qtype = gguf.GGMLQuantizationType[name]
+        cols = 1024 if name in ("Q4_K", "Q6_K") else K
+        cases = (
+            ("in cache 256 rows", [matrix(256, cols, 0, qtype)], 4000),
+            ("streamed 6912 rows x 12", [matrix(6912, cols, i, qtype) for i in range(12)], 40),
+        )
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for case, plain, repeats in cases:
+                grouped = [interleave_rows(m, int(qtype)) for m in plain]
+                best = {1: float("inf"), INTERLEAVE: float("inf")}
+                for _ in range(3):
+                    best[1] = min(best[1], rate(plain, int(qtype), cols, 1, repeats))
+                    best[INTERLEAVE] = min(
+                        best[INTERLEAVE], rate(grouped, int(qtype), cols, INTERLEAVE, repeats)
+                    )
+                weights = repeats * sum(m.shape[0] for m in plain) * cols
+                nbytes = repeats * sum(m.numel() for m in plain)
+                line = ", ".join(
+                    f"{label} {weights / best[il] / 1e9:.2f} G weights/s {nbytes / best[il] / 1e9:.2f} GB/s"
+                    for label, il in (("file order", 1), ("interleaved", INTERLEAVE))
+                )
+                print(
+                    f"{name} threads {threads} {case}: {line} ({best[1] / best[INTERLEAVE]:.2f}x)", flush=True
+                )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,17 @@ from torch import nn
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import even_range
 from pagedserve.layers.ct_quant import ScaledTensor
-from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
-from pagedserve.layers.linear import linear
+from pagedserve.layers.gguf_quant import (
+    INTERLEAVE,
+    INTERLEAVED_TYPES,
+    QuantizedTensor,
+    dequantize,
+    gguf_linear,
+    interleave_rows,
+)
+from pagedserve.layers.linear import LinearBase, linear
 from pagedserve.layers.shard import slice_rows
+from pagedserve.ops import cpu as cpu_ops
 
 
 class VocabParallel(nn.Module):
@@ -89,11 +97,26 @@ class VocabEmbedding(VocabParallel):
 class LMHead(VocabParallel):
     weight_type: int | None = None
     """GGML type of a weight kept in GGUF blocks; None for a float weight."""
+    weight_interleave: int = 1
+    """Rows of GGUF blocks as in the file (1), or regrouped for the GEMV (`interleave_gguf_rows`)."""
 
     def tie_to(self, embedding: VocabEmbedding) -> None:
         """Share the embedding's table (after loading, which may have replaced it with GGUF blocks)."""
         self.weight = embedding.weight
         self.weight_type = embedding.weight_type
+
+    def interleave_gguf_rows(self, embedding_tables: set[int]) -> bool:
+        """Rows of GGUF blocks regrouped for the CPU GEMV (gguf_quant.interleave_rows), once loading is done, unless
+        the table is an embedding's (`embedding_tables`: their data pointers; tied, a lookup reads whole rows).
+        Whether it did."""
+        tied = self.weight.data_ptr() in embedding_tables
+        if self.weight_type not in INTERLEAVED_TYPES or self.weight_interleave != 1 or tied:
+            return False
+        if not cpu_ops.can_gguf(self.weight) or self.weight.shape[0] % INTERLEAVE:
+            return False
+        self.weight = nn.Parameter(interleave_rows(self.weight.data, self.weight_type), requires_grad=False)
+        self.weight_interleave = INTERLEAVE
+        return True
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.gather(self.local_logits(hidden))
@@ -101,7 +124,9 @@ class LMHead(VocabParallel):
     def local_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """This rank's slice of the logits (all of them at tensor_parallel_size 1)."""
         if self.weight_type is not None:
-            return gguf_linear(hidden, self.weight, self.weight_type, self.hidden_size, None)
+            return gguf_linear(
+                hidden, self.weight, self.weight_type, self.hidden_size, None, self.weight_interleave
+            )
         return linear(hidden, self.weight)
 
     def gather(self, logits: torch.Tensor) -> torch.Tensor:
@@ -109,3 +134,16 @@ class LMHead(VocabParallel):
         if len(self.vocab_sizes) > 1:
             logits = parallel_state.all_gather_last_dim(logits, self.vocab_sizes)
         return logits
+
+
+def interleave_gguf_weights(model: nn.Module) -> int:
+    """Every GGUF matrix of `model` a GEMV multiplies, rows regrouped for the CPU kernels (linear layers and an
+    untied LM head; gguf_quant.interleave_rows), after loading; how many changed."""
+    tables = {module.weight.data_ptr() for module in model.modules() if isinstance(module, VocabEmbedding)}
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, LinearBase):
+            changed += module.interleave_gguf_rows()
+        elif isinstance(module, LMHead):
+            changed += module.interleave_gguf_rows(tables)
+    return changed

@@ -6,6 +6,11 @@ every type against the gguf package's own dequantizer). A matrix [rows, cols] is
 [rows, cols / 32 * block bytes]: rows stay rows, so merged projections (q|k|v, gate|up) are concatenated rows and
 llama.cpp's Q/K row permutation is undone on whole rows. Other GGUF types are dequantized at load (the loader's
 choice, gguf_weights.py).
+
+Once loaded, a layer's matrix may be stored with its rows interleaved in groups of four (`interleave_rows`: the
+same bytes, block b of rows 4g..4g+3 side by side, csrc/gguf.h): the single-stream GEMV reads four rows at a time,
+and one stream a thread keeps the hardware prefetcher ahead where four did not (docs/architecture.md, "GGUF rows
+interleaved"). The layer remembers its `weight_interleave`; every function here takes it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ GGUF_BLOCK = 32
 Q4_0, Q4_1, Q8_0, Q4_K, Q6_K = 2, 3, 8, 12, 14
 KEPT_BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q4_K: (256, 144), Q6_K: (256, 210)}
 TYPE_NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K"}
+INTERLEAVE = 4
+"""Rows grouped by `interleave_rows`: the four rows the GEMV reads at a time (csrc/gguf_q16.h, GGUF_COLS)."""
+INTERLEAVED_TYPES = frozenset({Q4_0, Q4_1, Q4_K})
+"""Types a layer regroups after loading: those whose single-row GEMV reads four rows at a time (1.2x streamed,
+one thread). Every kernel reads every type either way; Q8_0's row-at-a-time GEMV measured 0.88x interleaved and
+the K-quants 0.99-1.00x (benchmarks/gguf_gemv.py, BENCHMARKS.md), so they keep the file's order."""
 
 
 @dataclass
@@ -52,6 +63,25 @@ class QuantizedTensor:
 def row_bytes(qtype: int, cols: int) -> int:
     weights, size = KEPT_BLOCKS[qtype]
     return cols // weights * size
+
+
+def interleave_rows(data: torch.Tensor, qtype: int) -> torch.Tensor:
+    """Blocks [rows, row bytes] in file order -> the same bytes with rows interleaved by INTERLEAVE (rows a
+    multiple of it): group g holds block 0 of rows 4g..4g+3, then block 1 of them, ... (csrc/gguf.h)."""
+    rows, nbytes = data.shape
+    block = KEPT_BLOCKS[qtype][1]
+    if rows % INTERLEAVE:
+        raise ValueError(f"{rows} rows are not a whole number of groups of {INTERLEAVE}")
+    grouped = data.reshape(rows // INTERLEAVE, INTERLEAVE, nbytes // block, block)
+    return grouped.transpose(1, 2).contiguous().reshape(rows, nbytes)
+
+
+def deinterleave_rows(data: torch.Tensor, qtype: int) -> torch.Tensor:
+    """The inverse of `interleave_rows`: rows back in file order."""
+    rows, nbytes = data.shape
+    block = KEPT_BLOCKS[qtype][1]
+    grouped = data.reshape(rows // INTERLEAVE, nbytes // block, INTERLEAVE, block)
+    return grouped.transpose(1, 2).contiguous().reshape(rows, nbytes)
 
 
 def dequantize_reference(data: torch.Tensor, qtype: int, cols: int) -> torch.Tensor:
@@ -107,20 +137,28 @@ def _halves(data: torch.Tensor, rows: int, cols: int, offset: int) -> torch.Tens
     return supers[..., offset : offset + 2].contiguous().view(torch.float16).float().reshape(rows, -1)
 
 
-def dequantize(data: torch.Tensor, qtype: int, cols: int) -> torch.Tensor:
-    """float32 [rows, cols]; the C kernel where it is built, else the PyTorch reference."""
+def dequantize(data: torch.Tensor, qtype: int, cols: int, interleave: int = 1) -> torch.Tensor:
+    """float32 [rows, cols] in file row order; the C kernel where it is built, else the PyTorch reference."""
     if not cpu_ops.can_gguf(data):
-        return dequantize_reference(data, qtype, cols)
-    return cpu_ops.gguf_dequantize(data, qtype, cols)
+        plain = data if interleave == 1 else deinterleave_rows(data, qtype)
+        return dequantize_reference(plain, qtype, cols)
+    return cpu_ops.gguf_dequantize(data, qtype, cols, interleave)
 
 
 def gguf_linear(
-    x: torch.Tensor, data: torch.Tensor, qtype: int, cols: int, bias: torch.Tensor | None
+    x: torch.Tensor,
+    data: torch.Tensor,
+    qtype: int,
+    cols: int,
+    bias: torch.Tensor | None,
+    interleave: int = 1,
 ) -> torch.Tensor:
-    """x [tokens, cols] @ dequantized(data)^T (+ bias), in float32, returned in x's dtype."""
+    """x [tokens, cols] @ dequantized(data)^T (+ bias), in float32, returned in x's dtype; `data`'s rows
+    interleaved by `interleave` (1: as in the file)."""
     x32 = x.float().contiguous()
     bias32 = None if bias is None else bias.float().contiguous()
-    out = cpu_ops.gguf_gemm(x32, data, qtype, cols, bias32) if cpu_ops.can_gguf(x32, data) else None
+    can = cpu_ops.can_gguf(x32, data)
+    out = cpu_ops.gguf_gemm(x32, data, qtype, cols, bias32, interleave) if can else None
     if out is None:  # no kernels, or too many rows for this level's kernel: dequantize and use the GEMM
-        out = F.linear(x32, dequantize(data, qtype, cols), bias32)
+        out = F.linear(x32, dequantize(data, qtype, cols, interleave), bias32)
     return out if x.dtype == torch.float32 else out.to(x.dtype)

@@ -16,7 +16,14 @@ from torch import nn
 
 from pagedserve.distributed import parallel_state
 from pagedserve.layers.ct_quant import FP8_MAX, ScaledTensor, scaled_linear
-from pagedserve.layers.gguf_quant import QuantizedTensor, dequantize, gguf_linear
+from pagedserve.layers.gguf_quant import (
+    INTERLEAVE,
+    INTERLEAVED_TYPES,
+    QuantizedTensor,
+    dequantize,
+    gguf_linear,
+    interleave_rows,
+)
 from pagedserve.layers.input_perm import permute_input, take_input_perm
 from pagedserve.layers.lora import LayerLoRA
 from pagedserve.layers.shard import slice_columns, slice_rows
@@ -40,6 +47,9 @@ class LinearBase(nn.Module):
 
     weight_type: int | None = None
     """GGML type of a weight kept in GGUF blocks (gguf_quant.py); None for a float weight."""
+    weight_interleave: int = 1
+    """For GGUF blocks: 1 while rows are in the file's order, gguf_quant.INTERLEAVE once `interleave_gguf_rows`
+    grouped them (after loading)."""
     activation_scheme: str | None = None
     """For an int8 / float8 weight (ScaledTensor, with the `weight_scale` buffer): how activations are quantized."""
     weight_block: tuple[int, int] | None = None
@@ -170,10 +180,23 @@ class LinearBase(nn.Module):
         self.activation_scheme = "tensor"
         return True
 
+    def interleave_gguf_rows(self) -> bool:
+        """Rows of GGUF blocks regrouped for the CPU GEMV (gguf_quant.interleave_rows), once loading is done: where
+        the C kernels run on this weight and every part's rows fill groups of four. Whether it did."""
+        if self.weight_type not in INTERLEAVED_TYPES or self.weight_interleave != 1:
+            return False
+        if not cpu_ops.can_gguf(self.weight) or self.weight.shape[0] % INTERLEAVE:
+            return False
+        self.weight = nn.Parameter(interleave_rows(self.weight.data, self.weight_type), requires_grad=False)
+        self.weight_interleave = INTERLEAVE
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = permute_input(x, self.input_perm)
         if self.weight_type is not None:
-            return gguf_linear(x, self.weight, self.weight_type, self.input_size, self.bias)
+            return gguf_linear(
+                x, self.weight, self.weight_type, self.input_size, self.bias, self.weight_interleave
+            )
         if self.activation_scheme is not None:
             return scaled_linear(
                 x, self.weight, self.weight_scale, self.activation_scheme or None, self.bias, self.input_scale,
@@ -273,8 +296,23 @@ class MergedLinear(LinearBase):
         )
         self.part_types[shard_id] = loaded.qtype
 
+    def interleave_gguf_rows(self) -> bool:
+        if self.part_types is None:
+            return super().interleave_gguf_rows()
+        parts = {name: getattr(self, f"weight_part_{name}") for name in self.part_types}
+        if self.weight_interleave != 1 or not all(
+            qtype in INTERLEAVED_TYPES for qtype in self.part_types.values()
+        ):  # one interleave a layer: parts of a type that keeps the file's order keep it for all
+            return False
+        if not all(cpu_ops.can_gguf(part) and part.shape[0] % INTERLEAVE == 0 for part in parts.values()):
+            return False
+        for name, part in parts.items():
+            self.register_buffer(f"weight_part_{name}", interleave_rows(part, self.part_types[name]))
+        self.weight_interleave = INTERLEAVE
+        return True
+
     def _widen_parts(self) -> None:
-        assert self.part_types is not None
+        assert self.part_types is not None and self.weight_interleave == 1  # loading is not done
         parts = [
             dequantize(getattr(self, f"weight_part_{name}"), qtype, self.input_size)
             for name, qtype in self.part_types.items()
@@ -302,7 +340,8 @@ class MergedLinear(LinearBase):
         for name, qtype in self.part_types.items():
             offset, size = self.shard_offsets[name]
             bias = None if self.bias is None else self.bias.narrow(0, offset, size)
-            outputs.append(gguf_linear(x, getattr(self, f"weight_part_{name}"), qtype, self.input_size, bias))
+            part = getattr(self, f"weight_part_{name}")
+            outputs.append(gguf_linear(x, part, qtype, self.input_size, bias, self.weight_interleave))
         return torch.cat(outputs, dim=-1)
 
 

@@ -297,30 +297,37 @@ def can_gguf(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors) and build.load() is not None
 
 
-def gguf_dequantize(data: torch.Tensor, qtype: int, cols: int) -> torch.Tensor:
-    """GGUF blocks uint8 [rows, cols / 32 * block bytes] of GGML type `qtype` -> float32 [rows, cols]."""
+def gguf_dequantize(data: torch.Tensor, qtype: int, cols: int, interleave: int = 1) -> torch.Tensor:
+    """GGUF blocks uint8 [rows, cols / 32 * block bytes] of GGML type `qtype`, rows interleaved by `interleave`
+    (csrc/gguf.h) -> float32 [rows, cols] in natural row order."""
     library = build.load()
     assert library is not None and data.dtype == torch.uint8  # can_gguf
     out = torch.empty(data.shape[0], cols, dtype=torch.float32)
     if library.gguf_dequantize(
-        data.data_ptr(), qtype, out.data_ptr(), data.shape[0], cols, torch.get_num_threads()
+        data.data_ptr(), qtype, out.data_ptr(), data.shape[0], cols, interleave, torch.get_num_threads()
     ):
         raise ValueError(f"GGUF type {qtype} with {cols} columns is not a layout the kernel reads")
     return out
 
 
 def gguf_gemm(
-    x: torch.Tensor, data: torch.Tensor, qtype: int, cols: int, bias: torch.Tensor | None
+    x: torch.Tensor,
+    data: torch.Tensor,
+    qtype: int,
+    cols: int,
+    bias: torch.Tensor | None,
+    interleave: int = 1,
 ) -> torch.Tensor | None:
-    """x float32 [m, cols] @ the dequantized blocks^T (+ float32 bias); None when this ISA level's kernel does
-    not take m rows (the caller dequantizes and uses the GEMM)."""
+    """x float32 [m, cols] @ the dequantized blocks^T (+ float32 bias), the blocks' rows interleaved by
+    `interleave` (csrc/gguf.h); None when this ISA level's kernel does not take m rows (the caller dequantizes
+    and uses the GEMM)."""
     library = build.load()
     assert library is not None and x.dtype == torch.float32 and data.dtype == torch.uint8  # can_gguf
     m, n = x.shape[0], data.shape[0]
     out = torch.empty(m, n, dtype=torch.float32)
     failed = library.gguf_gemm(
         x.data_ptr(), data.data_ptr(), qtype, None if bias is None else bias.data_ptr(), out.data_ptr(), m, n, cols,
-        torch.get_num_threads(),
+        interleave, torch.get_num_threads(),
     )  # fmt: skip
     if failed == 3:
         return None

@@ -16,6 +16,7 @@ from pagedserve.cpu_info import cpu_info
 from pagedserve.distributed import parallel_state
 from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.kv_memory import group_slots, kv_cache_groups
+from pagedserve.layers.embedding import interleave_gguf_weights
 from pagedserve.layers.linear import quantize_linears_fp8
 from pagedserve.layers.pooler import PoolingType
 from pagedserve.model_config import ModelConfig
@@ -154,6 +155,10 @@ class ModelRunner:
             )  # fmt: skip
             if self.weight_dtype != dtype:  # the embedding and LM head, left float
                 cast_matrix_weights(self.model, self.weight_dtype)
+        # After every loader (LoRA, TP slices, parts of mixed types) has seen the file's row order.
+        regrouped = interleave_gguf_weights(self.model)
+        if regrouped:
+            logger.debug("GGUF: %d matrices' rows interleaved for the CPU GEMV", regrouped)
         self.model.eval()
         # Before the KV budget: on a GPU it is what memory is left once the adapters' slots are allocated.
         self.lora = None

@@ -1,4 +1,5 @@
-/* Matrix products with GGUF weights kept in their blocks (gguf.h): x float32 [m, k], w [n, k / 32 blocks].
+/* Matrix products with GGUF weights kept in their blocks (gguf.h): x float32 [m, k], w [n, k / 32 blocks], rows
+ * interleaved by `il` (1: as in the file; 4: gguf.h).
  *
  * Why: single-stream decode only streams the weights, and the bundled model's Q4_1 blocks are 5 bits a weight
  * against bfloat16's 16 (92 against 270 MB a token).
@@ -22,7 +23,7 @@
 
 #if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
 int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
-                   int64_t k, int threads); /* panel_gemm_avx2.c */
+                   int64_t k, int il, int threads); /* panel_gemm_avx2.c */
 #endif
 
 /* 1 where gguf_gemm multiplies any number of rows from the blocks (the AVX2 panels), 0 where past
@@ -35,27 +36,33 @@ int gguf_has_panels(void) {
 #endif
 }
 
-/* out[n, k] float32 = the dequantized matrix. */
-int gguf_dequantize(const uint8_t *w, int qtype, float *out, int64_t n, int64_t k, int threads) {
-    const int64_t row_bytes = gguf_row_bytes(qtype, k);
-    if (row_bytes == 0) return 1;
+/* 1 where the type, k and the interleave `il` do not make a matrix of n rows the kernels read. */
+static int gguf_bad_layout(int qtype, int64_t n, int64_t k, int il) {
+    return gguf_row_bytes(qtype, k) == 0 || (il != 1 && il != GGUF_COLS) || n % il != 0;
+}
+
+/* out[n, k] float32 = the dequantized matrix, rows in their natural order. */
+int gguf_dequantize(const uint8_t *w, int qtype, float *out, int64_t n, int64_t k, int il, int threads) {
+    if (gguf_bad_layout(qtype, n, k, il)) return 1;
+    const int64_t row_bytes = gguf_row_bytes(qtype, k), stride = gguf_stride(qtype, il);
     const int64_t per_row = k / GGUF_BLOCK, blocks = n * per_row;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t b = 0; b < blocks; ++b)
-        gguf_dequantize_block(w + b / per_row * row_bytes, b % per_row, qtype, out + b * GGUF_BLOCK);
+        gguf_dequantize_block(gguf_row(w, b / per_row, qtype, row_bytes, il), b % per_row, stride, qtype,
+                              out + b * GGUF_BLOCK);
     return 0;
 }
 
 #define Q16_DOT(QTYPE)                                                                                                \
     switch (rows) {                                                                                                   \
-    case 1: q16_dot_rows(x, row, QTYPE, 1, sums); break;                                                              \
-    case 2: q16_dot_rows(x, row, QTYPE, 2, sums); break;                                                              \
-    case 3: q16_dot_rows(x, row, QTYPE, 3, sums); break;                                                              \
-    default: q16_dot_rows(x, row, QTYPE, 4, sums); break;                                                             \
+    case 1: q16_dot_rows(x, row, stride, QTYPE, 1, sums); break;                                                      \
+    case 2: q16_dot_rows(x, row, stride, QTYPE, 2, sums); break;                                                      \
+    case 3: q16_dot_rows(x, row, stride, QTYPE, 3, sums); break;                                                      \
+    default: q16_dot_rows(x, row, stride, QTYPE, 4, sums); break;                                                     \
     }
 
 /* sums[r] = x_r . row for 1-4 quantized activation rows; type and row count made constants for q16_dot_rows. */
-static void q16_dot(const q16_rows *x, const uint8_t *row, int qtype, int64_t rows, float *sums) {
+static void q16_dot(const q16_rows *x, const uint8_t *row, int64_t stride, int qtype, int64_t rows, float *sums) {
     switch (qtype) {
     case GGUF_Q4_0: Q16_DOT(GGUF_Q4_0); break;
     case GGUF_Q4_1: Q16_DOT(GGUF_Q4_1); break;
@@ -67,12 +74,12 @@ static void q16_dot(const q16_rows *x, const uint8_t *row, int qtype, int64_t ro
 
 /* 0 done; 1 bad type or k; 2 out of memory; 3 too many rows for this level (dequantize and use the GEMM). */
 int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
-              int64_t k, int threads) {
-    const int64_t row_bytes = gguf_row_bytes(qtype, k);
-    if (row_bytes == 0) return 1;
+              int64_t k, int il, int threads) {
+    if (gguf_bad_layout(qtype, n, k, il)) return 1;
+    const int64_t row_bytes = gguf_row_bytes(qtype, k), stride = gguf_stride(qtype, il);
     if (m > GGUF_DOT_MAX_ROWS) {
 #if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
-        return gguf_gemm_avx2(x, w, qtype, bias, out, m, n, k, threads);
+        return gguf_gemm_avx2(x, w, qtype, bias, out, m, n, k, il, threads);
 #else
         return 3;
 #endif
@@ -89,17 +96,22 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
 #if defined(__AVX2__)
     /* Q8_0 stays on the per-row path: 4 columns at a time measured 0.93-0.97x there (its 34-byte blocks stream at
      * the memory's pace either way), 1.2-1.4x on the 4-bit types (A/B in one process, both levels). */
-    if (m == 1 && (qtype == GGUF_Q4_0 || qtype == GGUF_Q4_1)) {
+    if (m == 1 && (qtype == GGUF_Q4_0 || qtype == GGUF_Q4_1 || qtype == GGUF_Q4_K)) {
+        /* a group's four rows: row_bytes apart, blocks block-bytes apart (il 1); or one block apart, blocks four
+         * apart (il 4): the same code, one stream a group either way */
         const int64_t groups = n / GGUF_COLS, group_bytes = GGUF_COLS * row_bytes;
+        const int64_t column_bytes = il == 1 ? row_bytes : gguf_block_bytes(qtype);
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t g = 0; g < groups; ++g) {
             float sums[GGUF_COLS];
             const uint8_t *rows = w + g * group_bytes;
             for (int64_t at = 0; at < group_bytes; at += 64) prefetch_t0(rows + GGUF_PREFETCH_BYTES + at);
-            if (qtype == GGUF_Q4_1) /* each call inlined with its type a constant */
-                q16_dot_cols(&all, rows, row_bytes, GGUF_Q4_1, sums);
+            if (qtype == GGUF_Q4_K)
+                q16_dot_cols_q4k(&all, rows, column_bytes, stride, sums);
+            else if (qtype == GGUF_Q4_1) /* each call inlined with its type a constant */
+                q16_dot_cols(&all, rows, column_bytes, stride, GGUF_Q4_1, sums);
             else
-                q16_dot_cols(&all, rows, row_bytes, GGUF_Q4_0, sums);
+                q16_dot_cols(&all, rows, column_bytes, stride, GGUF_Q4_0, sums);
             for (int c = 0; c < GGUF_COLS; ++c)
                 out[g * GGUF_COLS + c] = sums[c] + (bias != NULL ? bias[g * GGUF_COLS + c] : 0.0f);
         }
@@ -110,13 +122,15 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
 #pragma omp parallel for schedule(static) num_threads(threads) if (n - first > GGUF_COLS)
     for (int64_t c = first; c < n; ++c) {
         float sums[4];
-        /* the weights GGUF_PREFETCH_BYTES ahead (rows are contiguous), past the end too: prefetches never fault */
+        const uint8_t *row = gguf_row(w, c, qtype, row_bytes, il);
+        /* the weights GGUF_PREFETCH_BYTES ahead (the matrix is contiguous), past the end too: prefetches never fault
+         * (interleaved, a group's four columns prefetch the same bytes again: from cache, measured no slower) */
         for (int64_t at = 0; at < row_bytes; at += 64) prefetch_t0(w + c * row_bytes + GGUF_PREFETCH_BYTES + at);
         /* at most 4 rows a pass (more spill the AVX2 registers); a second pass re-reads the row from cache */
         for (int64_t r0 = 0; r0 < m; r0 += 4) {
             const int64_t rows = m - r0 < 4 ? m - r0 : 4;
             const q16_rows part = {q + r0 * k, d + r0 * blocks, s + r0 * blocks, k};
-            q16_dot(&part, w + c * row_bytes, qtype, rows, sums);
+            q16_dot(&part, row, stride, qtype, rows, sums);
             for (int64_t r = 0; r < rows; ++r) out[(r0 + r) * n + c] = sums[r] + (bias != NULL ? bias[c] : 0.0f);
         }
     }

@@ -14,8 +14,13 @@
  *   Q6_K (type 14), 210 bytes: ql[128] (low 4 bits), qh[64] (high 2 bits), int8 scales[16], float16 d. In half
  *        h (128 weights) and quarter g (32 weights): q = ((ql[64 h + 32 (g & 1) + l] >> 4 (g >> 1)) & 15)
  *        | ((qh[32 h + l] >> 2 g) & 3) << 4, weight = d * scales[8 h + 2 g + l / 16] * (q - 32), l < 32.
- * A row of k weights is k / 32 (k / 256) consecutive blocks; a matrix [n, k] is n such rows. The kernels address
- * every type by 32-weight sub-blocks (gguf_block_vectors(row, b)), so one loop serves them all.
+ * A row of k weights is k / 32 (k / 256) consecutive blocks; a matrix [n, k] is n such rows, as the file stores it
+ * (interleave 1). Interleave 4 (gguf_interleave, at load): rows in groups of four, a group's blocks in the order
+ * (block 0 of rows 0-3, block 1 of rows 0-3, ...), the same bytes. Why: a GEMV reads four rows at a time, and four
+ * streams a thread were more than the hardware prefetcher follows; one stream a thread read a 1536 x 2048 Q4_0 GEMV
+ * at 13.3-14.6 GB/s against 10.6-11.0 on 2 threads of a Zen 3 (standalone A/B, docs/architecture.md). The kernels
+ * address a row by its first block and the bytes from one block to its next (gguf_row, gguf_stride), and every
+ * type by 32-weight sub-blocks (gguf_block_vectors(row, b, stride)), so one loop serves all types and layouts.
  */
 #ifndef PAGEDSERVE_GGUF_H
 #define PAGEDSERVE_GGUF_H
@@ -53,6 +58,13 @@ static inline int64_t gguf_row_bytes(int qtype, int64_t k) {
     return gguf_block_bytes(qtype) == 0 || k % per != 0 ? 0 : k / per * gguf_block_bytes(qtype);
 }
 
+/* Row r's first (super-)block in a matrix of rows interleaved by `il` (1 or 4), and the bytes from one of its
+ * (super-)blocks to the next. */
+static inline const uint8_t *gguf_row(const uint8_t *w, int64_t r, int qtype, int64_t row_bytes, int il) {
+    return w + r / il * il * row_bytes + r % il * gguf_block_bytes(qtype);
+}
+static inline int64_t gguf_stride(int qtype, int il) { return il * gguf_block_bytes(qtype); }
+
 /* Q4_K: scale and min of sub-block s (0-7) from the 12 packed bytes (layout above). */
 static inline void gguf_q4k_scale_min(const uint8_t *scales, int s, int *sc, int *mn) {
     if (s < 4) {
@@ -89,10 +101,11 @@ static inline float gguf_half(const uint8_t *p) {
 #endif
 }
 
-/* Q4_K sub-block b of a row: its scale d * sc and min dmin * mn, and the 32 bytes whose low (b even) or high
- * (b odd) nibbles are its weights. */
-static inline const uint8_t *gguf_q4k_sub_block(const uint8_t *row, int64_t b, float *scale, float *min) {
-    const uint8_t *super = row + (b >> 3) * 144;
+/* Q4_K sub-block b of a row (super-blocks `stride` bytes apart): its scale d * sc and min dmin * mn, and the 32
+ * bytes whose low (b even) or high (b odd) nibbles are its weights. */
+static inline const uint8_t *gguf_q4k_sub_block(const uint8_t *row, int64_t b, int64_t stride, float *scale,
+                                                float *min) {
+    const uint8_t *super = row + (b >> 3) * stride;
     int sc, mn;
     gguf_q4k_scale_min(super + 4, (int)(b & 7), &sc, &mn);
     *scale = gguf_half(super) * (float)sc;
@@ -122,11 +135,11 @@ static inline void gguf_widen_u8(__m128i q0, __m128i q1, __m256 vd, __m256 offse
  * not; Q6_K's d * sc is exact and times q rounds once, as in ggml): nibbles split with a mask and a shift, widened 8
  * at a time. A plain C loop instead ran a 3072 x 576 Q4_1 GEMV ~7x slower on a Zen 3 (738 us against ~100 for
  * bfloat16): gcc did not vectorise it. */
-static inline void gguf_block_vectors(const uint8_t *row, int64_t b, int qtype, __m256 w[4]) {
+static inline void gguf_block_vectors(const uint8_t *row, int64_t b, int64_t stride, int qtype, __m256 w[4]) {
     const __m128i mask = _mm_set1_epi8(15);
     if (qtype == GGUF_Q4_K) {
         float scale, min;
-        const uint8_t *qs = gguf_q4k_sub_block(row, b, &scale, &min);
+        const uint8_t *qs = gguf_q4k_sub_block(row, b, stride, &scale, &min);
         __m128i q0 = _mm_loadu_si128((const __m128i *)qs), q1 = _mm_loadu_si128((const __m128i *)(qs + 16));
         if (b & 1) {
             q0 = _mm_srli_epi16(q0, 4);
@@ -137,7 +150,7 @@ static inline void gguf_block_vectors(const uint8_t *row, int64_t b, int qtype, 
         return;
     }
     if (qtype == GGUF_Q6_K) {
-        const uint8_t *super = row + (b >> 3) * 210;
+        const uint8_t *super = row + (b >> 3) * stride;
         const int s = (int)(b & 7), h = s >> 2, g = s & 3;
         const uint8_t *ql = super + 64 * h + 32 * (g & 1), *qh = super + 128 + 32 * h;
         const int8_t *scales = (const int8_t *)(super + 192 + 8 * h + 2 * g);
@@ -161,7 +174,7 @@ static inline void gguf_block_vectors(const uint8_t *row, int64_t b, int qtype, 
 #undef Q6K_VECTOR
         return;
     }
-    const uint8_t *block = row + b * gguf_block_bytes(qtype);
+    const uint8_t *block = row + b * stride;
     const __m256 vd = _mm256_set1_ps(gguf_half(block));
     if (qtype == GGUF_Q8_0) {
         const __m128i q0 = _mm_loadu_si128((const __m128i *)(block + 2));
@@ -183,20 +196,20 @@ static inline void gguf_block_vectors(const uint8_t *row, int64_t b, int qtype, 
 
 /* The 32 weights of sub-block b of a row as float32 (AVX2: gguf_block_vectors; else plain loops, same
  * arithmetic). */
-static inline void gguf_dequantize_block(const uint8_t *row, int64_t b, int qtype, float *out) {
+static inline void gguf_dequantize_block(const uint8_t *row, int64_t b, int64_t stride, int qtype, float *out) {
 #if defined(__AVX2__)
     __m256 w[4];
-    gguf_block_vectors(row, b, qtype, w);
+    gguf_block_vectors(row, b, stride, qtype, w);
     for (int p = 0; p < 4; ++p) _mm256_storeu_ps(out + 8 * p, w[p]);
 #else
     if (qtype == GGUF_Q4_K) {
         float d, m;
-        const uint8_t *qs = gguf_q4k_sub_block(row, b, &d, &m);
+        const uint8_t *qs = gguf_q4k_sub_block(row, b, stride, &d, &m);
         for (int j = 0; j < GGUF_BLOCK; ++j) out[j] = d * (float)((qs[j] >> (4 * (b & 1))) & 15) - m;
         return;
     }
     if (qtype == GGUF_Q6_K) {
-        const uint8_t *super = row + (b >> 3) * 210;
+        const uint8_t *super = row + (b >> 3) * stride;
         const int s = (int)(b & 7), h = s >> 2, g = s & 3;
         const uint8_t *ql = super + 64 * h + 32 * (g & 1), *qh = super + 128 + 32 * h;
         const int8_t *scales = (const int8_t *)(super + 192 + 8 * h + 2 * g);
@@ -207,7 +220,7 @@ static inline void gguf_dequantize_block(const uint8_t *row, int64_t b, int qtyp
         }
         return;
     }
-    const uint8_t *block = row + b * gguf_block_bytes(qtype);
+    const uint8_t *block = row + b * stride;
     const float d = gguf_half(block);
     if (qtype == GGUF_Q8_0) {
         const int8_t *q = (const int8_t *)(block + 2);

@@ -56,17 +56,17 @@ typedef struct {
 /* Sub-block b of a row: its 32 weights as signed bytes (order as gguf.h), the scale of its integer dot, the
  * factor of the activation sum s (the min), and Q6_K's two half scales (else 1). Plain C; the AVX2 path below
  * builds the same bytes in registers. */
-static inline void q16_block_bytes(const uint8_t *row, int64_t b, int qtype, int8_t w[GGUF_BLOCK], float *scale,
-                                   float *shift, int half_scale[2]) {
+static inline void q16_block_bytes(const uint8_t *row, int64_t b, int64_t stride, int qtype, int8_t w[GGUF_BLOCK],
+                                   float *scale, float *shift, int half_scale[2]) {
     *shift = 0.0f;
     half_scale[0] = half_scale[1] = 1;
     if (qtype == GGUF_Q4_K) {
         float min;
-        const uint8_t *qs = gguf_q4k_sub_block(row, b, scale, &min);
+        const uint8_t *qs = gguf_q4k_sub_block(row, b, stride, scale, &min);
         for (int j = 0; j < GGUF_BLOCK; ++j) w[j] = (int8_t)((qs[j] >> (4 * (b & 1))) & 15);
         *shift = -min;
     } else if (qtype == GGUF_Q6_K) {
-        const uint8_t *super = row + (b >> 3) * 210;
+        const uint8_t *super = row + (b >> 3) * stride;
         const int sub = (int)(b & 7), h = sub >> 2, g = sub & 3;
         const uint8_t *ql = super + 64 * h + 32 * (g & 1), *qh = super + 128 + 32 * h;
         for (int j = 0; j < GGUF_BLOCK; ++j)
@@ -76,7 +76,7 @@ static inline void q16_block_bytes(const uint8_t *row, int64_t b, int qtype, int
         half_scale[0] = sc[0];
         half_scale[1] = sc[1];
     } else {
-        const uint8_t *block = row + b * gguf_block_bytes(qtype);
+        const uint8_t *block = row + b * stride;
         *scale = gguf_half(block);
         if (qtype == GGUF_Q8_0) {
             for (int j = 0; j < GGUF_BLOCK; ++j) w[j] = ((const int8_t *)(block + 2))[j];
@@ -102,10 +102,11 @@ static inline __m256i q16_pair_dot(__m256i w0, __m256i x0, __m256i w1, __m256i x
 #endif
 }
 
-/* sums[r] = x_r . row for ROWS rows (1-4) of one GGML type; both are constants where it is inlined, so each of
- * the 20 variants is one straight loop with its accumulators in registers. */
-static inline __attribute__((always_inline)) void q16_dot_rows(const q16_rows *x, const uint8_t *row, int qtype,
-                                                               int rows, float *sums) {
+/* sums[r] = x_r . row for ROWS rows (1-4) of one GGML type, the row's (super-)blocks `stride` bytes apart; type
+ * and rows are constants where it is inlined, so each of the 20 variants is one straight loop with its
+ * accumulators in registers. */
+static inline __attribute__((always_inline)) void q16_dot_rows(const q16_rows *x, const uint8_t *row, int64_t stride,
+                                                               int qtype, int rows, float *sums) {
     __m256 acc[4];
     float offset[4];
     for (int r = 0; r < rows; ++r) {
@@ -120,13 +121,13 @@ static inline __attribute__((always_inline)) void q16_dot_rows(const q16_rows *x
         const int8_t *q6k_scales = NULL; /* Q6_K: the two 16-weight halves' scales */
         if (qtype == GGUF_Q4_K) {
             float min;
-            const uint8_t *qs = gguf_q4k_sub_block(row, b, &scale, &min);
+            const uint8_t *qs = gguf_q4k_sub_block(row, b, stride, &scale, &min);
             const __m128i shift_bits = _mm_cvtsi32_si128(4 * (int)(b & 1));
             lo = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)qs), shift_bits), mask);
             hi = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)(qs + 16)), shift_bits), mask);
             shift = -min;
         } else if (qtype == GGUF_Q6_K) {
-            const uint8_t *super = row + (b >> 3) * 210;
+            const uint8_t *super = row + (b >> 3) * stride;
             const int sub = (int)(b & 7), h = sub >> 2, g = sub & 3;
             const __m256i ql = _mm256_loadu_si256((const __m256i *)(super + 64 * h + 32 * (g & 1)));
             const __m256i qh = _mm256_loadu_si256((const __m256i *)(super + 128 + 32 * h));
@@ -140,7 +141,7 @@ static inline __attribute__((always_inline)) void q16_dot_rows(const q16_rows *x
             scale = gguf_half(super + 208);
             q6k_scales = (const int8_t *)(super + 192 + 8 * h + 2 * g);
         } else {
-            const uint8_t *block = row + b * gguf_block_bytes(qtype);
+            const uint8_t *block = row + b * stride;
             scale = gguf_half(block);
             if (qtype == GGUF_Q8_0) {
                 lo = _mm_loadu_si128((const __m128i *)(block + 2));
@@ -192,39 +193,42 @@ static inline __m256i q16_block_dot(const uint8_t *block, int qtype, __m256i x0,
     return q16_pair_dot(lo, x0, hi, x1);
 }
 
-/* sums[c] = x . row c for the four weight rows at w, w + row_bytes, ...; x is one activation row. Named
+/* sums[c] = x . row c for the four weight rows at w, w + column_bytes, ... (their blocks `stride` bytes apart: the
+ * plain layout's row_bytes and block bytes, interleave 4's block bytes and 4 x block bytes); x is one activation
+ * row. Named
  * accumulators and a constant qtype where it is inlined: with arrays gcc kept the accumulators in memory and ran
  * 3.7x slower (measured). The four columns' (d, m) float16 pairs of a block are converted together (one vcvtph2ps
  * for 8 halves, one multiply by (d_x, s)), not one column at a time: 1.1-1.2x on a streamed 6912 x 1152 Q4_0 GEMV
  * (BENCHMARKS.md, "Gemma 3"). Lanes 2c hold column c's scale of the integer dot, lanes 2c + 1 its min times s
  * (Q4_1; Q4_0's are 0), summed in `offsets`. */
 static inline __attribute__((always_inline)) void q16_dot_cols(const q16_rows *x, const uint8_t *w,
-                                                               int64_t row_bytes, int qtype, float *sums) {
+                                                               int64_t column_bytes, int64_t stride, int qtype,
+                                                               float *sums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, offsets = acc0;
     /* Q4_0: d alone (the 2 bytes after it are weights) */
     const __m128i halves_mask = _mm_set1_epi32(qtype == GGUF_Q4_0 ? 0xffff : -1);
-    const int64_t blocks = x->k / GGUF_BLOCK, block_bytes = gguf_block_bytes(qtype);
+    const int64_t blocks = x->k / GGUF_BLOCK;
     float scales[8];
     for (int64_t b = 0; b < blocks; ++b) {
         const int16_t *xq = x->q + b * GGUF_BLOCK;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 16));
-        const uint8_t *block = w + b * block_bytes;
+        const uint8_t *block = w + b * stride;
         int32_t h0, h1, h2, h3;
         memcpy(&h0, block, 4);
-        memcpy(&h1, block + row_bytes, 4);
-        memcpy(&h2, block + 2 * row_bytes, 4);
-        memcpy(&h3, block + 3 * row_bytes, 4);
+        memcpy(&h1, block + column_bytes, 4);
+        memcpy(&h2, block + 2 * column_bytes, 4);
+        memcpy(&h3, block + 3 * column_bytes, 4);
         const __m128i halves = _mm_and_si128(_mm_setr_epi32(h0, h1, h2, h3), halves_mask);
         const __m256 xds = _mm256_setr_ps(x->d[b], x->s[b], x->d[b], x->s[b], x->d[b], x->s[b], x->d[b], x->s[b]);
         const __m256 products = _mm256_mul_ps(_mm256_cvtph_ps(halves), xds);
         offsets = _mm256_add_ps(offsets, products);
         _mm256_storeu_ps(scales, products);
         acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block, qtype, x0, x1)), _mm256_broadcast_ss(scales), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block + row_bytes, qtype, x0, x1)),
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block + column_bytes, qtype, x0, x1)),
                                _mm256_broadcast_ss(scales + 2), acc1);
-        acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block + 2 * row_bytes, qtype, x0, x1)),
+        acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block + 2 * column_bytes, qtype, x0, x1)),
                                _mm256_broadcast_ss(scales + 4), acc2);
-        acc3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block + 3 * row_bytes, qtype, x0, x1)),
+        acc3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q16_block_dot(block + 3 * column_bytes, qtype, x0, x1)),
                                _mm256_broadcast_ss(scales + 6), acc3);
     }
     float offset[8];
@@ -235,16 +239,91 @@ static inline __attribute__((always_inline)) void q16_dot_cols(const q16_rows *x
     sums[2] = gguf_sum8(acc2) + (q4_1 ? offset[5] : 0.0f);
     sums[3] = gguf_sum8(acc3) + (q4_1 ? offset[7] : 0.0f);
 }
+
+/* The 8 int32 lanes of each of d0..d7 summed: one vector of the eight sums (a tree of horizontal adds). */
+static inline __m256i q16_sum8x8(__m256i d0, __m256i d1, __m256i d2, __m256i d3, __m256i d4, __m256i d5, __m256i d6,
+                                 __m256i d7) {
+    const __m256i g0 = _mm256_hadd_epi32(_mm256_hadd_epi32(d0, d1), _mm256_hadd_epi32(d2, d3));
+    const __m256i g1 = _mm256_hadd_epi32(_mm256_hadd_epi32(d4, d5), _mm256_hadd_epi32(d6, d7));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
+}
+
+/* Sub-blocks 2p and 2p + 1 of a Q4_K super-block (their 32 bytes: low nibbles 2p, high 2p + 1) dotted with their
+ * int16 activations xa (block 2p) and xb (2p + 1): 8 int32 each. */
+#define Q4K_PAIR(P, DA, DB)                                                                                            \
+    do {                                                                                                               \
+        const __m256i lo = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(qs + 32 * (P))));                  \
+        const __m256i hi = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(qs + 32 * (P) + 16)));             \
+        const int16_t *xa = xq + 64 * (P);                                                                             \
+        DA = q16_pair_dot(_mm256_and_si256(lo, nibble), _mm256_loadu_si256((const __m256i *)xa),                        \
+                          _mm256_and_si256(hi, nibble), _mm256_loadu_si256((const __m256i *)(xa + 16)));              \
+        DB = q16_pair_dot(_mm256_srli_epi16(lo, 4), _mm256_loadu_si256((const __m256i *)(xa + 32)),                   \
+                          _mm256_srli_epi16(hi, 4), _mm256_loadu_si256((const __m256i *)(xa + 48)));                  \
+    } while (0)
+
+/* One Q4_K super-block of one weight row against its 256 activations: the eight sub-blocks' integer dots summed
+ * to one vector (lane s: sub-block s), times d * sc[s] * d_x[s], less dmin * mn[s] * s_x[s], added to acc. The
+ * scales are unpacked with whole-word masks (the layout in gguf.h: sc and mn 0-3 are the low 6 bits of bytes 0-3
+ * and 4-7; 4-7 take their low 4 bits from bytes 8-11 and their high 2 from the top of bytes 0-3 / 4-7). */
+static inline __attribute__((always_inline)) __m256 q4k_super_dot(const uint8_t *super, const int16_t *xq, __m256 dx,
+                                                                  __m256 sx, __m256 acc) {
+    uint32_t a, b, c;
+    memcpy(&a, super + 4, 4);
+    memcpy(&b, super + 8, 4);
+    memcpy(&c, super + 12, 4);
+    const uint32_t six = 0x3f3f3f3fu, four = 0x0f0f0f0fu, two = 0x03030303u; /* low bits of each byte */
+    const uint64_t sc = (a & six) | (uint64_t)((c & four) | ((a >> 6) & two) << 4) << 32;
+    const uint64_t mn = (b & six) | (uint64_t)(((c >> 4) & four) | ((b >> 6) & two) << 4) << 32;
+    const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
+    const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
+    const __m256i nibble = _mm256_set1_epi16(15);
+    const uint8_t *qs = super + 16;
+    __m256i d0, d1, d2, d3, d4, d5, d6, d7;
+    Q4K_PAIR(0, d0, d1);
+    Q4K_PAIR(1, d2, d3);
+    Q4K_PAIR(2, d4, d5);
+    Q4K_PAIR(3, d6, d7);
+    const __m256i dots = q16_sum8x8(d0, d1, d2, d3, d4, d5, d6, d7);
+    /* d * sc and dmin * mn are exact in float32 (11 + 6 bits); each product below rounds once, as the row path's */
+    const __m256 scale = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(gguf_half(super)), scf), dx);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), scale, acc);
+    return _mm256_fnmadd_ps(_mm256_mul_ps(_mm256_set1_ps(gguf_half(super + 2)), mnf), sx, acc);
+}
+#undef Q4K_PAIR
+
+/* Q4_K, one activation row against GGUF_COLS weight rows (column_bytes apart, super-blocks `stride` apart): the
+ * single-stream GEMV of llama.cpp's most used files (Q4_K_M). A super-block at a time per row, its eight sub-blocks'
+ * scales unpacked once as vectors: the sub-block loop (q16_dot_rows: the scales decoded one sub-block at a time in
+ * scalar code) ran at 5.8 G weights/s in cache on a Zen 3, one thread (BENCHMARKS.md). */
+static inline void q16_dot_cols_q4k(const q16_rows *x, const uint8_t *w, int64_t column_bytes, int64_t stride,
+                                    float *sums) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    const int64_t supers = x->k / GGUF_SUPER;
+    for (int64_t b = 0; b < supers; ++b) {
+        const int16_t *xq = x->q + b * GGUF_SUPER;
+        const __m256 dx = _mm256_loadu_ps(x->d + 8 * b), sx = _mm256_loadu_ps(x->s + 8 * b);
+        const uint8_t *super = w + b * stride;
+        acc0 = q4k_super_dot(super, xq, dx, sx, acc0);
+        acc1 = q4k_super_dot(super + column_bytes, xq, dx, sx, acc1);
+        acc2 = q4k_super_dot(super + 2 * column_bytes, xq, dx, sx, acc2);
+        acc3 = q4k_super_dot(super + 3 * column_bytes, xq, dx, sx, acc3);
+    }
+    sums[0] = gguf_sum8(acc0);
+    sums[1] = gguf_sum8(acc1);
+    sums[2] = gguf_sum8(acc2);
+    sums[3] = gguf_sum8(acc3);
+}
 #else
 /* Plain C, the same integers (the compiler vectorises the 32-value loops for the baseline ISA). */
-static inline void q16_dot_rows(const q16_rows *x, const uint8_t *row, int qtype, int rows, float *sums) {
+static inline void q16_dot_rows(const q16_rows *x, const uint8_t *row, int64_t stride, int qtype, int rows,
+                                float *sums) {
     const int64_t blocks = x->k / GGUF_BLOCK;
     for (int r = 0; r < rows; ++r) sums[r] = 0.0f;
     for (int64_t b = 0; b < blocks; ++b) {
         int8_t w[GGUF_BLOCK];
         float scale, shift;
         int half_scale[2];
-        q16_block_bytes(row, b, qtype, w, &scale, &shift, half_scale);
+        q16_block_bytes(row, b, stride, qtype, w, &scale, &shift, half_scale);
         for (int r = 0; r < rows; ++r) {
             const int64_t at = r * blocks + b;
             const int16_t *xq = x->q + at * GGUF_BLOCK;

@@ -59,15 +59,16 @@ static void pack_panel(const uint16_t *w, int64_t n0, int64_t count, int64_t k, 
 }
 
 /* The same panel from GGUF rows (k a multiple of 32): per block, eight rows dequantized, then transposed. */
-static void pack_panel_gguf(const uint8_t *w, int qtype, int64_t n0, int64_t count, int64_t k, float *panel) {
-    const int64_t row_bytes = gguf_row_bytes(qtype, k);
+static void pack_panel_gguf(const uint8_t *w, int qtype, int il, int64_t n0, int64_t count, int64_t k,
+                            float *panel) {
+    const int64_t row_bytes = gguf_row_bytes(qtype, k), stride = gguf_stride(qtype, il);
     float rows[8][GGUF_BLOCK];
     for (int half = 0; half < 2; ++half)
         for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {
             for (int j = 0; j < 8; ++j) {
                 const int64_t column = 8 * half + j;
                 if (column < count)
-                    gguf_dequantize_block(w + (n0 + column) * row_bytes, b, qtype, rows[j]);
+                    gguf_dequantize_block(gguf_row(w, n0 + column, qtype, row_bytes, il), b, stride, qtype, rows[j]);
                 else
                     memset(rows[j], 0, sizeof rows[j]);
             }
@@ -136,9 +137,10 @@ static void tile(const float *x, const float *panel, int64_t k, const float *bia
     }
 }
 
-/* qtype 0: w is bfloat16; else a GGUF block type. */
-static int panel_gemm(const float *x, const void *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
-                      int64_t k, int threads) {
+/* qtype 0: w is bfloat16; else a GGUF block type, rows interleaved by il (gguf.h). Panels are 16 rows, a whole
+ * number of interleaved groups: a panel's bytes are the same range in either layout. */
+static int panel_gemm(const float *x, const void *w, int qtype, int il, const float *bias, float *out, int64_t m,
+                      int64_t n, int64_t k, int threads) {
     const int64_t panels = n / PANEL + (n % PANEL != 0);
     int failed = 0;
 #pragma omp parallel num_threads(threads)
@@ -156,7 +158,7 @@ static int panel_gemm(const float *x, const void *w, int qtype, const float *bia
             if (qtype == 0)
                 pack_panel(w, n0, count, k, panel);
             else
-                pack_panel_gguf(w, qtype, n0, count, k, panel);
+                pack_panel_gguf(w, qtype, il, n0, count, k, panel);
             /* This thread's next panel (static schedule: p + 1) toward L2 while this one is multiplied: sixteen
              * short rows are too many streams for the hardware prefetcher once the weights come from memory. The
              * LM head (49152 x 576) at 32 rows of x, Zen 3, one process alternating builds: Q8_0 25.5-29.5 ms
@@ -183,11 +185,11 @@ static int panel_gemm(const float *x, const void *w, int qtype, const float *bia
 
 int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,
                     int64_t k, int threads) {
-    return panel_gemm(x, w, 0, bias, out, m, n, k, threads);
+    return panel_gemm(x, w, 0, 1, bias, out, m, n, k, threads);
 }
 
 int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
-                   int64_t k, int threads) {
-    return panel_gemm(x, w, qtype, bias, out, m, n, k, threads);
+                   int64_t k, int il, int threads) {
+    return panel_gemm(x, w, qtype, il, bias, out, m, n, k, threads);
 }
 #endif
