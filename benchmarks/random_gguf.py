@@ -39,12 +39,34 @@ def add_bundled_tokenizer(writer: gguf.GGUFWriter) -> int:
     return len(tokens)
 
 
+K_QUANT_SCALES = {gguf.GGMLQuantizationType.Q4_K: (0, 4), gguf.GGMLQuantizationType.Q6_K: (208, 2)}
+"""K-quant type -> (offset, bytes) of its float16 scales in a super-block (d and dmin for Q4_K, d for Q6_K)."""
+
+
+def random_k_quant(
+    rng: np.random.Generator, shape: tuple[int, ...], kind: gguf.GGMLQuantizationType
+) -> np.ndarray:
+    """Random K-quant super-blocks (the gguf package cannot write them): random bytes, float16 scales small and
+    finite. The values are noise; decode speed does not depend on them."""
+    rows, cols = shape
+    size = gguf.GGML_QUANT_SIZES[kind][1]
+    raw = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
+    at, nbytes = K_QUANT_SCALES[kind]
+    halves = rng.uniform(0.0, 1e-3, (rows, cols // 256, nbytes // 2)).astype(np.float16)
+    raw[..., at : at + nbytes] = halves.view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
 def random_tensor_writer(writer: gguf.GGUFWriter, seed: int = 0) -> Callable[..., None]:
-    """add(name, *shape, kind=Q4_0): a tensor of normal(0, 0.02) values in GGML type `kind`; F32 vectors are norm
-    weights, written as 1 + that (what llama.cpp's converters store for Gemma, and near a trained norm's values)."""
+    """add(name, *shape, kind=Q4_0): a tensor of normal(0, 0.02) values in GGML type `kind` (random super-blocks
+    for the K-quants); F32 vectors are norm weights, written as 1 + that (what llama.cpp's converters store for
+    Gemma, and near a trained norm's values)."""
     rng = np.random.default_rng(seed)
 
     def add(name: str, *shape: int, kind: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.Q4_0) -> None:
+        if kind in K_QUANT_SCALES:
+            writer.add_tensor(name, random_k_quant(rng, shape, kind), raw_dtype=kind)
+            return
         values = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
         if kind == gguf.GGMLQuantizationType.F32:
             values += 1 if len(shape) == 1 else 0

@@ -78,10 +78,22 @@ def tiny_qwen3_q4_1(tmp_path_factory) -> pathlib.Path:
     ).path
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen3"])
-def test_gguf_blocks_replayed_equal_eager(architecture, request) -> None:
-    """Qwen3 too: its q/k head norms are one in-place C call (csrc/layer_ops.c rms_norm_heads), so replayable."""
-    path = request.getfixturevalue("tiny_q4_1" if architecture == "llama" else "tiny_qwen3_q4_1")
+@pytest.fixture(scope="module")
+def tiny_q4_k_m(tmp_path_factory) -> pathlib.Path:
+    """llama.cpp's Q4_K_M mix: q|k|v and gate|up merged from parts of two types (Q4_K, Q6_K)."""
+    q = gguf.GGMLQuantizationType
+    overrides = {"blk.0.attn_v.weight": q.Q6_K, "blk.1.ffn_up.weight": q.Q6_K, "output.weight": q.Q6_K}
+    return write_tiny_gguf(
+        tmp_path_factory.mktemp("graphs") / "q4_k_m.gguf", tensor_type=q.Q4_K, tied=False, seed=5,
+        type_overrides=overrides, hidden=256, ffn=512,
+    ).path  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["tiny_q4_1", "tiny_qwen3_q4_1", "tiny_q4_k_m"])
+def test_gguf_blocks_replayed_equal_eager(model, request) -> None:
+    """Qwen3 too: its q/k head norms are one in-place C call (csrc/layer_ops.c rms_norm_heads), so replayable.
+    And a Q4_K_M file, whose merged layers multiply each part into its columns of one output (no concatenation)."""
+    path = request.getfixturevalue(model)
     graphs, eager = _engines(path, quantization="gguf")
     assert eager.llm_engine.executor.runner.decode_graphs is None
     assert _run(graphs) == _run(eager)

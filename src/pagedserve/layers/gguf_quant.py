@@ -30,10 +30,10 @@ KEPT_BLOCKS = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q4_K: (256, 144),
 TYPE_NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", Q4_K: "Q4_K", Q6_K: "Q6_K"}
 INTERLEAVE = 4
 """Rows grouped by `interleave_rows`: the four rows the GEMV reads at a time (csrc/gguf_q16.h, GGUF_COLS)."""
-INTERLEAVED_TYPES = frozenset({Q4_0, Q4_1, Q4_K})
-"""Types a layer regroups after loading: those whose single-row GEMV reads four rows at a time (1.2x streamed,
-one thread). Every kernel reads every type either way; Q8_0's row-at-a-time GEMV measured 0.88x interleaved and
-the K-quants 0.99-1.00x (benchmarks/gguf_gemv.py, BENCHMARKS.md), so they keep the file's order."""
+INTERLEAVED_TYPES = frozenset({Q4_0, Q4_1, Q4_K, Q6_K})
+"""Types a layer regroups after loading: those whose single-row GEMV reads four rows at a time, 1.17-1.27x streamed
+on a Zen 3. Every kernel reads every type either way; Q8_0's row-at-a-time GEMV measured 0.85-0.89x interleaved
+(benchmarks/gguf_gemv.py, BENCHMARKS.md), so it keeps the file's order."""
 
 
 @dataclass
@@ -161,4 +161,30 @@ def gguf_linear(
     out = cpu_ops.gguf_gemm(x32, data, qtype, cols, bias32, interleave) if can else None
     if out is None:  # no kernels, or too many rows for this level's kernel: dequantize and use the GEMM
         out = F.linear(x32, dequantize(data, qtype, cols, interleave), bias32)
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def gguf_linear_parts(
+    x: torch.Tensor,
+    parts: list[tuple[torch.Tensor, int]],
+    cols: int,
+    bias: torch.Tensor | None,
+    interleave: int = 1,
+) -> torch.Tensor:
+    """x [tokens, cols] @ the parts' matrices stacked ((blocks, GGML type) each, in output order) (+ bias), each
+    product written into its columns of one output: no concatenation afterwards (a copy, and an operation that
+    kept every decode step of a Q4_K_M model off the CPU decode graphs, which replay kernel calls only)."""
+    x32 = x.float().contiguous()
+    out = torch.empty(x32.shape[0], sum(data.shape[0] for data, _ in parts), dtype=torch.float32)
+    start = 0
+    for data, qtype in parts:
+        rows = data.shape[0]
+        part_out = out[:, start : start + rows]
+        part_bias = None if bias is None else bias[start : start + rows].float().contiguous()
+        done = cpu_ops.can_gguf(x32, data) and (
+            cpu_ops.gguf_gemm(x32, data, qtype, cols, part_bias, interleave, part_out) is not None
+        )
+        if not done:
+            part_out.copy_(F.linear(x32, dequantize(data, qtype, cols, interleave), part_bias))
+        start += rows
     return out if x.dtype == torch.float32 else out.to(x.dtype)

@@ -22,6 +22,7 @@ from pagedserve.layers.gguf_quant import (
     QuantizedTensor,
     dequantize,
     gguf_linear,
+    gguf_linear_parts,
     interleave_rows,
 )
 from pagedserve.layers.input_perm import permute_input, take_input_perm
@@ -336,13 +337,8 @@ class MergedLinear(LinearBase):
         if self.part_types is None:
             return super().forward(x)
         x = permute_input(x, self.input_perm)
-        outputs = []
-        for name, qtype in self.part_types.items():
-            offset, size = self.shard_offsets[name]
-            bias = None if self.bias is None else self.bias.narrow(0, offset, size)
-            part = getattr(self, f"weight_part_{name}")
-            outputs.append(gguf_linear(x, part, qtype, self.input_size, bias, self.weight_interleave))
-        return torch.cat(outputs, dim=-1)
+        parts = [(getattr(self, f"weight_part_{name}"), qtype) for name, qtype in self.part_types.items()]
+        return gguf_linear_parts(x, parts, self.input_size, self.bias, self.weight_interleave)
 
 
 def _checked(loaded: torch.Tensor, shape: tuple[int, ...], shard_id: str | None) -> torch.Tensor:

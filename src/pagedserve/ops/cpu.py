@@ -317,17 +317,21 @@ def gguf_gemm(
     cols: int,
     bias: torch.Tensor | None,
     interleave: int = 1,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """x float32 [m, cols] @ the dequantized blocks^T (+ float32 bias), the blocks' rows interleaved by
-    `interleave` (csrc/gguf.h); None when this ISA level's kernel does not take m rows (the caller dequantizes
+    `interleave` (csrc/gguf.h); into `out` when given (float32 [m, n] whose rows may be a wider tensor's: one part
+    of a merged layer's output). None when this ISA level's kernel does not take m rows (the caller dequantizes
     and uses the GEMM)."""
     library = build.load()
     assert library is not None and x.dtype == torch.float32 and data.dtype == torch.uint8  # can_gguf
     m, n = x.shape[0], data.shape[0]
-    out = torch.empty(m, n, dtype=torch.float32)
+    if out is None:
+        out = torch.empty(m, n, dtype=torch.float32)
+    assert out.dtype == torch.float32 and out.shape == (m, n) and (out.stride(1) == 1 or n == 1)
     failed = library.gguf_gemm(
         x.data_ptr(), data.data_ptr(), qtype, None if bias is None else bias.data_ptr(), out.data_ptr(), m, n, cols,
-        interleave, torch.get_num_threads(),
+        interleave, out.stride(0) if m > 1 else n, torch.get_num_threads(),
     )  # fmt: skip
     if failed == 3:
         return None

@@ -125,17 +125,19 @@ def test_gemv_takes_every_bit_pattern_and_zero_rows(isa_level, qtype) -> None:
         assert (one - expected[r]).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 
-def test_gemv_sums_the_largest_q6_k_products_without_overflow(isa_level) -> None:
+@pytest.mark.parametrize("rows", [3, 4])
+def test_gemv_sums_the_largest_q6_k_products_without_overflow(isa_level, rows) -> None:
     """Q6_K's extremes: every q - 32 = -32 with every scale -128 (4096 a weight once folded) against activations
-    all at the int16 maximum: a block's 32 products sum to 2^32, past int32."""
+    all at the int16 maximum: a block's 32 products sum to 2^32, past int32. Three rows take the row-at-a-time
+    GEMV, four the four-row one (a super-block at a time)."""
     cols = 256
     block = np.zeros(210, dtype=np.uint8)  # ql = qh = 0: every q = 0
     block[192:208] = 0x80  # int8 scales -128
     block[208:210] = np.array([2.0**-10], dtype=np.float16).view(np.uint8)
-    data = torch.from_numpy(np.tile(block, (3, 1)))
+    data = torch.from_numpy(np.tile(block, (rows, 1)))
     x = torch.ones(1, cols)
     got = gguf_quant.gguf_linear(x, data, int(Q.Q6_K), cols, None)
-    torch.testing.assert_close(got, torch.full((1, 3), 2.0**-10 * 4096 * cols), rtol=1e-6, atol=0)
+    torch.testing.assert_close(got, torch.full((1, rows), 2.0**-10 * 4096 * cols), rtol=1e-6, atol=0)
 
 
 def test_quantized_tensor_refuses_bytes_that_do_not_hold_its_shape() -> None:

@@ -23,7 +23,7 @@
 
 #if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
 int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
-                   int64_t k, int il, int threads); /* panel_gemm_avx2.c */
+                   int64_t k, int il, int64_t ldo, int threads); /* panel_gemm_avx2.c */
 #endif
 
 /* 1 where gguf_gemm multiplies any number of rows from the blocks (the AVX2 panels), 0 where past
@@ -73,13 +73,14 @@ static void q16_dot(const q16_rows *x, const uint8_t *row, int64_t stride, int q
 }
 
 /* 0 done; 1 bad type or k; 2 out of memory; 3 too many rows for this level (dequantize and use the GEMM). */
+/* out's rows are ldo floats apart (n for a whole matrix; more for one part of a merged layer's output). */
 int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
-              int64_t k, int il, int threads) {
-    if (gguf_bad_layout(qtype, n, k, il)) return 1;
+              int64_t k, int il, int64_t ldo, int threads) {
+    if (gguf_bad_layout(qtype, n, k, il) || ldo < n) return 1;
     const int64_t row_bytes = gguf_row_bytes(qtype, k), stride = gguf_stride(qtype, il);
     if (m > GGUF_DOT_MAX_ROWS) {
 #if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
-        return gguf_gemm_avx2(x, w, qtype, bias, out, m, n, k, il, threads);
+        return gguf_gemm_avx2(x, w, qtype, bias, out, m, n, k, il, ldo, threads);
 #else
         return 3;
 #endif
@@ -96,7 +97,7 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
 #if defined(__AVX2__)
     /* Q8_0 stays on the per-row path: 4 columns at a time measured 0.93-0.97x there (its 34-byte blocks stream at
      * the memory's pace either way), 1.2-1.4x on the 4-bit types (A/B in one process, both levels). */
-    if (m == 1 && (qtype == GGUF_Q4_0 || qtype == GGUF_Q4_1 || qtype == GGUF_Q4_K)) {
+    if (m == 1 && qtype != GGUF_Q8_0) {
         /* a group's four rows: row_bytes apart, blocks block-bytes apart (il 1); or one block apart, blocks four
          * apart (il 4): the same code, one stream a group either way */
         const int64_t groups = n / GGUF_COLS, group_bytes = GGUF_COLS * row_bytes;
@@ -108,6 +109,8 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
             for (int64_t at = 0; at < group_bytes; at += 64) prefetch_t0(rows + GGUF_PREFETCH_BYTES + at);
             if (qtype == GGUF_Q4_K)
                 q16_dot_cols_q4k(&all, rows, column_bytes, stride, sums);
+            else if (qtype == GGUF_Q6_K)
+                q16_dot_cols_q6k(&all, rows, column_bytes, stride, sums);
             else if (qtype == GGUF_Q4_1) /* each call inlined with its type a constant */
                 q16_dot_cols(&all, rows, column_bytes, stride, GGUF_Q4_1, sums);
             else
@@ -131,7 +134,7 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
             const int64_t rows = m - r0 < 4 ? m - r0 : 4;
             const q16_rows part = {q + r0 * k, d + r0 * blocks, s + r0 * blocks, k};
             q16_dot(&part, row, stride, qtype, rows, sums);
-            for (int64_t r = 0; r < rows; ++r) out[(r0 + r) * n + c] = sums[r] + (bias != NULL ? bias[c] : 0.0f);
+            for (int64_t r = 0; r < rows; ++r) out[(r0 + r) * ldo + c] = sums[r] + (bias != NULL ? bias[c] : 0.0f);
         }
     }
     free(scales);

@@ -140,7 +140,7 @@ static void tile(const float *x, const float *panel, int64_t k, const float *bia
 /* qtype 0: w is bfloat16; else a GGUF block type, rows interleaved by il (gguf.h). Panels are 16 rows, a whole
  * number of interleaved groups: a panel's bytes are the same range in either layout. */
 static int panel_gemm(const float *x, const void *w, int qtype, int il, const float *bias, float *out, int64_t m,
-                      int64_t n, int64_t k, int threads) {
+                      int64_t n, int64_t k, int64_t ldo, int threads) {
     const int64_t panels = n / PANEL + (n % PANEL != 0);
     int failed = 0;
 #pragma omp parallel num_threads(threads)
@@ -174,7 +174,7 @@ static int panel_gemm(const float *x, const void *w, int qtype, int il, const fl
             const int64_t tiles = m / TILE_ROWS + (m % TILE_ROWS != 0);
             for (int64_t t = 0, r0 = 0; t < tiles; ++t) {
                 const int64_t rows = (m - r0) / (tiles - t);
-                tile(x + r0 * k, panel, k, bias != NULL ? bias + n0 : NULL, out + r0 * n + n0, n, count, rows);
+                tile(x + r0 * k, panel, k, bias != NULL ? bias + n0 : NULL, out + r0 * ldo + n0, ldo, count, rows);
                 r0 += rows;
             }
         }
@@ -185,11 +185,11 @@ static int panel_gemm(const float *x, const void *w, int qtype, int il, const fl
 
 int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,
                     int64_t k, int threads) {
-    return panel_gemm(x, w, 0, 1, bias, out, m, n, k, threads);
+    return panel_gemm(x, w, 0, 1, bias, out, m, n, k, n, threads);
 }
 
 int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
-                   int64_t k, int il, int threads) {
-    return panel_gemm(x, w, qtype, il, bias, out, m, n, k, threads);
+                   int64_t k, int il, int64_t ldo, int threads) {
+    return panel_gemm(x, w, qtype, il, bias, out, m, n, k, ldo, threads);
 }
 #endif
