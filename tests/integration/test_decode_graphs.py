@@ -20,7 +20,9 @@ from pagedserve import LLM, SamplingParams
 from pagedserve.worker.cpu_graph import MAX_GRAPH_BATCH
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "unit" / "models"))
-from tiny_gguf_writer import write_tiny_gguf  # noqa: E402
+from test_model_gguf_moe import CONFIGS as MOE_CONFIGS  # noqa: E402
+from test_model_gguf_moe import write_moe_gguf  # noqa: E402
+from tiny_gguf_writer import TINY_TOKENS, write_tiny_gguf  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -205,3 +207,41 @@ def test_int8_and_float8_steps_are_replayed(tmp_path, scheme) -> None:
         # 5 and 6 rows stay eager for the float32 LM head (left unquantized, as llm-compressor and vLLM's online
         # FP8 do), whose C GEMV takes up to 4 rows (test_batch_sizes_without_kernels_stay_eager).
         assert {size for size, graph in captured.items() if graph is not None} == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("arch,tp", [("qwen3moe", 1), ("qwen2moe", 1), ("qwen3moe", 2)])
+def test_mixture_of_experts_steps_replayed_equal_eager(tmp_path, capfd, arch, tp) -> None:
+    """Experts kept in GGUF blocks: each block's decode step is one C call reading the routing at run time
+    (csrc/gguf_moe.c), so MoE decode steps are captured and replayed too, with the routing of each step's own
+    tokens (Qwen2-MoE's gated shared expert included). At TP=2 each rank keeps half of every expert (64 rows wide:
+    one Q8_0 block of down_proj's columns a rank) and replays its partial sums' all-reduce with the step."""
+    import torch
+    import transformers
+
+    config = MOE_CONFIGS[arch]()
+    config.vocab_size, config.max_position_embeddings = len(TINY_TOKENS), 256
+    config.moe_intermediate_size *= tp
+    torch.manual_seed(3)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.save_pretrained(tmp_path / "float")
+    write_moe_gguf(
+        tmp_path / "q8.gguf", tmp_path / "float", arch, gguf.GGMLQuantizationType.Q8_0, tokenizer=True
+    )
+    graphs, eager = _engines(tmp_path / "q8.gguf", quantization="gguf", tensor_parallel_size=tp)
+    try:
+        # Each run against the other engine's same run: a second run's prompts hit the prefix cache, and a prefill
+        # of at most 8 tokens goes through the kernel where a longer one groups tokens by expert in PyTorch.
+        assert _run(graphs) == _run(eager)
+        assert _run(graphs) == _run(eager)  # every size replayed this time
+        if tp == 1:
+            captured = graphs.llm_engine.executor.runner.decode_graphs.graphs
+            assert sorted(captured) == [1, 2, 3, 4, 5, 6]
+            assert all(graph is not None and "gguf_moe" in graph.program.names for graph in captured.values())
+    finally:
+        graphs.llm_engine.shutdown()
+        eager.llm_engine.shutdown()
+    logs = capfd.readouterr().err
+    for rank in range(tp if tp > 1 else 0):
+        captured = {b for b in range(1, 7) if f"tp{rank} INFO decode graphs: batch {b} captured" in logs}
+        assert captured == {1, 2, 3, 4, 5, 6}, logs[-3000:]
+    assert "stays eager" not in logs

@@ -269,7 +269,8 @@ class LlamaForCausalLM(nn.Module):
     renamed_params: dict[str, str] = {}
     """Checkpoint name fragment -> ours, applied before `stacked_params` (Mixtral's block_sparse_moe is our mlp)."""
     is_moe = False
-    """A mixture-of-experts model (models/moe.py): eager decode steps, no LoRA."""
+    """A mixture-of-experts model (models/moe.py): no LoRA; decode graphs only where every block decodes through
+    the C kernel (GGUF experts, layers/moe.py)."""
     make_mlp: MlpFactory = staticmethod(dense_mlp)
 
     @staticmethod

@@ -80,6 +80,14 @@ SIGNATURES: dict[str, list] = {
     # x [m, k] float32, w GGUF blocks [n, k / 32], GGML type, bias (or NULL) float32, out [m, n] (rows ldo apart),
     # m, n, k, interleave (1 or 4: csrc/gguf.h), ldo, threads
     "gguf_gemm": [_P, _P, ctypes.c_int, _P, _P, _I, _I, _I, ctypes.c_int, _I, ctypes.c_int],
+    # x, router (or NULL), logits (or NULL), out, m, hidden, inter, experts, top_k, renormalize, gate_up addresses,
+    # type, interleave, down addresses, type, interleave, shared (or NULL), shared gate weight (or NULL), shared
+    # gate logits (or NULL), threads (csrc/gguf_moe.c)
+    "gguf_moe": [_P] * 4
+    + [_I] * 5
+    + [ctypes.c_int, _P, ctypes.c_int, ctypes.c_int, _P, ctypes.c_int, ctypes.c_int]
+    + [_P] * 3
+    + [ctypes.c_int],
     # w GGUF blocks [n, k / 32], GGML type, out [n, k] float32, n, k, interleave, threads
     "gguf_dequantize": [_P, ctypes.c_int, _P, _I, _I, ctypes.c_int, ctypes.c_int],
     # key, value, k_cache, v_cache, slot_mapping, rows, kv_heads, head_dim, block_size, row_stride, num_slots,

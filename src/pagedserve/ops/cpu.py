@@ -342,6 +342,45 @@ def gguf_gemm(
     return out
 
 
+def gguf_moe(
+    x: torch.Tensor,
+    router: torch.Tensor | None,
+    logits: torch.Tensor | None,
+    gate_up: tuple[torch.Tensor, int, int],
+    down: tuple[torch.Tensor, int, int],
+    inter: int,
+    top_k: int,
+    renormalize: bool,
+    shared: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """A mixture-of-experts block for a few tokens (csrc/gguf_moe.c): x float32 [m, hidden]; either the router's
+    weight float32 [experts, hidden] (the kernel multiplies) or its logits float32 [m, experts]; gate_up / down:
+    (each expert's blocks' addresses int64 [experts], GGML type, interleave); shared: Qwen2-MoE's shared expert
+    output float32 [m, hidden] and its gate: the weight float32 [1, hidden] (the kernel multiplies) or the logits
+    float32 [m, 1] (or None). float32 [m, hidden]."""
+    library = build.load()
+    assert library is not None and x.dtype == torch.float32 and (router is None) != (logits is None)
+    m, hidden = x.shape
+    experts = gate_up[0].shape[0]
+    out = torch.empty(m, hidden, dtype=torch.float32)
+    shared_out, gate = (None, None) if shared is None else shared
+    gate_weight = gate if gate is not None and gate.shape == (1, hidden) else None
+    gate_logits = gate if gate is not None and gate_weight is None else None
+    failed = library.gguf_moe(
+        x.data_ptr(), None if router is None else router.data_ptr(), None if logits is None else logits.data_ptr(),
+        out.data_ptr(), m, hidden, inter, experts, top_k, int(renormalize),
+        gate_up[0].data_ptr(), gate_up[1], gate_up[2], down[0].data_ptr(), down[1], down[2],
+        None if shared_out is None else shared_out.data_ptr(),
+        None if gate_weight is None else gate_weight.data_ptr(), None if gate_logits is None else gate_logits.data_ptr(),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if failed == 2:
+        raise MemoryError("gguf_moe could not allocate its scratch memory")
+    if failed:
+        raise ValueError("gguf_moe: an expert type, shape or layout the kernel does not read")
+    return out
+
+
 def can_lora_delta(x: torch.Tensor, out: torch.Tensor) -> bool:
     """What `lora_delta` takes: CPU rows of float32 or bfloat16, x contiguous, out's rows contiguous."""
     return (

@@ -25,9 +25,9 @@ REPLAY_KERNELS = (
     "paged_decode_attention", "rms_norm", "silu_and_mul", "rotary_neox", "argmax_bf16", "gemv", "gemm_f32_bf16w",
     "gguf_gemm", "gguf_dequantize", "write_kv_cache", "int8_epilogue", "int8_gemm", "int8_quantize",
     "gemm_e4m3w", "fp8_quantize", "e4m3_dequantize",
-    "shm_all_reduce", "shm_all_gather", "rms_norm_heads", "lora_delta", "gelu_tanh_and_mul",
+    "shm_all_reduce", "shm_all_gather", "rms_norm_heads", "lora_delta", "gelu_tanh_and_mul", "gguf_moe",
 )  # fmt: skip
-_REPLAY_INTS, _REPLAY_FLOATS = 18, 2  # csrc/replay.c
+_REPLAY_INTS, _REPLAY_FLOATS = 20, 2  # csrc/replay.c
 
 
 class ReplayCall(ctypes.Structure):

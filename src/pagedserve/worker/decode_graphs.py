@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from pagedserve.distributed import parallel_state
+from pagedserve.layers.moe import moe_kernels_ready
 from pagedserve.worker.cpu_graph import DecodeGraphs
 from pagedserve.worker.cuda_graph import CudaDecodeGraphs
 
@@ -32,9 +33,13 @@ def make_decode_graphs(
     are untested."""
     if tp_size > 1 and (device.type != "cpu" or not parallel_state.collectives_replayable()):
         return None
-    if getattr(model, "is_moe", False):
-        # Routing groups tokens by expert, sizes known only at run time: nothing a graph can replay.
-        logger.info("decode graphs: off for a mixture-of-experts model (eager decode steps)")
+    if getattr(model, "is_moe", False) and (device.type != "cpu" or not moe_kernels_ready(model)):
+        # Routing groups tokens by expert, sizes known only at run time: nothing a graph can replay, unless every
+        # block decodes through the C kernel (experts in GGUF blocks, layers/moe.py).
+        logger.info(
+            "decode graphs: off for a mixture-of-experts model whose experts are not all in GGUF blocks on the CPU "
+            "(eager decode steps)"
+        )
         return None
     if device.type == "cuda" and attention_backend == "triton":
         graphs = CudaDecodeGraphs(

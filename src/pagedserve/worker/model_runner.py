@@ -18,6 +18,7 @@ from pagedserve.distributed.partition import head_shard, max_kv_heads_per_rank
 from pagedserve.kv_memory import group_slots, kv_cache_groups
 from pagedserve.layers.embedding import interleave_gguf_weights
 from pagedserve.layers.linear import quantize_linears_fp8
+from pagedserve.layers.moe import prepare_moe_kernels
 from pagedserve.layers.pooler import PoolingType
 from pagedserve.model_config import ModelConfig
 from pagedserve.models.llama import attention_window, config_for_serving, without_sliding_window
@@ -159,6 +160,12 @@ class ModelRunner:
         regrouped = interleave_gguf_weights(self.model)
         if regrouped:
             logger.debug("GGUF: %d matrices' rows interleaved for the CPU GEMV", regrouped)
+        moe_blocks, moe_kernels = prepare_moe_kernels(self.model)  # the experts' addresses: after regrouping
+        if moe_blocks:
+            logger.info(
+                "mixture of experts: %d of %d blocks decode through the C kernel (experts in GGUF blocks)",
+                moe_kernels, moe_blocks,
+            )  # fmt: skip
         self.model.eval()
         # Before the KV budget: on a GPU it is what memory is left once the adapters' slots are allocated.
         self.lora = None

@@ -72,6 +72,29 @@ static void q16_dot(const q16_rows *x, const uint8_t *row, int64_t stride, int q
     }
 }
 
+/* sums[c] = x . row 4g + c (c < 4) for one quantized activation row: the single-row GEMV's unit of work, also the
+ * experts' (gguf_moe.c). A group's four rows are row_bytes apart with blocks a block apart (il 1), or a block apart
+ * with blocks four apart (il 4): the same code, one stream a group either way. Q8_0 (and levels below AVX2) a row
+ * at a time. */
+void gguf_dot_group(const q16_rows *x, const uint8_t *w, int qtype, int64_t row_bytes, int il, int64_t g,
+                    float *sums) {
+    const int64_t stride = gguf_stride(qtype, il);
+    const uint8_t *rows = w + g * GGUF_COLS * row_bytes;
+    for (int64_t at = 0; at < GGUF_COLS * row_bytes; at += 64) prefetch_t0(rows + GGUF_PREFETCH_BYTES + at);
+#if defined(__AVX2__)
+    const int64_t column_bytes = il == 1 ? row_bytes : gguf_block_bytes(qtype);
+    switch (qtype) { /* each call inlined with its type a constant */
+    case GGUF_Q4_0: q16_dot_cols(x, rows, column_bytes, stride, GGUF_Q4_0, sums); return;
+    case GGUF_Q4_1: q16_dot_cols(x, rows, column_bytes, stride, GGUF_Q4_1, sums); return;
+    case GGUF_Q4_K: q16_dot_cols_q4k(x, rows, column_bytes, stride, sums); return;
+    case GGUF_Q6_K: q16_dot_cols_q6k(x, rows, column_bytes, stride, sums); return;
+    default: break;
+    }
+#endif
+    for (int c = 0; c < GGUF_COLS; ++c)
+        q16_dot(x, gguf_row(w, g * GGUF_COLS + c, qtype, row_bytes, il), stride, qtype, 1, sums + c);
+}
+
 /* 0 done; 1 bad type or k; 2 out of memory; 3 too many rows for this level (dequantize and use the GEMM). */
 /* out's rows are ldo floats apart (n for a whole matrix; more for one part of a merged layer's output). */
 int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
@@ -98,23 +121,11 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
     /* Q8_0 stays on the per-row path: 4 columns at a time measured 0.93-0.97x there (its 34-byte blocks stream at
      * the memory's pace either way), 1.2-1.4x on the 4-bit types (A/B in one process, both levels). */
     if (m == 1 && qtype != GGUF_Q8_0) {
-        /* a group's four rows: row_bytes apart, blocks block-bytes apart (il 1); or one block apart, blocks four
-         * apart (il 4): the same code, one stream a group either way */
-        const int64_t groups = n / GGUF_COLS, group_bytes = GGUF_COLS * row_bytes;
-        const int64_t column_bytes = il == 1 ? row_bytes : gguf_block_bytes(qtype);
+        const int64_t groups = n / GGUF_COLS;
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t g = 0; g < groups; ++g) {
             float sums[GGUF_COLS];
-            const uint8_t *rows = w + g * group_bytes;
-            for (int64_t at = 0; at < group_bytes; at += 64) prefetch_t0(rows + GGUF_PREFETCH_BYTES + at);
-            if (qtype == GGUF_Q4_K)
-                q16_dot_cols_q4k(&all, rows, column_bytes, stride, sums);
-            else if (qtype == GGUF_Q6_K)
-                q16_dot_cols_q6k(&all, rows, column_bytes, stride, sums);
-            else if (qtype == GGUF_Q4_1) /* each call inlined with its type a constant */
-                q16_dot_cols(&all, rows, column_bytes, stride, GGUF_Q4_1, sums);
-            else
-                q16_dot_cols(&all, rows, column_bytes, stride, GGUF_Q4_0, sums);
+            gguf_dot_group(&all, w, qtype, row_bytes, il, g, sums);
             for (int c = 0; c < GGUF_COLS; ++c)
                 out[g * GGUF_COLS + c] = sums[c] + (bias != NULL ? bias[g * GGUF_COLS + c] : 0.0f);
         }

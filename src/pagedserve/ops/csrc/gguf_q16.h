@@ -53,6 +53,10 @@ typedef struct {
     int64_t k;
 } q16_rows;
 
+/* gguf.c: sums[c] = x . row 4g + c of w (n rows of row_bytes, interleaved by il) for one activation row. */
+void gguf_dot_group(const q16_rows *x, const uint8_t *w, int qtype, int64_t row_bytes, int il, int64_t g,
+                    float *sums);
+
 /* Sub-block b of a row: its 32 weights as signed bytes (order as gguf.h), the scale of its integer dot, the
  * factor of the activation sum s (the min), and Q6_K's two half scales (else 1). Plain C; the AVX2 path below
  * builds the same bytes in registers. */

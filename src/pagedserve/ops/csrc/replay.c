@@ -7,7 +7,7 @@
  */
 #include <stdint.h>
 
-#define REPLAY_INTS 18
+#define REPLAY_INTS 20
 #define REPLAY_FLOATS 2
 
 typedef struct {
@@ -38,6 +38,7 @@ enum {
     K_RMS_NORM_HEADS,
     K_LORA_DELTA,
     K_GELU_TANH_AND_MUL,
+    K_GGUF_MOE,
     K_COUNT
 };
 
@@ -82,6 +83,10 @@ int shm_all_reduce(void *region, void *x, int64_t n, int64_t capacity, int dtype
 int lora_delta(const void *x, void *out, const float *a, const float *bt, const int32_t *ranks,
                const int32_t *slot_of_row, int64_t rows, int64_t in, int64_t out_n, int64_t out_stride,
                int64_t max_rank, int64_t slots, int dtype, int threads);
+int gguf_moe(const float *x, const float *router, const float *logits, float *out, int64_t m, int64_t hidden, int64_t inter,
+             int64_t experts, int64_t k, int renormalize, const int64_t *gate_up, int gate_up_type, int gate_up_il,
+             const int64_t *down, int down_type, int down_il, const float *shared, const float *shared_gate_weight,
+             const float *shared_gate_logits, int threads);
 int shm_all_gather(void *region, const void *x, int64_t nbytes, void *out, int64_t capacity, int rank, int world,
                    int64_t *seq, float timeout_s);
 
@@ -127,6 +132,9 @@ static int run_one(const replay_call *c) {
     case K_LORA_DELTA:
         return lora_delta(P(0), P(1), P(2), P(3), P(4), P(5), i[6], i[7], i[8], i[9], i[10], i[11], (int)i[12],
                           (int)i[13]);
+    case K_GGUF_MOE:
+        return gguf_moe(P(0), P(1), P(2), P(3), i[4], i[5], i[6], i[7], i[8], (int)i[9], P(10), (int)i[11], (int)i[12],
+                        P(13), (int)i[14], (int)i[15], P(16), P(17), P(18), (int)i[19]);
     default: return -1;
     }
 }
