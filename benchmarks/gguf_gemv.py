@@ -1,4 +1,4 @@
-"""The GGUF GEMV alone (one activation row, `cpu_ops.gguf_gemm`), rows in the file's order against rows
+"""The GGUF GEMV alone (one activation row, `cpu_gguf.gguf_gemm`), rows in the file's order against rows
 interleaved in groups of four (`gguf_quant.interleave_rows`, what the runner multiplies after loading): in cache (a
 256 x 1152 matrix again and again: what the kernel computes) and streamed from DRAM (twelve 6912 x 1152 matrices
 in turn, ~54 MB in Q4_0: what decode sees), on 1 and 2 threads; billions of weights and GB of blocks a second,
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pagedserve.layers.gguf_quant import INTERLEAVE, interleave_rows
-from pagedserve.ops import cpu as cpu_ops
+from pagedserve.ops import cpu_gguf
 
 K = 1152  # Gemma 3 1B's hidden size (1024 for the K-quants: whole 256-weight super-blocks)
 
@@ -40,7 +40,7 @@ def rate(matrices: list[torch.Tensor], qtype: int, cols: int, interleave: int, r
     start = time.perf_counter()
     for _ in range(repeats):
         for m in matrices:
-            cpu_ops.gguf_gemm(x, m, qtype, cols, None, interleave)
+            cpu_gguf.gguf_gemm(x, m, qtype, cols, None, interleave)
     return time.perf_counter() - start
 
 

@@ -24,7 +24,7 @@ from pagedserve.layers.gguf_quant import (
 )
 from pagedserve.layers.linear import LinearBase, linear
 from pagedserve.layers.shard import slice_rows
-from pagedserve.ops import cpu as cpu_ops
+from pagedserve.ops import cpu_gguf
 
 
 class VocabParallel(nn.Module):
@@ -112,7 +112,7 @@ class LMHead(VocabParallel):
         tied = self.weight.data_ptr() in embedding_tables
         if self.weight_type not in INTERLEAVED_TYPES or self.weight_interleave != 1 or tied:
             return False
-        if not cpu_ops.can_gguf(self.weight) or self.weight.shape[0] % INTERLEAVE:
+        if not cpu_gguf.can_gguf(self.weight) or self.weight.shape[0] % INTERLEAVE:
             return False
         self.weight = nn.Parameter(interleave_rows(self.weight.data, self.weight_type), requires_grad=False)
         self.weight_interleave = INTERLEAVE

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pagedserve.ops import cpu as cpu_ops
+from pagedserve.ops import cpu_gguf
 
 GGUF_BLOCK = 32
 # GGML type ids (ggml.h: GGML_TYPE_Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12, Q6_K = 14) -> (weights, bytes) per
@@ -139,10 +139,10 @@ def _halves(data: torch.Tensor, rows: int, cols: int, offset: int) -> torch.Tens
 
 def dequantize(data: torch.Tensor, qtype: int, cols: int, interleave: int = 1) -> torch.Tensor:
     """float32 [rows, cols] in file row order; the C kernel where it is built, else the PyTorch reference."""
-    if not cpu_ops.can_gguf(data):
+    if not cpu_gguf.can_gguf(data):
         plain = data if interleave == 1 else deinterleave_rows(data, qtype)
         return dequantize_reference(plain, qtype, cols)
-    return cpu_ops.gguf_dequantize(data, qtype, cols, interleave)
+    return cpu_gguf.gguf_dequantize(data, qtype, cols, interleave)
 
 
 def gguf_linear(
@@ -157,8 +157,8 @@ def gguf_linear(
     interleaved by `interleave` (1: as in the file)."""
     x32 = x.float().contiguous()
     bias32 = None if bias is None else bias.float().contiguous()
-    can = cpu_ops.can_gguf(x32, data)
-    out = cpu_ops.gguf_gemm(x32, data, qtype, cols, bias32, interleave) if can else None
+    can = cpu_gguf.can_gguf(x32, data)
+    out = cpu_gguf.gguf_gemm(x32, data, qtype, cols, bias32, interleave) if can else None
     if out is None:  # no kernels, or too many rows for this level's kernel: dequantize and use the GEMM
         out = F.linear(x32, dequantize(data, qtype, cols, interleave), bias32)
     return out if x.dtype == torch.float32 else out.to(x.dtype)
@@ -181,8 +181,8 @@ def gguf_linear_parts(
         rows = data.shape[0]
         part_out = out[:, start : start + rows]
         part_bias = None if bias is None else bias[start : start + rows].float().contiguous()
-        done = cpu_ops.can_gguf(x32, data) and (
-            cpu_ops.gguf_gemm(x32, data, qtype, cols, part_bias, interleave, part_out) is not None
+        done = cpu_gguf.can_gguf(x32, data) and (
+            cpu_gguf.gguf_gemm(x32, data, qtype, cols, part_bias, interleave, part_out) is not None
         )
         if not done:
             part_out.copy_(F.linear(x32, dequantize(data, qtype, cols, interleave), part_bias))

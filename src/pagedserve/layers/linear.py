@@ -29,6 +29,7 @@ from pagedserve.layers.input_perm import permute_input, take_input_perm
 from pagedserve.layers.lora import LayerLoRA
 from pagedserve.layers.shard import slice_columns, slice_rows
 from pagedserve.ops import cpu as cpu_ops
+from pagedserve.ops import cpu_gguf
 
 
 class LinearBase(nn.Module):
@@ -186,7 +187,7 @@ class LinearBase(nn.Module):
         the C kernels run on this weight and every part's rows fill groups of four. Whether it did."""
         if self.weight_type not in INTERLEAVED_TYPES or self.weight_interleave != 1:
             return False
-        if not cpu_ops.can_gguf(self.weight) or self.weight.shape[0] % INTERLEAVE:
+        if not cpu_gguf.can_gguf(self.weight) or self.weight.shape[0] % INTERLEAVE:
             return False
         self.weight = nn.Parameter(interleave_rows(self.weight.data, self.weight_type), requires_grad=False)
         self.weight_interleave = INTERLEAVE
@@ -305,7 +306,7 @@ class MergedLinear(LinearBase):
             qtype in INTERLEAVED_TYPES for qtype in self.part_types.values()
         ):  # one interleave a layer: parts of a type that keeps the file's order keep it for all
             return False
-        if not all(cpu_ops.can_gguf(part) and part.shape[0] % INTERLEAVE == 0 for part in parts.values()):
+        if not all(cpu_gguf.can_gguf(part) and part.shape[0] % INTERLEAVE == 0 for part in parts.values()):
             return False
         for name, part in parts.items():
             self.register_buffer(f"weight_part_{name}", interleave_rows(part, self.part_types[name]))

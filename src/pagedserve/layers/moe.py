@@ -22,7 +22,7 @@ from torch import nn
 from pagedserve.distributed import parallel_state
 from pagedserve.layers.linear import MergedLinear, ReplicatedLinear
 from pagedserve.layers.mlp import GatedMLP
-from pagedserve.ops import cpu as cpu_ops
+from pagedserve.ops import cpu_gguf
 
 # Tokens a step's block sends through the C kernel: a decode batch (the GEMVs' row limit, ops/csrc/gguf.c, and the
 # largest CPU decode graph). Past it every token re-reads its experts; grouping tokens by expert reads them once.
@@ -46,7 +46,7 @@ def _expert_table(layers: list[MergedLinear]) -> ExpertTable | None:
     )
     if first.weight_type is None or len(kinds) != 1 or not plain:
         return None
-    if not all(cpu_ops.can_gguf(layer.weight) for layer in layers):
+    if not all(cpu_gguf.can_gguf(layer.weight) for layer in layers):
         return None
     addresses = torch.tensor([layer.weight.data_ptr() for layer in layers], dtype=torch.int64)
     return addresses, first.weight_type, first.weight_interleave
@@ -137,12 +137,12 @@ class SparseMoeBlock(nn.Module):
         if (
             router.dtype == torch.float32 and router.is_contiguous()
         ):  # the kernel multiplies it: any batch size
-            out = cpu_ops.gguf_moe(
+            out = cpu_gguf.gguf_moe(
                 x32, router, None, gate_up, down, inter, self.top_k, self.renormalize, shared
             )
         else:  # bfloat16 router (an AVX-512 BF16 host): its own layer's product
             logits = self.gate(x).float().contiguous()
-            out = cpu_ops.gguf_moe(
+            out = cpu_gguf.gguf_moe(
                 x32, None, logits, gate_up, down, inter, self.top_k, self.renormalize, shared
             )
         out = out if x.dtype == torch.float32 else out.to(x.dtype)

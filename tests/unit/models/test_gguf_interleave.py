@@ -10,7 +10,7 @@ import torch
 from test_model_gguf_kept import KEPT, cols_for, quantized, random_blocks
 
 from pagedserve.layers import gguf_quant
-from pagedserve.ops import cpu as cpu_ops
+from pagedserve.ops import cpu_gguf
 
 Q = gguf.GGMLQuantizationType
 ROWS = 44  # 11 groups: an odd number of groups for the two threads' halves
@@ -62,9 +62,9 @@ def test_rows_that_do_not_fill_groups_are_refused(isa_level) -> None:
         gguf_quant.interleave_rows(data, int(Q.Q4_0))
     # the kernels check it too (a caller that passed the flag with such a matrix)
     with pytest.raises(ValueError, match="not a layout the kernel reads"):
-        cpu_ops.gguf_gemm(torch.randn(1, 224), data, int(Q.Q4_0), 224, None, interleave=4)
+        cpu_gguf.gguf_gemm(torch.randn(1, 224), data, int(Q.Q4_0), 224, None, interleave=4)
     with pytest.raises(ValueError, match="not a layout the kernel reads"):
-        cpu_ops.gguf_dequantize(data, int(Q.Q4_0), 224, interleave=3)
+        cpu_gguf.gguf_dequantize(data, int(Q.Q4_0), 224, interleave=3)
 
 
 @pytest.mark.parametrize("tied", [True, False])

@@ -14,6 +14,7 @@
 
 #include "gguf.h"
 #include "gguf_q16.h"
+#include "gguf_q16_kquants.h"
 #include "simd.h"
 
 #define GGUF_DOT_MAX_ROWS 8
