@@ -8,7 +8,10 @@ super-blocks typed as llama.cpp's Q4_K_M stores them (Q4_K, with attn_v and ffn_
 llama.cpp's `use_more_bits` picks, the untied output Q6_K, norms F32), and the bundled SmolLM2's tokenizer and chat
 template: 49 152 tokens where Llama 3 has 128 256. Decode speed does not depend on what the weights say.
 
-    .venv/bin/python benchmarks/q4km_single_stream.py [--rounds 3] [--output-len 128]
+    .venv/bin/python benchmarks/q4km_single_stream.py [--rounds 3] [--output-len 128] [--baseline-src DIR]
+
+`--baseline-src` adds pagedserve from another checkout's `src` (e.g. `git worktree add /tmp/old <rev>`), run in
+the same rounds: a before / after on the same machine.
 
 The file is cached in .bench-cache/ (~0.7 GB). Servers run one at a time, rounds interleaved.
 """
@@ -80,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--baseline-src", type=Path, default=None, help="another checkout's src folder")
     args = parser.parse_args()
     path = cached_model("llama-1b-shaped-q4_k_m.gguf", write_llama)
 
@@ -89,10 +93,16 @@ def main() -> None:
             dtype="auto",
         )  # fmt: skip
 
-    systems = {
-        "pagedserve (Q4_K_M super-blocks kept, decode graphs)": pagedserve,
-        "llama.cpp": lambda port: llamacpp_spec(path, port, slots=1),
-    }
+    systems = {"pagedserve (Q4_K_M super-blocks kept, decode graphs)": pagedserve}
+    if args.baseline_src is not None:
+
+        def baseline(port: int):
+            spec = pagedserve(port)
+            spec.env["PYTHONPATH"] = str(args.baseline_src.resolve())
+            return spec
+
+        systems[f"pagedserve from {args.baseline_src}"] = baseline
+    systems["llama.cpp"] = lambda port: llamacpp_spec(path, port, slots=1)
     compare(systems, args.rounds, args.output_len, "Llama 3.2 1B's shape in Q4_K_M, SmolLM2's vocabulary")
 
 
