@@ -24,7 +24,13 @@ import gguf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers.servers import llamacpp_spec, pagedserve_spec  # noqa: E402
-from random_gguf import add_bundled_tokenizer, cached_model, compare, random_tensor_writer  # noqa: E402
+from random_gguf import (  # noqa: E402
+    add_bundled_tokenizer,
+    cached_model,
+    compare,
+    random_tensor_writer,
+    write_out,
+)
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, WIDTH, WINDOW = 26, 1152, 4, 1, 256, 6912, 512
 Q4_0, Q8_0, F32 = (
@@ -78,10 +84,7 @@ def write_gemma3(
         add(f"{prefix}.ffn_gate.weight", width, hidden)
         add(f"{prefix}.ffn_up.weight", width, hidden)
         add(f"{prefix}.ffn_down.weight", hidden, width)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
 
 
 def main() -> None:

@@ -24,7 +24,13 @@ import gguf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers.servers import llamacpp_spec, pagedserve_spec  # noqa: E402
-from random_gguf import add_bundled_tokenizer, cached_model, compare, random_tensor_writer  # noqa: E402
+from random_gguf import (  # noqa: E402
+    add_bundled_tokenizer,
+    cached_model,
+    compare,
+    random_tensor_writer,
+    write_out,
+)
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM = 2048, 32, 4, 128
 EXPERTS, TOP_K, EXPERT_WIDTH, DENSE_WIDTH = 128, 8, 768, 6144
@@ -68,10 +74,7 @@ def write_model(path: Path, layers: int) -> None:
         add(f"{prefix}.ffn_gate_exps.weight", EXPERTS, EXPERT_WIDTH, HIDDEN)
         add(f"{prefix}.ffn_up_exps.weight", EXPERTS, EXPERT_WIDTH, HIDDEN)
         add(f"{prefix}.ffn_down_exps.weight", EXPERTS, HIDDEN, EXPERT_WIDTH)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
 
 
 def main() -> None:

@@ -27,7 +27,13 @@ import gguf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers.servers import llamacpp_spec, pagedserve_spec  # noqa: E402
-from random_gguf import add_bundled_tokenizer, cached_model, compare, random_tensor_writer  # noqa: E402
+from random_gguf import (  # noqa: E402
+    add_bundled_tokenizer,
+    cached_model,
+    compare,
+    random_tensor_writer,
+    write_out,
+)
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, WIDTH = 16, 2048, 32, 8, 64, 8192
 Q4_K, Q6_K, F32 = (
@@ -73,10 +79,7 @@ def write_llama(path: Path) -> None:
         add(f"{prefix}.ffn_gate.weight", WIDTH, HIDDEN, kind=Q4_K)
         add(f"{prefix}.ffn_up.weight", WIDTH, HIDDEN, kind=Q4_K)
         add(f"{prefix}.ffn_down.weight", HIDDEN, WIDTH, kind=more)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
 
 
 def main() -> None:

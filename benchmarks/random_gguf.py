@@ -77,6 +77,14 @@ def random_tensor_writer(writer: gguf.GGUFWriter, seed: int = 0) -> Callable[...
     return add
 
 
+def write_out(writer: gguf.GGUFWriter) -> None:
+    """Header, metadata and tensors to the file, and close it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def cached_model(name: str, write: Callable[[Path], None]) -> Path:
     """.bench-cache/name, written once by `write` (through a partial file, so an interrupted write is redone)."""
     path = CACHE / name

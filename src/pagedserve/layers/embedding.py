@@ -16,15 +16,14 @@ from pagedserve.distributed.partition import even_range
 from pagedserve.layers.ct_quant import ScaledTensor
 from pagedserve.layers.gguf_quant import (
     INTERLEAVE,
-    INTERLEAVED_TYPES,
     QuantizedTensor,
     dequantize,
     gguf_linear,
+    interleavable,
     interleave_rows,
 )
 from pagedserve.layers.linear import LinearBase, linear
 from pagedserve.layers.shard import slice_rows
-from pagedserve.ops import cpu_gguf
 
 
 class VocabParallel(nn.Module):
@@ -110,9 +109,7 @@ class LMHead(VocabParallel):
         the table is an embedding's (`embedding_tables`: their data pointers; tied, a lookup reads whole rows).
         Whether it did."""
         tied = self.weight.data_ptr() in embedding_tables
-        if self.weight_type not in INTERLEAVED_TYPES or self.weight_interleave != 1 or tied:
-            return False
-        if not cpu_gguf.can_gguf(self.weight) or self.weight.shape[0] % INTERLEAVE:
+        if tied or self.weight_interleave != 1 or not interleavable(self.weight, self.weight_type):
             return False
         self.weight = nn.Parameter(interleave_rows(self.weight.data, self.weight_type), requires_grad=False)
         self.weight_interleave = INTERLEAVE

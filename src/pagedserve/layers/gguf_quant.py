@@ -76,6 +76,12 @@ def interleave_rows(data: torch.Tensor, qtype: int) -> torch.Tensor:
     return grouped.transpose(1, 2).contiguous().reshape(rows, nbytes)
 
 
+def interleavable(data: torch.Tensor, qtype: int | None) -> bool:
+    """Whether a loaded matrix of blocks should be regrouped: a type in INTERLEAVED_TYPES, the C kernels reading
+    it (on the CPU) and rows that fill groups."""
+    return qtype in INTERLEAVED_TYPES and cpu_gguf.can_gguf(data) and data.shape[0] % INTERLEAVE == 0
+
+
 def deinterleave_rows(data: torch.Tensor, qtype: int) -> torch.Tensor:
     """The inverse of `interleave_rows`: rows back in file order."""
     rows, nbytes = data.shape

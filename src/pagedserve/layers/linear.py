@@ -18,18 +18,17 @@ from pagedserve.distributed import parallel_state
 from pagedserve.layers.ct_quant import FP8_MAX, ScaledTensor, scaled_linear
 from pagedserve.layers.gguf_quant import (
     INTERLEAVE,
-    INTERLEAVED_TYPES,
     QuantizedTensor,
     dequantize,
     gguf_linear,
     gguf_linear_parts,
+    interleavable,
     interleave_rows,
 )
 from pagedserve.layers.input_perm import permute_input, take_input_perm
 from pagedserve.layers.lora import LayerLoRA
 from pagedserve.layers.shard import slice_columns, slice_rows
 from pagedserve.ops import cpu as cpu_ops
-from pagedserve.ops import cpu_gguf
 
 
 class LinearBase(nn.Module):
@@ -185,9 +184,7 @@ class LinearBase(nn.Module):
     def interleave_gguf_rows(self) -> bool:
         """Rows of GGUF blocks regrouped for the CPU GEMV (gguf_quant.interleave_rows), once loading is done: where
         the C kernels run on this weight and every part's rows fill groups of four. Whether it did."""
-        if self.weight_type not in INTERLEAVED_TYPES or self.weight_interleave != 1:
-            return False
-        if not cpu_gguf.can_gguf(self.weight) or self.weight.shape[0] % INTERLEAVE:
+        if self.weight_interleave != 1 or not interleavable(self.weight, self.weight_type):
             return False
         self.weight = nn.Parameter(interleave_rows(self.weight.data, self.weight_type), requires_grad=False)
         self.weight_interleave = INTERLEAVE
@@ -302,11 +299,10 @@ class MergedLinear(LinearBase):
         if self.part_types is None:
             return super().interleave_gguf_rows()
         parts = {name: getattr(self, f"weight_part_{name}") for name in self.part_types}
+        # one interleave a layer: a part that keeps the file's order keeps it for all
         if self.weight_interleave != 1 or not all(
-            qtype in INTERLEAVED_TYPES for qtype in self.part_types.values()
-        ):  # one interleave a layer: parts of a type that keeps the file's order keep it for all
-            return False
-        if not all(cpu_gguf.can_gguf(part) and part.shape[0] % INTERLEAVE == 0 for part in parts.values()):
+            interleavable(part, self.part_types[name]) for name, part in parts.items()
+        ):
             return False
         for name, part in parts.items():
             self.register_buffer(f"weight_part_{name}", interleave_rows(part, self.part_types[name]))
