@@ -96,3 +96,26 @@ def test_a_loaded_model_regrouped_gives_the_same_logits(tmp_path, tied) -> None:
     tokens = torch.randint(3, config.vocab_size, (11,), generator=torch.Generator().manual_seed(2)).tolist()
     got = logits_of(regrouped, config, tokens, [6, 3, 1, 1])
     assert torch.equal(got, logits_of(plain, config, tokens, [6, 3, 1, 1]))
+
+
+@pytest.mark.parametrize("m", [1, 5, 9, 33])
+def test_parts_of_two_types_write_their_columns_of_one_output(isa_level, m) -> None:
+    """A merged layer's parts (Q4_K_M's q|k|v: Q4_K and Q6_K) each multiplied into its columns of one output (the
+    kernels' output row stride, every path: GEMV, AVX2 panels, dequantize + GEMM): the columns are each part's own
+    product, bit for bit, bias included."""
+    cols = 256
+    parts = [
+        (quantized(8, cols, Q.Q4_K, seed=1)[0], int(Q.Q4_K)),
+        (quantized(12, cols, Q.Q6_K, seed=2)[0], int(Q.Q6_K)),
+    ]
+    gen = torch.Generator().manual_seed(m)
+    x, bias = torch.randn(m, cols, generator=gen), torch.randn(20, generator=gen)
+    got = gguf_quant.gguf_linear_parts(x, parts, cols, bias)
+    expected = torch.cat(
+        [
+            gguf_quant.gguf_linear(x, parts[0][0], parts[0][1], cols, bias[:8]),
+            gguf_quant.gguf_linear(x, parts[1][0], parts[1][1], cols, bias[8:]),
+        ],
+        dim=1,
+    )
+    assert torch.equal(got, expected)
