@@ -68,7 +68,18 @@ static void q16_dot(const q16_rows *x, const uint8_t *row, int64_t stride, int q
     case GGUF_Q4_0: Q16_DOT(GGUF_Q4_0); break;
     case GGUF_Q4_1: Q16_DOT(GGUF_Q4_1); break;
     case GGUF_Q8_0: Q16_DOT(GGUF_Q8_0); break;
+#if defined(__AVX2__)
+    case GGUF_Q4_K: /* a super-block at a time, its weights widened once for all rows */
+        switch (rows) {
+        case 1: q16_dot_rows_q4k(x, row, stride, 1, sums); break;
+        case 2: q16_dot_rows_q4k(x, row, stride, 2, sums); break;
+        case 3: q16_dot_rows_q4k(x, row, stride, 3, sums); break;
+        default: q16_dot_rows_q4k(x, row, stride, 4, sums); break;
+        }
+        break;
+#else
     case GGUF_Q4_K: Q16_DOT(GGUF_Q4_K); break;
+#endif
     default: Q16_DOT(GGUF_Q6_K); break;
     }
 }

@@ -63,6 +63,53 @@ static inline __attribute__((always_inline)) __m256 q4k_super_dot(const uint8_t 
 }
 #undef Q4K_PAIR
 
+/* Q4_K, ROWS (1-4) activation rows against one weight row (super-blocks `stride` apart): the multi-row GEMV of a
+ * decode batch. Per super-block the scales are unpacked and the 256 weights widened to int16 once, then each row
+ * takes its integer dots from them (the row path, q16_dot_rows, decoded each sub-block's scale and min in scalar
+ * code, for every row). */
+static inline __attribute__((always_inline)) void q16_dot_rows_q4k(const q16_rows *x, const uint8_t *row,
+                                                                   int64_t stride, int rows, float *sums) {
+    __m256 acc[4];
+    for (int r = 0; r < rows; ++r) acc[r] = _mm256_setzero_ps();
+    const int64_t supers = x->k / GGUF_SUPER, blocks = x->k / GGUF_BLOCK;
+    const __m256i nibble = _mm256_set1_epi16(15);
+    for (int64_t b = 0; b < supers; ++b) {
+        const uint8_t *super = row + b * stride;
+        uint32_t a, m, c;
+        memcpy(&a, super + 4, 4);
+        memcpy(&m, super + 8, 4);
+        memcpy(&c, super + 12, 4);
+        const uint32_t six = 0x3f3f3f3fu, four = 0x0f0f0f0fu, two = 0x03030303u;
+        const uint64_t sc = (a & six) | (uint64_t)((c & four) | ((a >> 6) & two) << 4) << 32;
+        const uint64_t mn = (m & six) | (uint64_t)(((c >> 4) & four) | ((m >> 6) & two) << 4) << 32;
+        const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(gguf_half(super)),
+                                           _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc))));
+        const __m256 mins = _mm256_mul_ps(_mm256_set1_ps(gguf_half(super + 2)),
+                                          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn))));
+        __m256i w[16]; /* sub-block s: w[2s] weights 0-15, w[2s + 1] 16-31 */
+        for (int p = 0; p < 4; ++p) {
+            const __m256i lo = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(super + 16 + 32 * p)));
+            const __m256i hi = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(super + 32 + 32 * p)));
+            w[4 * p] = _mm256_and_si256(lo, nibble);
+            w[4 * p + 1] = _mm256_and_si256(hi, nibble);
+            w[4 * p + 2] = _mm256_srli_epi16(lo, 4);
+            w[4 * p + 3] = _mm256_srli_epi16(hi, 4);
+        }
+        for (int r = 0; r < rows; ++r) {
+            const int16_t *xq = x->q + r * x->k + b * GGUF_SUPER;
+            __m256i d[8];
+            for (int s = 0; s < 8; ++s)
+                d[s] = q16_pair_dot(w[2 * s], _mm256_loadu_si256((const __m256i *)(xq + 32 * s)), w[2 * s + 1],
+                                    _mm256_loadu_si256((const __m256i *)(xq + 32 * s + 16)));
+            const __m256i dots = q16_sum8x8(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]);
+            const float *dx = x->d + r * blocks + 8 * b, *sx = x->s + r * blocks + 8 * b;
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), _mm256_mul_ps(scale, _mm256_loadu_ps(dx)), acc[r]);
+            acc[r] = _mm256_fnmadd_ps(mins, _mm256_loadu_ps(sx), acc[r]);
+        }
+    }
+    for (int r = 0; r < rows; ++r) sums[r] = gguf_sum8(acc[r]);
+}
+
 /* Q4_K, one activation row against GGUF_COLS weight rows (column_bytes apart, super-blocks `stride` apart): the
  * single-stream GEMV of llama.cpp's most used files (Q4_K_M). A super-block at a time per row, its eight sub-blocks'
  * scales unpacked once as vectors: the sub-block loop (q16_dot_rows: the scales decoded one sub-block at a time in
