@@ -122,29 +122,25 @@ class SparseMoeBlock(nn.Module):
         return parallel_state.all_reduce(out) if self.reduce else out
 
     def _kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Routing, experts and their weighted sum in one C call (csrc/gguf_moe.c); the router and the shared
-        expert are the C calls of their own layers."""
+        """Routing, experts and their weighted sum in one C call (csrc/gguf_moe.c). A float32 router (and shared
+        expert gate) is multiplied in the kernel, at any batch size (the float GEMV takes <= 4 rows, past which
+        PyTorch's product would keep a step off the decode graphs); a bfloat16 one (an AVX-512 BF16 host) by its own
+        layer first. The shared expert is its own layer's C calls."""
         assert self.kernel_tables is not None
         gate_up, down = self.kernel_tables
         x32 = x.float().contiguous()
         shared = None
         if self.shared_expert is not None and self.shared_expert_gate is not None:
-            gate = self.shared_expert_gate.weight  # [1, hidden]: the kernel multiplies a float32 one
+            gate = self.shared_expert_gate.weight  # [1, hidden]
             gate = gate if gate.dtype == torch.float32 else self.shared_expert_gate(x).float()
             shared = (self.shared_expert(x).float(), gate.contiguous())
-        inter = self.experts[0].down_proj.input_size
         router = self.gate.weight
-        if (
-            router.dtype == torch.float32 and router.is_contiguous()
-        ):  # the kernel multiplies it: any batch size
-            out = cpu_gguf.gguf_moe(
-                x32, router, None, gate_up, down, inter, self.top_k, self.renormalize, shared
-            )
-        else:  # bfloat16 router (an AVX-512 BF16 host): its own layer's product
-            logits = self.gate(x).float().contiguous()
-            out = cpu_gguf.gguf_moe(
-                x32, None, logits, gate_up, down, inter, self.top_k, self.renormalize, shared
-            )
+        in_kernel = router.dtype == torch.float32 and router.is_contiguous()
+        weight, logits = (router, None) if in_kernel else (None, self.gate(x).float().contiguous())
+        inter = self.experts[0].down_proj.input_size
+        out = cpu_gguf.gguf_moe(
+            x32, weight, logits, gate_up, down, inter, self.top_k, self.renormalize, shared
+        )
         out = out if x.dtype == torch.float32 else out.to(x.dtype)
         return parallel_state.all_reduce(out) if self.reduce else out
 

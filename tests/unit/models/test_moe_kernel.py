@@ -80,3 +80,18 @@ def test_float_experts_keep_the_pytorch_block(pairs) -> None:  # noqa: F811
     _, model = load_model(pairs["qwen3moe"][1], keep_quantized=False)
     assert prepare_moe_kernels(model) == (2, 0)
     assert not moe_kernels_ready(model)
+
+
+def test_a_bfloat16_router_is_multiplied_by_its_own_layer(pairs, tmp_path) -> None:  # noqa: F811
+    """As on an AVX-512 BF16 host, where routers are stored in bfloat16: its logits come from its layer and the
+    kernel routes on them (Qwen2-MoE: its shared expert's gate too), following the PyTorch block."""
+    model = kept_model(pairs, tmp_path, "qwen2moe", Q.Q8_0)
+    block = blocks_of(model)[0]
+    for router in (block.gate, block.shared_expert_gate):
+        router.weight.data = router.weight.data.bfloat16()
+    x = torch.randn(3, block.gate.input_size)
+    with torch.no_grad():
+        expected = block(x)
+        assert block.prepare_kernel()
+        got = block(x)
+    torch.testing.assert_close(got, expected, atol=1e-4 * expected.abs().max().item(), rtol=0)
