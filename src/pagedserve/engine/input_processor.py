@@ -289,8 +289,12 @@ def check_token_controls(tokenizer: Any, params: SamplingParams, vocab_size: int
                 param=name,
             )
     params.bad_words_token_ids = []
-    for word in params.bad_words or ():
+    for index, word in enumerate(params.bad_words or ()):
         plain = tokenizer.encode(word.lstrip(), add_special_tokens=False)
+        if (
+            not plain
+        ):  # "", spaces, or characters the tokenizer drops: a ban of nothing (a 500 before, schemathesis)
+            raise InvalidRequestError(f"bad_words[{index}] ({word!r}) has no tokens", param="bad_words")
         spaced = tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
         params.bad_words_token_ids.append(plain)
         if spaced and spaced[0] != plain[0] and len(spaced) == len(plain):

@@ -107,6 +107,14 @@ def test_admission_tokenizes_bad_words_and_checks_token_ids_against_the_vocabula
         assert caught.value.param == field
 
 
+def test_a_bad_word_without_tokens_is_refused_by_name(tokenizer: Any) -> None:
+    """A character the tokenizer drops (a control character): nothing to ban, a clear 400 naming the field (it
+    crashed the server with a 500, found by schemathesis; empty and blank words SamplingParams refuses itself)."""
+    with pytest.raises(InvalidRequestError, match=r"bad_words\[1\] .* has no tokens") as caught:
+        make_input(tokenizer).process("r", "Hi", SamplingParams(bad_words=["hello", "\x16"]), 1.0)
+    assert caught.value.param == "bad_words"
+
+
 def test_stop_token_ids_past_the_vocabulary_are_dropped(tokenizer: Any) -> None:
     """They can never be sampled (the output is the same, as in vLLM, which keeps them); 2^64 crashed the server
     with a 500 (found by schemathesis): msgpack cannot carry it to the engine core."""
