@@ -4,7 +4,11 @@ interleaved in groups of four (`gguf_quant.interleave_rows`, what the runner mul
 in turn, ~54 MB in Q4_0: what decode sees), on 1 and 2 threads; billions of weights and GB of blocks a second,
 best of 3, the two layouts alternated within each round.
 
-    .venv/bin/python benchmarks/gguf_gemv.py [--types Q4_0 Q4_1 Q8_0 Q4_K Q6_K]
+    .venv/bin/python benchmarks/gguf_gemv.py [--types Q4_0 Q4_1 Q8_0 Q4_K Q6_K] [--rows M]
+
+`--rows M` multiplies M activation rows at once (a decode batch of M sequences: 2-8 take the multi-row GEMV);
+G weights/s counts the matrix's weights, each used M times. Set PYTHONPATH to another checkout's src to measure
+its kernels (a before / after in alternating processes).
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ def matrix(rows: int, cols: int, seed: int, qtype: gguf.GGMLQuantizationType) ->
     return torch.from_numpy(raw.reshape(rows, -1))
 
 
-def rate(matrices: list[torch.Tensor], qtype: int, cols: int, interleave: int, repeats: int) -> float:
-    x = torch.randn(1, cols)
+def rate(
+    matrices: list[torch.Tensor], qtype: int, cols: int, interleave: int, repeats: int, rows: int
+) -> float:
+    x = torch.randn(rows, cols)
     start = time.perf_counter()
     for _ in range(repeats):
         for m in matrices:
@@ -47,6 +53,7 @@ def rate(matrices: list[torch.Tensor], qtype: int, cols: int, interleave: int, r
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--types", nargs="+", default=["Q4_0"])
+    parser.add_argument("--rows", type=int, default=1, help="activation rows (sequences of a decode batch)")
     args = parser.parse_args()
     for name in args.types:
         qtype = gguf.GGMLQuantizationType[name]
@@ -61,9 +68,9 @@ def main() -> None:
                 grouped = [interleave_rows(m, int(qtype)) for m in plain]
                 best = {1: float("inf"), INTERLEAVE: float("inf")}
                 for _ in range(3):
-                    best[1] = min(best[1], rate(plain, int(qtype), cols, 1, repeats))
+                    best[1] = min(best[1], rate(plain, int(qtype), cols, 1, repeats, args.rows))
                     best[INTERLEAVE] = min(
-                        best[INTERLEAVE], rate(grouped, int(qtype), cols, INTERLEAVE, repeats)
+                        best[INTERLEAVE], rate(grouped, int(qtype), cols, INTERLEAVE, repeats, args.rows)
                     )
                 weights = repeats * sum(m.shape[0] for m in plain) * cols
                 nbytes = repeats * sum(m.numel() for m in plain)
@@ -72,7 +79,8 @@ def main() -> None:
                     for label, il in (("file order", 1), ("interleaved", INTERLEAVE))
                 )
                 print(
-                    f"{name} threads {threads} {case}: {line} ({best[1] / best[INTERLEAVE]:.2f}x)", flush=True
+                    f"{name} rows {args.rows} threads {threads} {case}: {line} ({best[1] / best[INTERLEAVE]:.2f}x)",
+                    flush=True,
                 )
 
 

@@ -70,19 +70,22 @@ def llamacpp(port: int, isa: str) -> ServerSpec:
     return spec
 
 
-def measure(spec: ServerSpec, port: int, output_len: int, logs: Path) -> float:
+def measure(spec: ServerSpec, port: int, output_len: int, logs: Path, concurrency: int = 1) -> float:
+    """Decode tok/s of one stream (1000 / median TPOT), or with `concurrency` streams at once (3 prompts each) the
+    output tok/s of all of them over the run."""
     server = RunningServer(spec, port, logs / f"{spec.name.replace(' ', '_')}_{port}.log")
     try:
         server.ready()
         result = logs / f"result_{port}.json"
         command = [
             sys.executable, "-m", "pagedserve.cli.main", "bench", "serve", "--base-url", server.url,
-            "--endpoint", "/v1/chat/completions", "--dataset", "topics", "--num-prompts", "3",
-            "--max-concurrency", "1", "--output-len", str(output_len), "--ignore-eos", "--disable-tqdm",
+            "--endpoint", "/v1/chat/completions", "--dataset", "topics", "--num-prompts", str(3 * concurrency),
+            "--max-concurrency", str(concurrency), "--output-len", str(output_len), "--ignore-eos", "--disable-tqdm",
             "--result-json", str(result),
         ]  # fmt: skip
         subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=1800)
-        return 1000.0 / json.loads(result.read_text())["median_tpot_ms"]
+        metrics = json.loads(result.read_text())
+        return 1000.0 / metrics["median_tpot_ms"] if concurrency == 1 else metrics["output_throughput"]
     finally:
         server.stop()
 
@@ -119,10 +122,10 @@ def main() -> None:
     print_table(numbers)
 
 
-def print_table(numbers: dict[str, list[float]]) -> None:
-    """Median decode tok/s of each system, its rounds, and its ratio to llama.cpp's median (when it ran)."""
+def print_table(numbers: dict[str, list[float]], unit: str = "decode tok/s") -> None:
+    """Median tok/s of each system, its rounds, and its ratio to llama.cpp's median (when it ran)."""
     reference = statistics.median(numbers["llama.cpp"]) if "llama.cpp" in numbers else None
-    print("\n| system | decode tok/s (median) | rounds | ÷ llama.cpp |\n|---|---|---|---|")
+    print(f"\n| system | {unit} (median) | rounds | ÷ llama.cpp |\n|---|---|---|---|")
     for name, values in numbers.items():
         median = statistics.median(values)
         ratio = f"{median / reference:.2f}×" if reference else "-"

@@ -9,9 +9,11 @@ llama.cpp's `use_more_bits` picks, the untied output Q6_K, norms F32), and the b
 template: 49 152 tokens where Llama 3 has 128 256. Decode speed does not depend on what the weights say.
 
     .venv/bin/python benchmarks/q4km_single_stream.py [--rounds 3] [--output-len 128] [--baseline-src DIR]
+        [--concurrency N]
 
 `--baseline-src` adds pagedserve from another checkout's `src` (e.g. `git worktree add /tmp/old <rev>`), run in
-the same rounds: a before / after on the same machine.
+the same rounds: a before / after on the same machine. `--concurrency N` runs N streams at once (llama.cpp with N
+slots) and reports the output tok/s of all of them: batched decode, where pagedserve multiplies 2-8 rows at a time.
 
 The file is cached in .bench-cache/ (~0.7 GB). Servers run one at a time, rounds interleaved.
 """
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--baseline-src", type=Path, default=None, help="another checkout's src folder")
+    parser.add_argument("--concurrency", type=int, default=1, help="streams at once")
     args = parser.parse_args()
     path = cached_model("llama-1b-shaped-q4_k_m.gguf", write_llama)
 
@@ -105,8 +108,9 @@ def main() -> None:
             return spec
 
         systems[f"pagedserve from {args.baseline_src}"] = baseline
-    systems["llama.cpp"] = lambda port: llamacpp_spec(path, port, slots=1)
-    compare(systems, args.rounds, args.output_len, "Llama 3.2 1B's shape in Q4_K_M, SmolLM2's vocabulary")
+    systems["llama.cpp"] = lambda port: llamacpp_spec(path, port, slots=args.concurrency)
+    what = "Llama 3.2 1B's shape in Q4_K_M, SmolLM2's vocabulary"
+    compare(systems, args.rounds, args.output_len, f"{what}, {args.concurrency} streams", args.concurrency)
 
 
 if __name__ == "__main__":

@@ -98,15 +98,16 @@ def cached_model(name: str, write: Callable[[Path], None]) -> Path:
 
 
 def run_rounds(
-    systems: dict[str, Callable[[int], ServerSpec]], rounds: int, output_len: int
+    systems: dict[str, Callable[[int], ServerSpec]], rounds: int, output_len: int, concurrency: int = 1
 ) -> dict[str, list[float]]:
-    """Decode tok/s of each system in each round, systems interleaved within a round, one server at a time."""
+    """Tok/s of each system in each round (gguf_single_stream.measure), systems interleaved within a round, one
+    server at a time."""
     numbers: dict[str, list[float]] = {name: [] for name in systems}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(rounds):
             for name, make in systems.items():
                 port = free_port()
-                numbers[name].append(measure(make(port), port, output_len, Path(tmp)))
+                numbers[name].append(measure(make(port), port, output_len, Path(tmp), concurrency))
                 print(
                     f"[{time.strftime('%H:%M:%S')}] round {round_ + 1} {name}: {numbers[name][-1]:.1f} tok/s",
                     flush=True,
@@ -114,11 +115,17 @@ def run_rounds(
     return numbers
 
 
-def compare(systems: dict[str, Callable[[int], ServerSpec]], rounds: int, output_len: int, what: str) -> None:
+def compare(
+    systems: dict[str, Callable[[int], ServerSpec]],
+    rounds: int,
+    output_len: int,
+    what: str,
+    concurrency: int = 1,
+) -> None:
     """Runs the systems (llama.cpp dropped, and said so, when it is not built) and prints the table."""
     if "llama.cpp" in systems and (missing := missing_reason("llamacpp")):
         print(f"llama.cpp: missing: {missing}")
         systems = {name: make for name, make in systems.items() if name != "llama.cpp"}
-    numbers = run_rounds(systems, rounds, output_len)
+    numbers = run_rounds(systems, rounds, output_len, concurrency)
     print(f"\nCPU: {cpu_info().describe()}; {what}")
-    print_table(numbers)
+    print_table(numbers, "decode tok/s" if concurrency == 1 else f"output tok/s, {concurrency} streams")

@@ -95,3 +95,44 @@ def test_a_bfloat16_router_is_multiplied_by_its_own_layer(pairs, tmp_path) -> No
         assert block.prepare_kernel()
         got = block(x)
     torch.testing.assert_close(got, expected, atol=1e-4 * expected.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("m", [1, 3])
+def test_k_quant_experts_follow_their_dequantized_product(isa_level, qtype, interleaved, m) -> None:
+    """Experts in Q4_K / Q6_K super-blocks (a Q4_K_M MoE file's; 256-wide, which the tiny models above are not),
+    called with the router's logits: the kernel's output against the same routing over the experts dequantized,
+    in float64. Its GEMVs quantize both the tokens and the SiLU products to 16 bits: within 1e-3 of the output's
+    scale (the bound test_model_gguf_kept checks a product at a time); a misread block is off by its whole
+    scale."""
+    from test_model_gguf_kept import quantized
+
+    from pagedserve.layers.gguf_quant import dequantize, interleave_rows
+    from pagedserve.ops import cpu_gguf
+
+    hidden, inter, experts, top_k = 256, 256, 3, 2
+    gate_up = [quantized(2 * inter, hidden, qtype, seed=e)[0] for e in range(experts)]
+    down = [quantized(hidden, inter, qtype, seed=10 + e)[0] for e in range(experts)]
+    dense_gate_up = [dequantize(blocks, int(qtype), hidden).double() for blocks in gate_up]
+    dense_down = [dequantize(blocks, int(qtype), inter).double() for blocks in down]
+    if interleaved:
+        gate_up = [interleave_rows(blocks, int(qtype)) for blocks in gate_up]
+        down = [interleave_rows(blocks, int(qtype)) for blocks in down]
+    il = 4 if interleaved else 1
+
+    def table(blocks: list[torch.Tensor]) -> tuple[torch.Tensor, int, int]:
+        return torch.tensor([b.data_ptr() for b in blocks], dtype=torch.int64), int(qtype), il
+
+    gen = torch.Generator().manual_seed(m)
+    x, logits = torch.randn(m, hidden, generator=gen), torch.randn(m, experts, generator=gen)
+    got = cpu_gguf.gguf_moe(x, None, logits, table(gate_up), table(down), inter, top_k, renormalize=True)
+    weights, chosen = torch.softmax(logits.double(), dim=-1).topk(top_k, dim=-1)
+    weights = weights / weights.sum(-1, keepdim=True)
+    expected = torch.zeros(m, hidden, dtype=torch.float64)
+    for t in range(m):
+        for weight, e in zip(weights[t], chosen[t].tolist(), strict=True):
+            gate, up = (x[t].double() @ dense_gate_up[e].T).split(inter)
+            expected[t] += weight * ((torch.nn.functional.silu(gate) * up) @ dense_down[e].T)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got.double(), expected, atol=1e-3 * scale, rtol=0)

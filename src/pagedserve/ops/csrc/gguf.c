@@ -77,6 +77,18 @@ static void q16_dot(const q16_rows *x, const uint8_t *row, int64_t stride, int q
         default: q16_dot_rows_q4k(x, row, stride, 4, sums); break;
         }
         break;
+    case GGUF_Q6_K: /* the same, from the split activations (q16_rows.split; NULL: the row path) */
+        if (x->split == NULL) {
+            Q16_DOT(GGUF_Q6_K);
+            break;
+        }
+        switch (rows) {
+        case 1: q16_dot_rows_q6k(x, row, stride, 1, sums); break;
+        case 2: q16_dot_rows_q6k(x, row, stride, 2, sums); break;
+        case 3: q16_dot_rows_q6k(x, row, stride, 3, sums); break;
+        default: q16_dot_rows_q6k(x, row, stride, 4, sums); break;
+        }
+        break;
 #else
     case GGUF_Q4_K: Q16_DOT(GGUF_Q4_K); break;
 #endif
@@ -99,7 +111,10 @@ void gguf_dot_group(const q16_rows *x, const uint8_t *w, int qtype, int64_t row_
     case GGUF_Q4_0: q16_dot_cols(x, rows, column_bytes, stride, GGUF_Q4_0, sums); return;
     case GGUF_Q4_1: q16_dot_cols(x, rows, column_bytes, stride, GGUF_Q4_1, sums); return;
     case GGUF_Q4_K: q16_dot_cols_q4k(x, rows, column_bytes, stride, sums); return;
-    case GGUF_Q6_K: q16_dot_cols_q6k(x, rows, column_bytes, stride, sums); return;
+    case GGUF_Q6_K:
+        if (x->split == NULL) break; /* the row path below takes natural order */
+        q16_dot_cols_q6k(x, rows, column_bytes, stride, sums);
+        return;
     default: break;
     }
 #endif
@@ -120,14 +135,16 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
         return 3;
 #endif
     }
-    /* one allocation: scales d and sums s (float, 2 a block), then the int16 values */
-    const int64_t blocks = k / GGUF_BLOCK;
-    float *scales = malloc(sizeof(float) * (size_t)(2 * m * blocks) + sizeof(int16_t) * (size_t)(m * k));
+    /* one allocation: scales d and sums s (float, 2 a block), then the int16 values (and Q6_K's split ones) */
+    const int64_t blocks = k / GGUF_BLOCK, split = qtype == GGUF_Q6_K ? m * k : 0;
+    float *scales = malloc(sizeof(float) * (size_t)(2 * m * blocks) + sizeof(int16_t) * (size_t)(m * k + split));
     if (scales == NULL) return 2;
     float *d = scales, *s = scales + m * blocks;
     int16_t *q = (int16_t *)(scales + 2 * m * blocks);
     for (int64_t r = 0; r < m; ++r) q16_quantize_row(x + r * k, k, q + r * k, d + r * blocks, s + r * blocks);
-    const q16_rows all = {q, d, s, k};
+    int16_t *q_split = split ? q + m * k : NULL;
+    for (int64_t r = 0; split && r < m; ++r) q16_split_row(q + r * k, k, q_split + r * k);
+    const q16_rows all = {q, d, s, k, q_split};
     int64_t first = 0; /* columns before this are done */
 #if defined(__AVX2__)
     /* Q8_0 stays on the per-row path: 4 columns at a time measured 0.93-0.97x there (its 34-byte blocks stream at
@@ -155,7 +172,7 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
         /* at most 4 rows a pass (more spill the AVX2 registers); a second pass re-reads the row from cache */
         for (int64_t r0 = 0; r0 < m; r0 += 4) {
             const int64_t rows = m - r0 < 4 ? m - r0 : 4;
-            const q16_rows part = {q + r0 * k, d + r0 * blocks, s + r0 * blocks, k};
+            const q16_rows part = {q + r0 * k, d + r0 * blocks, s + r0 * blocks, k, split ? q_split + r0 * k : NULL};
             q16_dot(&part, row, stride, qtype, rows, sums);
             for (int64_t r = 0; r < rows; ++r) out[(r0 + r) * ldo + c] = sums[r] + (bias != NULL ? bias[c] : 0.0f);
         }

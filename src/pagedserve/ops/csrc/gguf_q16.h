@@ -13,6 +13,7 @@
  * to int16. A block's dot product, with s = d_x * sum(q_x) kept per activation block for the types with a min:
  *   Q4_0, Q8_0: d_w d_x sum(w q_x)      Q4_1: d_w d_x sum(n q_x) + m_w s      Q4_K: d sc d_x sum(n q_x) - dmin mn s
  *   Q6_K: d d_x sum((sc_h (q - 32)) q_x), sc_h the scale of each 16-weight half folded into the int16 weights
+ *   (the AVX2 super-block kernels, gguf_q16_kquants.h, scale each half's exact integer dot as a float instead)
  * Bounds: |w| <= 4096 (Q6_K: 32 x 128), |q_x| <= 32767, so a SIMD lane's 4 products stay below 2^29: int32 is
  * exact (the plain C path sums a block's 32 in int64) and every level computes the same integers. The rounding
  * adds at most d_x / 2 a value, so |error| <= sum over blocks of d_x / 2 * sum |w| (the tests check this bound).
@@ -46,12 +47,21 @@ static inline void q16_quantize_row(const float *x, int64_t k, int16_t *q, float
     }
 }
 
-/* Quantized activation rows, as q16_quantize_row writes them, row after row. */
+/* Quantized activation rows, as q16_quantize_row writes them, row after row; `split` (or NULL) the same values
+ * as q16_split_row orders them, for Q6_K's single-row GEMV (gguf_q16_kquants.h). */
 typedef struct {
     const int16_t *q;
     const float *d, *s;
     int64_t k;
+    const int16_t *split;
 } q16_rows;
+
+/* q [k] -> out [k]: each 32-value block's 16 even-indexed values, then its 16 odd-indexed ones. A 16-bit lane
+ * of packed weight bytes holds an even-indexed weight in its low byte and the next in its high byte: two shifts
+ * widen each in place, and these orders meet them without a shuffle. */
+static inline void q16_split_row(const int16_t *q, int64_t k, int16_t *out) {
+    for (int64_t j = 0; j < k; ++j) out[(j & ~(int64_t)31) + (j & 1) * 16 + ((j & 31) >> 1)] = q[j];
+}
 
 /* gguf.c: sums[c] = x . row 4g + c of w (n rows of row_bytes, interleaved by il) for one activation row. */
 void gguf_dot_group(const q16_rows *x, const uint8_t *w, int qtype, int64_t row_bytes, int il, int64_t g,

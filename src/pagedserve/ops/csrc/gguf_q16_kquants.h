@@ -1,7 +1,8 @@
 /* Single-row GEMVs of the K-quants (gguf.h: Q4_K, Q6_K super-blocks of 256 weights) against activations quantized
  * to 16 bits (gguf_q16.h), four weight rows at a time and a super-block at a time: the unit of work of gguf.c's
  * gguf_dot_group for llama.cpp's most used files (Q4_K_M: Q4_K, with Q6_K for the output and about half the
- * ffn_down / attn_v matrices). AVX2 and up; below it gguf_dot_group takes the row path (q16_dot_rows).
+ * ffn_down / attn_v matrices), and their multi-row GEMVs (decode batches of 2-8 sequences). AVX2 and up; below it
+ * the row path (q16_dot_rows).
  */
 #ifndef PAGEDSERVE_GGUF_Q16_KQUANTS_H
 #define PAGEDSERVE_GGUF_Q16_KQUANTS_H
@@ -133,77 +134,125 @@ static inline void q16_dot_cols_q4k(const q16_rows *x, const uint8_t *w, int64_t
     sums[3] = gguf_sum8(acc3);
 }
 
-/* Eight float vectors' lanes summed: one vector of the eight sums. */
-static inline __m256 q16_sum8x8_ps(__m256 f0, __m256 f1, __m256 f2, __m256 f3, __m256 f4, __m256 f5, __m256 f6,
-                                   __m256 f7) {
-    const __m256 g0 = _mm256_hadd_ps(_mm256_hadd_ps(f0, f1), _mm256_hadd_ps(f2, f3));
-    const __m256 g1 = _mm256_hadd_ps(_mm256_hadd_ps(f4, f5), _mm256_hadd_ps(f6, f7));
-    return _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20), _mm256_permute2f128_ps(g0, g1, 0x31));
-}
-
-/* 16 Q6_K weights as int16 with their 16-weight scale folded in: sc * ((low | high << 4) - 32), |.| <= 4096. */
-static inline __m256i q6k_weights(__m256i low, __m256i high, const int8_t *scale) {
-    const __m256i q = _mm256_sub_epi16(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), _mm256_set1_epi16(32));
-    return _mm256_mullo_epi16(q, _mm256_set1_epi16(*scale));
-}
-
-/* One half (128 weights, sub-blocks 4h..4h + 3) of a Q6_K super-block against its activations: each sub-block's
- * two 16-weight halves dotted and added (int32: 2 x 2 products of <= 4096 x 32767 a lane), as floats. */
-static inline __attribute__((always_inline)) void q6k_half_dots(const uint8_t *super, int h, const int16_t *xq,
-                                                                __m256 f[4]) {
-    const int8_t *sc = (const int8_t *)(super + 192) + 8 * h;
+/* Half h (128 weights, sub-blocks 4h..4h + 3) of a Q6_K super-block as signed bytes q - 32, 32 a register (block
+ * j of the half in q[j]), assembled in the byte domain: 16-bit shifts, with masks that drop the bits crossing
+ * bytes. Block 0: low nibbles of ql[0..31], qh bits 0-1; 1: ql[32..63], bits 2-3; 2: high nibbles of ql[0..31],
+ * bits 4-5; 3: ql[32..63], bits 6-7 (gguf.h). */
+static inline __attribute__((always_inline)) void q6k_half_bytes(const uint8_t *super, int h, __m256i q[4]) {
     const uint8_t *ql = super + 64 * h, *qh = super + 128 + 32 * h;
-    const __m256i m4 = _mm256_set1_epi16(15), m2 = _mm256_set1_epi16(3);
-    __m256i d0 = _mm256_setzero_si256(), d1 = d0, d2 = d0, d3 = d0;
-    for (int half = 0; half < 2; ++half) {
-        const int at = 16 * half;
-        const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(ql + at)));
-        const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(ql + 32 + at)));
-        const __m256i hi = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(qh + at)));
-        const int16_t *x = xq + 128 * h + at;
-        d0 = _mm256_add_epi32(d0, _mm256_madd_epi16(q6k_weights(_mm256_and_si256(a, m4), _mm256_and_si256(hi, m2), sc + half),
-                                                    _mm256_loadu_si256((const __m256i *)x)));
-        d1 = _mm256_add_epi32(d1, _mm256_madd_epi16(q6k_weights(_mm256_and_si256(b, m4),
-                                                                _mm256_and_si256(_mm256_srli_epi16(hi, 2), m2), sc + 2 + half),
-                                                    _mm256_loadu_si256((const __m256i *)(x + 32))));
-        d2 = _mm256_add_epi32(d2, _mm256_madd_epi16(q6k_weights(_mm256_srli_epi16(a, 4),
-                                                                _mm256_and_si256(_mm256_srli_epi16(hi, 4), m2), sc + 4 + half),
-                                                    _mm256_loadu_si256((const __m256i *)(x + 64))));
-        d3 = _mm256_add_epi32(d3, _mm256_madd_epi16(q6k_weights(_mm256_srli_epi16(b, 4), _mm256_srli_epi16(hi, 6), sc + 6 + half),
-                                                    _mm256_loadu_si256((const __m256i *)(x + 96))));
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), offset = _mm256_set1_epi8(32);
+    const __m256i a = _mm256_loadu_si256((const __m256i *)ql), b = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    const __m256i hi = _mm256_loadu_si256((const __m256i *)qh);
+    const __m256i high[4] = {_mm256_slli_epi16(hi, 4), _mm256_slli_epi16(hi, 2), hi, _mm256_srli_epi16(hi, 2)};
+    const __m256i low[4] = {a, b, _mm256_srli_epi16(a, 4), _mm256_srli_epi16(b, 4)};
+    for (int j = 0; j < 4; ++j)
+        q[j] = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(low[j], m4), _mm256_and_si256(high[j], m30)), offset);
+}
+
+/* The bytes of one block (q6k_half_bytes) widened in their 16-bit lanes by shifts: the even-indexed weights and
+ * the odd-indexed ones (vpmovsxbw, a shuffle, as the vextracti128 before it, measured 0.8x of this). */
+static inline __m256i q6k_even(__m256i q) { return _mm256_srai_epi16(_mm256_slli_epi16(q, 8), 8); }
+static inline __m256i q6k_odd(__m256i q) { return _mm256_srai_epi16(q, 8); }
+
+/* One block's widened weights dotted with its split activations (q16_split_row: 16 even-indexed values, then 16
+ * odd): int32 lanes 0-3 hold the products of the block's weights 0-15 (one Q6_K scale), lanes 4-7 of 16-31. */
+static inline __m256i q6k_block_dot(__m256i even, __m256i odd, const int16_t *x) {
+    return q16_pair_dot(even, _mm256_loadu_si256((const __m256i *)x), odd, _mm256_loadu_si256((const __m256i *)(x + 16)));
+}
+
+/* Four blocks' dots (q6k_block_dot) -> the eight 16-weight groups' sums, lanes [g0 g2 g4 g6 g1 g3 g5 g7]. Each
+ * is exact: |.| <= 16 x 32 x 32767 < 2^24, exact as a float too. */
+static inline __m256i q6k_group_sums(__m256i d0, __m256i d1, __m256i d2, __m256i d3) {
+    return _mm256_hadd_epi32(_mm256_hadd_epi32(d0, d1), _mm256_hadd_epi32(d2, d3));
+}
+
+/* A super-block's int8 group scales times d, as floats in q6k_group_sums' lane order: lo for half 0, hi for 1
+ * (exact: 8 + 11 bits). */
+static inline __attribute__((always_inline)) void q6k_scales(const uint8_t *super, __m256 *lo, __m256 *hi) {
+    const __m128i sc = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(super + 192)),
+                                        _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15));
+    const __m256 d = _mm256_set1_ps(gguf_half(super + 208));
+    *lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), d);
+    *hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))), d);
+}
+
+/* d_x of a super-block's eight 32-value blocks (dx) in q6k_group_sums' lane order: blocks 0-3 twice for half 0
+ * (*lo), 4-7 for half 1 (*hi). */
+static inline void q6k_block_scales(__m256 dx, __m256 *lo, __m256 *hi) {
+    *lo = _mm256_permutevar8x32_ps(dx, _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3));
+    *hi = _mm256_permutevar8x32_ps(dx, _mm256_setr_epi32(4, 5, 6, 7, 4, 5, 6, 7));
+}
+
+/* One Q6_K super-block of one weight row against its 256 split activations, added to acc: each group's integer dot
+ * times its scale and d (q6k_scales) and d_x of its block (dx_lo / dx_hi: q6k_block_scales). In the int16 domain,
+ * each group's scale folded in by a vpmullw and the lanes summed by a tree of 6 horizontal adds per 128 weights,
+ * this ran at half Q4_K's rate; now at 0.8x (BENCHMARKS.md). */
+static inline __attribute__((always_inline)) __m256 q6k_super_dot(const uint8_t *super, const int16_t *x,
+                                                                  __m256 dx_lo, __m256 dx_hi, __m256 acc) {
+    __m256 scale_lo, scale_hi;
+    q6k_scales(super, &scale_lo, &scale_hi);
+    __m256i q[4], d[4];
+    q6k_half_bytes(super, 0, q);
+    for (int j = 0; j < 4; ++j) d[j] = q6k_block_dot(q6k_even(q[j]), q6k_odd(q[j]), x + 32 * j);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q6k_group_sums(d[0], d[1], d[2], d[3])), _mm256_mul_ps(scale_lo, dx_lo),
+                          acc);
+    q6k_half_bytes(super, 1, q);
+    for (int j = 0; j < 4; ++j) d[j] = q6k_block_dot(q6k_even(q[j]), q6k_odd(q[j]), x + 128 + 32 * j);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(q6k_group_sums(d[0], d[1], d[2], d[3])), _mm256_mul_ps(scale_hi, dx_hi),
+                           acc);
+}
+
+/* Q6_K, ROWS (1-4) split activation rows (x->split) against one weight row: the multi-row GEMV of a decode batch.
+ * Per super-block the weights are assembled and widened once, then each row takes its dots from them (the row
+ * path, q16_dot_rows, rebuilt and rescaled them for every row). */
+static inline __attribute__((always_inline)) void q16_dot_rows_q6k(const q16_rows *x, const uint8_t *row,
+                                                                   int64_t stride, int rows, float *sums) {
+    __m256 acc[4];
+    for (int r = 0; r < rows; ++r) acc[r] = _mm256_setzero_ps();
+    const int64_t supers = x->k / GGUF_SUPER, blocks = x->k / GGUF_BLOCK;
+    for (int64_t b = 0; b < supers; ++b) {
+        const uint8_t *super = row + b * stride;
+        __m256 scale_lo, scale_hi;
+        q6k_scales(super, &scale_lo, &scale_hi);
+        __m256i w[16]; /* block j of the super-block: w[2j] its even-indexed weights, w[2j + 1] the odd */
+        for (int h = 0; h < 2; ++h) {
+            __m256i q[4];
+            q6k_half_bytes(super, h, q);
+            for (int j = 0; j < 4; ++j) {
+                w[8 * h + 2 * j] = q6k_even(q[j]);
+                w[8 * h + 2 * j + 1] = q6k_odd(q[j]);
+            }
+        }
+        for (int r = 0; r < rows; ++r) {
+            const int16_t *xs = x->split + r * x->k + b * GGUF_SUPER;
+            __m256 dx_lo, dx_hi;
+            q6k_block_scales(_mm256_loadu_ps(x->d + r * blocks + 8 * b), &dx_lo, &dx_hi);
+            __m256i d[8];
+            for (int j = 0; j < 8; ++j) d[j] = q6k_block_dot(w[2 * j], w[2 * j + 1], xs + 32 * j);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q6k_group_sums(d[0], d[1], d[2], d[3])),
+                                     _mm256_mul_ps(scale_lo, dx_lo), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q6k_group_sums(d[4], d[5], d[6], d[7])),
+                                     _mm256_mul_ps(scale_hi, dx_hi), acc[r]);
+        }
     }
-    f[0] = _mm256_cvtepi32_ps(d0);
-    f[1] = _mm256_cvtepi32_ps(d1);
-    f[2] = _mm256_cvtepi32_ps(d2);
-    f[3] = _mm256_cvtepi32_ps(d3);
+    for (int r = 0; r < rows; ++r) sums[r] = gguf_sum8(acc[r]);
 }
 
-/* One Q6_K super-block of one weight row against its 256 activations: lane s of the summed dots is sub-block s,
- * times d * d_x[s], added to acc. The lanes are summed as floats: a sub-block's 32 products reach 2^32, past int32
- * (the row path converts each lane too). */
-static inline __attribute__((always_inline)) __m256 q6k_super_dot(const uint8_t *super, const int16_t *xq, __m256 dx,
-                                                                  __m256 acc) {
-    __m256 f[8];
-    q6k_half_dots(super, 0, xq, f);
-    q6k_half_dots(super, 1, xq, f + 4);
-    const __m256 dots = q16_sum8x8_ps(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
-    return _mm256_fmadd_ps(dots, _mm256_mul_ps(_mm256_set1_ps(gguf_half(super + 208)), dx), acc);
-}
-
-/* Q6_K, one activation row against GGUF_COLS weight rows, as q16_dot_cols_q4k (the output and half the ffn_down /
- * attn_v matrices of a Q4_K_M file). */
+/* Q6_K, one activation row (its split values: x->split) against GGUF_COLS weight rows, as q16_dot_cols_q4k (the
+ * output and half the ffn_down / attn_v matrices of a Q4_K_M file). */
 static inline void q16_dot_cols_q6k(const q16_rows *x, const uint8_t *w, int64_t column_bytes, int64_t stride,
                                     float *sums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     const int64_t supers = x->k / GGUF_SUPER;
     for (int64_t b = 0; b < supers; ++b) {
-        const int16_t *xq = x->q + b * GGUF_SUPER;
-        const __m256 dx = _mm256_loadu_ps(x->d + 8 * b);
+        const int16_t *xq = x->split + b * GGUF_SUPER;
+        __m256 lo, hi;
+        q6k_block_scales(_mm256_loadu_ps(x->d + 8 * b), &lo, &hi);
         const uint8_t *super = w + b * stride;
-        acc0 = q6k_super_dot(super, xq, dx, acc0);
-        acc1 = q6k_super_dot(super + column_bytes, xq, dx, acc1);
-        acc2 = q6k_super_dot(super + 2 * column_bytes, xq, dx, acc2);
-        acc3 = q6k_super_dot(super + 3 * column_bytes, xq, dx, acc3);
+        acc0 = q6k_super_dot(super, xq, lo, hi, acc0);
+        acc1 = q6k_super_dot(super + column_bytes, xq, lo, hi, acc1);
+        acc2 = q6k_super_dot(super + 2 * column_bytes, xq, lo, hi, acc2);
+        acc3 = q6k_super_dot(super + 3 * column_bytes, xq, lo, hi, acc3);
     }
     sums[0] = gguf_sum8(acc0);
     sums[1] = gguf_sum8(acc1);
