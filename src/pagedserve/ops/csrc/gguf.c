@@ -18,9 +18,6 @@
 #include "simd.h"
 
 #define GGUF_DOT_MAX_ROWS 8
-/* Software prefetch distance of the GEMV's weight stream. A 3072 x 576 Q4_1 GEMV streamed from DRAM (40 matrices
- * in turn, AMX host): 200-225 us without, 136-173 us at 16 rows (5.8 KB) ahead; 2 rows ~200, 64 rows ~160. */
-#define GGUF_PREFETCH_BYTES 6144
 
 #if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
 int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
@@ -104,10 +101,9 @@ void gguf_dot_group(const q16_rows *x, const uint8_t *w, int qtype, int64_t row_
                     float *sums) {
     const int64_t stride = gguf_stride(qtype, il);
     const uint8_t *rows = w + g * GGUF_COLS * row_bytes;
-    for (int64_t at = 0; at < GGUF_COLS * row_bytes; at += 64) prefetch_t0(rows + GGUF_PREFETCH_BYTES + at);
 #if defined(__AVX2__)
     const int64_t column_bytes = il == 1 ? row_bytes : gguf_block_bytes(qtype);
-    switch (qtype) { /* each call inlined with its type a constant */
+    switch (qtype) { /* each call inlined with its type a constant; each prefetches as it goes */
     case GGUF_Q4_0: q16_dot_cols(x, rows, column_bytes, stride, GGUF_Q4_0, sums); return;
     case GGUF_Q4_1: q16_dot_cols(x, rows, column_bytes, stride, GGUF_Q4_1, sums); return;
     case GGUF_Q4_K: q16_dot_cols_q4k(x, rows, column_bytes, stride, sums); return;
@@ -118,6 +114,7 @@ void gguf_dot_group(const q16_rows *x, const uint8_t *w, int qtype, int64_t row_
     default: break;
     }
 #endif
+    for (int64_t at = 0; at < GGUF_COLS * row_bytes; at += 64) prefetch_t0(rows + GGUF_PREFETCH_BYTES + at);
     for (int c = 0; c < GGUF_COLS; ++c)
         q16_dot(x, gguf_row(w, g * GGUF_COLS + c, qtype, row_bytes, il), stride, qtype, 1, sums + c);
 }

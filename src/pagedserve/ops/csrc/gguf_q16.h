@@ -24,8 +24,15 @@
 #include <stdint.h>
 
 #include "gguf.h"
+#include "simd.h"
 
 #define Q16_MAX 32767
+/* Software prefetch distance of the GEMV's weight stream. A 3072 x 576 Q4_1 GEMV streamed from DRAM (40 matrices
+ * in turn, AMX host): 200-225 us without, 136-173 us at 16 rows (5.8 KB) ahead; 2 rows ~200, 64 rows ~160. The
+ * single-row GEMVs (q16_dot_cols and the K-quants') prefetch a line or so a row as they step through the blocks:
+ * a group's lines all at once (72 for a 2048-wide Q4_K group) made them slower than no prefetch at all on a Zen 3
+ * (1.1-1.6x streamed, BENCHMARKS.md); the row path keeps the burst a row (Q8_0 streams at ~20 GB/s with it). */
+#define GGUF_PREFETCH_BYTES 6144
 /* Weight rows a single-row GEMV takes at a time (q16_dot_cols, AVX2 and up). */
 #define GGUF_COLS 4
 
@@ -227,6 +234,7 @@ static inline __attribute__((always_inline)) void q16_dot_cols(const q16_rows *x
         const int16_t *xq = x->q + b * GGUF_BLOCK;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 16));
         const uint8_t *block = w + b * stride;
+        for (int c = 0; c < GGUF_COLS; ++c) prefetch_t0(block + c * column_bytes + GGUF_PREFETCH_BYTES); /* 18-20 B a row */
         int32_t h0, h1, h2, h3;
         memcpy(&h0, block, 4);
         memcpy(&h1, block + column_bytes, 4);
