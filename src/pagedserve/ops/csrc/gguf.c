@@ -51,13 +51,15 @@ int gguf_dequantize(const uint8_t *w, int qtype, float *out, int64_t n, int64_t 
     return 0;
 }
 
-#define Q16_DOT(QTYPE)                                                                                                \
+/* FN(ARGS..., rows, sums) with the row count (1-4) made a constant. */
+#define Q16_BY_ROWS(FN, ...)                                                                                          \
     switch (rows) {                                                                                                   \
-    case 1: q16_dot_rows(x, row, stride, QTYPE, 1, sums); break;                                                      \
-    case 2: q16_dot_rows(x, row, stride, QTYPE, 2, sums); break;                                                      \
-    case 3: q16_dot_rows(x, row, stride, QTYPE, 3, sums); break;                                                      \
-    default: q16_dot_rows(x, row, stride, QTYPE, 4, sums); break;                                                     \
+    case 1: FN(__VA_ARGS__, 1, sums); break;                                                                          \
+    case 2: FN(__VA_ARGS__, 2, sums); break;                                                                          \
+    case 3: FN(__VA_ARGS__, 3, sums); break;                                                                          \
+    default: FN(__VA_ARGS__, 4, sums); break;                                                                         \
     }
+#define Q16_DOT(QTYPE) Q16_BY_ROWS(q16_dot_rows, x, row, stride, QTYPE)
 
 /* sums[r] = x_r . row for 1-4 quantized activation rows; type and row count made constants for q16_dot_rows. */
 static void q16_dot(const q16_rows *x, const uint8_t *row, int64_t stride, int qtype, int64_t rows, float *sums) {
@@ -67,23 +69,13 @@ static void q16_dot(const q16_rows *x, const uint8_t *row, int64_t stride, int q
     case GGUF_Q8_0: Q16_DOT(GGUF_Q8_0); break;
 #if defined(__AVX2__)
     case GGUF_Q4_K: /* a super-block at a time, its weights widened once for all rows */
-        switch (rows) {
-        case 1: q16_dot_rows_q4k(x, row, stride, 1, sums); break;
-        case 2: q16_dot_rows_q4k(x, row, stride, 2, sums); break;
-        case 3: q16_dot_rows_q4k(x, row, stride, 3, sums); break;
-        default: q16_dot_rows_q4k(x, row, stride, 4, sums); break;
-        }
+        Q16_BY_ROWS(q16_dot_rows_q4k, x, row, stride);
         break;
     case GGUF_Q6_K: /* the same, from the split activations (q16_rows.split; NULL: the row path) */
         if (x->split == NULL) {
             Q16_DOT(GGUF_Q6_K);
-            break;
-        }
-        switch (rows) {
-        case 1: q16_dot_rows_q6k(x, row, stride, 1, sums); break;
-        case 2: q16_dot_rows_q6k(x, row, stride, 2, sums); break;
-        case 3: q16_dot_rows_q6k(x, row, stride, 3, sums); break;
-        default: q16_dot_rows_q6k(x, row, stride, 4, sums); break;
+        } else {
+            Q16_BY_ROWS(q16_dot_rows_q6k, x, row, stride);
         }
         break;
 #else
@@ -133,7 +125,7 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
 #endif
     }
     /* one allocation: scales d and sums s (float, 2 a block), then the int16 values (and Q6_K's split ones) */
-    const int64_t blocks = k / GGUF_BLOCK, split = qtype == GGUF_Q6_K ? m * k : 0;
+    const int64_t blocks = k / GGUF_BLOCK, split = Q16_SPLIT_Q6K && qtype == GGUF_Q6_K ? m * k : 0;
     float *scales = malloc(sizeof(float) * (size_t)(2 * m * blocks) + sizeof(int16_t) * (size_t)(m * k + split));
     if (scales == NULL) return 2;
     float *d = scales, *s = scales + m * blocks;
@@ -141,9 +133,9 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
     for (int64_t r = 0; r < m; ++r) q16_quantize_row(x + r * k, k, q + r * k, d + r * blocks, s + r * blocks);
     int16_t *q_split = split ? q + m * k : NULL;
     for (int64_t r = 0; split && r < m; ++r) q16_split_row(q + r * k, k, q_split + r * k);
-    const q16_rows all = {q, d, s, k, q_split};
     int64_t first = 0; /* columns before this are done */
 #if defined(__AVX2__)
+    const q16_rows all = {q, d, s, k, q_split};
     /* Q8_0 stays on the per-row path: 4 columns at a time measured 0.93-0.97x there (its 34-byte blocks stream at
      * the memory's pace either way), 1.2-1.4x on the 4-bit types (A/B in one process, both levels). */
     if (m == 1 && qtype != GGUF_Q8_0) {

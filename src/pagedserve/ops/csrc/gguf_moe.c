@@ -63,7 +63,7 @@ int gguf_moe(const float *x, const float *router, const float *logits, float *ou
     float *weight = (float *)(chosen + pairs), *probability = weight + pairs, *scores = probability + experts;
     float *xd = scores + m * experts, *xs = xd + m * hb, *h = xs + m * hb, *ad = h + pairs * 2 * inter;
     float *as = ad + pairs * ib, *y = as + pairs * ib;
-    /* the int16 values, then the same split (q16_split_row) for Q6_K's GEMV */
+    /* the int16 values, then the same split (q16_split_row) where Q6_K's GEMV reads it (left unused otherwise) */
     int16_t *xq = (int16_t *)(y + pairs * hidden), *aq = xq + m * hidden, *xsplit = aq + pairs * inter;
     int16_t *asplit = xsplit + m * hidden;
     if (router != NULL) { /* the router's product: experts x hidden a token, a few hundred thousand FMAs */
@@ -91,7 +91,7 @@ int gguf_moe(const float *x, const float *router, const float *logits, float *ou
         for (int64_t c = 0; c < k; ++c)
             if (chosen[t * k + c] < 0) { free(scratch); return 1; }
         q16_quantize_row(x + t * hidden, hidden, xq + t * hidden, xd + t * hb, xs + t * hb);
-        q16_split_row(xq + t * hidden, hidden, xsplit + t * hidden);
+        if (Q16_SPLIT_Q6K && gate_up_type == GGUF_Q6_K) q16_split_row(xq + t * hidden, hidden, xsplit + t * hidden);
     }
     const int64_t gu_groups = 2 * inter / GGUF_COLS, down_groups = hidden / GGUF_COLS;
 #pragma omp parallel num_threads(threads)
@@ -99,7 +99,8 @@ int gguf_moe(const float *x, const float *router, const float *logits, float *ou
 #pragma omp for schedule(static)
         for (int64_t at = 0; at < pairs * gu_groups; ++at) {
             const int64_t p = at / gu_groups, g = at % gu_groups, t = p / k;
-            const q16_rows row = {xq + t * hidden, xd + t * hb, xs + t * hb, hidden, xsplit + t * hidden};
+            const q16_rows row = {xq + t * hidden, xd + t * hb, xs + t * hb, hidden,
+                                  Q16_SPLIT_Q6K && gate_up_type == GGUF_Q6_K ? xsplit + t * hidden : NULL};
             gguf_dot_group(&row, (const uint8_t *)(intptr_t)gate_up[chosen[p]], gate_up_type, gu_row_bytes,
                            gate_up_il, g, h + p * 2 * inter + g * GGUF_COLS);
         }
@@ -108,12 +109,13 @@ int gguf_moe(const float *x, const float *router, const float *logits, float *ou
             float *gate = h + p * 2 * inter; /* SiLU(gate) * up, in place over the gate half */
             for (int64_t j = 0; j < inter; ++j) gate[j] = gate[j] / (1.0f + expf(-gate[j])) * gate[inter + j];
             q16_quantize_row(gate, inter, aq + p * inter, ad + p * ib, as + p * ib);
-            q16_split_row(aq + p * inter, inter, asplit + p * inter);
+            if (Q16_SPLIT_Q6K && down_type == GGUF_Q6_K) q16_split_row(aq + p * inter, inter, asplit + p * inter);
         }
 #pragma omp for schedule(static)
         for (int64_t at = 0; at < pairs * down_groups; ++at) {
             const int64_t p = at / down_groups, g = at % down_groups;
-            const q16_rows row = {aq + p * inter, ad + p * ib, as + p * ib, inter, asplit + p * inter};
+            const q16_rows row = {aq + p * inter, ad + p * ib, as + p * ib, inter,
+                                  Q16_SPLIT_Q6K && down_type == GGUF_Q6_K ? asplit + p * inter : NULL};
             gguf_dot_group(&row, (const uint8_t *)(intptr_t)down[chosen[p]], down_type, down_row_bytes, down_il, g,
                            y + p * hidden + g * GGUF_COLS);
         }

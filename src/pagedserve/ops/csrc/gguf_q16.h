@@ -63,6 +63,13 @@ typedef struct {
     const int16_t *split;
 } q16_rows;
 
+/* Whether Q6_K's GEMVs read the split values (q16_rows.split): its AVX2 kernels do, the plain C path does not. */
+#if defined(__AVX2__)
+#define Q16_SPLIT_Q6K 1
+#else
+#define Q16_SPLIT_Q6K 0
+#endif
+
 /* q [k] -> out [k]: each 32-value block's 16 even-indexed values, then its 16 odd-indexed ones. A 16-bit lane
  * of packed weight bytes holds an even-indexed weight in its low byte and the next in its high byte: two shifts
  * widen each in place, and these orders meet them without a shuffle. */
