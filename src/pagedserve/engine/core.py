@@ -34,7 +34,7 @@ from pagedserve.models.registry import resolve_model_class
 from pagedserve.outputs import EngineInfo
 from pagedserve.structured_output.manager import StructuredOutputManager
 from pagedserve.worker.device import resolve_device
-from pagedserve.worker.dtypes import has_gguf_panel_kernels, resolve_dtype
+from pagedserve.worker.dtypes import gguf_blocks_by_default, resolve_dtype
 from pagedserve.worker.executor import RunnerSpec, dtype_name, make_executor
 
 if TYPE_CHECKING:
@@ -61,13 +61,14 @@ class EngineCore:
         )  # fmt: skip
         device = resolve_device(mc.device)
         quantization = resolve_quantization(
-            mc.quantization, source.format, has_gguf_panel_kernels(device), source.quantization_method
+            mc.quantization, source.format, gguf_blocks_by_default(device), source.quantization_method
         )
         if source.format == "gguf" and mc.quantization in (None, ""):
             logger.info(
-                "quantization: %s", "gguf (Q4_0/Q4_1/Q8_0 blocks kept, multiplied by this CPU's kernels)"
-                if quantization else "none (GGUF weights dequantized at load: no kernels here multiply the blocks "
-                "fast past a few rows; --quantization gguf keeps them)",
+                "quantization: %s", "gguf (Q4_0/Q4_1/Q8_0/Q4_K/Q6_K blocks kept, multiplied by this CPU's kernels)"
+                if quantization else "none (GGUF weights dequantized at load: past a few rows a bfloat16 GEMM "
+                "here is faster than the block kernels, or there are none; --quantization gguf keeps them, "
+                "faster for one stream)",
             )  # fmt: skip
         hf_config = source.hf_config
         max_model_len = resolve_max_model_len(hf_config, mc.max_model_len, mc.disable_sliding_window)

@@ -118,8 +118,8 @@ def resolve_quantization(
 ) -> str | None:
     """The quantization the engine runs: "gguf" (GGUF blocks kept), "compressed-tensors", "awq" or "gptq" (a
     checkpoint's quantized layers kept, ct_weights.py / awq_gptq.py) or None (float weights). Unset, it is the
-    checkpoint's: its quantization_config, or a GGUF file's blocks where the host has kernels that multiply them
-    at every batch size (`fast_gguf_kernels`; elsewhere dequantized at load, faster there past a few rows,
+    checkpoint's: its quantization_config, or a GGUF file's blocks where they are the faster choice at every batch
+    size (`fast_gguf_kernels`: worker/dtypes.py::gguf_blocks_by_default; elsewhere dequantized at load,
     docs/architecture.md).
     "none" dequantizes any quantized checkpoint at load. A value that contradicts the checkpoint is refused."""
     if checkpoint_method is not None and checkpoint_method not in CHECKPOINT_METHODS:

@@ -64,11 +64,18 @@ def resolve_dtype(
 
 
 def has_gguf_panel_kernels(device: torch.device) -> bool:
-    """True where the C kernels multiply GGUF blocks at every batch size (ops/csrc/gguf.c): elsewhere past 8 rows
-    each matrix would be dequantized per call, slower than dequantizing once at load (a bf16 GEMM at 500+
-    GFLOP/s on AVX-512 BF16 against a float32 one plus the widening)."""
+    """True where the C kernels multiply GGUF blocks at every batch size (ops/csrc/gguf.c, every x86 level with
+    AVX2): elsewhere past 8 rows each matrix is dequantized per call."""
     library = cpu_kernels.load() if device.type == "cpu" else None
     return library is not None and bool(library.gguf_has_panels())
+
+
+def gguf_blocks_by_default(device: torch.device) -> bool:
+    """Whether a .gguf file keeps its blocks when --quantization is unset: where the kernels take every batch size
+    and the CPU has no bfloat16 instructions. With them (AVX512_BF16, AMX) a bf16 GEMM on weights dequantized at
+    load is faster past a few rows, the blocks faster for one stream: offline-32x64 548 against 357 tok/s,
+    single-stream 60 against 140 (bundled Q4_1, Zen 4, 2026-12-06; docs/architecture.md)."""
+    return has_gguf_panel_kernels(device) and not cpu_info().fast_bf16
 
 
 _FLOAT_MATRIX_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -163,10 +163,20 @@ def test_quantization_is_detected_from_the_file_or_refused_by_name() -> None:
         resolve_quantization("bitsandbytes", "safetensors", True)
 
 
-def test_the_avx2_level_has_the_panel_kernels(isa_level) -> None:
+def test_every_level_with_avx2_has_the_panel_kernels(isa_level) -> None:
     from pagedserve.worker.dtypes import has_gguf_panel_kernels
 
-    assert has_gguf_panel_kernels(torch.device("cpu")) == (isa_level == "avx2")
+    assert has_gguf_panel_kernels(torch.device("cpu")) == (isa_level != "portable")
+
+
+def test_gguf_blocks_are_the_default_where_the_cpu_has_no_bfloat16_instructions(isa_level) -> None:
+    """With bfloat16 in hardware, a bf16 GEMM on weights dequantized at load is faster past a few rows."""
+    from pagedserve.cpu_info import cpu_info
+    from pagedserve.worker.dtypes import gguf_blocks_by_default
+
+    expected = isa_level != "portable" and not cpu_info().fast_bf16
+    assert gguf_blocks_by_default(torch.device("cpu")) == expected
+    assert not gguf_blocks_by_default(torch.device("meta"))
 
 
 @pytest.mark.parametrize("qtype", KEPT[:3], ids=lambda t: t.name)  # K-quants: the Q4_K_M test below

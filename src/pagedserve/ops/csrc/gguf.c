@@ -19,15 +19,15 @@
 
 #define GGUF_DOT_MAX_ROWS 8
 
-#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+#if defined(PAGEDSERVE_PANELS)
 int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
                    int64_t k, int il, int64_t ldo, int threads); /* panel_gemm_avx2.c */
 #endif
 
-/* 1 where gguf_gemm multiplies any number of rows from the blocks (the AVX2 panels), 0 where past
+/* 1 where gguf_gemm multiplies any number of rows from the blocks (the 256-bit panels, every level with AVX2), 0 where past
  * GGUF_DOT_MAX_ROWS the caller dequantizes. */
 int gguf_has_panels(void) {
-#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+#if defined(PAGEDSERVE_PANELS)
     return 1;
 #else
     return 0;
@@ -118,7 +118,7 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
     if (gguf_bad_layout(qtype, n, k, il) || ldo < n) return 1;
     const int64_t row_bytes = gguf_row_bytes(qtype, k), stride = gguf_stride(qtype, il);
     if (m > GGUF_DOT_MAX_ROWS) {
-#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+#if defined(PAGEDSERVE_PANELS)
         return gguf_gemm_avx2(x, w, qtype, bias, out, m, n, k, il, ldo, threads);
 #else
         return 3;

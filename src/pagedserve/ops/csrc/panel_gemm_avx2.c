@@ -1,5 +1,8 @@
 /* out = x @ w^T (+ bias) with float32 x [m, k] and w [n, k] stored narrower — bfloat16, or GGUF blocks (gguf.h)
- * — at the AVX2 level (Zen 3, Haswell...), for more rows of x than a GEMV.
+ * — for more rows of x than a GEMV, on every x86 level (256-bit registers: AVX2 + FMA). gemv.c takes the bfloat16
+ * panels at the AVX2 level only (Zen 3, Haswell...; above it bfloat16 is computed in hardware); the GGUF panels run
+ * at the AVX-512 levels too (`--quantization gguf` past 8 rows: offline-32x64 116 -> 355-387 tok/s on a Zen 4, against
+ * dequantizing each matrix per call).
  *
  * Why its own kernel: on a Zen 3 the dot-product tile of gemv.c (rows x columns of horizontal dot products) ran
  * this at 40-80 GFLOP/s against oneDNN float32's 58-140: every FMA there needs a load of x and of w, and the two
@@ -17,9 +20,14 @@
 #include "gguf.h"
 #include "simd.h"
 
-#if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
+#if defined(PAGEDSERVE_PANELS)
 #define TILE_ROWS 6
 #define PANEL 16
+
+/* Eight bfloat16 values widened to float32 (exact: a 16-bit shift); 256 bits at every level these build for. */
+static inline __m256 load8_bf16(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
 
 /* r[j] holds 8 consecutive k of column j: stores them transposed, out[i * PANEL + j] = r[j][i]. */
 static inline void transpose8_store(const __m256 r[8], float *out) {
@@ -49,7 +57,7 @@ static void pack_panel(const uint16_t *w, int64_t n0, int64_t count, int64_t k, 
         const uint16_t *base = w + (n0 + 8 * half) * k;
         for (int64_t i = 0; i < k8; i += 8) {
             __m256 r[8];
-            for (int j = 0; j < 8; ++j) r[j] = vf_load_bf16(base + j * k + i);
+            for (int j = 0; j < 8; ++j) r[j] = load8_bf16(base + j * k + i);
             transpose8_store(r, panel + i * PANEL + 8 * half);
         }
     }

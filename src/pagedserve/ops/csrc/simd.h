@@ -9,6 +9,8 @@
  *                    exponent is 8 too small, converted by F16C, which handles subnormals whatever MXCSR's DAZ
  *                    says, then times 2^8)
  *   prefetch_t0(p), prefetch_t1(p): software prefetch into L1 / L2 (x86 only; no-ops elsewhere)
+ *   PAGEDSERVE_PANELS: defined where panel_gemm_avx2.c's 256-bit panel kernels build (AVX2 + FMA, so the AVX-512
+ *                      levels too)
  */
 #ifndef PAGEDSERVE_SIMD_H
 #define PAGEDSERVE_SIMD_H
@@ -68,6 +70,10 @@ static inline vf vf_load_e4m3(const uint8_t *p) {
                                       _mm_slli_epi16(_mm_and_si128(bytes, _mm_set1_epi16(0x80)), 8));
     return _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.0f));
 }
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define PAGEDSERVE_PANELS 1
 #endif
 
 #ifdef PAGEDSERVE_SIMD
