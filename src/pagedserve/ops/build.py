@@ -121,7 +121,7 @@ SIGNATURES: dict[str, list] = {
     "lora_delta": [_P] * 6 + [_I] * 6 + [ctypes.c_int, ctypes.c_int],
     # calls [count] (recording.ReplayCall), count -> 0, or 1 + the index of the first call that failed
     "replay_calls": [_P, _I],
-    # () -> 1 where gguf_gemm takes any number of rows (AVX2 panels), else 0
+    # () -> 1 where gguf_gemm takes any number of rows (the 256-bit panels, every level with AVX2), else 0
     "gguf_has_panels": [],
     # () -> the level the library was compiled for, as an index into ISA_LEVELS
     "compiled_level": [],
