@@ -24,8 +24,8 @@ int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bia
                    int64_t k, int il, int64_t ldo, int threads); /* panel_gemm_avx2.c */
 #endif
 
-/* 1 where gguf_gemm multiplies any number of rows from the blocks (the 256-bit panels, every level with AVX2), 0 where past
- * GGUF_DOT_MAX_ROWS the caller dequantizes. */
+/* 1 where gguf_gemm multiplies any number of rows from the blocks (the 256-bit panels, every level with AVX2),
+ * 0 where past GGUF_DOT_MAX_ROWS the caller dequantizes. */
 int gguf_has_panels(void) {
 #if defined(PAGEDSERVE_PANELS)
     return 1;

@@ -24,11 +24,6 @@
 #define TILE_ROWS 6
 #define PANEL 16
 
-/* Eight bfloat16 values widened to float32 (exact: a 16-bit shift); 256 bits at every level these build for. */
-static inline __m256 load8_bf16(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
-
 /* r[j] holds 8 consecutive k of column j: stores them transposed, out[i * PANEL + j] = r[j][i]. */
 static inline void transpose8_store(const __m256 r[8], float *out) {
     const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
