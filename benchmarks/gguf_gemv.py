@@ -4,10 +4,11 @@ interleaved in groups of four (`gguf_quant.interleave_rows`, what the runner mul
 in turn, ~54 MB in Q4_0: what decode sees), on 1 and 2 threads; billions of weights and GB of blocks a second,
 best of 3, the two layouts alternated within each round.
 
-    .venv/bin/python benchmarks/gguf_gemv.py [--types Q4_0 Q4_1 Q8_0 Q4_K Q6_K] [--rows M]
+    .venv/bin/python benchmarks/gguf_gemv.py [--types Q4_0 Q4_1 Q8_0 Q4_K Q6_K] [--rows M] [--k K]
 
 `--rows M` multiplies M activation rows at once (a decode batch of M sequences: 2-8 take the multi-row GEMV);
-G weights/s counts the matrix's weights, each used M times. Set PYTHONPATH to another checkout's src to measure
+G weights/s counts the matrix's weights, each used M times. `--k K` sets the weights a row (576: SmolLM2's hidden
+size, 2048: Llama 3.2 1B's). Set PYTHONPATH to another checkout's src to measure
 its kernels (a before / after in alternating processes).
 """
 
@@ -54,10 +55,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--types", nargs="+", default=["Q4_0"])
     parser.add_argument("--rows", type=int, default=1, help="activation rows (sequences of a decode batch)")
+    parser.add_argument(
+        "--k", type=int, default=None, help="weights a row (default 1152; 1024 for the K-quants)"
+    )
     args = parser.parse_args()
     for name in args.types:
         qtype = gguf.GGMLQuantizationType[name]
-        cols = 1024 if name in ("Q4_K", "Q6_K") else K
+        cols = args.k or (1024 if name in ("Q4_K", "Q6_K") else K)
         cases = (
             ("in cache 256 rows", [matrix(256, cols, 0, qtype)], 4000),
             ("streamed 6912 rows x 12", [matrix(6912, cols, i, qtype) for i in range(12)], 40),

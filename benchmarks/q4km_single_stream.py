@@ -5,11 +5,12 @@ bundled model.
 No such model ships with this repository and none can be downloaded here, so the file is written by this script:
 Llama 3.2 1B's shape (16 layers, hidden 2048, 32 query / 8 KV heads of 64, SiLU MLP of width 8192), random
 super-blocks typed as llama.cpp's Q4_K_M stores them (Q4_K, with attn_v and ffn_down in Q6_K on the layers
-llama.cpp's `use_more_bits` picks, the untied output Q6_K, norms F32), and the bundled SmolLM2's tokenizer and chat
+llama.cpp's `use_more_bits` picks, the untied output Q6_K, norms F32; `--tied`: no output matrix, the embedding in
+Q6_K is the LM head, as in Llama 3.2 1B, and keeps the file's row order for the lookups), and the bundled SmolLM2's tokenizer and chat
 template: 49 152 tokens where Llama 3 has 128 256. Decode speed does not depend on what the weights say.
 
     .venv/bin/python benchmarks/q4km_single_stream.py [--rounds 3] [--output-len 128] [--baseline-src DIR]
-        [--concurrency N]
+        [--concurrency N] [--tied]
 
 `--baseline-src` adds pagedserve from another checkout's `src` (e.g. `git worktree add /tmp/old <rev>`), run in
 the same rounds: a before / after on the same machine. `--concurrency N` runs N streams at once (llama.cpp with N
@@ -50,9 +51,9 @@ def more_bits(layer: int, layers: int) -> bool:
     return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
 
 
-def write_llama(path: Path) -> None:
+def write_llama(path: Path, tied: bool) -> None:
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("llama-3.2-1b-shaped-random-q4_k_m")
+    writer.add_name("llama-3.2-1b-shaped-random-q4_k_m" + ("-tied" if tied else ""))
     writer.add_block_count(LAYERS)
     writer.add_context_length(8192)
     writer.add_embedding_length(HIDDEN)
@@ -67,9 +68,11 @@ def write_llama(path: Path) -> None:
 
     add = random_tensor_writer(writer)
 
-    add("token_embd.weight", vocab, HIDDEN, kind=Q4_K)
+    # tied (as Llama 3.2 1B is), the embedding is the output matrix and llama.cpp gives it the output's Q6_K
+    add("token_embd.weight", vocab, HIDDEN, kind=Q6_K if tied else Q4_K)
     add("output_norm.weight", HIDDEN, kind=F32)
-    add("output.weight", vocab, HIDDEN, kind=Q6_K)
+    if not tied:
+        add("output.weight", vocab, HIDDEN, kind=Q6_K)
     for layer in range(LAYERS):
         prefix, more = f"blk.{layer}", Q6_K if more_bits(layer, LAYERS) else Q4_K
         add(f"{prefix}.attn_norm.weight", HIDDEN, kind=F32)
@@ -90,8 +93,14 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--baseline-src", type=Path, default=None, help="another checkout's src folder")
     parser.add_argument("--concurrency", type=int, default=1, help="streams at once")
+    parser.add_argument(
+        "--tied",
+        action="store_true",
+        help="no output matrix: the Q6_K embedding is the LM head, in the file's order",
+    )
     args = parser.parse_args()
-    path = cached_model("llama-1b-shaped-q4_k_m.gguf", write_llama)
+    name = "llama-1b-shaped-q4_k_m" + ("-tied" if args.tied else "")
+    path = cached_model(f"{name}.gguf", lambda out: write_llama(out, args.tied))
 
     def pagedserve(port: int, *flags: str):
         return pagedserve_spec(
@@ -109,7 +118,7 @@ def main() -> None:
 
         systems[f"pagedserve from {args.baseline_src}"] = baseline
     systems["llama.cpp"] = lambda port: llamacpp_spec(path, port, slots=args.concurrency)
-    what = "Llama 3.2 1B's shape in Q4_K_M, SmolLM2's vocabulary"
+    what = "Llama 3.2 1B's shape in Q4_K_M" + (" (tied)" if args.tied else "") + ", SmolLM2's vocabulary"
     compare(systems, args.rounds, args.output_len, f"{what}, {args.concurrency} streams", args.concurrency)
 
 

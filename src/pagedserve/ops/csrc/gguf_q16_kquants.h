@@ -14,15 +14,6 @@
 #include "simd.h"
 
 #if defined(__AVX2__)
-/* The super-blocks of GGUF_COLS rows GGUF_PREFETCH_BYTES ahead of the one at `super`, fetched as the GEMV goes
- * (gguf_q16.h: why not a group at a time). */
-#define Q16_PREFETCH_COLS(SUPER, COLUMN_BYTES, BLOCK_BYTES)                                                            \
-    do {                                                                                                               \
-        for (int c_ = 0; c_ < GGUF_COLS; ++c_)                                                                         \
-            for (int at_ = 0; at_ < (BLOCK_BYTES); at_ += 64)                                                          \
-                prefetch_t0((SUPER) + c_ * (COLUMN_BYTES) + GGUF_PREFETCH_BYTES + at_);                                 \
-    } while (0)
-
 /* The 8 int32 lanes of each of d0..d7 summed: one vector of the eight sums (a tree of horizontal adds). */
 static inline __m256i q16_sum8x8(__m256i d0, __m256i d1, __m256i d2, __m256i d3, __m256i d4, __m256i d5, __m256i d6,
                                  __m256i d7) {
@@ -128,12 +119,12 @@ static inline __attribute__((always_inline)) void q16_dot_rows_q4k(const q16_row
 static inline void q16_dot_cols_q4k(const q16_rows *x, const uint8_t *w, int64_t column_bytes, int64_t stride,
                                     float *sums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    const int64_t supers = x->k / GGUF_SUPER;
+    const int64_t supers = x->k / GGUF_SUPER, ahead = q16_prefetch_ahead(column_bytes, stride);
     for (int64_t b = 0; b < supers; ++b) {
         const int16_t *xq = x->q + b * GGUF_SUPER;
         const __m256 dx = _mm256_loadu_ps(x->d + 8 * b), sx = _mm256_loadu_ps(x->s + 8 * b);
         const uint8_t *super = w + b * stride;
-        Q16_PREFETCH_COLS(super, column_bytes, 144);
+        q16_prefetch_step(w, b, 144, ahead); /* gguf_q16.h: why as it goes */
         acc0 = q4k_super_dot(super, xq, dx, sx, acc0);
         acc1 = q4k_super_dot(super + column_bytes, xq, dx, sx, acc1);
         acc2 = q4k_super_dot(super + 2 * column_bytes, xq, dx, sx, acc2);
@@ -254,13 +245,13 @@ static inline __attribute__((always_inline)) void q16_dot_rows_q6k(const q16_row
 static inline void q16_dot_cols_q6k(const q16_rows *x, const uint8_t *w, int64_t column_bytes, int64_t stride,
                                     float *sums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    const int64_t supers = x->k / GGUF_SUPER;
+    const int64_t supers = x->k / GGUF_SUPER, ahead = q16_prefetch_ahead(column_bytes, stride);
     for (int64_t b = 0; b < supers; ++b) {
         const int16_t *xq = x->split + b * GGUF_SUPER;
         __m256 lo, hi;
         q6k_block_scales(_mm256_loadu_ps(x->d + 8 * b), &lo, &hi);
         const uint8_t *super = w + b * stride;
-        Q16_PREFETCH_COLS(super, column_bytes, 210);
+        q16_prefetch_step(w, b, 210, ahead);
         acc0 = q6k_super_dot(super, xq, lo, hi, acc0);
         acc1 = q6k_super_dot(super + column_bytes, xq, lo, hi, acc1);
         acc2 = q6k_super_dot(super + 2 * column_bytes, xq, lo, hi, acc2);
