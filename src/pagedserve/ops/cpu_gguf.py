@@ -1,4 +1,4 @@
-"""PyTorch-facing wrappers of the GGUF block kernels (csrc/gguf.c, panel_gemm_avx2.c, gguf_moe.c) that
+"""PyTorch-facing wrappers of the GGUF block kernels (csrc/gguf.c, panel_gemm.c, gguf_moe.c) that
 layers/gguf_quant.py and layers/moe.py multiply GGUF matrices with: blocks uint8 [rows, row bytes], activations
 float32."""
 

@@ -240,7 +240,7 @@ int gemv(const void *x, const void *w, const void *bias, void *out, int64_t rows
 
 /* float32 x, bfloat16 w, any number of rows. Rows of x per tile: 4 columns x ROWS accumulators + ROWS x vectors
  * + 1 weight vector must fit the register file (32 with AVX-512; 16 with AVX2, where 4 rows spilled and ran at half
- * the speed). Past MIXED_PANEL_MIN_ROWS rows AVX2 has its own kernel (panel_gemm_avx2.c): on a Zen 3 it was faster
+ * the speed). Past MIXED_PANEL_MIN_ROWS rows AVX2 has its own kernel (panel_gemm.c): on a Zen 3 it was faster
  * from 8 rows up (gate|up at 16 rows 700-900 against 850 us), this tile below (1 row: 92 against 240-350 us, it
  * streams the weights once and widens nothing twice). */
 #if defined(__AVX512F__)
@@ -251,7 +251,7 @@ int gemv(const void *x, const void *w, const void *bias, void *out, int64_t rows
 #define MIXED_PANEL_MIN_ROWS 8
 #if defined(PAGEDSERVE_SIMD) && VF_LANES == 8
 int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,
-                    int64_t k, int threads); /* panel_gemm_avx2.c */
+                    int64_t k, int threads); /* panel_gemm.c */
 #endif
 
 int gemm_f32_bf16w(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n,

@@ -5,9 +5,9 @@
  * against bfloat16's 16 (92 against 270 MB a token).
  *   up to GGUF_DOT_MAX_ROWS rows (decode): the activation rows are quantized to 16 bits a value in 32-value blocks
  *     and multiplied by the weight blocks with integer dot products (gguf_q16.h);
- *   more rows, AVX2: the panel kernel (panel_gemm_avx2.c) dequantizes 16 weight rows into a float32 panel and
+ *   more rows, AVX2 and up: the panel kernel (panel_gemm.c) dequantizes 16 weight rows into a float32 panel and
  *     multiplies in float32 (results equal the dequantized float32 model's up to summation order);
- *   more rows, other levels: returns 3 and the caller dequantizes the matrix (gguf_dequantize) for the GEMM.
+ *   more rows, levels below AVX2: returns 3 and the caller dequantizes the matrix (gguf_dequantize) for the GEMM.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -20,8 +20,8 @@
 #define GGUF_DOT_MAX_ROWS 8
 
 #if defined(PAGEDSERVE_PANELS)
-int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
-                   int64_t k, int il, int64_t ldo, int threads); /* panel_gemm_avx2.c */
+int gguf_gemm_panels(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
+                     int64_t n, int64_t k, int il, int64_t ldo, int threads); /* panel_gemm.c */
 #endif
 
 /* 1 where gguf_gemm multiplies any number of rows from the blocks (the 256-bit panels, every level with AVX2),
@@ -119,7 +119,7 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
     const int64_t row_bytes = gguf_row_bytes(qtype, k), stride = gguf_stride(qtype, il);
     if (m > GGUF_DOT_MAX_ROWS) {
 #if defined(PAGEDSERVE_PANELS)
-        return gguf_gemm_avx2(x, w, qtype, bias, out, m, n, k, il, ldo, threads);
+        return gguf_gemm_panels(x, w, qtype, bias, out, m, n, k, il, ldo, threads);
 #else
         return 3;
 #endif

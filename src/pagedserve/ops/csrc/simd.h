@@ -9,7 +9,7 @@
  *                    exponent is 8 too small, converted by F16C, which handles subnormals whatever MXCSR's DAZ
  *                    says, then times 2^8)
  *   prefetch_t0(p), prefetch_t1(p): software prefetch into L1 / L2 (x86 only; no-ops elsewhere)
- *   PAGEDSERVE_PANELS: defined where panel_gemm_avx2.c's 256-bit panel kernels build (AVX2 + FMA, so the AVX-512
+ *   PAGEDSERVE_PANELS: defined where panel_gemm.c's 256-bit panel kernels build (AVX2 + FMA, so the AVX-512
  *                      levels too)
  */
 #ifndef PAGEDSERVE_SIMD_H

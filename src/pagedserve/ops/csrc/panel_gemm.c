@@ -191,8 +191,8 @@ int mixed_gemm_avx2(const float *x, const uint16_t *w, const float *bias, float 
     return panel_gemm(x, w, 0, 1, bias, out, m, n, k, n, threads);
 }
 
-int gguf_gemm_avx2(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
-                   int64_t k, int il, int64_t ldo, int threads) {
+int gguf_gemm_panels(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
+                     int64_t n, int64_t k, int il, int64_t ldo, int threads) {
     return panel_gemm(x, w, qtype, il, bias, out, m, n, k, ldo, threads);
 }
 #endif
