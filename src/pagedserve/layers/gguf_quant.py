@@ -90,6 +90,17 @@ def deinterleave_rows(data: torch.Tensor, qtype: int) -> torch.Tensor:
     return grouped.transpose(1, 2).contiguous().reshape(rows, nbytes)
 
 
+def gather_rows(data: torch.Tensor, ids: torch.Tensor, qtype: int, interleave: int = 1) -> torch.Tensor:
+    """Rows `ids` (1-D) of blocks [rows, row bytes] whose rows are interleaved by `interleave` (1: the file's order),
+    each as one row of the file's layout: [len(ids), row bytes] (an embedding lookup; what `dequantize` reads)."""
+    if interleave == 1:
+        return data[ids]
+    rows, nbytes = data.shape
+    block = KEPT_BLOCKS[qtype][1]
+    grouped = data.reshape(rows // interleave, nbytes // block, interleave, block)
+    return grouped[ids // interleave, :, ids % interleave].reshape(len(ids), nbytes)
+
+
 def dequantize_reference(data: torch.Tensor, qtype: int, cols: int) -> torch.Tensor:
     """The blocks as float32 [rows, cols], in plain PyTorch (the path without C kernels, and the tests' reference)."""
     rows = data.shape[0]

@@ -70,9 +70,8 @@ def test_rows_that_do_not_fill_groups_are_refused(isa_level) -> None:
 @pytest.mark.parametrize("tied", [True, False])
 def test_a_loaded_model_regrouped_gives_the_same_logits(tmp_path, tied) -> None:
     """After loading, every Q4_0 / Q4_1 matrix a GEMV multiplies is regrouped (merged parts of the two types each on
-    its own, an untied LM head too); a Q8_0 one keeps file order, and so does a tied LM head, the embedding's table
-    (lookups read whole rows). Logits of chunked prefill and decode steps are those of the file's layout, bit for
-    bit."""
+    its own, the LM head too: tied, the embedding shares the regrouped table and gathers its rows from it); a Q8_0
+    one keeps file order. Logits of chunked prefill and decode steps are those of the file's layout, bit for bit."""
     from model_steps import load_model, logits_of
     from tiny_gguf_writer import write_tiny_gguf
 
@@ -85,17 +84,41 @@ def test_a_loaded_model_regrouped_gives_the_same_logits(tmp_path, tied) -> None:
     config, plain = load_model(tiny.path, keep_quantized=True)
     _, regrouped = load_model(tiny.path, keep_quantized=True)
     changed = interleave_gguf_weights(regrouped)
-    assert changed == 4 + 3 + (0 if tied else 1)  # qkv, o, gate|up, down a layer, not Q8_0 (+ the LM head)
+    assert changed == 4 + 3 + 1  # qkv, o, gate|up, down a layer, not Q8_0, + the LM head
     assert interleave_gguf_weights(regrouped) == 0  # once
     layer = regrouped.model.layers[0]
     assert layer.self_attn.qkv_proj.part_types is not None
     assert layer.self_attn.qkv_proj.weight_interleave == gguf_quant.INTERLEAVE
-    assert regrouped.lm_head.weight_interleave == (1 if tied else gguf_quant.INTERLEAVE)
+    assert regrouped.lm_head.weight_interleave == gguf_quant.INTERLEAVE
     assert regrouped.model.layers[1].mlp.down_proj.weight_interleave == 1
-    assert torch.equal(regrouped.model.embed_tokens.weight, plain.model.embed_tokens.weight)
+    embedding = regrouped.model.embed_tokens
+    assert embedding.weight_interleave == (gguf_quant.INTERLEAVE if tied else 1)
+    assert (embedding.weight is regrouped.lm_head.weight) == tied  # one table, not a copy
+    table = (
+        embedding.weight
+        if not tied
+        else gguf_quant.deinterleave_rows(embedding.weight, embedding.weight_type)
+    )
+    assert torch.equal(table, plain.model.embed_tokens.weight)
     tokens = torch.randint(3, config.vocab_size, (11,), generator=torch.Generator().manual_seed(2)).tolist()
     got = logits_of(regrouped, config, tokens, [6, 3, 1, 1])
     assert torch.equal(got, logits_of(plain, config, tokens, [6, 3, 1, 1]))
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q6_K])
+def test_rows_gathered_from_an_interleaved_table_are_the_files_rows(qtype) -> None:
+    """An embedding lookup in a regrouped table (tied to the LM head): any ids, repeated, out of order, from every
+    position in a group, come back as the file's rows, byte for byte."""
+    data = quantized(16, 512, qtype, seed=3)[0]
+    ids = torch.tensor([5, 0, 15, 5, 12, 3, 8, 1])
+    grouped = gguf_quant.interleave_rows(data, int(qtype))
+    assert torch.equal(gguf_quant.gather_rows(grouped, ids, int(qtype), gguf_quant.INTERLEAVE), data[ids])
+    assert torch.equal(gguf_quant.gather_rows(data, ids, int(qtype)), data[ids])
+    empty = torch.tensor([], dtype=torch.long)
+    assert gguf_quant.gather_rows(grouped, empty, int(qtype), gguf_quant.INTERLEAVE).shape == (
+        0,
+        data.shape[1],
+    )
 
 
 @pytest.mark.parametrize("m", [1, 5, 9, 33])
