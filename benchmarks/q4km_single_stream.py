@@ -6,7 +6,7 @@ No such model ships with this repository and none can be downloaded here, so the
 Llama 3.2 1B's shape (16 layers, hidden 2048, 32 query / 8 KV heads of 64, SiLU MLP of width 8192), random
 super-blocks typed as llama.cpp's Q4_K_M stores them (Q4_K, with attn_v and ffn_down in Q6_K on the layers
 llama.cpp's `use_more_bits` picks, the untied output Q6_K, norms F32; `--tied`: no output matrix, the embedding in
-Q6_K is the LM head, as in Llama 3.2 1B, and keeps the file's row order for the lookups), and the bundled SmolLM2's tokenizer and chat
+Q6_K is the LM head, as in Llama 3.2 1B), and the bundled SmolLM2's tokenizer and chat
 template: 49 152 tokens where Llama 3 has 128 256. Decode speed does not depend on what the weights say.
 
     .venv/bin/python benchmarks/q4km_single_stream.py [--rounds 3] [--output-len 128] [--baseline-src DIR]
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument(
         "--tied",
         action="store_true",
-        help="no output matrix: the Q6_K embedding is the LM head, in the file's order",
+        help="no output matrix: the Q6_K embedding is the LM head",
     )
     args = parser.parse_args()
     name = "llama-1b-shaped-q4_k_m" + ("-tied" if args.tied else "")

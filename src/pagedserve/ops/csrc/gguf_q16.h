@@ -42,7 +42,7 @@
  * file's order a step reads one block from each of four rows a row apart, so a fixed distance per row (what this
  * replaced) prefetched partly the current group and partly rows read at other times; the cursor instead sweeps
  * groups whole groups ahead (at least GGUF_PREFETCH_BYTES), every byte once. Streamed in file order on a Zen 4,
- * 2 threads: Q6_K (k 2048: a tied LM head) 18.0-18.5 -> 24.0-25.0 G weights/s, Q4_K 33 -> 51-53, interleaved
+ * 2 threads: Q6_K (k 2048) 18.0-18.5 -> 24.0-25.0 G weights/s, Q4_K 33 -> 51-53, interleaved
  * unchanged (BENCHMARKS.md). Block by block, not as one run of lines: 1.2x for Q6_K in file order (measured). */
 static inline int64_t q16_prefetch_ahead(int64_t column_bytes, int64_t stride) {
     if (stride == GGUF_COLS * column_bytes) return GGUF_PREFETCH_BYTES; /* interleaved */
@@ -50,11 +50,11 @@ static inline int64_t q16_prefetch_ahead(int64_t column_bytes, int64_t stride) {
     return (GGUF_PREFETCH_BYTES + group - 1) / group * group;
 }
 
-static inline __attribute__((always_inline)) void q16_prefetch_step(const uint8_t *w, int64_t b, int block_bytes,
+static inline __attribute__((always_inline)) void q16_prefetch_step(const uint8_t *w, int64_t b, int64_t block_bytes,
                                                                     int64_t ahead) {
     const uint8_t *at = w + b * GGUF_COLS * block_bytes + ahead;
     for (int c = 0; c < GGUF_COLS; ++c)
-        for (int i = 0; i < block_bytes; i += 64) prefetch_t0(at + c * block_bytes + i);
+        for (int64_t i = 0; i < block_bytes; i += 64) prefetch_t0(at + c * block_bytes + i);
 }
 
 /* A row x [k] -> q [k] int16, d [k / 32] and s [k / 32] float (s = d * sum of the block's q). */
@@ -257,13 +257,12 @@ static inline __attribute__((always_inline)) void q16_dot_cols(const q16_rows *x
     /* Q4_0: d alone (the 2 bytes after it are weights) */
     const __m128i halves_mask = _mm_set1_epi32(qtype == GGUF_Q4_0 ? 0xffff : -1);
     const int64_t blocks = x->k / GGUF_BLOCK, ahead = q16_prefetch_ahead(column_bytes, stride);
-    const int block_bytes = qtype == GGUF_Q4_0 ? 18 : 20;
     float scales[8];
     for (int64_t b = 0; b < blocks; ++b) {
         const int16_t *xq = x->q + b * GGUF_BLOCK;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 16));
         const uint8_t *block = w + b * stride;
-        q16_prefetch_step(w, b, block_bytes, ahead); /* 72-80 B a step */
+        q16_prefetch_step(w, b, gguf_block_bytes(qtype), ahead); /* 72-80 B a step */
         int32_t h0, h1, h2, h3;
         memcpy(&h0, block, 4);
         memcpy(&h1, block + column_bytes, 4);

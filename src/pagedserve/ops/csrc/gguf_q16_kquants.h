@@ -124,7 +124,7 @@ static inline void q16_dot_cols_q4k(const q16_rows *x, const uint8_t *w, int64_t
         const int16_t *xq = x->q + b * GGUF_SUPER;
         const __m256 dx = _mm256_loadu_ps(x->d + 8 * b), sx = _mm256_loadu_ps(x->s + 8 * b);
         const uint8_t *super = w + b * stride;
-        q16_prefetch_step(w, b, 144, ahead); /* gguf_q16.h: why as it goes */
+        q16_prefetch_step(w, b, gguf_block_bytes(GGUF_Q4_K), ahead); /* gguf_q16.h: why as it goes */
         acc0 = q4k_super_dot(super, xq, dx, sx, acc0);
         acc1 = q4k_super_dot(super + column_bytes, xq, dx, sx, acc1);
         acc2 = q4k_super_dot(super + 2 * column_bytes, xq, dx, sx, acc2);
@@ -251,7 +251,7 @@ static inline void q16_dot_cols_q6k(const q16_rows *x, const uint8_t *w, int64_t
         __m256 lo, hi;
         q6k_block_scales(_mm256_loadu_ps(x->d + 8 * b), &lo, &hi);
         const uint8_t *super = w + b * stride;
-        q16_prefetch_step(w, b, 210, ahead);
+        q16_prefetch_step(w, b, gguf_block_bytes(GGUF_Q6_K), ahead);
         acc0 = q6k_super_dot(super, xq, lo, hi, acc0);
         acc1 = q6k_super_dot(super + column_bytes, xq, lo, hi, acc1);
         acc2 = q6k_super_dot(super + 2 * column_bytes, xq, lo, hi, acc2);
