@@ -34,6 +34,12 @@ INTERLEAVED_TYPES = frozenset({Q4_0, Q4_1, Q4_K, Q6_K})
 """Types a layer regroups after loading: those whose single-row GEMV reads four rows at a time, 1.17-1.27x streamed
 on a Zen 3. Every kernel reads every type either way; Q8_0's row-at-a-time GEMV measured 0.85-0.89x interleaved
 (benchmarks/gguf_gemv.py, BENCHMARKS.md), so it keeps the file's order."""
+L1_ROW_WEIGHTS = 4096
+"""K-quant rows longer than this keep the file's order (csrc/gguf_q16.h's Q16_L1_ROW_WEIGHTS, the same number: the
+single-row GEMV prefetches such rows into L2). Llama 3.2 1B's ffn_down (2048 x 8192) in a Q4_K_M model on a Zen 4,
+2 threads: Q4_K 26.0-26.5 GB/s regrouped against 28.3-28.5 in file order, and four rows at once (the multi-row
+GEMV re-reads a regrouped group's lines after 64 KB of activations) 11.7 against 13.4 G weights/s, Q6_K 6.3
+against 11.9 (BENCHMARKS.md)."""
 
 
 @dataclass
@@ -78,8 +84,11 @@ def interleave_rows(data: torch.Tensor, qtype: int) -> torch.Tensor:
 
 def interleavable(data: torch.Tensor, qtype: int | None) -> bool:
     """Whether a loaded matrix of blocks should be regrouped: a type in INTERLEAVED_TYPES, the C kernels reading
-    it (on the CPU) and rows that fill groups."""
-    return qtype in INTERLEAVED_TYPES and cpu_gguf.can_gguf(data) and data.shape[0] % INTERLEAVE == 0
+    it (on the CPU), rows that fill groups and, for the K-quants, rows of at most L1_ROW_WEIGHTS."""
+    if qtype not in INTERLEAVED_TYPES or not cpu_gguf.can_gguf(data) or data.shape[0] % INTERLEAVE != 0:
+        return False
+    weights, nbytes = KEPT_BLOCKS[qtype]
+    return weights == GGUF_BLOCK or data.shape[1] // nbytes * weights <= L1_ROW_WEIGHTS
 
 
 def deinterleave_rows(data: torch.Tensor, qtype: int) -> torch.Tensor:

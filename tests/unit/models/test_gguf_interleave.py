@@ -3,6 +3,8 @@ bytes in another order, so every kernel path gives exactly the numbers of the fi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -65,6 +67,18 @@ def test_rows_that_do_not_fill_groups_are_refused(isa_level) -> None:
         cpu_gguf.gguf_gemm(torch.randn(1, 224), data, int(Q.Q4_0), 224, None, interleave=4)
     with pytest.raises(ValueError, match="not a layout the kernel reads"):
         cpu_gguf.gguf_dequantize(data, int(Q.Q4_0), 224, interleave=3)
+
+
+def test_long_k_quant_rows_keep_the_files_order(isa_level) -> None:
+    """K-quant rows longer than L1_ROW_WEIGHTS stay as in the file (the GEMV prefetches them into L2, and measured
+    faster unregrouped); the simple types' rows of any length are regrouped. The number is csrc's too."""
+    limit = gguf_quant.L1_ROW_WEIGHTS
+    for qtype in (Q.Q4_K, Q.Q6_K):
+        assert gguf_quant.interleavable(random_blocks(8, limit, qtype), int(qtype))
+        assert not gguf_quant.interleavable(random_blocks(8, limit + 256, qtype), int(qtype))
+    assert gguf_quant.interleavable(random_blocks(8, limit + 256, Q.Q4_0), int(Q.Q4_0))
+    header = Path(gguf_quant.__file__).parents[1] / "ops" / "csrc" / "gguf_q16.h"
+    assert f"#define Q16_L1_ROW_WEIGHTS {limit}\n" in header.read_text()
 
 
 @pytest.mark.parametrize("tied", [True, False])

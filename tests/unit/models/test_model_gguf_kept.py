@@ -125,6 +125,26 @@ def test_gemv_takes_every_bit_pattern_and_zero_rows(isa_level, qtype) -> None:
         assert (one - expected[r]).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 
+@pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_gemv_of_long_rows_follows_the_dequantized_product(isa_level, qtype, m) -> None:
+    """Rows of 4608 weights, in the file's order and regrouped: past csrc/gguf_q16.h's Q16_L1_ROW_WEIGHTS (4096:
+    the K-quant single-row GEMVs prefetch into L2) and gguf.c's GGUF_ROWS_LONG (2048: 2-8 rows are multiplied in
+    parts of 1024 weights, here 5 uneven ones for the K-quants). The exact product of the quantized activations
+    (plus the bias, added once) up to float32 rounding."""
+    cols = 4608  # 18 super-blocks
+    data, dense = quantized(8, cols, qtype, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    x, bias = torch.randn(m, cols, generator=gen), torch.randn(8, generator=gen)
+    expected = F.linear(q16_activations(x)[0], torch.from_numpy(dense).double(), bias.double())
+    layouts = [(data, 1)]
+    if qtype != Q.Q8_0:
+        layouts.append((gguf_quant.interleave_rows(data, int(qtype)), gguf_quant.INTERLEAVE))
+    for layout, interleave in layouts:
+        got = gguf_quant.gguf_linear(x, layout, int(qtype), cols, bias, interleave).double()
+        assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
 @pytest.mark.parametrize("rows", [3, 4])
 def test_gemv_sums_the_largest_q6_k_products_without_overflow(isa_level, rows) -> None:
     """Q6_K's extremes: every q - 32 = -32 with every scale -128 (4096 a weight once folded) against activations

@@ -111,6 +111,64 @@ void gguf_dot_group(const q16_rows *x, const uint8_t *w, int qtype, int64_t row_
         q16_dot(x, gguf_row(w, g * GGUF_COLS + c, qtype, row_bytes, il), stride, qtype, 1, sums + c);
 }
 
+/* Rows longer than GGUF_ROWS_LONG weights, the multi-row GEMV takes GGUF_ROWS_PART of at a time. It reads every
+ * activation row (2 bytes a weight) for each weight row: four rows of 8192 are 64 KB, past L1. Four rows, 2 threads,
+ * streamed, Zen 4: a 2048 x 8192 Q4_K matrix (file order) 7.4 GB/s whole, 9.3-9.6 in parts of 2048, 10.2 in parts of
+ * 1024 (Q6_K 8.7-9.1, 9.6-9.7, 11.7-11.9), where 8192 x 2048 ran at 11.4-12.1 (Q6_K 13.2-14.5) whole and 10.1-10.4
+ * (10.3-10.7) in parts of 1024: rows of 2048 stay whole. */
+#define GGUF_ROWS_LONG 2048
+#define GGUF_ROWS_PART 1024
+
+/* The multi-row GEMV (2-8 activation rows, quantized: q, d, s, split) over parts of GGUF_ROWS_PART weights: the
+ * activations repacked part by part, then each thread takes the same columns for every part (a static schedule
+ * of the same loop) and adds each part's sums into its outputs. */
+static int gguf_rows_in_parts(const int16_t *q, const float *d, const float *s, const int16_t *split,
+                              const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
+                              int64_t k, int il, int64_t ldo, int threads) {
+    const int64_t blocks = k / GGUF_BLOCK, per = gguf_block_weights(qtype);
+    const int64_t parts = (k + GGUF_ROWS_PART - 1) / GGUF_ROWS_PART, values = m * k * (split ? 2 : 1);
+    const int64_t row_bytes = gguf_row_bytes(qtype, k), stride = gguf_stride(qtype, il);
+    float *packed = malloc(sizeof(float) * (size_t)(2 * m * blocks) + sizeof(int16_t) * (size_t)values);
+    if (packed == NULL) return 2;
+    float *pd = packed, *ps = packed + m * blocks;
+    int16_t *pq = (int16_t *)(packed + 2 * m * blocks), *psplit = split ? pq + m * k : NULL;
+    for (int64_t p = 0; p < parts; ++p) { /* part p: weights v0..v1 of every row, rows one after another */
+        const int64_t v0 = k / per * p / parts * per, v1 = k / per * (p + 1) / parts * per, len = v1 - v0;
+        for (int64_t r = 0; r < m; ++r) {
+            memcpy(pq + m * v0 + r * len, q + r * k + v0, sizeof(int16_t) * (size_t)len);
+            if (split) memcpy(psplit + m * v0 + r * len, split + r * k + v0, sizeof(int16_t) * (size_t)len);
+            const int64_t to = (m * v0 + r * len) / GGUF_BLOCK, from = r * blocks + v0 / GGUF_BLOCK;
+            memcpy(pd + to, d + from, sizeof(float) * (size_t)(len / GGUF_BLOCK));
+            memcpy(ps + to, s + from, sizeof(float) * (size_t)(len / GGUF_BLOCK));
+        }
+    }
+#pragma omp parallel num_threads(threads)
+    for (int64_t p = 0; p < parts; ++p) {
+        const int64_t v0 = k / per * p / parts * per, v1 = k / per * (p + 1) / parts * per, len = v1 - v0;
+        const int64_t part_bytes = len / per * stride, ahead = (GGUF_PREFETCH_BYTES + part_bytes - 1) / part_bytes;
+#pragma omp for schedule(static) nowait
+        for (int64_t c = 0; c < n; ++c) {
+            float sums[4];
+            const uint8_t *row = gguf_row(w, c, qtype, row_bytes, il) + v0 / per * stride;
+            if (c + ahead < n) /* this part of a row a few rows on (a prefetch never faults; the bound keeps it in) */
+                for (int64_t at = 0; at < part_bytes; at += 64)
+                    prefetch_t0(gguf_row(w, c + ahead, qtype, row_bytes, il) + v0 / per * stride + at);
+            for (int64_t r0 = 0; r0 < m; r0 += 4) {
+                const int64_t rows = m - r0 < 4 ? m - r0 : 4, at = m * v0 + r0 * len;
+                const q16_rows part = {pq + at, pd + at / GGUF_BLOCK, ps + at / GGUF_BLOCK, len,
+                                       psplit ? psplit + at : NULL};
+                q16_dot(&part, row, stride, qtype, rows, sums);
+                for (int64_t r = 0; r < rows; ++r) {
+                    float *o = out + (r0 + r) * ldo + c;
+                    *o = sums[r] + (p > 0 ? *o : bias != NULL ? bias[c] : 0.0f);
+                }
+            }
+        }
+    }
+    free(packed);
+    return 0;
+}
+
 /* 0 done; 1 bad type or k; 2 out of memory; 3 too many rows for this level (dequantize and use the GEMM). */
 /* out's rows are ldo floats apart (n for a whole matrix; more for one part of a merged layer's output). */
 int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
@@ -150,6 +208,11 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
         first = groups * GGUF_COLS;
     }
 #endif
+    if (m > 1 && k > GGUF_ROWS_LONG) {
+        const int failed = gguf_rows_in_parts(q, d, s, q_split, w, qtype, bias, out, m, n, k, il, ldo, threads);
+        free(scales);
+        return failed;
+    }
     /* after the 4-row groups at most 3 rows are left: not worth a parallel region (a fork and join per call) */
 #pragma omp parallel for schedule(static) num_threads(threads) if (n - first > GGUF_COLS)
     for (int64_t c = first; c < n; ++c) {

@@ -33,6 +33,15 @@
  * a group's lines all at once (72 for a 2048-wide Q4_K group) made them slower than no prefetch at all on a Zen 3
  * (1.1-1.6x streamed, BENCHMARKS.md); the row path keeps the burst a row (Q8_0 streams at ~20 GB/s with it). */
 #define GGUF_PREFETCH_BYTES 6144
+/* K-quant rows longer than this (weights): the single-row GEMVs prefetch into L2 only, one four-row group ahead, and
+ * the loader keeps such matrices in the file's order (gguf_quant.L1_ROW_WEIGHTS, the same number). The int16
+ * activations (2 bytes a weight: 16 KB at k 8192, Llama 3.2 1B's ffn_down) are read again for every group, and the
+ * weights prefetched into L1 pushed them out in between: streamed on one thread of a Zen 4, Q4_K 2048 x 8192 ran at
+ * 12.8 GB/s against 8192 x 2048's 15.7 (the same bytes), and at 15.1 when the kernel read only the first 4096
+ * activations again and again. In a Q4_K_M model, 2 threads: ffn_down 23 -> 28.3-28.5 GB/s (Q4_K), 23.5-24 ->
+ * 28-29 (Q6_K); rows of 2048 prefetched into L2 were slower (14.4 against 15.7 GB/s), passes over parts of the
+ * rows 0.7x (docs/architecture.md, "Long K-quant rows"). */
+#define Q16_L1_ROW_WEIGHTS 4096
 /* Weight rows a single-row GEMV takes at a time (q16_dot_cols, AVX2 and up). */
 #define GGUF_COLS 4
 
@@ -43,7 +52,8 @@
  * replaced) prefetched partly the current group and partly rows read at other times; the cursor instead sweeps
  * groups whole groups ahead (at least GGUF_PREFETCH_BYTES), every byte once. Streamed in file order on a Zen 4,
  * 2 threads: Q6_K (k 2048) 18.0-18.5 -> 24.0-25.0 G weights/s, Q4_K 33 -> 51-53, interleaved
- * unchanged (BENCHMARKS.md). Block by block, not as one run of lines: 1.2x for Q6_K in file order (measured). */
+ * unchanged (BENCHMARKS.md). Block by block, not as one run of lines: 1.2x for Q6_K in file order (measured).
+ * `to_l2`: into L2 only, for the K-quants' rows longer than Q16_L1_ROW_WEIGHTS. */
 static inline int64_t q16_prefetch_ahead(int64_t column_bytes, int64_t stride) {
     if (stride == GGUF_COLS * column_bytes) return GGUF_PREFETCH_BYTES; /* interleaved */
     const int64_t group = GGUF_COLS * column_bytes;
@@ -51,10 +61,15 @@ static inline int64_t q16_prefetch_ahead(int64_t column_bytes, int64_t stride) {
 }
 
 static inline __attribute__((always_inline)) void q16_prefetch_step(const uint8_t *w, int64_t b, int64_t block_bytes,
-                                                                    int64_t ahead) {
+                                                                    int64_t ahead, int to_l2) {
     const uint8_t *at = w + b * GGUF_COLS * block_bytes + ahead;
-    for (int c = 0; c < GGUF_COLS; ++c)
-        for (int64_t i = 0; i < block_bytes; i += 64) prefetch_t0(at + c * block_bytes + i);
+    if (to_l2) {
+        for (int c = 0; c < GGUF_COLS; ++c)
+            for (int64_t i = 0; i < block_bytes; i += 64) prefetch_t1(at + c * block_bytes + i);
+    } else {
+        for (int c = 0; c < GGUF_COLS; ++c)
+            for (int64_t i = 0; i < block_bytes; i += 64) prefetch_t0(at + c * block_bytes + i);
+    }
 }
 
 /* A row x [k] -> q [k] int16, d [k / 32] and s [k / 32] float (s = d * sum of the block's q). */
@@ -262,7 +277,7 @@ static inline __attribute__((always_inline)) void q16_dot_cols(const q16_rows *x
         const int16_t *xq = x->q + b * GGUF_BLOCK;
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)xq), x1 = _mm256_loadu_si256((const __m256i *)(xq + 16));
         const uint8_t *block = w + b * stride;
-        q16_prefetch_step(w, b, gguf_block_bytes(qtype), ahead); /* 72-80 B a step */
+        q16_prefetch_step(w, b, gguf_block_bytes(qtype), ahead, 0); /* 72-80 B a step */
         int32_t h0, h1, h2, h3;
         memcpy(&h0, block, 4);
         memcpy(&h1, block + column_bytes, 4);

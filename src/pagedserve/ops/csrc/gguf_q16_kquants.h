@@ -119,12 +119,15 @@ static inline __attribute__((always_inline)) void q16_dot_rows_q4k(const q16_row
 static inline void q16_dot_cols_q4k(const q16_rows *x, const uint8_t *w, int64_t column_bytes, int64_t stride,
                                     float *sums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    const int64_t supers = x->k / GGUF_SUPER, ahead = q16_prefetch_ahead(column_bytes, stride);
+    const int64_t supers = x->k / GGUF_SUPER;
+    const int to_l2 = x->k > Q16_L1_ROW_WEIGHTS; /* gguf_q16.h: why */
+    const int64_t ahead = /* long rows: a group ahead */
+        to_l2 ? GGUF_COLS * supers * gguf_block_bytes(GGUF_Q4_K) : q16_prefetch_ahead(column_bytes, stride);
     for (int64_t b = 0; b < supers; ++b) {
         const int16_t *xq = x->q + b * GGUF_SUPER;
         const __m256 dx = _mm256_loadu_ps(x->d + 8 * b), sx = _mm256_loadu_ps(x->s + 8 * b);
         const uint8_t *super = w + b * stride;
-        q16_prefetch_step(w, b, gguf_block_bytes(GGUF_Q4_K), ahead); /* gguf_q16.h: why as it goes */
+        q16_prefetch_step(w, b, gguf_block_bytes(GGUF_Q4_K), ahead, to_l2); /* gguf_q16.h: why */
         acc0 = q4k_super_dot(super, xq, dx, sx, acc0);
         acc1 = q4k_super_dot(super + column_bytes, xq, dx, sx, acc1);
         acc2 = q4k_super_dot(super + 2 * column_bytes, xq, dx, sx, acc2);
@@ -245,13 +248,16 @@ static inline __attribute__((always_inline)) void q16_dot_rows_q6k(const q16_row
 static inline void q16_dot_cols_q6k(const q16_rows *x, const uint8_t *w, int64_t column_bytes, int64_t stride,
                                     float *sums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    const int64_t supers = x->k / GGUF_SUPER, ahead = q16_prefetch_ahead(column_bytes, stride);
+    const int64_t supers = x->k / GGUF_SUPER;
+    const int to_l2 = x->k > Q16_L1_ROW_WEIGHTS; /* gguf_q16.h: why */
+    const int64_t ahead = /* long rows: a group ahead */
+        to_l2 ? GGUF_COLS * supers * gguf_block_bytes(GGUF_Q6_K) : q16_prefetch_ahead(column_bytes, stride);
     for (int64_t b = 0; b < supers; ++b) {
         const int16_t *xq = x->split + b * GGUF_SUPER;
         __m256 lo, hi;
         q6k_block_scales(_mm256_loadu_ps(x->d + 8 * b), &lo, &hi);
         const uint8_t *super = w + b * stride;
-        q16_prefetch_step(w, b, gguf_block_bytes(GGUF_Q6_K), ahead);
+        q16_prefetch_step(w, b, gguf_block_bytes(GGUF_Q6_K), ahead, to_l2);
         acc0 = q6k_super_dot(super, xq, lo, hi, acc0);
         acc1 = q6k_super_dot(super + column_bytes, xq, lo, hi, acc1);
         acc2 = q6k_super_dot(super + 2 * column_bytes, xq, lo, hi, acc2);
