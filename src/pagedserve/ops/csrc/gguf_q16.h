@@ -72,6 +72,13 @@ static inline __attribute__((always_inline)) void q16_prefetch_step(const uint8_
     }
 }
 
+/* The K-quant single-row GEMVs' prefetch distance: one four-row group for rows past Q16_L1_ROW_WEIGHTS (prefetched
+ * into L2: *to_l2 = 1), else q16_prefetch_ahead's. */
+static inline int64_t q16_kquant_ahead(int64_t k, int qtype, int64_t column_bytes, int64_t stride, int *to_l2) {
+    *to_l2 = k > Q16_L1_ROW_WEIGHTS;
+    return *to_l2 ? GGUF_COLS * (k / GGUF_SUPER) * gguf_block_bytes(qtype) : q16_prefetch_ahead(column_bytes, stride);
+}
+
 /* A row x [k] -> q [k] int16, d [k / 32] and s [k / 32] float (s = d * sum of the block's q). */
 static inline void q16_quantize_row(const float *x, int64_t k, int16_t *q, float *d, float *s) {
     for (int64_t b = 0; b < k / GGUF_BLOCK; ++b) {

@@ -120,9 +120,8 @@ static inline void q16_dot_cols_q4k(const q16_rows *x, const uint8_t *w, int64_t
                                     float *sums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     const int64_t supers = x->k / GGUF_SUPER;
-    const int to_l2 = x->k > Q16_L1_ROW_WEIGHTS; /* gguf_q16.h: why */
-    const int64_t ahead = /* long rows: a group ahead */
-        to_l2 ? GGUF_COLS * supers * gguf_block_bytes(GGUF_Q4_K) : q16_prefetch_ahead(column_bytes, stride);
+    int to_l2;
+    const int64_t ahead = q16_kquant_ahead(x->k, GGUF_Q4_K, column_bytes, stride, &to_l2);
     for (int64_t b = 0; b < supers; ++b) {
         const int16_t *xq = x->q + b * GGUF_SUPER;
         const __m256 dx = _mm256_loadu_ps(x->d + 8 * b), sx = _mm256_loadu_ps(x->s + 8 * b);
@@ -249,9 +248,8 @@ static inline void q16_dot_cols_q6k(const q16_rows *x, const uint8_t *w, int64_t
                                     float *sums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     const int64_t supers = x->k / GGUF_SUPER;
-    const int to_l2 = x->k > Q16_L1_ROW_WEIGHTS; /* gguf_q16.h: why */
-    const int64_t ahead = /* long rows: a group ahead */
-        to_l2 ? GGUF_COLS * supers * gguf_block_bytes(GGUF_Q6_K) : q16_prefetch_ahead(column_bytes, stride);
+    int to_l2;
+    const int64_t ahead = q16_kquant_ahead(x->k, GGUF_Q6_K, column_bytes, stride, &to_l2);
     for (int64_t b = 0; b < supers; ++b) {
         const int16_t *xq = x->split + b * GGUF_SUPER;
         __m256 lo, hi;
