@@ -31,6 +31,7 @@ from pagedserve.worker.device import configure_cpu_threads
 from pagedserve.worker.dtypes import cast_matrix_weights
 from pagedserve.worker.dummy_weights import init_dummy_weights
 from pagedserve.worker.gpu_memory import gpu_kv_budget
+from pagedserve.worker.huge_pages import huge_pages_mode, move_weights_to_huge_pages
 from pagedserve.worker.inputs import prepare_inputs
 from pagedserve.worker.kv_cache import (
     allocate_kv_caches,
@@ -160,6 +161,13 @@ class ModelRunner:
         regrouped = interleave_gguf_weights(self.model)
         if regrouped:
             logger.debug("GGUF: %d matrices' rows interleaved for the CPU GEMV", regrouped)
+        # Before anything records a weight's address (the experts' tables below, decode graphs, LoRA).
+        self.huge_page_bytes = move_weights_to_huge_pages(self.model) if device.type == "cpu" else 0
+        if self.huge_page_bytes:
+            logger.info(
+                "CPU weights: %.1f MB in memory asked for in 2 MB pages (transparent huge pages: %s)",
+                self.huge_page_bytes / 1e6, huge_pages_mode(),
+            )  # fmt: skip
         moe_blocks, moe_kernels = prepare_moe_kernels(self.model)  # the experts' addresses: after regrouping
         if moe_blocks:
             logger.info(
