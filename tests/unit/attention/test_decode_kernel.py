@@ -15,18 +15,24 @@ pytestmark = pytest.mark.usefixtures("isa_level")
 
 
 def random_decode_batch(
-    dtype: torch.dtype, seed: int = 0, kv_heads: int = 3, group: int = 3, head_dim: int = 64
+    dtype: torch.dtype,
+    seed: int = 0,
+    kv_heads: int = 3,
+    group: int = 3,
+    head_dim: int = 64,
+    lengths: tuple[int, ...] = (1, 17, 33, 100, 5),
 ):
     gen = torch.Generator().manual_seed(seed)
-    num_blocks, block_size, q_heads = 40, 16, kv_heads * group
+    block_size, q_heads = 16, kv_heads * group
+    needed = [-(-length // block_size) for length in lengths]
+    num_blocks, width = max(40, sum(needed) + 3), max(7, *needed)
     k_cache = torch.randn(num_blocks, kv_heads, head_dim, block_size, generator=gen).to(dtype)
     v_cache = torch.randn(num_blocks, kv_heads, block_size, head_dim, generator=gen).to(dtype)
-    seq_lens = torch.tensor([1, 17, 33, 100, 5])
+    seq_lens = torch.tensor(lengths)
     permutation = torch.randperm(num_blocks, generator=gen).tolist()
     tables, used = [], 0
-    for length in seq_lens.tolist():
-        blocks = -(-length // block_size)
-        tables.append(permutation[used : used + blocks] + [0] * (7 - blocks))
+    for blocks in needed:
+        tables.append(permutation[used : used + blocks] + [0] * (width - blocks))
         used += blocks
     q = torch.randn(len(tables), q_heads, head_dim, generator=gen).to(dtype)
     k = torch.randn(len(tables), kv_heads, head_dim, generator=gen).to(dtype)
@@ -71,6 +77,45 @@ def test_kernel_across_group_sizes_and_head_dims(group: int, head_dim: int, dtyp
         q, k, v, k_cache.clone(), v_cache.clone(), metadata, head_dim**-0.5
     )
     got = get_attention_backend("cpu").forward(q, k, v, k_cache, v_cache, metadata, head_dim**-0.5)
+    torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("window,softcap", [(None, None), (300, None), (None, 5.0), (200, 5.0)])
+@pytest.mark.parametrize("group,head_dim", [(4, 64), (1, 128), (9, 64)])
+@pytest.mark.parametrize(
+    "lengths", [(1000, 129, 700, 16, 255), (1000,), (1000, 5)], ids=["five", "one", "two"]
+)
+def test_long_sequences_read_in_tiles_match_reference(
+    dtype, tolerance, window, softcap, group, head_dim, lengths
+):
+    """Up to 1000 tokens: the register path reads keys and values a tile at a time (16 KB of keys: 128 tokens of
+    bfloat16 at head_dim 64) with a running softmax, so lengths end mid-block and mid-tile, the maximum score moves
+    from tile to tile and a window starts inside a block. One or two sequences (2 kv heads: fewer pairs than 4 a
+    thread) are split in parts computed apart and combined; beside 1000 tokens, 5 leave some parts without keys.
+    Group 9 takes the generic path (the same answers)."""
+    q, k, v, k_cache, v_cache, metadata = random_decode_batch(dtype, 5, 2, group, head_dim, lengths=lengths)
+    q = q * 3  # scores that spread: the running maximum and the rescaling matter
+    expected = get_attention_backend("torch_ref").forward(
+        q, k, v, k_cache.clone(), v_cache.clone(), metadata, head_dim**-0.5, window, softcap
+    )
+    got = get_attention_backend("cpu").forward(
+        q, k, v, k_cache, v_cache, metadata, head_dim**-0.5, window, softcap
+    )
+    torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_long_sequences_from_a_float8_cache_match_reference(dtype, tolerance):
+    """Float8 blocks are half or a quarter the bytes, so a tile holds 256 tokens at head_dim 64: 1000 and 300
+    tokens take several."""
+    q, k, v, k_cache, v_cache, metadata = random_decode_batch(dtype, 6, 2, 4, 64, lengths=(1000, 300))
+    fp8 = torch.empty(0, dtype=torch.float8_e4m3fn)
+    k_cache, v_cache = to_cache_dtype(k_cache.float(), fp8), to_cache_dtype(v_cache.float(), fp8)
+    expected = get_attention_backend("torch_ref").forward(
+        q * 3, k, v, k_cache.clone(), v_cache.clone(), metadata, 0.125
+    )
+    got = get_attention_backend("cpu").forward(q * 3, k, v, k_cache, v_cache, metadata, 0.125)
     torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
 
 
