@@ -1,6 +1,7 @@
 /* Decode attention straight from the paged KV cache: one query token per sequence, K/V read once through the
  * block table (no gathered copy), float32 accumulation and softmax. Parallel over (sequence, kv head) with
- * OpenMP; linked against the libgomp torch already loaded, so both share one thread pool.
+ * OpenMP, and over parts of a sequence where there are few such pairs (combine_parts); linked against the libgomp
+ * torch already loaded, so both share one thread pool.
  *
  * Layouts (see attention/backend.py):
  *   q          [batch, num_q_heads, head_dim], rows q_row_stride elements apart (a view into merged qkv)
