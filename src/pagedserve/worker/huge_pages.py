@@ -16,7 +16,6 @@ moves. It runs before anything records a weight's address (the MoE kernels' tabl
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import mmap
 import pathlib
@@ -110,9 +109,6 @@ def move_weights_to_huge_pages(model: nn.Module) -> int:
 def _return_freed_memory() -> None:
     """glibc's free() hands back only the top of its heap; the weights' old homes in the middle stay resident until
     malloc_trim (a Llama-3.2-1B-shaped Q4_K_M model: ~420 MB)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own libc; absent outside glibc
     if trim is not None:
         trim(0)
