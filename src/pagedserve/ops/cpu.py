@@ -276,6 +276,10 @@ def paged_decode_attention(
     assert library is not None and usable_rows(q) and k_cache.is_contiguous() and v_cache.is_contiguous()
     batch, num_q_heads, head_dim = q.shape
     _, num_kv_heads, block_size, _ = v_cache.shape
+    # The kernel reads both as int64: an int32 table read as int64 walks off its end (a segfault, not an error).
+    for name, index in (("block_tables", block_tables), ("seq_lens", seq_lens)):
+        if index.dtype != torch.int64:
+            raise ValueError(f"decode attention's {name} must be int64, got {index.dtype}")
     tables = block_tables.contiguous()
     lens = seq_lens.contiguous()
     out = torch.empty(batch, num_q_heads, head_dim, dtype=q.dtype)

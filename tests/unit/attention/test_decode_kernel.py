@@ -140,6 +140,19 @@ def test_kernel_reads_queries_from_a_strided_view(dtype):
     )
 
 
+@pytest.mark.parametrize("which", ["block_tables", "seq_lens"])
+def test_kernel_refuses_index_tensors_that_are_not_int64(which: str):
+    # Read as int64 by the kernel, an int32 table would be read past its end (it segfaulted once in a benchmark).
+    q, _, _, k_cache, v_cache, metadata = random_decode_batch(torch.float32)
+    tables, lens = metadata.decode_block_tables, metadata.decode_seq_lens
+    if which == "block_tables":
+        tables = tables.to(torch.int32)
+    else:
+        lens = lens.to(torch.int32)
+    with pytest.raises(ValueError, match=which):
+        cpu_ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.125)
+
+
 def test_kernel_rejects_a_length_beyond_the_block_table():
     q, _, _, k_cache, v_cache, metadata = random_decode_batch(torch.float32)
     too_long = metadata.decode_seq_lens.clone()
