@@ -100,6 +100,8 @@ class LMHead(VocabParallel):
     """GGML type of a weight kept in GGUF blocks; None for a float weight."""
     weight_interleave: int = 1
     """Rows of GGUF blocks as in the file (1), or regrouped for the GEMV (`interleave_gguf_rows`)."""
+    gguf_bf16: bool = False
+    """For GGUF blocks: products past the GEMVs' rows take bfloat16 panels (as LinearBase's)."""
 
     def tie_to(self, embedding: VocabEmbedding) -> None:
         """Share the embedding's table (after loading, which may have replaced it with GGUF blocks)."""
@@ -128,7 +130,13 @@ class LMHead(VocabParallel):
         """This rank's slice of the logits (all of them at tensor_parallel_size 1)."""
         if self.weight_type is not None:
             return gguf_linear(
-                hidden, self.weight, self.weight_type, self.hidden_size, None, self.weight_interleave
+                hidden,
+                self.weight,
+                self.weight_type,
+                self.hidden_size,
+                None,
+                self.weight_interleave,
+                self.gguf_bf16,
             )
         return linear(hidden, self.weight)
 

@@ -171,6 +171,20 @@ def dequantize(data: torch.Tensor, qtype: int, cols: int, interleave: int = 1) -
     return cpu_gguf.gguf_dequantize(data, qtype, cols, interleave)
 
 
+def _bf16_panels(x: torch.Tensor, data: torch.Tensor, bf16: bool) -> bool:
+    """Whether x @ data takes the bfloat16 panels (csrc/panel_gemm.c): the layer's `gguf_bf16` (its model's
+    matrices are bfloat16), more rows than the GEMVs take, the blocks on the CPU, and the avx512_bf16 kernel level.
+    The rows and the dequantized weights are rounded to bfloat16, as vLLM's GGUF path dequantizes to the model's
+    dtype; sums stay float32 (docs/architecture.md, "bfloat16 panels for GGUF prefills")."""
+    return (
+        bf16
+        and x.dim() == 2
+        and x.shape[0] > cpu_gguf.GEMV_MAX_ROWS
+        and data.device.type == "cpu"
+        and cpu_gguf.has_bf16_panels()
+    )
+
+
 def gguf_linear(
     x: torch.Tensor,
     data: torch.Tensor,
@@ -178,11 +192,16 @@ def gguf_linear(
     cols: int,
     bias: torch.Tensor | None,
     interleave: int = 1,
+    bf16: bool = False,
 ) -> torch.Tensor:
-    """x [tokens, cols] @ dequantized(data)^T (+ bias), in float32, returned in x's dtype; `data`'s rows
-    interleaved by `interleave` (1: as in the file)."""
-    x32 = x.float().contiguous()
+    """x [tokens, cols] @ dequantized(data)^T (+ bias), summed in float32, returned in x's dtype; `data`'s rows
+    interleaved by `interleave` (1: as in the file). `bf16`: past the GEMV's rows, bfloat16 panels where the CPU
+    has them (`_bf16_panels`)."""
     bias32 = None if bias is None else bias.float().contiguous()
+    if _bf16_panels(x, data, bf16):
+        rows = x.to(torch.bfloat16).contiguous()
+        return cpu_gguf.gguf_gemm(rows, data, qtype, cols, bias32, interleave).to(x.dtype)
+    x32 = x.float().contiguous()
     can = cpu_gguf.can_gguf(x32, data)
     out = cpu_gguf.gguf_gemm(x32, data, qtype, cols, bias32, interleave) if can else None
     if out is None:  # no kernels, or too many rows for this level's kernel: dequantize and use the GEMM
@@ -196,21 +215,25 @@ def gguf_linear_parts(
     cols: int,
     bias: torch.Tensor | None,
     interleave: int = 1,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """x [tokens, cols] @ the parts' matrices stacked ((blocks, GGML type) each, in output order) (+ bias), each
     product written into its columns of one output: no concatenation afterwards (a copy, and an operation that
     kept every decode step of a Q4_K_M model off the CPU decode graphs, which replay kernel calls only)."""
-    x32 = x.float().contiguous()
-    out = torch.empty(x32.shape[0], sum(data.shape[0] for data, _ in parts), dtype=torch.float32)
+    bf16 = _bf16_panels(x, parts[0][0], bf16)
+    rows_in = x.to(torch.bfloat16 if bf16 else torch.float32).contiguous()
+    out = torch.empty(x.shape[0], sum(data.shape[0] for data, _ in parts), dtype=torch.float32)
     start = 0
     for data, qtype in parts:
         rows = data.shape[0]
         part_out = out[:, start : start + rows]
         part_bias = None if bias is None else bias[start : start + rows].float().contiguous()
-        done = cpu_gguf.can_gguf(x32, data) and (
-            cpu_gguf.gguf_gemm(x32, data, qtype, cols, part_bias, interleave, part_out) is not None
-        )
-        if not done:
-            part_out.copy_(F.linear(x32, dequantize(data, qtype, cols, interleave), part_bias))
+        if bf16:
+            cpu_gguf.gguf_gemm(rows_in, data, qtype, cols, part_bias, interleave, part_out)
+        elif not (
+            cpu_gguf.can_gguf(rows_in, data)
+            and cpu_gguf.gguf_gemm(rows_in, data, qtype, cols, part_bias, interleave, part_out) is not None
+        ):
+            part_out.copy_(F.linear(rows_in, dequantize(data, qtype, cols, interleave), part_bias))
         start += rows
     return out if x.dtype == torch.float32 else out.to(x.dtype)

@@ -51,6 +51,9 @@ class LinearBase(nn.Module):
     weight_interleave: int = 1
     """For GGUF blocks: 1 while rows are in the file's order, gguf_quant.INTERLEAVE once `interleave_gguf_rows`
     grouped them (after loading)."""
+    gguf_bf16: bool = False
+    """For GGUF blocks: products past the GEMVs' rows take bfloat16 panels (the model's matrices are bfloat16 and
+    the CPU has bfloat16 instructions: worker/dtypes.py `use_bf16_gguf_panels`)."""
     activation_scheme: str | None = None
     """For an int8 / float8 weight (ScaledTensor, with the `weight_scale` buffer): how activations are quantized."""
     weight_block: tuple[int, int] | None = None
@@ -194,7 +197,13 @@ class LinearBase(nn.Module):
         x = permute_input(x, self.input_perm)
         if self.weight_type is not None:
             return gguf_linear(
-                x, self.weight, self.weight_type, self.input_size, self.bias, self.weight_interleave
+                x,
+                self.weight,
+                self.weight_type,
+                self.input_size,
+                self.bias,
+                self.weight_interleave,
+                self.gguf_bf16,
             )
         if self.activation_scheme is not None:
             return scaled_linear(
@@ -335,7 +344,7 @@ class MergedLinear(LinearBase):
             return super().forward(x)
         x = permute_input(x, self.input_perm)
         parts = [(getattr(self, f"weight_part_{name}"), qtype) for name, qtype in self.part_types.items()]
-        return gguf_linear_parts(x, parts, self.input_size, self.bias, self.weight_interleave)
+        return gguf_linear_parts(x, parts, self.input_size, self.bias, self.weight_interleave, self.gguf_bf16)
 
 
 def _checked(loaded: torch.Tensor, shape: tuple[int, ...], shard_id: str | None) -> torch.Tensor:

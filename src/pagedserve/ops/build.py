@@ -80,6 +80,8 @@ SIGNATURES: dict[str, list] = {
     # x [m, k] float32, w GGUF blocks [n, k / 32], GGML type, bias (or NULL) float32, out [m, n] (rows ldo apart),
     # m, n, k, interleave (1 or 4: csrc/gguf.h), ldo, threads
     "gguf_gemm": [_P, _P, ctypes.c_int, _P, _P, _I, _I, _I, ctypes.c_int, _I, ctypes.c_int],
+    # x [m, k] bfloat16 (m > 8), then as gguf_gemm
+    "gguf_gemm_bf16": [_P, _P, ctypes.c_int, _P, _P, _I, _I, _I, ctypes.c_int, _I, ctypes.c_int],
     # x, router (or NULL), logits (or NULL), out, m, hidden, inter, experts, top_k, renormalize, gate_up addresses,
     # type, interleave, down addresses, type, interleave, shared (or NULL), shared gate weight (or NULL), shared
     # gate logits (or NULL), threads (csrc/gguf_moe.c)
@@ -123,6 +125,7 @@ SIGNATURES: dict[str, list] = {
     "replay_calls": [_P, _I],
     # () -> 1 where gguf_gemm takes any number of rows (the 256-bit panels, every level with AVX2), else 0
     "gguf_has_panels": [],
+    "gguf_has_bf16_panels": [],
     # () -> the level the library was compiled for, as an index into ISA_LEVELS
     "compiled_level": [],
 }

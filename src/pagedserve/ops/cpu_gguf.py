@@ -1,6 +1,6 @@
 """PyTorch-facing wrappers of the GGUF block kernels (csrc/gguf.c, panel_gemm.c, gguf_moe.c) that
 layers/gguf_quant.py and layers/moe.py multiply GGUF matrices with: blocks uint8 [rows, row bytes], activations
-float32."""
+float32 (or bfloat16 for the bfloat16 panels)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,16 @@ def gguf_dequantize(data: torch.Tensor, qtype: int, cols: int, interleave: int =
     return out
 
 
+# Rows past which gguf_gemm leaves the GEMVs for the panels (csrc/gguf.c GGUF_DOT_MAX_ROWS).
+GEMV_MAX_ROWS = 8
+
+
+def has_bf16_panels() -> bool:
+    """True where `gguf_gemm` multiplies bfloat16 rows (the avx512_bf16 kernel level)."""
+    library = build.load()
+    return library is not None and bool(library.gguf_has_bf16_panels())
+
+
 def gguf_gemm(
     x: torch.Tensor,
     data: torch.Tensor,
@@ -39,17 +49,21 @@ def gguf_gemm(
     """x float32 [m, cols] @ the dequantized blocks^T (+ float32 bias), the blocks' rows interleaved by
     `interleave` (csrc/gguf.h); into `out` when given (float32 [m, n] whose rows may be a wider tensor's: one part
     of a merged layer's output). None when this ISA level's kernel does not take m rows (the caller dequantizes
-    and uses the GEMM)."""
+    and uses the GEMM). x bfloat16: the bfloat16 panels (m > GEMV_MAX_ROWS, where `has_bf16_panels`; the weights
+    rounded to bfloat16, float32 sums and out; csrc/panel_gemm.c)."""
     library = build.load()
-    assert library is not None and x.dtype == torch.float32 and data.dtype == torch.uint8  # can_gguf
+    bf16 = x.dtype == torch.bfloat16
+    assert library is not None and x.dtype in (torch.float32, torch.bfloat16) and data.dtype == torch.uint8
     m, n = x.shape[0], data.shape[0]
     if out is None:
         out = torch.empty(m, n, dtype=torch.float32)
     assert out.dtype == torch.float32 and out.shape == (m, n) and (out.stride(1) == 1 or n == 1)
-    failed = library.gguf_gemm(
+    failed = (library.gguf_gemm_bf16 if bf16 else library.gguf_gemm)(
         x.data_ptr(), data.data_ptr(), qtype, None if bias is None else bias.data_ptr(), out.data_ptr(), m, n, cols,
         interleave, out.stride(0) if m > 1 else n, torch.get_num_threads(),
     )  # fmt: skip
+    if failed == 3 and bf16:
+        raise ValueError(f"bfloat16 GGUF panels take more than {GEMV_MAX_ROWS} rows on the avx512_bf16 level")
     if failed == 3:
         return None
     if failed == 2:

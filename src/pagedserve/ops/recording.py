@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 # Calls that ask the library something and compute nothing: not recorded.
-_QUERIES = frozenset({"gguf_has_panels", "compiled_level", "replay_calls"})
+_QUERIES = frozenset({"gguf_has_panels", "gguf_has_bf16_panels", "compiled_level", "replay_calls"})
 
 # The kernels csrc/replay.c can run, in the order of its enum.
 REPLAY_KERNELS = (
@@ -26,6 +26,7 @@ REPLAY_KERNELS = (
     "gguf_gemm", "gguf_dequantize", "write_kv_cache", "int8_epilogue", "int8_gemm", "int8_quantize",
     "gemm_e4m3w", "fp8_quantize", "e4m3_dequantize",
     "shm_all_reduce", "shm_all_gather", "rms_norm_heads", "lora_delta", "gelu_tanh_and_mul", "gguf_moe",
+    "gguf_gemm_bf16",
 )  # fmt: skip
 _REPLAY_INTS, _REPLAY_FLOATS = 20, 2  # csrc/replay.c
 

@@ -11,6 +11,7 @@ from pagedserve.cpu_info import cpu_info
 from pagedserve.layers.embedding import LMHead, VocabEmbedding
 from pagedserve.layers.linear import LinearBase
 from pagedserve.ops import build as cpu_kernels
+from pagedserve.ops import cpu_gguf
 
 logger = logging.getLogger("pagedserve")
 
@@ -76,6 +77,20 @@ def gguf_blocks_by_default(device: torch.device) -> bool:
     load is faster past a few rows, the blocks faster for one stream: offline-32x64 548 against 357 tok/s,
     single-stream 60 against 140 (bundled Q4_1, Zen 4, 2026-12-06; docs/architecture.md)."""
     return has_gguf_panel_kernels(device) and not cpu_info().fast_bf16
+
+
+def use_bf16_gguf_panels(model: torch.nn.Module) -> int:
+    """Marks the model's GGUF matrices (`gguf_bf16`) to multiply more rows than a GEMV's (prefills, big decode
+    batches) in bfloat16 panels: where its matrices are bfloat16 (`ModelDtypes.weights`) and the kernels have the
+    panels (avx512_bf16). How many; 0 where the kernels lack them."""
+    if not cpu_gguf.has_bf16_panels():
+        return 0
+    marked = 0
+    for module in model.modules():
+        if isinstance(module, (LinearBase, LMHead)) and module.weight_type is not None:
+            module.gguf_bf16 = True
+            marked += 1
+    return marked
 
 
 _FLOAT_MATRIX_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -28,7 +28,7 @@ from pagedserve.sample.metadata import make_generator
 from pagedserve.sample.sampler import Sampler
 from pagedserve.worker.decode_graphs import make_decode_graphs
 from pagedserve.worker.device import configure_cpu_threads
-from pagedserve.worker.dtypes import cast_matrix_weights
+from pagedserve.worker.dtypes import cast_matrix_weights, use_bf16_gguf_panels
 from pagedserve.worker.dummy_weights import init_dummy_weights
 from pagedserve.worker.gpu_memory import gpu_kv_budget
 from pagedserve.worker.huge_pages import huge_pages_mode, move_weights_to_huge_pages
@@ -161,6 +161,10 @@ class ModelRunner:
         regrouped = interleave_gguf_weights(self.model)
         if regrouped:
             logger.debug("GGUF: %d matrices' rows interleaved for the CPU GEMV", regrouped)
+        if device.type == "cpu" and self.weight_dtype == torch.bfloat16:
+            marked = use_bf16_gguf_panels(self.model)
+            if marked:
+                logger.info("GGUF: %d matrices multiply prefills in bfloat16 panels (float32 sums)", marked)
         # Before anything records a weight's address (the experts' tables below, decode graphs, LoRA).
         self.huge_page_bytes = move_weights_to_huge_pages(self.model) if device.type == "cpu" else 0
         if self.huge_page_bytes:

@@ -247,23 +247,22 @@ def test_merged_parts_in_different_types_keep_their_own_blocks(tmp_path) -> None
     torch.testing.assert_close(got, logits_of(dense, config, tokens, [6, 1]), atol=1e-4, rtol=1e-4)
 
 
+def write_tiny_q4_k_m(path):
+    """A tiny file in llama.cpp's Q4_K_M mix: Q4_K, with attn_v, ffn_down and the output in Q6_K; 256 wide."""
+    overrides = {"output.weight": Q.Q6_K}
+    for layer in range(2):
+        overrides |= {f"blk.{layer}.attn_v.weight": Q.Q6_K, f"blk.{layer}.ffn_down.weight": Q.Q6_K}
+    return write_tiny_gguf(
+        path, tensor_type=Q.Q4_K, tied=False, seed=5, type_overrides=overrides, hidden=256, ffn=512
+    )
+
+
 def test_a_q4_k_m_style_model_runs_from_its_k_quant_blocks(tmp_path) -> None:
     """llama.cpp's Q4_K_M mix: Q4_K matrices, with attn_v, ffn_down and the output in Q6_K. Every matrix stays in
     its super-blocks (q|k|v as parts of two types), at under a fifth of the float32 bytes; logits of chunked
     prefill and decode equal the file dequantized at load within 3e-4 (the decode GEMVs' 16-bit activations, whose
     rounding bound the kernel tests check: 1.4e-4 measured on this model; 256-wide rows, more than the others')."""
-    overrides = {"output.weight": Q.Q6_K}
-    for layer in range(2):
-        overrides |= {f"blk.{layer}.attn_v.weight": Q.Q6_K, f"blk.{layer}.ffn_down.weight": Q.Q6_K}
-    tiny = write_tiny_gguf(
-        tmp_path / "q4km.gguf",
-        tensor_type=Q.Q4_K,
-        tied=False,
-        seed=5,
-        type_overrides=overrides,
-        hidden=256,
-        ffn=512,
-    )
+    tiny = write_tiny_q4_k_m(tmp_path / "q4km.gguf")
     config, kept = load_model(tiny.path, keep_quantized=True)
     _, dense = load_model(tiny.path, keep_quantized=False)
     layer = kept.model.layers[0]

@@ -34,6 +34,20 @@ int gguf_has_panels(void) {
 #endif
 }
 
+#if defined(PAGEDSERVE_PANELS) && defined(__AVX512BF16__)
+int gguf_gemm_panels_bf16(const uint16_t *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
+                          int64_t n, int64_t k, int il, int64_t ldo, int threads); /* panel_gemm.c */
+#endif
+
+/* 1 where gguf_gemm_bf16 multiplies bfloat16 rows (the avx512_bf16 level), 0 where it returns 3. */
+int gguf_has_bf16_panels(void) {
+#if defined(PAGEDSERVE_PANELS) && defined(__AVX512BF16__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* 1 where the type, k and the interleave `il` do not make a matrix of n rows the kernels read. */
 static int gguf_bad_layout(int qtype, int64_t n, int64_t k, int il) {
     return gguf_row_bytes(qtype, k) == 0 || (il != 1 && il != GGUF_COLS) || n % il != 0;
@@ -231,4 +245,17 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
     }
     free(scales);
     return 0;
+}
+
+/* gguf_gemm for bfloat16 rows x [m, k] (m > GGUF_DOT_MAX_ROWS: a prefill): bfloat16 panels, float32 out (rows ldo
+ * apart). 0 done; 1 bad type or k; 2 out of memory; 3 not this level (gguf_has_bf16_panels) or too few rows. */
+int gguf_gemm_bf16(const uint16_t *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
+                   int64_t n, int64_t k, int il, int64_t ldo, int threads) {
+    if (gguf_bad_layout(qtype, n, k, il) || ldo < n) return 1;
+#if defined(PAGEDSERVE_PANELS) && defined(__AVX512BF16__)
+    if (m > GGUF_DOT_MAX_ROWS) return gguf_gemm_panels_bf16(x, w, qtype, bias, out, m, n, k, il, ldo, threads);
+#else
+    (void)x, (void)w, (void)bias, (void)out, (void)m, (void)threads;
+#endif
+    return 3;
 }

@@ -39,6 +39,7 @@ enum {
     K_LORA_DELTA,
     K_GELU_TANH_AND_MUL,
     K_GGUF_MOE,
+    K_GGUF_GEMM_BF16,
     K_COUNT
 };
 
@@ -63,6 +64,8 @@ int gemm_f32_bf16w(const float *x, const uint16_t *w, const float *bias, float *
                    int threads);
 int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
               int64_t k, int il, int64_t ldo, int threads);
+int gguf_gemm_bf16(const uint16_t *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
+                   int64_t n, int64_t k, int il, int64_t ldo, int threads);
 int gguf_dequantize(const uint8_t *w, int qtype, float *out, int64_t n, int64_t k, int il, int threads);
 int write_kv_cache(const void *key, const void *value, void *k_cache, void *v_cache, const int64_t *slots,
                    int64_t rows, int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t row_stride,
@@ -108,6 +111,8 @@ static int run_one(const replay_call *c) {
     case K_GEMM_F32_BF16W: return gemm_f32_bf16w(P(0), P(1), P(2), P(3), i[4], i[5], i[6], (int)i[7]);
     case K_GGUF_GEMM:
         return gguf_gemm(P(0), P(1), (int)i[2], P(3), P(4), i[5], i[6], i[7], (int)i[8], i[9], (int)i[10]);
+    case K_GGUF_GEMM_BF16:
+        return gguf_gemm_bf16(P(0), P(1), (int)i[2], P(3), P(4), i[5], i[6], i[7], (int)i[8], i[9], (int)i[10]);
     case K_GGUF_DEQUANTIZE: return gguf_dequantize(P(0), (int)i[1], P(2), i[3], i[4], (int)i[5], (int)i[6]);
     case K_WRITE_KV_CACHE:
         return write_kv_cache(P(0), P(1), P(2), P(3), P(4), i[5], i[6], i[7], i[8], i[9], i[10], (int)i[11],
