@@ -72,11 +72,18 @@ static inline __attribute__((always_inline)) void q16_prefetch_step(const uint8_
     }
 }
 
+/* Interleaved K-quant rows (up to Q16_L1_ROW_WEIGHTS weights) prefetch this far ahead, not GGUF_PREFETCH_BYTES: a
+ * Q6_K step is 840 bytes of slower arithmetic than Q4_0's, and 6144 bytes ahead (7 steps) the Q6_K output matrix of a
+ * Q4_K_M file (49152 x 2048) streamed at 25.4-25.5 GB/s against 28.3-29.7 at 2560-4096 (Zen 4, 2 threads, one
+ * process alternating the distances, six rounds); Q4_K 30.3-30.8 against 31.0-31.6 (BENCHMARKS.md). */
+#define Q16_KQUANT_PREFETCH_BYTES 3072
+
 /* The K-quant single-row GEMVs' prefetch distance: one four-row group for rows past Q16_L1_ROW_WEIGHTS (prefetched
- * into L2: *to_l2 = 1), else q16_prefetch_ahead's. */
+ * into L2: *to_l2 = 1), Q16_KQUANT_PREFETCH_BYTES interleaved, else q16_prefetch_ahead's. */
 static inline int64_t q16_kquant_ahead(int64_t k, int qtype, int64_t column_bytes, int64_t stride, int *to_l2) {
     *to_l2 = k > Q16_L1_ROW_WEIGHTS;
-    return *to_l2 ? GGUF_COLS * (k / GGUF_SUPER) * gguf_block_bytes(qtype) : q16_prefetch_ahead(column_bytes, stride);
+    if (*to_l2) return GGUF_COLS * (k / GGUF_SUPER) * gguf_block_bytes(qtype);
+    return stride == GGUF_COLS * column_bytes ? Q16_KQUANT_PREFETCH_BYTES : q16_prefetch_ahead(column_bytes, stride);
 }
 
 /* A row x [k] -> q [k] int16, d [k / 32] and s [k / 32] float (s = d * sum of the block's q). */
