@@ -10,7 +10,8 @@
  * 16 columns of w at a time into a float32 panel laid out k-major ([k][16], exact: a 16-bit shift), then runs every
  * 6-row tile of x over it: per k, two panel loads and six broadcasts of x feed twelve FMAs into 6 x 16
  * accumulators (12 of the 16 registers). The panel (16 x k floats, 36 KB at k 576) is rebuilt once per 16 columns
- * and reused by all m / 6 tiles, so widening costs ~1 / m of the FMAs.
+ * and reused by all m / 6 tiles, so widening costs ~1 / m of the FMAs. At the avx512_bf16 level GGUF rows can take
+ * bfloat16 panels instead (the last section: 512-bit registers, vdpbf16ps).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -197,11 +198,12 @@ int gguf_gemm_panels(const float *x, const uint8_t *w, int qtype, const float *b
     return panel_gemm(x, w, qtype, il, bias, out, m, n, k, ldo, threads);
 }
 #if defined(__AVX512BF16__)
-/* bfloat16 panels (the avx512_bf16 level: Zen 4, Cooper Lake, Sapphire Rapids and later). Where the model computes
- * in bfloat16 (its activations are bfloat16 already), GGUF rows past the GEMV's are multiplied with vdpbf16ps: two
- * bfloat16 products a float32 lane, twice the float32 FMA's work an instruction. The weights are dequantized and
- * rounded to bfloat16 (as vLLM's GGUF path dequantizes to the model's dtype); sums stay float32. The float32
- * panels above ran at ~90 % of this Zen 4's float32 FMA peak (tile_6: 82 % of a 512-token prefill's samples).
+/* bfloat16 panels (the avx512_bf16 level: Zen 4, Cooper Lake, Sapphire Rapids and later). Where the model's
+ * matrices are bfloat16 (layers/gguf_quant.py decides and rounds the rows), GGUF rows past the GEMV's are multiplied
+ * with vdpbf16ps: two bfloat16 products a float32 lane, twice the float32 FMA's work an instruction. The weights are
+ * dequantized and rounded to bfloat16 (as vLLM's GGUF path dequantizes to the model's dtype); sums stay float32.
+ * The float32 panels above ran at ~90 % of this Zen 4's float32 FMA peak (tile_6: 82 % of a 512-token prefill's
+ * samples).
  * Layout: 32 columns a panel, k in pairs: panel[p * 32 + j] = column j's weights 2p (low half) and 2p + 1. */
 #define BF16_PANEL 32
 #define BF16_TILE_ROWS 8
