@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gguf_single_stream import print_table  # noqa: E402
 from peers.servers import LLAMA_SERVER, missing_reason  # noqa: E402
 from q4km_single_stream import write_llama  # noqa: E402
 from random_gguf import cached_model  # noqa: E402
@@ -122,13 +123,8 @@ def main() -> None:
                 f"[{time.strftime('%H:%M:%S')}] round {round_ + 1} {name}: {numbers[name][-1]:.1f} tok/s",
                 flush=True,
             )
-    print(f"\nCPU: {cpu_info().describe()}; {model.name}, one prompt of {args.tokens} tokens\n")
-    reference = statistics.median(numbers["llama.cpp"]) if "llama.cpp" in numbers else None
-    print("| system | prefill tok/s (median of rounds) | rounds | ÷ llama.cpp |\n|---|---|---|---|")
-    for name, values in numbers.items():
-        median = statistics.median(values)
-        ratio = f"{median / reference:.2f}×" if reference else "—"
-        print(f"| {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {ratio} |")
+    print(f"\nCPU: {cpu_info().describe()}; {model.name}, one prompt of {args.tokens} tokens")
+    print_table(numbers, "prefill tok/s")
 
 
 if __name__ == "__main__":

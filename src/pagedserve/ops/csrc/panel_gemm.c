@@ -142,6 +142,18 @@ static void tile(const float *x, const float *panel, int64_t k, const float *bia
     }
 }
 
+/* The rows of this thread's next panel (static schedule: the one after n0, `width` rows wide) toward L2 while this one
+ * is multiplied: sixteen short rows are too many streams for the hardware prefetcher once the weights come from
+ * memory. The LM head (49152 x 576) at 32 rows of x, Zen 3, one process alternating builds: Q8_0 25.5-29.5 ms without,
+ * 22.2-26.3 with; bfloat16 32.0-34.0 against 24.7-30.9; gate|up (in cache) unchanged. */
+static inline void prefetch_next_panel(const void *w, int64_t n0, int64_t width, int64_t n, int64_t row_bytes) {
+    const int64_t left = n - n0 - width;
+    if (left <= 0) return;
+    const char *next = (const char *)w + (n0 + width) * row_bytes;
+    const int64_t bytes = (left < width ? left : width) * row_bytes;
+    for (int64_t i = 0; i < bytes; i += 64) prefetch_t1(next + i);
+}
+
 /* qtype 0: w is bfloat16; else a GGUF block type, rows interleaved by il (gguf.h). Panels are 16 rows, a whole
  * number of interleaved groups: a panel's bytes are the same range in either layout. */
 static int panel_gemm(const float *x, const void *w, int qtype, int il, const float *bias, float *out, int64_t m,
@@ -164,16 +176,7 @@ static int panel_gemm(const float *x, const void *w, int qtype, int il, const fl
                 pack_panel(w, n0, count, k, panel);
             else
                 pack_panel_gguf(w, qtype, il, n0, count, k, 0, k, PANEL, panel);
-            /* This thread's next panel (static schedule: p + 1) toward L2 while this one is multiplied: sixteen
-             * short rows are too many streams for the hardware prefetcher once the weights come from memory. The
-             * LM head (49152 x 576) at 32 rows of x, Zen 3, one process alternating builds: Q8_0 25.5-29.5 ms
-             * without, 22.2-26.3 with; bfloat16 32.0-34.0 against 24.7-30.9; gate|up (in cache) unchanged. */
-            if (p + 1 < panels) {
-                const int64_t row_bytes = qtype == 0 ? 2 * k : gguf_row_bytes(qtype, k);
-                const char *next = (const char *)w + (n0 + PANEL) * row_bytes;
-                const int64_t bytes = ((n - n0 - PANEL) < PANEL ? (n - n0 - PANEL) : PANEL) * row_bytes;
-                for (int64_t i = 0; i < bytes; i += 64) prefetch_t1(next + i);
-            }
+            prefetch_next_panel(w, n0, PANEL, n, qtype == 0 ? 2 * k : gguf_row_bytes(qtype, k));
             /* m split into tiles of near-equal rows (32: 5,5,5,5,6,6, not 6 x 5 + 2): a tile of one or two rows
              * has too few accumulators to hide the FMA latency. */
             const int64_t tiles = m / TILE_ROWS + (m % TILE_ROWS != 0);
@@ -311,12 +314,7 @@ int gguf_gemm_panels_bf16(const uint16_t *x, const uint8_t *w, int qtype, const 
             const int64_t n0 = p * BF16_PANEL;
             const int64_t count = n - n0 < BF16_PANEL ? n - n0 : BF16_PANEL;
             pack_panel_bf16(w, qtype, il, n0, count, k, panel, scratch);
-            if (p + 1 < panels) { /* the next panel toward L2, as panel_gemm */
-                const char *next = (const char *)w + (n0 + BF16_PANEL) * row_bytes;
-                const int64_t left = n - n0 - BF16_PANEL;
-                const int64_t bytes = (left < BF16_PANEL ? left : BF16_PANEL) * row_bytes;
-                for (int64_t i = 0; i < bytes; i += 64) prefetch_t1(next + i);
-            }
+            prefetch_next_panel(w, n0, BF16_PANEL, n, row_bytes);
             const int64_t tiles = m / BF16_TILE_ROWS + (m % BF16_TILE_ROWS != 0);
             for (int64_t t = 0, r0 = 0; t < tiles; ++t) {
                 const int64_t rows = (m - r0) / (tiles - t);
