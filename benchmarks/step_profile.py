@@ -77,11 +77,12 @@ def main() -> int:
     parser.add_argument("--workload", default="offline-32x64", choices=sorted(OFFLINE_PRESETS))
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--quantization", default=None, help="as serve's flag (e.g. gguf: the blocks kept)")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="as serve's flag")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     from pagedserve import SamplingParams
 
-    llm = load_llm(dtype=args.dtype, quantization=args.quantization)
+    llm = load_llm(dtype=args.dtype, quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype)
     engine = llm.llm_engine
     preset = OFFLINE_PRESETS[args.workload]
     prompts = chat_prompt_ids(llm.get_tokenizer(), topic_messages(preset.num_prompts))
@@ -100,6 +101,7 @@ def main() -> int:
     rows.append(("everything else (Python, scheduler, inputs, outputs)", wall - accounted))
     tokens = preset.num_prompts * preset.output_len
     print(f"{cpu_info().describe()}; dtype {engine.info.dtype}; quantization {engine.info.quantization or 'none'}; "
+          f"KV cache {engine.info.kv_cache_dtype}; "
           f"{args.workload}: {wall:.2f} s, "
           f"{tokens / wall:.1f} output tok/s")  # fmt: skip
     print("\n| work | seconds | share |\n|---|---|---|")

@@ -15,7 +15,7 @@ from pagedserve.config_fields import at_least, check_choices
 from pagedserve.json_configs import SpeculativeConfig, StructuredOutputsConfig
 from pagedserve.model_config import ModelConfig
 
-KVCacheDType = Literal["auto", "fp8", "fp8_e4m3"]
+KVCacheDType = Literal["auto", "bfloat16", "fp8", "fp8_e4m3"]
 
 
 # A step's token budget when --max-num-batched-tokens is not given (vLLM's default for chunked prefill).
@@ -41,7 +41,7 @@ class CacheConfig:
     sequence is recomputed), so it is checked (>= 0) and has no effect."""
 
     kv_cache_dtype: KVCacheDType = "auto"
-    """KV cache storage, as vLLM's flag. auto: the model's dtype. fp8 / fp8_e4m3: float8 e4m3 with a scale of 1 (vLLM's default without calibrated scales; values saturate at +-448): half the bytes of bfloat16, so twice the tokens in the same budget and half what decode attention reads. fp8_e5m2 and checkpoint KV scales are refused."""
+    """KV cache storage, as vLLM's flag. auto: the model's dtype (bfloat16 where its matrices are bfloat16 under float32 compute: worker/kv_cache.py). bfloat16: bfloat16 whatever the compute dtype. fp8 / fp8_e4m3: float8 e4m3 with a scale of 1 (vLLM's default without calibrated scales; values saturate at +-448): half the bytes of bfloat16, so twice the tokens in the same budget and half what decode attention reads. fp8_e5m2 and checkpoint KV scales are refused."""
 
     disable_hybrid_kv_cache_manager: bool = False
     """vLLM's flag: sliding-window layers keep every block of their sequence, as full attention does (what they compute is unchanged). By default a model with window layers (Gemma 2 and 3, Mistral v0.1) gives their blocks that no future query can see back to the pool while the sequence runs: at long contexts they hold a window's worth (kv_memory.py)."""

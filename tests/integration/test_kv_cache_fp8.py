@@ -54,5 +54,7 @@ def test_greedy_text_stays_close_to_the_float32_cache(fp8_llm, bundled_llm_fp32,
 
 def test_unsupported_kv_cache_dtypes_are_refused_by_name() -> None:
     # The LLM class checks its Literal-typed arguments before loading anything (config.check_choices).
-    with pytest.raises(ValueError, match="kv_cache_dtype must be one of auto, fp8, fp8_e4m3, got 'fp8_e5m2'"):
+    with pytest.raises(
+        ValueError, match="kv_cache_dtype must be one of auto, bfloat16, fp8, fp8_e4m3, got 'fp8_e5m2'"
+    ):
         LLM(kv_cache_dtype="fp8_e5m2", kv_cache_memory_bytes=16 * 1024**2, max_model_len=128)

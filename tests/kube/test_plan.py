@@ -28,6 +28,9 @@ def test_llama3_8b_kv_bytes_per_token_matches_hand_computation() -> None:
     assert kv_bytes_per_token(spec, 2) == hand
     assert plan("llama-3-8b", "A10G").kv_bytes_per_token == hand
     assert plan("llama-3-8b", "A10G", kv_cache_dtype="fp8").kv_bytes_per_token == hand // 2
+    # --kv-cache-dtype bfloat16 under --dtype float32: 2 bytes an element, whatever the compute dtype.
+    assert plan("llama-3-8b", "A10G", dtype="float32", kv_cache_dtype="bfloat16").kv_bytes_per_token == hand
+    assert plan("llama-3-8b", "A10G", dtype="float32").kv_bytes_per_token == 2 * hand
 
 
 def test_moe_activations_scale_with_the_experts_a_token_runs() -> None:

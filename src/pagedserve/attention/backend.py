@@ -93,10 +93,11 @@ FP8_E4M3_MAX = 448.0
 
 def to_cache_dtype(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
     """K or V as the cache stores them. A float8 cache (--kv-cache-dtype fp8) holds e4m3 values with a scale of
-    1, as vLLM's does without calibrated scales, saturated at +-448."""
+    1, as vLLM's does without calibrated scales, saturated at +-448; a bfloat16 one under float32 activations
+    their nearest bfloat16."""
     if cache.dtype == torch.float8_e4m3fn:
         return x.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(cache.dtype)
-    return x
+    return x.to(cache.dtype)
 
 
 def as_stored(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:

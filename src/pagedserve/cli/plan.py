@@ -29,7 +29,7 @@ def add_parser(subparsers: Any) -> None:
         choices=["awq", "gptq", "fp8", "int8", "none"],
         help="default: the checkpoint's",
     )
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "bfloat16", "fp8"])
     parser.add_argument("--max-model-len", type=int, default=None, help="default: the model's maximum")
     parser.add_argument(
         "--concurrency", type=int, default=1, help="max-length sequences that must fit at once"

@@ -59,8 +59,8 @@ class PlanRequest:
             raise ValueError(
                 f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {self.quantization!r}"
             )
-        if self.kv_cache_dtype not in ("auto", "fp8"):
-            raise ValueError(f"kv_cache_dtype must be auto or fp8; got {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype not in ("auto", "bfloat16", "fp8"):
+            raise ValueError(f"kv_cache_dtype must be auto, bfloat16 or fp8; got {self.kv_cache_dtype!r}")
         for name in (
             "concurrency",
             "max_num_batched_tokens",
@@ -274,7 +274,7 @@ def plan_capacity(model: ModelSpec, gpu: GpuType, request: PlanRequest) -> Plan:
         )
     dtype = _resolve_dtype(model, request, quantization, gpu, notes)
     dtype_bytes = DTYPE_BYTES[dtype]
-    kv_elem_bytes = 1 if request.kv_cache_dtype == "fp8" else dtype_bytes
+    kv_elem_bytes = {"fp8": 1, "bfloat16": 2}.get(request.kv_cache_dtype, dtype_bytes)
     max_model_len = request.max_model_len or model.max_position_embeddings
     if max_model_len > model.max_position_embeddings:
         notes.append(

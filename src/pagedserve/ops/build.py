@@ -55,8 +55,8 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 # C signature of every exported function (all return int: 0 on success).
 SIGNATURES: dict[str, list] = {
     # q, k_cache, v_cache, out, block_tables, seq_lens, batch, q_heads, kv_heads, head_dim, block_size,
-    # max_blocks, q_row_stride, scale, dtype, cache_dtype (dtype's code, or 2: float8 e4m3), threads, window,
-    # softcap (0: none)
+    # max_blocks, q_row_stride, scale, dtype, cache_dtype (dtype's code, 2: float8 e4m3, 1: bfloat16 under
+    # float32), threads, window, softcap (0: none)
     "paged_decode_attention": [_P] * 6 + [_I] * 7 + [_F, ctypes.c_int, ctypes.c_int, ctypes.c_int, _I, _F],
     # x, residual (or NULL), weight, out, rows, hidden, eps, dtype, threads
     "rms_norm": [_P] * 4 + [_I] * 2 + [_F, ctypes.c_int, ctypes.c_int],
@@ -93,7 +93,7 @@ SIGNATURES: dict[str, list] = {
     # w GGUF blocks [n, k / 32], GGML type, out [n, k] float32, n, k, interleave, threads
     "gguf_dequantize": [_P, ctypes.c_int, _P, _I, _I, ctypes.c_int, ctypes.c_int],
     # key, value, k_cache, v_cache, slot_mapping, rows, kv_heads, head_dim, block_size, row_stride, num_slots,
-    # dtype, cache_dtype (dtype's code, or 2: float8 e4m3)
+    # dtype, cache_dtype (dtype's code, 2: float8 e4m3, 1: bfloat16 under float32)
     "write_kv_cache": [_P] * 5 + [_I] * 6 + [ctypes.c_int, ctypes.c_int],
     # acc [m, n] int32, x_scale [m], w_scale [n], bias (or NULL) float32, out [m, n], dtype, m, n, threads
     "int8_epilogue": [_P] * 5 + [ctypes.c_int, _I, _I, ctypes.c_int],

@@ -213,17 +213,29 @@ def usable_rows(x: torch.Tensor) -> bool:
     return x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
 
 
-_CACHE_E4M3 = 2  # the kernels' cache_dtype code for float8 e4m3 (csrc/paged_decode.c, csrc/layer_ops.c)
+# The kernels' cache_dtype codes (csrc/paged_decode.c, csrc/layer_ops.c).
+_CACHE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float8_e4m3fn: 2}
+
+
+def _cache_code(activations: torch.Tensor, cache: torch.Tensor) -> int | None:
+    """The kernels' code for a cache the activations' dtype, float8 e4m3 under either, or bfloat16 under
+    float32 (the model's matrices bfloat16, its compute float32: worker/kv_cache.py); None for another pair."""
+    if cache.dtype in (activations.dtype, torch.float8_e4m3fn) or (
+        cache.dtype == torch.bfloat16 and activations.dtype == torch.float32
+    ):
+        return _CACHE_CODES.get(cache.dtype)
+    return None
 
 
 def can_write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """K/V in the cache's dtype, or float32 / bfloat16 K/V into a float8 e4m3 cache (converted as PyTorch casts
-    after saturating at +-448: attention/backend.py::to_cache_dtype)."""
+    """K/V in the cache's dtype, float32 / bfloat16 K/V into a float8 e4m3 cache (converted as PyTorch casts
+    after saturating at +-448: attention/backend.py::to_cache_dtype), or float32 K/V into a bfloat16 cache
+    (rounded to nearest even, as PyTorch's cast)."""
     return (
         available(key, value)
         and k_cache.device.type == "cpu"
         and key.dtype == value.dtype
-        and k_cache.dtype in (key.dtype, torch.float8_e4m3fn)
+        and _cache_code(key, k_cache) is not None
         and usable_rows(key)
         and usable_rows(value)
         and (key.shape[0] == 1 or key.stride(0) == value.stride(0))  # one row: its stride means nothing
@@ -242,19 +254,19 @@ def write_kv_cache(
     num_blocks, _, block_size, _ = v_cache.shape
     failed = library.write_kv_cache(
         key.data_ptr(), value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(), rows,
-        kv_heads, head_dim, block_size, key.stride(0), num_blocks * block_size, _code(key),
-        _CACHE_E4M3 if k_cache.dtype == torch.float8_e4m3fn else _code(key),
+        kv_heads, head_dim, block_size, key.stride(0), num_blocks * block_size, _code(key), _cache_code(key, k_cache),
     )  # fmt: skip
     if failed:
         raise ValueError("a slot in slot_mapping is outside the KV cache")
 
 
 def can_decode_from(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """The decode kernel reads a cache in q's dtype (float32, bfloat16) or in float8 e4m3 (--kv-cache-dtype fp8)."""
+    """The decode kernel reads a cache in q's dtype (float32, bfloat16), in float8 e4m3 (--kv-cache-dtype fp8) or
+    in bfloat16 under float32 q."""
     return (
         q.device.type == "cpu"
         and q.dtype in DTYPE_CODES
-        and k_cache.dtype in (q.dtype, torch.float8_e4m3fn)
+        and _cache_code(q, k_cache) is not None
         and build.load() is not None
     )
 
@@ -270,7 +282,7 @@ def paged_decode_attention(
     softcap: float | None = None,
 ) -> torch.Tensor:
     """q: [batch, q_heads, head_dim] (rows may be strided) -> [batch, q_heads, head_dim], contiguous. The cache
-    is in q's dtype or float8 e4m3 (`can_decode_from`). sliding_window: each query sees only its last that many
+    is one `can_decode_from` takes. sliding_window: each query sees only its last that many
     keys; softcap: scores become softcap * tanh(score / softcap) (Gemma 2)."""
     library = build.load()
     assert library is not None and usable_rows(q) and k_cache.is_contiguous() and v_cache.is_contiguous()
@@ -286,7 +298,7 @@ def paged_decode_attention(
     failed = library.paged_decode_attention(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), tables.data_ptr(), lens.data_ptr(),
         batch, num_q_heads, num_kv_heads, head_dim, block_size, tables.shape[1], q.stride(0), scale, _code(q),
-        _CACHE_E4M3 if k_cache.dtype == torch.float8_e4m3fn else _code(q), torch.get_num_threads(),
+        _cache_code(q, k_cache), torch.get_num_threads(),
         sliding_window or 0, softcap or 0.0,
     )  # fmt: skip
     if failed == 1:

@@ -159,7 +159,7 @@ class ServerMetrics:
             block_size=str(info.block_size),
             num_gpu_blocks=str(info.num_kv_blocks),
             enable_prefix_caching=str(info.enable_prefix_caching),
-            cache_dtype=info.dtype,
+            cache_dtype=info.kv_cache_dtype or info.dtype,  # what the cache stores, not the compute dtype
             kv_cache_memory_bytes=str(info.kv_cache_bytes),
         ).set(1)
         self.prompt_tokens = counter("vllm:prompt_tokens", "Prompt tokens computed.")

@@ -17,12 +17,20 @@ DEFAULT_CPU_KV_BYTES = 4 * 1024**3
 
 
 # --kv-cache-dtype values (CacheConfig.kv_cache_dtype) other than auto, as the torch dtype the cache holds.
-KV_CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
+KV_CACHE_DTYPES = {"bfloat16": torch.bfloat16, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
 
 
-def resolve_kv_cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
-    """The cache's storage dtype: the model's for auto; ValueError naming the field for what is not run."""
+def resolve_kv_cache_dtype(
+    kv_cache_dtype: str, model_dtype: torch.dtype, weight_dtype: torch.dtype | None = None
+) -> torch.dtype:
+    """The cache's storage dtype; ValueError naming the field for what is not run. auto: the model's dtype, which
+    is its matrices' (`weight_dtype`) where those are bfloat16 under float32 compute (ModelDtypes: GGUF / AWQ / GPTQ
+    blocks on a CPU, 16-bit checkpoints on CPUs without bfloat16 instructions), as vLLM's auto gives those models a
+    bfloat16 cache: half the bytes decode attention reads and twice the tokens in a budget, the C kernels widening
+    each value exactly (docs/architecture.md, "A bfloat16 KV cache under float32 compute")."""
     if kv_cache_dtype == "auto":
+        if model_dtype == torch.float32 and weight_dtype == torch.bfloat16:
+            return torch.bfloat16
         return model_dtype
     if kv_cache_dtype in KV_CACHE_DTYPES:
         return KV_CACHE_DTYPES[kv_cache_dtype]

@@ -189,7 +189,7 @@ class ModelRunner:
         # Scales of int8 / float8 weights and the blocks of merged layers kept per part count as weights.
         stored = [b for name, b in self.model.named_buffers() if ".weight_" in name]
         self.weight_bytes = sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *stored])
-        self.kv_cache_dtype = resolve_kv_cache_dtype(cache_config.kv_cache_dtype, dtype)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(cache_config.kv_cache_dtype, dtype, self.weight_dtype)
         tp = parallel_state.get_tp()
         num_heads = hf_config.num_attention_heads
         num_kv_heads = getattr(hf_config, "num_key_value_heads", None) or num_heads

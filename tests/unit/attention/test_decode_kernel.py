@@ -1,6 +1,6 @@
 """The C decode kernel and the PyTorch fallback against the plain reference backend, in float32 and bfloat16, with
-caches in the same dtype or in float8 e4m3 (--kv-cache-dtype fp8), at every ISA level this machine supports (the
-`isa_level` fixture)."""
+caches in the same dtype, in float8 e4m3 (--kv-cache-dtype fp8) or in bfloat16 under float32 queries, at every ISA
+level this machine supports (the `isa_level` fixture)."""
 
 from __future__ import annotations
 
@@ -117,6 +117,26 @@ def test_long_sequences_from_a_float8_cache_match_reference(dtype, tolerance):
     )
     got = get_attention_backend("cpu").forward(q * 3, k, v, k_cache, v_cache, metadata, 0.125)
     torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cpu_torch"])
+@pytest.mark.parametrize("group,head_dim", [(3, 64), (8, 32), (9, 64), (2, 48)])
+@pytest.mark.parametrize("lengths", [(1, 17, 33, 100, 5), (1000, 300)], ids=["short", "long"])
+def test_float32_queries_read_a_bfloat16_cache(backend, group, head_dim, lengths):
+    """A bfloat16 cache under float32 activations (dtype auto with bfloat16 matrices): register-blocked and
+    generic paths widen the stored values exactly, so they match the reference on the same bfloat16 bytes to
+    float32 rounding; a tile holds twice the float32 tokens, so 1000 and 300 tokens take several. The written K/V
+    land rounded as PyTorch's cast."""
+    q, k, v, k_cache, v_cache, metadata = random_decode_batch(torch.float32, 8, 2, group, head_dim, lengths)
+    k_cache, v_cache = k_cache.bfloat16(), v_cache.bfloat16()
+    expected_cache = k_cache.clone(), v_cache.clone()
+    expected = get_attention_backend("torch_ref").forward(
+        q * 3, k, v, *expected_cache, metadata, head_dim**-0.5
+    )
+    got = get_attention_backend(backend).forward(q * 3, k, v, k_cache, v_cache, metadata, head_dim**-0.5)
+    assert got.dtype == torch.float32
+    assert torch.equal(k_cache, expected_cache[0]) and torch.equal(v_cache, expected_cache[1])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_loading_the_kernel_keeps_subnormal_floats():

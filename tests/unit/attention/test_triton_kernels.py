@@ -130,6 +130,17 @@ def test_float8_cache(test_device):
     assert torch.equal(caches[0].view(torch.uint8), ref_caches[0].view(torch.uint8))
 
 
+def test_bfloat16_cache_under_float32_queries(test_device):
+    # --kv-cache-dtype bfloat16 with --dtype float32: writes round as the reference's cast, reads widen exactly.
+    shapes = [(20, 1), (40, 1), (0, 24), (16, 9)]
+    got, expected, caches, ref_caches = run_both(
+        shapes, 16, torch.float32, test_device, cache_dtype=torch.bfloat16
+    )
+    assert got.dtype == torch.float32
+    assert_close(got, expected, torch.float32)
+    assert torch.equal(caches[0], ref_caches[0]) and torch.equal(caches[1], ref_caches[1])
+
+
 def test_padded_decode_rows_are_skipped(test_device):
     """A CUDA graph replays a bucket larger than the batch: padded rows have slot -1 (nothing written) and
     seq_len 0 (output 0), and the real rows are unaffected."""

@@ -201,6 +201,35 @@ def test_write_into_a_float8_cache_rounds_as_pytorch_casts(isa_level, dtype):
     assert torch.equal(v_cache.view(torch.uint8), expected_v.view(torch.uint8))
 
 
+def test_float32_rows_into_a_bfloat16_cache_round_as_pytorch_casts(isa_level):
+    """A bfloat16 cache under float32 activations (dtype auto with bfloat16 matrices, or --kv-cache-dtype
+    bfloat16): the C scatter rounds to nearest even bit for bit as PyTorch's cast, ties, subnormals, -0.0 and
+    infinities included, and keeps NaN NaN; a float32 cache under bfloat16 activations is not a pair the kernels take."""
+    gen = torch.Generator().manual_seed(3)
+    blocks, kv_heads, head_dim, block_size, rows = 12, 2, 64, 16, 40
+    qkv = torch.randn(rows, 4 * kv_heads * head_dim, generator=gen)
+    qkv *= torch.exp(torch.empty(qkv.shape).uniform_(-90.0, 80.0, generator=gen))
+    ties = torch.tensor(
+        [1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, -(1.0 + 2.0**-8), 1e-40, float("inf"), float("nan"), -0.0]
+    )
+    qkv[0, : ties.numel()] = ties
+    qkv[1, 2 * kv_heads * head_dim : 2 * kv_heads * head_dim + ties.numel()] = ties
+    key = qkv[:, : kv_heads * head_dim].view(rows, kv_heads, head_dim)
+    value = qkv[:, 2 * kv_heads * head_dim : 3 * kv_heads * head_dim].view(rows, kv_heads, head_dim)
+    slots = torch.randperm(blocks * block_size, generator=gen)[:rows]
+    k_cache = torch.zeros(blocks, kv_heads, head_dim, block_size, dtype=torch.bfloat16)
+    v_cache = torch.zeros(blocks, kv_heads, block_size, head_dim, dtype=torch.bfloat16)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    torch_write_kv_cache(key, value, expected_k, expected_v, slots)
+    assert cpu_ops.can_write_kv_cache(key, value, k_cache)
+    cpu_ops.write_kv_cache(key, value, k_cache, v_cache, slots)
+    for got, expected in ((k_cache, expected_k), (v_cache, expected_v)):
+        nan = expected.isnan()
+        assert torch.equal(got.isnan(), nan) and nan.sum() == 1  # NaN's payload is not an answer
+        assert torch.equal(got.view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
+    assert not cpu_ops.can_write_kv_cache(key.bfloat16(), value.bfloat16(), k_cache.float())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_layers_take_the_kernel_and_the_pytorch_path_alike(dtype, monkeypatch):
     gen = torch.Generator().manual_seed(1)

@@ -240,7 +240,7 @@ def test_bad_speculative_config_is_an_argparse_error(value: str, fragment: str, 
     [
         ({"runner": "draft"}, "runner must be one of auto, generate, pooling, got 'draft'"),
         ({"tokenizer_mode": "mistral"}, "tokenizer_mode must be one of auto, hf"),
-        ({"kv_cache_dtype": "fp8_e5m2"}, "kv_cache_dtype must be one of auto, fp8, fp8_e4m3"),
+        ({"kv_cache_dtype": "fp8_e5m2"}, "kv_cache_dtype must be one of auto, bfloat16, fp8, fp8_e4m3"),
         ({"scheduling_policy": "lifo"}, "scheduling_policy must be one of fcfs, priority"),
         ({"hf_overrides": lambda config: config}, "hf_overrides must be a dict"),
     ],

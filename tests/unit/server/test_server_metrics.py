@@ -63,6 +63,7 @@ def test_every_family_present_with_type_and_labels(fresh: TestClient) -> None:
     assert not any(name.startswith(("vllm:gpu_", "vllm:time_per_output_token")) for name in found)
     info = [s for s in found["vllm:cache_config_info"][1] if s.name == "vllm:cache_config_info"][0]
     assert info.value == 1 and info.labels["block_size"] == "16" and info.labels["num_gpu_blocks"] == "512"
+    assert info.labels["cache_dtype"] == "float32"
 
 
 def test_counters_match_requests_sent(fresh: TestClient, tokenizer: object) -> None:

@@ -273,10 +273,13 @@ def write_kv(
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:
         return
+    if k_cache.dtype != k.dtype:
+        # Rounded by PyTorch's cast (float8 saturating as attention/backend.py does) and copied as stored: one
+        # rounding everywhere, and Triton's interpreter rounds float8 and bfloat16 stores differently from CUDA
+        # (bfloat16 by truncation).
+        k, v = to_cache_dtype(k, k_cache), to_cache_dtype(v, v_cache)
     if k_cache.dtype == torch.float8_e4m3fn:
-        # Rounded by PyTorch's cast (saturating as attention/backend.py does) and copied as bytes: one rounding
-        # everywhere, and Triton's interpreter rounds float8 stores differently from CUDA.
-        k, v = to_cache_dtype(k, k_cache).view(torch.uint8), to_cache_dtype(v, v_cache).view(torch.uint8)
+        k, v = k.view(torch.uint8), v.view(torch.uint8)
         k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
     k, v = _rows_ok(k), _rows_ok(v)
     _write_kv_kernel[(num_tokens, num_kv_heads)](

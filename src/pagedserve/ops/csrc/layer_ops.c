@@ -198,10 +198,11 @@ int rotary_neox(void *x, const int64_t *positions, const float *cos_cache, const
 DEFINE_WRITE_KV(write_kv_f32, float)
 DEFINE_WRITE_KV(write_kv_bf16, uint16_t)
 
-/* The same scatter into float8 e4m3 caches (--kv-cache-dtype fp8, scale 1), from T converted by LOAD. */
-#define DEFINE_WRITE_KV_E4M3(NAME, T, LOAD)                                                                       \
-    static int NAME(const T *key, const T *value, uint8_t *k_cache, uint8_t *v_cache, const int64_t *slots,      \
-                    int64_t rows, int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t row_stride,    \
+/* The same scatter into a cache of another dtype, each element converted by STOREC after LOAD widened it to
+ * float32: float8 e4m3 caches (--kv-cache-dtype fp8, scale 1) and bfloat16 caches under float32 activations. */
+#define DEFINE_WRITE_KV_CONVERTED(NAME, T, LOAD, TC, STOREC)                                                      \
+    static int NAME(const T *key, const T *value, TC *k_cache, TC *v_cache, const int64_t *slots, int64_t rows,  \
+                    int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t row_stride,                  \
                     int64_t num_slots) {                                                                         \
         for (int64_t r = 0; r < rows; ++r) {                                                                     \
             const int64_t slot = slots[r];                                                                       \
@@ -209,21 +210,23 @@ DEFINE_WRITE_KV(write_kv_bf16, uint16_t)
             const int64_t block = slot / block_size, offset = slot % block_size;                                 \
             for (int64_t h = 0; h < kv_heads; ++h) {                                                             \
                 const T *k = key + r * row_stride + h * head_dim, *v = value + r * row_stride + h * head_dim;    \
-                uint8_t *kd = k_cache + (block * kv_heads + h) * head_dim * block_size + offset;                 \
-                uint8_t *vd = v_cache + ((block * kv_heads + h) * block_size + offset) * head_dim;               \
+                TC *kd = k_cache + (block * kv_heads + h) * head_dim * block_size + offset;                      \
+                TC *vd = v_cache + ((block * kv_heads + h) * block_size + offset) * head_dim;                    \
                 for (int64_t d = 0; d < head_dim; ++d) {                                                         \
-                    kd[d * block_size] = f32_to_e4m3(LOAD(k[d]));                                                \
-                    vd[d] = f32_to_e4m3(LOAD(v[d]));                                                             \
+                    kd[d * block_size] = STOREC(LOAD(k[d]));                                                     \
+                    vd[d] = STOREC(LOAD(v[d]));                                                                  \
                 }                                                                                                \
             }                                                                                                    \
         }                                                                                                        \
         return 0;                                                                                                \
     }
 #define LOAD_AS_IS(x) (x)
-DEFINE_WRITE_KV_E4M3(write_kv_f32_e4m3, float, LOAD_AS_IS)
-DEFINE_WRITE_KV_E4M3(write_kv_bf16_e4m3, uint16_t, bf16_to_f32)
+DEFINE_WRITE_KV_CONVERTED(write_kv_f32_e4m3, float, LOAD_AS_IS, uint8_t, f32_to_e4m3)
+DEFINE_WRITE_KV_CONVERTED(write_kv_bf16_e4m3, uint16_t, bf16_to_f32, uint8_t, f32_to_e4m3)
+DEFINE_WRITE_KV_CONVERTED(write_kv_f32_bf16, float, LOAD_AS_IS, uint16_t, f32_to_bf16)
 
-/* dtype: key/value's (0 float32, 1 bfloat16); cache_dtype: the same code, or 2 for float8 e4m3 caches. */
+/* dtype: key/value's (0 float32, 1 bfloat16); cache_dtype: the same code, 2 for float8 e4m3 caches, or 1 (a
+ * bfloat16 cache) under float32 key/value: 2 unsupported pairs. */
 int write_kv_cache(const void *key, const void *value, void *k_cache, void *v_cache, const int64_t *slots,
                    int64_t rows, int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t row_stride,
                    int64_t num_slots, int dtype, int cache_dtype) {
@@ -232,6 +235,9 @@ int write_kv_cache(const void *key, const void *value, void *k_cache, void *v_ca
                                                rows, kv_heads, head_dim, block_size, row_stride, num_slots)
                            : write_kv_bf16_e4m3((const uint16_t *)key, (const uint16_t *)value, k_cache, v_cache,
                                                 slots, rows, kv_heads, head_dim, block_size, row_stride, num_slots));
+    if (dtype == 0 && cache_dtype == 1)
+        return write_kv_f32_bf16((const float *)key, (const float *)value, k_cache, v_cache, slots, rows, kv_heads,
+                                 head_dim, block_size, row_stride, num_slots);
     if (cache_dtype != dtype) return 2;
     if (dtype == 0)
         return write_kv_f32(key, value, k_cache, v_cache, slots, rows, kv_heads, head_dim, block_size, row_stride,

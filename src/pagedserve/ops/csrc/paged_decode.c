@@ -11,9 +11,10 @@
  *   v_cache    [num_blocks, num_kv_heads, block_size, head_dim]   value rows: accumulated per dimension
  * so one (block, kv head) of K and of V are each one contiguous chunk, read as a stream.
  *   block_tables [batch, max_blocks] int64; seq_lens [batch] int64. dtype (q and out): 0 float32, 1 bfloat16;
- *   cache_dtype: the same code as dtype (a cache in the activations' dtype) or 2, float8 e4m3 (--kv-cache-dtype
+ *   cache_dtype: the same code as dtype (a cache in the activations' dtype), 2, float8 e4m3 (--kv-cache-dtype
  *   fp8, read as stored: the scale is 1, as vLLM's without calibrated scales), which halves (bfloat16) or
- *   quarters (float32) the bytes decode reads.
+ *   quarters (float32) the bytes decode reads, or 1, a bfloat16 cache under float32 activations (the model's
+ *   matrices bfloat16, its compute float32: worker/kv_cache.py), half the bytes.
  *   window: sliding-window attention (Mistral, Gemma 3's local layers): the query sees only the last `window`
  *   keys; 0 sees them all. Blocks wholly before the window are not read; the first block's earlier keys get
  *   probability 0.
@@ -113,14 +114,18 @@ DEFINE_DECODE_ONE(decode_f32_e4m3_bs16, float, LOAD_F32, STORE_F32, uint8_t, e4m
 DEFINE_DECODE_ONE(decode_f32_e4m3, float, LOAD_F32, STORE_F32, uint8_t, e4m3_to_f32, block_size_arg)
 DEFINE_DECODE_ONE(decode_bf16_e4m3_bs16, uint16_t, bf16_to_f32, f32_to_bf16, uint8_t, e4m3_to_f32, 16)
 DEFINE_DECODE_ONE(decode_bf16_e4m3, uint16_t, bf16_to_f32, f32_to_bf16, uint8_t, e4m3_to_f32, block_size_arg)
+DEFINE_DECODE_ONE(decode_f32_bf16c_bs16, float, LOAD_F32, STORE_F32, uint16_t, bf16_to_f32, 16)
+DEFINE_DECODE_ONE(decode_f32_bf16c, float, LOAD_F32, STORE_F32, uint16_t, bf16_to_f32, block_size_arg)
 
 typedef void (*decode_one_fn)(const void *, const void *, const void *, void *, const int64_t *, int64_t, int64_t,
                               int64_t, int64_t, int64_t, int64_t, int64_t, float, float, float *, float *, float *);
-/* [dtype][cache is e4m3][block size is 16] */
-static const decode_one_fn DECODE_ONE[2][2][2] = {
+/* [dtype][cache_dtype][block size is 16]; a float32 cache under bfloat16 activations is never allocated */
+static const decode_one_fn DECODE_ONE[2][3][2] = {
     {{(decode_one_fn)decode_f32, (decode_one_fn)decode_f32_bs16},
+     {(decode_one_fn)decode_f32_bf16c, (decode_one_fn)decode_f32_bf16c_bs16},
      {(decode_one_fn)decode_f32_e4m3, (decode_one_fn)decode_f32_e4m3_bs16}},
-    {{(decode_one_fn)decode_bf16, (decode_one_fn)decode_bf16_bs16},
+    {{NULL, NULL},
+     {(decode_one_fn)decode_bf16, (decode_one_fn)decode_bf16_bs16},
      {(decode_one_fn)decode_bf16_e4m3, (decode_one_fn)decode_bf16_e4m3_bs16}},
 };
 
@@ -225,14 +230,15 @@ DEFINE_DECODE_FAST_GROUPS(decode_fast_f32, float, LOAD_F32, float, VF_LOAD_F32)
 DEFINE_DECODE_FAST_GROUPS(decode_fast_bf16, uint16_t, bf16_to_f32, uint16_t, VF_LOAD_BF16)
 DEFINE_DECODE_FAST_GROUPS(decode_fast_f32_e4m3, float, LOAD_F32, uint8_t, vf_load_e4m3)
 DEFINE_DECODE_FAST_GROUPS(decode_fast_bf16_e4m3, uint16_t, bf16_to_f32, uint8_t, vf_load_e4m3)
+DEFINE_DECODE_FAST_GROUPS(decode_fast_f32_bf16c, float, LOAD_F32, uint16_t, VF_LOAD_BF16)
 
 typedef void (*decode_fast_fn)(const void *, const void *, const void *, const int64_t *, int64_t, int64_t, int64_t,
                                int64_t, int64_t, float, float, float *, float *, float *, float *);
 #define FAST_TABLE(NAME) {NULL, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6, NAME##_7, NAME##_8}
-/* [dtype][cache is e4m3][group] */
-static const decode_fast_fn DECODE_FAST[2][2][9] = {
-    {FAST_TABLE(decode_fast_f32), FAST_TABLE(decode_fast_f32_e4m3)},
-    {FAST_TABLE(decode_fast_bf16), FAST_TABLE(decode_fast_bf16_e4m3)},
+/* [dtype][cache_dtype][group] */
+static const decode_fast_fn DECODE_FAST[2][3][9] = {
+    {FAST_TABLE(decode_fast_f32), FAST_TABLE(decode_fast_f32_bf16c), FAST_TABLE(decode_fast_f32_e4m3)},
+    {{NULL}, FAST_TABLE(decode_fast_bf16), FAST_TABLE(decode_fast_bf16_e4m3)},
 };
 #define HAVE_DECODE_FAST 1
 #endif
@@ -281,8 +287,8 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                            int64_t max_blocks, int64_t q_row_stride, float scale, int dtype, int cache_dtype,
                            int num_threads, int64_t window, float softcap) {
     const int64_t group = num_q_heads / num_kv_heads, pairs = batch * num_kv_heads;
-    if ((dtype != 0 && dtype != 1) || (cache_dtype != dtype && cache_dtype != 2)) return 3;
-    const int e4m3 = cache_dtype == 2;
+    if ((dtype != 0 && dtype != 1) || cache_dtype < 0 || cache_dtype > 2 || DECODE_ONE[dtype][cache_dtype][0] == NULL)
+        return 3;
     const size_t element = dtype == 0 ? sizeof(float) : sizeof(uint16_t);
 #ifdef HAVE_DECODE_FAST
     const int fast = block_size == 16 && group <= 8 && head_dim % 16 == 0;
@@ -345,7 +351,7 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                     continue;
                 }
                 const int64_t part_len = (len < b1 * 16 ? len : b1 * 16) - b0 * 16;
-                DECODE_FAST[dtype][e4m3][group]((const char *)q + q_offset * element, k_cache, v_cache, table + b0,
+                DECODE_FAST[dtype][cache_dtype][group]((const char *)q + q_offset * element, k_cache, v_cache, table + b0,
                                                 part_len, b0 == 0 ? skip : 0, h, num_kv_heads, head_dim, scale,
                                                 softcap, qf, scores, part_acc, state);
                 if (parts == 1)
@@ -353,7 +359,7 @@ int paged_decode_attention(const void *q, const void *k_cache, const void *v_cac
                 continue;
             }
 #endif
-            DECODE_ONE[dtype][e4m3][block_size == 16]((const char *)q + q_offset * element, k_cache, v_cache,
+            DECODE_ONE[dtype][cache_dtype][block_size == 16]((const char *)q + q_offset * element, k_cache, v_cache,
                                                       (char *)out + out_offset * element, table, len, skip, h, group,
                                                       num_kv_heads, head_dim, block_size, scale, softcap, qf, acc,
                                                       scores);
