@@ -85,10 +85,13 @@ class CpuInfo:
         bf16 matmul converts in software: ~15 GFLOP/s against ~106 for float32 on a Zen 3 core pair."""
         if self.is_x86:
             # With PAGEDSERVE_CPU_ISA below avx512_bf16 the host is treated as one without bf16 instructions.
-            return self.kernel_level == "avx512_bf16" or (
-                envs.cpu_isa_cap() is None and "amx_bf16" in self.flags
-            )
+            return self.kernel_level == "avx512_bf16" or self.has_amx
         return "bf16" in self.flags
+
+    @property
+    def has_amx(self) -> bool:
+        """AMX bfloat16 tiles (Intel Sapphire Rapids and later), unless PAGEDSERVE_CPU_ISA caps the level."""
+        return self.is_x86 and envs.cpu_isa_cap() is None and "amx_bf16" in self.flags
 
     @property
     def features(self) -> list[str]:

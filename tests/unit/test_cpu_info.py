@@ -24,22 +24,23 @@ def cpu(flags: str, arch: str = "x86_64") -> CpuInfo:
 
 
 @pytest.mark.parametrize(
-    "flags,level,fast_bf16",
+    "flags,level,fast_bf16,amx",
     [
-        (X86_BASE, "portable", False),
-        (ZEN3, "avx2", False),
-        (ICELAKE, "avx512", False),
-        (ZEN4, "avx512_bf16", True),
-        (SAPPHIRE_RAPIDS, "avx512_bf16", True),
+        (X86_BASE, "portable", False, False),
+        (ZEN3, "avx2", False, False),
+        (ICELAKE, "avx512", False, False),
+        (ZEN4, "avx512_bf16", True, False),
+        (SAPPHIRE_RAPIDS, "avx512_bf16", True, True),
     ],
 )
-def test_levels_and_bf16_from_x86_flags(flags, level, fast_bf16, monkeypatch):
+def test_levels_and_bf16_from_x86_flags(flags, level, fast_bf16, amx, monkeypatch):
     monkeypatch.delenv("PAGEDSERVE_CPU_ISA", raising=False)
     info = cpu(flags)
     assert info.model == "Test CPU"
     assert info.best_level == info.kernel_level == level
     assert info.supported_levels[0] == "portable" and info.supported_levels[-1] == level
     assert info.fast_bf16 is fast_bf16
+    assert info.has_amx is amx
     assert level in info.describe()
 
 
@@ -54,6 +55,7 @@ def test_the_isa_variable_lowers_the_level_but_never_raises_it(monkeypatch):
     monkeypatch.setenv("PAGEDSERVE_CPU_ISA", "avx2")
     assert cpu(ZEN4).kernel_level == "avx2"
     assert not cpu(SAPPHIRE_RAPIDS).fast_bf16  # treated as a CPU without bf16 instructions
+    assert not cpu(SAPPHIRE_RAPIDS).has_amx
     assert cpu(X86_BASE).kernel_level == "portable"
     monkeypatch.setenv("PAGEDSERVE_CPU_ISA", "avx512_bf16")
     assert cpu(ZEN3).kernel_level == "avx2"

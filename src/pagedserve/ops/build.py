@@ -70,7 +70,8 @@ SIGNATURES: dict[str, list] = {
     # threads
     "rotary_neox": [_P] * 4 + [_I] * 6 + [ctypes.c_int, ctypes.c_int],
     # logits [rows, n] bfloat16, out [rows] int64, rows, n, threads
-    "argmax_bf16": [_P] * 2 + [_I] * 2 + [ctypes.c_int],
+    # logits, out, rows, n, dtype (0 float32, 1 bfloat16), threads
+    "argmax_rows": [_P] * 2 + [_I] * 2 + [ctypes.c_int, ctypes.c_int],
     # logits [batch, vocab] float32, vocab, rows [num_rows] int64, num_rows, masks [num_rows, words] int32, words
     "apply_token_bitmask_f32": [_P, _I, _P, _I, _P, _I],
     # x [rows, k], w [n, k], bias (or NULL), out [rows, n], rows, n, k, dtype, threads

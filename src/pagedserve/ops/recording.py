@@ -22,7 +22,7 @@ _QUERIES = frozenset({"gguf_has_panels", "gguf_has_bf16_panels", "compiled_level
 
 # The kernels csrc/replay.c can run, in the order of its enum.
 REPLAY_KERNELS = (
-    "paged_decode_attention", "rms_norm", "silu_and_mul", "rotary_neox", "argmax_bf16", "gemv", "gemm_f32_bf16w",
+    "paged_decode_attention", "rms_norm", "silu_and_mul", "rotary_neox", "argmax_rows", "gemv", "gemm_f32_bf16w",
     "gguf_gemm", "gguf_dequantize", "write_kv_cache", "int8_epilogue", "int8_gemm", "int8_quantize",
     "gemm_e4m3w", "fp8_quantize", "e4m3_dequantize",
     "shm_all_reduce", "shm_all_gather", "rms_norm_heads", "lora_delta", "gelu_tanh_and_mul", "gguf_moe",

@@ -72,11 +72,12 @@ def has_gguf_panel_kernels(device: torch.device) -> bool:
 
 
 def gguf_blocks_by_default(device: torch.device) -> bool:
-    """Whether a .gguf file keeps its blocks when --quantization is unset: where the kernels take every batch size
-    and the CPU has no bfloat16 instructions. With them (AVX512_BF16, AMX) a bf16 GEMM on weights dequantized at
-    load is faster past a few rows, the blocks faster for one stream: offline-32x64 548 against 357 tok/s,
-    single-stream 60 against 140 (bundled Q4_1, Zen 4, 2026-12-06; docs/architecture.md)."""
-    return has_gguf_panel_kernels(device) and not cpu_info().fast_bf16
+    """Whether a .gguf file keeps its blocks when --quantization is unset: where the kernels take every batch size,
+    except on CPUs with AMX, whose bfloat16 tiles make a GEMM on weights dequantized at load the likelier winner
+    past a few rows (not measured against the blocks there). With AVX512_BF16 alone (a Zen 4, 2026-12-07, bundled
+    Q4_1, alternating processes) the blocks gave 227 against 68 tok/s for one stream, 341 against 244 at 4, 0.94x
+    at 16 and 256, 1.01-1.16x at 32, in a third of the memory (docs/architecture.md)."""
+    return has_gguf_panel_kernels(device) and not cpu_info().has_amx
 
 
 def use_bf16_gguf_panels(model: torch.nn.Module) -> int:

@@ -189,12 +189,12 @@ def test_every_level_with_avx2_has_the_panel_kernels(isa_level) -> None:
     assert has_gguf_panel_kernels(torch.device("cpu")) == (isa_level != "portable")
 
 
-def test_gguf_blocks_are_the_default_where_the_cpu_has_no_bfloat16_instructions(isa_level) -> None:
-    """With bfloat16 in hardware, a bf16 GEMM on weights dequantized at load is faster past a few rows."""
+def test_gguf_blocks_are_the_default_where_the_panels_build_and_the_cpu_has_no_amx(isa_level) -> None:
+    """With AMX tiles a bf16 GEMM on weights dequantized at load is likelier faster past a few rows."""
     from pagedserve.cpu_info import cpu_info
     from pagedserve.worker.dtypes import gguf_blocks_by_default
 
-    expected = isa_level != "portable" and not cpu_info().fast_bf16
+    expected = isa_level != "portable" and not cpu_info().has_amx
     assert gguf_blocks_by_default(torch.device("cpu")) == expected
     assert not gguf_blocks_by_default(torch.device("meta"))
 

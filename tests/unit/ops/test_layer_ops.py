@@ -277,13 +277,17 @@ def test_gemv_takes_only_what_it_handles():
     assert not cpu_ops.can_gemv(torch.randn(1, 64).half(), w.half(), None)  # float16: not a kernel dtype
 
 
-def test_argmax_matches_torch_and_keeps_the_first_of_ties():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 9])  # one thread, and rows split across threads
+def test_argmax_matches_torch_and_keeps_the_first_of_ties(isa_level, dtype, rows):
     gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(9, 49152 + 5, generator=gen).bfloat16()
-    logits[2, 100] = logits[2, 7] = 50.0  # a tie: the first index wins, as torch.argmax
-    logits[3, -1] = 60.0  # the maximum in the scalar tail
+    logits = torch.randn(rows, 49152 + 5, generator=gen).to(dtype)
+    logits[-1, -1] = 60.0  # the maximum in the scalar tail (of the last row, or the only one before the tie)
+    logits[0, 100] = logits[0, 7] = 70.0  # a tie: the first index wins, as torch.argmax
     assert torch.equal(cpu_ops.argmax(logits), logits.float().argmax(dim=-1))
-    assert cpu_ops.argmax(logits)[2] == 7
+    assert cpu_ops.argmax(logits)[0] == 7
+    short = logits[:, :5].contiguous()  # shorter than a vector: the scalar loop alone
+    assert torch.equal(cpu_ops.argmax(short), short.float().argmax(dim=-1))
 
 
 def test_the_loaded_library_is_the_level_asked_for(isa_level):

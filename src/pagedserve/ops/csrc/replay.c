@@ -21,7 +21,7 @@ enum {
     K_RMS_NORM,
     K_SILU_AND_MUL,
     K_ROTARY_NEOX,
-    K_ARGMAX_BF16,
+    K_ARGMAX_ROWS,
     K_GEMV,
     K_GEMM_F32_BF16W,
     K_GGUF_GEMM,
@@ -57,7 +57,7 @@ int gelu_tanh_and_mul(const void *x, void *out, int64_t rows, int64_t inter, int
 int rotary_neox(void *x, const int64_t *positions, const float *cos_cache, const float *sin_cache, int64_t rows,
                 int64_t heads, int64_t rot_dim, int64_t head_stride, int64_t row_stride, int64_t max_position,
                 int dtype, int threads);
-int argmax_bf16(const uint16_t *logits, int64_t *out, int64_t rows, int64_t n, int threads);
+int argmax_rows(const void *logits, int64_t *out, int64_t rows, int64_t n, int dtype, int threads);
 int gemv(const void *x, const void *w, const void *bias, void *out, int64_t rows, int64_t n, int64_t k, int dtype,
          int threads);
 int gemm_f32_bf16w(const float *x, const uint16_t *w, const float *bias, float *out, int64_t m, int64_t n, int64_t k,
@@ -106,7 +106,7 @@ static int run_one(const replay_call *c) {
     case K_GELU_TANH_AND_MUL: return gelu_tanh_and_mul(P(0), P(1), i[2], i[3], (int)i[4], (int)i[5]);
     case K_ROTARY_NEOX:
         return rotary_neox(P(0), P(1), P(2), P(3), i[4], i[5], i[6], i[7], i[8], i[9], (int)i[10], (int)i[11]);
-    case K_ARGMAX_BF16: return argmax_bf16(P(0), P(1), i[2], i[3], (int)i[4]);
+    case K_ARGMAX_ROWS: return argmax_rows(P(0), P(1), i[2], i[3], (int)i[4], (int)i[5]);
     case K_GEMV: return gemv(P(0), P(1), P(2), P(3), i[4], i[5], i[6], (int)i[7], (int)i[8]);
     case K_GEMM_F32_BF16W: return gemm_f32_bf16w(P(0), P(1), P(2), P(3), i[4], i[5], i[6], (int)i[7]);
     case K_GGUF_GEMM:
