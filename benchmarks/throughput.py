@@ -1,7 +1,8 @@
 """Offline throughput: pagedserve against transformers' static batching, same prompts, same run (issue 2).
 
-Workloads (BENCHMARKS.md names): offline-256x128, offline-32x64, single-stream. Bundled model, bfloat16,
-greedy, fixed output length. Prints both systems, their ratio, and the paged KV cache's utilisation at its
+Workloads (BENCHMARKS.md names): offline-256x128, offline-32x64, single-stream. Bundled model, pagedserve at
+`--dtype auto` (what `serve` runs; until 2026-12-07 bfloat16) and transformers in bfloat16 (its weights dequantized
+from the GGUF), greedy, fixed output length. Prints both systems, their ratio, and the paged KV cache's utilisation at its
 busiest step. `--json OUT` keeps every number for run_all.py.
 
     .venv/bin/python benchmarks/throughput.py [--quick] [--systems pagedserve,transformers,generate_batch]
@@ -61,7 +62,7 @@ def run_pagedserve(
 def run_transformers(workloads: list[str], quick: bool, dtype: str, systems: set[str]) -> list[OfflineResult]:
     from peers.hf_transformers import generate_batch_throughput, load_model, static_throughput
 
-    model, tokenizer = load_model(dtype)
+    model, tokenizer = load_model("bfloat16" if dtype == "auto" else dtype)
     results = []
     for name in workloads:
         preset = OFFLINE_PRESETS[name]
@@ -133,10 +134,12 @@ def main() -> int:
     )
     parser.add_argument("--workloads", default=",".join(OFFLINE_PRESETS))
     parser.add_argument("--systems", default="pagedserve,transformers")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto: pagedserve's choice, transformers in bfloat16")
     parser.add_argument("--quick", action="store_true", help="at most 8 prompts x 16 tokens (smoke run)")
     parser.add_argument("--model", default=None, help="pagedserve's checkpoint (default: the bundled model)")
-    parser.add_argument("--kv-cache-dtype", default="auto", help="pagedserve's KV cache storage (auto, fp8)")
+    parser.add_argument(
+        "--kv-cache-dtype", default="auto", help="pagedserve's KV cache storage (auto, bfloat16, fp8)"
+    )
     parser.add_argument("--json", default=None, help="write every result here")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per system (debugging)")
     args = parser.parse_args()

@@ -28,6 +28,15 @@ def test_bench_throughput_preset_overridden_small(tmp_path: Path, capsys) -> Non
     assert 0.3 < result["kv_utilisation"] <= 1.0
 
 
+def test_bench_throughput_takes_the_engine_s_quantization_and_kv_cache_dtype(capsys) -> None:
+    """vLLM's `bench throughput` takes every engine flag: these two choose what a GGUF run measures."""
+    args = ["bench", "throughput", "--preset", "offline-32x64", "--num-prompts", "2", "--output-len", "4"]
+    assert main([*args, "--quantization", "none", "--kv-cache-dtype", "bfloat16", "--dtype", "float32"]) == 0
+    assert "output tokens/s" in capsys.readouterr().out
+    assert main([*args, "--kv-cache-dtype", "fp8_e5m2"]) == 2
+    assert "kv_cache_dtype must be one of" in capsys.readouterr().err
+
+
 def test_bench_throughput_single_stream_reports_decode_speed(capsys) -> None:
     code = main(["bench", "throughput", "--preset", "single-stream", "--output-len", "8"])
     assert code == 0

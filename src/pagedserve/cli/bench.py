@@ -142,7 +142,11 @@ def _offline_presets() -> list[str]:
 def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine (as `pagedserve.LLM`)")
     group.add_argument("--model", default=None, help="HF folder or .gguf (default: the bundled SmolLM2)")
-    group.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16", "float16"])
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    group.add_argument(
+        "--quantization", default=None, help="as serve's (gguf: a .gguf file's blocks kept; none)"
+    )
+    group.add_argument("--kv-cache-dtype", default="auto", help="as serve's (auto, bfloat16, fp8)")
     group.add_argument("--load-format", default="auto")
     group.add_argument("--max-model-len", type=_positive_int, default=None)
     group.add_argument("--block-size", type=_positive_int, default=16)
@@ -153,7 +157,8 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _llm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("model", "dtype", "load_format", "max_model_len", "block_size", "kv_cache_memory_bytes")
+    names = ("model", "dtype", "quantization", "kv_cache_dtype", "load_format", "max_model_len", "block_size")
+    names += ("kv_cache_memory_bytes",)
     names += ("max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching")
     return {name: getattr(args, name) for name in names}
 
