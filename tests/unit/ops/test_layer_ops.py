@@ -160,20 +160,38 @@ def test_rotary_rejects_a_position_outside_the_table():
 @pytest.mark.parametrize("dtype,atol", DTYPES)
 def test_write_kv_cache_matches_the_pytorch_scatter(dtype, atol):
     gen = torch.Generator().manual_seed(0)
-    blocks, kv_heads, head_dim, block_size, rows = 10, 3, 64, 16, 37
-    qkv = torch.randn(rows, (9 + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
-    key = qkv[:, 9 * head_dim : 12 * head_dim].view(rows, kv_heads, head_dim)
-    value = qkv[:, 12 * head_dim :].view(rows, kv_heads, head_dim)
-    slots = torch.randperm(blocks * block_size, generator=gen)[:rows]
-    k_cache = torch.zeros(blocks, kv_heads, head_dim, block_size, dtype=dtype)
-    v_cache = torch.zeros(blocks, kv_heads, block_size, head_dim, dtype=dtype)
+    head_dim, rows = 64, 37
+    qkv = torch.randn(rows, 15 * head_dim, generator=gen).to(dtype)  # 9 query heads, 3 kv heads
+    key = qkv[:, 9 * head_dim : 12 * head_dim].view(rows, 3, head_dim)
+    value = qkv[:, 12 * head_dim :].view(rows, 3, head_dim)
+    (k_cache, v_cache), (expected_k, expected_v) = write_rows_both_ways(key, value, dtype, gen)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+    with pytest.raises(ValueError, match="slot"):
+        cpu_ops.write_kv_cache(key, value, k_cache, v_cache, torch.full((rows,), KV_TEST_BLOCKS * 16))
+
+
+KV_TEST_BLOCKS = 12
+
+
+def write_rows_both_ways(
+    key: torch.Tensor, value: torch.Tensor, cache_dtype: torch.dtype, gen: torch.Generator
+):
+    """K and V rows into random slots of KV_TEST_BLOCKS blocks of 16 in `cache_dtype` caches, by PyTorch
+    (attention/backend.py) and by the C scatter: (C's caches, PyTorch's caches)."""
+    rows, kv_heads, head_dim = key.shape
+    slots = torch.randperm(KV_TEST_BLOCKS * 16, generator=gen)[:rows]
+    k_cache = torch.zeros(KV_TEST_BLOCKS, kv_heads, head_dim, 16, dtype=cache_dtype)
+    v_cache = torch.zeros(KV_TEST_BLOCKS, kv_heads, 16, head_dim, dtype=cache_dtype)
     expected_k, expected_v = k_cache.clone(), v_cache.clone()
     torch_write_kv_cache(key, value, expected_k, expected_v, slots)
     assert cpu_ops.can_write_kv_cache(key, value, k_cache)
     cpu_ops.write_kv_cache(key, value, k_cache, v_cache, slots)
-    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
-    with pytest.raises(ValueError, match="slot"):
-        cpu_ops.write_kv_cache(key, value, k_cache, v_cache, torch.full((rows,), blocks * block_size))
+    return (k_cache, v_cache), (expected_k, expected_v)
+
+
+def key_and_value(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K and V views of merged rows holding 2 kv heads of 64 (K first, then 2 heads' worth, then V)."""
+    return qkv[:, :128].view(-1, 2, 64), qkv[:, 256:384].view(-1, 2, 64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -181,53 +199,36 @@ def test_write_into_a_float8_cache_rounds_as_pytorch_casts(isa_level, dtype):
     """--kv-cache-dtype fp8: the C scatter converts to e4m3 byte for byte as PyTorch does after saturating at
     +-448: random values over e4m3's whole range, its subnormals, exact rounding ties, -0.0 and values past 448."""
     gen = torch.Generator().manual_seed(2)
-    blocks, kv_heads, head_dim, block_size, rows = 12, 2, 64, 16, 40
-    qkv = torch.randn(rows, 4 * kv_heads * head_dim, generator=gen)
+    qkv = torch.randn(40, 4 * 2 * 64, generator=gen)
     qkv *= torch.exp(torch.empty(qkv.shape).uniform_(-12.0, 7.0, generator=gen))
     ties = torch.tensor([2.0**-10, 3 * 2.0**-10, 1.0625, 1.1875, 9.0, 11.0, 464.0, 440.0, -0.0, 500.0, -1e9])
     qkv[0, : ties.numel()] = ties
-    qkv[1, 2 * kv_heads * head_dim : 2 * kv_heads * head_dim + ties.numel()] = -ties
-    qkv = qkv.to(dtype)
-    key = qkv[:, : kv_heads * head_dim].view(rows, kv_heads, head_dim)
-    value = qkv[:, 2 * kv_heads * head_dim : 3 * kv_heads * head_dim].view(rows, kv_heads, head_dim)
-    slots = torch.randperm(blocks * block_size, generator=gen)[:rows]
-    k_cache = torch.zeros(blocks, kv_heads, head_dim, block_size, dtype=torch.float8_e4m3fn)
-    v_cache = torch.zeros(blocks, kv_heads, block_size, head_dim, dtype=torch.float8_e4m3fn)
-    expected_k, expected_v = k_cache.clone(), v_cache.clone()
-    torch_write_kv_cache(key, value, expected_k, expected_v, slots)
-    assert cpu_ops.can_write_kv_cache(key, value, k_cache)
-    cpu_ops.write_kv_cache(key, value, k_cache, v_cache, slots)
-    assert torch.equal(k_cache.view(torch.uint8), expected_k.view(torch.uint8))
-    assert torch.equal(v_cache.view(torch.uint8), expected_v.view(torch.uint8))
+    qkv[1, 2 * 2 * 64 : 2 * 2 * 64 + ties.numel()] = -ties
+    caches, expected = write_rows_both_ways(*key_and_value(qkv.to(dtype)), torch.float8_e4m3fn, gen)
+    for got, want in zip(caches, expected):
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
 
 
 def test_float32_rows_into_a_bfloat16_cache_round_as_pytorch_casts(isa_level):
     """A bfloat16 cache under float32 activations (dtype auto with bfloat16 matrices, or --kv-cache-dtype
     bfloat16): the C scatter rounds to nearest even bit for bit as PyTorch's cast, ties, subnormals, -0.0 and
-    infinities included, and keeps NaN NaN; a float32 cache under bfloat16 activations is not a pair the kernels take."""
+    infinities included, and keeps NaN NaN; a float32 cache under bfloat16 activations is not a pair the kernels
+    take."""
     gen = torch.Generator().manual_seed(3)
-    blocks, kv_heads, head_dim, block_size, rows = 12, 2, 64, 16, 40
-    qkv = torch.randn(rows, 4 * kv_heads * head_dim, generator=gen)
+    qkv = torch.randn(40, 4 * 2 * 64, generator=gen)
     qkv *= torch.exp(torch.empty(qkv.shape).uniform_(-90.0, 80.0, generator=gen))
     ties = torch.tensor(
         [1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, -(1.0 + 2.0**-8), 1e-40, float("inf"), float("nan"), -0.0]
     )
     qkv[0, : ties.numel()] = ties
-    qkv[1, 2 * kv_heads * head_dim : 2 * kv_heads * head_dim + ties.numel()] = ties
-    key = qkv[:, : kv_heads * head_dim].view(rows, kv_heads, head_dim)
-    value = qkv[:, 2 * kv_heads * head_dim : 3 * kv_heads * head_dim].view(rows, kv_heads, head_dim)
-    slots = torch.randperm(blocks * block_size, generator=gen)[:rows]
-    k_cache = torch.zeros(blocks, kv_heads, head_dim, block_size, dtype=torch.bfloat16)
-    v_cache = torch.zeros(blocks, kv_heads, block_size, head_dim, dtype=torch.bfloat16)
-    expected_k, expected_v = k_cache.clone(), v_cache.clone()
-    torch_write_kv_cache(key, value, expected_k, expected_v, slots)
-    assert cpu_ops.can_write_kv_cache(key, value, k_cache)
-    cpu_ops.write_kv_cache(key, value, k_cache, v_cache, slots)
-    for got, expected in ((k_cache, expected_k), (v_cache, expected_v)):
-        nan = expected.isnan()
+    qkv[1, 2 * 2 * 64 : 2 * 2 * 64 + ties.numel()] = ties
+    key, value = key_and_value(qkv)
+    caches, expected = write_rows_both_ways(key, value, torch.bfloat16, gen)
+    for got, want in zip(caches, expected):
+        nan = want.isnan()
         assert torch.equal(got.isnan(), nan) and nan.sum() == 1  # NaN's payload is not an answer
-        assert torch.equal(got.view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
-    assert not cpu_ops.can_write_kv_cache(key.bfloat16(), value.bfloat16(), k_cache.float())
+        assert torch.equal(got.view(torch.int16)[~nan], want.view(torch.int16)[~nan])
+    assert not cpu_ops.can_write_kv_cache(key.bfloat16(), value.bfloat16(), caches[0].float())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
