@@ -66,9 +66,9 @@ class EngineCore:
         if source.format == "gguf" and mc.quantization in (None, ""):
             logger.info(
                 "quantization: %s", "gguf (Q4_0/Q4_1/Q8_0/Q4_K/Q6_K blocks kept, multiplied by this CPU's kernels)"
-                if quantization else "none (GGUF weights dequantized at load: past a few rows a bfloat16 GEMM "
-                "here is faster than the block kernels, or there are none; --quantization gguf keeps them, "
-                "faster for one stream)",
+                if quantization else "none (GGUF weights dequantized at load: on a CUDA device or an AMX CPU "
+                "a bfloat16 GEMM is the likelier winner past a few rows, elsewhere the block kernels did not "
+                "build; --quantization gguf keeps the blocks, faster for one stream)",
             )  # fmt: skip
         hf_config = source.hf_config
         max_model_len = resolve_max_model_len(hf_config, mc.max_model_len, mc.disable_sliding_window)
