@@ -20,7 +20,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 class ModelDtypes(NamedTuple):
     compute: torch.dtype
-    """Activations, KV cache, norms and biases."""
+    """Activations, norms and biases; the KV cache too, except bfloat16 matrices under float32 compute keep a
+    bfloat16 cache (worker/kv_cache.py)."""
 
     weights: torch.dtype
     """The matrices (projections, embedding, LM head); bfloat16 under float32 compute where that is faster."""
