@@ -37,7 +37,7 @@ class ModelConfig:
     HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
 
     dtype: DTypeName = "auto"
-    """Weight and activation dtype. auto: float32 for float32 checkpoints and on CPUs without bfloat16 instructions (AVX512_BF16, AMX); otherwise bfloat16."""
+    """Weight and activation dtype. auto: float32 for float32 checkpoints and on CPUs without bfloat16 instructions (AVX512_BF16, AMX), float32 compute for quantized blocks on a CPU (GGUF, AWQ, GPTQ; their matrices count as bfloat16); otherwise bfloat16."""
 
     max_model_len: int | None = None
     """Longest sequence (prompt + output) in tokens. Defaults to the model's max_position_embeddings."""
@@ -54,7 +54,7 @@ class ModelConfig:
     dynamic activations) keeps its layers, and a float checkpoint's linear layers (not the LM head) are quantized
     to float8 e4m3 at load, one scale a layer, activations quantized per tensor at run time (vLLM's online FP8);
     "none": every quantized tensor is dequantized at load. Unset: the checkpoint's quantization_config, or "gguf" for a
-    .gguf file where this CPU's kernels multiply blocks at every batch size (AVX2), else "none". A value that
+    .gguf file where this CPU's kernels multiply blocks at every batch size (AVX2) and it has no AMX, else "none". A value that
     contradicts the checkpoint, and other schemes, are refused by name."""
 
     max_logprobs: int = 20
