@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pagedserve.config import KVCacheDType
 from pagedserve.kube.gpus import find_gpu
 from pagedserve.kube.model_spec import ModelSpec, catalogue, load_model_spec, spec_from_config
-from pagedserve.kube.planner import GIB, PlanRequest, kv_bytes_per_token, plan_capacity, valid_tp_sizes
+from pagedserve.kube.planner import (
+    GIB,
+    KV_ELEMENT_BYTES,
+    PlanRequest,
+    kv_bytes_per_token,
+    plan_capacity,
+    valid_tp_sizes,
+)
 
 
 def plan(model: str, gpu: str, **request: object):  # type: ignore[no-untyped-def]
@@ -28,9 +37,17 @@ def test_llama3_8b_kv_bytes_per_token_matches_hand_computation() -> None:
     assert kv_bytes_per_token(spec, 2) == hand
     assert plan("llama-3-8b", "A10G").kv_bytes_per_token == hand
     assert plan("llama-3-8b", "A10G", kv_cache_dtype="fp8").kv_bytes_per_token == hand // 2
+    assert plan("llama-3-8b", "A10G", kv_cache_dtype="fp8_e4m3").kv_bytes_per_token == hand // 2
     # --kv-cache-dtype bfloat16 under --dtype float32: 2 bytes an element, whatever the compute dtype.
     assert plan("llama-3-8b", "A10G", dtype="float32", kv_cache_dtype="bfloat16").kv_bytes_per_token == hand
     assert plan("llama-3-8b", "A10G", dtype="float32").kv_bytes_per_token == 2 * hand
+
+
+def test_every_kv_cache_dtype_serve_takes_is_planned() -> None:
+    """The planner takes each --kv-cache-dtype serve does (config.KVCacheDType) and sizes every one but auto."""
+    assert set(get_args(KVCacheDType)) == {"auto", *KV_ELEMENT_BYTES}
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of auto, bfloat16, fp8, fp8_e4m3"):
+        PlanRequest(kv_cache_dtype="fp8_e5m2").validate()
 
 
 def test_moe_activations_scale_with_the_experts_a_token_runs() -> None:

@@ -10,7 +10,9 @@ import argparse
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, get_args
+
+from pagedserve.config import KVCacheDType
 
 SERVE_DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -146,7 +148,7 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--quantization", default=None, help="as serve's (gguf: a .gguf file's blocks kept; none)"
     )
-    group.add_argument("--kv-cache-dtype", default="auto", help="as serve's (auto, bfloat16, fp8)")
+    group.add_argument("--kv-cache-dtype", default="auto", choices=get_args(KVCacheDType), help="as serve's")
     group.add_argument("--load-format", default="auto")
     group.add_argument("--max-model-len", type=_positive_int, default=None)
     group.add_argument("--block-size", type=_positive_int, default=16)

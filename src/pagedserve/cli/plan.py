@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, get_args
+
+from pagedserve.config import KVCacheDType
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,7 +31,7 @@ def add_parser(subparsers: Any) -> None:
         choices=["awq", "gptq", "fp8", "int8", "none"],
         help="default: the checkpoint's",
     )
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "bfloat16", "fp8"])
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=get_args(KVCacheDType))
     parser.add_argument("--max-model-len", type=int, default=None, help="default: the model's maximum")
     parser.add_argument(
         "--concurrency", type=int, default=1, help="max-length sequences that must fit at once"

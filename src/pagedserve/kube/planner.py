@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import get_args
 
 from pagedserve import kv_memory
-from pagedserve.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, CacheConfig, SchedulerConfig
+from pagedserve.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, CacheConfig, KVCacheDType, SchedulerConfig
 from pagedserve.kube.gpus import GpuType
 from pagedserve.kube.model_spec import ModelSpec
 
@@ -36,6 +37,9 @@ _LINEAR_BYTES = {
     "fp8": 1.0,
     "int8": 1.0,
 }
+
+# Bytes a KV cache element takes for each --kv-cache-dtype but auto (the model's dtype).
+KV_ELEMENT_BYTES = {"bfloat16": 2, "fp8": 1, "fp8_e4m3": 1}
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,10 @@ class PlanRequest:
             raise ValueError(
                 f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {self.quantization!r}"
             )
-        if self.kv_cache_dtype not in ("auto", "bfloat16", "fp8"):
-            raise ValueError(f"kv_cache_dtype must be auto, bfloat16 or fp8; got {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype not in get_args(KVCacheDType):
+            raise ValueError(
+                f"kv_cache_dtype must be one of {', '.join(get_args(KVCacheDType))}; got {self.kv_cache_dtype!r}"
+            )
         for name in (
             "concurrency",
             "max_num_batched_tokens",
@@ -274,7 +280,7 @@ def plan_capacity(model: ModelSpec, gpu: GpuType, request: PlanRequest) -> Plan:
         )
     dtype = _resolve_dtype(model, request, quantization, gpu, notes)
     dtype_bytes = DTYPE_BYTES[dtype]
-    kv_elem_bytes = {"fp8": 1, "bfloat16": 2}.get(request.kv_cache_dtype, dtype_bytes)
+    kv_elem_bytes = KV_ELEMENT_BYTES.get(request.kv_cache_dtype, dtype_bytes)
     max_model_len = request.max_model_len or model.max_position_embeddings
     if max_model_len > model.max_position_embeddings:
         notes.append(

@@ -216,18 +216,20 @@ def usable_rows(x: torch.Tensor) -> bool:
     return x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
 
 
-# The kernels' cache_dtype codes (csrc/paged_decode.c, csrc/layer_ops.c).
-_CACHE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float8_e4m3fn: 2}
+# The kernels' cache_dtype code for each (activations, cache) dtype pair they take (csrc/paged_decode.c,
+# csrc/layer_ops.c): the activations' dtype, float8 e4m3 under either, or bfloat16 under float32 (the model's
+# matrices bfloat16, its compute float32: worker/kv_cache.py).
+_CACHE_CODES = {
+    (torch.float32, torch.float32): 0,
+    (torch.bfloat16, torch.bfloat16): 1,
+    (torch.float32, torch.bfloat16): 1,
+    (torch.float32, torch.float8_e4m3fn): 2,
+    (torch.bfloat16, torch.float8_e4m3fn): 2,
+}
 
 
 def _cache_code(activations: torch.Tensor, cache: torch.Tensor) -> int | None:
-    """The kernels' code for a cache the activations' dtype, float8 e4m3 under either, or bfloat16 under
-    float32 (the model's matrices bfloat16, its compute float32: worker/kv_cache.py); None for another pair."""
-    if cache.dtype in (activations.dtype, torch.float8_e4m3fn) or (
-        cache.dtype == torch.bfloat16 and activations.dtype == torch.float32
-    ):
-        return _CACHE_CODES.get(cache.dtype)
-    return None
+    return _CACHE_CODES.get((activations.dtype, cache.dtype))
 
 
 def can_write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor) -> bool:
