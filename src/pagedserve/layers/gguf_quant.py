@@ -171,17 +171,18 @@ def dequantize(data: torch.Tensor, qtype: int, cols: int, interleave: int = 1) -
     return cpu_gguf.gguf_dequantize(data, qtype, cols, interleave)
 
 
-def _bf16_panels(x: torch.Tensor, data: torch.Tensor, bf16: bool) -> bool:
+def _bf16_panels(x: torch.Tensor, data: torch.Tensor, qtype: int, bf16: bool) -> bool:
     """Whether x @ data takes the bfloat16 panels (csrc/panel_gemm.c): the layer's `gguf_bf16` (its model's
-    matrices are bfloat16), more rows than the GEMVs take, the blocks on the CPU, and the avx512_bf16 kernel level.
+    matrices are bfloat16), more rows than the GEMVs take for `qtype`, the blocks on the CPU, and the avx512_bf16
+    kernel level.
     The rows and the dequantized weights are rounded to bfloat16, as vLLM's GGUF path dequantizes to the model's
     dtype; sums stay float32 (docs/architecture.md, "bfloat16 panels for GGUF prefills")."""
     return (
         bf16
         and x.dim() == 2
-        and x.shape[0] > cpu_gguf.GEMV_MAX_ROWS
         and data.device.type == "cpu"
         and cpu_gguf.has_bf16_panels()
+        and x.shape[0] > cpu_gguf.gemv_max_rows(qtype)
     )
 
 
@@ -198,7 +199,7 @@ def gguf_linear(
     interleaved by `interleave` (1: as in the file). `bf16`: past the GEMV's rows, bfloat16 panels where the CPU
     has them (`_bf16_panels`)."""
     bias32 = None if bias is None else bias.float().contiguous()
-    if _bf16_panels(x, data, bf16):
+    if _bf16_panels(x, data, qtype, bf16):
         rows = x.to(torch.bfloat16).contiguous()
         return cpu_gguf.gguf_gemm(rows, data, qtype, cols, bias32, interleave).to(x.dtype)
     x32 = x.float().contiguous()
@@ -219,16 +220,20 @@ def gguf_linear_parts(
 ) -> torch.Tensor:
     """x [tokens, cols] @ the parts' matrices stacked ((blocks, GGML type) each, in output order) (+ bias), each
     product written into its columns of one output: no concatenation afterwards (a copy, and an operation that
-    kept every decode step of a Q4_K_M model off the CPU decode graphs, which replay kernel calls only)."""
-    bf16 = _bf16_panels(x, parts[0][0], bf16)
-    rows_in = x.to(torch.bfloat16 if bf16 else torch.float32).contiguous()
+    kept every decode step of a Q4_K_M model off the CPU decode graphs, which replay kernel calls only). Whether a
+    part takes the bfloat16 panels depends on its type (`_bf16_panels`: the GEMVs take more rows of some)."""
+    rows_by_dtype: dict[torch.dtype, torch.Tensor] = {}
     out = torch.empty(x.shape[0], sum(data.shape[0] for data, _ in parts), dtype=torch.float32)
     start = 0
     for data, qtype in parts:
         rows = data.shape[0]
         part_out = out[:, start : start + rows]
         part_bias = None if bias is None else bias[start : start + rows].float().contiguous()
-        if bf16:
+        dtype = torch.bfloat16 if _bf16_panels(x, data, qtype, bf16) else torch.float32
+        if dtype not in rows_by_dtype:
+            rows_by_dtype[dtype] = x.to(dtype).contiguous()
+        rows_in = rows_by_dtype[dtype]
+        if dtype == torch.bfloat16:
             cpu_gguf.gguf_gemm(rows_in, data, qtype, cols, part_bias, interleave, part_out)
         elif not (
             cpu_gguf.can_gguf(rows_in, data)

@@ -127,6 +127,8 @@ SIGNATURES: dict[str, list] = {
     # () -> 1 where gguf_gemm takes any number of rows (the 256-bit panels, every level with AVX2), else 0
     "gguf_has_panels": [],
     "gguf_has_bf16_panels": [],
+    # GGML type -> the most rows gguf_gemm multiplies with a GEMV
+    "gguf_gemv_max_rows": [ctypes.c_int],
     # () -> the level the library was compiled for, as an index into ISA_LEVELS
     "compiled_level": [],
 }

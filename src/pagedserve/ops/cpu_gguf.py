@@ -27,8 +27,12 @@ def gguf_dequantize(data: torch.Tensor, qtype: int, cols: int, interleave: int =
     return out
 
 
-# Rows past which gguf_gemm leaves the GEMVs for the panels (csrc/gguf.c GGUF_DOT_MAX_ROWS).
-GEMV_MAX_ROWS = 8
+def gemv_max_rows(qtype: int) -> int:
+    """Rows past which gguf_gemm leaves the GEMVs for the panels: 32 for Q4_0 / Q4_1 / Q8_0 on the AVX-512 levels,
+    else 8 (csrc/gguf.c gguf_gemv_max_rows)."""
+    library = build.load()
+    assert library is not None
+    return int(library.gguf_gemv_max_rows(qtype))
 
 
 def has_bf16_panels() -> bool:
@@ -49,7 +53,7 @@ def gguf_gemm(
     """x float32 [m, cols] @ the dequantized blocks^T (+ float32 bias), the blocks' rows interleaved by
     `interleave` (csrc/gguf.h); into `out` when given (float32 [m, n] whose rows may be a wider tensor's: one part
     of a merged layer's output). None when this ISA level's kernel does not take m rows (the caller dequantizes
-    and uses the GEMM). x bfloat16: the bfloat16 panels (m > GEMV_MAX_ROWS, where `has_bf16_panels`; the weights
+    and uses the GEMM). x bfloat16: the bfloat16 panels (m > `gemv_max_rows`, where `has_bf16_panels`; the weights
     rounded to bfloat16, float32 sums and out; csrc/panel_gemm.c)."""
     library = build.load()
     bf16 = x.dtype == torch.bfloat16
@@ -63,7 +67,9 @@ def gguf_gemm(
         interleave, out.stride(0) if m > 1 else n, torch.get_num_threads(),
     )  # fmt: skip
     if failed == 3 and bf16:
-        raise ValueError(f"bfloat16 GGUF panels take more than {GEMV_MAX_ROWS} rows on the avx512_bf16 level")
+        raise ValueError(
+            f"bfloat16 GGUF panels take more than {gemv_max_rows(qtype)} rows on the avx512_bf16 level"
+        )
     if failed == 3:
         return None
     if failed == 2:

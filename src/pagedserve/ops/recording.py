@@ -18,7 +18,9 @@ from contextlib import contextmanager
 from typing import Any
 
 # Calls that ask the library something and compute nothing: not recorded.
-_QUERIES = frozenset({"gguf_has_panels", "gguf_has_bf16_panels", "compiled_level", "replay_calls"})
+_QUERIES = frozenset(
+    {"gguf_has_panels", "gguf_has_bf16_panels", "gguf_gemv_max_rows", "compiled_level", "replay_calls"}
+)
 
 # The kernels csrc/replay.c can run, in the order of its enum.
 REPLAY_KERNELS = (

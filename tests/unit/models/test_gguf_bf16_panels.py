@@ -34,12 +34,14 @@ def test_only_the_bfloat16_level_has_the_panels(isa_level) -> None:
 
 
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
-@pytest.mark.parametrize("m", [9, 17, 40])
+@pytest.mark.parametrize("past", [1, 9, 32])
 @pytest.mark.parametrize("n", [37, 70])
-def test_panels_compute_the_bfloat16_product(isa_level, qtype, m, n) -> None:
-    """Rows past the GEMV's (9: two tiles, 4 + 5; 40: five of 8), last panels of 5 and 6 columns of 32,
-    k of 7 blocks (3 super-blocks), the file's order and rows interleaved: within float32 summation error of the
-    float64 product of the rounded operands. Below the bfloat16 level the kernel refuses by name."""
+def test_panels_compute_the_bfloat16_product(isa_level, qtype, past, n) -> None:
+    """Rows past the GEMV's (8 or 32 by type: cpu_gguf.gemv_max_rows; 9 rows: two tiles, 4 + 5; 40: five of 8),
+    last panels of 5 and 6 columns of 32, k of 7 blocks (3 super-blocks), the file's order and rows interleaved:
+    within float32 summation error of the float64 product of the rounded operands. Below the bfloat16 level the
+    kernel refuses by name."""
+    m = cpu_gguf.gemv_max_rows(int(qtype)) + past
     cols = cols_for(qtype)
     gen = torch.Generator().manual_seed(m + n)
     x = torch.randn(m, cols, generator=gen).bfloat16()
@@ -82,20 +84,22 @@ def test_panels_write_into_a_part_of_a_wider_output() -> None:
 def test_kernel_refuses_too_few_rows_and_bad_layouts(isa_level) -> None:
     cols = cols_for(Q.Q4_0)
     data = quantized(8, cols, Q.Q4_0)[0]
-    with pytest.raises(ValueError, match="bfloat16 GGUF panels take more than 8 rows"):
-        cpu_gguf.gguf_gemm(torch.randn(8, cols).bfloat16(), data, int(Q.Q4_0), cols, None, 1)
+    gemv_rows = cpu_gguf.gemv_max_rows(int(Q.Q4_0))
+    with pytest.raises(ValueError, match=f"bfloat16 GGUF panels take more than {gemv_rows} rows"):
+        cpu_gguf.gguf_gemm(torch.randn(gemv_rows, cols).bfloat16(), data, int(Q.Q4_0), cols, None, 1)
     with pytest.raises(ValueError, match="not a layout the kernel reads"):
         cpu_gguf.gguf_gemm(torch.randn(9, cols).bfloat16(), data, int(Q.Q4_0), cols + 1, None, 1)
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q6_K], ids=lambda t: t.name)
 def test_layers_take_the_panels_only_when_marked_and_past_the_gemv_rows(isa_level, qtype) -> None:
-    """gguf_linear / gguf_linear_parts with bf16=True: the bfloat16 product past 8 rows (where the level has the
-    panels), the float32 paths otherwise; unmarked, float32 as before (float32 or bfloat16 rows alike)."""
+    """gguf_linear / gguf_linear_parts with bf16=True: the bfloat16 product past the GEMV's rows (where the level
+    has the panels), the float32 paths otherwise; unmarked, float32 as before (float32 or bfloat16 rows alike)."""
     cols = cols_for(qtype)
     data = quantized(48, cols, qtype)[0]
     dense = gguf_quant.dequantize_reference(data, int(qtype), cols)
-    x = torch.randn(20, cols)
+    gemv_rows = cpu_gguf.gemv_max_rows(int(qtype))
+    x = torch.randn(gemv_rows + 12, cols)
     float_product = F.linear(x.double(), dense.double())
     for rows in (x, x.bfloat16()):
         marked = gguf_quant.gguf_linear(rows, data, int(qtype), cols, None, 1, bf16=True)
@@ -114,8 +118,8 @@ def test_layers_take_the_panels_only_when_marked_and_past_the_gemv_rows(isa_leve
         assert (marked.double() - reference).abs().max().item() < tolerance * reference.abs().max().item()
         if rows.dtype == torch.float32:
             assert (plain.double() - float_product).abs().max().item() < 2e-5
-    # up to 8 rows the GEMV computes, marked or not
-    few = x[:8]
+    # up to its rows the GEMV computes, marked or not
+    few = x[:gemv_rows]
     torch.testing.assert_close(
         gguf_quant.gguf_linear(few, data, int(qtype), cols, None, 1, bf16=True),
         gguf_quant.gguf_linear(few, data, int(qtype), cols, None, 1),

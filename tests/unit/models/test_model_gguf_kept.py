@@ -15,6 +15,7 @@ from tiny_gguf_writer import quantize, write_tiny_gguf
 from pagedserve.layers import gguf_quant
 from pagedserve.layers.gguf_quant import QuantizedTensor
 from pagedserve.models.loader import resolve_quantization
+from pagedserve.ops import cpu_gguf
 
 Q = gguf.GGMLQuantizationType
 KEPT = [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q6_K]
@@ -71,13 +72,13 @@ def q16_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 33])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 32, 33])
 def test_products_follow_the_dequantized_product(isa_level, qtype, m) -> None:
-    """Rows on both sides of the kernels' switches (a GEMV up to 8 rows, AVX2's panels or dequantize + GEMM
-    above), a last panel of 5 columns and k of 7 blocks (3 super-blocks). The GEMV quantizes the activations to
-    16 bits: its result is the exact product of the quantized activations up to float32 rounding, and within the
-    rounding's bound (d_x / 2 a value) of the float product. Above 8 rows: within float32 summation-order error of
-    the float product."""
+    """Rows on both sides of the kernels' switches (a GEMV up to 8 rows, 32 for Q4_0 / Q4_1 / Q8_0 at the AVX-512
+    levels; AVX2's panels or dequantize + GEMM above), a last panel of 5 columns, 37 rows (a last group of one) and
+    k of 7 blocks (3 super-blocks). The GEMV quantizes the activations to 16 bits: its result is the exact product
+    of the quantized activations up to float32 rounding, and within the rounding's bound (d_x / 2 a value) of the
+    float product. Above its rows: within float32 summation-order error of the float product."""
     cols = cols_for(qtype)
     data, dense = quantized(37, cols, qtype, seed=m)
     weights = torch.from_numpy(dense).double()
@@ -92,7 +93,7 @@ def test_products_follow_the_dequantized_product(isa_level, qtype, m) -> None:
         got = gguf_quant.gguf_linear(x, data, int(qtype), cols, b).double()
         exact = F.linear(x.double(), weights, b64)
         assert got.shape == (m, 37)
-        if m <= 8:
+        if m <= cpu_gguf.gemv_max_rows(int(qtype)):
             assert (got - F.linear(x_q16, weights, b64)).abs().max().item() < 2e-5
             assert ((got - exact).abs() <= bound + 2e-5).all()
         else:
@@ -103,6 +104,15 @@ def test_products_follow_the_dequantized_product(isa_level, qtype, m) -> None:
     torch.testing.assert_close(
         got16.float(), F.linear(x.bfloat16().float(), torch.from_numpy(dense)), atol=0.05, rtol=0.02
     )
+
+
+def test_the_gemv_takes_up_to_32_rows_of_the_simple_types_with_avx_512(isa_level) -> None:
+    """Q4_0 / Q4_1 / Q8_0 rows go to the GEMV up to 32 rows where 512-bit registers hold four weight rows
+    (csrc/gguf_q16_lanes.h); the K-quants, and every type below AVX-512, up to 8."""
+    wide = isa_level.startswith("avx512")
+    for qtype in KEPT:
+        simple = qtype in (Q.Q4_0, Q.Q4_1, Q.Q8_0)
+        assert cpu_gguf.gemv_max_rows(int(qtype)) == (32 if wide and simple else 8), qtype.name
 
 
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
@@ -126,17 +136,19 @@ def test_gemv_takes_every_bit_pattern_and_zero_rows(isa_level, qtype) -> None:
 
 
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
-@pytest.mark.parametrize("m", [1, 3, 8])
+@pytest.mark.parametrize("m", [1, 3, 8, 12])
 def test_gemv_of_long_rows_follows_the_dequantized_product(isa_level, qtype, m) -> None:
     """Rows of 4608 weights, in the file's order and regrouped: past csrc/gguf_q16.h's Q16_L1_ROW_WEIGHTS (4096:
     the K-quant single-row GEMVs prefetch into L2) and gguf.c's GGUF_ROWS_LONG (2048: 2-8 rows are multiplied in
-    parts of 1024 weights, here 5 uneven ones for the K-quants). The exact product of the quantized activations
-    (plus the bias, added once) up to float32 rounding."""
+    parts of 1024 weights, here 5 uneven ones for the K-quants; 12 rows: the GEMV's where it takes 32). The exact
+    product of the quantized activations (plus the bias, added once) up to float32 rounding; past the GEMV's rows
+    that of the float activations."""
     cols = 4608  # 18 super-blocks
     data, dense = quantized(8, cols, qtype, seed=7)
     gen = torch.Generator().manual_seed(8)
     x, bias = torch.randn(m, cols, generator=gen), torch.randn(8, generator=gen)
-    expected = F.linear(q16_activations(x)[0], torch.from_numpy(dense).double(), bias.double())
+    rows_in = q16_activations(x)[0] if m <= cpu_gguf.gemv_max_rows(int(qtype)) else x.double()
+    expected = F.linear(rows_in, torch.from_numpy(dense).double(), bias.double())
     layouts = [(data, 1)]
     if qtype != Q.Q8_0:
         layouts.append((gguf_quant.interleave_rows(data, int(qtype)), gguf_quant.INTERLEAVE))

@@ -3,7 +3,7 @@
  *
  * Why: single-stream decode only streams the weights, and the bundled model's Q4_1 blocks are 5 bits a weight
  * against bfloat16's 16 (92 against 270 MB a token).
- *   up to GGUF_DOT_MAX_ROWS rows (decode): the activation rows are quantized to 16 bits a value in 32-value blocks
+ *   up to gguf_gemv_max_rows rows (decode): the activation rows are quantized to 16 bits a value in 32-value blocks
  *     and multiplied by the weight blocks with integer dot products (gguf_q16.h);
  *   more rows, AVX2 and up: the panel kernel (panel_gemm.c) dequantizes 16 weight rows into a float32 panel and
  *     multiplies in float32 (results equal the dequantized float32 model's up to summation order);
@@ -15,9 +15,25 @@
 #include "gguf.h"
 #include "gguf_q16.h"
 #include "gguf_q16_kquants.h"
+#include "gguf_q16_lanes.h"
 #include "simd.h"
 
 #define GGUF_DOT_MAX_ROWS 8
+/* Rows Q4_0 / Q4_1 / Q8_0 take the GEMV for on the AVX-512 levels (gguf_q16_lanes.h) before the panels: the bundled
+ * Q4_1 model at 12-32 sequences on a Zen 4 decoded 1.1-1.8x faster this way than in bfloat16 panels (avx512_bf16)
+ * and 1.5-2.4x than in float32 ones (avx512), BENCHMARKS.md; past 32 (prefills) the panels. */
+#define GGUF_LANES_MAX_ROWS 32
+
+/* The most activation rows gguf_gemm multiplies with a GEMV (16-bit activations) for blocks of qtype; past them
+ * the panels (or, without them, the caller dequantizes). */
+int gguf_gemv_max_rows(int qtype) {
+#if defined(PAGEDSERVE_GGUF_LANES)
+    if (q16_lanes_type(qtype)) return GGUF_LANES_MAX_ROWS;
+#else
+    (void)qtype;
+#endif
+    return GGUF_DOT_MAX_ROWS;
+}
 
 #if defined(PAGEDSERVE_PANELS)
 int gguf_gemm_panels(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
@@ -25,7 +41,7 @@ int gguf_gemm_panels(const float *x, const uint8_t *w, int qtype, const float *b
 #endif
 
 /* 1 where gguf_gemm multiplies any number of rows from the blocks (the 256-bit panels, every level with AVX2),
- * 0 where past GGUF_DOT_MAX_ROWS the caller dequantizes. */
+ * 0 where past gguf_gemv_max_rows the caller dequantizes. */
 int gguf_has_panels(void) {
 #if defined(PAGEDSERVE_PANELS)
     return 1;
@@ -185,11 +201,61 @@ static int gguf_rows_in_parts(const int16_t *q, const float *d, const float *s, 
 
 /* 0 done; 1 bad type or k; 2 out of memory; 3 too many rows for this level (dequantize and use the GEMM). */
 /* out's rows are ldo floats apart (n for a whole matrix; more for one part of a merged layer's output). */
+#if defined(PAGEDSERVE_GGUF_LANES)
+#define LANES_BY_ROWS(QTYPE)                                                                                          \
+    switch (rows) {                                                                                                   \
+    case 1: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, 1, w_group, ahead, sums); break;                       \
+    case 2: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, 2, w_group, ahead, sums); break;                       \
+    case 3: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, 3, w_group, ahead, sums); break;                       \
+    case 4: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, 4, w_group, ahead, sums); break;                       \
+    case 5: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, 5, w_group, ahead, sums); break;                       \
+    case 6: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, 6, w_group, ahead, sums); break;                       \
+    case 7: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, 7, w_group, ahead, sums); break;                       \
+    default: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, LANE_ROWS, w_group, ahead, sums); break;              \
+    }
+
+/* out = x @ w^T (+ bias) for the columns of whole four-row groups (n - n % 4), m activation rows, Q4_0 / Q4_1 /
+ * Q8_0 (q16_lanes_rows). Rows past GGUF_ROWS_LONG weights go in parts of GGUF_ROWS_PART, as gguf_rows_in_parts
+ * does, so that a pass's int16 activation rows stay in L1 while the weights stream past. */
+static void gguf_lanes_gemm(const q16_rows *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
+                            int64_t n, int il, int64_t ldo, int threads) {
+    const int64_t k = x->k, blocks = k / GGUF_BLOCK, row_bytes = gguf_row_bytes(qtype, k);
+    const int64_t stride = gguf_stride(qtype, il), groups = n / GGUF_COLS;
+    const int64_t ahead = q16_prefetch_ahead(il == 1 ? row_bytes : gguf_block_bytes(qtype), stride);
+    const int64_t parts = k > GGUF_ROWS_LONG ? (k + GGUF_ROWS_PART - 1) / GGUF_ROWS_PART : 1;
+#pragma omp parallel num_threads(threads)
+    for (int64_t p = 0; p < parts; ++p) { /* a static schedule gives each thread the same groups in every part */
+        const int64_t b0 = blocks * p / parts, b1 = blocks * (p + 1) / parts;
+#pragma omp for schedule(static) nowait
+        for (int64_t g = 0; g < groups; ++g) {
+            for (int64_t r0 = 0; r0 < m; r0 += LANE_ROWS) {
+                const int64_t rows = m - r0 < LANE_ROWS ? m - r0 : LANE_ROWS;
+                const q16_rows part = {x->q + r0 * k, x->d + r0 * blocks, x->s + r0 * blocks, k, NULL};
+                const uint8_t *w_group = r0 == 0 ? w + g * GGUF_COLS * row_bytes : NULL; /* prefetched once */
+                const uint8_t *cols[LANE_COLS];
+                for (int c = 0; c < LANE_COLS; ++c) cols[c] = gguf_row(w, g * GGUF_COLS + c, qtype, row_bytes, il);
+                float sums[LANE_ROWS * LANE_COLS];
+                switch (qtype) {
+                case GGUF_Q4_0: LANES_BY_ROWS(GGUF_Q4_0); break;
+                case GGUF_Q4_1: LANES_BY_ROWS(GGUF_Q4_1); break;
+                default: LANES_BY_ROWS(GGUF_Q8_0); break;
+                }
+                for (int64_t r = 0; r < rows; ++r)
+                    for (int c = 0; c < LANE_COLS; ++c) {
+                        float *o = out + (r0 + r) * ldo + g * GGUF_COLS + c;
+                        *o = sums[r * LANE_COLS + c] + (p > 0 ? *o : bias != NULL ? bias[g * GGUF_COLS + c] : 0.0f);
+                    }
+            }
+        }
+    }
+}
+#endif
+
 int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
               int64_t k, int il, int64_t ldo, int threads) {
     if (gguf_bad_layout(qtype, n, k, il) || ldo < n) return 1;
     const int64_t row_bytes = gguf_row_bytes(qtype, k), stride = gguf_stride(qtype, il);
-    if (m > GGUF_DOT_MAX_ROWS) {
+    if (m > gguf_gemv_max_rows(qtype)) {
 #if defined(PAGEDSERVE_PANELS)
         return gguf_gemm_panels(x, w, qtype, bias, out, m, n, k, il, ldo, threads);
 #else
@@ -222,7 +288,13 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
         first = groups * GGUF_COLS;
     }
 #endif
-    if (m > 1 && k > GGUF_ROWS_LONG) {
+#if defined(PAGEDSERVE_GGUF_LANES)
+    if (m > 1 && q16_lanes_type(qtype)) {
+        gguf_lanes_gemm(&all, w, qtype, bias, out, m, n, il, ldo, threads);
+        first = n / GGUF_COLS * GGUF_COLS; /* the rest (n % 4 rows in the file's order) below */
+    }
+#endif
+    if (m > 1 && k > GGUF_ROWS_LONG && first == 0) {
         const int failed = gguf_rows_in_parts(q, d, s, q_split, w, qtype, bias, out, m, n, k, il, ldo, threads);
         free(scales);
         return failed;
@@ -247,13 +319,13 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
     return 0;
 }
 
-/* gguf_gemm for bfloat16 rows x [m, k] (m > GGUF_DOT_MAX_ROWS: a prefill): bfloat16 panels, float32 out (rows ldo
+/* gguf_gemm for bfloat16 rows x [m, k] (m > gguf_gemv_max_rows: a prefill): bfloat16 panels, float32 out (rows ldo
  * apart). 0 done; 1 bad type or k; 2 out of memory; 3 not this level (gguf_has_bf16_panels) or too few rows. */
 int gguf_gemm_bf16(const uint16_t *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
                    int64_t n, int64_t k, int il, int64_t ldo, int threads) {
     if (gguf_bad_layout(qtype, n, k, il) || ldo < n) return 1;
 #if defined(PAGEDSERVE_PANELS) && defined(__AVX512BF16__)
-    if (m > GGUF_DOT_MAX_ROWS) return gguf_gemm_panels_bf16(x, w, qtype, bias, out, m, n, k, il, ldo, threads);
+    if (m > gguf_gemv_max_rows(qtype)) return gguf_gemm_panels_bf16(x, w, qtype, bias, out, m, n, k, il, ldo, threads);
 #else
     (void)x, (void)w, (void)bias, (void)out, (void)m, (void)threads;
 #endif
