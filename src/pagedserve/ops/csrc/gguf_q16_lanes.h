@@ -1,4 +1,4 @@
-/* The multi-row GEMV of Q4_0, Q4_1 and Q8_0 blocks (2 to GGUF_DOT_MAX_ROWS activation rows: a decode batch), with
+/* The multi-row GEMV of Q4_0, Q4_1 and Q8_0 blocks (2 to GGUF_LANES_MAX_ROWS activation rows: a decode batch), with
  * a weight row in each 128-bit lane (the AVX-512 levels): lanes (c, u) hold weight row c's pairs 4t + u (u < 4) of
  * a block's 16 pairs of weights, widened to int16, and one activation row's same four pairs are broadcast to every
  * lane. A vpmaddwd (vpdpwssd with AVX512_VNNI) adds 8 products into each lane and four of them (t = 0..3) cover
@@ -27,24 +27,9 @@ static inline int q16_lanes_type(int qtype) { return qtype == GGUF_Q4_0 || qtype
  * registers and the scales stay in the 32 registers). */
 #define LANE_COLS 4
 #define LANE_ROWS 8
-typedef __m512i lane_int;
-typedef __m512 lane_float;
-#define lane_and _mm512_and_si512
-#define lane_srli16 _mm512_srli_epi16
-#define lane_sub16 _mm512_sub_epi16
-#define lane_set1_16 _mm512_set1_epi16
-#define lane_set1_32 _mm512_set1_epi32
-#define lane_zero_int _mm512_setzero_si512
-#define lane_zero _mm512_setzero_ps
-#define lane_shuffle8 _mm512_shuffle_epi8
-#define lane_to_float _mm512_cvtepi32_ps
-#define lane_fma _mm512_fmadd_ps
-#define lane_mul _mm512_mul_ps
-#define lane_set1 _mm512_set1_ps
-#define lane_store _mm512_storeu_ps
+/* The 8 int16 at p (four pairs of an activation row) in every 128-bit lane. */
 #define lane_broadcast128(p) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p)))
-#define lane_repeat4(a, b, c, d) _mm512_set4_epi32((d), (c), (b), (a))
-static inline lane_int lane_dot(lane_int acc, lane_int w, lane_int x) {
+static inline __m512i lane_dot(__m512i acc, __m512i w, __m512i x) {
 #if defined(__AVX512VNNI__)
     return _mm512_dpwssd_epi32(acc, w, x);
 #else
@@ -52,14 +37,14 @@ static inline lane_int lane_dot(lane_int acc, lane_int w, lane_int x) {
 #endif
 }
 /* The LANE_COLS rows' 16 bytes at p[c], one a 128-bit lane. */
-static inline lane_int lane_load16(const uint8_t *const p[LANE_COLS]) {
+static inline __m512i lane_load16(const uint8_t *const p[LANE_COLS]) {
     const __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p[0]));
     const __m512i v1 = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p[1]), 1);
     const __m512i v2 = _mm512_inserti32x4(v1, _mm_loadu_si128((const __m128i *)p[2]), 2);
     return _mm512_inserti32x4(v2, _mm_loadu_si128((const __m128i *)p[3]), 3);
 }
 /* Q8_0: bytes 8t .. 8t + 7 of each row (q[c]: its 32 bytes), sign-extended: lane c = its pairs 4t .. 4t + 3. */
-static inline void lane_q8_pairs(const uint8_t *const q[LANE_COLS], lane_int w[4]) {
+static inline void lane_q8_pairs(const uint8_t *const q[LANE_COLS], __m512i w[4]) {
     const __m512i rows01 = _mm512_inserti64x4(
         _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)q[0])), _mm256_loadu_si256((const __m256i *)q[1]), 1);
     const __m512i rows23 = _mm512_inserti64x4(
@@ -70,7 +55,7 @@ static inline void lane_q8_pairs(const uint8_t *const q[LANE_COLS], lane_int w[4
     }
 }
 /* Lanes (c, u) of d [c] (all u) and of m [c] (u = 0, else 0): the rows' (d, m) float16 pairs at h[c] (Q4_0, Q8_0: m 0). */
-static inline void lane_scales(const int32_t h[LANE_COLS], lane_float *d, lane_float *m) {
+static inline void lane_scales(const int32_t h[LANE_COLS], __m512 *d, __m512 *m) {
     const __m512 dm = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_setr_epi32(h[0], h[1], h[2], h[3])));
     *d = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6), dm);
     *m = _mm512_permutex2var_ps(dm, _mm512_setr_epi32(1, 16, 16, 16, 3, 16, 16, 16, 5, 16, 16, 16, 7, 16, 16, 16),
@@ -79,26 +64,26 @@ static inline void lane_scales(const int32_t h[LANE_COLS], lane_float *d, lane_f
 
 /* A lane's shuffle: dword u takes bytes first + 2u and first + 2u + 1 into its words' low bytes (0x80: zero). */
 #define LANE_PAIR(first, u) ((int)(0x80008000u | (uint32_t)((first) + 2 * (u)) | (uint32_t)((first) + 2 * (u) + 1) << 16))
-#define LANE_PAIRS(first) lane_repeat4(LANE_PAIR(first, 0), LANE_PAIR(first, 1), LANE_PAIR(first, 2), LANE_PAIR(first, 3))
+#define LANE_PAIRS(first) _mm512_set4_epi32(LANE_PAIR(first, 3), LANE_PAIR(first, 2), LANE_PAIR(first, 1), LANE_PAIR(first, 0))
 
 /* The pairs of the LANE_COLS rows' blocks at blocks[c] (one block of `qtype` each) as four registers: w[t] lane c
  * holds pairs 4t .. 4t + 3 of row c. */
 static inline __attribute__((always_inline)) void lane_weights(const uint8_t *const blocks[LANE_COLS], int qtype,
-                                                               lane_int w[4]) {
+                                                               __m512i w[4]) {
     const uint8_t *qs[LANE_COLS];
     for (int c = 0; c < LANE_COLS; ++c) qs[c] = blocks[c] + (qtype == GGUF_Q4_1 ? 4 : 2);
     if (qtype == GGUF_Q8_0) {
         lane_q8_pairs(qs, w);
         return;
     }
-    const lane_int bytes = lane_load16(qs);
-    const lane_int first = lane_shuffle8(bytes, LANE_PAIRS(0)), second = lane_shuffle8(bytes, LANE_PAIRS(8));
-    w[0] = lane_and(first, lane_set1_16(15)); /* weights 0-7: low nibbles of bytes 0-7 */
-    w[1] = lane_and(second, lane_set1_16(15)); /* 8-15 */
-    w[2] = lane_srli16(first, 4); /* 16-23: high nibbles of bytes 0-7 */
-    w[3] = lane_srli16(second, 4);
+    const __m512i bytes = lane_load16(qs);
+    const __m512i first = _mm512_shuffle_epi8(bytes, LANE_PAIRS(0)), second = _mm512_shuffle_epi8(bytes, LANE_PAIRS(8));
+    w[0] = _mm512_and_si512(first, _mm512_set1_epi16(15)); /* weights 0-7: low nibbles of bytes 0-7 */
+    w[1] = _mm512_and_si512(second, _mm512_set1_epi16(15)); /* 8-15 */
+    w[2] = _mm512_srli_epi16(first, 4); /* 16-23: high nibbles of bytes 0-7 */
+    w[3] = _mm512_srli_epi16(second, 4);
     if (qtype == GGUF_Q4_0)
-        for (int t = 0; t < 4; ++t) w[t] = lane_sub16(w[t], lane_set1_16(8));
+        for (int t = 0; t < 4; ++t) w[t] = _mm512_sub_epi16(w[t], _mm512_set1_epi16(8));
 }
 
 /* sums[r * LANE_COLS + c] = x_r . row c over blocks [b0, b1), for `rows` activation rows (at most LANE_ROWS; a
@@ -108,8 +93,8 @@ static inline __attribute__((always_inline)) void q16_lanes_rows(const q16_rows 
                                                                  int64_t stride, int qtype, int64_t b0, int64_t b1,
                                                                  int rows, const uint8_t *w_group, int64_t ahead,
                                                                  float *sums) {
-    lane_float acc[LANE_ROWS];
-    for (int r = 0; r < rows; ++r) acc[r] = lane_zero();
+    __m512 acc[LANE_ROWS];
+    for (int r = 0; r < rows; ++r) acc[r] = _mm512_setzero_ps();
     const int64_t blocks = x->k / GGUF_BLOCK;
     const int32_t halves_mask = qtype == GGUF_Q4_1 ? -1 : 0xffff; /* Q4_0, Q8_0: d alone */
     for (int64_t b = b0; b < b1; ++b) {
@@ -121,23 +106,23 @@ static inline __attribute__((always_inline)) void q16_lanes_rows(const q16_rows 
             memcpy(&h[c], at[c], 4);
             h[c] &= halves_mask;
         }
-        lane_int w[4];
+        __m512i w[4];
         lane_weights(at, qtype, w);
-        lane_float d, m;
+        __m512 d, m;
         lane_scales(h, &d, &m);
         for (int r = 0; r < rows; ++r) {
             const int16_t *xq = x->q + r * x->k + b * GGUF_BLOCK;
-            lane_int dot = lane_dot(lane_zero_int(), w[0], lane_broadcast128(xq));
+            __m512i dot = lane_dot(_mm512_setzero_si512(), w[0], lane_broadcast128(xq));
             dot = lane_dot(dot, w[1], lane_broadcast128(xq + 8));
             dot = lane_dot(dot, w[2], lane_broadcast128(xq + 16));
             dot = lane_dot(dot, w[3], lane_broadcast128(xq + 24));
-            acc[r] = lane_fma(lane_to_float(dot), lane_mul(d, lane_set1(x->d[r * blocks + b])), acc[r]);
-            if (qtype == GGUF_Q4_1) acc[r] = lane_fma(m, lane_set1(x->s[r * blocks + b]), acc[r]);
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, _mm512_set1_ps(x->d[r * blocks + b])), acc[r]);
+            if (qtype == GGUF_Q4_1) acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(x->s[r * blocks + b]), acc[r]);
         }
     }
     for (int r = 0; r < rows; ++r) {
         float lanes[4 * LANE_COLS];
-        lane_store(lanes, acc[r]);
+        _mm512_storeu_ps(lanes, acc[r]);
         for (int c = 0; c < LANE_COLS; ++c)
             sums[r * LANE_COLS + c] = (lanes[4 * c] + lanes[4 * c + 1]) + (lanes[4 * c + 2] + lanes[4 * c + 3]);
     }
