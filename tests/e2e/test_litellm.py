@@ -156,14 +156,18 @@ def test_requests_spread_over_both_replicas(fleet: Fleet) -> None:
 
 def test_streaming_passes_through(fleet: Fleet) -> None:
     client = fleet.client()
-    question = "What is the capital of France? Answer in one sentence."
-    plain, _ = _chat(client, question, max_tokens=16, seed=1)
+    # An answer of ~30 tokens: a server or proxy that falls behind merges the tokens queued for a stream into one
+    # chunk (as vLLM does), so an 8-token answer came through the proxy as 3 pieces once (2026-12-07); a buffered
+    # body would be one piece whatever its length.
+    question = "List the days of the week, separated by commas."
+    plain, _ = _chat(client, question, max_tokens=32, seed=1)
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": question}], temperature=0, seed=1, max_tokens=16,
+        model=MODEL, messages=[{"role": "user", "content": question}], temperature=0, seed=1, max_tokens=32,
         stream=True, stream_options={"include_usage": True},
     )  # fmt: skip
     chunks = list(stream)
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert plain.usage.completion_tokens >= 16, plain
     assert len(pieces) >= 4, chunks  # token by token, not one buffered body
     assert "".join(pieces) == plain.choices[0].message.content
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
