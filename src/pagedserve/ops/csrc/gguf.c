@@ -4,7 +4,8 @@
  * Why: single-stream decode only streams the weights, and the bundled model's Q4_1 blocks are 5 bits a weight
  * against bfloat16's 16 (92 against 270 MB a token).
  *   up to gguf_gemv_max_rows rows (decode): the activation rows are quantized to 16 bits a value in 32-value blocks
- *     and multiplied by the weight blocks with integer dot products (gguf_q16.h);
+ *     and multiplied by the weight blocks with integer dot products (gguf_q16.h; 2-32 rows of Q4_0 / Q4_1 / Q8_0 on
+ *     the AVX-512 levels: gguf_q16_lanes.h);
  *   more rows, AVX2 and up: the panel kernel (panel_gemm.c) dequantizes 16 weight rows into a float32 panel and
  *     multiplies in float32 (results equal the dequantized float32 model's up to summation order);
  *   more rows, levels below AVX2: returns 3 and the caller dequantizes the matrix (gguf_dequantize) for the GEMM.
@@ -199,8 +200,6 @@ static int gguf_rows_in_parts(const int16_t *q, const float *d, const float *s, 
     return 0;
 }
 
-/* 0 done; 1 bad type or k; 2 out of memory; 3 too many rows for this level (dequantize and use the GEMM). */
-/* out's rows are ldo floats apart (n for a whole matrix; more for one part of a merged layer's output). */
 #if defined(PAGEDSERVE_GGUF_LANES)
 #define LANES_BY_ROWS(QTYPE)                                                                                          \
     switch (rows) {                                                                                                   \
@@ -251,6 +250,8 @@ static void gguf_lanes_gemm(const q16_rows *x, const uint8_t *w, int qtype, cons
 }
 #endif
 
+/* 0 done; 1 bad type or k; 2 out of memory; 3 too many rows for this level (dequantize and use the GEMM). */
+/* out's rows are ldo floats apart (n for a whole matrix; more for one part of a merged layer's output). */
 int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m, int64_t n,
               int64_t k, int il, int64_t ldo, int threads) {
     if (gguf_bad_layout(qtype, n, k, il) || ldo < n) return 1;
