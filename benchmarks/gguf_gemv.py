@@ -6,7 +6,8 @@ best of 3, the two layouts alternated within each round.
 
     .venv/bin/python benchmarks/gguf_gemv.py [--types Q4_0 Q4_1 Q8_0 Q4_K Q6_K] [--rows M] [--k K]
 
-`--rows M` multiplies M activation rows at once (a decode batch of M sequences: 2-8 take the multi-row GEMV);
+`--rows M` multiplies M activation rows at once (a decode batch of M sequences: 2-8 take the multi-row GEMV, 2-32
+of Q4_0 / Q4_1 / Q8_0 on the AVX-512 levels);
 G weights/s counts the matrix's weights, each used M times. `--k K` sets the weights a row (576: SmolLM2's hidden
 size, 2048: Llama 3.2 1B's). Set PYTHONPATH to another checkout's src to measure
 its kernels (a before / after in alternating processes).
