@@ -27,18 +27,31 @@ def gguf_dequantize(data: torch.Tensor, qtype: int, cols: int, interleave: int =
     return out
 
 
+# (library, GGML type) -> gguf_gemv_max_rows: asked per matrix call by the layers (two ctypes calls, ~1 us each, on
+# every eager step's every matrix); the library is the level's, kept loaded for the process (build.load_level).
+_max_rows: dict[tuple[int, int], int] = {}
+_bf16_panels: dict[int, bool] = {}
+
+
 def gemv_max_rows(qtype: int) -> int:
-    """Rows past which gguf_gemm leaves the GEMVs for the panels: 32 for Q4_0 / Q4_1 / Q8_0 on the AVX-512 levels,
-    else 8 (csrc/gguf.c gguf_gemv_max_rows)."""
+    """Rows past which gguf_gemm leaves the GEMVs for the panels: 32 for Q4_0 / Q4_1 / Q8_0 / Q4_K on the AVX-512
+    levels, else 8 (csrc/gguf.c gguf_gemv_max_rows)."""
     library = build.load()
     assert library is not None
-    return int(library.gguf_gemv_max_rows(qtype))
+    key = (id(library), qtype)
+    if key not in _max_rows:
+        _max_rows[key] = int(library.gguf_gemv_max_rows(qtype))
+    return _max_rows[key]
 
 
 def has_bf16_panels() -> bool:
     """True where `gguf_gemm` multiplies bfloat16 rows (the avx512_bf16 kernel level)."""
     library = build.load()
-    return library is not None and bool(library.gguf_has_bf16_panels())
+    if library is None:
+        return False
+    if id(library) not in _bf16_panels:
+        _bf16_panels[id(library)] = bool(library.gguf_has_bf16_panels())
+    return _bf16_panels[id(library)]
 
 
 def gguf_gemm(

@@ -69,8 +69,9 @@ def test_panels_write_into_a_part_of_a_wider_output() -> None:
     (this machine's own level; without bfloat16 panels, refused by name)."""
     cols = cols_for(Q.Q4_K)
     data = quantized(40, cols, Q.Q4_K)[0]
-    x = torch.randn(12, cols).bfloat16()
-    wide = torch.full((12, 100), 7.0)
+    m = cpu_gguf.gemv_max_rows(int(Q.Q4_K)) + 4  # the panels' rows
+    x = torch.randn(m, cols).bfloat16()
+    wide = torch.full((m, 100), 7.0)
     if not cpu_gguf.has_bf16_panels():
         with pytest.raises(ValueError, match="bfloat16 GGUF panels"):
             cpu_gguf.gguf_gemm(x, data, int(Q.Q4_K), cols, None, 1, wide[:, 30:70])

@@ -4,8 +4,8 @@
  * Why: single-stream decode only streams the weights, and the bundled model's Q4_1 blocks are 5 bits a weight
  * against bfloat16's 16 (92 against 270 MB a token).
  *   up to gguf_gemv_max_rows rows (decode): the activation rows are quantized to 16 bits a value in 32-value blocks
- *     and multiplied by the weight blocks with integer dot products (gguf_q16.h; 2-32 rows of Q4_0 / Q4_1 / Q8_0 on
- *     the AVX-512 levels: gguf_q16_lanes.h);
+ *     and multiplied by the weight blocks with integer dot products (gguf_q16.h; 2-32 rows of Q4_0 / Q4_1 / Q8_0 /
+ *     Q4_K on the AVX-512 levels: gguf_q16_lanes.h);
  *   more rows, AVX2 and up: the panel kernel (panel_gemm.c) dequantizes 16 weight rows into a float32 panel and
  *     multiplies in float32 (results equal the dequantized float32 model's up to summation order);
  *   more rows, levels below AVX2: returns 3 and the caller dequantizes the matrix (gguf_dequantize) for the GEMM.
@@ -20,9 +20,10 @@
 #include "simd.h"
 
 #define GGUF_DOT_MAX_ROWS 8
-/* Rows Q4_0 / Q4_1 / Q8_0 take the GEMV for on the AVX-512 levels (gguf_q16_lanes.h) before the panels: the bundled
- * Q4_1 model at 12-32 sequences on a Zen 4 decoded 1.1-1.8x faster this way than in bfloat16 panels (avx512_bf16)
- * and 1.5-2.4x than in float32 ones (avx512), BENCHMARKS.md; past 32 (prefills) the panels. */
+/* Rows Q4_0 / Q4_1 / Q8_0 / Q4_K take the GEMV for on the AVX-512 levels (gguf_q16_lanes.h) before the panels: the
+ * bundled Q4_1 model at 12-32 sequences on a Zen 4 decoded 1.1-1.8x faster this way than in bfloat16 panels
+ * (avx512_bf16) and 1.5-2.4x than in float32 ones (avx512); a Q4_K GEMV of 16 / 32 rows on a Zen 5 2.3-2.7x /
+ * 1.7-2x (BENCHMARKS.md); past 32 (prefills) the panels. */
 #define GGUF_LANES_MAX_ROWS 32
 
 /* The most activation rows gguf_gemm multiplies with a GEMV (16-bit activations) for blocks of qtype; past them
@@ -214,30 +215,41 @@ static int gguf_rows_in_parts(const int16_t *q, const float *d, const float *s, 
     }
 
 /* out = x @ w^T (+ bias) for the columns of whole four-row groups (n - n % 4), m activation rows, Q4_0 / Q4_1 /
- * Q8_0 (q16_lanes_rows). Rows past GGUF_ROWS_LONG weights go in parts of GGUF_ROWS_PART, as gguf_rows_in_parts
+ * Q8_0 / Q4_K (q16_lanes_rows). Rows past GGUF_ROWS_LONG weights go in parts of GGUF_ROWS_PART, as gguf_rows_in_parts
  * does, so that a pass's int16 activation rows stay in L1 while the weights stream past. */
 static void gguf_lanes_gemm(const q16_rows *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
                             int64_t n, int il, int64_t ldo, int threads) {
     const int64_t k = x->k, blocks = k / GGUF_BLOCK, row_bytes = gguf_row_bytes(qtype, k);
+    const int64_t units = k / gguf_block_weights(qtype); /* (super-)blocks a row */
     const int64_t stride = gguf_stride(qtype, il), groups = n / GGUF_COLS;
     const int64_t ahead = q16_prefetch_ahead(il == 1 ? row_bytes : gguf_block_bytes(qtype), stride);
     const int64_t parts = k > GGUF_ROWS_LONG ? (k + GGUF_ROWS_PART - 1) / GGUF_ROWS_PART : 1;
 #pragma omp parallel num_threads(threads)
     for (int64_t p = 0; p < parts; ++p) { /* a static schedule gives each thread the same groups in every part */
-        const int64_t b0 = blocks * p / parts, b1 = blocks * (p + 1) / parts;
+        const int64_t b0 = units * p / parts, b1 = units * (p + 1) / parts;
+        const int64_t part_bytes = GGUF_COLS * (b1 - b0) * gguf_block_bytes(qtype);
+        const int64_t groups_ahead = (GGUF_PREFETCH_BYTES + part_bytes - 1) / part_bytes;
 #pragma omp for schedule(static) nowait
         for (int64_t g = 0; g < groups; ++g) {
             for (int64_t r0 = 0; r0 < m; r0 += LANE_ROWS) {
                 const int64_t rows = m - r0 < LANE_ROWS ? m - r0 : LANE_ROWS;
                 const q16_rows part = {x->q + r0 * k, x->d + r0 * blocks, x->s + r0 * blocks, k, NULL};
-                const uint8_t *w_group = r0 == 0 ? w + g * GGUF_COLS * row_bytes : NULL; /* prefetched once */
+                /* prefetched once: whole rows as the kernel goes (the group's bytes are contiguous); in parts, the
+                 * same part of a group a few on, all at once (its bytes are four runs, one a row, il 1) */
+                const uint8_t *w_group = r0 == 0 && parts == 1 ? w + g * GGUF_COLS * row_bytes : NULL;
+                if (r0 == 0 && parts > 1 && g + groups_ahead < groups)
+                    for (int c = 0; c < (il == 1 ? GGUF_COLS : 1); ++c) {
+                        const uint8_t *at = gguf_row(w, (g + groups_ahead) * GGUF_COLS + c, qtype, row_bytes, il);
+                        for (int64_t i = b0 * stride; i < b1 * stride; i += 64) prefetch_t0(at + i);
+                    }
                 const uint8_t *cols[LANE_COLS];
                 for (int c = 0; c < LANE_COLS; ++c) cols[c] = gguf_row(w, g * GGUF_COLS + c, qtype, row_bytes, il);
                 float sums[LANE_ROWS * LANE_COLS];
                 switch (qtype) {
                 case GGUF_Q4_0: LANES_BY_ROWS(GGUF_Q4_0); break;
                 case GGUF_Q4_1: LANES_BY_ROWS(GGUF_Q4_1); break;
-                default: LANES_BY_ROWS(GGUF_Q8_0); break;
+                case GGUF_Q8_0: LANES_BY_ROWS(GGUF_Q8_0); break;
+                default: LANES_BY_ROWS(GGUF_Q4_K); break;
                 }
                 for (int64_t r = 0; r < rows; ++r)
                     for (int c = 0; c < LANE_COLS; ++c) {
