@@ -22,7 +22,7 @@
 #define GGUF_DOT_MAX_ROWS 8
 /* Rows Q4_0 / Q4_1 / Q8_0 / Q4_K take the GEMV for on the AVX-512 levels (gguf_q16_lanes.h) before the panels: the
  * bundled Q4_1 model at 12-32 sequences on a Zen 4 decoded 1.1-1.8x faster this way than in bfloat16 panels
- * (avx512_bf16) and 1.5-2.4x than in float32 ones (avx512); a Q4_K GEMV of 16 / 32 rows on a Zen 5 2.3-2.7x /
+ * (avx512_bf16) and 1.5-2.4x than in float32 ones (avx512); a Q4_K GEMV of 16 / 32 rows on a Zen 5 1.7-2.7x /
  * 1.7-2x (BENCHMARKS.md); past 32 (prefills) the panels. */
 #define GGUF_LANES_MAX_ROWS 32
 

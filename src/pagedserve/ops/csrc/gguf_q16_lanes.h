@@ -9,7 +9,7 @@
  * (gguf.c). A 256-bit version (two weight rows a register, 4 activation rows a pass, vpmaddwd) was no faster than
  * q16_dot_rows at the avx2 level: the AVX2 levels keep that (BENCHMARKS.md). Q4_K's 32-weight sub-blocks go the
  * same way, each with its own scale and min per weight row (q16_lanes_rows_q4k): a GEMV of 4 / 8 / 16 rows, 2048
- * wide, 2 threads on a Zen 5 ran 1.5-1.65x / 1.3-1.4x / 2.3-2.7x the speed of q16_dot_rows_q4k (8 rows) and the
+ * wide, 2 threads on a Zen 5 ran 1.3-1.7x / 1.2-1.4x / 1.7-2.7x the speed of q16_dot_rows_q4k (8 rows) and the
  * panels (16).
  *
  * The integers are q16_dot_rows' (same int16 activations, exact int32 sums); only the float sums' order differs.
