@@ -76,6 +76,19 @@ static inline void gguf_q4k_scale_min(const uint8_t *scales, int s, int *sc, int
     }
 }
 
+/* Q4_K: all eight 6-bit scales (byte s of *sc: sub-block s) and mins (*mn) of the super-block at `super`, unpacked
+ * with whole-word masks (gguf_q4k_scale_min one at a time: sc and mn 0-3 are the low 6 bits of bytes 0-3 and 4-7;
+ * 4-7 take their low 4 bits from bytes 8-11 and their high 2 from the top of bytes 0-3 / 4-7). */
+static inline void gguf_q4k_scales_mins(const uint8_t *super, uint64_t *sc, uint64_t *mn) {
+    uint32_t a, b, c;
+    memcpy(&a, super + 4, 4);
+    memcpy(&b, super + 8, 4);
+    memcpy(&c, super + 12, 4);
+    const uint32_t six = 0x3f3f3f3fu, four = 0x0f0f0f0fu, two = 0x03030303u; /* low bits of each byte */
+    *sc = (a & six) | (uint64_t)((c & four) | ((a >> 6) & two) << 4) << 32;
+    *mn = (b & six) | (uint64_t)(((c >> 4) & four) | ((b >> 6) & two) << 4) << 32;
+}
+
 /* IEEE half to float, exact (subnormals included); read unaligned. */
 static inline float gguf_half(const uint8_t *p) {
     uint16_t h;

@@ -36,18 +36,12 @@ static inline __m256i q16_sum8x8(__m256i d0, __m256i d1, __m256i d2, __m256i d3,
     } while (0)
 
 /* One Q4_K super-block of one weight row against its 256 activations: the eight sub-blocks' integer dots summed
- * to one vector (lane s: sub-block s), times d * sc[s] * d_x[s], less dmin * mn[s] * s_x[s], added to acc. The
- * scales are unpacked with whole-word masks (the layout in gguf.h: sc and mn 0-3 are the low 6 bits of bytes 0-3
- * and 4-7; 4-7 take their low 4 bits from bytes 8-11 and their high 2 from the top of bytes 0-3 / 4-7). */
+ * to one vector (lane s: sub-block s), times d * sc[s] * d_x[s], less dmin * mn[s] * s_x[s], added to acc (the
+ * scales and mins unpacked all at once: gguf_q4k_scales_mins). */
 static inline __attribute__((always_inline)) __m256 q4k_super_dot(const uint8_t *super, const int16_t *xq, __m256 dx,
                                                                   __m256 sx, __m256 acc) {
-    uint32_t a, b, c;
-    memcpy(&a, super + 4, 4);
-    memcpy(&b, super + 8, 4);
-    memcpy(&c, super + 12, 4);
-    const uint32_t six = 0x3f3f3f3fu, four = 0x0f0f0f0fu, two = 0x03030303u; /* low bits of each byte */
-    const uint64_t sc = (a & six) | (uint64_t)((c & four) | ((a >> 6) & two) << 4) << 32;
-    const uint64_t mn = (b & six) | (uint64_t)(((c >> 4) & four) | ((b >> 6) & two) << 4) << 32;
+    uint64_t sc, mn;
+    gguf_q4k_scales_mins(super, &sc, &mn);
     const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)));
     const __m256 mnf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)mn)));
     const __m256i nibble = _mm256_set1_epi16(15);
@@ -77,13 +71,8 @@ static inline __attribute__((always_inline)) void q16_dot_rows_q4k(const q16_row
     const __m256i nibble = _mm256_set1_epi16(15);
     for (int64_t b = 0; b < supers; ++b) {
         const uint8_t *super = row + b * stride;
-        uint32_t a, m, c;
-        memcpy(&a, super + 4, 4);
-        memcpy(&m, super + 8, 4);
-        memcpy(&c, super + 12, 4);
-        const uint32_t six = 0x3f3f3f3fu, four = 0x0f0f0f0fu, two = 0x03030303u;
-        const uint64_t sc = (a & six) | (uint64_t)((c & four) | ((a >> 6) & two) << 4) << 32;
-        const uint64_t mn = (m & six) | (uint64_t)(((c >> 4) & four) | ((m >> 6) & two) << 4) << 32;
+        uint64_t sc, mn;
+        gguf_q4k_scales_mins(super, &sc, &mn);
         const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(gguf_half(super)),
                                            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc))));
         const __m256 mins = _mm256_mul_ps(_mm256_set1_ps(gguf_half(super + 2)),

@@ -41,6 +41,14 @@ static inline __m512i lane_dot(__m512i acc, __m512i w, __m512i x) {
     return _mm512_add_epi32(acc, _mm512_madd_epi16(w, x));
 #endif
 }
+/* A 32-weight block's integer dot for the four weight rows (w[t] lane c: row c's pairs 4t .. 4t + 3) with one
+ * activation row's 32 int16 at xq: lanes (c, u) hold row c's part sums (their four sums are the dot). */
+static inline __m512i lane_block_dot(const __m512i w[4], const int16_t *xq) {
+    __m512i dot = lane_dot(_mm512_setzero_si512(), w[0], lane_broadcast128(xq));
+    dot = lane_dot(dot, w[1], lane_broadcast128(xq + 8));
+    dot = lane_dot(dot, w[2], lane_broadcast128(xq + 16));
+    return lane_dot(dot, w[3], lane_broadcast128(xq + 24));
+}
 /* The LANE_COLS rows' 16 bytes at p[c], one a 128-bit lane. */
 static inline __m512i lane_load16(const uint8_t *const p[LANE_COLS]) {
     const __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p[0]));
@@ -99,19 +107,13 @@ static inline __attribute__((always_inline)) void lane_weights(const uint8_t *co
 
 /* Q4_K (gguf.h): the LANE_COLS rows' eight sub-block scales d * sc and mins dmin * mn of the super-blocks at at[c],
  * as floats, row c's eight in lanes 8c .. 8c + 7 of scale[c / 2] and min[c / 2]: one sub-block's for every row is
- * then one permute (lane_q4k_sub). The 6-bit fields unpacked with whole-word masks, as q4k_super_dot does. */
+ * then one permute (lane_q4k_sub). */
 static inline void lane_q4k_scales(const uint8_t *const at[LANE_COLS], __m512 scale[2], __m512 min[2]) {
     uint64_t sc[LANE_COLS], mn[LANE_COLS];
     int32_t h[LANE_COLS];
     for (int c = 0; c < LANE_COLS; ++c) {
-        uint32_t a, b, e;
         memcpy(&h[c], at[c], 4);
-        memcpy(&a, at[c] + 4, 4);
-        memcpy(&b, at[c] + 8, 4);
-        memcpy(&e, at[c] + 12, 4);
-        const uint32_t six = 0x3f3f3f3fu, four = 0x0f0f0f0fu, two = 0x03030303u; /* low bits of each byte */
-        sc[c] = (a & six) | (uint64_t)((e & four) | ((a >> 6) & two) << 4) << 32;
-        mn[c] = (b & six) | (uint64_t)(((e >> 4) & four) | ((b >> 6) & two) << 4) << 32;
+        gguf_q4k_scales_mins(at[c], &sc[c], &mn[c]);
     }
     /* d0 dmin0 d1 dmin1 .. d3 dmin3 */
     const __m512 dm = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_setr_epi32(h[0], h[1], h[2], h[3])));
@@ -177,10 +179,7 @@ static inline __attribute__((always_inline)) void q16_lanes_rows_q4k(const q16_r
                 for (int r = 0; r < rows; ++r) {
                     const int16_t *xq = x->q + r * x->k + b * GGUF_SUPER + 32 * s;
                     const int64_t at_x = r * blocks + 8 * b + s;
-                    __m512i dot = lane_dot(_mm512_setzero_si512(), w[0], lane_broadcast128(xq));
-                    dot = lane_dot(dot, w[1], lane_broadcast128(xq + 8));
-                    dot = lane_dot(dot, w[2], lane_broadcast128(xq + 16));
-                    dot = lane_dot(dot, w[3], lane_broadcast128(xq + 24));
+                    const __m512i dot = lane_block_dot(w, xq);
                     const __m512 scale_x = _mm512_mul_ps(d, _mm512_set1_ps(x->d[at_x]));
                     acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale_x, acc[r]);
                     acc[r] = _mm512_fnmadd_ps(m, _mm512_set1_ps(x->s[at_x]), acc[r]);
@@ -221,10 +220,7 @@ static inline __attribute__((always_inline)) void q16_lanes_rows(const q16_rows 
         lane_scales(h, &d, &m);
         for (int r = 0; r < rows; ++r) {
             const int16_t *xq = x->q + r * x->k + b * GGUF_BLOCK;
-            __m512i dot = lane_dot(_mm512_setzero_si512(), w[0], lane_broadcast128(xq));
-            dot = lane_dot(dot, w[1], lane_broadcast128(xq + 8));
-            dot = lane_dot(dot, w[2], lane_broadcast128(xq + 16));
-            dot = lane_dot(dot, w[3], lane_broadcast128(xq + 24));
+            const __m512i dot = lane_block_dot(w, xq);
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(d, _mm512_set1_ps(x->d[r * blocks + b])), acc[r]);
             if (qtype == GGUF_Q4_1) acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(x->s[r * blocks + b]), acc[r]);
         }
