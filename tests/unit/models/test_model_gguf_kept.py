@@ -74,7 +74,7 @@ def q16_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 32, 33])
 def test_products_follow_the_dequantized_product(isa_level, qtype, m) -> None:
-    """Rows on both sides of the kernels' switches (a GEMV up to 8 rows, 32 for all but Q6_K at the AVX-512
+    """Rows on both sides of the kernels' switches (a GEMV up to 8 rows, 32 for every type at the AVX-512
     levels; AVX2's panels or dequantize + GEMM above), a last panel of 5 columns, 37 rows (a last group of one) and
     k of 7 blocks (3 super-blocks). The GEMV quantizes the activations to 16 bits: its result is the exact product
     of the quantized activations up to float32 rounding, and within the rounding's bound (d_x / 2 a value) of the
@@ -107,12 +107,11 @@ def test_products_follow_the_dequantized_product(isa_level, qtype, m) -> None:
 
 
 def test_the_gemv_takes_up_to_32_rows_with_avx_512(isa_level) -> None:
-    """Q4_0 / Q4_1 / Q8_0 / Q4_K rows go to the GEMV up to 32 rows where 512-bit registers hold four weight rows
-    (csrc/gguf_q16_lanes.h); Q6_K, and every type below AVX-512, up to 8."""
+    """Every kept type's rows go to the GEMV up to 32 rows where 512-bit registers hold four weight rows
+    (csrc/gguf_q16_lanes.h); below AVX-512, up to 8."""
     wide = isa_level.startswith("avx512")
     for qtype in KEPT:
-        lanes = qtype != Q.Q6_K
-        assert cpu_gguf.gemv_max_rows(int(qtype)) == (32 if wide and lanes else 8), qtype.name
+        assert cpu_gguf.gemv_max_rows(int(qtype)) == (32 if wide else 8), qtype.name
 
 
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)

@@ -4,8 +4,8 @@
  * Why: single-stream decode only streams the weights, and the bundled model's Q4_1 blocks are 5 bits a weight
  * against bfloat16's 16 (92 against 270 MB a token).
  *   up to gguf_gemv_max_rows rows (decode): the activation rows are quantized to 16 bits a value in 32-value blocks
- *     and multiplied by the weight blocks with integer dot products (gguf_q16.h; 2-32 rows of Q4_0 / Q4_1 / Q8_0 /
- *     Q4_K on the AVX-512 levels: gguf_q16_lanes.h);
+ *     and multiplied by the weight blocks with integer dot products (gguf_q16.h; 2-32 rows of every type on the
+ *     AVX-512 levels: gguf_q16_lanes.h);
  *   more rows, AVX2 and up: the panel kernel (panel_gemm.c) dequantizes 16 weight rows into a float32 panel and
  *     multiplies in float32 (results equal the dequantized float32 model's up to summation order);
  *   more rows, levels below AVX2: returns 3 and the caller dequantizes the matrix (gguf_dequantize) for the GEMM.
@@ -20,7 +20,7 @@
 #include "simd.h"
 
 #define GGUF_DOT_MAX_ROWS 8
-/* Rows Q4_0 / Q4_1 / Q8_0 / Q4_K take the GEMV for on the AVX-512 levels (gguf_q16_lanes.h) before the panels: the
+/* Rows every kept type takes the GEMV for on the AVX-512 levels (gguf_q16_lanes.h) before the panels: the
  * bundled Q4_1 model at 12-32 sequences on a Zen 4 decoded 1.1-1.8x faster this way than in bfloat16 panels
  * (avx512_bf16) and 1.5-2.4x than in float32 ones (avx512); a Q4_K GEMV of 16 / 32 rows on a Zen 5 1.7-2.7x /
  * 1.7-2x (BENCHMARKS.md); past 32 (prefills) the panels. */
@@ -214,8 +214,8 @@ static int gguf_rows_in_parts(const int16_t *q, const float *d, const float *s, 
     default: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, LANE_ROWS, w_group, ahead, sums); break;              \
     }
 
-/* out = x @ w^T (+ bias) for the columns of whole four-row groups (n - n % 4), m activation rows, Q4_0 / Q4_1 /
- * Q8_0 / Q4_K (q16_lanes_rows). Rows past GGUF_ROWS_LONG weights go in parts of GGUF_ROWS_PART, as gguf_rows_in_parts
+/* out = x @ w^T (+ bias) for the columns of whole four-row groups (n - n % 4), m activation rows, every kept type
+ * (q16_lanes_rows). Rows past GGUF_ROWS_LONG weights go in parts of GGUF_ROWS_PART, as gguf_rows_in_parts
  * does, so that a pass's int16 activation rows stay in L1 while the weights stream past. */
 static void gguf_lanes_gemm(const q16_rows *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
                             int64_t n, int il, int64_t ldo, int threads) {
@@ -249,7 +249,8 @@ static void gguf_lanes_gemm(const q16_rows *x, const uint8_t *w, int qtype, cons
                 case GGUF_Q4_0: LANES_BY_ROWS(GGUF_Q4_0); break;
                 case GGUF_Q4_1: LANES_BY_ROWS(GGUF_Q4_1); break;
                 case GGUF_Q8_0: LANES_BY_ROWS(GGUF_Q8_0); break;
-                default: LANES_BY_ROWS(GGUF_Q4_K); break;
+                case GGUF_Q4_K: LANES_BY_ROWS(GGUF_Q4_K); break;
+                default: LANES_BY_ROWS(GGUF_Q6_K); break;
                 }
                 for (int64_t r = 0; r < rows; ++r)
                     for (int c = 0; c < LANE_COLS; ++c) {
@@ -275,8 +276,15 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
         return 3;
 #endif
     }
-    /* one allocation: scales d and sums s (float, 2 a block), then the int16 values (and Q6_K's split ones) */
-    const int64_t blocks = k / GGUF_BLOCK, split = Q16_SPLIT_Q6K && qtype == GGUF_Q6_K ? m * k : 0;
+#if defined(PAGEDSERVE_GGUF_LANES)
+    const int lanes = m > 1 && q16_lanes_type(qtype); /* four-row groups in gguf_lanes_gemm */
+#else
+    const int lanes = 0;
+#endif
+    /* one allocation: scales d and sums s (float, 2 a block), then the int16 values (and Q6_K's split ones, unless
+     * the lanes take every row: they read the values as they are) */
+    const int64_t blocks = k / GGUF_BLOCK;
+    const int64_t split = Q16_SPLIT_Q6K && qtype == GGUF_Q6_K && !(lanes && n % GGUF_COLS == 0) ? m * k : 0;
     float *scales = malloc(sizeof(float) * (size_t)(2 * m * blocks) + sizeof(int16_t) * (size_t)(m * k + split));
     if (scales == NULL) return 2;
     float *d = scales, *s = scales + m * blocks;
@@ -302,7 +310,7 @@ int gguf_gemm(const float *x, const uint8_t *w, int qtype, const float *bias, fl
     }
 #endif
 #if defined(PAGEDSERVE_GGUF_LANES)
-    if (m > 1 && q16_lanes_type(qtype)) {
+    if (lanes) {
         gguf_lanes_gemm(&all, w, qtype, bias, out, m, n, il, ldo, threads);
         first = n / GGUF_COLS * GGUF_COLS; /* the rest (n % 4 rows in the file's order) below */
     }

@@ -130,16 +130,21 @@ static inline void q16_dot_cols_q4k(const q16_rows *x, const uint8_t *w, int64_t
 /* Half h (128 weights, sub-blocks 4h..4h + 3) of a Q6_K super-block as signed bytes q - 32, 32 a register (block
  * j of the half in q[j]), assembled in the byte domain: 16-bit shifts, with masks that drop the bits crossing
  * bytes. Block 0: low nibbles of ql[0..31], qh bits 0-1; 1: ql[32..63], bits 2-3; 2: high nibbles of ql[0..31],
- * bits 4-5; 3: ql[32..63], bits 6-7 (gguf.h). */
+ * bits 4-5; 3: ql[32..63], bits 6-7 (gguf.h). q6k_bytes: block j's bytes from the same positions of a (ql[0..31]),
+ * b (ql[32..63]) and hi (qh[0..31]), which may also be gathered from several rows (gguf_q16_lanes.h). */
+static inline __attribute__((always_inline)) __m256i q6k_bytes(__m256i a, __m256i b, __m256i hi, int j) {
+    const __m256i low = j == 0 ? a : j == 1 ? b : _mm256_srli_epi16(j == 2 ? a : b, 4);
+    const __m256i high = j == 0 ? _mm256_slli_epi16(hi, 4) : j == 1 ? _mm256_slli_epi16(hi, 2)
+                       : j == 2 ? hi : _mm256_srli_epi16(hi, 2);
+    return _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(low, _mm256_set1_epi8(0x0f)),
+                                           _mm256_and_si256(high, _mm256_set1_epi8(0x30))),
+                           _mm256_set1_epi8(32));
+}
 static inline __attribute__((always_inline)) void q6k_half_bytes(const uint8_t *super, int h, __m256i q[4]) {
     const uint8_t *ql = super + 64 * h, *qh = super + 128 + 32 * h;
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), offset = _mm256_set1_epi8(32);
     const __m256i a = _mm256_loadu_si256((const __m256i *)ql), b = _mm256_loadu_si256((const __m256i *)(ql + 32));
     const __m256i hi = _mm256_loadu_si256((const __m256i *)qh);
-    const __m256i high[4] = {_mm256_slli_epi16(hi, 4), _mm256_slli_epi16(hi, 2), hi, _mm256_srli_epi16(hi, 2)};
-    const __m256i low[4] = {a, b, _mm256_srli_epi16(a, 4), _mm256_srli_epi16(b, 4)};
-    for (int j = 0; j < 4; ++j)
-        q[j] = _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(low[j], m4), _mm256_and_si256(high[j], m30)), offset);
+    for (int j = 0; j < 4; ++j) q[j] = q6k_bytes(a, b, hi, j);
 }
 
 /* The bytes of one block (q6k_half_bytes) widened in their 16-bit lanes by shifts: the even-indexed weights and

@@ -21,11 +21,12 @@
 #ifndef PAGEDSERVE_GGUF_Q16_LANES_H
 #define PAGEDSERVE_GGUF_Q16_LANES_H
 #include "gguf_q16.h"
+#include "gguf_q16_kquants.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define PAGEDSERVE_GGUF_LANES 1
 static inline int q16_lanes_type(int qtype) {
-    return qtype == GGUF_Q4_0 || qtype == GGUF_Q4_1 || qtype == GGUF_Q8_0 || qtype == GGUF_Q4_K;
+    return qtype == GGUF_Q4_0 || qtype == GGUF_Q4_1 || qtype == GGUF_Q8_0 || qtype == GGUF_Q4_K || qtype == GGUF_Q6_K;
 }
 
 /* 512-bit registers: four weight rows a register; up to 8 activation rows a pass (8 accumulators, 4 weight
@@ -190,6 +191,63 @@ static inline __attribute__((always_inline)) void q16_lanes_rows_q4k(const q16_r
     lane_sums(acc, rows, sums);
 }
 
+/* q16_lanes_rows for Q6_K super-blocks [b0, b1). Per half (128 weights) of the LANE_COLS rows' super-blocks, their
+ * ql and qh bytes are gathered a qword a row (lane_qwords) and each sub-block's 6-bit values assembled from them as
+ * the single-row kernel does (q6k_bytes), then widened; each 16 weights' int8 scale is folded into its int16
+ * weights by one vpmullw (|sc (q - 32)| <= 128 x 32 = 4096, and a lane's 8 products stay below 2^30), so a
+ * sub-block's dot for four weight rows is one register, one convert and one FMA (d d_x), and no min. The integers
+ * are q16_dot_rows_q6k's: d d_x sum((sc (q - 32)) q_x). */
+static inline __attribute__((always_inline)) void q16_lanes_rows_q6k(const q16_rows *x,
+                                                                     const uint8_t *const cols[LANE_COLS], int64_t stride,
+                                                                     int64_t b0, int64_t b1, int rows,
+                                                                     const uint8_t *w_group, int64_t ahead, float *sums) {
+    __m512 acc[LANE_ROWS];
+    for (int r = 0; r < rows; ++r) acc[r] = _mm512_setzero_ps();
+    const int64_t blocks = x->k / GGUF_BLOCK;
+    for (int64_t b = b0; b < b1; ++b) {
+        if (w_group != NULL) q16_prefetch_step(w_group, b, gguf_block_bytes(GGUF_Q6_K), ahead, 0);
+        const uint8_t *at[LANE_COLS], *scales[LANE_COLS];
+        uint16_t h[8] = {0};
+        for (int c = 0; c < LANE_COLS; ++c) {
+            at[c] = cols[c] + b * stride;
+            scales[c] = at[c] + 192;
+            memcpy(&h[c], at[c] + 208, 2);
+        }
+        /* lanes (c, u): row c's d */
+        const __m512 d = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                                               _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h))));
+        const __m512i scale_bytes = lane_load16(scales); /* lane c: row c's 16 int8 scales */
+        for (int half = 0; half < 2; ++half) {
+            const uint8_t *ql_a[LANE_COLS], *ql_b[LANE_COLS], *qh[LANE_COLS];
+            for (int c = 0; c < LANE_COLS; ++c) {
+                ql_a[c] = at[c] + 64 * half;
+                ql_b[c] = ql_a[c] + 32;
+                qh[c] = at[c] + 128 + 32 * half;
+            }
+            __m256i a[4], bb[4], hi[4];
+            lane_qwords(ql_a, a);
+            lane_qwords(ql_b, bb);
+            lane_qwords(qh, hi);
+            for (int g = 0; g < 4; ++g) {
+                const int s = 4 * half + g, j = 8 * half + 2 * g; /* sub-block; scale of its first 16 weights */
+                /* scale j (j + 1) in every word of a lane: in the high bytes, then shifted down with its sign */
+                const __m512i sc0 = _mm512_srai_epi16(_mm512_shuffle_epi8(scale_bytes, _mm512_set1_epi16((short)(j << 8 | 0x80))), 8);
+                const __m512i sc1 =
+                    _mm512_srai_epi16(_mm512_shuffle_epi8(scale_bytes, _mm512_set1_epi16((short)((j + 1) << 8 | 0x80))), 8);
+                __m512i w[4];
+                for (int t = 0; t < 4; ++t)
+                    w[t] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q6k_bytes(a[t], bb[t], hi[t], g)), t < 2 ? sc0 : sc1);
+                for (int r = 0; r < rows; ++r) {
+                    const __m512i dot = lane_block_dot(w, x->q + r * x->k + b * GGUF_SUPER + 32 * s);
+                    const __m512 scale_x = _mm512_mul_ps(d, _mm512_set1_ps(x->d[r * blocks + 8 * b + s]));
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale_x, acc[r]);
+                }
+            }
+        }
+    }
+    lane_sums(acc, rows, sums);
+}
+
 /* sums[r * LANE_COLS + c] = x_r . row c over blocks [b0, b1), for `rows` activation rows (at most LANE_ROWS; a
  * constant where inlined) and the LANE_COLS weight rows at cols[c] (first blocks, `stride` bytes from one to the
  * next). `w_group`, `ahead`: the prefetch cursor (q16_prefetch_step) of the four-row group these rows are in. */
@@ -199,6 +257,10 @@ static inline __attribute__((always_inline)) void q16_lanes_rows(const q16_rows 
                                                                  float *sums) {
     if (qtype == GGUF_Q4_K) { /* b0, b1: super-blocks */
         q16_lanes_rows_q4k(x, cols, stride, b0, b1, rows, w_group, ahead, sums);
+        return;
+    }
+    if (qtype == GGUF_Q6_K) {
+        q16_lanes_rows_q6k(x, cols, stride, b0, b1, rows, w_group, ahead, sums);
         return;
     }
     __m512 acc[LANE_ROWS];
