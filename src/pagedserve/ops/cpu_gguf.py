@@ -34,8 +34,8 @@ _bf16_panels: dict[int, bool] = {}
 
 
 def gemv_max_rows(qtype: int) -> int:
-    """Rows past which gguf_gemm leaves the GEMVs for the panels: 32 for Q4_0 / Q4_1 / Q8_0 / Q4_K on the AVX-512
-    levels, else 8 (csrc/gguf.c gguf_gemv_max_rows)."""
+    """Rows past which gguf_gemm leaves the GEMVs for the panels: 32 for every kept type on the AVX-512 levels,
+    else 8 (csrc/gguf.c gguf_gemv_max_rows)."""
     library = build.load()
     assert library is not None
     key = (id(library), qtype)

@@ -1,7 +1,7 @@
 /* Single-row GEMVs of the K-quants (gguf.h: Q4_K, Q6_K super-blocks of 256 weights) against activations quantized
  * to 16 bits (gguf_q16.h), four weight rows at a time and a super-block at a time: the unit of work of gguf.c's
  * gguf_dot_group for llama.cpp's most used files (Q4_K_M: Q4_K, with Q6_K for the output and about half the
- * ffn_down / attn_v matrices), and their multi-row GEMVs (decode batches of 2-8 sequences; Q4_K's on the AVX-512
+ * ffn_down / attn_v matrices), and their multi-row GEMVs (decode batches of 2-8 sequences below AVX-512; on its
  * levels: gguf_q16_lanes.h). AVX2 and up; below it the row path (q16_dot_rows).
  */
 #ifndef PAGEDSERVE_GGUF_Q16_KQUANTS_H

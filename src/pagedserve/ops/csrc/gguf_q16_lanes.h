@@ -1,4 +1,4 @@
-/* The multi-row GEMV of Q4_0, Q4_1, Q8_0 and Q4_K blocks (2 to GGUF_LANES_MAX_ROWS activation rows: a decode
+/* The multi-row GEMV of Q4_0, Q4_1, Q8_0, Q4_K and Q6_K blocks (2 to GGUF_LANES_MAX_ROWS activation rows: a decode
  * batch), with a weight row in each 128-bit lane (the AVX-512 levels): lanes (c, u) hold weight row c's pairs 4t + u
  * (u < 4) of a block's 16 pairs of weights, widened to int16, and one activation row's same four pairs are broadcast
  * to every lane. A vpmaddwd (vpdpwssd with AVX512_VNNI) adds 8 products into each lane and four of them (t = 0..3)
@@ -10,7 +10,8 @@
  * q16_dot_rows at the avx2 level: the AVX2 levels keep that (BENCHMARKS.md). Q4_K's 32-weight sub-blocks go the
  * same way, each with its own scale and min per weight row (q16_lanes_rows_q4k): a GEMV of 4 / 8 / 16 rows, 2048
  * wide, 2 threads on a Zen 5 ran 1.3-1.7x / 1.2-1.4x / 1.7-2.7x the speed of q16_dot_rows_q4k (8 rows) and the
- * panels (16).
+ * panels (16); Q6_K's, with the scales of its 16-weight halves folded into the int16 weights (q16_lanes_rows_q6k),
+ * 1.6-1.8x / 2.1-2.2x / 2.7-3.1x.
  *
  * The integers are q16_dot_rows' (same int16 activations, exact int32 sums); only the float sums' order differs.
  * Weights to int16 pairs: Q4_0 / Q4_1 byte j holds weight j (low nibble) and j + 16 (high), so pair p (weights 2p,
