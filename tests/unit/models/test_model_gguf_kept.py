@@ -135,11 +135,12 @@ def test_gemv_takes_every_bit_pattern_and_zero_rows(isa_level, qtype) -> None:
 
 
 @pytest.mark.parametrize("qtype", KEPT, ids=lambda t: t.name)
-@pytest.mark.parametrize("m", [1, 3, 8, 12])
+@pytest.mark.parametrize("m", [1, 3, 8, 12, 16])
 def test_gemv_of_long_rows_follows_the_dequantized_product(isa_level, qtype, m) -> None:
     """Rows of 4608 weights, in the file's order and regrouped: past csrc/gguf_q16.h's Q16_L1_ROW_WEIGHTS (4096:
     the K-quant single-row GEMVs prefetch into L2) and gguf.c's GGUF_ROWS_LONG (2048: 2-8 rows are multiplied in
-    parts of 1024 weights, here 5 uneven ones for the K-quants; 12 rows: the GEMV's where it takes 32). The exact
+    parts of 1024 weights, here 5 uneven ones for the K-quants; the AVX-512 GEMV, which takes up to 32, keeps rows
+    of up to GGUF_LANES_WHOLE values whole: 16 rows in parts). The exact
     product of the quantized activations (plus the bias, added once) up to float32 rounding; past the GEMV's rows
     that of the float activations."""
     cols = 4608  # 18 super-blocks

@@ -214,16 +214,23 @@ static int gguf_rows_in_parts(const int16_t *q, const float *d, const float *s, 
     default: q16_lanes_rows(&part, cols, stride, QTYPE, b0, b1, LANE_ROWS, w_group, ahead, sums); break;              \
     }
 
+/* Activation values (rows x weights) up to which gguf_lanes_gemm keeps rows past GGUF_ROWS_LONG whole (the
+ * activations read from L2 then, the weights prefetched as they stream): Q4_K / Q6_K GEMVs, 2 threads on a Zen 5,
+ * whole against parts of 1024: 2 rows of 4096 / 8192 1.1-2.1x / 1.3-1.6x, 3-4 of 4096 1.4-2.3x, 4 of 8192 (64 KB,
+ * past L1) 1.5-1.9x, 8 of 8192 1.0-1.2x (BENCHMARKS.md); more rows in parts. */
+#define GGUF_LANES_WHOLE 65536
+
 /* out = x @ w^T (+ bias) for the columns of whole four-row groups (n - n % 4), m activation rows, every kept type
- * (q16_lanes_rows). Rows past GGUF_ROWS_LONG weights go in parts of GGUF_ROWS_PART, as gguf_rows_in_parts
- * does, so that a pass's int16 activation rows stay in L1 while the weights stream past. */
+ * (q16_lanes_rows). Rows past GGUF_ROWS_LONG weights, more than GGUF_LANES_WHOLE activation values, go in parts of
+ * GGUF_ROWS_PART, as gguf_rows_in_parts does, so that a pass's int16 activation rows stay near while the weights
+ * stream past. */
 static void gguf_lanes_gemm(const q16_rows *x, const uint8_t *w, int qtype, const float *bias, float *out, int64_t m,
                             int64_t n, int il, int64_t ldo, int threads) {
     const int64_t k = x->k, blocks = k / GGUF_BLOCK, row_bytes = gguf_row_bytes(qtype, k);
     const int64_t units = k / gguf_block_weights(qtype); /* (super-)blocks a row */
     const int64_t stride = gguf_stride(qtype, il), groups = n / GGUF_COLS;
     const int64_t ahead = q16_prefetch_ahead(il == 1 ? row_bytes : gguf_block_bytes(qtype), stride);
-    const int64_t parts = k > GGUF_ROWS_LONG ? (k + GGUF_ROWS_PART - 1) / GGUF_ROWS_PART : 1;
+    const int64_t parts = k > GGUF_ROWS_LONG && m * k > GGUF_LANES_WHOLE ? (k + GGUF_ROWS_PART - 1) / GGUF_ROWS_PART : 1;
 #pragma omp parallel num_threads(threads)
     for (int64_t p = 0; p < parts; ++p) { /* a static schedule gives each thread the same groups in every part */
         const int64_t b0 = units * p / parts, b1 = units * (p + 1) / parts;
