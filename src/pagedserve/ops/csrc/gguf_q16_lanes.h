@@ -192,6 +192,12 @@ static inline __attribute__((always_inline)) void q16_lanes_rows_q4k(const q16_r
     lane_sums(acc, rows, sums);
 }
 
+/* Q6_K's int8 scale j of each row (lane c of scale_bytes: row c's 16) in every int16 of its lane: the byte put in
+ * each word's high byte (the low one zeroed), then shifted down with its sign. */
+static inline __m512i lane_q6k_scale(__m512i scale_bytes, int j) {
+    return _mm512_srai_epi16(_mm512_shuffle_epi8(scale_bytes, _mm512_set1_epi16((short)(j << 8 | 0x80))), 8);
+}
+
 /* q16_lanes_rows for Q6_K super-blocks [b0, b1). Per half (128 weights) of the LANE_COLS rows' super-blocks, their
  * ql and qh bytes are gathered a qword a row (lane_qwords) and each sub-block's 6-bit values assembled from them as
  * the single-row kernel does (q6k_bytes), then widened; each 16 weights' int8 scale is folded into its int16
@@ -231,10 +237,7 @@ static inline __attribute__((always_inline)) void q16_lanes_rows_q6k(const q16_r
             lane_qwords(qh, hi);
             for (int g = 0; g < 4; ++g) {
                 const int s = 4 * half + g, j = 8 * half + 2 * g; /* sub-block; scale of its first 16 weights */
-                /* scale j (j + 1) in every word of a lane: in the high bytes, then shifted down with its sign */
-                const __m512i sc0 = _mm512_srai_epi16(_mm512_shuffle_epi8(scale_bytes, _mm512_set1_epi16((short)(j << 8 | 0x80))), 8);
-                const __m512i sc1 =
-                    _mm512_srai_epi16(_mm512_shuffle_epi8(scale_bytes, _mm512_set1_epi16((short)((j + 1) << 8 | 0x80))), 8);
+                const __m512i sc0 = lane_q6k_scale(scale_bytes, j), sc1 = lane_q6k_scale(scale_bytes, j + 1);
                 __m512i w[4];
                 for (int t = 0; t < 4; ++t)
                     w[t] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(q6k_bytes(a[t], bb[t], hi[t], g)), t < 2 ? sc0 : sc1);
