@@ -107,6 +107,24 @@ def test_gguf_blocks_replayed_equal_eager(model, request) -> None:
     assert _run(graphs) == _run(eager)
 
 
+def test_graphs_of_growing_batches_share_one_arena(tiny_q4_1) -> None:
+    """Batch sizes first seen in growing order: each larger graph grows the arena all graphs share and rebinds the
+    smaller ones (their calls and their logits), which must still replay exactly what eager steps compute. The
+    arena is the largest graph's plan, less than each graph's tensors kept one by one."""
+    graphs, eager = _engines(tiny_q4_1, quantization="gguf")
+    params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=2)
+    for count in (1, 2, 4, 1, 2):
+        got, expected = (llm.generate(PROMPTS[:count], params, use_tqdm=False) for llm in (graphs, eager))
+        assert [(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in got] == [
+            (o.outputs[0].token_ids, o.outputs[0].logprobs) for o in expected
+        ]
+    decode_graphs = graphs.llm_engine.executor.runner.decode_graphs
+    assert sorted(decode_graphs.graphs) == [1, 2, 4]
+    plans = [graph.plan for graph in decode_graphs.graphs.values()]
+    assert decode_graphs.arena.numel() == max(plan.size for plan in plans)
+    assert all(plan.size < plan.allocated for plan in plans)
+
+
 def test_batch_sizes_without_kernels_stay_eager(tiny_f32) -> None:
     """float32 weights: the C GEMV takes <= 4 rows; 5 and 6 sequences go through torch's GEMM, so those sizes
     must be refused at capture (and still compute the right thing)."""

@@ -120,6 +120,11 @@ def pack(function: Callable[..., int], args: tuple[Any, ...]) -> ReplayCall:
     return record
 
 
+def _pointer_slots(argtypes: list[Any]) -> tuple[int, ...]:
+    integers = [argtype for argtype in argtypes if argtype is not ctypes.c_float]
+    return tuple(slot for slot, argtype in enumerate(integers) if argtype is ctypes.c_void_p)
+
+
 class ReplayProgram:
     """Recorded calls packed for one `replay_calls` crossing."""
 
@@ -127,6 +132,19 @@ class ReplayProgram:
         self.library = library
         self.names = [function.__name__ for function, _ in calls]
         self.records = (ReplayCall * len(calls))(*(pack(function, args) for function, args in calls))
+        # Per call, the integer slots that hold pointers (worker/graph_arena.py moves some of them).
+        self.pointer_slots = [_pointer_slots(function.argtypes) for function, _ in calls]
+
+    def pointer_arguments(self) -> list[list[tuple[int, int]]]:
+        """Per call, its non-NULL pointer arguments as (slot, address)."""
+        return [
+            [(slot, record.i[slot]) for slot in slots if record.i[slot]]
+            for record, slots in zip(self.records, self.pointer_slots, strict=True)
+        ]
+
+    def set_pointer(self, call: int, slot: int, address: int) -> None:
+        assert slot in self.pointer_slots[call]
+        self.records[call].i[slot] = address
 
     def __len__(self) -> int:
         return len(self.names)

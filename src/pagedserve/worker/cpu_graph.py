@@ -10,14 +10,20 @@ A replay is only the same computation when the recorded pass did nothing but ker
 where they were: during capture a dispatch mode keeps every tensor the pass allocates alive (so no address is
 reused elsewhere) and refuses the graph if any PyTorch operation computed something (a path without a C kernel:
 then that batch size stays eager, logged once). Every address a call reads or writes is then either a static
-buffer of the graph, a tensor it keeps, or a model weight / KV cache that lives as long as the runner.
+buffer of the graph, a tensor the pass allocated, or a model weight / KV cache that lives as long as the runner.
+
+The recorded pointers into the tensors the pass allocated are then rewritten into one arena that the graphs of
+every batch size share (worker/graph_arena.py: tensors whose spans of calls do not overlap share bytes), and the
+pass's tensors let go; a replay right after must reproduce the recorded pass's logits exactly, or that batch size
+stays eager.
 
 Like vLLM's CUDA graphs: decode-only steps, one graph per batch size up to `MAX_GRAPH_BATCH`, `--enforce-eager`
 turns them off.
 
 Under tensor parallelism (CPU ranks on one machine) the shared-memory all-reduces are C calls too and are replayed
 with the rest: every rank captures and replays at the same steps (they all run every step), and a rank whose step
-stays eager makes the same collectives in the same order, so the ranks' call numbers always agree. Over gloo (no
+stays eager makes the same collectives in the same order, so the ranks' call numbers always agree. Ranks keep or
+refuse a capture alike (the same operations run on each), so their checking replays meet too. Over gloo (no
 shared-memory region) there is nothing to replay and the runner keeps steps eager.
 """
 
@@ -32,12 +38,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from pagedserve.attention.backend import AttentionMetadata
 from pagedserve.ops import build as cpu_kernels
 from pagedserve.ops.recording import KernelRecording, ReplayProgram
+from pagedserve.worker.graph_arena import Allocation, ArenaPlan, plan_arena
 
 logger = logging.getLogger("pagedserve")
 
-# The GGUF and float GEMVs take up to 8 rows (ops/csrc/gguf.c, gemv.c); past that the matrix products are
-# compute-bound and Python's share of a step is small.
-MAX_GRAPH_BATCH = 8
+# Steps of up to 32 sequences are recorded: the GGUF GEMVs take that many rows on AVX-512 (ops/csrc/gguf.c), and
+# Python was still ~30 % of an eager step of 16 or 32 sequences of the bundled model (BENCHMARKS.md, 2026-12-08).
+# A batch size whose step computes with PyTorch (float32 weights past the float GEMV's 4 rows) stays eager.
+MAX_GRAPH_BATCH = 32
 
 _aten = torch.ops.aten
 # Operations that allocate or make views and compute nothing: allowed while recording.
@@ -49,6 +57,8 @@ _NO_COMPUTE = frozenset(
         _aten.expand, _aten.detach, _aten.reshape,
     }
 )  # fmt: skip
+# Of those, the operations that allocate: what the graph arena places (worker/graph_arena.py).
+_ALLOCATING = frozenset({_aten.empty, _aten.empty_like, _aten.empty_strided})
 
 
 class _CaptureGuard(TorchDispatchMode):
@@ -58,9 +68,13 @@ class _CaptureGuard(TorchDispatchMode):
         super().__init__()
         self.kept: list[Any] = []
         self.computed: set[str] = set()
+        self.allocations: dict[int, Allocation] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in _ALLOCATING:
+            storage = out.untyped_storage()
+            self.allocations[storage.data_ptr()] = Allocation(storage.data_ptr(), storage.nbytes())
         # `x.to(x.dtype)` and the like return their input: nothing computed.
         returned_input = bool(args) and out is args[0]
         if func.overloadpacket not in _NO_COMPUTE and not returned_input:
@@ -105,7 +119,8 @@ class DecodeGraph:
                 for _ in range(max(layer_groups))
             ]
         self.program: ReplayProgram | None = None
-        self.kept: list[Any] = []
+        self.plan: ArenaPlan | None = None
+        self.logits_offset: int | None = None  # the logits' place in the arena, in elements
         # Under tensor parallelism the recorded step ends at this rank's slice of the logits: joining the slices
         # concatenates with PyTorch, which a replay cannot hold, so it runs after each replay (one collective).
         self.local_logits: torch.Tensor | None = None
@@ -144,9 +159,34 @@ class DecodeGraph:
                 self.batch, ", ".join(sorted(guard.computed)),
             )  # fmt: skip
             return False
-        self.program, self.kept = recording.program(), guard.kept
-        logger.info("decode graphs: batch %d captured (%d kernel calls)", self.batch, len(self.program))
+        self.program = recording.program()
+        logits_base = self.local_logits.untyped_storage().data_ptr()
+        live_to_end = [logits_base] if logits_base in guard.allocations else []
+        self.plan = plan_arena(self.program.pointer_arguments(), guard.allocations.values(), live_to_end)
+        if live_to_end:
+            itemsize = self.local_logits.element_size()
+            self.logits_offset = (
+                self.plan.offsets[logits_base] // itemsize + self.local_logits.storage_offset()
+            )
+        # The pass's own tensors go when this returns (but the logits, which this step's caller reads): the
+        # program points into the arena once `bind` has run.
+        logger.info(
+            "decode graphs: batch %d captured (%d kernel calls; its %.2f MB of tensors take %.2f MB of the arena)",
+            self.batch, len(self.program), self.plan.allocated / 2**20, self.plan.size / 2**20,
+        )  # fmt: skip
         return True
+
+    def bind(self, arena: torch.Tensor) -> None:
+        """Points the program (and the logits this graph returns) into `arena`, at least `plan.size` bytes."""
+        assert self.program is not None and self.plan is not None and self.local_logits is not None
+        address = arena.data_ptr()
+        for call, slot, offset in self.plan.relocations:
+            self.program.set_pointer(call, slot, address + offset)
+        if self.logits_offset is not None:
+            logits = self.local_logits
+            self.local_logits = torch.empty(0, dtype=logits.dtype).set_(
+                arena.untyped_storage(), self.logits_offset, logits.shape, logits.stride()
+            )
 
     def replay(self) -> torch.Tensor:
         assert self.program is not None and self.local_logits is not None
@@ -173,6 +213,7 @@ class DecodeGraphs:
         self.table_width = table_width
         self.dtype = dtype
         self.graphs: dict[int, DecodeGraph | None] = {}  # None: that batch size runs eagerly
+        self.arena: torch.Tensor | None = None  # every graph's tensors (worker/graph_arena.py)
 
     @staticmethod
     def usable(device: torch.device, enforce_eager: bool) -> bool:
@@ -194,8 +235,38 @@ class DecodeGraphs:
         captured = graph is not None
         if graph is None:
             graph = DecodeGraph(batch, self.hidden_size, self.table_width, self.dtype, self.layer_groups)
-        graph.load_inputs(self.model.embed_input_ids(input_ids), positions, metadata)
+        embeds = self.model.embed_input_ids(input_ids)
+        graph.load_inputs(embeds, positions, metadata)
         if captured:
             return graph.replay()
-        self.graphs[batch] = graph if graph.capture(self.model, self.kv_caches) else None
-        return graph.logits
+        kept = graph.capture(self.model, self.kv_caches)
+        logits, graph.logits = graph.logits, None
+        if kept:
+            self._bind(graph)
+            # The pass adds to its input buffer in place (the first residual): the replay loads the inputs again.
+            # It rewrites this step's K/V with the same values, so it changes nothing.
+            graph.load_inputs(embeds, positions, metadata)
+            kept = self._replays_alike(graph, logits)
+        self.graphs[batch] = graph if kept else None
+        return logits
+
+    def _bind(self, graph: DecodeGraph) -> None:
+        """Points a captured graph into the shared arena; a larger arena rebinds every graph."""
+        assert graph.plan is not None
+        if self.arena is None or self.arena.numel() < graph.plan.size:
+            self.arena = torch.empty(max(graph.plan.size, 1), dtype=torch.uint8)
+            for other in self.graphs.values():
+                if other is not None:
+                    other.bind(self.arena)
+        graph.bind(self.arena)
+
+    @staticmethod
+    def _replays_alike(graph: DecodeGraph, logits: torch.Tensor) -> bool:
+        """True when the graph's replay in the arena reproduces the recorded pass's logits exactly."""
+        if torch.equal(graph.replay(), logits):
+            return True
+        logger.warning(
+            "decode graphs: batch %d stays eager (its replay in the shared arena differs from the recorded pass)",
+            graph.batch,
+        )
+        return False
